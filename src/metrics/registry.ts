@@ -1,0 +1,102 @@
+/**
+ * One metrics registry for the whole VM, across threads.
+ *
+ * Each thread owns a segment of a SharedArrayBuffer of float64 slots and is the only writer of its segment, so
+ * counting needs no atomics and costs one add. Counter names are kept per segment; the owning thread sends new
+ * names to the main thread (see `MetricsSegment.drainNewNames`), which sums the same name across segments.
+ */
+export interface Counter {
+  add(n?: number): void;
+  /** The value this thread has counted (not the VM-wide total). */
+  readonly value: number;
+}
+
+export interface MetricsSink {
+  counter(name: string): Counter;
+}
+
+export const SLOTS_PER_SEGMENT = 1024;
+
+export class MetricsOverflowError extends Error {
+  readonly code = "VIREO_METRICS_FULL";
+}
+
+/** A thread's own segment of the shared counter array. */
+export class MetricsSegment implements MetricsSink {
+  private readonly slots: Float64Array;
+  private readonly bySlot = new Map<string, number>();
+  private readonly unsent: Array<[string, number]> = [];
+
+  constructor(shared: SharedArrayBuffer | ArrayBuffer, segment: number) {
+    this.slots = new Float64Array(shared, segment * SLOTS_PER_SEGMENT * 8, SLOTS_PER_SEGMENT);
+  }
+
+  counter(name: string): Counter {
+    let slot = this.bySlot.get(name);
+    if (slot === undefined) {
+      slot = this.bySlot.size;
+      if (slot >= SLOTS_PER_SEGMENT) throw new MetricsOverflowError(`too many counters (${SLOTS_PER_SEGMENT})`);
+      this.bySlot.set(name, slot);
+      this.unsent.push([name, slot]);
+    }
+    const slots = this.slots;
+    const index = slot;
+    return {
+      add(n = 1) {
+        slots[index] = (slots[index] ?? 0) + n;
+      },
+      get value() {
+        return slots[index] ?? 0;
+      },
+    };
+  }
+
+  /** Names created since the last call, for the main thread's name table. */
+  drainNewNames(): Array<[string, number]> {
+    return this.unsent.splice(0);
+  }
+
+  names(): Array<[string, number]> {
+    return [...this.bySlot];
+  }
+}
+
+/** The main thread's view: the shared buffer plus every segment's name table. */
+export class MetricsRegistry {
+  readonly shared: SharedArrayBuffer;
+  private readonly names: Array<Map<string, number>> = [];
+  private nextSegment = 0;
+
+  constructor(maxSegments = 64) {
+    this.shared = new SharedArrayBuffer(maxSegments * SLOTS_PER_SEGMENT * 8);
+    this.maxSegments = maxSegments;
+  }
+  private readonly maxSegments: number;
+
+  /** Reserve a segment for a thread (the main thread takes one too, for devices it owns). */
+  allocateSegment(): number {
+    if (this.nextSegment >= this.maxSegments) throw new MetricsOverflowError("no metrics segment left");
+    this.names.push(new Map());
+    return this.nextSegment++;
+  }
+
+  /** Record names a thread reported for its segment. */
+  addNames(segment: number, entries: Array<[string, number]>): void {
+    const table = this.names[segment];
+    if (!table) throw new MetricsOverflowError(`unknown metrics segment ${segment}`);
+    for (const [name, slot] of entries) table.set(name, slot);
+  }
+
+  /** Totals by name, summed across all segments, sorted by name. */
+  snapshot(): Record<string, number> {
+    const values = new Float64Array(this.shared);
+    const totals = new Map<string, number>();
+    this.names.forEach((table, segment) => {
+      for (const [name, slot] of table) {
+        const v = values[segment * SLOTS_PER_SEGMENT + slot] ?? 0;
+        totals.set(name, (totals.get(name) ?? 0) + v);
+      }
+    });
+    return Object.fromEntries([...totals].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  }
+}
