@@ -1,0 +1,239 @@
+// vireo's native layer: only the syscalls Node lacks, no policy.
+//
+//   ioctl(fd, request, arg)        arg: integer, bigint, or a TypedArray/DataView whose bytes are the struct
+//   mmap(fd, length, offset)       MAP_SHARED mapping as a SharedArrayBuffer, plus its host address (bigint)
+//   memfdCreate(name, flags)       memfd_create(2)
+//   eventfd(initval, flags)        eventfd(2)
+//   addressOf(view)                host address of a TypedArray's first byte (for structs that carry pointers)
+//   threadRegister() / threadKick(id)
+//                                  a vCPU thread registers itself; any thread can then interrupt its KVM_RUN
+//                                  with a real-time signal whose handler does nothing (KVM_RUN returns EINTR)
+//
+// Every failure throws an Error carrying errno, code (e.g. "EINVAL") and syscall (e.g. "ioctl KVM_RUN" when
+// the caller names the request).
+#include <napi.h>
+#include <v8.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+namespace {
+
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall) {
+  const char* name = strerrorname_np(err);
+  Napi::Error e = Napi::Error::New(env, syscall + ": " + strerror(err) + " (" + (name ? name : "E?") + ")");
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+bool ToInt(const Napi::Value& v, int64_t* out) {
+  if (v.IsNumber()) {
+    *out = v.As<Napi::Number>().Int64Value();
+    return true;
+  }
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    *out = static_cast<int64_t>(v.As<Napi::BigInt>().Uint64Value(&lossless));
+    return lossless;
+  }
+  return false;
+}
+
+// The byte range behind a TypedArray or DataView (works for views of a SharedArrayBuffer too).
+bool ViewBytes(const Napi::Value& v, void** data, size_t* length) {
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    *data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    *length = ta.ByteLength();
+    return true;
+  }
+  if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    *data = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+    *length = dv.ByteLength();
+    return true;
+  }
+  return false;
+}
+
+Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = 0, request = 0;
+  if (info.Length() < 2 || !ToInt(info[0], &fd) || !ToInt(info[1], &request)) {
+    Napi::TypeError::New(env, "ioctl(fd, request, arg?, name?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string name = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
+  unsigned long arg = 0;
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    void* data = nullptr;
+    size_t length = 0;
+    int64_t value = 0;
+    if (ViewBytes(info[2], &data, &length)) {
+      arg = reinterpret_cast<unsigned long>(data);
+    } else if (ToInt(info[2], &value)) {
+      arg = static_cast<unsigned long>(value);
+    } else {
+      Napi::TypeError::New(env, "ioctl arg must be an integer, a bigint or a TypedArray").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  int r = ioctl(static_cast<int>(fd), static_cast<unsigned long>(request), arg);
+  if (r < 0) {
+    ErrnoError(env, errno, name.empty() ? "ioctl" : "ioctl " + name).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, r);
+}
+
+struct Mapping {
+  void* addr;
+  size_t length;
+};
+
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1, length = 0, offset = 0;
+  if (info.Length() < 3 || !ToInt(info[0], &fd) || !ToInt(info[1], &length) || !ToInt(info[2], &offset) || length <= 0) {
+    Napi::TypeError::New(env, "mmap(fd, length > 0, offset)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int flags = MAP_SHARED | (fd < 0 ? MAP_ANONYMOUS : 0);
+  void* addr = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE, flags, static_cast<int>(fd), offset);
+  if (addr == MAP_FAILED) {
+    ErrnoError(env, errno, "mmap").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // Wrap the mapping as a SharedArrayBuffer so worker threads share it; the mapping is released when the last
+  // SharedArrayBuffer referring to it (in any thread) is collected.
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      addr, static_cast<size_t>(length), [](void* data, size_t len, void*) { munmap(data, len); }, nullptr);
+  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, store);
+  // N-API has no SharedArrayBuffer constructor over external memory; a napi_value is a v8::Local in Node.
+  static_assert(sizeof(v8::Local<v8::Value>) == sizeof(napi_value), "napi_value is not a v8::Local");
+  v8::Local<v8::Value> as_value = sab;
+  napi_value buffer;
+  memcpy(&buffer, &as_value, sizeof buffer);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("buffer", Napi::Value(env, buffer));
+  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
+  return result;
+}
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "memfdCreate(name, flags?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int64_t flags = 0;
+  if (info.Length() > 1) ToInt(info[1], &flags);
+  int fd = memfd_create(info[0].As<Napi::String>().Utf8Value().c_str(), static_cast<unsigned>(flags));
+  if (fd < 0) {
+    ErrnoError(env, errno, "memfd_create").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value EventFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t init = 0, flags = 0;
+  if (info.Length() > 0) ToInt(info[0], &init);
+  if (info.Length() > 1) ToInt(info[1], &flags);
+  int fd = eventfd(static_cast<unsigned>(init), static_cast<int>(flags));
+  if (fd < 0) {
+    ErrnoError(env, errno, "eventfd").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 1 || !ViewBytes(info[0], &data, &length)) {
+    Napi::TypeError::New(env, "addressOf(typedArray)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data)));
+}
+
+// ---- vCPU thread kicks ----
+constexpr int kMaxThreads = 1024;
+pthread_t g_threads[kMaxThreads];
+std::atomic<int> g_thread_count{0};
+std::atomic<bool> g_handler_installed{false};
+
+void NoopHandler(int) {}
+
+int KickSignal() { return SIGRTMIN + 2; }
+
+Napi::Value ThreadRegister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_handler_installed.exchange(true)) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = NoopHandler;  // no SA_RESTART: a blocking KVM_RUN must return EINTR
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(KickSignal(), &sa, nullptr) < 0) {
+      ErrnoError(env, errno, "sigaction").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, KickSignal());
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  int id = g_thread_count.fetch_add(1);
+  if (id >= kMaxThreads) {
+    ErrnoError(env, EMFILE, "threadRegister").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  g_threads[id] = pthread_self();
+  return Napi::Number::New(env, id);
+}
+
+Napi::Value ThreadKick(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t id = -1;
+  if (info.Length() < 1 || !ToInt(info[0], &id) || id < 0 || id >= g_thread_count.load()) {
+    Napi::RangeError::New(env, "threadKick: unknown thread id").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int err = pthread_kill(g_threads[id], KickSignal());
+  if (err != 0 && err != ESRCH) {
+    ErrnoError(env, err, "pthread_kill").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Boolean::New(env, err == 0);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
+  exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
+  exports.Set("threadRegister", Napi::Function::New(env, ThreadRegister, "threadRegister"));
+  exports.Set("threadKick", Napi::Function::New(env, ThreadKick, "threadKick"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vireo_native, Init)

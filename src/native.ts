@@ -1,0 +1,50 @@
+/**
+ * The native addon (native/vireo_native.cc): the syscalls Node lacks, nothing more. Loaded once per thread;
+ * the shared library itself (and its kick table) is shared by every thread of the process.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { VireoError } from "./errors.ts";
+
+export interface NativeErrnoError extends Error {
+  errno: number;
+  code: string;
+  syscall: string;
+}
+
+export interface NativeAddon {
+  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView, name?: string): number;
+  mmap(fd: number, length: number, offset: number): { buffer: SharedArrayBuffer; address: bigint };
+  memfdCreate(name: string, flags?: number): number;
+  eventfd(initval?: number, flags?: number): number;
+  addressOf(view: ArrayBufferView): bigint;
+  threadRegister(): number;
+  threadKick(id: number): boolean;
+}
+
+export const NATIVE_ADDON_PATH = fileURLToPath(new URL("../native/build/Release/vireo_native.node", import.meta.url));
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (addon) return addon;
+  if (!existsSync(NATIVE_ADDON_PATH)) {
+    throw new VireoError(
+      "VIREO_NATIVE_MISSING",
+      `the native addon is not built (${NATIVE_ADDON_PATH}); run: npm run build:native`,
+    );
+  }
+  addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
+  return addon;
+}
+
+export function isErrno(e: unknown, code?: string): e is NativeErrnoError {
+  return (
+    e instanceof Error && typeof (e as NativeErrnoError).errno === "number" && (!code || (e as NativeErrnoError).code === code)
+  );
+}
+
+export const MFD_CLOEXEC = 1;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
