@@ -1,0 +1,163 @@
+import { GuestMemoryError } from "../errors.ts";
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** GuestMemoryError's own message assumes RAM starts at 0; a region may not, so state its real bounds. */
+function rangeError(gpa: number, len: number, base: number, end: number): GuestMemoryError {
+  const err = new GuestMemoryError(gpa, len, end);
+  err.message = `guest-physical range 0x${gpa.toString(16)}+${len} is outside guest RAM region 0x${base.toString(16)}-0x${end.toString(16)}`;
+  return err;
+}
+
+/**
+ * Converts a 64-bit guest value (a descriptor address, a register) to a JS number for use as a guest-physical
+ * address. Values a double cannot hold exactly are refused rather than rounded: a rounded address would silently
+ * point at different guest memory.
+ */
+export function gpaFromBigInt(v: bigint): number {
+  if (v < 0n || v > MAX_SAFE) {
+    // The error's gpa field is a number; the nearest double is the best it can hold, so the message carries the
+    // exact value.
+    const err = new GuestMemoryError(Number(v), 0, 0);
+    const hex = v < 0n ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`;
+    err.message = `guest value ${hex} is not a usable guest-physical address (above 2^53-1 or negative)`;
+    throw err;
+  }
+  return Number(v);
+}
+
+/**
+ * One contiguous region of guest RAM, covering guest-physical addresses [base, base + size).
+ *
+ * Device models read guest-controlled addresses (descriptor rings, buffers) through this class, so every access
+ * is bounds-checked and a bad address raises GuestMemoryError instead of touching host memory outside the
+ * buffer. The checks are written as single comparisons on the region offset so that the hot accessors allocate
+ * nothing and stay monomorphic: the DataView and Uint8Array are created once.
+ *
+ * Stores of out-of-range values follow typed-array semantics (truncated modulo 2^n), like a guest store would.
+ */
+export class GuestMemory {
+  readonly base: number;
+  readonly size: number;
+  /** The whole region as bytes; index 0 is GPA `base`. */
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+
+  constructor(buffer: SharedArrayBuffer | ArrayBuffer, base = 0) {
+    const size = buffer.byteLength;
+    if (!Number.isSafeInteger(base) || base < 0 || !Number.isSafeInteger(base + size)) {
+      throw rangeError(base, size, 0, Number.MAX_SAFE_INTEGER);
+    }
+    this.base = base;
+    this.size = size;
+    this.bytes = new Uint8Array(buffer);
+    this.view = new DataView(buffer);
+  }
+
+  /** One past the last guest-physical address of the region. */
+  get end(): number {
+    return this.base + this.size;
+  }
+
+  /**
+   * Validates [gpa, gpa + len) and returns the offset of gpa inside the buffer.
+   *
+   * The upper bound is tested as `off <= size - len` rather than `off + len <= size` so that a huge len or gpa
+   * cannot wrap or lose precision past 2^53. A zero-length range is valid anywhere in [base, end].
+   */
+  check(gpa: number, len: number): number {
+    const off = gpa - this.base;
+    if (
+      !(off >= 0 && len >= 0 && off <= this.size - len) ||
+      !Number.isInteger(off) ||
+      !Number.isInteger(len)
+    ) {
+      this.fail(gpa, len);
+    }
+    return off;
+  }
+
+  /** Single-width accesses inline this instead of `check` to avoid a second call frame on the hot path. */
+  private at(gpa: number, width: number): number {
+    const off = gpa - this.base;
+    if (!(off >= 0 && off <= this.size - width) || !Number.isInteger(off)) this.fail(gpa, width);
+    return off;
+  }
+
+  private fail(gpa: number, len: number): never {
+    throw rangeError(gpa, len, this.base, this.end);
+  }
+
+  gpaFromBigInt(v: bigint): number {
+    return gpaFromBigInt(v);
+  }
+
+  readU8(gpa: number): number {
+    return this.bytes[this.at(gpa, 1)] as number;
+  }
+
+  readU16(gpa: number): number {
+    return this.view.getUint16(this.at(gpa, 2), true);
+  }
+
+  readU32(gpa: number): number {
+    return this.view.getUint32(this.at(gpa, 4), true);
+  }
+
+  readU64(gpa: number): bigint {
+    return this.view.getBigUint64(this.at(gpa, 8), true);
+  }
+
+  writeU8(gpa: number, value: number): void {
+    this.bytes[this.at(gpa, 1)] = value;
+  }
+
+  writeU16(gpa: number, value: number): void {
+    this.view.setUint16(this.at(gpa, 2), value, true);
+  }
+
+  writeU32(gpa: number, value: number): void {
+    this.view.setUint32(this.at(gpa, 4), value, true);
+  }
+
+  writeU64(gpa: number, value: bigint): void {
+    this.view.setBigUint64(this.at(gpa, 8), value, true);
+  }
+
+  /** Copies guest memory into `dst` (dst.length bytes). */
+  read(gpa: number, dst: Uint8Array): void {
+    const len = dst.length;
+    const off = this.check(gpa, len);
+    const bytes = this.bytes;
+    if (len <= 16 && dst.buffer !== bytes.buffer) {
+      // Descriptor-sized copies: a loop is cheaper than allocating a subarray for TypedArray.set. Views of the
+      // same buffer take the TypedArray.set path, which is defined to copy correctly when ranges overlap.
+      for (let i = 0; i < len; i++) dst[i] = bytes[off + i] as number;
+    } else {
+      dst.set(bytes.subarray(off, off + len));
+    }
+  }
+
+  /** Copies `src` into guest memory. Overlapping views of the same buffer are handled (TypedArray.set copies). */
+  write(gpa: number, src: Uint8Array): void {
+    const len = src.length;
+    const off = this.check(gpa, len);
+    const bytes = this.bytes;
+    if (len <= 16 && src.buffer !== bytes.buffer) {
+      for (let i = 0; i < len; i++) bytes[off + i] = src[i] as number;
+    } else {
+      bytes.set(src, off);
+    }
+  }
+
+  fill(gpa: number, len: number, byte: number): void {
+    const off = this.check(gpa, len);
+    this.bytes.fill(byte, off, off + len);
+  }
+
+  /** A live view of [gpa, gpa + len): writes through it reach the guest, and guest writes show in it. */
+  slice(gpa: number, len: number): Uint8Array {
+    const off = this.check(gpa, len);
+    return this.bytes.subarray(off, off + len);
+  }
+}
