@@ -9,6 +9,10 @@ struct tss64 {
 	uint64_t reserved2;
 	uint16_t reserved3;
 	uint16_t iomap_base;
+	/* I/O permission bitmap: all ports allowed (zero bits), then the 0xFF terminator byte. Real CPUs
+	 * only consult it when CPL > IOPL; it matters under emulators that drop IOPL for CPL 3 (see
+	 * README.md). */
+	uint8_t iomap[65536 / 8 + 1];
 } __attribute__((packed));
 
 struct idt_gate {
@@ -45,6 +49,7 @@ volatile uint32_t pit_ticks;
 volatile uint32_t irq4_count, irq5_count, irq_other_count;
 volatile uint8_t uart_last_iir;
 volatile uint64_t irq5_last_cs;
+volatile uint32_t user_int80_via_ud;
 
 static void set_gate(unsigned vec, uint64_t handler, uint8_t type_attr)
 {
@@ -64,7 +69,8 @@ void cpu_init(void)
 		return;
 
 	tss.rsp[0] = (uintptr_t)istack_top;
-	tss.iomap_base = sizeof(tss); /* no I/O bitmap: IOPL alone governs CPL 3 port access */
+	tss.iomap_base = offsetof(struct tss64, iomap);
+	tss.iomap[sizeof(tss.iomap) - 1] = 0xFF;
 	uint64_t base = (uintptr_t)&tss, limit = sizeof(tss) - 1;
 	gdt[6] = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | (0x89ull << 40) /* present, 64-bit TSS */
 		 | (((limit >> 16) & 0xF) << 48) | (((base >> 24) & 0xFF) << 56);
@@ -199,12 +205,19 @@ static void irq_dispatch(unsigned irq, struct isr_frame *f)
 void isr_dispatch(struct isr_frame *f)
 {
 	uint64_t v = f->vector;
+	if (v == 6 && (f->cs & 3) == 3 && ((const uint8_t *)f->rip)[0] == 0xCD &&
+	    ((const uint8_t *)f->rip)[1] == 0x80) {
+		/* "int $0x80" at CPL 3 raised #UD instead of going through its DPL 3 gate: some emulated
+		 * environments (PVM) cannot deliver software interrupts. Treat it as the gate would. */
+		user_int80_via_ud++;
+		resume_kernel(f->rdi);
+	}
 	if (v < 32) {
 		uint64_t cr2 = 0;
 		if (v == 14)
 			__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
-		con_printf("exception %lu (%s) at RIP=0x%lx error=0x%lx CPL=%lu RSP=0x%lx", v, exc_names[v], f->rip,
-			   f->error, f->cs & 3, f->rsp);
+		con_printf("exception %lu (%s) at RIP=0x%lx error=0x%lx CPL=%lu RSP=0x%lx RFLAGS=0x%lx", v, exc_names[v],
+			   f->rip, f->error, f->cs & 3, f->rsp, f->rflags);
 		if (v == 14)
 			con_printf(" CR2=0x%lx", cr2);
 		con_putc('\n');

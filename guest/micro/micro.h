@@ -138,6 +138,7 @@ extern volatile uint32_t pit_ticks;
 extern volatile uint32_t irq4_count, irq5_count, irq_other_count;
 extern volatile uint8_t uart_last_iir;
 extern volatile uint64_t irq5_last_cs;
+extern volatile uint32_t user_int80_via_ud;
 
 /* ---- start.S ---- */
 extern char istack_top[], ustack_top[];
@@ -146,6 +147,7 @@ extern char istack_top[], ustack_top[];
 uint64_t enter_user(int (*fn)(void), void *ustack, uint64_t rflags);
 extern const uint64_t isr_table[48];
 void isr_user_return(void);
+__attribute__((noreturn)) void resume_kernel(uint64_t value);
 
 /* ---- programs ---- */
 int prog_hello(int argc, char **argv);

@@ -114,6 +114,12 @@ user_ret:
 isr_user_return:
 	testb $3, 8(%rsp)       /* CS of the interrupted context */
 	jz 1f
+	/* fall through with RDI = the user's value */
+
+/* void resume_kernel(uint64_t value): also called from the #UD fallback in cpu.c. */
+	.globl resume_kernel
+	.type resume_kernel, @function
+resume_kernel:
 	mov %rdi, %rax
 	mov $SEL_KDATA, %ecx
 	mov %ecx, %ds
@@ -127,6 +133,7 @@ isr_user_return:
 	pop %rbp
 	pop %rbx
 	ret
+	.size resume_kernel, . - resume_kernel
 1:	pushq $0
 	pushq $0x80
 	jmp isr_common
