@@ -1,0 +1,24 @@
+/** The benchmarks `vireo bench NAME` knows. Each prints a table, or JSON with --json. */
+import { benchExits, formatExits } from "./exits.ts";
+
+export interface BenchOptions {
+  json: boolean;
+  rounds: number;
+  iterations?: number;
+}
+
+export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOptions): Promise<void> }> = {
+  exits: {
+    description: "guest PIO and MMIO exit round trip: vireo vs the C reference VMM (bench/ref)",
+    async run(opts) {
+      const r = await benchExits(opts);
+      console.log(opts.json ? JSON.stringify({ benchmark: "exits", ...r }, null, 2) : formatExits(r));
+    },
+  },
+};
+
+export async function runBenchmark(name: string, opts: BenchOptions): Promise<void> {
+  const bench = BENCHMARKS[name];
+  if (!bench) throw new Error(`unknown benchmark ${name}`);
+  await bench.run(opts);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything vireo needs on a fresh Debian 12 machine (as root), then builds the native addon, the
+# micro guest and the C reference VMM. Safe to re-run: steps that are already done are quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian packages: compilers for the addon, the micro guest and the reference VMM; Linux headers for <linux/kvm.h>.
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+command -v python3 >/dev/null || need+=(python3)
+[ -f /usr/include/linux/kvm.h ] || need+=(linux-libc-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v node >/dev/null || { say "Node.js 20 or newer is required (apt-get install nodejs npm)"; exit 1; }
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+say "building the native addon"
+npx --no-install node-gyp rebuild --directory native --loglevel=error >/dev/null
+say "building the micro guest"
+make -s -C guest/micro
+say "building the C reference VMM"
+make -s -C bench/ref
+say "ready"

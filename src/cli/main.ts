@@ -1,0 +1,209 @@
+/** vireo's command line. Control only: parse, validate, start a machine or a benchmark, report. */
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
+import { ConfigError, VireoError } from "../errors.ts";
+import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
+import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
+import { formatRunSummary } from "./summary.ts";
+
+const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
+
+Usage:
+  vireo run --guest micro:NAME [ARG...] [options]   run a built-in micro guest program
+  vireo run --kernel FILE.elf [options]             run a freestanding ELF64 guest (docs/guest-abi.md)
+  vireo demo                                        run the micro guest's tour and show what happened
+  vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
+
+Run 'vireo COMMAND --help' for a command's options.`;
+
+const RUN_HELP = `Usage: vireo run (--kernel FILE.elf | --guest micro:NAME [ARG...]) [options]
+
+Options:
+  --kernel FILE        freestanding ELF64 x86-64 guest, loaded per docs/guest-abi.md
+  --guest micro:NAME   built-in micro guest program; positional ARGs follow NAME on its command line
+                       (programs: ${MICRO_PROGRAMS.join(", ")})
+  --cmdline STRING     guest command line (with --kernel)
+  --mem MiB            guest RAM in MiB (default 64, 2 to 3072)
+  --cpus N             vCPUs (default 1)
+  --serial MODE        COM1 output: stdio (default), none, or file:PATH
+  --metrics FILE       write the metrics registry as JSON to FILE at exit
+  --timeout SECONDS    stop the guest after this long (exit status 124)
+  -h, --help           this help
+
+Exit status: the guest's debug-exit code (0-255); 123 if the guest crashed (triple fault);
+124 on --timeout; 125 if vireo itself failed (one line on stderr says why); 130 if stopped (Ctrl-A x).`;
+
+const DEMO_HELP = `Usage: vireo demo
+
+Runs the micro guest's tour (UART output, port I/O, MMIO, interrupts, CPL 3 with IOPL 3) on KVM and
+prints a table of what happened: exits by reason, interrupts, device accesses.`;
+
+const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N]
+
+Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
+${Object.entries(BENCHMARKS)
+  .map(([name, b]) => `  ${name.padEnd(10)} ${b.description}`)
+  .join("\n")}
+
+Options:
+  --json            print JSON instead of a table
+  --rounds N        interleaved rounds per configuration (default 5; medians are reported)
+  --iterations N    guest loop iterations per round (default depends on the benchmark)`;
+
+function parseSerial(value: string): SerialConfig {
+  if (value === "stdio") return { kind: "stdio" };
+  if (value === "none") return { kind: "none" };
+  if (value.startsWith("file:") && value.length > 5) return { kind: "file", path: value.slice(5) };
+  throw new ConfigError(`--serial must be stdio, none or file:PATH, got '${value}'`);
+}
+
+function parseCount(flag: string, value: string | undefined, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min) throw new ConfigError(`${flag} must be a whole number >= ${min}, got '${value}'`);
+  return n;
+}
+
+async function cmdRun(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      kernel: { type: "string" },
+      guest: { type: "string" },
+      cmdline: { type: "string" },
+      mem: { type: "string" },
+      cpus: { type: "string" },
+      serial: { type: "string" },
+      metrics: { type: "string" },
+      timeout: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(RUN_HELP);
+    return 0;
+  }
+  if ((values.kernel === undefined) === (values.guest === undefined)) throw new ConfigError("give exactly one of --kernel FILE or --guest micro:NAME (see vireo run --help)");
+  let kernel: string;
+  let cmdline: string;
+  if (values.guest !== undefined) {
+    if (!values.guest.startsWith("micro:")) throw new ConfigError(`--guest takes micro:NAME, got '${values.guest}'`);
+    if (values.cmdline !== undefined) throw new ConfigError("--cmdline goes with --kernel; with --guest, put arguments after the name");
+    ({ kernel, cmdline } = microGuest(values.guest, positionals));
+  } else {
+    if (positionals.length) throw new ConfigError(`unexpected argument '${positionals[0]}'`);
+    kernel = values.kernel as string;
+    cmdline = values.cmdline ?? "";
+  }
+  const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
+  if (timeout !== undefined && !(timeout > 0)) throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
+  const config: MachineConfig = {
+    kernel,
+    cmdline,
+    memMiB: parseCount("--mem", values.mem, 64),
+    cpus: parseCount("--cpus", values.cpus, 1),
+    serial: parseSerial(values.serial ?? "stdio"),
+    stdin: true,
+    timeoutMs: timeout === undefined ? undefined : timeout * 1000,
+  };
+  const machine = new Machine(config);
+  const onSignal = () => machine.requestStop();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let result: RunResult;
+  try {
+    result = await machine.run();
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  if (values.metrics) writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
+  reportOutcome(result);
+  return result.status;
+}
+
+function metricsDocument(result: RunResult) {
+  return { outcome: result.outcome, status: result.status, wallMs: Math.round(result.wallMs), metrics: result.metrics };
+}
+
+function reportOutcome(result: RunResult): void {
+  for (const e of result.deviceErrors) process.stderr.write(`vireo: device error: ${e}\n`);
+  if (result.outcome !== "guest-exit" && result.message) process.stderr.write(`vireo: ${result.message}\n`);
+  else if (result.outcome === "stop-requested") process.stderr.write("vireo: stopped\n");
+}
+
+async function cmdDemo(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { help: { type: "boolean", short: "h" } } });
+  if (values.help) {
+    console.log(DEMO_HELP);
+    return 0;
+  }
+  const { kernel, cmdline } = microGuest("micro:tour");
+  console.log("vireo demo: running the micro guest's tour on KVM\n");
+  const result = await new Machine({ kernel, cmdline, memMiB: 64, cpus: 1, serial: { kind: "stdio" } }).run();
+  reportOutcome(result);
+  console.log(`\n${formatRunSummary(result)}`);
+  return result.status;
+}
+
+async function cmdBench(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      json: { type: "boolean" },
+      rounds: { type: "string" },
+      iterations: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(BENCH_HELP);
+    return 0;
+  }
+  const name = positionals[0];
+  if (!name) throw new ConfigError(`name a benchmark: ${Object.keys(BENCHMARKS).join(", ")}`);
+  if (!(name in BENCHMARKS)) throw new ConfigError(`unknown benchmark '${name}' (known: ${Object.keys(BENCHMARKS).join(", ")})`);
+  await runBenchmark(name, {
+    json: values.json === true,
+    rounds: parseCount("--rounds", values.rounds, 5),
+    iterations: values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
+  });
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "run":
+      return cmdRun(rest);
+    case "demo":
+      return cmdDemo(rest);
+    case "bench":
+      return cmdBench(rest);
+    case undefined:
+    case "help":
+    case "-h":
+    case "--help":
+      console.log(MAIN_HELP);
+      return command === undefined ? 2 : 0;
+    default:
+      throw new ConfigError(`unknown command '${command}' (see vireo --help)`);
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (e) {
+  if (e instanceof VireoError) {
+    process.stderr.write(`vireo: ${e.message}\n`);
+  } else if (e instanceof TypeError && (e as NodeJS.ErrnoException).code?.startsWith("ERR_PARSE_ARGS")) {
+    process.stderr.write(`vireo: ${e.message} (see --help)\n`);
+  } else {
+    process.stderr.write(`vireo: internal error: ${(e as Error).message}\n`);
+    if (process.env.VIREO_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+  }
+  process.exitCode = 125;
+}

@@ -1,0 +1,155 @@
+/** A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, interrupt lines, ioeventfd and irqfd. */
+import { closeSync } from "node:fs";
+import {
+  KVM,
+  KVM_IOEVENTFD_FLAG_DATAMATCH,
+  KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IRQFD_FLAG_DEASSIGN,
+  KVM_PIT_SPEAKER_DUMMY,
+  SIZEOF,
+} from "./abi.ts";
+import { kvmIoctl } from "./errors.ts";
+import type { KvmSystem } from "./system.ts";
+
+/** Where KVM (VMX) puts its three-page TSS and one-page identity map: just below the IOAPIC/LAPIC/BIOS area. */
+export const KVM_TSS_ADDR = 0xfffbd000;
+export const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
+
+export interface MemorySlot {
+  slot: number;
+  guestPhysAddr: number;
+  size: number;
+  userspaceAddr: bigint;
+  readonly?: boolean;
+}
+
+export interface IoEventFdSpec {
+  addr: number;
+  len: 0 | 1 | 2 | 4 | 8;
+  fd: number;
+  pio: boolean;
+  datamatch?: bigint;
+}
+
+export type MsiRoute = { gsi: number; addressLo: number; addressHi: number; data: number };
+
+export class Vm {
+  readonly fd: number;
+
+  private constructor(fd: number) {
+    this.fd = fd;
+  }
+
+  static create(system: KvmSystem): Vm {
+    return new Vm(kvmIoctl(system.fd, KVM.CREATE_VM, 0, "KVM_CREATE_VM"));
+  }
+
+  /** Wrap an existing VM fd (a worker thread gets the number from the main thread). */
+  static fromFd(fd: number): Vm {
+    return new Vm(fd);
+  }
+
+  setTssAddr(addr = KVM_TSS_ADDR): void {
+    kvmIoctl(this.fd, KVM.SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR");
+  }
+
+  setIdentityMapAddr(addr = KVM_IDENTITY_MAP_ADDR): void {
+    const arg = new BigUint64Array([BigInt(addr)]);
+    kvmIoctl(this.fd, KVM.SET_IDENTITY_MAP_ADDR, arg, "KVM_SET_IDENTITY_MAP_ADDR");
+  }
+
+  setUserMemoryRegion(region: MemorySlot): void {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_userspace_memory_region));
+    buf.setUint32(0, region.slot, true);
+    buf.setUint32(4, region.readonly ? 2 : 0, true); // KVM_MEM_READONLY
+    buf.setBigUint64(8, BigInt(region.guestPhysAddr), true);
+    buf.setBigUint64(16, BigInt(region.size), true);
+    buf.setBigUint64(24, region.userspaceAddr, true);
+    kvmIoctl(this.fd, KVM.SET_USER_MEMORY_REGION, buf, "KVM_SET_USER_MEMORY_REGION");
+  }
+
+  /** In-kernel PIC pair, IOAPIC and per-vCPU LAPICs. */
+  createIrqchip(): void {
+    kvmIoctl(this.fd, KVM.CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");
+  }
+
+  createPit(): void {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_pit_config));
+    buf.setUint32(0, KVM_PIT_SPEAKER_DUMMY, true);
+    kvmIoctl(this.fd, KVM.CREATE_PIT2, buf, "KVM_CREATE_PIT2");
+  }
+
+  /** Drive a GSI to a level (with the in-kernel irqchip, GSI n < 16 is ISA IRQ n on both PIC and IOAPIC). */
+  irqLine(gsi: number, level: boolean): void {
+    const buf = new Uint32Array([gsi, level ? 1 : 0]);
+    kvmIoctl(this.fd, KVM.IRQ_LINE, buf, "KVM_IRQ_LINE");
+  }
+
+  /** Bind an eventfd to a GSI: a write to the eventfd injects the interrupt without a trip through userspace. */
+  irqfd(fd: number, gsi: number, opts: { deassign?: boolean; resampleFd?: number } = {}): void {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_irqfd));
+    buf.setUint32(0, fd, true);
+    buf.setUint32(4, gsi, true);
+    let flags = opts.deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
+    if (opts.resampleFd !== undefined) {
+      flags |= 1 << 1; // KVM_IRQFD_FLAG_RESAMPLE
+      buf.setUint32(12, opts.resampleFd, true);
+    }
+    buf.setUint32(8, flags, true);
+    kvmIoctl(this.fd, KVM.IRQFD, buf, "KVM_IRQFD");
+  }
+
+  /** A guest write to addr (of len bytes, optionally of one value) signals the eventfd inside the kernel. */
+  ioeventfd(spec: IoEventFdSpec, deassign = false): void {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_ioeventfd));
+    buf.setBigUint64(0, spec.datamatch ?? 0n, true);
+    buf.setBigUint64(8, BigInt(spec.addr), true);
+    buf.setUint32(16, spec.len, true);
+    buf.setInt32(20, spec.fd, true);
+    let flags = spec.pio ? KVM_IOEVENTFD_FLAG_PIO : 0;
+    if (spec.datamatch !== undefined) flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+    if (deassign) flags |= 1 << 2; // KVM_IOEVENTFD_FLAG_DEASSIGN
+    buf.setUint32(24, flags, true);
+    kvmIoctl(this.fd, KVM.IOEVENTFD, buf, "KVM_IOEVENTFD");
+  }
+
+  /**
+   * Replace the GSI routing table. KVM's table replaces the default one wholesale, so the caller passes the
+   * irqchip routes it still wants (ISA IRQs) along with its MSI routes.
+   */
+  setGsiRouting(irqchip: Array<{ gsi: number; chip: number; pin: number }>, msi: MsiRoute[]): void {
+    const n = irqchip.length + msi.length;
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_irq_routing + n * SIZEOF.kvm_irq_routing_entry));
+    buf.setUint32(0, n, true);
+    let o = SIZEOF.kvm_irq_routing;
+    for (const r of irqchip) {
+      buf.setUint32(o, r.gsi, true);
+      buf.setUint32(o + 4, 1, true); // KVM_IRQ_ROUTING_IRQCHIP
+      buf.setUint32(o + 16, r.chip, true);
+      buf.setUint32(o + 20, r.pin, true);
+      o += SIZEOF.kvm_irq_routing_entry;
+    }
+    for (const r of msi) {
+      buf.setUint32(o, r.gsi, true);
+      buf.setUint32(o + 4, 2, true); // KVM_IRQ_ROUTING_MSI
+      buf.setUint32(o + 16, r.addressLo, true);
+      buf.setUint32(o + 20, r.addressHi, true);
+      buf.setUint32(o + 24, r.data, true);
+      o += SIZEOF.kvm_irq_routing_entry;
+    }
+    kvmIoctl(this.fd, KVM.SET_GSI_ROUTING, buf, "KVM_SET_GSI_ROUTING");
+  }
+
+  /** Inject one MSI directly. */
+  signalMsi(addressLo: number, addressHi: number, data: number): number {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_msi));
+    buf.setUint32(0, addressLo, true);
+    buf.setUint32(4, addressHi, true);
+    buf.setUint32(8, data, true);
+    return kvmIoctl(this.fd, KVM.SIGNAL_MSI, buf, "KVM_SIGNAL_MSI");
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}

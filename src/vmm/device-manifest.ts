@@ -1,0 +1,82 @@
+/**
+ * The machine's devices as plain data. The main thread decides what the machine has; every thread that serves
+ * exits (each vCPU worker) builds its own bus from this manifest. Devices whose state must be one device across
+ * threads (the UART) keep that state in a SharedArrayBuffer named here.
+ */
+import { writeSync } from "node:fs";
+import { Bus } from "../bus/bus.ts";
+import { DebugExit } from "../devices/legacy/debug-exit.ts";
+import { TestDevice } from "../devices/legacy/test-device.ts";
+import { Uart16550 } from "../devices/legacy/uart16550.ts";
+import type { MetricsSink } from "../metrics/registry.ts";
+import { kvmIrqLine } from "./irq.ts";
+
+export type DeviceSpec =
+  | { kind: "uart16550"; name: string; port: number; irq: number; state: SharedArrayBuffer; outputFd: number | null }
+  | { kind: "debug-exit"; port: number }
+  | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number };
+
+/** What the thread building the buses provides to its devices. */
+export interface DeviceHost {
+  vmFd: number;
+  metrics: MetricsSink;
+  onGuestExit(code: number): void;
+  onMarker(id: number): void;
+}
+
+export interface Buses {
+  pio: Bus;
+  mmio: Bus;
+}
+
+/** COM1 and the micro-guest devices of docs/guest-abi.md. */
+export function defaultDevices(opts: { outputFd: number | null }): DeviceSpec[] {
+  return [
+    { kind: "uart16550", name: "com1", port: 0x3f8, irq: 4, state: Uart16550.createState(), outputFd: opts.outputFd },
+    { kind: "debug-exit", port: 0x501 },
+    { kind: "test-device", pioBase: 0x510, mmioBase: 0xfeb00000, irq: 5 },
+  ];
+}
+
+export function buildBuses(specs: readonly DeviceSpec[], host: DeviceHost): Buses {
+  const pio = new Bus("pio", host.metrics);
+  const mmio = new Bus("mmio", host.metrics);
+  for (const spec of specs) {
+    switch (spec.kind) {
+      case "uart16550": {
+        const fd = spec.outputFd;
+        const uart = new Uart16550({
+          state: spec.state,
+          name: spec.name,
+          irq: kvmIrqLine(host.vmFd, spec.irq, host.metrics),
+          output: fd === null ? () => {} : (bytes) => writeAll(fd, bytes),
+          metrics: host.metrics,
+        });
+        pio.register(spec.port, 8, uart);
+        break;
+      }
+      case "debug-exit":
+        pio.register(spec.port, 1, new DebugExit({ onExit: host.onGuestExit }));
+        break;
+      case "test-device": {
+        const irq = kvmIrqLine(host.vmFd, spec.irq, host.metrics);
+        pio.register(spec.pioBase, 0x10, new TestDevice({ kind: "pio", irq, onMarker: host.onMarker }));
+        mmio.register(spec.mmioBase, 0x1000, new TestDevice({ kind: "mmio", irq, onMarker: host.onMarker }));
+        break;
+      }
+    }
+  }
+  return { pio, mmio };
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  let done = 0;
+  while (done < bytes.length) {
+    try {
+      done += writeSync(fd, bytes, done, bytes.length - done);
+    } catch (e) {
+      // A terminal or pipe in non-blocking mode can refuse for a moment; output is not dropped for that.
+      if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+    }
+  }
+}

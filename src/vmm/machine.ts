@@ -1,0 +1,279 @@
+/**
+ * A machine's lifecycle, on the main thread: create the VM and its RAM, load the guest, start one worker per
+ * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
+ */
+import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { Worker } from "node:worker_threads";
+import { BOOT_INFO_ADDR, writeLongModeTables } from "../arch/x86/long-mode.ts";
+import { vcpuCpuid } from "../arch/x86/cpuid.ts";
+import { loadElf } from "../arch/x86/elf.ts";
+import { Uart16550 } from "../devices/legacy/uart16550.ts";
+import { ConfigError, VireoError } from "../errors.ts";
+import { RUN } from "../kvm/abi.ts";
+import { KvmSystem } from "../kvm/system.ts";
+import { Vm } from "../kvm/vm.ts";
+import { allocateGuestRam } from "../memory/guest-ram.ts";
+import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
+import { native } from "../native.ts";
+import { defaultDevices, type DeviceSpec } from "./device-manifest.ts";
+import { kvmIrqLine } from "./irq.ts";
+import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import type { VcpuWorkerData } from "./vcpu-worker.ts";
+
+export type SerialConfig = { kind: "stdio" } | { kind: "none" } | { kind: "file"; path: string };
+
+export interface MachineConfig {
+  memMiB: number;
+  cpus: number;
+  /** Path of a freestanding ELF64 guest (docs/guest-abi.md). */
+  kernel: string;
+  cmdline: string;
+  serial: SerialConfig;
+  /** Feed host stdin to the UART (only with serial stdio). */
+  stdin?: boolean;
+  timeoutMs?: number;
+}
+
+export type Outcome = StopReason | "timeout";
+
+export interface RunResult {
+  outcome: Outcome;
+  /** The status `vireo run` exits with (see EXIT_STATUS). */
+  status: number;
+  /** The guest's own exit code, when it ended through the debug-exit port. */
+  guestCode?: number;
+  message?: string;
+  metrics: Record<string, number>;
+  /** Test-device markers: id -> host monotonic nanoseconds. */
+  markers: Map<number, number>;
+  deviceErrors: string[];
+  wallMs: number;
+}
+
+/** Statuses vireo uses for itself; a guest that exits through the debug port picks any 0-255. */
+export const EXIT_STATUS = { vmmError: 125, timeout: 124, guestCrash: 123, stopped: 130 } as const;
+
+export class GuestImageError extends VireoError {}
+
+export const MAX_CPUS = 64;
+
+export function validateConfig(config: MachineConfig): void {
+  if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS)
+    throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_CPUS}, got ${config.cpus}`);
+  if (!existsSync(config.kernel)) throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
+  if (!statSync(config.kernel).isFile()) throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
+}
+
+export class Machine {
+  private readonly config: MachineConfig;
+  private readonly control = new SharedArrayBuffer(CONTROL.slots * 4);
+  private readonly vcpus: Array<{ worker: Worker; thread?: number; run?: Uint8Array }> = [];
+  private stopRequested = false;
+
+  constructor(config: MachineConfig) {
+    this.config = config;
+  }
+
+  /** Ask every vCPU to leave KVM_RUN and stop (from any point of the run). */
+  requestStop(): void {
+    this.stopRequested = true;
+    Atomics.store(new Int32Array(this.control), CONTROL.stop, 1);
+    for (const v of this.vcpus) {
+      if (v.run && v.thread !== undefined) {
+        v.run[RUN.immediate_exit] = 1;
+        native().threadKick(v.thread);
+      }
+    }
+  }
+
+  async run(): Promise<RunResult> {
+    const started = performance.now();
+    const config = this.config;
+    validateConfig(config);
+    const image = readFileSync(config.kernel);
+    const system = KvmSystem.open();
+    const metrics = new MetricsRegistry();
+    const mainSegment = metrics.allocateSegment();
+    const mainMetrics = new MetricsSegment(metrics.shared, mainSegment);
+    let vm: Vm | undefined;
+    let serialFd: number | null = null;
+    let closeSerial = false;
+    const cleanups: Array<() => void> = [];
+    try {
+      const ram = allocateGuestRam(config.memMiB);
+      cleanups.push(() => closeSync(ram.fd));
+      const { entry } = loadElf(ram.memory, image);
+      writeLongModeTables(ram.memory, { memSize: ram.size, cmdline: config.cmdline, cpus: config.cpus });
+
+      vm = Vm.create(system);
+      vm.setTssAddr();
+      vm.setIdentityMapAddr();
+      vm.createIrqchip();
+      vm.createPit();
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, size: ram.size, userspaceAddr: ram.hostAddress });
+
+      if (config.serial.kind === "stdio") serialFd = 1;
+      else if (config.serial.kind === "file") {
+        serialFd = openSync(config.serial.path, "w");
+        closeSerial = true;
+      }
+      const devices = defaultDevices({ outputFd: serialFd });
+      const supported = system.supportedCpuid();
+      const mmapSize = system.vcpuMmapSize();
+
+      const markers = new Map<number, number>();
+      const deviceErrors: string[] = [];
+      let first: { reason: StopReason; code?: number; message?: string } | undefined;
+      let timedOut = false;
+
+      const stopped = this.startVcpus({
+        vm,
+        devices,
+        mmapSize,
+        supported,
+        entry,
+        memSize: ram.size,
+        metrics,
+        onMessage: (m) => {
+          if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+          else if (m.type === "marker") markers.set(m.id, m.ns);
+          else if (m.type === "device-error") deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
+          else if (m.type === "stopped") {
+            if (!first && m.reason !== "stop-requested") first = { reason: m.reason, code: m.code, message: m.message };
+            this.requestStop();
+          }
+        },
+      });
+
+      const stopInput = config.serial.kind === "stdio" && config.stdin ? this.attachStdin(devices, vm.fd, mainMetrics) : () => {};
+      cleanups.push(stopInput);
+      const timer =
+        config.timeoutMs !== undefined
+          ? setTimeout(() => {
+              timedOut = true;
+              this.requestStop();
+            }, config.timeoutMs)
+          : undefined;
+      await stopped;
+      if (timer) clearTimeout(timer);
+      metrics.addNames(mainSegment, mainMetrics.names());
+
+      const outcome: Outcome = first?.reason ?? (timedOut ? "timeout" : "stop-requested");
+      const status =
+        outcome === "guest-exit"
+          ? (first?.code ?? 0)
+          : outcome === "timeout"
+            ? EXIT_STATUS.timeout
+            : outcome === "stop-requested"
+              ? EXIT_STATUS.stopped
+              : outcome === "shutdown" || outcome === "halted"
+                ? EXIT_STATUS.guestCrash
+                : EXIT_STATUS.vmmError;
+      return {
+        outcome,
+        status,
+        guestCode: outcome === "guest-exit" ? first?.code : undefined,
+        message: outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
+        metrics: metrics.snapshot(),
+        markers,
+        deviceErrors,
+        wallMs: performance.now() - started,
+      };
+    } finally {
+      for (const c of cleanups.reverse()) c();
+      if (closeSerial && serialFd !== null) closeSync(serialFd);
+      vm?.close();
+      system.close();
+    }
+  }
+
+  private startVcpus(o: {
+    vm: Vm;
+    devices: DeviceSpec[];
+    mmapSize: number;
+    supported: ReturnType<KvmSystem["supportedCpuid"]>;
+    entry: number;
+    memSize: number;
+    metrics: MetricsRegistry;
+    onMessage(m: WorkerMessage): void;
+  }): Promise<void> {
+    const exits: Array<Promise<void>> = [];
+    for (let index = 0; index < this.config.cpus; index++) {
+      const workerData: VcpuWorkerData = {
+        index,
+        vmFd: o.vm.fd,
+        mmapSize: o.mmapSize,
+        cpuid: vcpuCpuid(o.supported, index, this.config.cpus),
+        boot: index === 0 ? { rip: o.entry, rsp: Math.floor(o.memSize / 16) * 16, rdi: BOOT_INFO_ADDR } : null,
+        devices: o.devices,
+        control: this.control,
+        metricsBuffer: o.metrics.shared,
+        metricsSegment: o.metrics.allocateSegment(),
+      };
+      const worker = new Worker(new URL("./vcpu-worker.ts", import.meta.url), { workerData });
+      const slot: { worker: Worker; thread?: number; run?: Uint8Array } = { worker };
+      this.vcpus.push(slot);
+      worker.on("message", (m: WorkerMessage) => {
+        if (m.type === "ready") {
+          slot.thread = m.thread;
+          slot.run = new Uint8Array(m.run);
+          if (this.stopRequested) this.requestStop();
+        }
+        o.onMessage(m);
+      });
+      exits.push(
+        new Promise<void>((resolve) => {
+          worker.on("error", (e) => {
+            o.onMessage({ type: "stopped", vcpu: index, reason: "error", message: `vCPU ${index} thread failed: ${e.message}` });
+            resolve();
+          });
+          worker.on("exit", () => resolve());
+        }),
+      );
+    }
+    return Promise.all(exits).then(() => undefined);
+  }
+
+  /** Terminal input to COM1: bytes the UART cannot take yet wait here, so nothing typed is lost. */
+  private attachStdin(devices: DeviceSpec[], vmFd: number, metrics: MetricsSegment): () => void {
+    const spec = devices.find((d) => d.kind === "uart16550");
+    if (!spec || spec.kind !== "uart16550") return () => {};
+    const uart = new Uart16550({ state: spec.state, name: spec.name, irq: kvmIrqLine(vmFd, spec.irq, metrics), output: () => {}, metrics });
+    let pending: Uint8Array = new Uint8Array(0);
+    let retry: NodeJS.Timeout | undefined;
+    const push = () => {
+      retry = undefined;
+      const taken = uart.receive(pending);
+      pending = pending.subarray(taken);
+      if (pending.length) retry = setTimeout(push, 5);
+    };
+    const stdin = process.stdin;
+    const raw = stdin.isTTY === true;
+    let ctrlA = false;
+    const onData = (chunk: Buffer) => {
+      if (raw) {
+        // Ctrl-A x ends the run, as in other VMMs' consoles; Ctrl-A Ctrl-A sends one Ctrl-A.
+        for (const byte of chunk) {
+          if (ctrlA && byte === 0x78) {
+            this.requestStop();
+            return;
+          }
+          ctrlA = byte === 0x01 && !ctrlA;
+        }
+      }
+      const merged = new Uint8Array(pending.length + chunk.length);
+      merged.set(pending);
+      merged.set(chunk, pending.length);
+      pending = merged;
+      if (!retry) push();
+    };
+    if (raw) stdin.setRawMode(true);
+    stdin.on("data", onData);
+    return () => {
+      stdin.off("data", onData);
+      if (raw) stdin.setRawMode(false);
+      stdin.pause();
+      if (retry) clearTimeout(retry);
+    };
+  }
+}

@@ -1,0 +1,18 @@
+/** What a vCPU worker tells the main thread. Control flows the other way through shared memory only. */
+export type StopReason =
+  | "guest-exit" // the guest wrote the debug-exit port
+  | "stop-requested" // the main thread asked every vCPU to stop
+  | "shutdown" // KVM_EXIT_SHUTDOWN: a triple fault
+  | "system-event" // KVM_EXIT_SYSTEM_EVENT (PSCI-style shutdown/reset/crash)
+  | "halted" // HLT exited to userspace (no in-kernel irqchip)
+  | "error"; // entry failure, internal error, unhandled exit, or a vireo bug
+
+export type WorkerMessage =
+  | { type: "ready"; vcpu: number; thread: number; run: SharedArrayBuffer }
+  | { type: "metric-names"; segment: number; names: Array<[string, number]> }
+  | { type: "marker"; vcpu: number; id: number; ns: number }
+  | { type: "device-error"; vcpu: number; device: string; message: string }
+  | { type: "stopped"; vcpu: number; reason: StopReason; code?: number; message?: string };
+
+/** Int32 slots of the control SharedArrayBuffer shared by the main thread and every vCPU worker. */
+export const CONTROL = { stop: 0, slots: 4 } as const;

@@ -1,0 +1,33 @@
+/** vireo's own micro guest (guest/micro): where it is built and which programs it has. */
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { ConfigError, VireoError } from "../errors.ts";
+
+export const MICRO_GUEST_ELF = fileURLToPath(new URL("../../guest/micro/build/micro.elf", import.meta.url));
+
+/** The programs guest/micro/README.md describes, selected by the first word of the guest command line. */
+export const MICRO_PROGRAMS = [
+  "hello",
+  "exit42",
+  "pio",
+  "mmio",
+  "irq",
+  "user",
+  "bench-pio",
+  "bench-mmio",
+  "triple-fault",
+  "tour",
+] as const;
+export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
+
+/** Resolves `micro:NAME` to the micro guest ELF and its command line. */
+export function microGuest(spec: string, args: readonly string[] = []): { kernel: string; cmdline: string } {
+  const name = spec.replace(/^micro:/, "");
+  if (!(MICRO_PROGRAMS as readonly string[]).includes(name)) {
+    throw new ConfigError(`unknown micro guest program '${name}' (known: ${MICRO_PROGRAMS.join(", ")})`);
+  }
+  if (!existsSync(MICRO_GUEST_ELF)) {
+    throw new VireoError("VIREO_MICRO_GUEST_MISSING", `the micro guest is not built (${MICRO_GUEST_ELF}); run: npm run build:guest`);
+  }
+  return { kernel: MICRO_GUEST_ELF, cmdline: [name, ...args].join(" ") };
+}

@@ -1,0 +1,172 @@
+/**
+ * A vCPU's thread: creates the vCPU, then runs KVM_RUN and serves every exit right here, on this thread,
+ * through the buses it built from the device manifest. It never returns to its event loop while running, so
+ * the main thread controls it through shared memory (CONTROL) and a kick, never through messages.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { longModeSregs } from "../arch/x86/long-mode.ts";
+import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SYSTEM_EVENT } from "../kvm/abi.ts";
+import type { CpuidEntry } from "../kvm/system.ts";
+import { EXIT_KICKED, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
+import { type Counter, MetricsSegment } from "../metrics/registry.ts";
+import { native } from "../native.ts";
+import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
+import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import { SREGS } from "../kvm/abi.ts";
+
+export interface VcpuWorkerData {
+  index: number;
+  vmFd: number;
+  mmapSize: number;
+  cpuid: CpuidEntry[];
+  /** Entry state for the boot vCPU; application processors wait for INIT/SIPI. */
+  boot: { rip: number; rsp: number; rdi: number } | null;
+  devices: DeviceSpec[];
+  control: SharedArrayBuffer;
+  metricsBuffer: SharedArrayBuffer;
+  metricsSegment: number;
+}
+
+const data = workerData as VcpuWorkerData;
+const port = parentPort;
+if (!port) throw new Error("vcpu-worker must run as a worker thread");
+const post = (m: WorkerMessage) => port.postMessage(m);
+
+const control = new Int32Array(data.control);
+const metrics = new MetricsSegment(data.metricsBuffer, data.metricsSegment);
+let stop: { reason: StopReason; code?: number; message?: string } | null = null;
+
+function flushMetricNames(): void {
+  const names = metrics.drainNewNames();
+  if (names.length) post({ type: "metric-names", segment: data.metricsSegment, names });
+}
+
+function main(): void {
+  const vcpu = Vcpu.create(data.vmFd, data.index, data.mmapSize);
+  vcpu.setCpuid(data.cpuid);
+  if (data.boot) enterLongMode(vcpu, data.boot);
+
+  const { pio, mmio } = buildBuses(data.devices, {
+    vmFd: data.vmFd,
+    metrics,
+    onGuestExit: (code) => {
+      stop = { reason: "guest-exit", code };
+    },
+    onMarker: (id) => post({ type: "marker", vcpu: data.index, id, ns: Number(process.hrtime.bigint()) }),
+  });
+
+  const thread = native().threadRegister();
+  flushMetricNames();
+  post({ type: "ready", vcpu: data.index, thread, run: vcpu.runBuffer });
+
+  const exitCounters = new Map<number, Counter>();
+  const countExit = (reason: number) => {
+    let c = exitCounters.get(reason);
+    if (!c) {
+      c = metrics.counter(`exits.${EXIT_NAMES[reason] ?? `reason${reason}`}`);
+      exitCounters.set(reason, c);
+      flushMetricNames();
+    }
+    c.add();
+  };
+  const run = vcpu.run;
+  const bytes = vcpu.runBytes;
+  const reportedDevices = new Set<string>();
+
+  while (stop === null) {
+    if (Atomics.load(control, CONTROL.stop) !== 0) {
+      stop = { reason: "stop-requested" };
+      break;
+    }
+    const reason = vcpu.enter();
+    if (reason === EXIT_KICKED) continue;
+    countExit(reason);
+    try {
+      switch (reason) {
+        case EXIT.IO: {
+          const size = bytes[RUN.io_size] ?? 1;
+          const portNo = run.getUint16(RUN.io_port, true);
+          const count = run.getUint32(RUN.io_count, true);
+          const base = Number(run.getBigUint64(RUN.io_data_offset, true));
+          const out = bytes[RUN.io_direction] === KVM_EXIT_IO_OUT;
+          // A `rep ins/outs` arrives as `count` accesses of `size` bytes, back to back.
+          for (let i = 0; i < count; i++) {
+            const access = bytes.subarray(base + i * size, base + (i + 1) * size);
+            if (out) pio.write(portNo, access);
+            else pio.read(portNo, access);
+          }
+          break;
+        }
+        case EXIT.MMIO: {
+          const addr = Number(run.getBigUint64(RUN.mmio_phys_addr, true));
+          const len = run.getUint32(RUN.mmio_len, true);
+          const access = bytes.subarray(RUN.mmio_data, RUN.mmio_data + Math.min(len, 8));
+          if (bytes[RUN.mmio_is_write]) mmio.write(addr, access);
+          else mmio.read(addr, access);
+          break;
+        }
+        case EXIT.HLT:
+          stop = { reason: "halted", message: "the guest executed HLT with no way to wake" };
+          break;
+        case EXIT.SHUTDOWN:
+          stop = { reason: "shutdown", message: "the guest triple-faulted (KVM_EXIT_SHUTDOWN)" };
+          break;
+        case EXIT.SYSTEM_EVENT: {
+          const type = run.getUint32(RUN.system_event_type, true);
+          const what = type === SYSTEM_EVENT.SHUTDOWN ? "shutdown" : type === SYSTEM_EVENT.RESET ? "reset" : `event ${type}`;
+          stop = { reason: "system-event", message: `the guest requested ${what}` };
+          break;
+        }
+        case EXIT.FAIL_ENTRY: {
+          const hw = run.getBigUint64(RUN.fail_entry_reason, true);
+          stop = { reason: "error", message: `KVM could not enter the guest (hardware entry failure reason 0x${hw.toString(16)})` };
+          break;
+        }
+        case EXIT.INTERNAL_ERROR: {
+          const sub = run.getUint32(RUN.internal_suberror, true);
+          const n = Math.min(run.getUint32(RUN.internal_ndata, true), 16);
+          const extra = Array.from({ length: n }, (_, i) => `0x${run.getBigUint64(RUN.internal_data + 8 * i, true).toString(16)}`);
+          stop = { reason: "error", message: `KVM internal error, suberror ${sub}${n ? ` (data ${extra.join(" ")})` : ""}` };
+          break;
+        }
+        case EXIT.INTR:
+          break;
+        default:
+          stop = { reason: "error", message: `unhandled KVM exit reason ${reason} (${EXIT_NAMES[reason] ?? "unknown"})` };
+      }
+    } catch (e) {
+      // A device failing on one access must not take the VM down: report it once per device and go on.
+      const device = (reason === EXIT.IO ? "pio" : "mmio") + ":" + ((e as Error).name ?? "Error");
+      metrics.counter("vmm.device_errors").add();
+      if (!reportedDevices.has(device)) {
+        reportedDevices.add(device);
+        post({ type: "device-error", vcpu: data.index, device, message: (e as Error).message });
+      }
+    }
+  }
+  flushMetricNames();
+  post({ type: "stopped", vcpu: data.index, ...stop });
+  vcpu.close();
+}
+
+function enterLongMode(vcpu: Vcpu, boot: { rip: number; rsp: number; rdi: number }): void {
+  const s = longModeSregs();
+  const sregs = vcpu.getSregs();
+  putSegment(sregs, "cs", s.cs);
+  for (const seg of ["ds", "es", "fs", "gs", "ss"] as const) putSegment(sregs, seg, s.data);
+  putDtable(sregs, SREGS.gdt, s.gdt);
+  putDtable(sregs, SREGS.idt, s.idt);
+  sregs.setBigUint64(SREGS.cr0, s.cr0, true);
+  sregs.setBigUint64(SREGS.cr3, s.cr3, true);
+  sregs.setBigUint64(SREGS.cr4, s.cr4, true);
+  sregs.setBigUint64(SREGS.efer, s.efer, true);
+  vcpu.setSregs(sregs);
+  vcpu.setRegs({ rip: BigInt(boot.rip), rsp: BigInt(boot.rsp), rdi: BigInt(boot.rdi), rflags: 2n });
+}
+
+try {
+  main();
+} catch (e) {
+  flushMetricNames();
+  post({ type: "stopped", vcpu: data.index, reason: "error", message: (e as Error).message });
+}

@@ -1,0 +1,104 @@
+/**
+ * Tier 2: vireo runs its micro guest on the host's real /dev/kvm (PVM here), through the real CLI.
+ * Every exit is real: KVM_EXIT_IO / KVM_EXIT_MMIO served on the vCPU thread, interrupts through the in-kernel
+ * irqchip. Skipped, with the reason, where /dev/kvm is absent.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { KvmSystem } from "../../src/kvm/system.ts";
+import { vireo } from "../helpers/cli.ts";
+import { buildElf } from "../helpers/elf-builder.ts";
+
+const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
+const dir = mkdtempSync(join(tmpdir(), "vireo-kvm-"));
+
+function runWithMetrics(args: string[]) {
+  const file = join(dir, `metrics-${Math.random().toString(36).slice(2)}.json`);
+  const r = vireo(["run", ...args, "--metrics", file]);
+  const doc = JSON.parse(readFileSync(file, "utf8")) as { outcome: string; status: number; metrics: Record<string, number> };
+  return { ...r, doc, m: doc.metrics };
+}
+
+test("micro:hello prints its greeting and exits 0", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:hello"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "Hello from the guest\n");
+});
+
+test("micro:exit42 exits with the guest's code", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:exit42"]);
+  assert.equal(r.status, 42, r.stderr);
+});
+
+test("port I/O: the test device round-trips values and the exits are counted", { skip }, () => {
+  const r = runWithMetrics(["--guest", "micro:pio"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /pio ok/);
+  assert.ok((r.m["exits.io"] ?? 0) > 10, `io exits counted: ${JSON.stringify(r.m)}`);
+  assert.ok((r.m["pio.testdev.read"] ?? 0) > 0 && (r.m["pio.testdev.write"] ?? 0) > 0, JSON.stringify(r.m));
+  assert.equal(r.doc.outcome, "guest-exit");
+});
+
+test("MMIO: 1/2/4/8-byte accesses reach the test device as KVM_EXIT_MMIO", { skip }, () => {
+  const r = runWithMetrics(["--guest", "micro:mmio"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /mmio ok/);
+  assert.ok((r.m["exits.mmio"] ?? 0) > 4, JSON.stringify(r.m));
+  assert.ok((r.m["mmio.testdev.write"] ?? 0) > 0, JSON.stringify(r.m));
+});
+
+test("interrupts: test-device IRQ 5 and the UART's THR-empty IRQ 4 reach the guest", { skip }, () => {
+  const r = runWithMetrics(["--guest", "micro:irq"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /irq ok/);
+  assert.ok((r.m["irq.gsi5.raised"] ?? 0) >= 1, JSON.stringify(r.m));
+  assert.ok((r.m["irq.gsi4.raised"] ?? 0) >= 1, JSON.stringify(r.m));
+});
+
+test("CPL 3 with IOPL 3: port I/O and an interrupt from user mode", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:user"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /hello from CPL 3/);
+  assert.match(r.stdout, /user ok/);
+});
+
+test("a triple fault ends the run with status 123 and says so", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:triple-fault"]);
+  assert.equal(r.status, 123, r.stdout + r.stderr);
+  assert.match(r.stderr, /triple-faulted/);
+});
+
+test("--timeout stops a guest spinning in a loop (the vCPU is kicked out of KVM_RUN)", { skip }, () => {
+  const path = join(dir, "spin.elf");
+  writeFileSync(path, buildElf([{ paddr: 0x100000, code: new Uint8Array([0xeb, 0xfe]) }])); // jmp .
+  const started = Date.now();
+  const r = vireo(["run", "--kernel", path, "--timeout", "1"]);
+  assert.equal(r.status, 124, r.stderr);
+  assert.match(r.stderr, /did not finish within 1000 ms/);
+  assert.ok(Date.now() - started < 20_000, "stopped promptly");
+});
+
+test("two vCPUs: the boot vCPU runs the guest while the other waits for SIPI, and both stop", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:hello", "--cpus", "2"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "Hello from the guest\n");
+});
+
+test("--serial file: writes the guest's output to the file, nothing to stdout", { skip }, () => {
+  const out = join(dir, "serial.txt");
+  const r = vireo(["run", "--guest", "micro:hello", "--serial", `file:${out}`]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "");
+  assert.equal(readFileSync(out, "utf8"), "Hello from the guest\n");
+});
+
+test("vireo demo runs the tour and ends with a table of exits and interrupts", { skip }, () => {
+  const r = vireo(["demo"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /tour ok/);
+  assert.match(r.stdout, /exits by reason\n\s+io\s+\d+/);
+  assert.match(r.stdout, /interrupts raised/);
+});

@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { vireo } from "../helpers/cli.ts";
+import { buildElf } from "../helpers/elf-builder.ts";
+
+// Bad input gets one clear line on stderr and status 125, never a stack trace.
+const dir = mkdtempSync(join(tmpdir(), "vireo-cli-"));
+
+function assertOneLineError(r: { status: number | null; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.status, 125, `status 125 expected, stderr: ${r.stderr}`);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
+  assert.match(lines[0] ?? "", /^vireo: /);
+  assert.match(lines[0] ?? "", pattern);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+}
+
+test("a missing kernel file", () => {
+  assertOneLineError(vireo(["run", "--kernel", join(dir, "nope.elf")]), /kernel not found: .*nope\.elf/);
+});
+
+test("a kernel that is not an ELF file", () => {
+  const path = join(dir, "text.elf");
+  writeFileSync(path, "this is not an ELF image, just text long enough to have a header's worth of bytes\n".repeat(2));
+  assertOneLineError(vireo(["run", "--kernel", path]), /not an ELF file/);
+});
+
+test("memory too small for the image", () => {
+  const path = join(dir, "big.elf");
+  writeFileSync(path, buildElf([{ paddr: 0x100000, code: new Uint8Array([0xf4]), memsz: 8 * 1024 * 1024 }]));
+  assertOneLineError(vireo(["run", "--kernel", path, "--mem", "4"]), /MiB/);
+});
+
+test("an unknown micro guest program", () => {
+  assertOneLineError(vireo(["run", "--guest", "micro:no-such-thing"]), /unknown micro guest program 'no-such-thing' \(known: hello/);
+});
+
+test("no KVM device", () => {
+  const r = vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: join(dir, "no-kvm") } });
+  assertOneLineError(r, /does not exist: this host has no KVM/);
+});
+
+test("a KVM device path that is not KVM", () => {
+  const path = join(dir, "not-kvm");
+  writeFileSync(path, "");
+  assertOneLineError(vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: path } }), /is not a KVM device/);
+});
+
+test("bad option values", () => {
+  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--mem", "lots"]), /--mem must be a whole number/);
+  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--serial", "tty"]), /--serial must be stdio, none or file:PATH/);
+  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--cpus", "0"]), /--cpus must be a whole number/);
+  assertOneLineError(vireo(["run"]), /give exactly one of --kernel FILE or --guest micro:NAME/);
+  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--bogus"]), /Unknown option '--bogus'/);
+  assertOneLineError(vireo(["frobnicate"]), /unknown command 'frobnicate'/);
+  assertOneLineError(vireo(["bench", "nothing"]), /unknown benchmark 'nothing'/);
+});
+
+test("--help works for every command and names every option the code accepts", () => {
+  for (const cmd of [[], ["run"], ["demo"], ["bench"]]) {
+    const r = vireo([...cmd, "--help"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Usage:/);
+  }
+  const run = vireo(["run", "--help"]).stdout;
+  for (const flag of ["--kernel", "--guest", "--cmdline", "--mem", "--cpus", "--serial", "--metrics", "--timeout"]) {
+    assert.ok(run.includes(flag), `run --help mentions ${flag}`);
+  }
+});
