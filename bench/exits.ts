@@ -32,11 +32,26 @@ interface KindResult {
 
 async function vireoRound(program: string, iterations: number): Promise<number> {
   const { kernel, cmdline } = microGuest(`micro:${program}`, [String(iterations)]);
-  const result = await new Machine({ kernel, cmdline, memMiB: 16, cpus: 1, serial: { kind: "none" }, timeoutMs: 120_000 }).run();
+  const result = await new Machine({
+    kernel,
+    cmdline,
+    memMiB: 16,
+    cpus: 1,
+    serial: { kind: "none" },
+    timeoutMs: 120_000,
+  }).run();
   const start = result.markers.get(1);
   const stop = result.markers.get(2);
-  if (result.outcome !== "guest-exit" || result.guestCode !== 0 || start === undefined || stop === undefined) {
-    throw new VireoError("VIREO_BENCH_FAILED", `vireo run of ${program} failed: ${result.outcome} ${result.message ?? ""}`);
+  if (
+    result.outcome !== "guest-exit" ||
+    result.guestCode !== 0 ||
+    start === undefined ||
+    stop === undefined
+  ) {
+    throw new VireoError(
+      "VIREO_BENCH_FAILED",
+      `vireo run of ${program} failed: ${result.outcome} ${result.message ?? ""}`,
+    );
   }
   return (stop - start) / iterations / 1000;
 }
@@ -46,13 +61,22 @@ function refRound(program: string, iterations: number): number {
   const r = spawnSync(REF_VMM, ["--mem", "16", kernel, cmdline], { encoding: "utf8", timeout: 120_000 });
   const line = r.stderr.trim().split("\n").pop() ?? "";
   if (r.status !== 0 || !line.startsWith("{")) {
-    throw new VireoError("VIREO_BENCH_FAILED", `ref-vmm run of ${program} failed (status ${r.status}): ${r.stderr.trim()}`);
+    throw new VireoError(
+      "VIREO_BENCH_FAILED",
+      `ref-vmm run of ${program} failed (status ${r.status}): ${r.stderr.trim()}`,
+    );
   }
   return (JSON.parse(line) as { markerNs: number }).markerNs / iterations / 1000;
 }
 
-export async function benchExits(opts: ExitsOptions): Promise<{ iterations: number; rounds: number; results: KindResult[] }> {
-  if (!existsSync(REF_VMM)) throw new VireoError("VIREO_BENCH_REF_MISSING", `the C reference VMM is not built (${REF_VMM}); run: npm run build:ref`);
+export async function benchExits(
+  opts: ExitsOptions,
+): Promise<{ iterations: number; rounds: number; results: KindResult[] }> {
+  if (!existsSync(REF_VMM))
+    throw new VireoError(
+      "VIREO_BENCH_REF_MISSING",
+      `the C reference VMM is not built (${REF_VMM}); run: npm run build:ref`,
+    );
   const iterations = opts.iterations ?? 20_000;
   const results: KindResult[] = [];
   for (const kind of ["pio", "mmio"] as const) {
@@ -72,7 +96,12 @@ export async function benchExits(opts: ExitsOptions): Promise<{ iterations: numb
 }
 
 export function formatExits(r: Awaited<ReturnType<typeof benchExits>>): string {
-  const rows = r.results.map((k) => [k.kind, k.medianVireoUs.toFixed(2), k.medianRefUs.toFixed(2), `${k.ratio.toFixed(2)}x`]);
+  const rows = r.results.map((k) => [
+    k.kind,
+    k.medianVireoUs.toFixed(2),
+    k.medianRefUs.toFixed(2),
+    `${k.ratio.toFixed(2)}x`,
+  ]);
   return [
     `exit round trip, median of ${r.rounds} interleaved rounds of ${r.iterations} guest writes each`,
     formatTable(["exit", "vireo µs", "C ref µs", "vireo/C"], rows),

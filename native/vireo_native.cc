@@ -4,6 +4,7 @@
 //   mmap(fd, length, offset)       MAP_SHARED mapping as a SharedArrayBuffer, plus its host address (bigint)
 //   memfdCreate(name, flags)       memfd_create(2)
 //   eventfd(initval, flags)        eventfd(2)
+//   close(fd)                      close(2) for fds Node did not open (vCPU fds in worker threads)
 //   addressOf(view)                host address of a TypedArray's first byte (for structs that carry pointers)
 //   threadRegister() / threadKick(id)
 //                                  a vCPU thread registers itself; any thread can then interrupt its KVM_RUN
@@ -173,6 +174,20 @@ Napi::Value AddressOf(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data)));
 }
 
+// close(2) for fds Node did not open itself (a worker thread closing a vCPU fd through fs would warn).
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  if (info.Length() < 1 || !ToInt(info[0], &fd) || fd < 0) {
+    Napi::TypeError::New(env, "close(fd >= 0)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (close(static_cast<int>(fd)) < 0 && errno != EINTR) {
+    ErrnoError(env, errno, "close").ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
 // ---- vCPU thread kicks ----
 constexpr int kMaxThreads = 1024;
 pthread_t g_threads[kMaxThreads];
@@ -229,6 +244,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("threadRegister", Napi::Function::New(env, ThreadRegister, "threadRegister"));
   exports.Set("threadKick", Napi::Function::New(env, ThreadKick, "threadKick"));
   return exports;

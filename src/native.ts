@@ -19,11 +19,14 @@ export interface NativeAddon {
   memfdCreate(name: string, flags?: number): number;
   eventfd(initval?: number, flags?: number): number;
   addressOf(view: ArrayBufferView): bigint;
+  close(fd: number): void;
   threadRegister(): number;
   threadKick(id: number): boolean;
 }
 
-export const NATIVE_ADDON_PATH = fileURLToPath(new URL("../native/build/Release/vireo_native.node", import.meta.url));
+export const NATIVE_ADDON_PATH = fileURLToPath(
+  new URL("../native/build/Release/vireo_native.node", import.meta.url),
+);
 
 let addon: NativeAddon | undefined;
 
@@ -41,7 +44,9 @@ export function native(): NativeAddon {
 
 export function isErrno(e: unknown, code?: string): e is NativeErrnoError {
   return (
-    e instanceof Error && typeof (e as NativeErrnoError).errno === "number" && (!code || (e as NativeErrnoError).code === code)
+    e instanceof Error &&
+    typeof (e as NativeErrnoError).errno === "number" &&
+    (!code || (e as NativeErrnoError).code === code)
   );
 }
 

@@ -61,7 +61,8 @@ function parseSerial(value: string): SerialConfig {
 function parseCount(flag: string, value: string | undefined, fallback: number, min = 1): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min) throw new ConfigError(`${flag} must be a whole number >= ${min}, got '${value}'`);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min)
+    throw new ConfigError(`${flag} must be a whole number >= ${min}, got '${value}'`);
   return n;
 }
 
@@ -85,12 +86,15 @@ async function cmdRun(argv: string[]): Promise<number> {
     console.log(RUN_HELP);
     return 0;
   }
-  if ((values.kernel === undefined) === (values.guest === undefined)) throw new ConfigError("give exactly one of --kernel FILE or --guest micro:NAME (see vireo run --help)");
+  if ((values.kernel === undefined) === (values.guest === undefined))
+    throw new ConfigError("give exactly one of --kernel FILE or --guest micro:NAME (see vireo run --help)");
   let kernel: string;
   let cmdline: string;
   if (values.guest !== undefined) {
-    if (!values.guest.startsWith("micro:")) throw new ConfigError(`--guest takes micro:NAME, got '${values.guest}'`);
-    if (values.cmdline !== undefined) throw new ConfigError("--cmdline goes with --kernel; with --guest, put arguments after the name");
+    if (!values.guest.startsWith("micro:"))
+      throw new ConfigError(`--guest takes micro:NAME, got '${values.guest}'`);
+    if (values.cmdline !== undefined)
+      throw new ConfigError("--cmdline goes with --kernel; with --guest, put arguments after the name");
     ({ kernel, cmdline } = microGuest(values.guest, positionals));
   } else {
     if (positionals.length) throw new ConfigError(`unexpected argument '${positionals[0]}'`);
@@ -98,7 +102,8 @@ async function cmdRun(argv: string[]): Promise<number> {
     cmdline = values.cmdline ?? "";
   }
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
-  if (timeout !== undefined && !(timeout > 0)) throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
+  if (timeout !== undefined && !(timeout > 0))
+    throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
   const config: MachineConfig = {
     kernel,
     cmdline,
@@ -125,7 +130,12 @@ async function cmdRun(argv: string[]): Promise<number> {
 }
 
 function metricsDocument(result: RunResult) {
-  return { outcome: result.outcome, status: result.status, wallMs: Math.round(result.wallMs), metrics: result.metrics };
+  return {
+    outcome: result.outcome,
+    status: result.status,
+    wallMs: Math.round(result.wallMs),
+    metrics: result.metrics,
+  };
 }
 
 function reportOutcome(result: RunResult): void {
@@ -165,11 +175,13 @@ async function cmdBench(argv: string[]): Promise<number> {
   }
   const name = positionals[0];
   if (!name) throw new ConfigError(`name a benchmark: ${Object.keys(BENCHMARKS).join(", ")}`);
-  if (!(name in BENCHMARKS)) throw new ConfigError(`unknown benchmark '${name}' (known: ${Object.keys(BENCHMARKS).join(", ")})`);
+  if (!(name in BENCHMARKS))
+    throw new ConfigError(`unknown benchmark '${name}' (known: ${Object.keys(BENCHMARKS).join(", ")})`);
   await runBenchmark(name, {
     json: values.json === true,
     rounds: parseCount("--rounds", values.rounds, 5),
-    iterations: values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
+    iterations:
+      values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
   });
   return 0;
 }

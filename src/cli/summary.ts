@@ -15,7 +15,10 @@ export function formatRunSummary(result: RunResult): string {
   section("port I/O accesses", "pio.");
   section("MMIO accesses", "mmio.");
   section("UART", "uart.");
-  rows.push(["outcome", `${result.outcome}${result.guestCode !== undefined ? ` (guest exit code ${result.guestCode})` : ""}`]);
+  rows.push([
+    "outcome",
+    `${result.outcome}${result.guestCode !== undefined ? ` (guest exit code ${result.guestCode})` : ""}`,
+  ]);
   rows.push(["wall time", `${result.wallMs.toFixed(0)} ms`]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => (v === "" ? k : `${k.padEnd(width)}  ${v.padStart(8)}`)).join("\n");

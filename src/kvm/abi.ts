@@ -9,7 +9,8 @@ const IOC_NONE = 0;
 const IOC_WRITE = 1;
 const IOC_READ = 2;
 const KVMIO = 0xae;
-const ioc = (dir: number, nr: number, size: number): number => ((dir << 30) | (size << 16) | (KVMIO << 8) | nr) >>> 0;
+const ioc = (dir: number, nr: number, size: number): number =>
+  ((dir << 30) | (size << 16) | (KVMIO << 8) | nr) >>> 0;
 const io = (nr: number) => ioc(IOC_NONE, nr, 0);
 const ior = (nr: number, size: number) => ioc(IOC_READ, nr, size);
 const iow = (nr: number, size: number) => ioc(IOC_WRITE, nr, size);

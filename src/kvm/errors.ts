@@ -22,7 +22,12 @@ export class KvmUnavailableError extends VireoError {
 }
 
 /** ioctl(2) through the native layer, with KVM errors turned into KvmIoctlError. */
-export function kvmIoctl(fd: number, request: number, arg: number | bigint | ArrayBufferView | undefined, name: string): number {
+export function kvmIoctl(
+  fd: number,
+  request: number,
+  arg: number | bigint | ArrayBufferView | undefined,
+  name: string,
+): number {
   try {
     return native().ioctl(fd, request, arg, name);
   } catch (e) {

@@ -31,9 +31,15 @@ export class KvmSystem {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === "ENOENT")
-        throw new KvmUnavailableError("VIREO_KVM_MISSING", `${path} does not exist: this host has no KVM (load kvm_intel/kvm_amd, or enable nested virtualization)`);
+        throw new KvmUnavailableError(
+          "VIREO_KVM_MISSING",
+          `${path} does not exist: this host has no KVM (load kvm_intel/kvm_amd, or enable nested virtualization)`,
+        );
       if (code === "EACCES" || code === "EPERM")
-        throw new KvmUnavailableError("VIREO_KVM_PERMISSION", `permission denied opening ${path}: run as root or add your user to the 'kvm' group`);
+        throw new KvmUnavailableError(
+          "VIREO_KVM_PERMISSION",
+          `permission denied opening ${path}: run as root or add your user to the 'kvm' group`,
+        );
       throw new KvmUnavailableError("VIREO_KVM_MISSING", `cannot open ${path}: ${(e as Error).message}`);
     }
     let version: number;
@@ -41,17 +47,31 @@ export class KvmSystem {
       version = kvmIoctl(fd, KVM.GET_API_VERSION, 0, "KVM_GET_API_VERSION");
     } catch {
       closeSync(fd);
-      throw new KvmUnavailableError("VIREO_KVM_UNSUPPORTED", `${path} is not a KVM device (KVM_GET_API_VERSION failed)`);
+      throw new KvmUnavailableError(
+        "VIREO_KVM_UNSUPPORTED",
+        `${path} is not a KVM device (KVM_GET_API_VERSION failed)`,
+      );
     }
     if (version !== KVM_API_VERSION) {
       closeSync(fd);
-      throw new KvmUnavailableError("VIREO_KVM_UNSUPPORTED", `KVM API version ${version}, vireo needs ${KVM_API_VERSION}`);
+      throw new KvmUnavailableError(
+        "VIREO_KVM_UNSUPPORTED",
+        `KVM API version ${version}, vireo needs ${KVM_API_VERSION}`,
+      );
     }
     const system = new KvmSystem(fd);
-    for (const [name, cap] of [["IRQCHIP", CAP.IRQCHIP], ["IOEVENTFD", CAP.IOEVENTFD], ["IRQFD", CAP.IRQFD], ["IMMEDIATE_EXIT", CAP.IMMEDIATE_EXIT]] as const) {
+    for (const [name, cap] of [
+      ["IRQCHIP", CAP.IRQCHIP],
+      ["IOEVENTFD", CAP.IOEVENTFD],
+      ["IRQFD", CAP.IRQFD],
+      ["IMMEDIATE_EXIT", CAP.IMMEDIATE_EXIT],
+    ] as const) {
       if (system.checkExtension(cap) <= 0) {
         system.close();
-        throw new KvmUnavailableError("VIREO_KVM_UNSUPPORTED", `this KVM lacks KVM_CAP_${name}, which vireo needs`);
+        throw new KvmUnavailableError(
+          "VIREO_KVM_UNSUPPORTED",
+          `this KVM lacks KVM_CAP_${name}, which vireo needs`,
+        );
       }
     }
     return system;

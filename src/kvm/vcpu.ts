@@ -2,7 +2,6 @@
  * A vCPU: its fd, the shared kvm_run page, registers. Used on the vCPU's own worker thread, which is the only
  * thread that issues its ioctls (KVM ties a vCPU to the thread that runs it).
  */
-import { closeSync } from "node:fs";
 import type { Segment } from "../arch/x86/long-mode.ts";
 import { isErrno, native } from "../native.ts";
 import { KVM, KVM_MP_STATE_RUNNABLE, RUN, SIZEOF, SREGS } from "./abi.ts";
@@ -13,8 +12,24 @@ import { type CpuidEntry, encodeCpuid } from "./system.ts";
 export const EXIT_KICKED = -1;
 
 export const REG = {
-  rax: 0, rbx: 1, rcx: 2, rdx: 3, rsi: 4, rdi: 5, rsp: 6, rbp: 7,
-  r8: 8, r9: 9, r10: 10, r11: 11, r12: 12, r13: 13, r14: 14, r15: 15, rip: 16, rflags: 17,
+  rax: 0,
+  rbx: 1,
+  rcx: 2,
+  rdx: 3,
+  rsi: 4,
+  rdi: 5,
+  rsp: 6,
+  rbp: 7,
+  r8: 8,
+  r9: 9,
+  r10: 10,
+  r11: 11,
+  r12: 12,
+  r13: 13,
+  r14: 14,
+  r15: 15,
+  rip: 16,
+  rflags: 17,
 } as const;
 export type RegName = keyof typeof REG;
 
@@ -88,7 +103,7 @@ export class Vcpu {
   }
 
   close(): void {
-    closeSync(this.fd);
+    native().close(this.fd);
   }
 }
 
@@ -113,4 +128,3 @@ export function putDtable(sregs: DataView, offset: number, table: { base: bigint
   sregs.setBigUint64(offset, table.base, true);
   sregs.setUint16(offset + 8, table.limit, true);
 }
-

@@ -22,7 +22,9 @@ export const MAX_MEM_MIB = 3072;
 
 export function allocateGuestRam(mib: number): GuestRam {
   if (!Number.isInteger(mib) || mib < MIN_MEM_MIB || mib > MAX_MEM_MIB) {
-    throw new ConfigError(`--mem must be a whole number of MiB from ${MIN_MEM_MIB} to ${MAX_MEM_MIB}, got ${mib}`);
+    throw new ConfigError(
+      `--mem must be a whole number of MiB from ${MIN_MEM_MIB} to ${MAX_MEM_MIB}, got ${mib}`,
+    );
   }
   const size = mib * 1024 * 1024;
   const fd = native().memfdCreate("vireo-guest-ram", MFD_CLOEXEC);

@@ -35,7 +35,8 @@ export class MetricsSegment implements MetricsSink {
     let slot = this.bySlot.get(name);
     if (slot === undefined) {
       slot = this.bySlot.size;
-      if (slot >= SLOTS_PER_SEGMENT) throw new MetricsOverflowError(`too many counters (${SLOTS_PER_SEGMENT})`);
+      if (slot >= SLOTS_PER_SEGMENT)
+        throw new MetricsOverflowError(`too many counters (${SLOTS_PER_SEGMENT})`);
       this.bySlot.set(name, slot);
       this.unsent.push([name, slot]);
     }

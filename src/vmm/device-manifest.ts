@@ -12,7 +12,14 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { kvmIrqLine } from "./irq.ts";
 
 export type DeviceSpec =
-  | { kind: "uart16550"; name: string; port: number; irq: number; state: SharedArrayBuffer; outputFd: number | null }
+  | {
+      kind: "uart16550";
+      name: string;
+      port: number;
+      irq: number;
+      state: SharedArrayBuffer;
+      outputFd: number | null;
+    }
   | { kind: "debug-exit"; port: number }
   | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number };
 
@@ -32,7 +39,14 @@ export interface Buses {
 /** COM1 and the micro-guest devices of docs/guest-abi.md. */
 export function defaultDevices(opts: { outputFd: number | null }): DeviceSpec[] {
   return [
-    { kind: "uart16550", name: "com1", port: 0x3f8, irq: 4, state: Uart16550.createState(), outputFd: opts.outputFd },
+    {
+      kind: "uart16550",
+      name: "com1",
+      port: 0x3f8,
+      irq: 4,
+      state: Uart16550.createState(),
+      outputFd: opts.outputFd,
+    },
     { kind: "debug-exit", port: 0x501 },
     { kind: "test-device", pioBase: 0x510, mmioBase: 0xfeb00000, irq: 5 },
   ];

@@ -3,10 +3,10 @@
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
 import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
-import { Worker } from "node:worker_threads";
-import { BOOT_INFO_ADDR, writeLongModeTables } from "../arch/x86/long-mode.ts";
+import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
+import { BOOT_INFO_ADDR, writeLongModeTables } from "../arch/x86/long-mode.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { RUN } from "../kvm/abi.ts";
@@ -15,9 +15,10 @@ import { Vm } from "../kvm/vm.ts";
 import { allocateGuestRam } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
-import { defaultDevices, type DeviceSpec } from "./device-manifest.ts";
+import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import { startTsWorker } from "./ts-worker.ts";
 import type { VcpuWorkerData } from "./vcpu-worker.ts";
 
 export type SerialConfig = { kind: "stdio" } | { kind: "none" } | { kind: "file"; path: string };
@@ -60,8 +61,10 @@ export const MAX_CPUS = 64;
 export function validateConfig(config: MachineConfig): void {
   if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS)
     throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_CPUS}, got ${config.cpus}`);
-  if (!existsSync(config.kernel)) throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
-  if (!statSync(config.kernel).isFile()) throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
+  if (!existsSync(config.kernel))
+    throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
+  if (!statSync(config.kernel).isFile())
+    throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
 }
 
 export class Machine {
@@ -139,13 +142,17 @@ export class Machine {
           else if (m.type === "marker") markers.set(m.id, m.ns);
           else if (m.type === "device-error") deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
           else if (m.type === "stopped") {
-            if (!first && m.reason !== "stop-requested") first = { reason: m.reason, code: m.code, message: m.message };
+            if (!first && m.reason !== "stop-requested")
+              first = { reason: m.reason, code: m.code, message: m.message };
             this.requestStop();
           }
         },
       });
 
-      const stopInput = config.serial.kind === "stdio" && config.stdin ? this.attachStdin(devices, vm.fd, mainMetrics) : () => {};
+      const stopInput =
+        config.serial.kind === "stdio" && config.stdin
+          ? this.attachStdin(devices, vm.fd, mainMetrics)
+          : () => {};
       cleanups.push(stopInput);
       const timer =
         config.timeoutMs !== undefined
@@ -173,7 +180,8 @@ export class Machine {
         outcome,
         status,
         guestCode: outcome === "guest-exit" ? first?.code : undefined,
-        message: outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
+        message:
+          outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
         metrics: metrics.snapshot(),
         markers,
         deviceErrors,
@@ -204,13 +212,14 @@ export class Machine {
         vmFd: o.vm.fd,
         mmapSize: o.mmapSize,
         cpuid: vcpuCpuid(o.supported, index, this.config.cpus),
-        boot: index === 0 ? { rip: o.entry, rsp: Math.floor(o.memSize / 16) * 16, rdi: BOOT_INFO_ADDR } : null,
+        boot:
+          index === 0 ? { rip: o.entry, rsp: Math.floor(o.memSize / 16) * 16, rdi: BOOT_INFO_ADDR } : null,
         devices: o.devices,
         control: this.control,
         metricsBuffer: o.metrics.shared,
         metricsSegment: o.metrics.allocateSegment(),
       };
-      const worker = new Worker(new URL("./vcpu-worker.ts", import.meta.url), { workerData });
+      const worker = startTsWorker(new URL("./vcpu-worker.ts", import.meta.url), { workerData });
       const slot: { worker: Worker; thread?: number; run?: Uint8Array } = { worker };
       this.vcpus.push(slot);
       worker.on("message", (m: WorkerMessage) => {
@@ -224,7 +233,12 @@ export class Machine {
       exits.push(
         new Promise<void>((resolve) => {
           worker.on("error", (e) => {
-            o.onMessage({ type: "stopped", vcpu: index, reason: "error", message: `vCPU ${index} thread failed: ${e.message}` });
+            o.onMessage({
+              type: "stopped",
+              vcpu: index,
+              reason: "error",
+              message: `vCPU ${index} thread failed: ${e.message}`,
+            });
             resolve();
           });
           worker.on("exit", () => resolve());
@@ -238,7 +252,13 @@ export class Machine {
   private attachStdin(devices: DeviceSpec[], vmFd: number, metrics: MetricsSegment): () => void {
     const spec = devices.find((d) => d.kind === "uart16550");
     if (!spec || spec.kind !== "uart16550") return () => {};
-    const uart = new Uart16550({ state: spec.state, name: spec.name, irq: kvmIrqLine(vmFd, spec.irq, metrics), output: () => {}, metrics });
+    const uart = new Uart16550({
+      state: spec.state,
+      name: spec.name,
+      irq: kvmIrqLine(vmFd, spec.irq, metrics),
+      output: () => {},
+      metrics,
+    });
     let pending: Uint8Array = new Uint8Array(0);
     let retry: NodeJS.Timeout | undefined;
     const push = () => {

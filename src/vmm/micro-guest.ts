@@ -27,7 +27,10 @@ export function microGuest(spec: string, args: readonly string[] = []): { kernel
     throw new ConfigError(`unknown micro guest program '${name}' (known: ${MICRO_PROGRAMS.join(", ")})`);
   }
   if (!existsSync(MICRO_GUEST_ELF)) {
-    throw new VireoError("VIREO_MICRO_GUEST_MISSING", `the micro guest is not built (${MICRO_GUEST_ELF}); run: npm run build:guest`);
+    throw new VireoError(
+      "VIREO_MICRO_GUEST_MISSING",
+      `the micro guest is not built (${MICRO_GUEST_ELF}); run: npm run build:guest`,
+    );
   }
   return { kernel: MICRO_GUEST_ELF, cmdline: [name, ...args].join(" ") };
 }

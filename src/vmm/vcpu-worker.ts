@@ -5,14 +5,13 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { longModeSregs } from "../arch/x86/long-mode.ts";
-import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SYSTEM_EVENT } from "../kvm/abi.ts";
+import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
 import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
 import { type Counter, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
-import { SREGS } from "../kvm/abi.ts";
 
 export interface VcpuWorkerData {
   index: number;
@@ -72,6 +71,12 @@ function main(): void {
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
   const reportedDevices = new Set<string>();
+  const describeAccess = (kind: "pio" | "mmio") => {
+    const addr =
+      kind === "pio" ? run.getUint16(RUN.io_port, true) : Number(run.getBigUint64(RUN.mmio_phys_addr, true));
+    const name = (kind === "pio" ? pio : mmio).deviceAt(addr)?.name ?? "unclaimed";
+    return `${name} (${kind} 0x${addr.toString(16)})`;
+  };
 
   while (stop === null) {
     if (Atomics.load(control, CONTROL.stop) !== 0) {
@@ -113,30 +118,47 @@ function main(): void {
           break;
         case EXIT.SYSTEM_EVENT: {
           const type = run.getUint32(RUN.system_event_type, true);
-          const what = type === SYSTEM_EVENT.SHUTDOWN ? "shutdown" : type === SYSTEM_EVENT.RESET ? "reset" : `event ${type}`;
+          const what =
+            type === SYSTEM_EVENT.SHUTDOWN
+              ? "shutdown"
+              : type === SYSTEM_EVENT.RESET
+                ? "reset"
+                : `event ${type}`;
           stop = { reason: "system-event", message: `the guest requested ${what}` };
           break;
         }
         case EXIT.FAIL_ENTRY: {
           const hw = run.getBigUint64(RUN.fail_entry_reason, true);
-          stop = { reason: "error", message: `KVM could not enter the guest (hardware entry failure reason 0x${hw.toString(16)})` };
+          stop = {
+            reason: "error",
+            message: `KVM could not enter the guest (hardware entry failure reason 0x${hw.toString(16)})`,
+          };
           break;
         }
         case EXIT.INTERNAL_ERROR: {
           const sub = run.getUint32(RUN.internal_suberror, true);
           const n = Math.min(run.getUint32(RUN.internal_ndata, true), 16);
-          const extra = Array.from({ length: n }, (_, i) => `0x${run.getBigUint64(RUN.internal_data + 8 * i, true).toString(16)}`);
-          stop = { reason: "error", message: `KVM internal error, suberror ${sub}${n ? ` (data ${extra.join(" ")})` : ""}` };
+          const extra = Array.from(
+            { length: n },
+            (_, i) => `0x${run.getBigUint64(RUN.internal_data + 8 * i, true).toString(16)}`,
+          );
+          stop = {
+            reason: "error",
+            message: `KVM internal error, suberror ${sub}${n ? ` (data ${extra.join(" ")})` : ""}`,
+          };
           break;
         }
         case EXIT.INTR:
           break;
         default:
-          stop = { reason: "error", message: `unhandled KVM exit reason ${reason} (${EXIT_NAMES[reason] ?? "unknown"})` };
+          stop = {
+            reason: "error",
+            message: `unhandled KVM exit reason ${reason} (${EXIT_NAMES[reason] ?? "unknown"})`,
+          };
       }
     } catch (e) {
       // A device failing on one access must not take the VM down: report it once per device and go on.
-      const device = (reason === EXIT.IO ? "pio" : "mmio") + ":" + ((e as Error).name ?? "Error");
+      const device = describeAccess(reason === EXIT.IO ? "pio" : "mmio");
       metrics.counter("vmm.device_errors").add();
       if (!reportedDevices.has(device)) {
         reportedDevices.add(device);

@@ -10,7 +10,10 @@ export interface CliResult {
   stderr: string;
 }
 
-export function vireo(args: string[], opts: { env?: Record<string, string>; timeoutMs?: number; input?: string } = {}): CliResult {
+export function vireo(
+  args: string[],
+  opts: { env?: Record<string, string>; timeoutMs?: number; input?: string } = {},
+): CliResult {
   const r = spawnSync(VIREO_BIN, args, {
     encoding: "utf8",
     env: { ...process.env, ...opts.env },

@@ -1,5 +1,8 @@
 /** Builds small ELF64 x86-64 executables in memory, for tests that need a guest image of a given shape. */
-export function buildElf(segments: Array<{ paddr: number; code: Uint8Array; memsz?: number }>, entry?: number): Uint8Array {
+export function buildElf(
+  segments: Array<{ paddr: number; code: Uint8Array; memsz?: number }>,
+  entry?: number,
+): Uint8Array {
   const ehsize = 64;
   const phentsize = 56;
   const phoff = ehsize;

@@ -18,7 +18,11 @@ const dir = mkdtempSync(join(tmpdir(), "vireo-kvm-"));
 function runWithMetrics(args: string[]) {
   const file = join(dir, `metrics-${Math.random().toString(36).slice(2)}.json`);
   const r = vireo(["run", ...args, "--metrics", file]);
-  const doc = JSON.parse(readFileSync(file, "utf8")) as { outcome: string; status: number; metrics: Record<string, number> };
+  const doc = JSON.parse(readFileSync(file, "utf8")) as {
+    outcome: string;
+    status: number;
+    metrics: Record<string, number>;
+  };
   return { ...r, doc, m: doc.metrics };
 }
 
@@ -38,7 +42,7 @@ test("port I/O: the test device round-trips values and the exits are counted", {
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /pio ok/);
   assert.ok((r.m["exits.io"] ?? 0) > 10, `io exits counted: ${JSON.stringify(r.m)}`);
-  assert.ok((r.m["pio.testdev.read"] ?? 0) > 0 && (r.m["pio.testdev.write"] ?? 0) > 0, JSON.stringify(r.m));
+  assert.ok((r.m["pio.test-pio.read"] ?? 0) > 0 && (r.m["pio.test-pio.write"] ?? 0) > 0, JSON.stringify(r.m));
   assert.equal(r.doc.outcome, "guest-exit");
 });
 
@@ -47,7 +51,7 @@ test("MMIO: 1/2/4/8-byte accesses reach the test device as KVM_EXIT_MMIO", { ski
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /mmio ok/);
   assert.ok((r.m["exits.mmio"] ?? 0) > 4, JSON.stringify(r.m));
-  assert.ok((r.m["mmio.testdev.write"] ?? 0) > 0, JSON.stringify(r.m));
+  assert.ok((r.m["mmio.test-mmio.write"] ?? 0) > 0, JSON.stringify(r.m));
 });
 
 test("interrupts: test-device IRQ 5 and the UART's THR-empty IRQ 4 reach the guest", { skip }, () => {
@@ -81,7 +85,9 @@ test("--timeout stops a guest spinning in a loop (the vCPU is kicked out of KVM_
   assert.ok(Date.now() - started < 20_000, "stopped promptly");
 });
 
-test("two vCPUs: the boot vCPU runs the guest while the other waits for SIPI, and both stop", { skip }, () => {
+test("two vCPUs: the boot vCPU runs the guest while the other waits for SIPI, and both stop", {
+  skip,
+}, () => {
   const r = vireo(["run", "--guest", "micro:hello", "--cpus", "2"]);
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, "Hello from the guest\n");

@@ -24,7 +24,10 @@ test("a missing kernel file", () => {
 
 test("a kernel that is not an ELF file", () => {
   const path = join(dir, "text.elf");
-  writeFileSync(path, "this is not an ELF image, just text long enough to have a header's worth of bytes\n".repeat(2));
+  writeFileSync(
+    path,
+    "this is not an ELF image, just text long enough to have a header's worth of bytes\n".repeat(2),
+  );
   assertOneLineError(vireo(["run", "--kernel", path]), /not an ELF file/);
 });
 
@@ -35,7 +38,10 @@ test("memory too small for the image", () => {
 });
 
 test("an unknown micro guest program", () => {
-  assertOneLineError(vireo(["run", "--guest", "micro:no-such-thing"]), /unknown micro guest program 'no-such-thing' \(known: hello/);
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:no-such-thing"]),
+    /unknown micro guest program 'no-such-thing' \(known: hello/,
+  );
 });
 
 test("no KVM device", () => {
@@ -46,13 +52,25 @@ test("no KVM device", () => {
 test("a KVM device path that is not KVM", () => {
   const path = join(dir, "not-kvm");
   writeFileSync(path, "");
-  assertOneLineError(vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: path } }), /is not a KVM device/);
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: path } }),
+    /is not a KVM device/,
+  );
 });
 
 test("bad option values", () => {
-  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--mem", "lots"]), /--mem must be a whole number/);
-  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--serial", "tty"]), /--serial must be stdio, none or file:PATH/);
-  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--cpus", "0"]), /--cpus must be a whole number/);
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello", "--mem", "lots"]),
+    /--mem must be a whole number/,
+  );
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello", "--serial", "tty"]),
+    /--serial must be stdio, none or file:PATH/,
+  );
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello", "--cpus", "0"]),
+    /--cpus must be a whole number/,
+  );
   assertOneLineError(vireo(["run"]), /give exactly one of --kernel FILE or --guest micro:NAME/);
   assertOneLineError(vireo(["run", "--guest", "micro:hello", "--bogus"]), /Unknown option '--bogus'/);
   assertOneLineError(vireo(["frobnicate"]), /unknown command 'frobnicate'/);
@@ -66,7 +84,16 @@ test("--help works for every command and names every option the code accepts", (
     assert.match(r.stdout, /Usage:/);
   }
   const run = vireo(["run", "--help"]).stdout;
-  for (const flag of ["--kernel", "--guest", "--cmdline", "--mem", "--cpus", "--serial", "--metrics", "--timeout"]) {
+  for (const flag of [
+    "--kernel",
+    "--guest",
+    "--cmdline",
+    "--mem",
+    "--cpus",
+    "--serial",
+    "--metrics",
+    "--timeout",
+  ]) {
     assert.ok(run.includes(flag), `run --help mentions ${flag}`);
   }
 });

@@ -67,7 +67,16 @@ test("kvm_run and kvm_sregs offsets match", () => {
 });
 
 test("exit reasons and capabilities match", () => {
-  const exits = ["IO", "MMIO", "HLT", "SHUTDOWN", "FAIL_ENTRY", "INTR", "INTERNAL_ERROR", "SYSTEM_EVENT"] as const;
+  const exits = [
+    "IO",
+    "MMIO",
+    "HLT",
+    "SHUTDOWN",
+    "FAIL_ENTRY",
+    "INTR",
+    "INTERNAL_ERROR",
+    "SYSTEM_EVENT",
+  ] as const;
   for (const name of exits) assert.equal(EXIT[name], fact(`KVM_EXIT_${name}`), name);
   for (const [name, value] of Object.entries(CAP)) assert.equal(value, fact(`KVM_CAP_${name}`), name);
 });

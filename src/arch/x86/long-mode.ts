@@ -14,7 +14,13 @@ export const CMDLINE_ADDR = 0x9000;
 export const CMDLINE_MAX = 4095;
 export const GDT_ENTRIES = 8;
 
-export const SELECTOR = { code64: 0x08, data: 0x10, userCode32: 0x18, userData: 0x20, userCode64: 0x28 } as const;
+export const SELECTOR = {
+  code64: 0x08,
+  data: 0x10,
+  userCode32: 0x18,
+  userData: 0x20,
+  userCode64: 0x28,
+} as const;
 
 /** Segment descriptors (SDM 3A 3.4.5): base 0, limit 0xfffff pages; access byte and flags differ. */
 export const GDT_DESCRIPTORS: readonly bigint[] = [
@@ -35,7 +41,9 @@ const PTE_U = 4n;
 const PTE_PS = 0x80n;
 
 export function writeGdt(mem: GuestMemory): void {
-  GDT_DESCRIPTORS.forEach((d, i) => mem.writeU64(GDT_ADDR + i * 8, d));
+  GDT_DESCRIPTORS.forEach((d, i) => {
+    mem.writeU64(GDT_ADDR + i * 8, d);
+  });
 }
 
 /** Identity map [0, 4 GiB) with 2 MiB pages, user-accessible so a guest can run code at CPL 3 as-is. */
@@ -66,7 +74,8 @@ export class CmdlineTooLongError extends Error {
 /** struct vireo_boot_info (docs/guest-abi.md) and the command line it points at. */
 export function writeBootInfo(mem: GuestMemory, info: BootInfo): void {
   const cmdline = new TextEncoder().encode(info.cmdline);
-  if (cmdline.length > CMDLINE_MAX) throw new CmdlineTooLongError(`command line is ${cmdline.length} bytes, at most ${CMDLINE_MAX}`);
+  if (cmdline.length > CMDLINE_MAX)
+    throw new CmdlineTooLongError(`command line is ${cmdline.length} bytes, at most ${CMDLINE_MAX}`);
   mem.write(CMDLINE_ADDR, cmdline);
   mem.writeU8(CMDLINE_ADDR + cmdline.length, 0);
   mem.writeU32(BOOT_INFO_ADDR, BOOT_INFO_MAGIC);
@@ -97,8 +106,30 @@ export interface Segment {
   g: number;
 }
 
-const flatCode64: Segment = { base: 0n, limit: 0xffffffff, selector: SELECTOR.code64, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1 };
-const flatData: Segment = { base: 0n, limit: 0xffffffff, selector: SELECTOR.data, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1 };
+const flatCode64: Segment = {
+  base: 0n,
+  limit: 0xffffffff,
+  selector: SELECTOR.code64,
+  type: 0xb,
+  present: 1,
+  dpl: 0,
+  db: 0,
+  s: 1,
+  l: 1,
+  g: 1,
+};
+const flatData: Segment = {
+  base: 0n,
+  limit: 0xffffffff,
+  selector: SELECTOR.data,
+  type: 0x3,
+  present: 1,
+  dpl: 0,
+  db: 1,
+  s: 1,
+  l: 0,
+  g: 1,
+};
 
 export const CR0_PE = 1n;
 export const CR0_ET = 1n << 4n;
