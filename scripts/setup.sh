@@ -23,7 +23,7 @@ command -v node >/dev/null || { say "Node.js 20 or newer is required (apt-get in
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm packages"
-  npm ci --no-audit --no-fund --loglevel=error
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 say "building the native addon"
