@@ -27,7 +27,11 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 say "building the native addon"
-npx --no-install node-gyp rebuild --directory native --loglevel=error >/dev/null
+# Build against the headers of the Node that runs vireo; node-gyp would otherwise try to download them.
+nodedir=$(node -p 'require("path").resolve(process.execPath, "../..")')
+gyp_args=(rebuild --directory native --loglevel=error)
+[ -f "$nodedir/include/node/node_api.h" ] && gyp_args+=(--nodedir "$nodedir")
+npx --no-install node-gyp "${gyp_args[@]}" >/dev/null
 say "building the micro guest"
 make -s -C guest/micro
 say "building the C reference VMM"

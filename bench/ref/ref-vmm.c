@@ -6,7 +6,9 @@
  * the test device (PIO 0x510, MMIO 0xFEB00000). Only what a benchmark guest needs, kept deliberately plain so
  * the number it produces is the cost of KVM itself plus a tight C dispatch loop.
  *
- * Usage: ref-vmm [--mem MiB] GUEST.elf 'CMDLINE'
+ * Usage: ref-vmm [--mem MiB] [--ioeventfd] GUEST.elf 'CMDLINE'
+ * --ioeventfd serves writes to the test device's count register (offset 4, both windows) with ioeventfds, so
+ * they never exit to userspace.
  * Exit status: the guest's debug-exit code. After the run it prints one JSON line on stderr with the marker
  * timestamps the test device recorded (nanoseconds, CLOCK_MONOTONIC) and the number of accesses between them.
  */
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -208,13 +211,20 @@ static void set_seg(struct kvm_segment *s, uint16_t sel, int code) {
 
 int main(int argc, char **argv) {
   uint64_t mem_mib = 64;
-  int argi = 1;
-  if (argi + 1 < argc && !strcmp(argv[argi], "--mem")) {
-    mem_mib = strtoull(argv[argi + 1], NULL, 10);
-    argi += 2;
+  int argi = 1, use_ioeventfd = 0;
+  for (;;) {
+    if (argi + 1 < argc && !strcmp(argv[argi], "--mem")) {
+      mem_mib = strtoull(argv[argi + 1], NULL, 10);
+      argi += 2;
+    } else if (argi < argc && !strcmp(argv[argi], "--ioeventfd")) {
+      use_ioeventfd = 1;
+      argi++;
+    } else {
+      break;
+    }
   }
   if (argc - argi != 2) {
-    fprintf(stderr, "usage: ref-vmm [--mem MiB] GUEST.elf 'CMDLINE'\n");
+    fprintf(stderr, "usage: ref-vmm [--mem MiB] [--ioeventfd] GUEST.elf 'CMDLINE'\n");
     return 125;
   }
   setvbuf(stdout, NULL, _IONBF, 0);
@@ -234,6 +244,13 @@ int main(int argc, char **argv) {
   struct kvm_userspace_memory_region region = {
       .slot = 0, .guest_phys_addr = 0, .memory_size = ram_size, .userspace_addr = (uint64_t)ram};
   if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) die("KVM_SET_USER_MEMORY_REGION");
+
+  if (use_ioeventfd) {
+    struct kvm_ioeventfd pio = {.addr = TESTDEV_PIO + 4, .len = 4, .fd = eventfd(0, EFD_CLOEXEC), .flags = KVM_IOEVENTFD_FLAG_PIO};
+    struct kvm_ioeventfd mmio = {.addr = TESTDEV_MMIO + 4, .len = 4, .fd = eventfd(0, EFD_CLOEXEC)};
+    if (pio.fd < 0 || mmio.fd < 0) die("eventfd");
+    if (ioctl(vm_fd, KVM_IOEVENTFD, &pio) < 0 || ioctl(vm_fd, KVM_IOEVENTFD, &mmio) < 0) die("KVM_IOEVENTFD");
+  }
 
   load_elf(argv[argi]);
   write_tables(argv[argi + 1], 1);

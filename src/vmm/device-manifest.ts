@@ -9,7 +9,7 @@ import { DebugExit } from "../devices/legacy/debug-exit.ts";
 import { TestDevice } from "../devices/legacy/test-device.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
-import { kvmIrqLine } from "./irq.ts";
+import { eventfdIrqLine, kvmIrqLine } from "./irq.ts";
 
 export type DeviceSpec =
   | {
@@ -21,7 +21,7 @@ export type DeviceSpec =
       outputFd: number | null;
     }
   | { kind: "debug-exit"; port: number }
-  | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number };
+  | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number; irqfd?: number };
 
 /** What the thread building the buses provides to its devices. */
 export interface DeviceHost {
@@ -73,7 +73,10 @@ export function buildBuses(specs: readonly DeviceSpec[], host: DeviceHost): Buse
         pio.register(spec.port, 1, new DebugExit({ onExit: host.onGuestExit }));
         break;
       case "test-device": {
-        const irq = kvmIrqLine(host.vmFd, spec.irq, host.metrics);
+        const irq =
+          spec.irqfd === undefined
+            ? kvmIrqLine(host.vmFd, spec.irq, host.metrics)
+            : eventfdIrqLine(spec.irqfd, spec.irq, host.metrics);
         pio.register(spec.pioBase, 0x10, new TestDevice({ kind: "pio", irq, onMarker: host.onMarker }));
         mmio.register(spec.mmioBase, 0x1000, new TestDevice({ kind: "mmio", irq, onMarker: host.onMarker }));
         break;

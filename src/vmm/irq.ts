@@ -1,4 +1,5 @@
 /** An interrupt line into the in-kernel irqchip, as devices see it: a level they set. */
+import { writeSync } from "node:fs";
 import { KVM } from "../kvm/abi.ts";
 import { kvmIoctl } from "../kvm/errors.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
@@ -19,6 +20,26 @@ export function kvmIrqLine(vmFd: number, gsi: number, metrics?: MetricsSink): Ir
       arg[0] = gsi;
       arg[1] = level ? 1 : 0;
       kvmIoctl(vmFd, KVM.IRQ_LINE, arg, "KVM_IRQ_LINE");
+    },
+  };
+}
+
+/**
+ * An edge into an irqfd: a rising level writes the eventfd and KVM injects the interrupt in the kernel (an
+ * irqfd without a resample fd is edge-triggered, so the falling level needs nothing). Counts
+ * `irq.gsi<N>.irqfd`.
+ */
+export function eventfdIrqLine(eventFd: number, gsi: number, metrics?: MetricsSink): IrqLine {
+  const signals = metrics?.counter(`irq.gsi${gsi}.irqfd`);
+  const one = new BigUint64Array([1n]);
+  let last = false;
+  return {
+    set(level: boolean) {
+      if (level && !last) {
+        writeSync(eventFd, one);
+        signals?.add();
+      }
+      last = level;
     },
   };
 }

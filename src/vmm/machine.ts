@@ -2,7 +2,7 @@
  * A machine's lifecycle, on the main thread: create the VM and its RAM, load the guest, start one worker per
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
@@ -14,7 +14,7 @@ import { KvmSystem } from "../kvm/system.ts";
 import { Vm } from "../kvm/vm.ts";
 import { allocateGuestRam } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
-import { native } from "../native.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -33,6 +33,15 @@ export interface MachineConfig {
   /** Feed host stdin to the UART (only with serial stdio). */
   stdin?: boolean;
   timeoutMs?: number;
+  /** Test-device plumbing for benchmarks and tests of KVM's in-kernel paths (docs/guest-abi.md). */
+  testDevice?: TestDevicePlumbing;
+}
+
+export interface TestDevicePlumbing {
+  /** Serve writes to the count register (offset 4) of both windows with ioeventfds: no exit to vireo. */
+  doorbellIoeventfd?: boolean;
+  /** Deliver the test device's IRQ through an irqfd instead of KVM_IRQ_LINE. */
+  irqfd?: boolean;
 }
 
 export type Outcome = StopReason | "timeout";
@@ -121,6 +130,7 @@ export class Machine {
         closeSerial = true;
       }
       const devices = defaultDevices({ outputFd: serialFd });
+      const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       const supported = system.supportedCpuid();
       const mmapSize = system.vcpuMmapSize();
 
@@ -163,6 +173,7 @@ export class Machine {
           : undefined;
       await stopped;
       if (timer) clearTimeout(timer);
+      for (const [name, count] of readDoorbells()) mainMetrics.counter(name).add(count);
       metrics.addNames(mainSegment, mainMetrics.names());
 
       const outcome: Outcome = first?.reason ?? (timedOut ? "timeout" : "stop-requested");
@@ -193,6 +204,35 @@ export class Machine {
       vm?.close();
       system.close();
     }
+  }
+
+  /** Optional ioeventfd doorbells and irqfd for the test device; returns a reader of the doorbell counts. */
+  private plumbTestDevice(
+    vm: Vm,
+    devices: DeviceSpec[],
+    cleanups: Array<() => void>,
+  ): () => Array<[string, number]> {
+    const plumbing = this.config.testDevice ?? {};
+    const spec = devices.find((d) => d.kind === "test-device");
+    if (spec?.kind !== "test-device") return () => [];
+    const newEventFd = () => {
+      const fd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      cleanups.push(() => native().close(fd));
+      return fd;
+    };
+    if (plumbing.irqfd) {
+      spec.irqfd = newEventFd();
+      vm.irqfd(spec.irqfd, spec.irq);
+    }
+    if (!plumbing.doorbellIoeventfd) return () => [];
+    const pioFd = newEventFd();
+    const mmioFd = newEventFd();
+    vm.ioeventfd({ addr: spec.pioBase + 4, len: 4, fd: pioFd, pio: true });
+    vm.ioeventfd({ addr: spec.mmioBase + 4, len: 4, fd: mmioFd, pio: false });
+    return () => [
+      ["ioeventfd.test-pio.signals", readEventFd(pioFd)],
+      ["ioeventfd.test-mmio.signals", readEventFd(mmioFd)],
+    ];
   }
 
   private startVcpus(o: {
@@ -296,4 +336,16 @@ export class Machine {
       if (retry) clearTimeout(retry);
     };
   }
+}
+
+/** An eventfd's counter (the number of signals since the last read); 0 when nothing was signalled. */
+function readEventFd(fd: number): number {
+  const value = new BigUint64Array(1);
+  try {
+    readSync(fd, value);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EAGAIN") return 0;
+    throw e;
+  }
+  return Number(value[0]);
 }
