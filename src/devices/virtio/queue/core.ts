@@ -1,0 +1,344 @@
+/**
+ * Pieces shared by the split and packed implementations: checked access to the ring areas, the chain builder
+ * that enforces the buffer rules common to both layouts, in-flight bookkeeping, metrics and error conversion.
+ */
+import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import type { Counter, MetricsSink } from "../../../metrics/registry.ts";
+import {
+  type BufferSegment,
+  type DescriptorChain,
+  MAX_QUEUE_SIZE,
+  type QueueConfig,
+  type QueueFeatures,
+  type QueueKind,
+  type Virtqueue,
+  VirtqueueError,
+  type VirtqueueOptions,
+} from "./types.ts";
+
+const TWO_POW_32 = 2 ** 32;
+/** A 64-bit address whose high word exceeds this is above 2^53 - 1 and cannot be held exactly in a number. */
+const MAX_SAFE_HIGH_WORD = 0x1fffff;
+
+const littleEndianHost = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+export function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+/**
+ * Guest memory as the rings see it. Ring areas and indirect tables are range-checked once, as a whole, against
+ * guest RAM; fields inside them are then read through buffer offsets. The 16-bit fields that publish or consume
+ * a ring update (split avail/used idx, packed descriptor flags) go through Atomics when guest RAM is a
+ * SharedArrayBuffer: a sequentially consistent load or store is the barrier the specification asks for around
+ * them ("Supplying Buffers to The Device" in 2.7; 2.8.21.1 Placing Available Buffers Into The Descriptor Ring).
+ */
+export class QueueMemory {
+  readonly mem: GuestMemory;
+  readonly view: DataView;
+  private readonly u16: Uint16Array | null;
+
+  constructor(mem: GuestMemory) {
+    this.mem = mem;
+    const bytes = mem.bytes;
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const shared = typeof SharedArrayBuffer !== "undefined" && bytes.buffer instanceof SharedArrayBuffer;
+    // Offsets of 2-aligned guest addresses are even only if the region base is; otherwise fall back to DataView.
+    this.u16 =
+      shared && littleEndianHost && bytes.byteOffset % 2 === 0 && mem.base % 2 === 0
+        ? new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
+        : null;
+  }
+
+  /** Buffer offset of [gpa, gpa + len) if it lies inside guest RAM, else -1. Never throws. */
+  offsetOf(gpa: number, len: number): number {
+    const off = gpa - this.mem.base;
+    if (!(off >= 0 && len >= 0 && off <= this.mem.size - len) || !Number.isInteger(off)) return -1;
+    return off;
+  }
+
+  u8(off: number): number {
+    return this.view.getUint8(off);
+  }
+  u16le(off: number): number {
+    return this.view.getUint16(off, true);
+  }
+  u32le(off: number): number {
+    return this.view.getUint32(off, true);
+  }
+  /** A 64-bit little-endian address as a number, or -1 if it is above 2^53 - 1. */
+  addr64(off: number): number {
+    const lo = this.view.getUint32(off, true);
+    const hi = this.view.getUint32(off + 4, true);
+    if (hi > MAX_SAFE_HIGH_WORD) return -1;
+    return hi * TWO_POW_32 + lo;
+  }
+  setU16(off: number, v: number): void {
+    this.view.setUint16(off, v, true);
+  }
+  setU32(off: number, v: number): void {
+    this.view.setUint32(off, v, true);
+  }
+
+  /** A 16-bit load that later loads cannot move before (acquire). `off` must be even. */
+  load16Acquire(off: number): number {
+    const u16 = this.u16;
+    return u16 ? Atomics.load(u16, off >>> 1) : this.view.getUint16(off, true);
+  }
+
+  /** A 16-bit store that earlier stores cannot move after, and later loads cannot move before. `off` even. */
+  store16Release(off: number, v: number): void {
+    const u16 = this.u16;
+    if (u16) Atomics.store(u16, off >>> 1, v);
+    else this.view.setUint16(off, v, true);
+  }
+}
+
+/**
+ * Accumulates the elements of one chain and enforces the rules both layouts share. `add` returns null or the
+ * reason the element is refused; the caller adds where it was.
+ */
+export class ChainBuilder {
+  readonly readable: BufferSegment[] = [];
+  readonly writable: BufferSegment[] = [];
+  readableLength = 0;
+  writableLength = 0;
+  /** Buffer elements (descriptors that are not indirect-table pointers), including zero-length ones. */
+  elements = 0;
+  private sawWritable = false;
+
+  constructor(
+    private readonly qm: QueueMemory,
+    private readonly maxElements: number,
+  ) {}
+
+  add(addr: number, len: number, writable: boolean): string | null {
+    // 2.7.5.3.1 / 2.8.17: a chain (counting indirect entries) is no longer than the Queue Size.
+    if (++this.elements > this.maxElements) {
+      return `chain has more than ${this.maxElements} descriptors (queue size); a loop or an overlong chain`;
+    }
+    // 2.7.4.2 Driver Requirements: Message Framing / 2.8.17: device-writable elements come after the readable.
+    if (writable) this.sawWritable = true;
+    else if (this.sawWritable) return "device-readable descriptor follows a device-writable one";
+    if (addr < 0) return "buffer address is above 2^53-1";
+    // The specification does not forbid zero-length elements; they carry no bytes, so they are not returned
+    // (and their address, which nothing will access, is not checked).
+    if (len === 0) return null;
+    const mem = this.qm.mem;
+    if (this.qm.offsetOf(addr, len) < 0) {
+      return `buffer ${hex(addr)}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`;
+    }
+    // 2.7.5.2 Driver Requirements: The Virtqueue Descriptor Table: no chain longer than 2^32 bytes in total.
+    if (this.readableLength + this.writableLength + len > TWO_POW_32)
+      return "chain is longer than 2^32 bytes";
+    if (writable) {
+      this.writable.push({ addr, len });
+      this.writableLength += len;
+    } else {
+      this.readable.push({ addr, len });
+      this.readableLength += len;
+    }
+    return null;
+  }
+
+  finish(id: number, descriptorCount: number): DescriptorChain {
+    return {
+      id,
+      readable: this.readable,
+      writable: this.writable,
+      readableLength: this.readableLength,
+      writableLength: this.writableLength,
+      descriptorCount,
+    };
+  }
+}
+
+const noopCounter: Counter = {
+  add() {},
+  get value() {
+    return 0;
+  },
+};
+
+function counter(metrics: MetricsSink | undefined, name: string, what: string): Counter {
+  return metrics ? metrics.counter(`virtq.${name}.${what}`) : noopCounter;
+}
+
+export interface AreaSpec {
+  what: string;
+  addr: number;
+  align: number;
+  len: number;
+}
+
+/** Queue Size and area checks shared by both layouts; throws VirtqueueError naming the offending value. */
+export function checkConfig(
+  name: string,
+  kind: QueueKind,
+  mem: GuestMemory,
+  config: QueueConfig,
+  areas: AreaSpec[],
+): void {
+  const { size } = config;
+  if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE) {
+    throw new VirtqueueError(`virtq ${name}: queue size ${size} is not in 1..${MAX_QUEUE_SIZE}`);
+  }
+  // 2.7 Split Virtqueues: "Queue Size value is always a power of 2". Packed rings need not be (2.8.10.1).
+  if (kind === "split" && (size & (size - 1)) !== 0) {
+    throw new VirtqueueError(`virtq ${name}: split queue size ${size} is not a power of 2`);
+  }
+  for (const a of areas) {
+    if (!Number.isSafeInteger(a.addr) || a.addr < 0) {
+      throw new VirtqueueError(`virtq ${name}: ${a.what} address ${a.addr} is not a guest-physical address`);
+    }
+    // 2.7.1 / 2.8.11 Driver Requirements: Virtqueues: each part is aligned as the alignment table says.
+    if (a.addr % a.align !== 0) {
+      throw new VirtqueueError(`virtq ${name}: ${a.what} at ${hex(a.addr)} is not ${a.align}-byte aligned`);
+    }
+    const off = a.addr - mem.base;
+    if (!(off >= 0 && off <= mem.size - a.len)) {
+      throw new VirtqueueError(
+        `virtq ${name}: ${a.what} ${hex(a.addr)}+${a.len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`,
+      );
+    }
+  }
+}
+
+export type NotifyDecision = "none" | "notify" | "suppress";
+
+/** In-flight tracking, pushUsed argument checks, metrics and error conversion; the layouts do the ring work. */
+export abstract class QueueBase implements Virtqueue {
+  abstract readonly kind: QueueKind;
+  readonly size: number;
+  readonly name: string;
+  protected readonly qm: QueueMemory;
+  protected readonly features: QueueFeatures;
+  /** Chains handed out by pop() and not yet used, by id: pushUsed accepts only these exact objects. */
+  private readonly inFlightChains: Array<DescriptorChain | undefined>;
+  private inFlightCount = 0;
+  protected readonly cPopped: Counter;
+  protected readonly cUsed: Counter;
+  protected readonly cNotifySuppressed: Counter;
+  protected readonly cErrors: Counter;
+
+  constructor(
+    mem: GuestMemory,
+    config: QueueConfig,
+    features: QueueFeatures,
+    opts: VirtqueueOptions | undefined,
+  ) {
+    this.size = config.size;
+    this.name = opts?.name ?? "unnamed";
+    this.qm = new QueueMemory(mem);
+    this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
+    this.inFlightChains = new Array(config.size);
+    const m = opts?.metrics;
+    this.cPopped = counter(m, this.name, "popped");
+    this.cUsed = counter(m, this.name, "used");
+    this.cNotifySuppressed = counter(m, this.name, "notify_suppressed");
+    this.cErrors = counter(m, this.name, "errors");
+  }
+
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  pop(): DescriptorChain | null {
+    let chain: DescriptorChain | null;
+    try {
+      chain = this.popChain();
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    if (chain) {
+      this.inFlightChains[chain.id] = chain;
+      this.inFlightCount++;
+      this.cPopped.add();
+    }
+    return chain;
+  }
+
+  pushUsed(chain: DescriptorChain, written: number): void {
+    if (this.inFlightChains[chain.id] !== chain) {
+      throw this.usageError(
+        `pushUsed: chain ${chain.id} is not in flight on this queue (never popped, or used twice)`,
+      );
+    }
+    if (!Number.isInteger(written) || written < 0 || written > chain.writableLength) {
+      throw this.usageError(
+        `pushUsed: chain ${chain.id} written=${written}, but its writable part is ${chain.writableLength} bytes`,
+      );
+    }
+    try {
+      this.writeUsed(chain, written);
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    this.inFlightChains[chain.id] = undefined;
+    this.inFlightCount--;
+    this.cUsed.add();
+  }
+
+  shouldNotifyDriver(): boolean {
+    let decision: NotifyDecision;
+    try {
+      decision = this.notifyDecision();
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    if (decision === "suppress") this.cNotifySuppressed.add();
+    return decision === "notify";
+  }
+
+  setDriverNotifications(enabled: boolean): void {
+    try {
+      this.writeDriverNotifications(enabled);
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+  }
+
+  /** Is `id` popped and not yet used? Layouts refuse a chain that reuses such an id. */
+  protected isInFlight(id: number): boolean {
+    return this.inFlightChains[id] !== undefined;
+  }
+
+  protected malformed(reason: string): VirtqueueError {
+    return new VirtqueueError(`virtq ${this.name}: ${reason}`);
+  }
+
+  private usageError(reason: string): VirtqueueError {
+    this.cErrors.add();
+    return new VirtqueueError(`virtq ${this.name}: ${reason}`, "VIREO_VIRTQUEUE_USAGE");
+  }
+
+  /** Counts the error and makes sure nothing but a VirtqueueError leaves the queue. */
+  private asQueueError(e: unknown): VirtqueueError {
+    this.cErrors.add();
+    if (e instanceof VirtqueueError) return e;
+    const what = e instanceof Error ? e.message : String(e);
+    return new VirtqueueError(`virtq ${this.name}: unexpected failure reading the ring: ${what}`, undefined, {
+      cause: e,
+    });
+  }
+
+  /** Validates and returns the next available chain without committing anything on failure. */
+  protected abstract popChain(): DescriptorChain | null;
+  protected abstract writeUsed(chain: DescriptorChain, written: number): void;
+  /**
+   * The driver's suppression decision for the buffers used since the previous call ("none" if there were
+   * none); starts a new period.
+   */
+  protected abstract notifyDecision(): NotifyDecision;
+  protected abstract writeDriverNotifications(enabled: boolean): void;
+}
+
+/**
+ * Has the 16-bit index moved past `eventIdx` in going from `oldIdx` to `newIdx`? True when the entry at
+ * `eventIdx` is one of those written in [oldIdx, newIdx), computed modulo 2^16 so it holds across idx
+ * wrap-around. This is the rule of 2.7.7 Used Buffer Notification Suppression and of "Available Buffer
+ * Notification Suppression" with VIRTIO_F_EVENT_IDX (the spec's virtq_need_event helper).
+ */
+export function needEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}

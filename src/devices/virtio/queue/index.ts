@@ -1,0 +1,37 @@
+/**
+ * The virtqueue layer: one device-side queue interface, two ring layouts (virtio 1.2, 2.7 Split Virtqueues and
+ * 2.8 Packed Virtqueues). Depends only on GuestMemory, so it runs on any thread or in any process.
+ */
+import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import { PackedQueue } from "./packed.ts";
+import { SplitQueue } from "./split.ts";
+import {
+  type QueueConfig,
+  type QueueFeatures,
+  type QueueKind,
+  type Virtqueue,
+  VirtqueueError,
+  type VirtqueueOptions,
+} from "./types.ts";
+
+export { ChainReader, ChainWriter, readChain, writeChain } from "./chain.ts";
+export { needEvent } from "./core.ts";
+export { PackedQueue, packedAreaSizes } from "./packed.ts";
+export { SplitQueue, splitAreaSizes } from "./split.ts";
+export * from "./types.ts";
+
+/**
+ * Creates the device side of a queue once the driver has configured it. Throws VirtqueueError if the Queue
+ * Size or an area is invalid (not a power of 2 for split, 0 or above 32768, misaligned, outside guest RAM).
+ */
+export function createVirtqueue(
+  kind: QueueKind,
+  mem: GuestMemory,
+  config: QueueConfig,
+  features: QueueFeatures,
+  opts?: VirtqueueOptions,
+): Virtqueue {
+  if (kind === "split") return new SplitQueue(mem, config, features, opts);
+  if (kind === "packed") return new PackedQueue(mem, config, features, opts);
+  throw new VirtqueueError(`unknown virtqueue layout ${String(kind)}`, "VIREO_VIRTQUEUE_USAGE");
+}

@@ -1,0 +1,264 @@
+/**
+ * Device side of a packed virtqueue (virtio 1.2, 2.8 Packed Virtqueues): one descriptor ring shared by driver
+ * and device, a Driver Event Suppression structure (Driver Area) and a Device Event Suppression structure
+ * (Device Area).
+ */
+import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import { ChainBuilder, checkConfig, hex, type NotifyDecision, QueueBase } from "./core.ts";
+import {
+  DESC_SIZE,
+  type DescriptorChain,
+  type QueueConfig,
+  type QueueFeatures,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  type VirtqueueOptions,
+} from "./types.ts";
+
+/** Byte sizes of the three parts (2.8.10.1 Structure Size and Alignment). */
+export function packedAreaSizes(size: number): { desc: number; driver: number; device: number } {
+  return { desc: DESC_SIZE * size, driver: 4, device: 4 };
+}
+
+/**
+ * 2.8.1 Driver and Device Ring Wrap Counters: a descriptor is available when its AVAIL bit equals the wrap
+ * counter of its lap and its USED bit does not.
+ */
+function isAvailable(flags: number, wrap: number): boolean {
+  return ((flags >>> 7) & 1) === wrap && ((flags >>> 15) & 1) !== wrap;
+}
+
+export class PackedQueue extends QueueBase {
+  readonly kind = "packed" as const;
+  private readonly descOff: number;
+  private readonly driverOff: number;
+  private readonly deviceOff: number;
+  /** Next ring slot to read, and the Driver Ring Wrap Counter value descriptors there carry when available. */
+  private nextAvail = 0;
+  private availWrap = 1;
+  /** Next ring slot to write a used descriptor to, and the Device Ring Wrap Counter. */
+  private nextUsed = 0;
+  private usedWrap = 1;
+  /** Ring position (see `linear`) at the previous shouldNotifyDriver(), and slots used since. */
+  private usedAtCheck = 0;
+  private slotsSinceCheck = 0;
+  private driverNotifications = true;
+
+  constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {
+    const sizes = packedAreaSizes(config.size);
+    checkConfig(opts?.name ?? "unnamed", "packed", mem, config, [
+      { what: "descriptor ring", addr: config.descAddr, align: 16, len: sizes.desc },
+      { what: "driver event suppression area", addr: config.driverAddr, align: 4, len: sizes.driver },
+      { what: "device event suppression area", addr: config.deviceAddr, align: 4, len: sizes.device },
+    ]);
+    super(mem, config, features, opts);
+    this.descOff = config.descAddr - mem.base;
+    this.driverOff = config.driverAddr - mem.base;
+    this.deviceOff = config.deviceAddr - mem.base;
+    this.writeDriverNotifications(true);
+  }
+
+  /**
+   * A ring position as one number in [0, 2 * size): slot `i` in a lap with wrap counter 1 is `i`, with wrap
+   * counter 0 is `size + i`. Both counters start at 1 and flip after the last slot, so positions advance modulo
+   * 2 * size.
+   */
+  private linear(slot: number, wrap: number): number {
+    return wrap ? slot : this.size + slot;
+  }
+
+  protected popChain(): DescriptorChain | null {
+    const qm = this.qm;
+    const size = this.size;
+    const first = this.nextAvail;
+    let slot = first;
+    let wrap = this.availWrap;
+    // 2.8.2 Polling: only the next slot in ring order is tested. Reading its flags first (acquire) orders the
+    // reads of the rest of the list after it; the driver makes the first descriptor available last (2.8.6).
+    let flags = qm.load16Acquire(this.descOff + DESC_SIZE * slot + 14);
+    if (!isAvailable(flags, wrap)) {
+      if (((flags >>> 7) & 1) === wrap) {
+        throw this.malformed(
+          `ring slot ${slot} has AVAIL and USED both ${wrap} (flags ${hex(flags)}): a used descriptor where the ` +
+            "next available one is expected",
+        );
+      }
+      return null;
+    }
+    const b = new ChainBuilder(qm, size);
+    let count = 0;
+    let id = 0;
+    for (;;) {
+      const off = this.descOff + DESC_SIZE * slot;
+      if (count > 0) {
+        flags = qm.u16le(off + 14);
+        // 2.8.6: every descriptor of a list is made available (with the wrap counter of its own lap).
+        if (!isAvailable(flags, wrap)) {
+          throw this.malformed(
+            `ring slot ${slot} (descriptor ${count} of the list at slot ${first}) is not available for wrap ` +
+              `counter ${wrap} (flags ${hex(flags)})`,
+          );
+        }
+      }
+      count++;
+      const addr = qm.addr64(off);
+      const len = qm.u32le(off + 8);
+      // 2.8.6: the Buffer ID is in the last descriptor of the list; read each time, the last one wins.
+      id = qm.u16le(off + 12);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        // 2.8.19 Driver Requirements: Indirect Descriptors.
+        if (!this.features.indirect) {
+          throw this.malformed(
+            `ring slot ${slot} sets VIRTQ_DESC_F_INDIRECT but VIRTIO_F_INDIRECT_DESC is not negotiated`,
+          );
+        }
+        if (count > 1 || flags & VIRTQ_DESC_F_NEXT) {
+          throw this.malformed(
+            `ring slot ${slot} sets VIRTQ_DESC_F_INDIRECT inside a list linked by VIRTQ_DESC_F_NEXT (list at slot ${first})`,
+          );
+        }
+        this.walkIndirect(b, addr, len, slot);
+        break;
+      }
+      const err = b.add(addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (err) throw this.malformed(`${err} (ring slot ${slot}, list at slot ${first})`);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      // 2.8.17: a list is no longer than the Queue Size (so it cannot lap the ring onto itself).
+      if (count === size) {
+        throw this.malformed(`list at slot ${first} is longer than the queue size ${size}`);
+      }
+      slot++;
+      if (slot === size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+    }
+    if (id >= size) {
+      throw this.malformed(`list at slot ${first} has buffer id ${id}, not below the queue size ${size}`);
+    }
+    if (this.isInFlight(id)) {
+      throw this.malformed(`buffer id ${id} (list at slot ${first}) is made available again while in flight`);
+    }
+    // The device has not yet written used descriptors over the slots of lists still in flight, so a driver
+    // cannot have made them available again (2.8.16: it changes a descriptor only after seeing it used).
+    const span = 2 * size;
+    const outstanding =
+      (this.linear(first, this.availWrap) - this.linear(this.nextUsed, this.usedWrap) + span) % span;
+    if (outstanding + count > size) {
+      throw this.malformed(
+        `list at slot ${first} reuses ring slots of buffers still in flight (${outstanding} slots outstanding, ` +
+          `${count} more, queue size ${size})`,
+      );
+    }
+    let next = first + count;
+    if (next >= size) {
+      next -= size;
+      this.availWrap ^= 1;
+    }
+    this.nextAvail = next;
+    if (this.features.eventIdx && this.driverNotifications) this.writeDeviceEventDesc();
+    return b.finish(id, count);
+  }
+
+  /**
+   * 2.8.7 Indirect Flag: a table of len/16 descriptors used in order, no `next` chaining. VIRTQ_DESC_F_WRITE is
+   * the only valid flag in it; the others and the Buffer ID are reserved and ignored by the device, as the
+   * specification says (so a nested VIRTQ_DESC_F_INDIRECT is ignored, unlike in a split ring).
+   */
+  private walkIndirect(b: ChainBuilder, addr: number, len: number, slot: number): void {
+    const qm = this.qm;
+    const where = `indirect table ${addr < 0 ? "above 2^53" : hex(addr)} (ring slot ${slot})`;
+    if (len === 0 || len % DESC_SIZE !== 0) {
+      throw this.malformed(`${where} has length ${len}, not a non-zero multiple of ${DESC_SIZE}`);
+    }
+    const entries = len / DESC_SIZE;
+    // 2.8.5 Scatter-Gather Support: unless the device says otherwise, a list is at most Queue Size descriptors.
+    if (entries > this.size) {
+      throw this.malformed(`${where} has ${entries} entries, more than the queue size ${this.size}`);
+    }
+    const tableOff = addr < 0 ? -1 : qm.offsetOf(addr, len);
+    if (tableOff < 0) {
+      const mem = qm.mem;
+      throw this.malformed(`${where}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`);
+    }
+    for (let j = 0; j < entries; j++) {
+      const off = tableOff + DESC_SIZE * j;
+      const flags = qm.u16le(off + 14);
+      const err = b.add(qm.addr64(off), qm.u32le(off + 8), (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (err) throw this.malformed(`${err} (entry ${j} of ${where})`);
+    }
+  }
+
+  /**
+   * 2.8.6 / 2.8.21: one used descriptor per list, written at the next used slot (buffer id and length first,
+   * flags last), then the device skips the slots the list occupied. AVAIL and USED both equal the Device Ring
+   * Wrap Counter; WRITE says whether anything was written (2.8.3 Write Flag).
+   */
+  protected writeUsed(chain: DescriptorChain, written: number): void {
+    const qm = this.qm;
+    const off = this.descOff + DESC_SIZE * this.nextUsed;
+    qm.setU32(off + 8, written);
+    qm.setU16(off + 12, chain.id);
+    let flags = this.usedWrap ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0;
+    if (written > 0) flags |= VIRTQ_DESC_F_WRITE;
+    qm.store16Release(off + 14, flags);
+    let next = this.nextUsed + chain.descriptorCount;
+    if (next >= this.size) {
+      next -= this.size;
+      this.usedWrap ^= 1;
+    }
+    this.nextUsed = next;
+    this.slotsSinceCheck += chain.descriptorCount;
+  }
+
+  /** 2.8.10 Driver and Device Event Suppression, read from the Driver Event Suppression structure. */
+  protected notifyDecision(): NotifyDecision {
+    const moved = this.slotsSinceCheck;
+    if (moved === 0) return "none";
+    const oldPos = this.usedAtCheck;
+    this.usedAtCheck = this.linear(this.nextUsed, this.usedWrap);
+    this.slotsSinceCheck = 0;
+    const qm = this.qm;
+    const flags = qm.load16Acquire(this.driverOff + 2) & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return "suppress";
+    if (flags === RING_EVENT_FLAGS_DESC && this.features.eventIdx) {
+      // Notify when the used descriptors written since the last decision cover the slot and wrap counter the
+      // driver named. Counting every slot of a list (not only the one the used descriptor went to) can give a
+      // spurious notification, never a missed one.
+      const desc = qm.u16le(this.driverOff);
+      const eventSlot = desc & 0x7fff;
+      const span = 2 * this.size;
+      if (eventSlot >= this.size || moved >= span) return "notify";
+      const eventPos = this.linear(eventSlot, desc >>> 15);
+      return (eventPos - oldPos + span) % span < moved ? "notify" : "suppress";
+    }
+    // ENABLE; DESC without VIRTIO_F_RING_EVENT_IDX; or the reserved value 3. A spurious notification is
+    // harmless (the driver MUST handle them), a missed one is not.
+    return "notify";
+  }
+
+  /** 2.8.10: the Device Event Suppression structure, written by the device only. */
+  protected writeDriverNotifications(enabled: boolean): void {
+    this.driverNotifications = enabled;
+    const qm = this.qm;
+    if (!enabled) {
+      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_DISABLE);
+    } else if (!this.features.eventIdx) {
+      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_ENABLE);
+    } else {
+      this.writeDeviceEventDesc();
+      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_DESC);
+    }
+  }
+
+  /** Ask for a notification when the driver makes the next slot we will read available (2.8.14 desc field). */
+  private writeDeviceEventDesc(): void {
+    this.qm.store16Release(this.deviceOff, this.nextAvail | (this.availWrap << 15));
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * Device side of a split virtqueue (virtio 1.2, 2.7 Split Virtqueues): descriptor table, available ring (Driver
+ * Area) and used ring (Device Area).
+ */
+import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import { ChainBuilder, checkConfig, hex, type NotifyDecision, needEvent, QueueBase } from "./core.ts";
+import {
+  DESC_SIZE,
+  type DescriptorChain,
+  type QueueConfig,
+  type QueueFeatures,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
+  type VirtqueueOptions,
+} from "./types.ts";
+
+/** Byte sizes of the three parts (2.7 Split Virtqueues, alignment and size table). */
+export function splitAreaSizes(size: number): { desc: number; avail: number; used: number } {
+  return { desc: DESC_SIZE * size, avail: 6 + 2 * size, used: 6 + 8 * size };
+}
+
+export class SplitQueue extends QueueBase {
+  readonly kind = "split" as const;
+  private readonly mask: number;
+  /** Buffer offsets of the three parts and of the event index fields. */
+  private readonly descOff: number;
+  private readonly availOff: number;
+  private readonly usedOff: number;
+  private readonly usedEventOff: number;
+  private readonly availEventOff: number;
+  /** Free-running index of the next available ring entry to read. */
+  private lastAvail = 0;
+  /** Free-running used idx as last published. */
+  private usedIdx = 0;
+  /** used idx at the previous shouldNotifyDriver(), and how many entries were written since. */
+  private usedAtCheck = 0;
+  private usedSinceCheck = 0;
+  private driverNotifications = true;
+
+  constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {
+    const sizes = splitAreaSizes(config.size);
+    checkConfig(opts?.name ?? "unnamed", "split", mem, config, [
+      { what: "descriptor table", addr: config.descAddr, align: 16, len: sizes.desc },
+      { what: "available ring", addr: config.driverAddr, align: 2, len: sizes.avail },
+      { what: "used ring", addr: config.deviceAddr, align: 4, len: sizes.used },
+    ]);
+    super(mem, config, features, opts);
+    this.mask = config.size - 1;
+    this.descOff = config.descAddr - mem.base;
+    this.availOff = config.driverAddr - mem.base;
+    this.usedOff = config.deviceAddr - mem.base;
+    // 2.7.6 / 2.7.8: used_event follows avail->ring[size], avail_event follows used->ring[size].
+    this.usedEventOff = this.availOff + 4 + 2 * config.size;
+    this.availEventOff = this.usedOff + 4 + 8 * config.size;
+    this.writeDriverNotifications(true);
+  }
+
+  protected popChain(): DescriptorChain | null {
+    const qm = this.qm;
+    const size = this.size;
+    const availIdx = qm.load16Acquire(this.availOff + 2);
+    const pending = (availIdx - this.lastAvail) & 0xffff;
+    if (pending === 0) return null;
+    // 2.7.6.1: idx only grows, and the ring holds at most Queue Size entries, so it cannot be further ahead.
+    if (pending > size) {
+      throw this.malformed(
+        `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
+          `more than the queue size ${size}`,
+      );
+    }
+    const slot = this.lastAvail & this.mask;
+    const head = qm.u16le(this.availOff + 4 + 2 * slot);
+    if (head >= size) {
+      throw this.malformed(
+        `available ring entry ${slot} holds head ${head}, not below the queue size ${size}`,
+      );
+    }
+    if (this.isInFlight(head)) {
+      throw this.malformed(
+        `head ${head} (available ring entry ${slot}) is made available again while in flight`,
+      );
+    }
+    const chain = this.walk(head);
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (this.features.eventIdx && this.driverNotifications) {
+      qm.store16Release(this.availEventOff, this.lastAvail);
+    }
+    return chain;
+  }
+
+  /** Follows a chain from `head` through the descriptor table (2.7.5) and at most one indirect table. */
+  private walk(head: number): DescriptorChain {
+    const qm = this.qm;
+    const size = this.size;
+    const b = new ChainBuilder(qm, size);
+    let i = head;
+    let count = 0;
+    for (;;) {
+      // 2.7.5.2: loops are forbidden; a chain visits each of the Queue Size descriptors at most once.
+      if (count === size) {
+        throw this.malformed(`chain from head ${head} visits more than ${size} descriptors: a loop`);
+      }
+      count++;
+      const off = this.descOff + DESC_SIZE * i;
+      const addr = qm.addr64(off);
+      const len = qm.u32le(off + 8);
+      const flags = qm.u16le(off + 12);
+      const next = qm.u16le(off + 14);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        // 2.7.5.3.1 Driver Requirements: Indirect Descriptors.
+        if (!this.features.indirect) {
+          throw this.malformed(
+            `descriptor ${i} (chain head ${head}) sets VIRTQ_DESC_F_INDIRECT but VIRTIO_F_INDIRECT_DESC is not negotiated`,
+          );
+        }
+        if (flags & VIRTQ_DESC_F_NEXT) {
+          throw this.malformed(
+            `descriptor ${i} (chain head ${head}) sets both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT`,
+          );
+        }
+        // 2.7.5.3.2: zero or more direct descriptors followed by one indirect one; its WRITE flag is ignored.
+        this.walkIndirect(b, addr, len, i, head);
+        break;
+      }
+      const err = b.add(addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (err) throw this.malformed(`${err} (descriptor ${i}, chain head ${head})`);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      if (next >= size) {
+        throw this.malformed(
+          `descriptor ${i} (chain head ${head}) has next ${next}, not below the queue size ${size}`,
+        );
+      }
+      i = next;
+    }
+    return b.finish(head, count);
+  }
+
+  /** 2.7.5.3 Indirect Descriptors: a table of len/16 descriptors, chained by `next` from entry 0. */
+  private walkIndirect(b: ChainBuilder, addr: number, len: number, desc: number, head: number): void {
+    const qm = this.qm;
+    const where = () =>
+      `indirect table ${addr < 0 ? "above 2^53" : hex(addr)} (descriptor ${desc}, chain head ${head})`;
+    if (len === 0 || len % DESC_SIZE !== 0) {
+      throw this.malformed(`${where()} has length ${len}, not a non-zero multiple of ${DESC_SIZE}`);
+    }
+    const tableOff = addr < 0 ? -1 : qm.offsetOf(addr, len);
+    if (tableOff < 0) {
+      const mem = qm.mem;
+      throw this.malformed(`${where()}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`);
+    }
+    const entries = len / DESC_SIZE;
+    let j = 0;
+    let steps = 0;
+    for (;;) {
+      if (steps === entries)
+        throw this.malformed(`${where()}: chain visits more than its ${entries} entries: a loop`);
+      steps++;
+      const off = tableOff + DESC_SIZE * j;
+      const flags = qm.u16le(off + 12);
+      // 2.7.5.3.1: only one table per descriptor: no VIRTQ_DESC_F_INDIRECT inside an indirect table.
+      if (flags & VIRTQ_DESC_F_INDIRECT)
+        throw this.malformed(`${where()}: entry ${j} sets VIRTQ_DESC_F_INDIRECT`);
+      const err = b.add(qm.addr64(off), qm.u32le(off + 8), (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (err) throw this.malformed(`${err} (entry ${j} of ${where()})`);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return;
+      const next = qm.u16le(off + 14);
+      if (next >= entries) {
+        throw this.malformed(
+          `${where()}: entry ${j} has next ${next}, outside the table's ${entries} entries`,
+        );
+      }
+      j = next;
+    }
+  }
+
+  /** 2.7.8.2 Device Requirements: The Virtqueue Used Ring: the element is written before idx moves. */
+  protected writeUsed(chain: DescriptorChain, written: number): void {
+    const qm = this.qm;
+    const elem = this.usedOff + 4 + 8 * (this.usedIdx & this.mask);
+    qm.setU32(elem, chain.id);
+    qm.setU32(elem + 4, written);
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    qm.store16Release(this.usedOff + 2, this.usedIdx);
+    this.usedSinceCheck++;
+  }
+
+  /** 2.7.7.2 Device Requirements: Used Buffer Notification Suppression. */
+  protected notifyDecision(): NotifyDecision {
+    const count = this.usedSinceCheck;
+    if (count === 0) return "none";
+    const oldIdx = this.usedAtCheck;
+    this.usedAtCheck = this.usedIdx;
+    this.usedSinceCheck = 0;
+    const qm = this.qm;
+    if (!this.features.eventIdx) {
+      // flags 1 (VIRTQ_AVAIL_F_NO_INTERRUPT): SHOULD NOT notify; 0: MUST notify.
+      return qm.load16Acquire(this.availOff) & VIRTQ_AVAIL_F_NO_INTERRUPT ? "suppress" : "notify";
+    }
+    // With VIRTIO_F_EVENT_IDX the low bit of flags is ignored: notify iff one of the entries written since the
+    // last decision went to index used_event. Past 2^16 entries the window covers every index.
+    if (count >= 0x10000) return "notify";
+    const usedEvent = qm.load16Acquire(this.usedEventOff);
+    return needEvent(usedEvent, this.usedIdx, oldIdx) ? "notify" : "suppress";
+  }
+
+  /** "Available Buffer Notification Suppression", device requirements: flags, or avail_event with EVENT_IDX. */
+  protected writeDriverNotifications(enabled: boolean): void {
+    const qm = this.qm;
+    this.driverNotifications = enabled;
+    if (!this.features.eventIdx) {
+      qm.store16Release(this.usedOff, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      return;
+    }
+    // With EVENT_IDX the device MUST set flags to 0 and uses avail_event: the driver notifies once it writes the
+    // ring entry at avail_event. Enabled: the next entry we have not seen. Disabled: the entry just behind it,
+    // which the driver reaches again only after 2^16 - 1 more entries.
+    qm.store16Release(this.usedOff, 0);
+    qm.store16Release(this.availEventOff, enabled ? this.lastAvail : (this.lastAvail - 1) & 0xffff);
+  }
+}

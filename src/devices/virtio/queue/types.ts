@@ -1,0 +1,132 @@
+/**
+ * The device side of a virtqueue, common to both ring layouts of the OASIS virtio 1.2 specification:
+ * 2.7 Split Virtqueues and 2.8 Packed Virtqueues.
+ *
+ * A Virtqueue depends only on GuestMemory, so the same code can run on a vCPU thread, a vhost worker thread or
+ * a vhost-user process. Everything it reads from the rings is written by the guest and treated as hostile: a
+ * malformed ring raises VirtqueueError, never another exception, never a hang, never an access outside guest RAM.
+ */
+import { VireoError } from "../../../errors.ts";
+import type { MetricsSink } from "../../../metrics/registry.ts";
+
+/** Where the driver placed the three areas of the queue (2.6 Virtqueues), as the transport reports them. */
+export interface QueueConfig {
+  /** Queue Size: number of descriptors. */
+  size: number;
+  /** Descriptor Area: the descriptor table (split) or descriptor ring (packed). */
+  descAddr: number;
+  /** Driver Area: the available ring (split) or the driver event suppression structure (packed). */
+  driverAddr: number;
+  /** Device Area: the used ring (split) or the device event suppression structure (packed). */
+  deviceAddr: number;
+}
+
+/** The negotiated ring features that change how the queue is parsed. */
+export interface QueueFeatures {
+  /** VIRTIO_F_RING_EVENT_IDX (bit 29). */
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC (bit 28). */
+  indirect: boolean;
+}
+
+export type QueueKind = "split" | "packed";
+
+/** One physically-contiguous guest buffer element. Always lies inside guest RAM. */
+export interface BufferSegment {
+  readonly addr: number;
+  readonly len: number;
+}
+
+/**
+ * A buffer the driver made available, as validated and copied out of the ring when it was popped. Later guest
+ * writes to the descriptors do not change it.
+ */
+export interface DescriptorChain {
+  /** Head descriptor index (split) or Buffer ID (packed): what goes back in the used element. */
+  readonly id: number;
+  /** Device-readable elements, in order. Zero-length elements are left out. */
+  readonly readable: readonly BufferSegment[];
+  /** Device-writable elements, in order. Zero-length elements are left out. */
+  readonly writable: readonly BufferSegment[];
+  readonly readableLength: number;
+  readonly writableLength: number;
+  /**
+   * Descriptor Area slots the chain occupied: descriptors walked in the descriptor table or ring, counting a
+   * descriptor that points at an indirect table once and the table's entries not at all. The packed ring skips
+   * this many slots after writing the used descriptor (2.8.6 Next Flag: Descriptor Chaining).
+   */
+  readonly descriptorCount: number;
+}
+
+export interface Virtqueue {
+  readonly kind: QueueKind;
+  readonly size: number;
+  /** Chains popped and not yet returned with pushUsed. */
+  readonly inFlight: number;
+  /**
+   * Next available chain, or null when the driver has made none available. Throws VirtqueueError (code
+   * VIREO_VIRTQUEUE_MALFORMED) on a malformed one; the queue's state is then unchanged, so a further pop()
+   * looks at the same place again (the device is expected to set DEVICE_NEEDS_RESET).
+   */
+  pop(): DescriptorChain | null;
+  /**
+   * Returns a popped chain to the driver with `written` bytes written to its writable part. Throws VirtqueueError
+   * (code VIREO_VIRTQUEUE_USAGE) if the chain is not in flight on this queue or `written` is out of range.
+   */
+  pushUsed(chain: DescriptorChain, written: number): void;
+  /**
+   * After pushing used buffers: must the device send a used buffer notification now? Considers the buffers used
+   * since the previous call (false if there were none), per 2.7.7 Used Buffer Notification Suppression (split)
+   * or 2.8.10 Driver and Device Event Suppression (packed).
+   */
+  shouldNotifyDriver(): boolean;
+  /**
+   * Asks the driver to send (true) or not to send (false) available buffer notifications. Unreliable by design:
+   * after enabling, pop() again before sleeping, or a buffer made available in between can be missed.
+   */
+  setDriverNotifications(enabled: boolean): void;
+}
+
+export interface VirtqueueOptions {
+  metrics?: MetricsSink;
+  /** Used in error messages and metric names (`virtq.<name>.popped`). */
+  name?: string;
+}
+
+/**
+ * A virtqueue problem. Code VIREO_VIRTQUEUE_MALFORMED: the driver broke the ring (the device should set
+ * DEVICE_NEEDS_RESET); code VIREO_VIRTQUEUE_USAGE: the device model misused the queue API.
+ */
+export class VirtqueueError extends VireoError {
+  constructor(
+    message: string,
+    code: VirtqueueErrorCode = "VIREO_VIRTQUEUE_MALFORMED",
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
+  }
+}
+
+export type VirtqueueErrorCode = "VIREO_VIRTQUEUE_MALFORMED" | "VIREO_VIRTQUEUE_USAGE";
+
+/** Largest Queue Size of either layout (2.7 Split Virtqueues, 2.8 Packed Virtqueues). */
+export const MAX_QUEUE_SIZE = 32768;
+
+/** Descriptor flag bits shared by both layouts (2.7.5, 2.8.6, 2.8.7, 2.8.1). */
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_DESC_F_AVAIL = 1 << 7;
+export const VIRTQ_DESC_F_USED = 1 << 15;
+
+/** Split ring flag bits (2.7.6, 2.7.8). */
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+/** Packed ring event suppression flags (2.8.10 Driver and Device Event Suppression). */
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+export const RING_EVENT_FLAGS_DESC = 2;
+
+/** Size of one descriptor in either layout (struct virtq_desc / struct pvirtq_desc). */
+export const DESC_SIZE = 16;
