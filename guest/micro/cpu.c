@@ -48,6 +48,8 @@ static int cpu_ready;
 volatile uint32_t pit_ticks;
 volatile uint32_t irq4_count, irq5_count, irq_other_count;
 volatile uint8_t uart_last_iir;
+volatile uint8_t uart_rx_ring[UART_RX_RING];
+volatile uint32_t uart_rx_head, uart_rx_tail;
 volatile uint64_t irq5_last_cs;
 volatile uint32_t user_int80_via_ud;
 
@@ -175,11 +177,22 @@ static void irq_dispatch(unsigned irq, struct isr_frame *f)
 	case 0:
 		pit_ticks++;
 		break;
-	case UART_IRQ:
-		uart_last_iir = inb(UART_IIR); /* reading IIR acknowledges the THR-empty interrupt */
-		outb(UART_IER, 0);
+	case UART_IRQ: {
+		uint8_t iir = inb(UART_IIR); /* reading IIR acknowledges the THR-empty interrupt */
+		uart_last_iir = iir;
 		irq4_count++;
+		if ((iir & 0x0F) == 0x04 || (iir & 0x0F) == 0x0C) {
+			/* Received data (or character timeout): drain the FIFO into the ring while there is room;
+			 * what does not fit stays in the UART, which holds the line until the ring drains. */
+			while ((inb(UART_LSR) & UART_LSR_DR) && uart_rx_head - uart_rx_tail < UART_RX_RING)
+				uart_rx_ring[uart_rx_head++ % UART_RX_RING] = inb(UART_RBR);
+			if (uart_rx_head - uart_rx_tail >= UART_RX_RING)
+				outb(UART_IER, 0); /* full: the echo loop re-enables it once it has consumed */
+		} else {
+			outb(UART_IER, 0);
+		}
 		break;
+	}
 	case TDEV_IRQ:
 		outl(TDEV_PIO + TDEV_IRQLINE, 0); /* lower the level we raised */
 		irq5_last_cs = f->cs;

@@ -19,6 +19,7 @@ static const struct program {
 	{ "bench-pio", prog_bench_pio },
 	{ "bench-mmio", prog_bench_mmio },
 	{ "triple-fault", prog_triple_fault },
+	{ "echo", prog_echo },
 	{ "tour", prog_tour },
 };
 

@@ -29,6 +29,9 @@ struct boot_info {
 #define UART_LSR (COM1 + 5)
 #define UART_LSR_THRE 0x20
 #define UART_IER_THRI 0x02
+#define UART_IER_RDI 0x01
+#define UART_LSR_DR 0x01
+#define UART_RBR (COM1 + 0)
 #define UART_IRQ 4
 
 #define DEBUG_EXIT_PORT 0x501
@@ -137,6 +140,10 @@ void isr_dispatch(struct isr_frame *f);
 extern volatile uint32_t pit_ticks;
 extern volatile uint32_t irq4_count, irq5_count, irq_other_count;
 extern volatile uint8_t uart_last_iir;
+/* Received bytes, filled by the IRQ 4 handler while IER.RDI is on (echo program). */
+#define UART_RX_RING 256
+extern volatile uint8_t uart_rx_ring[UART_RX_RING];
+extern volatile uint32_t uart_rx_head, uart_rx_tail;
 extern volatile uint64_t irq5_last_cs;
 extern volatile uint32_t user_int80_via_ud;
 
@@ -159,6 +166,7 @@ int prog_user(int argc, char **argv);
 int prog_bench_pio(int argc, char **argv);
 int prog_bench_mmio(int argc, char **argv);
 int prog_triple_fault(int argc, char **argv);
+int prog_echo(int argc, char **argv);
 
 int pio_check(void);  /* 0 ok, 1 mismatch (already printed); safe at CPL 3 with IOPL 3 */
 int mmio_check(void);

@@ -16,6 +16,7 @@ export const MICRO_PROGRAMS = [
   "bench-pio",
   "bench-mmio",
   "triple-fault",
+  "echo",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];

@@ -101,6 +101,20 @@ test("--serial file: writes the guest's output to the file, nothing to stdout", 
   assert.equal(readFileSync(out, "utf8"), "Hello from the guest\n");
 });
 
+test("terminal input: 6000 bytes piped to COM1 come back through the guest's echo, none lost", {
+  skip,
+}, () => {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 \n";
+  let seed = 7;
+  const text = Array.from({ length: 6000 }, () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return alphabet[seed % alphabet.length];
+  }).join("");
+  const r = vireo(["run", "--guest", "micro:echo"], { input: `${text}\x04` });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, `${text}echo done (6000 bytes)\n`);
+});
+
 test("vireo demo runs the tour and ends with a table of exits and interrupts", { skip }, () => {
   const r = vireo(["demo"]);
   assert.equal(r.status, 0, r.stdout + r.stderr);

@@ -70,7 +70,10 @@ class Harness {
   counter(name: string): number {
     return this.metrics.counter(name).value;
   }
+  /** Host input, as a terminal would send it once the guest is ready: the guest asserts RTS first. */
   input(text: string | number[]): number {
+    const mcr = this.rd(MCR);
+    if (!(mcr & MCR_RTS)) this.wr(MCR, mcr | MCR_RTS);
     return this.uart.receive(
       typeof text === "string" ? new TextEncoder().encode(text) : Uint8Array.from(text),
     );
@@ -372,7 +375,7 @@ if (!isMainThread) {
         h.wr(MCR, MCR_LOOP);
         h.input("q");
         assert.equal(h.rd(LSR) & LSR_DR, 0, "SIN is disconnected in loopback");
-        h.wr(MCR, 0);
+        h.wr(MCR, MCR_RTS);
         assert.deepEqual(h.drain(), [0x71]);
       });
 
@@ -493,6 +496,7 @@ if (!isMainThread) {
       test("receive() accepts what fits and the caller retries the rest; nothing is lost or reordered", () => {
         const h = new Harness();
         h.wr(FCR, 0x07);
+        h.wr(MCR, MCR_RTS);
         const total = 10_000;
         const data = Uint8Array.from({ length: total }, (_, i) => (i * 31 + (i >> 8)) & 0xff);
         let sent = 0;
@@ -512,6 +516,20 @@ if (!isMainThread) {
         assert.deepEqual(Uint8Array.from(got), data);
         assert.equal(h.rd(LSR) & (LSR_DR | LSR_OE), 0, "no overrun, no leftovers");
         assert.equal(h.counter("uart.com1.rx_bytes"), total);
+      });
+
+      test("flow control: input waits until the guest asserts RTS, so initialisation loses nothing", () => {
+        const h = new Harness();
+        assert.equal(h.uart.receive(new TextEncoder().encode("hi")), 2, "the ring takes it");
+        assert.equal(h.rd(LSR) & LSR_DR, 0, "nothing reaches the receiver while RTS is off");
+        h.wr(FCR, 0xc7); // what a driver's init does: enable and clear the FIFOs
+        h.wr(MCR, MCR_DTR | MCR_RTS | MCR_OUT2);
+        assert.deepEqual(h.drain(), [0x68, 0x69]);
+        h.wr(MCR, MCR_OUT2);
+        h.uart.receive(Uint8Array.of(0x21));
+        assert.equal(h.rd(LSR) & LSR_DR, 0, "dropping RTS holds the sender again");
+        h.wr(MCR, MCR_RTS | MCR_OUT2);
+        assert.deepEqual(h.drain(), [0x21]);
       });
 
       test("16450 mode moves one byte at a time", () => {
@@ -554,6 +572,7 @@ if (!isMainThread) {
         const state = Uart16550.createState();
         const main = new Harness(state);
         main.wr(FCR, 0xc7);
+        main.wr(MCR, MCR_RTS);
         const tsx = import.meta.resolve("tsx/esm/api");
         const w = new Worker(
           `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(import.meta.url)}); })`,

@@ -12,6 +12,9 @@
  * - Receive: host input (`receive`) waits in a ring in the shared state and moves into the receiver (16-byte
  *   FIFO, or the one-byte RBR in 16450 mode) whenever there is room, so a slow guest applies backpressure
  *   instead of losing bytes. An overrun can therefore only happen in loopback.
+ * - The host side honours RTS/CTS flow control: input flows only while the guest asserts MCR.RTS (0 at reset).
+ *   A driver asserts RTS once it has set the port up (Linux's 8250 driver does when the port is opened), so
+ *   bytes typed before then wait instead of being lost to the FIFO clear that initialisation does.
  * - The character timeout indication (IIR 0b1100) is raised as soon as the RX FIFO holds data below its
  *   trigger level, instead of after four character times without FIFO activity (DS §8.8).
  * - LSR bit 7 (error in RX FIFO) reads 1 while any character in the FIFO carries a parity, framing or break
@@ -504,11 +507,14 @@ export class Uart16550 implements BusDevice {
     this.latchLineStatus(LSR_OE);
   }
 
-  /** Moves host input into the receiver while it has room. SIN is disconnected in loopback (DS §8.9). */
+  /**
+   * Moves host input into the receiver while it has room and the guest asserts RTS (flow control). SIN is
+   * disconnected in loopback (DS §8.9).
+   */
   private refillRx(): void {
     const d = this.d;
     let ringCount = d.getInt32(S_RING_COUNT, true);
-    if (ringCount === 0 || this.loopback) return;
+    if (ringCount === 0 || this.loopback || !(d.getUint8(S_MCR) & MCR_RTS)) return;
     let head = d.getInt32(S_RING_HEAD, true);
     let room = this.rxCapacity() - d.getUint8(S_RX_COUNT);
     while (room > 0 && ringCount > 0) {
