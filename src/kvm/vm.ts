@@ -8,7 +8,7 @@ import {
   KVM_PIT_SPEAKER_DUMMY,
   SIZEOF,
 } from "./abi.ts";
-import { kvmIoctl } from "./errors.ts";
+import { KvmIoctlError, kvmIoctl } from "./errors.ts";
 import type { KvmSystem } from "./system.ts";
 
 /** Where KVM (VMX) puts its three-page TSS and one-page identity map: just below the IOAPIC/LAPIC/BIOS area. */
@@ -140,13 +140,21 @@ export class Vm {
     kvmIoctl(this.fd, KVM.SET_GSI_ROUTING, buf, "KVM_SET_GSI_ROUTING");
   }
 
-  /** Inject one MSI directly. */
+  /**
+   * Inject one MSI directly. Returns how many vCPUs accepted it; KVM reports "none" as -1, which arrives as
+   * EPERM, so that case returns 0 here.
+   */
   signalMsi(addressLo: number, addressHi: number, data: number): number {
     const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_msi));
     buf.setUint32(0, addressLo, true);
     buf.setUint32(4, addressHi, true);
     buf.setUint32(8, data, true);
-    return kvmIoctl(this.fd, KVM.SIGNAL_MSI, buf, "KVM_SIGNAL_MSI");
+    try {
+      return kvmIoctl(this.fd, KVM.SIGNAL_MSI, buf, "KVM_SIGNAL_MSI");
+    } catch (e) {
+      if (e instanceof KvmIoctlError && e.errnoCode === "EPERM") return 0;
+      throw e;
+    }
   }
 
   close(): void {
