@@ -10,50 +10,7 @@ import {
   XLF_CAN_BE_LOADED_ABOVE_4G,
   XLF_KERNEL_64,
 } from "../../src/arch/x86/bzimage.ts";
-
-interface ImageSpec {
-  setupSects?: number;
-  version?: number;
-  loadflags?: number;
-  relocatable?: number;
-  xloadflags?: number;
-  kernelLen?: number;
-  /** Bytes to drop from the end of the image. */
-  truncate?: number;
-  /** Extra bytes after the kernel (e.g. an appended signature). */
-  trailing?: number;
-  headerEnd?: number;
-}
-
-/** A minimal bzImage: boot sector + setup sectors with a protocol-2.15 header, then a patterned kernel. */
-function makeImage(spec: ImageSpec = {}): Uint8Array {
-  const setupSects = spec.setupSects ?? 4;
-  const effSects = setupSects === 0 ? 4 : setupSects;
-  const kernelLen = spec.kernelLen ?? 4096;
-  const kernelOffset = (effSects + 1) * 512;
-  const img = new Uint8Array(kernelOffset + kernelLen + (spec.trailing ?? 0));
-  const v = new DataView(img.buffer);
-  img[0x1f1] = setupSects;
-  v.setUint32(0x1f4, Math.ceil(kernelLen / 16), true);
-  v.setUint16(0x1fe, 0xaa55, true);
-  img[0x200] = 0xeb;
-  img[0x201] = (spec.headerEnd ?? 0x26c) - 0x202;
-  img.set([0x48, 0x64, 0x72, 0x53], 0x202); // "HdrS"
-  v.setUint16(0x206, spec.version ?? 0x020f, true);
-  v.setUint16(0x20e, 0x200, true); // kernel_version -> 0x400
-  img.set(new TextEncoder().encode("6.1.0-test (vireo) #1\0"), 0x400);
-  img[0x211] = spec.loadflags ?? 0x01;
-  v.setUint32(0x22c, 0x7fffffff, true);
-  v.setUint32(0x230, 0x200000, true);
-  img[0x234] = spec.relocatable ?? 1;
-  img[0x235] = 21;
-  v.setUint16(0x236, spec.xloadflags ?? XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G, true);
-  v.setUint32(0x238, 2047, true);
-  v.setBigUint64(0x258, 0x1000000n, true);
-  v.setUint32(0x260, 0x2000000, true);
-  for (let i = 0; i < kernelLen; i++) img[kernelOffset + i] = (i * 7 + 3) & 0xff;
-  return spec.truncate ? img.subarray(0, img.length - spec.truncate) : img;
-}
+import { makeBzImage as makeImage } from "../fixtures/bzimage.ts";
 
 function rejects(img: Uint8Array, pattern: RegExp): void {
   assert.throws(
