@@ -1,0 +1,327 @@
+/**
+ * MSI-X (PCI Local Bus Specification 3.0, §6.8.2): the capability in configuration space, the vector table and
+ * the Pending Bit Array as BusDevices to place in memory BARs, and message delivery with masking.
+ *
+ * Delivery (`notify`) follows §6.8.2.9 (Vector Control, Mask bit) and §6.8.2.10 (Pending Bits): with MSI-X enabled and the vector unmasked (neither the
+ * Function Mask bit in Message Control nor the vector's Mask bit set), the message (address, data) of the table
+ * entry is signalled at once. While the vector is masked the function records the event in the vector's Pending
+ * bit instead, and sends the message (clearing the bit) as soon as the vector becomes unmasked. With MSI-X
+ * disabled nothing is recorded: the function uses INTx instead, and while MSI-X is enabled INTx is suppressed.
+ *
+ * For KVM GSI routing / irqfd, `onRouteChange(vector, route)` reports each vector's effective route whenever it
+ * changes: the message while the vector can be delivered directly, null while it cannot (MSI-X disabled or the
+ * vector masked, when events must come through `notify` so pending bits are kept).
+ *
+ * Emulation choices: the table accepts accesses of any size (the spec asks software for aligned dwords or
+ * qwords, §6.8.2); Message Address bits 1:0 and Vector Control bits 31:1 are read-only 0; PBA writes are ignored.
+ */
+import type { BusDevice } from "../../bus/bus.ts";
+import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { PCI_CAP_ID, type PciFunction } from "./config.ts";
+import { PciMsixError } from "./errors.ts";
+
+/** Where MSI / MSI-X messages go: a memory write of `data` to the 64-bit address (addressHi:addressLo). */
+export interface MsiSink {
+  signal(addressLo: number, addressHi: number, data: number): void;
+}
+
+export interface MsixRoute {
+  readonly addressLo: number;
+  readonly addressHi: number;
+  readonly data: number;
+}
+
+export interface MsixEntry extends MsixRoute {
+  /** The vector's own Mask bit (Vector Control bit 0). */
+  readonly masked: boolean;
+}
+
+/** What `notify` did: signalled, recorded as pending, or nothing (MSI-X disabled / no such vector). */
+export type MsixDelivery = "sent" | "pending" | "disabled" | "invalid";
+
+export interface MsixOptions {
+  /** Table size: 1 to 2048 vectors (§6.8.2.3, Table Size is N-1 in 11 bits). */
+  vectors: number;
+  /** Index of the memory BAR holding the table, and the table's offset in it (qword aligned). */
+  tableBar: number;
+  tableOffset: number;
+  /** Index of the memory BAR holding the PBA, and its offset (qword aligned). */
+  pbaBar: number;
+  pbaOffset: number;
+  sink: MsiSink;
+  onRouteChange?: (vector: number, route: MsixRoute | null) => void;
+  metrics?: MetricsSink;
+}
+
+/** Table entry layout (§6.8.2.6-6.8.2.9). */
+export const MSIX_ENTRY_SIZE = 16;
+const ENTRY_ADDR_LO = 0;
+const ENTRY_ADDR_HI = 4;
+const ENTRY_DATA = 8;
+const ENTRY_VECTOR_CONTROL = 12;
+const VECTOR_CONTROL_MASK = 0x1;
+/** Writable bits of each byte of an entry. */
+const ENTRY_WMASK = [0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0, 0, 0];
+
+/** Message Control (§6.8.2.3). */
+export const MSIX_CONTROL_ENABLE = 0x8000;
+export const MSIX_CONTROL_FUNCTION_MASK = 0x4000;
+const MSIX_CONTROL_TABLE_SIZE = 0x07ff;
+
+/** Capability layout: ID, next, Message Control (+2), Table Offset/BIR (+4), PBA Offset/BIR (+8). */
+const CAP_CONTROL = 2;
+const CAP_TABLE = 4;
+const CAP_PBA = 8;
+const CAP_BODY_LENGTH = 10;
+
+const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+export class Msix {
+  readonly vectors: number;
+  /** Offset of the capability in configuration space. */
+  readonly capOffset: number;
+  /** Bytes the table occupies in its BAR (16 per vector). */
+  readonly tableLength: number;
+  /** Bytes the PBA occupies in its BAR (a qword per 64 vectors). */
+  readonly pbaLength: number;
+  readonly table: BusDevice;
+  readonly pba: BusDevice;
+  onRouteChange: ((vector: number, route: MsixRoute | null) => void) | undefined;
+
+  private readonly fn: PciFunction;
+  private readonly sink: MsiSink;
+  private readonly entries: Uint8Array;
+  private readonly entryView: DataView;
+  private readonly pending: Uint8Array;
+  private readonly routes: Array<MsixRoute | null>;
+  private readonly sent: Counter;
+  private readonly pended: Counter;
+
+  constructor(fn: PciFunction, options: MsixOptions) {
+    const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = options;
+    if (!Number.isInteger(vectors) || vectors < 1 || vectors > 2048) {
+      throw new PciMsixError(`${fn.name}: MSI-X table size ${vectors} not in 1-2048`);
+    }
+    this.fn = fn;
+    this.vectors = vectors;
+    this.sink = options.sink;
+    this.onRouteChange = options.onRouteChange;
+    this.tableLength = vectors * MSIX_ENTRY_SIZE;
+    this.pbaLength = Math.ceil(vectors / 64) * 8;
+    this.checkPlacement("table", tableBar, tableOffset, this.tableLength);
+    this.checkPlacement("PBA", pbaBar, pbaOffset, this.pbaLength);
+    if (
+      tableBar === pbaBar &&
+      tableOffset < pbaOffset + this.pbaLength &&
+      pbaOffset < tableOffset + this.tableLength
+    ) {
+      throw new PciMsixError(`${fn.name}: MSI-X table and PBA overlap in BAR ${tableBar}`);
+    }
+
+    this.entries = new Uint8Array(this.tableLength);
+    this.entryView = new DataView(this.entries.buffer);
+    this.pending = new Uint8Array(this.pbaLength);
+    this.routes = new Array(vectors).fill(null);
+    // §6.8.2.9: every vector's Mask bit is set after reset.
+    for (let v = 0; v < vectors; v++)
+      this.entries[v * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] = VECTOR_CONTROL_MASK;
+
+    const body = new Uint8Array(CAP_BODY_LENGTH);
+    const bodyView = new DataView(body.buffer);
+    bodyView.setUint16(0, (vectors - 1) & MSIX_CONTROL_TABLE_SIZE, true);
+    bodyView.setUint32(CAP_TABLE - 2, (tableOffset | tableBar) >>> 0, true);
+    bodyView.setUint32(CAP_PBA - 2, (pbaOffset | pbaBar) >>> 0, true);
+    // Only Function Mask and MSI-X Enable (Message Control bits 14 and 15) are writable.
+    const writableMask = new Uint8Array(CAP_BODY_LENGTH);
+    writableMask[1] = (MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK) >>> 8;
+    // Any write to the capability may have flipped Enable or Function Mask; controlChanged only acts on changes.
+    this.capOffset = fn.addCapability(PCI_CAP_ID.MSIX, body, {
+      writableMask,
+      onWrite: () => this.controlChanged(),
+    });
+
+    const name = fn.name;
+    this.sent = options.metrics?.counter(`msix.${name}.sent`) ?? NO_COUNTER;
+    this.pended = options.metrics?.counter(`msix.${name}.pending`) ?? NO_COUNTER;
+    this.table = {
+      name: `${name}.msix-table`,
+      read: (offset, data) => this.readTable(offset, data),
+      write: (offset, data) => this.writeTable(offset, data),
+    };
+    this.pba = {
+      name: `${name}.msix-pba`,
+      read: (offset, data) => {
+        for (let i = 0; i < data.length; i++) data[i] = this.pending[offset + i] ?? 0;
+      },
+      write: () => {},
+    };
+  }
+
+  private checkPlacement(what: string, barIndex: number, offset: number, length: number): void {
+    const bar = this.fn.bar(barIndex);
+    if (bar === undefined || bar.kind === "io") {
+      throw new PciMsixError(`${this.fn.name}: MSI-X ${what} BAR ${barIndex} is not a defined memory BAR`);
+    }
+    // §6.8.2.4 / §6.8.2.5: the low 3 bits of the offset dword hold the BIR, so offsets are qword aligned.
+    if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset + length > bar.size) {
+      throw new PciMsixError(
+        `${this.fn.name}: MSI-X ${what} at offset ${offset} (+${length}) does not fit BAR ${barIndex} (${bar.size})`,
+      );
+    }
+  }
+
+  /** Message Control as the guest last wrote it. */
+  get control(): number {
+    return this.fn.peek16(this.capOffset + CAP_CONTROL);
+  }
+  get enabled(): boolean {
+    return (this.control & MSIX_CONTROL_ENABLE) !== 0;
+  }
+  get functionMasked(): boolean {
+    return (this.control & MSIX_CONTROL_FUNCTION_MASK) !== 0;
+  }
+
+  /** A table entry as the guest programmed it. */
+  entry(vector: number): MsixEntry {
+    this.checkVector(vector);
+    const base = vector * MSIX_ENTRY_SIZE;
+    const v = this.entryView;
+    return {
+      addressLo: v.getUint32(base + ENTRY_ADDR_LO, true),
+      addressHi: v.getUint32(base + ENTRY_ADDR_HI, true),
+      data: v.getUint32(base + ENTRY_DATA, true),
+      masked: (v.getUint32(base + ENTRY_VECTOR_CONTROL, true) & VECTOR_CONTROL_MASK) !== 0,
+    };
+  }
+
+  /** Whether the vector is masked, by its own Mask bit or the Function Mask. */
+  isMasked(vector: number): boolean {
+    this.checkVector(vector);
+    return this.functionMasked || this.entryMasked(vector);
+  }
+
+  isPending(vector: number): boolean {
+    this.checkVector(vector);
+    return ((this.pending[vector >>> 3] as number) & (1 << (vector & 7))) !== 0;
+  }
+
+  /** The vector's effective route: its message while MSI-X is enabled and the vector unmasked, else null. */
+  route(vector: number): MsixRoute | null {
+    this.checkVector(vector);
+    return this.routes[vector] ?? null;
+  }
+
+  /**
+   * The device raises `vector`. Guest-controlled vector numbers are safe to pass: an out-of-range vector is
+   * reported as "invalid" and dropped.
+   */
+  notify(vector: number): MsixDelivery {
+    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) return "invalid";
+    if (!this.enabled) return "disabled";
+    if (this.functionMasked || this.entryMasked(vector)) {
+      this.setPending(vector, true);
+      this.pended.add();
+      return "pending";
+    }
+    this.send(vector);
+    return "sent";
+  }
+
+  /**
+   * The event behind a pending vector went away (§6.8.2.10: the function clears the Pending bit so no spurious
+   * message is sent on unmask).
+   */
+  clearPending(vector: number): void {
+    this.checkVector(vector);
+    this.setPending(vector, false);
+  }
+
+  /** Back to the reset state: disabled, function unmasked, every vector masked with a zero message, none pending. */
+  reset(): void {
+    this.fn.poke16(
+      this.capOffset + CAP_CONTROL,
+      this.control & ~(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK),
+    );
+    this.entries.fill(0);
+    for (let v = 0; v < this.vectors; v++)
+      this.entries[v * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] = VECTOR_CONTROL_MASK;
+    this.pending.fill(0);
+    this.controlChanged();
+  }
+
+  private checkVector(vector: number): void {
+    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) {
+      throw new PciMsixError(`${this.fn.name}: MSI-X vector ${vector} out of range (0-${this.vectors - 1})`);
+    }
+  }
+
+  private entryMasked(vector: number): boolean {
+    return (
+      ((this.entries[vector * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] as number) & VECTOR_CONTROL_MASK) !== 0
+    );
+  }
+
+  private setPending(vector: number, on: boolean): void {
+    const i = vector >>> 3;
+    const bit = 1 << (vector & 7);
+    const b = this.pending[i] as number;
+    this.pending[i] = on ? b | bit : b & ~bit;
+  }
+
+  private send(vector: number): void {
+    const base = vector * MSIX_ENTRY_SIZE;
+    const v = this.entryView;
+    this.sent.add();
+    this.sink.signal(
+      v.getUint32(base + ENTRY_ADDR_LO, true),
+      v.getUint32(base + ENTRY_ADDR_HI, true),
+      v.getUint32(base + ENTRY_DATA, true),
+    );
+  }
+
+  /** After anything that can unmask a vector or change its message: deliver what is pending, report routes. */
+  private refresh(vector: number): void {
+    const deliverable = this.enabled && !this.functionMasked && !this.entryMasked(vector);
+    if (deliverable && this.isPending(vector)) {
+      this.setPending(vector, false);
+      this.send(vector);
+    }
+    const before = this.routes[vector] ?? null;
+    let now: MsixRoute | null = null;
+    if (deliverable) {
+      const e = this.entry(vector);
+      now = { addressLo: e.addressLo, addressHi: e.addressHi, data: e.data };
+    }
+    const same =
+      before === now ||
+      (before !== null &&
+        now !== null &&
+        before.addressLo === now.addressLo &&
+        before.addressHi === now.addressHi &&
+        before.data === now.data);
+    if (same) return;
+    this.routes[vector] = now;
+    this.onRouteChange?.(vector, now);
+  }
+
+  private controlChanged(): void {
+    this.fn.setIntxSuppressed(this.enabled);
+    for (let v = 0; v < this.vectors; v++) this.refresh(v);
+  }
+
+  private readTable(offset: number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; i++) data[i] = this.entries[offset + i] ?? 0;
+  }
+
+  private writeTable(offset: number, data: Uint8Array): void {
+    const end = Math.min(offset + data.length, this.tableLength);
+    if (offset >= end) return;
+    for (let o = offset; o < end; o++) {
+      const w = ENTRY_WMASK[o % MSIX_ENTRY_SIZE] as number;
+      this.entries[o] = ((this.entries[o] as number) & ~w) | ((data[o - offset] as number) & w);
+    }
+    const first = Math.floor(offset / MSIX_ENTRY_SIZE);
+    const last = Math.floor((end - 1) / MSIX_ENTRY_SIZE);
+    for (let v = first; v <= last; v++) this.refresh(v);
+  }
+}
