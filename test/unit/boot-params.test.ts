@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import {
   BOOT_PARAMS_SIZE,
@@ -261,5 +263,54 @@ describe("placeInitrd", () => {
       () => placeInitrd(image, 32 * MiB, map64, { minAddr: 0x3000000 }),
       (e: unknown) => e instanceof BootParamsError && /no room for a 33554432-byte initrd/.test(e.message),
     );
+  });
+});
+
+function findRealKernel(): string | undefined {
+  const env = process.env.VIREO_TEST_KERNEL;
+  if (env) return existsSync(env) ? env : undefined;
+  if (!existsSync("/boot")) return undefined;
+  const k = readdirSync("/boot")
+    .filter((f) => f.startsWith("vmlinuz-"))
+    .sort()
+    .pop();
+  return k ? join("/boot", k) : undefined;
+}
+
+describe("boot layout for a real kernel", () => {
+  const path = findRealKernel();
+  it("places the kernel and an initrd in 512 MiB and writes its zero page", {
+    skip: path ? false : "no /boot/vmlinuz-* (or VIREO_TEST_KERNEL) on this machine",
+  }, () => {
+    const raw = readFileSync(path as string);
+    const img = parseBzImage(raw);
+    const map = buildE820({ memSize: 512 * MiB, reserved: [{ addr: 0, size: 0x1000 }] });
+    const k = placeKernel(img, map);
+    assert.equal(k.loadAddr % img.header.kernelAlignment, 0);
+    assert.ok(k.end - k.loadAddr >= img.header.initSize);
+    const initrdSize = 7 * MiB + 123;
+    const initrd = placeInitrd(img, initrdSize, map, { minAddr: k.end });
+    assert.ok(initrd >= k.end && initrd + initrdSize <= 512 * MiB);
+    const mem = memory();
+    writeCommandLine(mem, CMDLINE, "console=ttyS0", img.header);
+    writeBootParams(mem, ZERO_PAGE, {
+      image: img,
+      cmdlineAddr: CMDLINE,
+      initrd: { addr: initrd, size: initrdSize },
+      e820: map,
+      kernelAddr: k.loadAddr,
+    });
+    const z = decode(mem, ZERO_PAGE);
+    // The header bytes the loader does not write are the image's own.
+    assert.equal(z.version, img.header.version);
+    assert.equal(z.initSize, img.header.initSize);
+    assert.equal(z.hdrMagic, 0x53726448);
+    assert.deepEqual(
+      new Uint8Array(mem.slice(ZERO_PAGE + 0x230, 0x10)),
+      new Uint8Array(raw.subarray(0x230, 0x240)),
+    );
+    assert.equal(z.ramdiskImage, initrd);
+    assert.equal(z.code32Start, k.loadAddr);
+    assert.deepEqual(z.e820, map);
   });
 });
