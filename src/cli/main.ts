@@ -1,8 +1,10 @@
 /** vireo's command line. Control only: parse, validate, start a machine or a benchmark, report. */
-import { writeFileSync } from "node:fs";
+import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
+import { looksLikeBzImage } from "../arch/x86/linux-loader.ts";
 import { ConfigError, VireoError } from "../errors.ts";
+import { buildGuestImage } from "../image/guest-image.ts";
 import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { formatRunSummary } from "./summary.ts";
@@ -13,31 +15,46 @@ Usage:
   vireo run --guest micro:NAME [ARG...] [options]   run a built-in micro guest program
   vireo run --kernel FILE.elf [options]             run a freestanding ELF64 guest (docs/guest-abi.md)
   vireo demo                                        run the micro guest's tour and show what happened
+  vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
-const RUN_HELP = `Usage: vireo run (--kernel FILE.elf | --guest micro:NAME [ARG...]) [options]
+const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...]) [options]
 
 Options:
-  --kernel FILE        freestanding ELF64 x86-64 guest, loaded per docs/guest-abi.md
+  --kernel FILE        a Linux bzImage (64-bit boot protocol, ACPI tables built by vireo), or a freestanding
+                       ELF64 x86-64 guest loaded per docs/guest-abi.md
+  --initrd FILE        initramfs for a Linux kernel (vireo image build makes one)
+  --force              boot a Linux kernel even where /dev/kvm is PVM (emulated supervisor mode: very slow)
   --guest micro:NAME   built-in micro guest program; positional ARGs follow NAME on its command line
                        (programs: ${MICRO_PROGRAMS.join(", ")})
-  --cmdline STRING     guest command line (with --kernel)
-  --mem MiB            guest RAM in MiB (default 64, 2 to 3072)
+  --cmdline STRING     guest command line (with --kernel); for Linux, e.g. 'console=ttyS0 vireo.run="uname -r"' 
+  --mem MiB            guest RAM in MiB (default 64 for ELF guests, 512 for Linux; 2 to 3072)
   --cpus N             vCPUs (default 1)
   --serial MODE        COM1 output: stdio (default), none, or file:PATH
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   -h, --help           this help
 
-Exit status: the guest's debug-exit code (0-255); 123 if the guest crashed (triple fault);
+Exit status: the guest's debug-exit code (0-255); 0 when the guest powers off or resets (Linux poweroff -f,
+reboot -f); 123 if the guest crashed (triple fault);
 124 on --timeout; 125 if vireo itself failed (one line on stderr says why); 130 if stopped (Ctrl-A x).`;
 
 const DEMO_HELP = `Usage: vireo demo
 
 Runs the micro guest's tour (UART output, port I/O, MMIO, interrupts, CPL 3 with IOPL 3) on KVM and
 prints a table of what happened: exits by reason, interrupts, device accesses.`;
+
+const IMAGE_HELP = `Usage: vireo image build [--out DIR] [--force]
+
+Downloads Debian's linux-image-amd64 kernel and busybox-static with apt-get download (nothing is installed on
+the host), and writes to DIR (default .cache/images/debian in the repository, or $VIREO_IMAGE_DIR):
+  vmlinuz              the stock kernel (bzImage)
+  initrd-guest.img     busybox + virtio/e1000 modules; init runs vireo.run="..." from the kernel command line
+                       and powers off
+  initrd-harness.img   busybox + kvm_amd and 9p modules, for the real-KVM test harness (test/realkvm)
+Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N]
 
@@ -50,6 +67,18 @@ Options:
   --json            print JSON instead of a table
   --rounds N        interleaved rounds per configuration (default 5; medians are reported)
   --iterations N    guest loop iterations per round (default depends on the benchmark)`;
+
+function kernelIsLinux(path: string): boolean {
+  try {
+    const fd = openSync(path, "r");
+    const head = Buffer.alloc(0x208);
+    readSync(fd, head, 0, head.length, 0);
+    closeSync(fd);
+    return looksLikeBzImage(head);
+  } catch {
+    return false; // a missing file is reported by the machine, with its own message
+  }
+}
 
 function parseSerial(value: string): SerialConfig {
   if (value === "stdio") return { kind: "stdio" };
@@ -72,6 +101,8 @@ async function cmdRun(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       kernel: { type: "string" },
+      initrd: { type: "string" },
+      force: { type: "boolean" },
       guest: { type: "string" },
       cmdline: { type: "string" },
       mem: { type: "string" },
@@ -107,8 +138,10 @@ async function cmdRun(argv: string[]): Promise<number> {
   const config: MachineConfig = {
     kernel,
     cmdline,
-    memMiB: parseCount("--mem", values.mem, 64),
+    memMiB: parseCount("--mem", values.mem, kernelIsLinux(kernel) ? 512 : 64),
     cpus: parseCount("--cpus", values.cpus, 1),
+    initrd: values.initrd,
+    force: values.force === true,
     serial: parseSerial(values.serial ?? "stdio"),
     stdin: true,
     timeoutMs: timeout === undefined ? undefined : timeout * 1000,
@@ -158,6 +191,42 @@ async function cmdDemo(argv: string[]): Promise<number> {
   return result.status;
 }
 
+async function cmdImage(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { out: { type: "string" }, force: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+  });
+  if (values.help) {
+    console.log(IMAGE_HELP);
+    return 0;
+  }
+  if (positionals[0] !== "build" || positionals.length > 1)
+    throw new ConfigError("usage: vireo image build [--out DIR] [--force]");
+  const tty = process.stderr.isTTY;
+  let last = 0;
+  const image = await buildGuestImage({
+    dir: values.out,
+    force: values.force === true,
+    progress: (line) => {
+      // On a terminal, one line rewritten in place; in logs, at most one line every 5 s per kind of step.
+      if (tty) process.stderr.write(`\r\x1b[K${line}`);
+      else if (!line.startsWith("downloading") || Date.now() - last > 5000) {
+        last = Date.now();
+        process.stderr.write(`${line}\n`);
+      }
+    },
+  });
+  if (tty) process.stderr.write("\r\x1b[K");
+  console.log(
+    `${image.cached ? "up to date" : "built"}: Linux ${image.kernelVersion} (${image.kernelPackage})`,
+  );
+  console.log(`  kernel          ${image.kernel}`);
+  console.log(`  guest initrd    ${image.guestInitrd}`);
+  console.log(`  harness initrd  ${image.harnessInitrd}`);
+  return 0;
+}
+
 async function cmdBench(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -195,6 +264,8 @@ export async function main(argv: string[]): Promise<number> {
       return cmdDemo(rest);
     case "bench":
       return cmdBench(rest);
+    case "image":
+      return cmdImage(rest);
     case undefined:
     case "help":
     case "-h":

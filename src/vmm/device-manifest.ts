@@ -28,6 +28,8 @@ export interface DeviceHost {
   vmFd: number;
   metrics: MetricsSink;
   onGuestExit(code: number): void;
+  onPowerOff(): void;
+  onReset(): void;
   onMarker(id: number): void;
 }
 

@@ -6,20 +6,23 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } fro
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
-import { BOOT_INFO_ADDR, writeLongModeTables } from "../arch/x86/long-mode.ts";
+import { LINUX_SELECTORS, loadLinux, looksLikeBzImage } from "../arch/x86/linux-loader.ts";
+import { BOOT_INFO_ADDR, SELECTOR, writeLongModeTables } from "../arch/x86/long-mode.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { RUN } from "../kvm/abi.ts";
 import { KvmSystem } from "../kvm/system.ts";
 import { Vm } from "../kvm/vm.ts";
+import type { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import { platformAcpi } from "./platform.ts";
 import { startTsWorker } from "./ts-worker.ts";
-import type { VcpuWorkerData } from "./vcpu-worker.ts";
+import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
 
 export type SerialConfig = { kind: "stdio" } | { kind: "none" } | { kind: "file"; path: string };
 
@@ -32,6 +35,10 @@ export interface MachineConfig {
   serial: SerialConfig;
   /** Feed host stdin to the UART (only with serial stdio). */
   stdin?: boolean;
+  /** An initramfs for a Linux bzImage kernel. */
+  initrd?: string;
+  /** Boot a stock kernel even on PVM, where it is extremely slow. */
+  force?: boolean;
   timeoutMs?: number;
   /** Test-device plumbing for benchmarks and tests of KVM's in-kernel paths (docs/guest-abi.md). */
   testDevice?: TestDevicePlumbing;
@@ -74,6 +81,8 @@ export function validateConfig(config: MachineConfig): void {
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
   if (!statSync(config.kernel).isFile())
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
+  if (config.initrd !== undefined && !existsSync(config.initrd))
+    throw new GuestImageError("VIREO_INITRD_MISSING", `initrd not found: ${config.initrd}`);
 }
 
 export class Machine {
@@ -114,8 +123,7 @@ export class Machine {
     try {
       const ram = allocateGuestRam(config.memMiB);
       cleanups.push(() => closeSync(ram.fd));
-      const { entry } = loadElf(ram.memory, image);
-      writeLongModeTables(ram.memory, { memSize: ram.size, cmdline: config.cmdline, cpus: config.cpus });
+      const boot = this.loadGuest(ram.memory, image, ram.size);
 
       vm = Vm.create(system);
       vm.setTssAddr();
@@ -144,8 +152,7 @@ export class Machine {
         devices,
         mmapSize,
         supported,
-        entry,
-        memSize: ram.size,
+        boot,
         metrics,
         onMessage: (m) => {
           if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
@@ -177,16 +184,7 @@ export class Machine {
       metrics.addNames(mainSegment, mainMetrics.names());
 
       const outcome: Outcome = first?.reason ?? (timedOut ? "timeout" : "stop-requested");
-      const status =
-        outcome === "guest-exit"
-          ? (first?.code ?? 0)
-          : outcome === "timeout"
-            ? EXIT_STATUS.timeout
-            : outcome === "stop-requested"
-              ? EXIT_STATUS.stopped
-              : outcome === "shutdown" || outcome === "halted"
-                ? EXIT_STATUS.guestCrash
-                : EXIT_STATUS.vmmError;
+      const status = exitStatus(outcome, first?.code);
       return {
         outcome,
         status,
@@ -235,13 +233,44 @@ export class Machine {
     ];
   }
 
+  /** Puts the guest image in RAM: a bzImage by the Linux boot protocol, anything else as an ELF guest. */
+  private loadGuest(mem: GuestMemory, image: Uint8Array, memSize: number): BootState {
+    const config = this.config;
+    if (looksLikeBzImage(image)) {
+      if (KvmSystem.isPvm() && !config.force) {
+        throw new VireoError(
+          "VIREO_PVM_SLOW",
+          "this host's /dev/kvm is PVM (kvm_pvm): a stock kernel runs its supervisor code emulated, about 5 µs per instruction, and takes many minutes to boot; pass --force to run it anyway",
+        );
+      }
+      const linux = loadLinux(mem, {
+        kernel: image,
+        initrd: config.initrd === undefined ? undefined : readFileSync(config.initrd),
+        cmdline: config.cmdline,
+        memSize,
+        acpi: platformAcpi(config.cpus),
+      });
+      return { rip: linux.entry, rsp: 0, rdi: 0, rsi: linux.bootParams, selectors: LINUX_SELECTORS };
+    }
+    if (config.initrd !== undefined)
+      throw new ConfigError("--initrd goes with a Linux bzImage kernel, not an ELF guest");
+    const { entry } = loadElf(mem, image);
+    writeLongModeTables(mem, { memSize, cmdline: config.cmdline, cpus: config.cpus });
+    return {
+      rip: entry,
+      rsp: Math.floor(memSize / 16) * 16,
+      rdi: BOOT_INFO_ADDR,
+      rsi: 0,
+      selectors: { code: SELECTOR.code64, data: SELECTOR.data },
+    };
+  }
+
   private startVcpus(o: {
     vm: Vm;
     devices: DeviceSpec[];
     mmapSize: number;
     supported: ReturnType<KvmSystem["supportedCpuid"]>;
-    entry: number;
-    memSize: number;
+    boot: BootState;
     metrics: MetricsRegistry;
     onMessage(m: WorkerMessage): void;
   }): Promise<void> {
@@ -252,8 +281,7 @@ export class Machine {
         vmFd: o.vm.fd,
         mmapSize: o.mmapSize,
         cpuid: vcpuCpuid(o.supported, index, this.config.cpus),
-        boot:
-          index === 0 ? { rip: o.entry, rsp: Math.floor(o.memSize / 16) * 16, rdi: BOOT_INFO_ADDR } : null,
+        boot: index === 0 ? o.boot : null,
         devices: o.devices,
         control: this.control,
         metricsBuffer: o.metrics.shared,
@@ -348,4 +376,24 @@ function readEventFd(fd: number): number {
     throw e;
   }
   return Number(value[0]);
+}
+
+/** The status `vireo run` exits with for an outcome (see EXIT_STATUS and `vireo run --help`). */
+export function exitStatus(outcome: Outcome, guestCode?: number): number {
+  switch (outcome) {
+    case "guest-exit":
+      return guestCode ?? 0;
+    case "poweroff":
+    case "reset":
+      return 0;
+    case "timeout":
+      return EXIT_STATUS.timeout;
+    case "stop-requested":
+      return EXIT_STATUS.stopped;
+    case "shutdown":
+    case "halted":
+      return EXIT_STATUS.guestCrash;
+    default:
+      return EXIT_STATUS.vmmError;
+  }
 }

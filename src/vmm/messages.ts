@@ -1,6 +1,8 @@
 /** What a vCPU worker tells the main thread. Control flows the other way through shared memory only. */
 export type StopReason =
   | "guest-exit" // the guest wrote the debug-exit port
+  | "poweroff" // the guest powered off (ACPI S5)
+  | "reset" // the guest reset the machine (i8042 pulse, ACPI reset register)
   | "stop-requested" // the main thread asked every vCPU to stop
   | "shutdown" // KVM_EXIT_SHUTDOWN: a triple fault
   | "system-event" // KVM_EXIT_SYSTEM_EVENT (PSCI-style shutdown/reset/crash)

@@ -4,7 +4,7 @@
  * the main thread controls it through shared memory (CONTROL) and a kick, never through messages.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { longModeSregs } from "../arch/x86/long-mode.ts";
+import { type EntrySelectors, longModeSregs } from "../arch/x86/long-mode.ts";
 import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
 import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
@@ -13,13 +13,22 @@ import { native } from "../native.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
 
+/** Register state of the boot vCPU at entry (64-bit mode, identity-mapped, GDT at GDT_ADDR). */
+export interface BootState {
+  rip: number;
+  rsp: number;
+  rdi: number;
+  rsi: number;
+  selectors: EntrySelectors;
+}
+
 export interface VcpuWorkerData {
   index: number;
   vmFd: number;
   mmapSize: number;
   cpuid: CpuidEntry[];
   /** Entry state for the boot vCPU; application processors wait for INIT/SIPI. */
-  boot: { rip: number; rsp: number; rdi: number } | null;
+  boot: BootState | null;
   devices: DeviceSpec[];
   control: SharedArrayBuffer;
   metricsBuffer: SharedArrayBuffer;
@@ -50,6 +59,12 @@ function main(): void {
     metrics,
     onGuestExit: (code) => {
       stop = { reason: "guest-exit", code };
+    },
+    onPowerOff: () => {
+      stop = { reason: "poweroff" };
+    },
+    onReset: () => {
+      stop = { reason: "reset" };
     },
     onMarker: (id) => post({ type: "marker", vcpu: data.index, id, ns: Number(process.hrtime.bigint()) }),
   });
@@ -171,8 +186,8 @@ function main(): void {
   vcpu.close();
 }
 
-function enterLongMode(vcpu: Vcpu, boot: { rip: number; rsp: number; rdi: number }): void {
-  const s = longModeSregs();
+function enterLongMode(vcpu: Vcpu, boot: BootState): void {
+  const s = longModeSregs(boot.selectors);
   const sregs = vcpu.getSregs();
   putSegment(sregs, "cs", s.cs);
   for (const seg of ["ds", "es", "fs", "gs", "ss"] as const) putSegment(sregs, seg, s.data);
@@ -183,7 +198,13 @@ function enterLongMode(vcpu: Vcpu, boot: { rip: number; rsp: number; rdi: number
   sregs.setBigUint64(SREGS.cr4, s.cr4, true);
   sregs.setBigUint64(SREGS.efer, s.efer, true);
   vcpu.setSregs(sregs);
-  vcpu.setRegs({ rip: BigInt(boot.rip), rsp: BigInt(boot.rsp), rdi: BigInt(boot.rdi), rflags: 2n });
+  vcpu.setRegs({
+    rip: BigInt(boot.rip),
+    rsp: BigInt(boot.rsp),
+    rdi: BigInt(boot.rdi),
+    rsi: BigInt(boot.rsi),
+    rflags: 2n,
+  });
 }
 
 try {

@@ -139,8 +139,14 @@ export const CR4_PAE = 1n << 5n;
 export const EFER_LME = 1n << 8n;
 export const EFER_LMA = 1n << 10n;
 
-/** The special registers of 64-bit mode with the tables above. */
-export function longModeSregs(): {
+/** Selectors the entry state loads; the GDT at GDT_ADDR must hold matching descriptors. */
+export interface EntrySelectors {
+  code: number;
+  data: number;
+}
+
+/** The special registers of 64-bit mode with the tables above (the micro guest's selectors by default). */
+export function longModeSregs(selectors: EntrySelectors = { code: SELECTOR.code64, data: SELECTOR.data }): {
   cs: Segment;
   data: Segment;
   gdt: { base: bigint; limit: number };
@@ -151,8 +157,8 @@ export function longModeSregs(): {
   efer: bigint;
 } {
   return {
-    cs: flatCode64,
-    data: flatData,
+    cs: { ...flatCode64, selector: selectors.code },
+    data: { ...flatData, selector: selectors.data },
     gdt: { base: BigInt(GDT_ADDR), limit: GDT_ENTRIES * 8 - 1 },
     idt: { base: 0n, limit: 0 },
     cr0: CR0_PE | CR0_ET | CR0_WP | CR0_PG,

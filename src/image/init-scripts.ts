@@ -1,0 +1,69 @@
+/**
+ * /init for vireo's initramfs images (busybox sh). Two flavours:
+ * - guest: booted by vireo; loads the device modules and runs the command given on the kernel command line as
+ *   vireo.run="...", then powers off. Writes test-device marker 1 (port 0x518) once init starts, for
+ *   `vireo bench boot`.
+ * - harness: booted by QEMU (TCG, -cpu max) as the real-KVM test harness; loads kvm_amd and 9p, mounts the host
+ *   root read-only, and runs a script from the host's filesystem (vireo.script=PATH) chrooted into it.
+ */
+const common = (modules: readonly string[]) => `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in ${modules.map((m) => `/lib/modules/${m.slice(m.lastIndexOf("/") + 1)}`).join(" ")}; do
+  insmod "$m" 2>/dev/null || echo "init: insmod $m failed"
+done
+cmdline_value() { sed -n "s/.*$1=\\"\\([^\\"]*\\)\\".*/\\1/p; t; s/.*$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+`;
+
+export function guestInit(modules: readonly string[]): string {
+  return `${common(modules)}
+# Marker 1 on the test device: init is running (vireo bench boot). Harmless where nothing listens.
+[ -c /dev/port ] && printf '\\001' | dd of=/dev/port bs=1 seek=$((0x518)) count=1 2>/dev/null
+cmd=$(cmdline_value vireo.run)
+if [ -n "$cmd" ]; then
+  sh -c "$cmd"
+  echo "VIREO-RUN-EXIT=$?"
+else
+  echo "init: no vireo.run= on the kernel command line; starting a shell"
+  setsid cttyhack sh
+fi
+sync
+poweroff -f
+`;
+}
+
+export function harnessInit(modules: readonly string[]): string {
+  return `${common(modules)}
+mkdir -p /host
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host; then
+  echo "VIREO-HARNESS-ERROR=cannot mount the host root over 9p"
+  poweroff -f
+fi
+mount -t tmpfs tmp /host/tmp
+mount -t tmpfs run /host/run 2>/dev/null
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+[ -c /dev/kvm ] || echo "VIREO-HARNESS-ERROR=no /dev/kvm after loading kvm_amd"
+script=$(cmdline_value vireo.script)
+echo "VIREO-HARNESS-BEGIN"
+chroot /host /bin/sh "$script"
+echo "VIREO-HARNESS-EXIT=$?"
+poweroff -f
+`;
+}
+
+/** Modules the guest flavour loads: vireo's devices (issue: virtio and e1000) and what they need. */
+export const GUEST_MODULES = [
+  "virtio_pci",
+  "virtio_net",
+  "virtio_blk",
+  "virtio_console",
+  "virtio_rng",
+  "e1000",
+] as const;
+
+/** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, and 9p over virtio for the host root. */
+export const HARNESS_MODULES = ["kvm_amd", "virtio_pci", "9pnet_virtio", "9p"] as const;
