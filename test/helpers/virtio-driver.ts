@@ -382,6 +382,16 @@ export class VirtioTestDriver {
 
   // ---- Raw access for malformed-ring tests ----
 
+  /** Allocates `len` bytes (16-aligned) of guest memory from the driver's heap. */
+  alloc(len: number): number {
+    return this.heap.alloc(len);
+  }
+
+  /** Returns memory from alloc() to the heap. */
+  free(addr: number): void {
+    this.heap.release(addr);
+  }
+
   /** Writes one descriptor of the descriptor table (split) or ring (packed) verbatim. */
   writeDesc(index: number, d: RawDescriptor): void {
     this.writeDescAt(this.descOff(index), d);
