@@ -1,0 +1,36 @@
+/**
+ * The host side of a guest network device: something that carries whole Ethernet frames (destination MAC
+ * through payload, no FCS) between a device model (e1000, virtio-net) and the outside (another device, a
+ * software switch, a tap).
+ *
+ * Flow control runs in both directions without losing frames:
+ * - Guest to backend: `send` takes the frame at once. It returns false only when the backend dropped it (peer
+ *   gone, queue full); drops are counted by the backend.
+ * - Backend to guest: the backend calls the receiver registered with `attach`. The receiver returns false when
+ *   the guest has no buffer for the frame; the backend then keeps that frame (and everything after it, in order)
+ *   queued and offers it again when the device calls `rxReady()` (the guest posted buffers). Queues are bounded:
+ *   frames beyond the bound are dropped and counted.
+ *
+ * Frames are not shared: `send` must not keep a reference to its argument after returning (copy it if it needs
+ * to be queued), and a receiver must copy what it keeps of the frame it is given.
+ */
+export interface NetBackend {
+  readonly name: string;
+  /** Send one Ethernet frame (no FCS) from the guest out of the backend. Returns false if the backend dropped it (counted). */
+  send(frame: Uint8Array): boolean;
+  /**
+   * Register the receiver: the backend calls it with frames for the guest; it returns false when the guest has
+   * no buffer (the backend keeps the frame queued and retries when `rxReady()` is called — nothing lost up to a
+   * bounded queue, drops beyond are counted). Attaching replaces any previous receiver and offers queued frames.
+   */
+  attach(receiver: (frame: Uint8Array) => boolean): void;
+  /** The device has new receive buffers: offer queued frames again. */
+  rxReady(): void;
+  /** Stop: later sends return false, queued frames are discarded, the receiver is never called again. */
+  close(): void;
+}
+
+/** Minimum Ethernet frame without FCS (IEEE 802.3 minimum of 64 bytes on the wire, less the 4-byte FCS). */
+export const ETH_MIN_FRAME = 60;
+/** Destination MAC, source MAC and EtherType. */
+export const ETH_HEADER_LEN = 14;
