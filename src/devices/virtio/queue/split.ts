@@ -68,7 +68,7 @@ export class SplitQueue extends QueueBase {
     if (pending > size) {
       throw this.malformed(
         `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
-          `more than the queue size ${size}`,
+          `more than the queue size ${size} (or it moved backwards)`,
       );
     }
     const slot = this.lastAvail & this.mask;
