@@ -1,6 +1,22 @@
 /**
  * The virtqueue layer: one device-side queue interface, two ring layouts (virtio 1.2, 2.7 Split Virtqueues and
  * 2.8 Packed Virtqueues). Depends only on GuestMemory, so it runs on any thread or in any process.
+ *
+ * A device's queue handler, on an available buffer notification, where handle(c) reads the request with a
+ * ChainReader, writes the response with a ChainWriter and calls q.pushUsed(c, writer.position):
+ *
+ *   for (;;) {
+ *     q.setDriverNotifications(false);
+ *     for (let c = q.pop(); c; c = q.pop()) handle(c);
+ *     q.setDriverNotifications(true);
+ *     const late = q.pop(); // re-check: a buffer may have come before notifications were re-enabled
+ *     if (!late) break;
+ *     handle(late);
+ *   }
+ *   if (q.shouldNotifyDriver()) raiseInterrupt();
+ *
+ * A VirtqueueError with code VIREO_VIRTQUEUE_MALFORMED from pop() means the driver broke the ring: the device
+ * sets DEVICE_NEEDS_RESET and stops using the queue until the driver resets it.
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
 import { PackedQueue } from "./packed.ts";
