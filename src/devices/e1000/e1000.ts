@@ -1,0 +1,1366 @@
+/**
+ * Intel 82540EM Gigabit Ethernet controller ("e1000"), transport-independent: the 128 KiB register space of BAR0
+ * (`read`/`write`, also as `mmioRead`/`mmioWrite`) and the IOADDR/IODATA window of the I/O BAR (`io`). The PCI
+ * function around it (IDs, BARs, INTA#) is built by the integrator from E1000_PCI_IDS and E1000_BARS.
+ *
+ * Section references ("SDM §x") are to Intel's "PCI/PCI-X Family of Gigabit Ethernet Controllers Software
+ * Developer's Manual" (8254x): §3.2 receive, §3.3 transmit descriptors, §3.4 transmit interrupt delays, §3.5
+ * TCP segmentation, §5 EEPROM, §13 registers.
+ *
+ * Emulation choices:
+ * - The link is a 1000 Mb/s full-duplex copper link to a partner that always autonegotiates; `setLinkUp` pulls
+ *   the cable. STATUS.LU follows that state regardless of CTRL.SLU (the driver sets SLU anyway).
+ * - Transmit runs synchronously inside the guest's TDT write (or TCTL.EN): every descriptor between TDH and TDT is
+ *   processed before the write returns. There is no wire, so collisions, FCS insertion (IFCS) and inter-packet
+ *   gaps have no effect; frames go to the backend without FCS. TCTL.PSP pads short frames to 60 bytes.
+ * - Receive runs when the backend offers a frame. A frame that cannot be stored now (no free descriptors) is
+ *   refused, so the backend keeps it and offers it again on the next RDT write: nothing is lost while the
+ *   backend's queue has room. RXO is raised and MPC/RNBC count every refused offer. Short frames are padded to
+ *   60 bytes as the wire would have. Unless RCTL.SECRC is set the FCS is appended (computed), as the Linux driver
+ *   expects 4 CRC bytes at the end of every buffer chain.
+ * - ICR is cleared by any read (SDM §13.4.17: "All register bits are cleared upon read"; the IMS-dependent
+ *   clearing rules belong to later parts) and by writing 1s. The interrupt line is (ICR & IMS) != 0.
+ * - Time: `now()` is in milliseconds. The delay timers (RDTR/RADV, TIDV/TADV, units of 1.024 µs) and the
+ *   interrupt throttling interval (ITR, units of 256 ns) are deadlines checked at every register access and by
+ *   `poll()`, which the integrator calls from a timer; `nextDeadline()` says when the next one is due.
+ * - The guest is not trusted. Ring indexes, lengths and addresses are validated before use; a bad value drops the
+ *   work it concerns, counts it and logs it once per kind (`errorCounts()`). No guest value can make the model
+ *   throw out of a register access, loop without bound or touch memory outside GuestMemory.
+ * - Registers the model does not know read as 0 and ignore writes, logged once per offset. Known registers with
+ *   no behaviour here (flow control, wake-up, LEDs, FIFO pointers...) are plain storage.
+ * - One thread: the model is not shared between vCPU threads; the integrator forwards accesses to its owner.
+ */
+import type { BusDevice } from "../../bus/bus.ts";
+import { GuestMemoryError } from "../../errors.ts";
+import type { GuestMemory } from "../../memory/guest-memory.ts";
+import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { ETH_HEADER_LEN, ETH_MIN_FRAME, type NetBackend } from "../../net/backend.ts";
+import { crc32, foldSum, onesSum } from "../../net/checksum.ts";
+import { buildEepromImage, EEPROM_WORDS, MicrowireEeprom } from "./eeprom.ts";
+import {
+  insertContextChecksums,
+  insertLegacyChecksum,
+  MAX_TSO_PAYLOAD,
+  MAX_TX_FRAME,
+  segmentTso,
+  type TxContext,
+} from "./offload.ts";
+import { M88Phy } from "./phy.ts";
+import {
+  CTRL_ASDE,
+  CTRL_FD,
+  CTRL_PHY_RST,
+  CTRL_RST,
+  CTRL_SLU,
+  CTRL_VME,
+  DESC_SIZE,
+  E1000_MMIO_SIZE,
+  EECD_CS,
+  EECD_DI,
+  EECD_DO,
+  EECD_FWE_DISABLED,
+  EECD_FWE_MASK,
+  EECD_GNT,
+  EECD_PRES,
+  EECD_REQ,
+  EECD_SK,
+  EERD_ADDR_SHIFT,
+  EERD_DATA_SHIFT,
+  EERD_DONE,
+  EERD_START,
+  ICR_LSC,
+  ICR_MDAC,
+  ICR_RXDMT0,
+  ICR_RXO,
+  ICR_RXT0,
+  ICR_TXDW,
+  ICR_TXQE,
+  ICR_VALID,
+  MDIC_DATA_MASK,
+  MDIC_ERROR,
+  MDIC_INT_EN,
+  MDIC_OP_MASK,
+  MDIC_OP_READ,
+  MDIC_OP_WRITE,
+  MDIC_PHY_SHIFT,
+  MDIC_READY,
+  MDIC_REG_SHIFT,
+  PHY_ADDRESS,
+  RA_ENTRIES,
+  RAH_AV,
+  RAH_WRITABLE,
+  RCTL_BAM,
+  RCTL_EN,
+  RCTL_LPE,
+  RCTL_MO_SHIFT,
+  RCTL_MPE,
+  RCTL_RDMTS_SHIFT,
+  RCTL_SECRC,
+  RCTL_UPE,
+  RCTL_VFE,
+  RDTR_FPD,
+  REG,
+  RING_LEN_ALIGN,
+  RXD_STAT_DD,
+  RXD_STAT_EOP,
+  RXD_STAT_PIF,
+  RXD_STAT_VP,
+  STAT,
+  STATS_64BIT_LOW,
+  STATS_FIRST,
+  STATS_LAST,
+  STATUS_FD,
+  STATUS_LU,
+  STATUS_SPEED_1000,
+  TCTL_EN,
+  TCTL_PSP,
+  TUCMD_TSE,
+  TXD_CMD_DEXT,
+  TXD_CMD_EOP,
+  TXD_CMD_IC,
+  TXD_CMD_IDE,
+  TXD_CMD_RS,
+  TXD_CMD_TSE,
+  TXD_CMD_VLE,
+  TXD_DTYP_CONTEXT,
+  TXD_DTYP_DATA,
+  TXD_POPTS_IXSM,
+  TXD_POPTS_TXSM,
+  TXD_STAT_DD,
+} from "./regs.ts";
+import { mtaHash, rxBufferSize, rxChecksum } from "./rx.ts";
+
+export interface E1000Options {
+  /** Guest RAM: every descriptor and buffer access goes through it. */
+  mem: GuestMemory;
+  backend: NetBackend;
+  /** Station address, stored in the EEPROM and loaded into RAL0/RAH0 at reset. */
+  mac: Uint8Array;
+  /** INTA# (or whatever line the integrator routes): set to (ICR & IMS) != 0, subject to ITR. */
+  irq: { set(level: boolean): void };
+  metrics?: MetricsSink;
+  /** Milliseconds, monotonic. Default: performance.now(). */
+  now?: () => number;
+  log?: (msg: string) => void;
+  /** Device name for logs and metrics. Default "e1000". */
+  name?: string;
+}
+
+/** One 1.024 µs delay-timer tick (RDTR, RADV, TIDV, TADV) in milliseconds. */
+const DELAY_UNIT_MS = 1.024e-3;
+/** One ITR tick (256 ns) in milliseconds. */
+const ITR_UNIT_MS = 256e-6;
+const TWO32 = 0x1_0000_0000;
+const VLAN_TAG_LEN = 4;
+const FCS_LEN = 4;
+/** Longest frame (with FCS) accepted without RCTL.LPE: 1518 plus an 802.1Q tag (SDM §13.4.22). */
+const MAX_RX_STANDARD = 1522;
+/** Longest frame (with FCS) accepted with RCTL.LPE: the 8254x's 16 KiB jumbo limit. */
+const MAX_RX_JUMBO = 16384;
+
+const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+/** Known registers that are plain storage here. */
+const PLAIN_REGS = new Set<number>([
+  REG.CTRL_EXT,
+  REG.FLA,
+  REG.FCAL,
+  REG.FCAH,
+  REG.FCT,
+  REG.VET,
+  REG.FCTTV,
+  REG.TXCW,
+  REG.RXCW,
+  REG.TIPG,
+  REG.AIT,
+  REG.LEDCTL,
+  REG.PBA,
+  REG.FCRTL,
+  REG.FCRTH,
+  REG.RDFH,
+  REG.RDFT,
+  REG.RDFHS,
+  REG.RDFTS,
+  REG.RDFPC,
+  REG.RDBAH,
+  REG.RXDCTL,
+  REG.RSRPD,
+  REG.TXDMAC,
+  REG.TDFH,
+  REG.TDFT,
+  REG.TDFHS,
+  REG.TDFTS,
+  REG.TDFPC,
+  REG.TDBAH,
+  REG.TXDCTL,
+  REG.TSPMT,
+  REG.RXCSUM,
+  REG.WUC,
+  REG.WUFC,
+  REG.WUS,
+  REG.MANC,
+  REG.IPAV,
+  REG.WUPL,
+]);
+
+/** Known register arrays, [start, end) in bytes. */
+const PLAIN_RANGES: ReadonlyArray<readonly [number, number]> = [
+  [REG.MTA, REG.MTA + 128 * 4],
+  [REG.RAL0, REG.RAL0 + RA_ENTRIES * 8],
+  [REG.VFTA, REG.VFTA + 128 * 4],
+  [REG.IP4AT, REG.IP4AT + 0x20],
+  [REG.IP6AT, REG.IP6AT + 0x10],
+  [REG.WUPM, REG.WUPM + 0x80],
+  [REG.FFLT, REG.FFLT + 0x20],
+  [REG.FFMT, REG.FFMT + 0x400],
+  [REG.FFVT, REG.FFVT + 0x400],
+];
+
+/** Registers whose writes act on set bits only (W1C, set/clear masks): a partial write leaves the rest 0. */
+const MASK_REGS = new Set<number>([REG.ICR, REG.ICS, REG.IMS, REG.IMC]);
+
+const STATS_64_LOW = new Set<number>(STATS_64BIT_LOW);
+const STATS_64_HIGH = new Set<number>(STATS_64BIT_LOW.map((o) => o + 4));
+
+interface TxPacket {
+  chunks: Uint8Array[];
+  size: number;
+  descs: number;
+  extended: boolean;
+  tse: boolean;
+  popts: number;
+  firstCmd: number;
+  firstSpecial: number;
+  /** Set once something went wrong: the rest of the packet is consumed and dropped. */
+  poisoned: boolean;
+}
+
+interface Ring {
+  base: number;
+  count: number;
+}
+
+function le32(b: Uint8Array, off: number): number {
+  return (
+    ((b[off] as number) |
+      ((b[off + 1] as number) << 8) |
+      ((b[off + 2] as number) << 16) |
+      ((b[off + 3] as number) << 24)) >>>
+    0
+  );
+}
+
+function le16(b: Uint8Array, off: number): number {
+  return (b[off] as number) | ((b[off + 1] as number) << 8);
+}
+
+function be16(b: Uint8Array, off: number): number {
+  return ((b[off] as number) << 8) | (b[off + 1] as number);
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+function isBroadcast(b: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (b[i] !== 0xff) return false;
+  return true;
+}
+
+export class E1000 implements BusDevice {
+  readonly name: string;
+  /** The I/O BAR: IOADDR at offset 0, IODATA at offset 4 (SDM §13.2.1). */
+  readonly io: E1000IoPort;
+
+  private readonly mem: GuestMemory;
+  private readonly backend: NetBackend;
+  private readonly irq: { set(level: boolean): void };
+  private readonly now: () => number;
+  private readonly log: ((msg: string) => void) | undefined;
+  private readonly metrics: MetricsSink | undefined;
+  private readonly mac: Uint8Array;
+
+  private readonly regs = new Uint32Array(E1000_MMIO_SIZE / 4);
+  private readonly stats = new Float64Array((STATS_LAST - STATS_FIRST) / 4 + 1);
+  private readonly eeprom: MicrowireEeprom;
+  private readonly phy: M88Phy;
+
+  private icr = 0;
+  private ims = 0;
+  private line = false;
+  private lastAssert: number | undefined;
+  private itrDeadline: number | undefined;
+  private rxPacketDeadline: number | undefined;
+  private rxAbsDeadline: number | undefined;
+  private txDelayDeadline: number | undefined;
+  private txAbsDeadline: number | undefined;
+  private link = true;
+  private closed = false;
+
+  private csumCtx: TxContext | undefined;
+  private tsoCtx: TxContext | undefined;
+  private txPkt: TxPacket | undefined;
+  private txBusy = false;
+  private readonly txDesc = new Uint8Array(DESC_SIZE);
+
+  private readonly loggedKinds = new Set<string>();
+  private readonly loggedOffsets = new Set<number>();
+  private readonly errors = new Map<string, number>();
+  private readonly errorCounters = new Map<string, Counter>();
+  private readonly mTxFrames: Counter;
+  private readonly mTxDropped: Counter;
+  private readonly mTxBackendDropped: Counter;
+  private readonly mRxFrames: Counter;
+  private readonly mRxDropped: Counter;
+  private readonly mRxFiltered: Counter;
+  private readonly mRxNoBuffer: Counter;
+  private readonly mIrqRaised: Counter;
+
+  constructor(options: E1000Options) {
+    this.name = options.name ?? "e1000";
+    this.mem = options.mem;
+    this.backend = options.backend;
+    this.irq = options.irq;
+    this.now = options.now ?? (() => performance.now());
+    this.log = options.log;
+    this.metrics = options.metrics;
+    this.mac = Uint8Array.from(options.mac);
+    this.eeprom = new MicrowireEeprom(buildEepromImage(this.mac));
+    this.phy = new M88Phy(() => this.link);
+    const m = options.metrics;
+    const c = (n: string): Counter => m?.counter(`${this.name}.${n}`) ?? NO_COUNTER;
+    this.mTxFrames = c("tx.frames");
+    this.mTxDropped = c("tx.dropped");
+    this.mTxBackendDropped = c("tx.backend_dropped");
+    this.mRxFrames = c("rx.frames");
+    this.mRxDropped = c("rx.dropped");
+    this.mRxFiltered = c("rx.filtered");
+    this.mRxNoBuffer = c("rx.no_buffer");
+    this.mIrqRaised = c("irq.raised");
+    this.io = new E1000IoPort(this);
+    this.resetRegisters();
+    this.backend.attach((frame) => this.receive(frame));
+  }
+
+  // ---- BusDevice (BAR0) ----
+
+  read(offset: number, data: Uint8Array): void {
+    this.mmioRead(offset, data);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.mmioWrite(offset, data);
+  }
+
+  /** A guest read of `data.length` bytes at `offset` in the register space. */
+  mmioRead(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    this.guard(() => {
+      this.poll();
+      const len = data.length;
+      if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
+        const v = this.readReg(offset);
+        data[0] = v & 0xff;
+        data[1] = (v >>> 8) & 0xff;
+        data[2] = (v >>> 16) & 0xff;
+        data[3] = v >>> 24;
+        return;
+      }
+      // Other sizes and alignments: each dword touched is read once (with its side effects).
+      for (let i = 0; i < len; ) {
+        const addr = offset + i;
+        const dw = addr - (addr % 4);
+        const v = dw >= 0 && dw < E1000_MMIO_SIZE ? this.readReg(dw) : 0;
+        for (let b = addr - dw; b < 4 && i < len; b++, i++) data[i] = (v >>> (8 * b)) & 0xff;
+      }
+    });
+  }
+
+  /** A guest write of `data.length` bytes at `offset` in the register space. */
+  mmioWrite(offset: number, data: Uint8Array): void {
+    this.guard(() => {
+      this.poll();
+      const len = data.length;
+      if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
+        this.writeReg(offset, le32(data, 0));
+        return;
+      }
+      for (let i = 0; i < len; ) {
+        const addr = offset + i;
+        const dw = addr - (addr % 4);
+        let value = 0;
+        let mask = 0;
+        for (let b = addr - dw; b < 4 && i < len; b++, i++) {
+          value |= (data[i] as number) << (8 * b);
+          mask |= 0xff << (8 * b);
+        }
+        if (dw < 0 || dw >= E1000_MMIO_SIZE) continue;
+        mask >>>= 0;
+        if (mask !== 0xffffffff) {
+          this.warnOnce("partial-access", `${hex(len)}-byte write at ${hex(offset)}: merged into the dword`);
+        }
+        const old = MASK_REGS.has(dw) ? 0 : this.peekReg(dw);
+        this.writeReg(dw, ((old & ~mask) | (value & mask)) >>> 0);
+      }
+    });
+  }
+
+  // ---- Integrator interface ----
+
+  /** Fires expired delay timers and throttled interrupts. Call from a timer (see nextDeadline). */
+  poll(): void {
+    if (this.closed) return;
+    const t = this.now();
+    if (
+      (this.rxPacketDeadline !== undefined && t >= this.rxPacketDeadline) ||
+      (this.rxAbsDeadline !== undefined && t >= this.rxAbsDeadline)
+    ) {
+      this.rxPacketDeadline = undefined;
+      this.rxAbsDeadline = undefined;
+      this.icr |= ICR_RXT0;
+    }
+    if (
+      (this.txDelayDeadline !== undefined && t >= this.txDelayDeadline) ||
+      (this.txAbsDeadline !== undefined && t >= this.txAbsDeadline)
+    ) {
+      this.txDelayDeadline = undefined;
+      this.txAbsDeadline = undefined;
+      this.icr |= ICR_TXDW;
+    }
+    if (this.itrDeadline !== undefined && t >= this.itrDeadline) this.itrDeadline = undefined;
+    this.updateIrq(t);
+  }
+
+  /** When `poll()` next has something to do (same clock as `now`), or undefined if nothing is pending. */
+  nextDeadline(): number | undefined {
+    let next: number | undefined;
+    for (const d of [
+      this.rxPacketDeadline,
+      this.rxAbsDeadline,
+      this.txDelayDeadline,
+      this.txAbsDeadline,
+      this.itrDeadline,
+    ]) {
+      if (d !== undefined && (next === undefined || d < next)) next = d;
+    }
+    return next;
+  }
+
+  /** Power-on / PCI reset: registers, PHY and the EEPROM interface to their initial state. */
+  reset(): void {
+    this.phy.reset();
+    this.eeprom.reset();
+    this.resetRegisters();
+  }
+
+  /** Plugs or pulls the cable: STATUS.LU and the PHY follow, and LSC is raised on a change. */
+  setLinkUp(up: boolean): void {
+    if (this.link === up) return;
+    this.link = up;
+    this.raise(ICR_LSC);
+  }
+
+  get linkUp(): boolean {
+    return this.link;
+  }
+
+  /** Stops the device: frames from the backend are dropped, transmit and timers stop, the line is lowered. */
+  close(): void {
+    this.closed = true;
+    this.rxPacketDeadline = this.rxAbsDeadline = this.txDelayDeadline = this.txAbsDeadline = undefined;
+    this.itrDeadline = undefined;
+    if (this.line) {
+      this.line = false;
+      this.irq.set(false);
+    }
+  }
+
+  /** Guest errors seen so far, by kind. */
+  errorCounts(): Record<string, number> {
+    return Object.fromEntries(this.errors);
+  }
+
+  // ---- Register file ----
+
+  private isKnown(off: number): boolean {
+    if (PLAIN_REGS.has(off)) return true;
+    for (const [start, end] of PLAIN_RANGES) if (off >= start && off < end) return true;
+    return false;
+  }
+
+  /** The stored value of a register, without read side effects (for merging partial writes). */
+  private peekReg(off: number): number {
+    switch (off) {
+      case REG.CTRL:
+        return (this.regs[off >> 2] as number) & ~CTRL_RST;
+      case REG.STATUS:
+        return this.status();
+      case REG.EECD:
+        return this.eecd();
+      default:
+        return this.regs[off >> 2] as number;
+    }
+  }
+
+  private readReg(off: number): number {
+    const i = off >> 2;
+    switch (off) {
+      case REG.CTRL:
+        return (this.regs[i] as number) & ~CTRL_RST;
+      case REG.STATUS:
+        return this.status();
+      case REG.EECD:
+        return this.eecd();
+      case REG.EERD:
+      case REG.MDIC:
+      case REG.ITR:
+      case REG.RCTL:
+      case REG.TCTL:
+      case REG.RDBAL:
+      case REG.RDLEN:
+      case REG.RDH:
+      case REG.RDT:
+      case REG.RDTR:
+      case REG.RADV:
+      case REG.TDBAL:
+      case REG.TDLEN:
+      case REG.TDH:
+      case REG.TDT:
+      case REG.TIDV:
+      case REG.TADV:
+        return this.regs[i] as number;
+      case REG.ICR: {
+        // SDM §13.4.17: every bit is cleared by the read, which acknowledges the interrupt.
+        const v = this.icr;
+        this.icr = 0;
+        this.updateIrq(this.now());
+        return v;
+      }
+      case REG.IMS:
+        return this.ims;
+      case REG.ICS:
+      case REG.IMC:
+        return 0; // write-only
+    }
+    if (off >= STATS_FIRST && off <= STATS_LAST) return this.readStat(off);
+    if (this.isKnown(off)) return this.regs[i] as number;
+    this.unknown(off, "read");
+    return 0;
+  }
+
+  private writeReg(off: number, v: number): void {
+    const i = off >> 2;
+    const regs = this.regs;
+    switch (off) {
+      case REG.CTRL:
+        if (v & CTRL_RST) {
+          // SDM §13.4.1: the global reset self-clears; it does not reset the PHY or PCI configuration.
+          this.resetRegisters();
+          return;
+        }
+        if (v & CTRL_PHY_RST && !((regs[i] as number) & CTRL_PHY_RST)) this.phy.reset();
+        regs[i] = v;
+        return;
+      case REG.STATUS:
+        return; // read-only
+      case REG.EECD: {
+        const kept = v & (EECD_SK | EECD_CS | EECD_DI | EECD_FWE_MASK | EECD_REQ);
+        regs[i] = kept;
+        this.eeprom.setPins((kept & EECD_CS) !== 0, (kept & EECD_SK) !== 0, (kept & EECD_DI) !== 0);
+        return;
+      }
+      case REG.EERD:
+        this.eerd(v);
+        return;
+      case REG.MDIC:
+        this.mdic(v);
+        return;
+      case REG.ICR:
+        this.icr &= ~v;
+        this.updateIrq(this.now());
+        return;
+      case REG.ICS:
+        this.raise(v & ICR_VALID);
+        return;
+      case REG.IMS:
+        this.ims = (this.ims | v) & ICR_VALID;
+        this.updateIrq(this.now());
+        return;
+      case REG.IMC:
+        this.ims &= ~v;
+        this.updateIrq(this.now());
+        return;
+      case REG.ITR:
+        regs[i] = v & 0xffff;
+        return;
+      case REG.RCTL: {
+        const old = regs[i] as number;
+        regs[i] = v;
+        if (v & RCTL_EN && !(old & RCTL_EN)) this.backend.rxReady();
+        return;
+      }
+      case REG.TCTL: {
+        const old = regs[i] as number;
+        regs[i] = v;
+        if (v & TCTL_EN && !(old & TCTL_EN)) this.processTx();
+        return;
+      }
+      case REG.RDBAL:
+      case REG.TDBAL:
+        regs[i] = v & ~0xf; // descriptor rings are 16-byte aligned; the low bits are ignored
+        return;
+      case REG.RDLEN:
+      case REG.TDLEN:
+        if (v % RING_LEN_ALIGN !== 0) {
+          const which = off === REG.RDLEN ? "rx" : "tx";
+          this.guestError(
+            `${which}-ring-len`,
+            `${which === "rx" ? "RDLEN" : "TDLEN"} ${hex(v)} is not a multiple of 128`,
+          );
+        }
+        regs[i] = v & 0xfff80;
+        return;
+      case REG.RDH:
+        regs[i] = v & 0xffff;
+        return;
+      case REG.RDT:
+        regs[i] = v & 0xffff;
+        if ((regs[REG.RCTL >> 2] as number) & RCTL_EN) this.backend.rxReady();
+        return;
+      case REG.TDH:
+        regs[i] = v & 0xffff;
+        if (this.txPkt !== undefined) this.txPkt = undefined; // the ring was repositioned: drop any partial packet
+        return;
+      case REG.TDT:
+        regs[i] = v & 0xffff;
+        this.processTx();
+        return;
+      case REG.RDTR:
+        regs[i] = v & 0xffff;
+        if (v & RDTR_FPD) {
+          // SDM §13.4.30: FPD expires the timer at once.
+          this.rxPacketDeadline = this.rxAbsDeadline = undefined;
+          this.raise(ICR_RXT0);
+        }
+        return;
+      case REG.RADV:
+      case REG.TIDV:
+      case REG.TADV:
+        regs[i] = v & 0xffff;
+        return;
+    }
+    if (off >= STATS_FIRST && off <= STATS_LAST) return; // read-only counters
+    if (off >= REG.RAL0 && off < REG.RAL0 + RA_ENTRIES * 8 && off % 8 === 4) {
+      regs[i] = v & RAH_WRITABLE;
+      return;
+    }
+    if (this.isKnown(off)) {
+      regs[i] = v;
+      return;
+    }
+    this.unknown(off, "write");
+  }
+
+  private resetRegisters(): void {
+    this.regs.fill(0);
+    this.stats.fill(0);
+    const r = this.regs;
+    r[REG.CTRL >> 2] = CTRL_FD | CTRL_ASDE | CTRL_SLU;
+    r[REG.EECD >> 2] = EECD_FWE_DISABLED;
+    r[REG.PBA >> 2] = 0x30; // 48 KiB receive, 16 KiB transmit packet buffer
+    r[REG.LEDCTL >> 2] = 0x07068302;
+    r[REG.VET >> 2] = 0x8100;
+    // The station address is loaded from the EEPROM into RAL0/RAH0 (SDM §5.6.1).
+    const w = this.eeprom.words;
+    r[REG.RAL0 >> 2] = ((w[0] as number) | ((w[1] as number) << 16)) >>> 0;
+    r[REG.RAH0 >> 2] = ((w[2] as number) | RAH_AV) >>> 0;
+    this.eeprom.setPins(false, false, false);
+    this.icr = 0;
+    this.ims = 0;
+    this.lastAssert = undefined;
+    this.itrDeadline = undefined;
+    this.rxPacketDeadline = this.rxAbsDeadline = this.txDelayDeadline = this.txAbsDeadline = undefined;
+    this.csumCtx = undefined;
+    this.tsoCtx = undefined;
+    this.txPkt = undefined;
+    if (this.line) {
+      this.line = false;
+      this.irq.set(false);
+    }
+  }
+
+  private status(): number {
+    return STATUS_FD | STATUS_SPEED_1000 | (this.link ? STATUS_LU : 0);
+  }
+
+  private eecd(): number {
+    const v = this.regs[REG.EECD >> 2] as number;
+    return (
+      v | EECD_PRES | (v & EECD_REQ ? EECD_GNT : 0) | (this.eeprom.dataOut ? EECD_DO : 0) // 64-word part: EE_SIZE 0
+    );
+  }
+
+  /** EERD (SDM §13.4.4): a read completes at once. The 64-word part decodes 6 address bits. */
+  private eerd(v: number): void {
+    const addr = (v >>> EERD_ADDR_SHIFT) & 0xff;
+    if (v & EERD_START) {
+      const data = this.eeprom.words[addr % EEPROM_WORDS] as number;
+      this.regs[REG.EERD >> 2] = ((data << EERD_DATA_SHIFT) | (addr << EERD_ADDR_SHIFT) | EERD_DONE) >>> 0;
+    } else {
+      this.regs[REG.EERD >> 2] = (v & ~(EERD_DONE | EERD_START)) >>> 0;
+    }
+  }
+
+  /** MDIC (SDM §13.4.6): the PHY access completes at once; only address 1 answers. */
+  private mdic(v: number): void {
+    const phyAddr = (v >>> MDIC_PHY_SHIFT) & 0x1f;
+    const reg = (v >>> MDIC_REG_SHIFT) & 0x1f;
+    const op = v & MDIC_OP_MASK;
+    let result = (v & ~(MDIC_READY | MDIC_ERROR)) >>> 0;
+    if (phyAddr !== PHY_ADDRESS || (op !== MDIC_OP_READ && op !== MDIC_OP_WRITE)) {
+      result |= MDIC_ERROR;
+    } else if (op === MDIC_OP_READ) {
+      result = ((result & ~MDIC_DATA_MASK) | this.phy.read(reg)) >>> 0;
+    } else {
+      this.phy.write(reg, v & MDIC_DATA_MASK);
+    }
+    this.regs[REG.MDIC >> 2] = (result | MDIC_READY) >>> 0;
+    if (v & MDIC_INT_EN) this.raise(ICR_MDAC);
+  }
+
+  // ---- Statistics (SDM §13.7): read-to-clear, 32-bit counters saturate ----
+
+  private readStat(off: number): number {
+    const i = (off - STATS_FIRST) >> 2;
+    if (STATS_64_LOW.has(off)) return ((this.stats[i] as number) % TWO32) >>> 0;
+    if (STATS_64_HIGH.has(off)) {
+      // Reading the high half clears the 64-bit counter (SDM §13.7.31).
+      const v = this.stats[i - 1] as number;
+      this.stats[i - 1] = 0;
+      return Math.floor(v / TWO32) >>> 0;
+    }
+    const v = this.stats[i] as number;
+    this.stats[i] = 0;
+    return v >>> 0;
+  }
+
+  private count(off: number, n = 1): void {
+    const i = (off - STATS_FIRST) >> 2;
+    const v = (this.stats[i] as number) + n;
+    this.stats[i] = STATS_64_LOW.has(off) ? Math.min(v, Number.MAX_SAFE_INTEGER) : Math.min(v, 0xffffffff);
+  }
+
+  /** Size-bucket counter for a frame of `wire` bytes including FCS (PRC64.../PTC64...). */
+  private countSize(first: number, wire: number): void {
+    const bucket =
+      wire <= 64 ? 0 : wire <= 127 ? 1 : wire <= 255 ? 2 : wire <= 511 ? 3 : wire <= 1023 ? 4 : 5;
+    if (wire <= 1522) this.count(first + 4 * bucket);
+  }
+
+  // ---- Interrupts ----
+
+  private raise(cause: number): void {
+    this.icr |= cause;
+    this.updateIrq(this.now());
+  }
+
+  /** Drives the line to (ICR & IMS) != 0, holding a new assertion back until the ITR interval has passed. */
+  private updateIrq(t: number): void {
+    if (this.closed) return;
+    if ((this.icr & this.ims) === 0) {
+      this.itrDeadline = undefined;
+      if (this.line) {
+        this.line = false;
+        this.irq.set(false);
+      }
+      return;
+    }
+    if (this.line) return;
+    const interval = ((this.regs[REG.ITR >> 2] as number) & 0xffff) * ITR_UNIT_MS;
+    if (interval > 0 && this.lastAssert !== undefined && t - this.lastAssert < interval) {
+      this.itrDeadline = this.lastAssert + interval;
+      return;
+    }
+    this.itrDeadline = undefined;
+    this.lastAssert = t;
+    this.line = true;
+    this.mIrqRaised.add();
+    this.irq.set(true);
+  }
+
+  // ---- Transmit (SDM §3.3) ----
+
+  private ring(kind: "rx" | "tx"): Ring | undefined {
+    const r = this.regs;
+    const [bal, bah, len] =
+      kind === "rx" ? [REG.RDBAL, REG.RDBAH, REG.RDLEN] : [REG.TDBAL, REG.TDBAH, REG.TDLEN];
+    const count = (r[len >> 2] as number) / DESC_SIZE;
+    if (count === 0) {
+      this.guestError(
+        `${kind}-ring-empty`,
+        `${kind === "rx" ? "RDLEN" : "TDLEN"} is 0 while the unit is enabled`,
+      );
+      return undefined;
+    }
+    return { base: (r[bah >> 2] as number) * TWO32 + (r[bal >> 2] as number), count };
+  }
+
+  private processTx(): void {
+    if (this.txBusy || this.closed || !((this.regs[REG.TCTL >> 2] as number) & TCTL_EN)) return;
+    let tdh = this.regs[REG.TDH >> 2] as number;
+    const tdt = this.regs[REG.TDT >> 2] as number;
+    if (tdh === tdt) return;
+    const ring = this.ring("tx");
+    if (ring === undefined) return;
+    if (tdh >= ring.count || tdt >= ring.count) {
+      this.guestError("tx-ring-index", `TDH ${tdh} / TDT ${tdt} outside a ${ring.count}-descriptor ring`);
+      return;
+    }
+    this.txBusy = true;
+    let done = 0;
+    try {
+      while (tdh !== tdt && done < ring.count) {
+        const at = ring.base + tdh * DESC_SIZE;
+        try {
+          this.mem.read(at, this.txDesc);
+        } catch (e) {
+          if (!(e instanceof GuestMemoryError)) throw e;
+          this.guestError("tx-ring-dma", `transmit descriptor at ${hex(at)} is outside guest RAM`);
+          break;
+        }
+        this.txDescriptor(this.txDesc, at, ring.count);
+        tdh = (tdh + 1) % ring.count;
+        this.regs[REG.TDH >> 2] = tdh;
+        done++;
+      }
+    } finally {
+      this.txBusy = false;
+    }
+    if (done > 0 && tdh === tdt) this.raise(ICR_TXQE);
+  }
+
+  private txDescriptor(d: Uint8Array, at: number, ringCount: number): void {
+    const lower = le32(d, 8);
+    const cmd = d[11] as number;
+    const addr = le32(d, 4) * TWO32 + le32(d, 0);
+    if (!(cmd & TXD_CMD_DEXT)) {
+      // Legacy descriptor (SDM §3.3.3): length 15:0, CSO, CMD, STA, CSS, special.
+      const special = le16(d, 14);
+      this.txData(addr, lower & 0xffff, false, cmd, 0, special, ringCount);
+      if (cmd & TXD_CMD_EOP) this.txFinish(cmd, special, d[13] as number, d[10] as number);
+    } else {
+      const dtyp = (lower >>> 20) & 0xf;
+      if (dtyp === TXD_DTYP_CONTEXT) {
+        // TCP/IP context descriptor (SDM §3.3.6).
+        const ctx: TxContext = {
+          ipcss: d[0] as number,
+          ipcso: d[1] as number,
+          ipcse: le16(d, 2),
+          tucss: d[4] as number,
+          tucso: d[5] as number,
+          tucse: le16(d, 6),
+          paylen: lower & 0xfffff,
+          tucmd: cmd,
+          hdrlen: d[13] as number,
+          mss: le16(d, 14),
+        };
+        if (cmd & TUCMD_TSE) this.tsoCtx = ctx;
+        else this.csumCtx = ctx;
+      } else if (dtyp === TXD_DTYP_DATA) {
+        // TCP/IP data descriptor (SDM §3.3.7): DTALEN 19:0, DCMD, POPTS.
+        const special = le16(d, 14);
+        this.txData(addr, lower & 0xfffff, true, cmd, d[13] as number, special, ringCount);
+        if (cmd & TXD_CMD_EOP) this.txFinish(cmd, special, 0, 0);
+      } else {
+        this.guestError("tx-desc-type", `transmit descriptor at ${hex(at)} has reserved type ${dtyp}`);
+      }
+    }
+    if (cmd & TXD_CMD_RS) {
+      // Write back DD in the status nibble (SDM §3.3.3.2); the rest of the descriptor is left as it was.
+      this.mem.writeU8(at + 12, ((d[12] as number) & 0xf0) | TXD_STAT_DD);
+      this.txWriteback((cmd & TXD_CMD_IDE) !== 0);
+    }
+  }
+
+  private txData(
+    addr: number,
+    len: number,
+    extended: boolean,
+    cmd: number,
+    popts: number,
+    special: number,
+    ringCount: number,
+  ): void {
+    let p = this.txPkt;
+    if (p === undefined) {
+      // The first descriptor of a packet decides its kind; POPTS is only read here (SDM §3.3.7.3).
+      p = {
+        chunks: [],
+        size: 0,
+        descs: 0,
+        extended,
+        tse: extended && (cmd & TXD_CMD_TSE) !== 0,
+        popts,
+        firstCmd: cmd,
+        firstSpecial: special,
+        poisoned: false,
+      };
+      this.txPkt = p;
+    }
+    p.descs++;
+    if (p.poisoned) return;
+    if (p.descs > ringCount) {
+      this.poison(p, "tx-no-eop", `a packet ran through all ${ringCount} descriptors without EOP`);
+      return;
+    }
+    // Descriptors with a null address or zero length carry no data (SDM §3.3.3).
+    if (len === 0 || addr === 0) return;
+    const limit = p.tse ? MAX_TSO_PAYLOAD + 255 : MAX_TX_FRAME;
+    if (p.size + len > limit) {
+      this.poison(p, "tx-oversize", `packet grew past ${limit} bytes`);
+      return;
+    }
+    const chunk = new Uint8Array(len);
+    try {
+      this.mem.read(addr, chunk);
+    } catch (e) {
+      if (!(e instanceof GuestMemoryError)) throw e;
+      this.poison(p, "tx-dma", `transmit buffer ${hex(addr)}+${len} is outside guest RAM`);
+      return;
+    }
+    p.chunks.push(chunk);
+    p.size += len;
+  }
+
+  private poison(p: TxPacket, kind: string, detail: string): void {
+    p.poisoned = true;
+    p.chunks = [];
+    p.size = 0;
+    this.guestError(kind, `${detail}; packet dropped`);
+  }
+
+  private txFinish(lastCmd: number, lastSpecial: number, css: number, cso: number): void {
+    const p = this.txPkt;
+    this.txPkt = undefined;
+    if (p === undefined) return;
+    if (p.poisoned) {
+      this.mTxDropped.add();
+      if (p.tse) this.count(STAT.TSCTFC);
+      return;
+    }
+    if (p.size === 0) {
+      this.guestError("tx-empty-packet", "end of packet with no data");
+      this.mTxDropped.add();
+      return;
+    }
+    const pkt = new Uint8Array(p.size);
+    let o = 0;
+    for (const c of p.chunks) {
+      pkt.set(c, o);
+      o += c.length;
+    }
+    const ixsm = (p.popts & TXD_POPTS_IXSM) !== 0;
+    const txsm = (p.popts & TXD_POPTS_TXSM) !== 0;
+    let frames: Uint8Array[] = [pkt];
+    if (!p.extended) {
+      if (lastCmd & TXD_CMD_IC && !insertLegacyChecksum(pkt, css, cso)) {
+        this.guestError(
+          "tx-csum-range",
+          `legacy checksum CSS ${css} / CSO ${cso} outside a ${pkt.length}-byte packet`,
+        );
+      }
+    } else if (p.tse) {
+      const ctx = this.tsoCtx;
+      if (ctx === undefined) {
+        this.guestError(
+          "tso-no-context",
+          "TCP segmentation data without a segmentation context; packet dropped",
+        );
+        this.count(STAT.TSCTFC);
+        this.mTxDropped.add();
+        return;
+      }
+      if (pkt.length - ctx.hdrlen !== ctx.paylen) {
+        // SDM §3.3.7.1: the context is terminated abnormally and counted; the data present is still sent.
+        this.guestError("tso-paylen", `PAYLEN ${ctx.paylen} but ${pkt.length - ctx.hdrlen} payload bytes`);
+        this.count(STAT.TSCTFC);
+      }
+      const r = segmentTso(pkt, ctx, ixsm, txsm);
+      if ("error" in r) {
+        this.guestError(
+          r.error,
+          `bad segmentation context (MSS ${ctx.mss}, HDRLEN ${ctx.hdrlen}, packet ${pkt.length}); packet dropped`,
+        );
+        this.count(STAT.TSCTFC);
+        this.mTxDropped.add();
+        return;
+      }
+      frames = r.frames;
+      this.count(STAT.TSCTC);
+    } else if (ixsm || txsm) {
+      const ctx = this.csumCtx;
+      if (ctx === undefined) {
+        this.guestError("tx-no-context", "checksum offload requested without a context; sent as is");
+      } else {
+        const err = insertContextChecksums(pkt, ctx, ixsm, txsm);
+        if (err !== undefined) this.guestError(err, `checksum context outside a ${pkt.length}-byte packet`);
+      }
+    }
+    // VLAN insertion (SDM §3.3.3.1 VLE): needs CTRL.VME; taken from the first descriptor for TSO, else the last.
+    const vleCmd = p.tse ? p.firstCmd : lastCmd;
+    const tci = p.tse ? p.firstSpecial : lastSpecial;
+    const tag = vleCmd & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
+    for (const f of frames) this.txOut(tag ? this.insertVlan(f, tci) : f);
+  }
+
+  private insertVlan(f: Uint8Array, tci: number): Uint8Array {
+    if (f.length < 12) return f;
+    const out = new Uint8Array(f.length + VLAN_TAG_LEN);
+    const vet = (this.regs[REG.VET >> 2] as number) & 0xffff;
+    out.set(f.subarray(0, 12));
+    out[12] = vet >>> 8;
+    out[13] = vet & 0xff;
+    out[14] = tci >>> 8;
+    out[15] = tci & 0xff;
+    out.set(f.subarray(12), 16);
+    return out;
+  }
+
+  private txOut(frame: Uint8Array): void {
+    let f = frame;
+    if (f.length < ETH_MIN_FRAME && (this.regs[REG.TCTL >> 2] as number) & TCTL_PSP) {
+      f = new Uint8Array(ETH_MIN_FRAME);
+      f.set(frame);
+    }
+    const wire = f.length + FCS_LEN;
+    this.count(STAT.GPTC);
+    this.count(STAT.TPT);
+    this.count(STAT.GOTCL, wire);
+    this.count(STAT.TOTL, wire);
+    this.countSize(STAT.PTC64, wire);
+    if (f.length >= 6 && (f[0] as number) & 1) this.count(isBroadcast(f) ? STAT.BPTC : STAT.MPTC);
+    this.mTxFrames.add();
+    if (!this.backend.send(f)) this.mTxBackendDropped.add();
+  }
+
+  /** A descriptor with RS was written back: TXDW now, or after TIDV/TADV when IDE is set (SDM §3.4). */
+  private txWriteback(ide: boolean): void {
+    const tidv = (this.regs[REG.TIDV >> 2] as number) & 0xffff;
+    if (!ide || tidv === 0) {
+      this.txDelayDeadline = this.txAbsDeadline = undefined;
+      this.raise(ICR_TXDW);
+      return;
+    }
+    const t = this.now();
+    this.txDelayDeadline = t + tidv * DELAY_UNIT_MS;
+    const tadv = (this.regs[REG.TADV >> 2] as number) & 0xffff;
+    if (tadv !== 0 && this.txAbsDeadline === undefined) this.txAbsDeadline = t + tadv * DELAY_UNIT_MS;
+  }
+
+  // ---- Receive (SDM §3.2) ----
+
+  /**
+   * Address filtering (SDM §3.2.1 / RCTL): 0 = reject, 1 = accepted by an exact filter, promiscuous mode or
+   * broadcast, 2 = accepted only by the multicast hash (reported as PIF).
+   */
+  private addressMatch(frame: Uint8Array, rctl: number): 0 | 1 | 2 {
+    if (!((frame[0] as number) & 1)) {
+      return rctl & RCTL_UPE || this.exactMatch(frame) ? 1 : 0;
+    }
+    if (isBroadcast(frame)) return rctl & (RCTL_BAM | RCTL_MPE) || this.exactMatch(frame) ? 1 : 0;
+    if (rctl & RCTL_MPE || this.exactMatch(frame)) return 1;
+    const h = mtaHash(frame, (rctl >>> RCTL_MO_SHIFT) & 3);
+    return ((this.regs[(REG.MTA >> 2) + (h >>> 5)] as number) >>> (h & 31)) & 1 ? 2 : 0;
+  }
+
+  /** Destination address against the valid receive address registers with AS = 00 (destination). */
+  private exactMatch(frame: Uint8Array): boolean {
+    const lo = le32(frame, 0);
+    const hi = le16(frame, 4);
+    for (let n = 0; n < RA_ENTRIES; n++) {
+      const rah = this.regs[(REG.RAH0 >> 2) + 2 * n] as number;
+      if (!(rah & RAH_AV) || (rah >>> 16) & 3) continue;
+      if ((this.regs[(REG.RAL0 >> 2) + 2 * n] as number) === lo && (rah & 0xffff) === hi) return true;
+    }
+    return false;
+  }
+
+  /** The receiver given to the backend: false means "no buffer now, offer it again later". */
+  private receive(frame: Uint8Array): boolean {
+    if (this.closed) return true;
+    let result = true;
+    this.guard(() => {
+      this.poll();
+      result = this.receiveFrame(frame);
+    });
+    return result;
+  }
+
+  private receiveFrame(frame: Uint8Array): boolean {
+    const rctl = this.regs[REG.RCTL >> 2] as number;
+    if (!(rctl & RCTL_EN)) {
+      this.mRxDropped.add(); // the receiver is off: the frame is lost on the wire
+      return true;
+    }
+    if (frame.length < ETH_HEADER_LEN) {
+      this.count(STAT.TPR);
+      this.count(STAT.RUC);
+      this.mRxDropped.add();
+      return true;
+    }
+    let data = frame;
+    if (data.length < ETH_MIN_FRAME) {
+      data = new Uint8Array(ETH_MIN_FRAME);
+      data.set(frame);
+    }
+    const wire = data.length + FCS_LEN;
+    if (wire > (rctl & RCTL_LPE ? MAX_RX_JUMBO : MAX_RX_STANDARD)) {
+      this.count(STAT.TPR);
+      this.count(STAT.TORL, wire);
+      this.count(STAT.ROC);
+      this.mRxDropped.add();
+      return true;
+    }
+    const vet = (this.regs[REG.VET >> 2] as number) & 0xffff;
+    const tagged = vet !== 0 && be16(data, 12) === vet;
+    const match = this.addressMatch(data, rctl);
+    let pass = match !== 0;
+    if (pass && tagged && rctl & RCTL_VFE) {
+      const vid = be16(data, 14) & 0xfff;
+      pass = (((this.regs[(REG.VFTA >> 2) + (vid >>> 5)] as number) >>> (vid & 31)) & 1) === 1;
+    }
+    if (!pass) {
+      this.count(STAT.TPR);
+      this.count(STAT.TORL, wire);
+      this.mRxFiltered.add();
+      return true;
+    }
+
+    const ring = this.ring("rx");
+    if (ring === undefined) return false;
+    const rdh = this.regs[REG.RDH >> 2] as number;
+    const rdt = this.regs[REG.RDT >> 2] as number;
+    if (rdh >= ring.count || rdt >= ring.count) {
+      this.guestError("rx-ring-index", `RDH ${rdh} / RDT ${rdt} outside a ${ring.count}-descriptor ring`);
+      return false;
+    }
+
+    // What lands in guest memory: the tag stripped if CTRL.VME (SDM §3.2.3.1 VP), the FCS unless RCTL.SECRC.
+    let stored = data;
+    let special = 0;
+    let vp = 0;
+    if (tagged && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME) {
+      special = be16(data, 14);
+      vp = RXD_STAT_VP;
+      stored = new Uint8Array(data.length - VLAN_TAG_LEN);
+      stored.set(data.subarray(0, 12));
+      stored.set(data.subarray(16), 12);
+    }
+    const rxcsum = this.regs[REG.RXCSUM >> 2] as number;
+    const csum = rxChecksum(stored, rxcsum);
+    if (!(rctl & RCTL_SECRC)) {
+      const fcs = crc32(data);
+      const withFcs = new Uint8Array(stored.length + FCS_LEN);
+      withFcs.set(stored);
+      withFcs[stored.length] = fcs & 0xff;
+      withFcs[stored.length + 1] = (fcs >>> 8) & 0xff;
+      withFcs[stored.length + 2] = (fcs >>> 16) & 0xff;
+      withFcs[stored.length + 3] = fcs >>> 24;
+      stored = withFcs;
+    }
+
+    const bufSize = rxBufferSize(rctl);
+    const needed = Math.ceil(stored.length / bufSize);
+    if (needed > ring.count - 1) {
+      // The ring can never hold it (one descriptor always stays unused): refusing would stall the queue forever.
+      this.guestError(
+        "rx-frame-exceeds-ring",
+        `a ${stored.length}-byte frame needs ${needed} buffers of ${bufSize}`,
+      );
+      this.mRxDropped.add();
+      return true;
+    }
+    const free = (rdt - rdh + ring.count) % ring.count;
+    if (needed > free) {
+      this.count(STAT.MPC);
+      this.count(STAT.RNBC);
+      this.mRxNoBuffer.add();
+      this.raise(ICR_RXO);
+      return false;
+    }
+
+    // Check every descriptor and buffer before writing anything, so a bad one drops the frame cleanly.
+    const descAddrs: number[] = [];
+    const bufAddrs: number[] = [];
+    for (let k = 0; k < needed; k++) {
+      const at = ring.base + ((rdh + k) % ring.count) * DESC_SIZE;
+      let buf: number;
+      try {
+        this.mem.check(at, DESC_SIZE);
+        buf = this.mem.readU32(at + 4) * TWO32 + this.mem.readU32(at);
+      } catch (e) {
+        if (!(e instanceof GuestMemoryError)) throw e;
+        this.guestError(
+          "rx-ring-dma",
+          `receive descriptor at ${hex(at)} is outside guest RAM; frame dropped`,
+        );
+        this.mRxDropped.add();
+        return true;
+      }
+      const len = Math.min(bufSize, stored.length - k * bufSize);
+      try {
+        this.mem.check(buf, len);
+      } catch (e) {
+        if (!(e instanceof GuestMemoryError)) throw e;
+        this.guestError("rx-dma", `receive buffer ${hex(buf)}+${len} is outside guest RAM; frame dropped`);
+        this.mRxDropped.add();
+        return true;
+      }
+      descAddrs.push(at);
+      bufAddrs.push(buf);
+    }
+
+    const pcss = rxcsum & 0xff;
+    const packetChecksum = pcss < stored.length ? foldSum(onesSum(stored, pcss, stored.length)) : 0;
+    for (let k = 0; k < needed; k++) {
+      const at = descAddrs[k] as number;
+      const start = k * bufSize;
+      const len = Math.min(bufSize, stored.length - start);
+      const last = k === needed - 1;
+      this.mem.write(bufAddrs[k] as number, stored.subarray(start, start + len));
+      this.mem.writeU16(at + 8, len);
+      this.mem.writeU16(at + 10, k === 0 ? packetChecksum : 0); // reported in the first descriptor
+      this.mem.writeU8(at + 13, last ? csum.errors : 0);
+      this.mem.writeU16(at + 14, last ? special : 0);
+      const status = last ? RXD_STAT_EOP | csum.status | vp | (match === 2 ? RXD_STAT_PIF : 0) : 0;
+      this.mem.writeU8(at + 12, RXD_STAT_DD | status);
+    }
+    this.regs[REG.RDH >> 2] = (rdh + needed) % ring.count;
+
+    this.count(STAT.TPR);
+    this.count(STAT.TORL, wire);
+    this.count(STAT.GPRC);
+    this.count(STAT.GORCL, wire);
+    this.countSize(STAT.PRC64, wire);
+    if ((data[0] as number) & 1) this.count(isBroadcast(data) ? STAT.BPRC : STAT.MPRC);
+    this.mRxFrames.add();
+    this.rxInterrupts(ring.count, free - needed);
+    return true;
+  }
+
+  /** RXT0 now or after RDTR/RADV (SDM §3.2.7), and RXDMT0 when free descriptors reach RCTL.RDMTS. */
+  private rxInterrupts(count: number, free: number): void {
+    let cause = 0;
+    const rdtr = (this.regs[REG.RDTR >> 2] as number) & 0xffff;
+    if (rdtr === 0) {
+      this.rxPacketDeadline = this.rxAbsDeadline = undefined;
+      cause |= ICR_RXT0;
+    } else {
+      const t = this.now();
+      this.rxPacketDeadline = t + rdtr * DELAY_UNIT_MS;
+      const radv = (this.regs[REG.RADV >> 2] as number) & 0xffff;
+      if (radv !== 0 && this.rxAbsDeadline === undefined) this.rxAbsDeadline = t + radv * DELAY_UNIT_MS;
+    }
+    // RDMTS: 00 = 1/2, 01 = 1/4, 10 = 1/8 of the ring (11 is reserved; treated as 1/8).
+    const rdmts = ((this.regs[REG.RCTL >> 2] as number) >>> RCTL_RDMTS_SHIFT) & 3;
+    if (free <= count >>> Math.min(rdmts + 1, 3)) cause |= ICR_RXDMT0;
+    if (cause !== 0) this.raise(cause);
+  }
+
+  // ---- Diagnostics ----
+
+  /** Runs a guest-triggered operation; no exception escapes into the vCPU loop. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      if (e instanceof GuestMemoryError) {
+        this.guestError("dma", e.message);
+      } else {
+        this.guestError(
+          "internal",
+          `internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+        );
+      }
+    }
+  }
+
+  private guestError(kind: string, detail: string): void {
+    this.errors.set(kind, (this.errors.get(kind) ?? 0) + 1);
+    let c = this.errorCounters.get(kind);
+    if (c === undefined) {
+      c = this.metrics?.counter(`${this.name}.error.${kind}`) ?? NO_COUNTER;
+      this.errorCounters.set(kind, c);
+    }
+    c.add();
+    this.warnOnce(kind, detail);
+  }
+
+  private warnOnce(kind: string, detail: string): void {
+    if (this.loggedKinds.has(kind)) return;
+    this.loggedKinds.add(kind);
+    this.log?.(`${this.name}: ${detail} [${kind}; later occurrences are only counted]`);
+  }
+
+  private unknown(off: number, what: "read" | "write"): void {
+    if (this.loggedOffsets.has(off)) return;
+    this.loggedOffsets.add(off);
+    this.log?.(`${this.name}: ${what} of unknown register ${hex(off)} (reads as 0, writes ignored)`);
+  }
+}
+
+/**
+ * The I/O BAR (SDM §13.2.1): IOADDR (offset 0) selects a register by its offset in the memory space, IODATA
+ * (offset 4) reads or writes it. The Linux driver issues the 82540's global reset through this window.
+ */
+export class E1000IoPort implements BusDevice {
+  readonly name: string;
+  private ioaddr = 0;
+
+  constructor(private readonly dev: E1000) {
+    this.name = `${dev.name}-io`;
+  }
+
+  read(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    for (let i = 0; i < data.length; ) {
+      const at = offset + i;
+      if (at >= 0 && at < 4) {
+        const n = Math.min(4 - at, data.length - i);
+        for (let j = 0; j < n; j++) data[i + j] = (this.ioaddr >>> (8 * (at + j))) & 0xff;
+        i += n;
+      } else if (at >= 4 && at < 8) {
+        const n = Math.min(8 - at, data.length - i);
+        this.dev.mmioRead(this.target() + (at - 4), data.subarray(i, i + n));
+        i += n;
+      } else {
+        break; // reserved: reads 0
+      }
+    }
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; ) {
+      const at = offset + i;
+      if (at >= 0 && at < 4) {
+        const n = Math.min(4 - at, data.length - i);
+        for (let j = 0; j < n; j++) {
+          const shift = 8 * (at + j);
+          this.ioaddr = ((this.ioaddr & ~(0xff << shift)) | ((data[i + j] as number) << shift)) >>> 0;
+        }
+        i += n;
+      } else if (at >= 4 && at < 8) {
+        const n = Math.min(8 - at, data.length - i);
+        this.dev.mmioWrite(this.target() + (at - 4), data.subarray(i, i + n));
+        i += n;
+      } else {
+        break; // reserved: ignored
+      }
+    }
+  }
+
+  /** IOADDR bits 16:0 address the 128 KiB register space; accesses are to whole dwords. */
+  private target(): number {
+    return this.ioaddr & (E1000_MMIO_SIZE - 1) & ~3;
+  }
+}

@@ -1,0 +1,343 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  BROADCAST,
+  CTRL_VME,
+  crc32Slow,
+  ethFrame,
+  ICR,
+  ipv4TcpFrame,
+  makeNic,
+  NIC_MAC,
+  PEER_MAC,
+  pattern,
+  RCTL,
+  REG,
+  RXERR,
+  RXSTAT,
+  STAT,
+} from "../helpers/e1000-driver.ts";
+
+function ready(rx: Parameters<ReturnType<typeof makeNic>["drv"]["setupRx"]>[0] = {}) {
+  const nic = makeNic();
+  nic.drv.reset();
+  nic.drv.setupRx(rx);
+  return nic;
+}
+
+/** The frame as the NIC stores it: data followed by its FCS, little endian. */
+function withFcs(f: Uint8Array): Uint8Array {
+  const out = new Uint8Array(f.length + 4);
+  out.set(f);
+  new DataView(out.buffer).setUint32(f.length, crc32Slow(f), true);
+  return out;
+}
+
+const toNic = (len: number, seed = 1, type = 0x88b5) => ethFrame(NIC_MAC, PEER_MAC, type, pattern(len, seed));
+
+describe("e1000 receive: descriptors and buffers", () => {
+  test("a frame lands in the next buffer with its FCS; length, DD|EOP|IXSM written back; RDH advances; RXT0", () => {
+    const { drv, wire, dev } = ready();
+    const f = toNic(200);
+    assert.equal(wire.send(f), true);
+    assert.equal(drv.r32(REG.RDH), 1);
+    const [r, ...rest] = drv.receive();
+    assert.equal(rest.length, 0);
+    assert.deepEqual(r?.data, withFcs(f));
+    assert.deepEqual(r?.lengths, [f.length + 4]);
+    assert.equal(r?.status, RXSTAT.DD | RXSTAT.EOP | RXSTAT.IXSM);
+    assert.equal(r?.errors, 0);
+    assert.equal(drv.readIcr() & ICR.RXT0, ICR.RXT0);
+    assert.deepEqual(dev.errorCounts(), {});
+  });
+
+  test("RCTL.SECRC strips the CRC; frames shorter than 60 bytes are padded", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | RCTL.SECRC });
+    const short = ethFrame(NIC_MAC, PEER_MAC, 0x0806, pattern(28));
+    wire.send(short);
+    const [r] = drv.receive();
+    assert.equal(r?.data.length, 60);
+    assert.deepEqual(r?.data.subarray(0, 42), short);
+    assert.ok(r?.data.subarray(42).every((b) => b === 0));
+  });
+
+  test("a frame longer than one buffer spans descriptors with EOP only on the last (BSIZE 256)", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | (3 << 16), bufSize: 256 });
+    const f = toNic(986); // 1000 bytes + FCS = 1004
+    wire.send(f);
+    assert.equal(drv.r32(REG.RDH), 4);
+    // Intermediate descriptors have DD only; the packet status is in the EOP descriptor.
+    const statuses = [0, 1, 2, 3].map((i) => drv.mem.readU8(drv.rxDescAddr(i) + 12));
+    assert.deepEqual(statuses, [RXSTAT.DD, RXSTAT.DD, RXSTAT.DD, RXSTAT.DD | RXSTAT.EOP | RXSTAT.IXSM]);
+    const [r] = drv.receive();
+    assert.equal(r?.descriptors, 4);
+    assert.deepEqual(r?.lengths, [256, 256, 256, 236]);
+    assert.deepEqual(r?.data, withFcs(f));
+  });
+
+  test("BSEX selects the large buffer sizes: a 9000-byte jumbo frame in two 4096-byte buffers needs LPE", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | RCTL.BSEX | (3 << 16) });
+    const jumbo = toNic(6000);
+    wire.send(jumbo);
+    assert.equal(drv.receive().length, 0, "no LPE: dropped");
+    assert.equal(drv.r32(STAT.ROC), 1);
+    drv.w32(REG.RCTL, drv.r32(REG.RCTL) | RCTL.LPE);
+    wire.send(jumbo);
+    const [r] = drv.receive();
+    assert.deepEqual(r?.lengths, [4096, 6014 + 4 - 4096]);
+    assert.deepEqual(r?.data, withFcs(jumbo));
+  });
+
+  test("1522 bytes with FCS is the standard limit: 1518 accepted, 1519 dropped", () => {
+    const { drv, wire } = ready();
+    wire.send(toNic(1518 - 14));
+    wire.send(toNic(1519 - 14));
+    const got = drv.receive();
+    assert.equal(got.length, 1);
+    assert.equal(got[0]?.data.length, 1522);
+    assert.equal(drv.r32(STAT.ROC), 1);
+  });
+
+  test("the ring wraps: 300 frames through an 8-descriptor ring, refilled as a driver does, all in order", () => {
+    const { drv, wire, dev } = ready({ count: 8 });
+    const got: number[] = [];
+    for (let n = 0; n < 300; n++) {
+      const f = toNic(60 + (n % 100), n);
+      f[14] = n & 0xff;
+      f[15] = n >> 8;
+      wire.send(f);
+      if (n % 3 === 2)
+        for (const r of drv.receive()) got.push((r.data[14] as number) | ((r.data[15] as number) << 8));
+    }
+    for (const r of drv.receive()) got.push((r.data[14] as number) | ((r.data[15] as number) << 8));
+    assert.equal(got.length, 300);
+    assert.ok(got.every((v, i) => v === i));
+    assert.equal(wire.stats().sendDropped, 0);
+    assert.deepEqual(dev.errorCounts(), {});
+  });
+
+  test("frames arriving while RCTL.EN is clear are dropped, not delivered later", () => {
+    const { drv, wire } = ready();
+    drv.w32(REG.RCTL, RCTL.BAM);
+    wire.send(toNic(100));
+    drv.w32(REG.RCTL, RCTL.BAM | RCTL.EN);
+    assert.equal(drv.receive().length, 0);
+    assert.equal(wire.stats().sent, 1);
+  });
+});
+
+describe("e1000 receive: address filtering", () => {
+  /** Sends each frame and returns which ones were received (by the byte at offset 14). */
+  function accepted(nic: ReturnType<typeof ready>, dsts: Uint8Array[]): number[] {
+    dsts.forEach((d, n) => {
+      const f = ethFrame(d, PEER_MAC, 0x88b5, pattern(50));
+      f[14] = n;
+      nic.wire.send(f);
+    });
+    return nic.drv.receive().map((r) => r.data[14] as number);
+  }
+
+  test("unicast: RAL0 (from the EEPROM) and other valid RA entries match; others are dropped", () => {
+    const nic = ready();
+    const other = Uint8Array.of(0x52, 0x54, 0x00, 0x99, 0x99, 0x99);
+    assert.deepEqual(accepted(nic, [NIC_MAC, other]), [0]);
+    nic.drv.w32(REG.RAL0 + 8, 0x99005452);
+    nic.drv.w32(REG.RAH0 + 8, 0x9999); // no AV yet
+    assert.deepEqual(accepted(nic, [other]), []);
+    nic.drv.w32(REG.RAH0 + 8, 0x80009999);
+    assert.deepEqual(accepted(nic, [other, NIC_MAC]), [0, 1]);
+  });
+
+  test("UPE accepts every unicast address", () => {
+    const nic = ready({ rctl: RCTL.UPE });
+    assert.deepEqual(accepted(nic, [Uint8Array.of(2, 0, 0, 0, 0, 1), NIC_MAC]), [0, 1]);
+  });
+
+  test("broadcast needs BAM (or MPE)", () => {
+    const without = ready({ rctl: 0 });
+    assert.deepEqual(accepted(without, [BROADCAST]), []);
+    const bam = ready({ rctl: RCTL.BAM });
+    assert.deepEqual(accepted(bam, [BROADCAST]), [0]);
+    const mpe = ready({ rctl: RCTL.MPE });
+    assert.deepEqual(accepted(mpe, [BROADCAST]), [0]);
+  });
+
+  test("multicast through the MTA hash for each RCTL.MO, reported as an inexact match (PIF)", () => {
+    // 01:00:5e:00:01:c8 — hash bits per MO, computed by hand:
+    // MO=0 bits 47:36 -> (0xc8 << 4) | (0x01 >> 4) = 0xc80; MO=3 bits 43:32 -> (0xc8 << 8 | 0x01) & 0xfff = 0x801.
+    const mc = Uint8Array.of(0x01, 0x00, 0x5e, 0x00, 0x01, 0xc8);
+    const cases: Array<[number, number]> = [
+      [0, 0xc80],
+      [1, ((0x01 >> 3) | (0xc8 << 5)) & 0xfff],
+      [2, ((0x01 >> 2) | (0xc8 << 6)) & 0xfff],
+      [3, 0x801],
+    ];
+    for (const [mo, hash] of cases) {
+      const nic = ready({ rctl: mo << 12 });
+      assert.deepEqual(accepted(nic, [mc]), [], `MO=${mo}: empty table`);
+      nic.drv.w32(REG.MTA + 4 * (hash >> 5), 1 << (hash & 31));
+      nic.wire.send(ethFrame(mc, PEER_MAC, 0x88b5, pattern(50)));
+      const [r] = nic.drv.receive();
+      assert.ok(r, `MO=${mo}: hash ${hash.toString(16)} set`);
+      assert.equal(r.status & RXSTAT.PIF, RXSTAT.PIF);
+      assert.equal(nic.drv.r32(STAT.MPRC), 1);
+    }
+  });
+
+  test("MPE accepts every multicast address; a multicast address in an RA entry matches exactly", () => {
+    const mc = Uint8Array.of(0x33, 0x33, 0x00, 0x00, 0x00, 0x01);
+    const nic = ready({ rctl: RCTL.MPE });
+    assert.deepEqual(accepted(nic, [mc]), [0]);
+    const exact = ready();
+    exact.drv.w32(REG.RAL0 + 16, 0x00003333);
+    exact.drv.w32(REG.RAH0 + 16, 0x80000100);
+    exact.wire.send(ethFrame(mc, PEER_MAC, 0x88b5, pattern(50)));
+    const [r] = exact.drv.receive();
+    assert.ok(r);
+    assert.equal(r.status & RXSTAT.PIF, 0);
+  });
+});
+
+describe("e1000 receive: VLAN and checksum offload", () => {
+  function tagged(vid: number): Uint8Array {
+    const inner = toNic(100);
+    const f = new Uint8Array(inner.length + 4);
+    f.set(inner.subarray(0, 12));
+    f[12] = 0x81;
+    f[13] = 0x00;
+    f[14] = (vid >> 8) | 0x20; // priority 1
+    f[15] = vid & 0xff;
+    f.set(inner.subarray(12), 16);
+    return f;
+  }
+
+  test("CTRL.VME strips a tag matching VET into the special field and sets VP", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | RCTL.SECRC });
+    drv.w32(REG.CTRL, drv.r32(REG.CTRL) | CTRL_VME);
+    const f = tagged(100);
+    wire.send(f);
+    const [r] = drv.receive();
+    assert.equal((r?.status ?? 0) & RXSTAT.VP, RXSTAT.VP);
+    assert.equal(r?.special, 0x2064);
+    assert.deepEqual(r?.data, toNic(100));
+  });
+
+  test("without VME the tag stays in the data", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | RCTL.SECRC });
+    const f = tagged(100);
+    wire.send(f);
+    const [r] = drv.receive();
+    assert.equal((r?.status ?? 0) & RXSTAT.VP, 0);
+    assert.deepEqual(r?.data, f);
+  });
+
+  test("RCTL.VFE filters tagged frames through the VFTA; untagged frames pass", () => {
+    const { drv, wire } = ready({ rctl: RCTL.BAM | RCTL.VFE });
+    wire.send(tagged(100));
+    wire.send(toNic(60));
+    assert.equal(drv.receive().length, 1);
+    drv.w32(REG.VFTA + 4 * (100 >> 5), 1 << (100 & 31));
+    wire.send(tagged(100));
+    wire.send(tagged(101));
+    assert.equal(drv.receive().length, 1);
+  });
+
+  test("RXCSUM: IPCS/TCPCS for a good TCP/IPv4 frame, TCPE or IPE for corrupted ones, IXSM when disabled", () => {
+    const { drv, wire } = ready();
+    const good = ipv4TcpFrame(pattern(300));
+    good.set(NIC_MAC, 0);
+    const badTcp = good.slice();
+    badTcp[100] = (badTcp[100] as number) ^ 0xff;
+    const badIp = good.slice();
+    badIp[22] = 1; // TTL changed, header checksum now wrong
+    wire.send(good);
+    assert.equal(drv.receive()[0]?.status, RXSTAT.DD | RXSTAT.EOP | RXSTAT.IXSM);
+    drv.w32(REG.RXCSUM, (1 << 8) | (1 << 9));
+    for (const f of [good, badTcp, badIp]) wire.send(f);
+    const [g, t, i] = drv.receive();
+    assert.equal(g?.status, RXSTAT.DD | RXSTAT.EOP | RXSTAT.IPCS | RXSTAT.TCPCS);
+    assert.equal(g?.errors, 0);
+    assert.equal(t?.errors, RXERR.TCPE);
+    assert.equal(i?.errors, RXERR.IPE);
+    assert.equal((i?.status ?? 0) & RXSTAT.TCPCS, RXSTAT.TCPCS);
+  });
+});
+
+describe("e1000 receive interrupts", () => {
+  test("RDTR delays RXT0 and restarts per packet; RADV bounds the delay", () => {
+    const nic = ready();
+    const { drv, dev, wire, clock } = nic;
+    drv.w32(REG.RDTR, 100); // 102.4 µs
+    drv.w32(REG.RADV, 200); // 204.8 µs
+    drv.readIcr();
+    drv.w32(REG.IMS, ICR.RXT0);
+    wire.send(toNic(60));
+    assert.equal(nic.irqLevel, false);
+    clock.t = 0.09;
+    wire.send(toNic(60));
+    clock.t = 0.18;
+    dev.poll();
+    assert.equal(nic.irqLevel, false, "the packet timer restarted at 0.09");
+    clock.t = 0.19;
+    wire.send(toNic(60));
+    clock.t = 0.205;
+    dev.poll();
+    assert.equal(nic.irqLevel, true, "RADV expired at 0.2048");
+    assert.equal(drv.readIcr() & ICR.RXT0, ICR.RXT0);
+    clock.t = 1;
+    dev.poll();
+    assert.equal(drv.readIcr() & ICR.RXT0, 0, "both timers were cleared when RXT0 fired");
+  });
+
+  test("RDTR.FPD fires RXT0 at once and reads back 0", () => {
+    const { drv, wire } = ready();
+    drv.w32(REG.RDTR, 500);
+    wire.send(toNic(60));
+    drv.readIcr();
+    drv.w32(REG.RDTR, 500 | (1 << 31));
+    assert.equal(drv.r32(REG.RDTR), 500);
+    assert.equal(drv.readIcr() & ICR.RXT0, ICR.RXT0);
+  });
+
+  test("RXDMT0 when the free descriptors reach RDMTS (1/2 of an 8-entry ring)", () => {
+    const { drv, wire } = ready({ count: 8 });
+    drv.readIcr();
+    // 7 posted; after 2 frames 5 are free (> 4), after 3 frames 4 are free.
+    wire.send(toNic(60));
+    wire.send(toNic(60));
+    assert.equal(drv.readIcr() & ICR.RXDMT0, 0);
+    wire.send(toNic(60));
+    assert.equal(drv.readIcr() & ICR.RXDMT0, ICR.RXDMT0);
+  });
+
+  test("no descriptors: RXO and MPC/RNBC, the frame waits in the backend and arrives once buffers are posted", () => {
+    const { drv, wire } = ready({ count: 8, post: 2 });
+    drv.readIcr();
+    for (let n = 0; n < 5; n++) {
+      const f = toNic(60, n);
+      f[14] = n;
+      wire.send(f);
+    }
+    assert.equal(drv.readIcr() & ICR.RXO, ICR.RXO);
+    assert.ok(drv.r32(STAT.MPC) >= 1);
+    assert.ok(drv.r32(STAT.RNBC) >= 1);
+    assert.equal(wire.peer.stats().queued, 3);
+    const first = drv.receive(false).map((r) => r.data[14]);
+    assert.deepEqual(first, [0, 1]);
+    drv.postRx(7);
+    const rest = drv.receive().map((r) => r.data[14]);
+    assert.deepEqual(rest, [2, 3, 4]);
+    assert.equal(wire.peer.stats().queued, 0);
+    assert.equal(wire.stats().sendDropped, 0);
+  });
+
+  test("a multi-buffer frame waits until enough descriptors are free for all of it", () => {
+    const { drv, wire } = ready({ count: 8, rctl: RCTL.BAM | (3 << 16), post: 2 });
+    const f = toNic(700); // 718 bytes with FCS: 3 buffers of 256
+    wire.send(f);
+    assert.equal(drv.r32(REG.RDH), 0, "nothing written for a partial fit");
+    drv.postRx(1);
+    const [r] = drv.receive();
+    assert.deepEqual(r?.data, withFcs(f));
+  });
+});
