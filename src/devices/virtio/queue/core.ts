@@ -8,6 +8,7 @@ import {
   type BufferSegment,
   type DescriptorChain,
   MAX_QUEUE_SIZE,
+  QUEUE_STATE_WORDS,
   type QueueConfig,
   type QueueFeatures,
   type QueueKind,
@@ -216,6 +217,10 @@ export abstract class QueueBase implements Virtqueue {
   /** Chains handed out by pop() and not yet used, by id: pushUsed accepts only these exact objects. */
   private readonly inFlightChains: Array<DescriptorChain | undefined>;
   private inFlightCount = 0;
+  /** Chains popped most recently and still in flight, in pop order: the ones unpop() may give back, last first. */
+  private popStack: DescriptorChain[] = [];
+  /** Run-time indices (VirtqueueOptions.state); word 7 says whether they have been initialized. */
+  protected readonly st: Int32Array;
   protected readonly cPopped: Counter;
   protected readonly cUsed: Counter;
   protected readonly cNotifySuppressed: Counter;
@@ -232,6 +237,14 @@ export abstract class QueueBase implements Virtqueue {
     this.qm = new QueueMemory(mem);
     this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
     this.inFlightChains = new Array(config.size);
+    const st = opts?.state;
+    if (st !== undefined && st.length < QUEUE_STATE_WORDS) {
+      throw new VirtqueueError(
+        `virtq ${this.name}: state has ${st.length} words, ${QUEUE_STATE_WORDS} are needed`,
+        "VIREO_VIRTQUEUE_USAGE",
+      );
+    }
+    this.st = st ?? new Int32Array(QUEUE_STATE_WORDS);
     const m = opts?.metrics;
     this.cPopped = counter(m, this.name, "popped");
     this.cUsed = counter(m, this.name, "used");
@@ -253,9 +266,25 @@ export abstract class QueueBase implements Virtqueue {
     if (chain) {
       this.inFlightChains[chain.id] = chain;
       this.inFlightCount++;
+      this.popStack.push(chain);
       this.cPopped.add();
     }
     return chain;
+  }
+
+  unpop(chain: DescriptorChain): void {
+    const stack = this.popStack;
+    if (stack[stack.length - 1] !== chain || this.inFlightChains[chain.id] !== chain) {
+      throw this.usageError(`unpop: chain ${chain.id} is not the last chain popped (or it was used)`);
+    }
+    try {
+      this.rewindChain(chain);
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    stack.pop();
+    this.inFlightChains[chain.id] = undefined;
+    this.inFlightCount--;
   }
 
   pushUsed(chain: DescriptorChain, written: number): void {
@@ -276,6 +305,9 @@ export abstract class QueueBase implements Virtqueue {
     }
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
+    // Chains popped before this one can no longer be given back: the ring has moved past them.
+    const at = this.popStack.indexOf(chain);
+    if (at >= 0) this.popStack = this.popStack.slice(at + 1);
     this.cUsed.add();
   }
 
@@ -296,6 +328,15 @@ export abstract class QueueBase implements Virtqueue {
     } catch (e) {
       throw this.asQueueError(e);
     }
+  }
+
+  /** Whether the state words were initialized by an earlier queue object (see VirtqueueOptions.state). */
+  protected get started(): boolean {
+    return this.st[7] === 1;
+  }
+
+  protected markStarted(): void {
+    this.st[7] = 1;
   }
 
   /** Is `id` popped and not yet used? Layouts refuse a chain that reuses such an id. */
@@ -325,6 +366,8 @@ export abstract class QueueBase implements Virtqueue {
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
   protected abstract writeUsed(chain: DescriptorChain, written: number): void;
+  /** Undoes the pop of `chain`, the last chain popped. */
+  protected abstract rewindChain(chain: DescriptorChain): void;
   /**
    * The driver's suppression decision for the buffers used since the previous call ("none" if there were
    * none); starts a new period.

@@ -39,16 +39,53 @@ export class PackedQueue extends QueueBase {
   private readonly descOff: number;
   private readonly driverOff: number;
   private readonly deviceOff: number;
+
+  // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Next ring slot to read, and the Driver Ring Wrap Counter value descriptors there carry when available. */
-  private nextAvail = 0;
-  private availWrap = 1;
+  private get nextAvail(): number {
+    return this.st[0] as number;
+  }
+  private set nextAvail(v: number) {
+    this.st[0] = v;
+  }
+  private get availWrap(): number {
+    return this.st[1] as number;
+  }
+  private set availWrap(v: number) {
+    this.st[1] = v;
+  }
   /** Next ring slot to write a used descriptor to, and the Device Ring Wrap Counter. */
-  private nextUsed = 0;
-  private usedWrap = 1;
+  private get nextUsed(): number {
+    return this.st[2] as number;
+  }
+  private set nextUsed(v: number) {
+    this.st[2] = v;
+  }
+  private get usedWrap(): number {
+    return this.st[3] as number;
+  }
+  private set usedWrap(v: number) {
+    this.st[3] = v;
+  }
   /** Ring position (see `linear`) at the previous shouldNotifyDriver(), and slots used since. */
-  private usedAtCheck = 0;
-  private slotsSinceCheck = 0;
-  private driverNotifications = true;
+  private get usedAtCheck(): number {
+    return this.st[4] as number;
+  }
+  private set usedAtCheck(v: number) {
+    this.st[4] = v;
+  }
+  private get slotsSinceCheck(): number {
+    return this.st[5] as number;
+  }
+  private set slotsSinceCheck(v: number) {
+    this.st[5] = v;
+  }
+  private get driverNotifications(): boolean {
+    return this.st[6] === 1;
+  }
+  private set driverNotifications(v: boolean) {
+    this.st[6] = v ? 1 : 0;
+  }
 
   constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {
     const sizes = packedAreaSizes(config.size);
@@ -61,7 +98,24 @@ export class PackedQueue extends QueueBase {
     this.descOff = config.descAddr - mem.base;
     this.driverOff = config.driverAddr - mem.base;
     this.deviceOff = config.deviceAddr - mem.base;
-    this.writeDriverNotifications(true);
+    if (!this.started) {
+      // 2.8.1: both wrap counters start at 1.
+      this.st.fill(0, 0, 7);
+      this.availWrap = 1;
+      this.usedWrap = 1;
+      this.writeDriverNotifications(true);
+      this.markStarted();
+    }
+  }
+
+  protected rewindChain(chain: DescriptorChain): void {
+    let slot = this.nextAvail - chain.descriptorCount;
+    if (slot < 0) {
+      slot += this.size;
+      this.availWrap ^= 1;
+    }
+    this.nextAvail = slot;
+    if (this.features.eventIdx && this.driverNotifications) this.writeDeviceEventDesc();
   }
 
   /**

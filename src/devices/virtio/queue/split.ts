@@ -31,14 +31,41 @@ export class SplitQueue extends QueueBase {
   private readonly usedOff: number;
   private readonly usedEventOff: number;
   private readonly availEventOff: number;
+
+  // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Free-running index of the next available ring entry to read. */
-  private lastAvail = 0;
+  private get lastAvail(): number {
+    return this.st[0] as number;
+  }
+  private set lastAvail(v: number) {
+    this.st[0] = v;
+  }
   /** Free-running used idx as last published. */
-  private usedIdx = 0;
+  private get usedIdx(): number {
+    return this.st[1] as number;
+  }
+  private set usedIdx(v: number) {
+    this.st[1] = v;
+  }
   /** used idx at the previous shouldNotifyDriver(), and how many entries were written since. */
-  private usedAtCheck = 0;
-  private usedSinceCheck = 0;
-  private driverNotifications = true;
+  private get usedAtCheck(): number {
+    return this.st[2] as number;
+  }
+  private set usedAtCheck(v: number) {
+    this.st[2] = v;
+  }
+  private get usedSinceCheck(): number {
+    return this.st[3] as number;
+  }
+  private set usedSinceCheck(v: number) {
+    this.st[3] = v;
+  }
+  private get driverNotifications(): boolean {
+    return this.st[4] === 1;
+  }
+  private set driverNotifications(v: boolean) {
+    this.st[4] = v ? 1 : 0;
+  }
 
   constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {
     const sizes = splitAreaSizes(config.size);
@@ -55,7 +82,18 @@ export class SplitQueue extends QueueBase {
     // 2.7.6 / 2.7.8: used_event follows avail->ring[size], avail_event follows used->ring[size].
     this.usedEventOff = this.availOff + 4 + 2 * config.size;
     this.availEventOff = this.usedOff + 4 + 8 * config.size;
-    this.writeDriverNotifications(true);
+    if (!this.started) {
+      this.st.fill(0, 0, 7);
+      this.writeDriverNotifications(true);
+      this.markStarted();
+    }
+  }
+
+  protected rewindChain(_chain: DescriptorChain): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+    if (this.features.eventIdx && this.driverNotifications) {
+      this.qm.store16Release(this.availEventOff, this.lastAvail);
+    }
   }
 
   protected popChain(): DescriptorChain | null {

@@ -85,13 +85,31 @@ export interface Virtqueue {
    * after enabling, pop() again before sleeping, or a buffer made available in between can be missed.
    */
   setDriverNotifications(enabled: boolean): void;
+  /**
+   * Gives back the most recently popped chain, not yet used, as if it had never been popped: the next pop()
+   * returns it again. For a device that took buffers and then found it cannot use them yet (a received frame
+   * that needs more buffers than the driver has made available). Throws VirtqueueError (code
+   * VIREO_VIRTQUEUE_USAGE) if `chain` is not the last chain popped and still in flight.
+   */
+  unpop(chain: DescriptorChain): void;
 }
 
 export interface VirtqueueOptions {
   metrics?: MetricsSink;
   /** Used in error messages and metric names (`virtq.<name>.popped`). */
   name?: string;
+  /**
+   * Where the queue keeps its run-time indices (QUEUE_STATE_WORDS Int32 words, e.g. a slot of a
+   * SharedArrayBuffer), so that queue objects on several threads, each built over the same words, act as one
+   * queue. All zero means "not yet started": the first queue object built over the words initializes them (and
+   * the device's notification suppression fields in the ring); later ones pick up where the indices are.
+   * Callers serialize access (one lock per queue). Default: private words.
+   */
+  state?: Int32Array;
 }
+
+/** Int32 words a queue's run-time state takes (VirtqueueOptions.state). */
+export const QUEUE_STATE_WORDS = 8;
 
 /**
  * A virtqueue problem. Code VIREO_VIRTQUEUE_MALFORMED: the driver broke the ring (the device should set
