@@ -1,10 +1,12 @@
 /** The benchmarks `vireo bench NAME` knows. Each prints a table, or JSON with --json. */
+import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
 
 export interface BenchOptions {
   json: boolean;
   rounds: number;
   iterations?: number;
+  force?: boolean;
 }
 
 export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOptions): Promise<void> }> = {
@@ -13,6 +15,14 @@ export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOp
     async run(opts) {
       const r = await benchExits(opts);
       console.log(opts.json ? JSON.stringify({ benchmark: "exits", ...r }, null, 2) : formatExits(r));
+    },
+  },
+  boot: {
+    description:
+      "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",
+    async run(opts) {
+      const r = await benchBoot(opts);
+      console.log(opts.json ? JSON.stringify({ benchmark: "boot", ...r }, null, 2) : formatBoot(r));
     },
   },
 };

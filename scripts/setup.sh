@@ -6,18 +6,26 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-# Debian packages: compilers for the addon, the micro guest and the reference VMM; Linux headers for <linux/kvm.h>.
+# Debian packages: compilers for the addon, the micro guest and the reference VMM; Linux headers for <linux/kvm.h>;
+# kmod (depmod) and dpkg-deb for guest images; cpio and acpica-tools (iasl) as independent checkers in tests;
+# QEMU for the real-KVM harness (test/slow).
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 [ -f /usr/include/linux/kvm.h ] || need+=(linux-libc-dev)
+command -v depmod >/dev/null || need+=(kmod)
+command -v cpio >/dev/null || need+=(cpio)
+command -v iasl >/dev/null || need+=(acpica-tools)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+apt_updated=0
 if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt_updated=1
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v node >/dev/null || { say "Node.js 20 or newer is required (apt-get install nodejs npm)"; exit 1; }
 
@@ -36,4 +44,10 @@ say "building the micro guest"
 make -s -C guest/micro
 say "building the C reference VMM"
 make -s -C bench/ref
+# The guest image (Debian kernel + busybox initramfs) needs apt's package lists.
+if ! ./bin/vireo image build >/dev/null 2>&1; then
+  [ "$apt_updated" = 1 ] || apt-get update -qq
+  say "building the guest image (Debian kernel and busybox via apt-get download)"
+  ./bin/vireo image build >/dev/null
+fi
 say "ready"

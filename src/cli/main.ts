@@ -56,7 +56,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
   initrd-harness.img   busybox + kvm_amd and 9p modules, for the real-KVM test harness (test/realkvm)
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
-const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N]
+const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--force]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -66,7 +66,8 @@ ${Object.entries(BENCHMARKS)
 Options:
   --json            print JSON instead of a table
   --rounds N        interleaved rounds per configuration (default 5; medians are reported)
-  --iterations N    guest loop iterations per round (default depends on the benchmark)`;
+  --iterations N    guest loop iterations per round (default depends on the benchmark)
+  --force           boot: run even where /dev/kvm is PVM (very slow; use the real-KVM harness instead)`;
 
 function kernelIsLinux(path: string): boolean {
   try {
@@ -235,6 +236,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       json: { type: "boolean" },
       rounds: { type: "string" },
       iterations: { type: "string" },
+      force: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });

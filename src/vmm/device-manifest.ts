@@ -5,7 +5,16 @@
  */
 import { writeSync } from "node:fs";
 import { Bus } from "../bus/bus.ts";
+import { ACPI_PM_BASE, ACPI_PM_LEN, ACPI_SCI_IRQ, AcpiPm } from "../devices/legacy/acpi-pm.ts";
+import { CmosRtc, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT } from "../devices/legacy/cmos-rtc.ts";
 import { DebugExit } from "../devices/legacy/debug-exit.ts";
+import {
+  I8042,
+  I8042_AUX_IRQ,
+  I8042_COMMAND_PORT,
+  I8042_DATA_PORT,
+  I8042_KBD_IRQ,
+} from "../devices/legacy/i8042.ts";
 import { TestDevice } from "../devices/legacy/test-device.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
@@ -21,7 +30,10 @@ export type DeviceSpec =
       outputFd: number | null;
     }
   | { kind: "debug-exit"; port: number }
-  | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number; irqfd?: number };
+  | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number; irqfd?: number }
+  | { kind: "cmos-rtc"; state: SharedArrayBuffer }
+  | { kind: "i8042"; state: SharedArrayBuffer }
+  | { kind: "acpi-pm"; state: SharedArrayBuffer };
 
 /** What the thread building the buses provides to its devices. */
 export interface DeviceHost {
@@ -38,9 +50,25 @@ export interface Buses {
   mmio: Bus;
 }
 
-/** COM1 and the micro-guest devices of docs/guest-abi.md. */
-export function defaultDevices(opts: { outputFd: number | null }): DeviceSpec[] {
+/**
+ * COM1 and the micro-guest devices of docs/guest-abi.md; a Linux guest ("pc") also gets the PC platform devices
+ * its ACPI tables describe: CMOS RTC, i8042 and the ACPI PM block (power-off, reset, PM timer).
+ */
+export function defaultDevices(opts: {
+  outputFd: number | null;
+  platform?: "micro" | "pc";
+  memSize?: number;
+}): DeviceSpec[] {
+  const pc: DeviceSpec[] =
+    opts.platform === "pc"
+      ? [
+          { kind: "cmos-rtc", state: CmosRtc.createState({ memSize: opts.memSize }) },
+          { kind: "i8042", state: I8042.createState() },
+          { kind: "acpi-pm", state: AcpiPm.createState() },
+        ]
+      : [];
   return [
+    ...pc,
     {
       kind: "uart16550",
       name: "com1",
@@ -83,6 +111,42 @@ export function buildBuses(specs: readonly DeviceSpec[], host: DeviceHost): Buse
         mmio.register(spec.mmioBase, 0x1000, new TestDevice({ kind: "mmio", irq, onMarker: host.onMarker }));
         break;
       }
+      case "cmos-rtc":
+        pio.register(
+          RTC_PORT,
+          RTC_PORT_COUNT,
+          new CmosRtc({
+            state: spec.state,
+            irq: kvmIrqLine(host.vmFd, RTC_IRQ, host.metrics),
+            metrics: host.metrics,
+          }),
+        );
+        break;
+      case "i8042": {
+        const kbc = new I8042({
+          state: spec.state,
+          kbdIrq: kvmIrqLine(host.vmFd, I8042_KBD_IRQ, host.metrics),
+          auxIrq: kvmIrqLine(host.vmFd, I8042_AUX_IRQ, host.metrics),
+          onReset: host.onReset,
+          metrics: host.metrics,
+        });
+        pio.register(I8042_DATA_PORT, 1, kbc.dataPort);
+        pio.register(I8042_COMMAND_PORT, 1, kbc.commandPort);
+        break;
+      }
+      case "acpi-pm":
+        pio.register(
+          ACPI_PM_BASE,
+          ACPI_PM_LEN,
+          new AcpiPm({
+            state: spec.state,
+            irq: kvmIrqLine(host.vmFd, ACPI_SCI_IRQ, host.metrics),
+            onPowerOff: host.onPowerOff,
+            onReset: host.onReset,
+            metrics: host.metrics,
+          }),
+        );
+        break;
     }
   }
   return { pio, mmio };

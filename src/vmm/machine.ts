@@ -63,6 +63,8 @@ export interface RunResult {
   metrics: Record<string, number>;
   /** Test-device markers: id -> host monotonic nanoseconds. */
   markers: Map<number, number>;
+  /** Host monotonic nanoseconds when the boot vCPU first entered the guest. */
+  vcpuStartNs?: number;
   deviceErrors: string[];
   wallMs: number;
 }
@@ -137,12 +139,13 @@ export class Machine {
         serialFd = openSync(config.serial.path, "w");
         closeSerial = true;
       }
-      const devices = defaultDevices({ outputFd: serialFd });
+      const devices = defaultDevices({ outputFd: serialFd, platform: boot.platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       const supported = system.supportedCpuid();
       const mmapSize = system.vcpuMmapSize();
 
       const markers = new Map<number, number>();
+      let vcpuStartNs: number | undefined;
       const deviceErrors: string[] = [];
       let first: { reason: StopReason; code?: number; message?: string } | undefined;
       let timedOut = false;
@@ -155,7 +158,8 @@ export class Machine {
         boot,
         metrics,
         onMessage: (m) => {
-          if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+          if (m.type === "ready" && m.vcpu === 0) vcpuStartNs = m.ns;
+          else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
           else if (m.type === "marker") markers.set(m.id, m.ns);
           else if (m.type === "device-error") deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
           else if (m.type === "stopped") {
@@ -193,6 +197,7 @@ export class Machine {
           outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
         metrics: metrics.snapshot(),
         markers,
+        vcpuStartNs,
         deviceErrors,
         wallMs: performance.now() - started,
       };
@@ -234,7 +239,11 @@ export class Machine {
   }
 
   /** Puts the guest image in RAM: a bzImage by the Linux boot protocol, anything else as an ELF guest. */
-  private loadGuest(mem: GuestMemory, image: Uint8Array, memSize: number): BootState {
+  private loadGuest(
+    mem: GuestMemory,
+    image: Uint8Array,
+    memSize: number,
+  ): BootState & { platform: "micro" | "pc" } {
     const config = this.config;
     if (looksLikeBzImage(image)) {
       if (KvmSystem.isPvm() && !config.force) {
@@ -250,7 +259,14 @@ export class Machine {
         memSize,
         acpi: platformAcpi(config.cpus),
       });
-      return { rip: linux.entry, rsp: 0, rdi: 0, rsi: linux.bootParams, selectors: LINUX_SELECTORS };
+      return {
+        rip: linux.entry,
+        rsp: 0,
+        rdi: 0,
+        rsi: linux.bootParams,
+        selectors: LINUX_SELECTORS,
+        platform: "pc",
+      };
     }
     if (config.initrd !== undefined)
       throw new ConfigError("--initrd goes with a Linux bzImage kernel, not an ELF guest");
@@ -262,6 +278,7 @@ export class Machine {
       rdi: BOOT_INFO_ADDR,
       rsi: 0,
       selectors: { code: SELECTOR.code64, data: SELECTOR.data },
+      platform: "micro",
     };
   }
 

@@ -10,7 +10,8 @@ export type StopReason =
   | "error"; // entry failure, internal error, unhandled exit, or a vireo bug
 
 export type WorkerMessage =
-  | { type: "ready"; vcpu: number; thread: number; run: SharedArrayBuffer }
+  /** Sent just before the first KVM_RUN; `ns` is the host monotonic clock then. */
+  | { type: "ready"; vcpu: number; thread: number; run: SharedArrayBuffer; ns: number }
   | { type: "metric-names"; segment: number; names: Array<[string, number]> }
   | { type: "marker"; vcpu: number; id: number; ns: number }
   | { type: "device-error"; vcpu: number; device: string; message: string }

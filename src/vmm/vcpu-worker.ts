@@ -71,7 +71,7 @@ function main(): void {
 
   const thread = native().threadRegister();
   flushMetricNames();
-  post({ type: "ready", vcpu: data.index, thread, run: vcpu.runBuffer });
+  post({ type: "ready", vcpu: data.index, thread, run: vcpu.runBuffer, ns: Number(process.hrtime.bigint()) });
 
   const exitCounters = new Map<number, Counter>();
   const countExit = (reason: number) => {

@@ -25,7 +25,8 @@ export interface HarnessResult {
 
 /** Why the harness cannot run here, or undefined when it can. */
 export function harnessUnavailable(): string | undefined {
-  if (spawnSync(QEMU, ["--version"]).status !== 0) return `${QEMU} is not installed (scripts/setup.sh --slow installs it)`;
+  if (spawnSync(QEMU, ["--version"]).status !== 0)
+    return `${QEMU} is not installed (scripts/setup.sh --slow installs it)`;
   if (!findGuestImage()) return "no guest image: run ./bin/vireo image build";
   return undefined;
 }
@@ -44,16 +45,24 @@ export async function runInRealKvm(
   const path = join(dir, `run-${process.pid}-${counter++}.sh`);
   writeFileSync(path, `set -e\ncd ${JSON.stringify(REPO_ROOT)}\n${script}\n`);
   const args = [
-    "-accel", "tcg",
-    "-cpu", "max",
-    "-m", String(opts.memMiB ?? 3072),
-    "-smp", String(opts.cpus ?? 2),
+    "-accel",
+    "tcg",
+    "-cpu",
+    "max",
+    "-m",
+    String(opts.memMiB ?? 3072),
+    "-smp",
+    String(opts.cpus ?? 2),
     "-nographic",
     "-no-reboot",
-    "-kernel", image.kernel,
-    "-initrd", image.harnessInitrd,
-    "-append", `console=ttyS0 quiet panic=-1 vireo.script=${path}`,
-    "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    "-kernel",
+    image.kernel,
+    "-initrd",
+    image.harnessInitrd,
+    "-append",
+    `console=ttyS0 quiet panic=-1 vireo.script=${path}`,
+    "-virtfs",
+    "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
   ];
   const started = Date.now();
   const child = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -71,6 +80,7 @@ export async function runInRealKvm(
   const text = out.replace(/\r/g, "");
   const begin = text.indexOf("VIREO-HARNESS-BEGIN\n");
   const exit = /VIREO-HARNESS-EXIT=(\d+)/.exec(text);
-  const output = begin < 0 ? "" : text.slice(begin + "VIREO-HARNESS-BEGIN\n".length, exit ? exit.index : undefined);
+  const output =
+    begin < 0 ? "" : text.slice(begin + "VIREO-HARNESS-BEGIN\n".length, exit ? exit.index : undefined);
   return { status: exit ? Number(exit[1]) : null, output, console: text, wallMs: Date.now() - started };
 }

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import {
   BOOT_PARAMS_SIZE,
@@ -14,6 +13,7 @@ import { parseBzImage, XLF_KERNEL_64 } from "../../src/arch/x86/bzimage.ts";
 import { buildE820, E820_RAM, type E820Entry, GiB, MiB } from "../../src/arch/x86/e820.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import { makeBzImage } from "../fixtures/bzimage.ts";
+import { findRealKernel, NO_REAL_KERNEL } from "../helpers/real-kernel.ts";
 
 const ZERO_PAGE = 0x7000;
 const CMDLINE = 0x20000;
@@ -266,21 +266,10 @@ describe("placeInitrd", () => {
   });
 });
 
-function findRealKernel(): string | undefined {
-  const env = process.env.VIREO_TEST_KERNEL;
-  if (env) return existsSync(env) ? env : undefined;
-  if (!existsSync("/boot")) return undefined;
-  const k = readdirSync("/boot")
-    .filter((f) => f.startsWith("vmlinuz-"))
-    .sort()
-    .pop();
-  return k ? join("/boot", k) : undefined;
-}
-
 describe("boot layout for a real kernel", () => {
   const path = findRealKernel();
   it("places the kernel and an initrd in 512 MiB and writes its zero page", {
-    skip: path ? false : "no /boot/vmlinuz-* (or VIREO_TEST_KERNEL) on this machine",
+    skip: path ? false : NO_REAL_KERNEL,
   }, () => {
     const raw = readFileSync(path as string);
     const img = parseBzImage(raw);

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import {
   BzImageError,
@@ -11,6 +10,7 @@ import {
   XLF_KERNEL_64,
 } from "../../src/arch/x86/bzimage.ts";
 import { makeBzImage as makeImage } from "../fixtures/bzimage.ts";
+import { findRealKernel, NO_REAL_KERNEL } from "../helpers/real-kernel.ts";
 
 function rejects(img: Uint8Array, pattern: RegExp): void {
   assert.throws(
@@ -131,21 +131,10 @@ describe("parseBzImage", () => {
   });
 });
 
-function findRealKernel(): string | undefined {
-  const env = process.env.VIREO_TEST_KERNEL;
-  if (env) return existsSync(env) ? env : undefined;
-  if (!existsSync("/boot")) return undefined;
-  const k = readdirSync("/boot")
-    .filter((f) => f.startsWith("vmlinuz-"))
-    .sort()
-    .pop();
-  return k ? join("/boot", k) : undefined;
-}
-
 describe("parseBzImage on a real kernel", () => {
   const path = findRealKernel();
   it("parses the installed kernel", {
-    skip: path ? false : "no /boot/vmlinuz-* (or VIREO_TEST_KERNEL) on this machine",
+    skip: path ? false : NO_REAL_KERNEL,
   }, () => {
     const img = readFileSync(path as string);
     const b = parseBzImage(img);

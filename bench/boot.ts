@@ -1,0 +1,155 @@
+/**
+ * `vireo bench boot`: how long a stock Debian kernel takes from vCPU start to its init running, under vireo and
+ * under `qemu-system-x86_64 -enable-kvm` with the same kernel, initramfs and command line, rounds interleaved.
+ *
+ * The guest image's init writes test-device marker 1 (a byte to port 0x518 through /dev/port) as soon as it
+ * starts. vireo timestamps it with its test device; QEMU gets an isa-debugcon at 0x518 whose output we watch.
+ * For vireo the interval starts when the boot vCPU first enters KVM_RUN. QEMU does not report that moment, so
+ * its interval starts when the process is spawned (which includes QEMU's own start-up); vireo's spawn-based
+ * figure is reported too, and the ratio uses the spawn-based figures of both, like for like.
+ *
+ * Needs real KVM: on a PVM host run it in the real-KVM harness (`npm run realkvm -- './bin/vireo bench boot'`).
+ */
+import { spawn } from "node:child_process";
+import { VireoError } from "../src/errors.ts";
+import { findGuestImage } from "../src/image/guest-image.ts";
+import { KvmSystem } from "../src/kvm/system.ts";
+import { Machine } from "../src/vmm/machine.ts";
+import type { BenchOptions } from "./index.ts";
+import { formatTable, median } from "./stats.ts";
+
+export const BOOT_CMDLINE =
+  'console=ttyS0 quiet io_delay=none lpj=5000000 tsc=reliable no_timer_check i8042.noaux vireo.run="true"';
+
+interface Round {
+  vireoFromVcpuMs: number;
+  vireoFromStartMs: number;
+  qemuFromStartMs: number;
+}
+
+async function vireoRound(
+  kernel: string,
+  initrd: string,
+  cpus: number,
+): Promise<Omit<Round, "qemuFromStartMs">> {
+  const startNs = Number(process.hrtime.bigint());
+  const result = await new Machine({
+    kernel,
+    initrd,
+    cmdline: BOOT_CMDLINE,
+    memMiB: 512,
+    cpus,
+    serial: { kind: "none" },
+    timeoutMs: 1_800_000,
+    force: true,
+  }).run();
+  const marker = result.markers.get(1);
+  if (marker === undefined || result.vcpuStartNs === undefined) {
+    throw new VireoError(
+      "VIREO_BENCH_FAILED",
+      `vireo: the guest's init never wrote its marker (${result.outcome} ${result.message ?? ""})`,
+    );
+  }
+  return { vireoFromVcpuMs: (marker - result.vcpuStartNs) / 1e6, vireoFromStartMs: (marker - startNs) / 1e6 };
+}
+
+function qemuRound(kernel: string, initrd: string, cpus: number): Promise<number> {
+  const args = [
+    "-enable-kvm",
+    "-cpu",
+    "host",
+    "-m",
+    "512",
+    "-smp",
+    String(cpus),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-kernel",
+    kernel,
+    "-initrd",
+    initrd,
+    "-append",
+    BOOT_CMDLINE,
+    "-chardev",
+    "stdio,id=marker",
+    "-device",
+    "isa-debugcon,iobase=0x518,chardev=marker",
+  ];
+  const started = process.hrtime.bigint();
+  const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  return new Promise((resolve, reject) => {
+    let seen: number | undefined;
+    child.stdout.once("data", () => {
+      seen = Number(process.hrtime.bigint() - started) / 1e6;
+    });
+    child.on("error", (e) =>
+      reject(new VireoError("VIREO_BENCH_FAILED", `qemu-system-x86_64: ${e.message}`)),
+    );
+    child.on("close", (code) => {
+      if (seen !== undefined) resolve(seen);
+      else
+        reject(
+          new VireoError(
+            "VIREO_BENCH_FAILED",
+            `qemu-system-x86_64 exited ${code} before the marker: ${stderr.trim()}`,
+          ),
+        );
+    });
+  });
+}
+
+export async function benchBoot(opts: BenchOptions & { force?: boolean }) {
+  const image = findGuestImage();
+  if (!image) throw new VireoError("VIREO_BENCH_FAILED", "no guest image: run ./bin/vireo image build");
+  if (KvmSystem.isPvm() && !opts.force) {
+    throw new VireoError(
+      "VIREO_PVM_SLOW",
+      "this host's KVM is PVM, where a stock kernel boots emulated; run the benchmark in the real-KVM harness: npm run realkvm -- './bin/vireo bench boot'",
+    );
+  }
+  const cpus = 1;
+  const rounds: Round[] = [];
+  for (let i = 0; i < opts.rounds; i++) {
+    const v = await vireoRound(image.kernel, image.guestInitrd, cpus);
+    const q = await qemuRound(image.kernel, image.guestInitrd, cpus);
+    rounds.push({ ...v, qemuFromStartMs: q });
+    if (!opts.json && process.stderr.isTTY) process.stderr.write(`\rround ${i + 1}/${opts.rounds}`);
+  }
+  if (!opts.json && process.stderr.isTTY) process.stderr.write("\n");
+  const vireoFromVcpuMs = median(rounds.map((r) => r.vireoFromVcpuMs));
+  const vireoFromStartMs = median(rounds.map((r) => r.vireoFromStartMs));
+  const qemuFromStartMs = median(rounds.map((r) => r.qemuFromStartMs));
+  return {
+    kernel: image.kernelVersion,
+    cpus,
+    rounds,
+    medians: { vireoFromVcpuMs, vireoFromStartMs, qemuFromStartMs },
+    ratio: vireoFromStartMs / qemuFromStartMs,
+  };
+}
+
+export function formatBoot(r: Awaited<ReturnType<typeof benchBoot>>): string {
+  const m = r.medians;
+  return [
+    `boot to init, Linux ${r.kernel}, ${r.cpus} vCPU, median of ${r.rounds.length} interleaved rounds`,
+    formatTable(
+      ["VMM", "from vCPU start", "from process start", "vs QEMU"],
+      [
+        [
+          "vireo",
+          `${m.vireoFromVcpuMs.toFixed(0)} ms`,
+          `${m.vireoFromStartMs.toFixed(0)} ms`,
+          `${r.ratio.toFixed(2)}x`,
+        ],
+        ["qemu -enable-kvm", "(not reported)", `${m.qemuFromStartMs.toFixed(0)} ms`, "1.00x"],
+      ],
+    ),
+  ].join("\n");
+}
