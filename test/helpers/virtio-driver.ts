@@ -578,3 +578,271 @@ export function makeTestMemory(opts: { size?: number; base?: number; shared?: bo
   const buffer = opts.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
   return new GuestMemory(buffer, opts.base ?? 0x10000);
 }
+
+// ---- Driving a whole virtio-pci device, as a Linux driver does (virtio 1.2, 4.1 and 3.1) ----
+
+/** What a virtio vendor-specific capability says (4.1.4 struct virtio_pci_cap). */
+export interface VirtioPciCapInfo {
+  capOffset: number;
+  cfgType: number;
+  bar: number;
+  offset: number;
+  length: number;
+  /** NOTIFY_CFG only. */
+  notifyOffMultiplier?: number;
+}
+
+/** The PCI side a test needs: configuration space access and BAR programming (a PciFunction has these). */
+export interface PciConfigAccess {
+  configRead(offset: number, size: 1 | 2 | 4): number;
+  configWrite(offset: number, size: 1 | 2 | 4, value: number): void;
+}
+
+/** The MMIO bus the BARs decode on (a Bus has these). */
+export interface MmioAccess {
+  read(addr: number, data: Uint8Array): boolean;
+  write(addr: number, data: Uint8Array): boolean;
+}
+
+const VIRTIO_STATUS_ACKNOWLEDGE = 1;
+const VIRTIO_STATUS_DRIVER = 2;
+const VIRTIO_STATUS_DRIVER_OK = 4;
+const VIRTIO_STATUS_FEATURES_OK = 8;
+
+/**
+ * A virtio-pci driver for tests, written from the specification rather than from vireo's transport: it assigns
+ * BARs and enables decoding like firmware, walks the capability list for the virtio structures (4.1.4), then
+ * initializes the device (3.1.1), sets queues up (4.1.5.1.3) and notifies (4.1.5.2) through MMIO accesses.
+ */
+export class VirtioPciTestDriver {
+  readonly caps = new Map<number, VirtioPciCapInfo>();
+  private readonly bars = new Map<number, number>();
+  readonly queues = new Map<number, VirtioTestDriver>();
+  private nextQueueMem: number;
+
+  constructor(
+    readonly cfg: PciConfigAccess,
+    readonly mmio: MmioAccess,
+    readonly mem: GuestMemory,
+    opts: { barBase?: number } = {},
+  ) {
+    this.nextQueueMem = mem.base;
+    this.assignBars(opts.barBase ?? 0xe000_0000);
+    this.walkCapabilities();
+  }
+
+  /** Sizes and places every memory BAR (PCI 3.0 6.2.5.1), then enables memory decoding and bus mastering. */
+  private assignBars(base: number): void {
+    let next = base;
+    for (let i = 0; i < 6; i++) {
+      const reg = 0x10 + 4 * i;
+      const orig = this.cfg.configRead(reg, 4);
+      if (orig & 1) continue; // I/O
+      const is64 = ((orig >>> 1) & 3) === 2;
+      this.cfg.configWrite(reg, 4, 0xffffffff);
+      const lo = this.cfg.configRead(reg, 4) & 0xfffffff0;
+      if (lo === 0) {
+        if (is64) i++;
+        continue;
+      }
+      const size = (~lo >>> 0) + 1;
+      next = Math.ceil(next / size) * size;
+      this.cfg.configWrite(reg, 4, next);
+      if (is64) this.cfg.configWrite(reg + 4, 4, 0);
+      this.bars.set(i, next);
+      next += size;
+      if (is64) i++;
+    }
+    this.cfg.configWrite(0x04, 2, this.cfg.configRead(0x04, 2) | 0x6);
+  }
+
+  /** 4.1.4: vendor-specific capabilities (ID 0x09) with cfg_type; the first of each type is the one to use. */
+  private walkCapabilities(): void {
+    if (!(this.cfg.configRead(0x06, 2) & 0x10)) throw new Error("no capability list");
+    let at = this.cfg.configRead(0x34, 1) & 0xfc;
+    let guard = 0;
+    while (at !== 0 && guard++ < 48) {
+      const id = this.cfg.configRead(at, 1);
+      if (id === 0x09) {
+        const cfgType = this.cfg.configRead(at + 3, 1);
+        const info: VirtioPciCapInfo = {
+          capOffset: at,
+          cfgType,
+          bar: this.cfg.configRead(at + 4, 1),
+          offset: this.cfg.configRead(at + 8, 4),
+          length: this.cfg.configRead(at + 12, 4),
+        };
+        if (cfgType === 2) info.notifyOffMultiplier = this.cfg.configRead(at + 16, 4);
+        if (!this.caps.has(cfgType)) this.caps.set(cfgType, info);
+      }
+      at = this.cfg.configRead(at + 1, 1) & 0xfc;
+    }
+  }
+
+  /** Offset of the first capability with `id` in configuration space, or 0. */
+  findCapability(id: number): number {
+    let at = this.cfg.configRead(0x34, 1) & 0xfc;
+    let guard = 0;
+    while (at !== 0 && guard++ < 48) {
+      if (this.cfg.configRead(at, 1) === id) return at;
+      at = this.cfg.configRead(at + 1, 1) & 0xfc;
+    }
+    return 0;
+  }
+
+  /** Guest-physical address of `offset` in the structure of `cfgType`. */
+  addr(cfgType: number, offset = 0): number {
+    const cap = this.caps.get(cfgType);
+    if (!cap) throw new Error(`no virtio capability of type ${cfgType}`);
+    const base = this.bars.get(cap.bar);
+    if (base === undefined) throw new Error(`BAR ${cap.bar} not assigned`);
+    return base + cap.offset + offset;
+  }
+
+  barAddress(index: number): number {
+    const a = this.bars.get(index);
+    if (a === undefined) throw new Error(`BAR ${index} not assigned`);
+    return a;
+  }
+
+  read(addr: number, size: 1 | 2 | 4): number {
+    const b = new Uint8Array(size);
+    this.mmio.read(addr, b);
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = v * 256 + (b[i] as number);
+    return v;
+  }
+
+  write(addr: number, size: 1 | 2 | 4, value: number): void {
+    const b = new Uint8Array(size);
+    for (let i = 0; i < size; i++) b[i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
+    this.mmio.write(addr, b);
+  }
+
+  /** A field of struct virtio_pci_common_cfg (4.1.4.3). */
+  common(offset: number, size: 1 | 2 | 4): number {
+    return this.read(this.addr(1, offset), size);
+  }
+
+  setCommon(offset: number, size: 1 | 2 | 4, value: number): void {
+    this.write(this.addr(1, offset), size, value);
+  }
+
+  get status(): number {
+    return this.common(0x14, 1);
+  }
+
+  set status(v: number) {
+    this.setCommon(0x14, 1, v);
+  }
+
+  /** All 64 offered feature bits, through device_feature_select. */
+  deviceFeatures(): bigint {
+    this.setCommon(0x00, 4, 0);
+    const lo = this.common(0x04, 4);
+    this.setCommon(0x00, 4, 1);
+    const hi = this.common(0x04, 4);
+    return (BigInt(hi) << 32n) | BigInt(lo);
+  }
+
+  /**
+   * 3.1.1 steps 1-6: reset, ACKNOWLEDGE, DRIVER, accept `features` (default: all offered), FEATURES_OK, and
+   * re-read the status. Returns whether the device kept FEATURES_OK.
+   */
+  negotiate(features?: bigint | ((offered: bigint) => bigint)): boolean {
+    this.status = 0;
+    if (this.status !== 0) throw new Error("device did not reset");
+    this.status = VIRTIO_STATUS_ACKNOWLEDGE;
+    this.status = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER;
+    const offered = this.deviceFeatures();
+    const accepted =
+      features === undefined ? offered : typeof features === "function" ? features(offered) : features;
+    this.setCommon(0x08, 4, 0);
+    this.setCommon(0x0c, 4, Number(accepted & 0xffffffffn));
+    this.setCommon(0x08, 4, 1);
+    this.setCommon(0x0c, 4, Number(accepted >> 32n));
+    this.status = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK;
+    this.negotiated = accepted;
+    return (this.status & VIRTIO_STATUS_FEATURES_OK) !== 0;
+  }
+
+  negotiated = 0n;
+
+  /** 3.1.1 step 8. */
+  driverOk(): void {
+    this.status = this.status | VIRTIO_STATUS_DRIVER_OK;
+  }
+
+  /**
+   * 4.1.5.1.3 Virtqueue Configuration for queue q: select, read the size, optionally shrink it, lay the rings
+   * out (the ring layout follows the negotiated VIRTIO_F_RING_PACKED), assign the MSI-X vector, write the
+   * addresses, enable. Returns the ring driver.
+   */
+  setupQueue(q: number, opts: { size?: number; vector?: number; memBytes?: number } = {}): VirtioTestDriver {
+    this.setCommon(0x16, 2, q);
+    const max = this.common(0x18, 2);
+    if (max === 0) throw new Error(`queue ${q} is not available`);
+    const size = opts.size ?? max;
+    if (size !== max) this.setCommon(0x18, 2, size);
+    const kind: QueueKind = this.negotiated & (1n << 34n) ? "packed" : "split";
+    const bytes = opts.memBytes ?? 0x40000;
+    const base = this.nextQueueMem;
+    this.nextQueueMem += bytes;
+    if (this.nextQueueMem > this.mem.end) throw new Error("test memory exhausted by queues");
+    const drv = new VirtioTestDriver(this.mem, {
+      kind,
+      size,
+      base,
+      limit: base + bytes,
+      features: {
+        eventIdx: (this.negotiated & (1n << 29n)) !== 0n,
+        indirect: (this.negotiated & (1n << 28n)) !== 0n,
+      },
+    });
+    if (opts.vector !== undefined) this.setCommon(0x1a, 2, opts.vector);
+    const c = drv.config;
+    this.setCommon(0x20, 4, c.descAddr);
+    this.setCommon(0x24, 4, 0);
+    this.setCommon(0x28, 4, c.driverAddr);
+    this.setCommon(0x2c, 4, 0);
+    this.setCommon(0x30, 4, c.deviceAddr);
+    this.setCommon(0x34, 4, 0);
+    this.setCommon(0x1c, 2, 1);
+    this.queues.set(q, drv);
+    return drv;
+  }
+
+  /** 4.1.5.2: writes the queue index to the queue's notify address. */
+  kick(q: number): void {
+    this.setCommon(0x16, 2, q);
+    const off = this.common(0x1e, 2);
+    const mult = this.caps.get(2)?.notifyOffMultiplier ?? 0;
+    this.write(this.addr(2, off * mult), 2, q);
+  }
+
+  /** Reads (and so clears) the ISR status (4.1.4.5). */
+  readIsr(): number {
+    return this.read(this.addr(3), 1);
+  }
+
+  /** Device-specific configuration. */
+  config(offset: number, size: 1 | 2 | 4): number {
+    return this.read(this.addr(4, offset), size);
+  }
+
+  /** Enables MSI-X and programs vector v's message as (addr 0xfee00000, data = 0x40 + v), unmasked. */
+  enableMsix(vectors: number): void {
+    const cap = this.findCapability(0x11);
+    if (cap === 0) throw new Error("no MSI-X capability");
+    const table = this.cfg.configRead(cap + 4, 4);
+    const tableBase = this.barAddress(table & 7) + (table & ~7);
+    for (let v = 0; v < vectors; v++) {
+      const e = tableBase + 16 * v;
+      this.write(e, 4, 0xfee00000);
+      this.write(e + 4, 4, 0);
+      this.write(e + 8, 4, 0x40 + v);
+      this.write(e + 12, 4, 0);
+    }
+    this.cfg.configWrite(cap + 2, 2, 0x8000);
+  }
+}

@@ -1,0 +1,819 @@
+/**
+ * The virtio device core (OASIS virtio 1.2, 2 Basic Facilities of a Virtio Device and 3 General Initialization
+ * And Device Operation), independent of the transport and of the thread it runs on.
+ *
+ * A VirtioDevice joins a device-type model (blk, net, console, rng: features, configuration space, queue
+ * processing; see VirtioDeviceModel) to the state every virtio device has: the device status state machine
+ * (2.1), feature negotiation (2.2), the configuration generation (2.5), the virtqueues' configuration (2.6) and
+ * interrupt delivery. A transport (pci-transport.ts) maps its registers onto the methods here.
+ *
+ * All mutable state lives in a SharedArrayBuffer (createState): every thread that may serve the device (each
+ * vCPU thread trapping a register access, an ioeventfd worker serving a queue notification, a backend I/O thread
+ * injecting received data) builds its own VirtioDevice, with its own model object, over the same state. Locks in
+ * the state keep them one device:
+ * - the device lock serializes register accesses (status, features, queue configuration, device config);
+ * - each queue has a lock held while the queue is processed, so different queues run in parallel on different
+ *   threads. Lock order: device lock, then queue locks in ascending order; queue processing never takes the
+ *   device lock (it reads the status with atomics and sets DEVICE_NEEDS_RESET with an atomic OR).
+ *
+ * The guest is hostile: a malformed ring (VirtqueueError), a malformed request (VirtioRequestError) or anything
+ * else thrown while serving a notification sets DEVICE_NEEDS_RESET and sends a configuration change
+ * notification (2.1.2), reported once through `log`; nothing is thrown out of a register access or `notify`.
+ */
+import { VireoError } from "../../errors.ts";
+import type { GuestMemory } from "../../memory/guest-memory.ts";
+import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { SharedLock } from "../../vmm/shared-lock.ts";
+import {
+  hasFeature,
+  TRANSPORT_FEATURES,
+  VIRTIO_F,
+  VIRTIO_MSI_NO_VECTOR,
+  VIRTIO_STATUS,
+} from "./constants.ts";
+import {
+  createVirtqueue,
+  type DescriptorChain,
+  QUEUE_STATE_WORDS,
+  type Virtqueue,
+  VirtqueueError,
+} from "./queue/index.ts";
+
+/** How a device's interrupts leave it; the transport turns them into MSI-X messages or INTx plus ISR bits. */
+export interface VirtioInterrupts {
+  /** A used buffer notification for a queue whose vector (queue_msix_vector) is `vector`. */
+  queue(vector: number): void;
+  /** A configuration change notification; `vector` is config_msix_vector. */
+  config(vector: number): void;
+}
+
+/**
+ * What a device type provides. One object per thread, all over the same VirtioDevice state; whatever a model
+ * must share between threads goes in its `stateBytes` region (VirtioContext.state).
+ */
+export interface VirtioDeviceModel {
+  /** Virtio Device ID (5 Device Types). */
+  readonly type: number;
+  readonly name: string;
+  readonly numQueues: number;
+  /** Queue Size the device offers (queue_size after reset). */
+  readonly maxQueueSize: number;
+  /** Device-type feature bits offered; the core adds the transport features (TRANSPORT_FEATURES). */
+  readonly features: bigint;
+  /** Bytes of device-specific configuration space. */
+  readonly configSize: number;
+  /** Bytes of shared state the model needs (zeroed when the state is created). */
+  readonly stateBytes: number;
+  /** Called once by the VirtioDevice constructor. */
+  bind(ctx: VirtioContext): void;
+  /** Reads device-specific configuration (offset and data within configSize). Runs under the device lock. */
+  readConfig(offset: number, data: Uint8Array): void;
+  /** Writes device-specific configuration; most fields are read-only. Runs under the device lock. */
+  writeConfig?(offset: number, data: Uint8Array): void;
+  /** Device-type feature rules (dependencies between bits): a reason to refuse FEATURES_OK, or null. */
+  validateFeatures?(accepted: bigint): string | null;
+  /**
+   * An available buffer notification for queue `q` (or the device just became live). Called with no lock held;
+   * the model processes the queue inside ctx.withQueue / ctx.drain.
+   */
+  queueNotified(q: number): void;
+  /** The driver set DRIVER_OK. Called with no lock held. Default: queueNotified for every queue. */
+  activate?(): void;
+  /** The device was reset. Runs under the device lock with every queue idle. */
+  reset?(): void;
+}
+
+/** What the core offers a model. */
+export interface VirtioContext {
+  readonly mem: GuestMemory;
+  readonly name: string;
+  /** The model's shared state region (stateBytes bytes). */
+  readonly state: DataView;
+  readonly stateBuffer: SharedArrayBuffer;
+  /** Byte offset of `state` in stateBuffer (8-aligned). */
+  readonly stateOffset: number;
+  readonly metrics: MetricsSink | undefined;
+  /** Negotiated features (meaningful once FEATURES_OK is set). */
+  features(): bigint;
+  hasFeature(bit: number): boolean;
+  /** DRIVER_OK set and DEVICE_NEEDS_RESET clear: the device may use its queues. */
+  running(): boolean;
+  /**
+   * Runs `fn` under queue q's lock with the queue (null if the device is not running or the queue is not
+   * enabled). Anything `fn` throws sets DEVICE_NEEDS_RESET; withQueue then returns undefined.
+   */
+  withQueue<T>(q: number, fn: (vq: Virtqueue | null) => T): T | undefined;
+  /**
+   * The standard handling loop for queue q (see queue/index.ts): every available chain goes to `handle`, which
+   * returns the bytes it wrote; the chain is then used. Sends the used buffer notification if the driver wants
+   * one.
+   */
+  drain(q: number, handle: (chain: DescriptorChain) => number): void;
+  /** After pushing used buffers on `vq` outside drain: notify the driver if it asked to be. */
+  notifyUsed(q: number, vq: Virtqueue): void;
+  /** The device changed its configuration space: bump config_generation and notify the driver (2.5). */
+  configChanged(): void;
+  /** The device cannot go on: set DEVICE_NEEDS_RESET and tell the driver (2.1.2). */
+  needsReset(reason: string): void;
+  /** A warning for the log (for problems that do not stop the device). */
+  warn(message: string): void;
+}
+
+/** A request the driver formed in a way the device type forbids; the device sets DEVICE_NEEDS_RESET. */
+export class VirtioRequestError extends VireoError {
+  constructor(message: string) {
+    super("VIREO_VIRTIO_REQUEST", message);
+  }
+}
+
+export class VirtioStateError extends VireoError {
+  constructor(message: string) {
+    super("VIREO_VIRTIO_STATE", message);
+  }
+}
+
+// ---- shared state layout (Int32 words) ----------------------------------------------------------------------
+
+const H_LOCK = 0;
+const H_MAGIC = 1;
+const H_STATUS = 2;
+const H_GENERATION = 3;
+const H_DEVICE_FEATURE_SELECT = 4;
+const H_DRIVER_FEATURE_SELECT = 5;
+const H_DRIVER_FEATURES_LO = 6;
+const H_DRIVER_FEATURES_HI = 7;
+const H_QUEUE_SELECT = 8;
+const H_CONFIG_VECTOR = 9;
+const H_ISR = 10;
+const H_NUM_QUEUES = 11;
+const HEADER_WORDS = 16;
+
+const Q_LOCK = 0;
+const Q_SIZE = 1;
+const Q_ENABLE = 2;
+const Q_VECTOR = 3;
+const Q_DESC = 4; // lo, hi
+const Q_DRIVER = 6; // lo, hi
+const Q_DEVICE = 8; // lo, hi
+const Q_EPOCH = 10;
+const Q_STATE = 16;
+const QUEUE_WORDS = Q_STATE + QUEUE_STATE_WORDS;
+
+const MAGIC = 0x76697274; // "virt"
+
+/** Per-queue fields of the common configuration, as transports name them (4.1.4.3). */
+export type QueueField =
+  | "size"
+  | "msix_vector"
+  | "enable"
+  | "desc_lo"
+  | "desc_hi"
+  | "driver_lo"
+  | "driver_hi"
+  | "device_lo"
+  | "device_hi"
+  | "reset";
+
+const QUEUE_FIELD_WORD: Record<Exclude<QueueField, "enable" | "reset">, number> = {
+  size: Q_SIZE,
+  msix_vector: Q_VECTOR,
+  desc_lo: Q_DESC,
+  desc_hi: Q_DESC + 1,
+  driver_lo: Q_DRIVER,
+  driver_hi: Q_DRIVER + 1,
+  device_lo: Q_DEVICE,
+  device_hi: Q_DEVICE + 1,
+};
+
+export interface VirtioStateLayout {
+  numQueues: number;
+  /** The model's shared state bytes. */
+  stateBytes?: number;
+}
+
+function align8(n: number): number {
+  return Math.ceil(n / 8) * 8;
+}
+
+function layoutBytes(numQueues: number): number {
+  return align8(4 * (HEADER_WORDS + numQueues * QUEUE_WORDS));
+}
+
+/** Bytes of shared state a device with this layout needs. */
+export function virtioStateBytes(layout: VirtioStateLayout): number {
+  return layoutBytes(layout.numQueues) + align8(layout.stateBytes ?? 0);
+}
+
+/** Writes the reset state of the core part (not the model's region) into `words`. */
+function initCore(words: Int32Array, numQueues: number, maxQueueSize: number): void {
+  words.fill(0, 0, HEADER_WORDS + numQueues * QUEUE_WORDS);
+  SharedLock.init(words.buffer as SharedArrayBuffer, words.byteOffset + 4 * H_LOCK);
+  words[H_CONFIG_VECTOR] = VIRTIO_MSI_NO_VECTOR;
+  words[H_NUM_QUEUES] = numQueues;
+  for (let q = 0; q < numQueues; q++) {
+    const b = HEADER_WORDS + q * QUEUE_WORDS;
+    words[b + Q_SIZE] = maxQueueSize;
+    words[b + Q_VECTOR] = VIRTIO_MSI_NO_VECTOR;
+  }
+}
+
+const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+export interface VirtioDeviceOptions {
+  /** From VirtioDevice.createState (or any buffer of virtioStateBytes, with `init: true` on exactly one thread). */
+  state: SharedArrayBuffer;
+  /** Reset the state here. Exactly one constructor, before the state is shared, passes true. */
+  init?: boolean;
+  model: VirtioDeviceModel;
+  /** Guest RAM as this thread sees it. */
+  mem: GuestMemory;
+  interrupts: VirtioInterrupts;
+  metrics?: MetricsSink;
+  /** Problems the guest caused (once per DEVICE_NEEDS_RESET) and warnings. Default: stderr. */
+  log?: (message: string) => void;
+}
+
+const defaultLog = (message: string): void => {
+  process.stderr.write(`vireo: ${message}\n`);
+};
+
+interface CachedQueue {
+  epoch: number;
+  vq: Virtqueue;
+}
+
+export class VirtioDevice {
+  readonly model: VirtioDeviceModel;
+  readonly name: string;
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  /** Every feature offered: the model's plus TRANSPORT_FEATURES. */
+  readonly offeredFeatures: bigint;
+  readonly mem: GuestMemory;
+  private readonly words: Int32Array;
+  private readonly lock: SharedLock;
+  private readonly queueLocks: SharedLock[];
+  private readonly queueCache: Array<CachedQueue | undefined>;
+  private readonly interrupts: VirtioInterrupts;
+  private readonly log: (message: string) => void;
+  private readonly metrics: MetricsSink | undefined;
+  /** Work to run once the device lock is released (model callbacks that may call out of the device). */
+  private deferred: Array<() => void> = [];
+  private readonly cNotifications: Counter;
+  private readonly cQueueInterrupts: Counter;
+  private readonly cConfigInterrupts: Counter;
+  private readonly cErrors: Counter;
+  private readonly cNegotiationFailures: Counter;
+  private readonly ctx: VirtioContext;
+
+  /** A fresh state buffer for a device with `layout` (a model object has the right shape). */
+  static createState(layout: VirtioStateLayout & { maxQueueSize?: number }): SharedArrayBuffer {
+    const state = new SharedArrayBuffer(virtioStateBytes(layout));
+    const words = new Int32Array(state);
+    initCore(words, layout.numQueues, layout.maxQueueSize ?? 0);
+    // The magic goes last: a thread that sees it sees the rest.
+    Atomics.store(words, H_MAGIC, MAGIC);
+    return state;
+  }
+
+  constructor(opts: VirtioDeviceOptions) {
+    const { state, model } = opts;
+    if (!(state instanceof SharedArrayBuffer)) {
+      throw new VirtioStateError(
+        "VirtioDevice: state must be a SharedArrayBuffer (it is shared between threads)",
+      );
+    }
+    const need = virtioStateBytes(model);
+    if (state.byteLength < need) {
+      throw new VirtioStateError(
+        `VirtioDevice ${model.name}: state has ${state.byteLength} bytes, needs ${need}`,
+      );
+    }
+    const n = model.numQueues;
+    if (!Number.isInteger(n) || n < 1 || n > 0x8000) {
+      throw new VirtioStateError(`VirtioDevice ${model.name}: ${n} queues is not in 1..32768`);
+    }
+    this.words = new Int32Array(state, 0, HEADER_WORDS + n * QUEUE_WORDS);
+    if (opts.init) {
+      initCore(this.words, n, model.maxQueueSize);
+      new Uint8Array(state, layoutBytes(n), align8(model.stateBytes)).fill(0);
+      Atomics.store(this.words, H_MAGIC, MAGIC);
+    }
+    if (Atomics.load(this.words, H_MAGIC) !== MAGIC) {
+      throw new VirtioStateError(
+        `VirtioDevice ${model.name}: state is not initialized (use VirtioDevice.createState or init: true)`,
+      );
+    }
+    if (this.words[H_NUM_QUEUES] !== n) {
+      throw new VirtioStateError(
+        `VirtioDevice ${model.name}: state was made for ${this.words[H_NUM_QUEUES]} queues, the model has ${n}`,
+      );
+    }
+    // createState without maxQueueSize leaves queue sizes 0: fill them in once (idempotent across threads).
+    for (let q = 0; q < n; q++) {
+      Atomics.compareExchange(this.words, this.qb(q) + Q_SIZE, 0, model.maxQueueSize);
+    }
+    this.model = model;
+    this.name = model.name;
+    this.numQueues = n;
+    this.maxQueueSize = model.maxQueueSize;
+    this.offeredFeatures = model.features | TRANSPORT_FEATURES;
+    this.mem = opts.mem;
+    this.interrupts = opts.interrupts;
+    this.log = opts.log ?? defaultLog;
+    this.metrics = opts.metrics;
+    this.lock = new SharedLock(state, 4 * H_LOCK);
+    this.queueLocks = [];
+    for (let q = 0; q < n; q++) this.queueLocks.push(new SharedLock(state, 4 * (this.qb(q) + Q_LOCK)));
+    this.queueCache = new Array(n).fill(undefined);
+    const m = opts.metrics;
+    const prefix = `virtio.${this.name}`;
+    this.cNotifications = m?.counter(`${prefix}.notifications`) ?? NO_COUNTER;
+    this.cQueueInterrupts = m?.counter(`${prefix}.queue_interrupts`) ?? NO_COUNTER;
+    this.cConfigInterrupts = m?.counter(`${prefix}.config_interrupts`) ?? NO_COUNTER;
+    this.cErrors = m?.counter(`${prefix}.errors`) ?? NO_COUNTER;
+    this.cNegotiationFailures = m?.counter(`${prefix}.negotiation_failures`) ?? NO_COUNTER;
+    const stateOffset = layoutBytes(n);
+    const stateView = new DataView(state, stateOffset, align8(model.stateBytes));
+    this.ctx = {
+      mem: opts.mem,
+      name: this.name,
+      state: stateView,
+      stateBuffer: state,
+      stateOffset,
+      metrics: m,
+      features: () => this.negotiatedFeatures,
+      hasFeature: (bit) => hasFeature(this.negotiatedFeatures, bit),
+      running: () => this.running,
+      withQueue: (q, fn) => this.withQueue(q, fn),
+      drain: (q, handle) => this.drain(q, handle),
+      notifyUsed: (q, vq) => {
+        if (vq.shouldNotifyDriver()) this.raiseQueue(q);
+      },
+      configChanged: () => this.configChanged(),
+      needsReset: (reason) => this.needsReset(reason),
+      warn: (message) => this.log(`virtio ${this.name}: ${message}`),
+    };
+    model.bind(this.ctx);
+  }
+
+  private qb(q: number): number {
+    return HEADER_WORDS + q * QUEUE_WORDS;
+  }
+
+  /** Runs `fn` under the device lock, then whatever it deferred. */
+  private locked<T>(fn: () => T): T {
+    this.lock.lock();
+    let result: T;
+    try {
+      result = fn();
+    } finally {
+      this.lock.unlock();
+    }
+    this.runDeferred();
+    return result;
+  }
+
+  private runDeferred(): void {
+    while (this.deferred.length > 0) {
+      const work = this.deferred;
+      this.deferred = [];
+      for (const fn of work) this.guard("deferred work", fn);
+    }
+  }
+
+  /** Runs a model callback; anything it throws sets DEVICE_NEEDS_RESET instead of leaving the device. */
+  private guard(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.needsReset(`${what}: ${describeError(e)}`);
+    }
+  }
+
+  // ---- device status (2.1) ----------------------------------------------------------------------------------
+
+  get status(): number {
+    return Atomics.load(this.words, H_STATUS) & 0xff;
+  }
+
+  /** DRIVER_OK set and DEVICE_NEEDS_RESET clear. */
+  get running(): boolean {
+    const s = this.status;
+    return (s & (VIRTIO_STATUS.DRIVER_OK | VIRTIO_STATUS.DEVICE_NEEDS_RESET)) === VIRTIO_STATUS.DRIVER_OK;
+  }
+
+  /** A driver write of device_status. */
+  writeStatus(value: number): void {
+    this.locked(() => {
+      const v = value & 0xff;
+      // 4.1.4.3.1 / 2.4: writing 0 resets the device.
+      if (v === 0) {
+        this.resetLocked();
+        return;
+      }
+      for (;;) {
+        const old = Atomics.load(this.words, H_STATUS);
+        // DEVICE_NEEDS_RESET belongs to the device: the driver neither sets nor clears it.
+        let next = (v & ~VIRTIO_STATUS.DEVICE_NEEDS_RESET) | (old & VIRTIO_STATUS.DEVICE_NEEDS_RESET);
+        if (next & VIRTIO_STATUS.FEATURES_OK && !(old & VIRTIO_STATUS.FEATURES_OK)) {
+          // 2.2.2 / 3.1.1: the device refuses FEATURES_OK (it reads back clear) for features it cannot accept.
+          const reason = this.checkFeatures(this.driverFeatures);
+          if (reason !== null) {
+            next &= ~VIRTIO_STATUS.FEATURES_OK;
+            this.cNegotiationFailures.add();
+            this.log(`virtio ${this.name}: FEATURES_OK refused: ${reason}`);
+          }
+        }
+        // 3.1.1: DRIVER_OK comes after FEATURES_OK; without it the device stays unusable.
+        if (next & VIRTIO_STATUS.DRIVER_OK && !(next & VIRTIO_STATUS.FEATURES_OK)) {
+          next &= ~VIRTIO_STATUS.DRIVER_OK;
+        }
+        if (Atomics.compareExchange(this.words, H_STATUS, old, next) !== old) continue;
+        if (next & VIRTIO_STATUS.DRIVER_OK && !(old & VIRTIO_STATUS.DRIVER_OK)) {
+          this.deferred.push(() => this.activate());
+        }
+        return;
+      }
+    });
+  }
+
+  private activate(): void {
+    if (!this.running) return;
+    if (this.model.activate) {
+      this.model.activate();
+      return;
+    }
+    // Buffers the driver made available before DRIVER_OK are served now.
+    for (let q = 0; q < this.numQueues; q++) this.model.queueNotified(q);
+  }
+
+  private checkFeatures(accepted: bigint): string | null {
+    const extra = accepted & ~this.offeredFeatures;
+    if (extra !== 0n) return `driver accepted features not offered (0x${extra.toString(16)})`;
+    // 6.1 Driver Requirements: Reserved Feature Bits: a driver of this (non-legacy) device accepts VERSION_1.
+    if (!hasFeature(accepted, VIRTIO_F.VERSION_1)) return "driver did not accept VIRTIO_F_VERSION_1";
+    return this.model.validateFeatures?.(accepted) ?? null;
+  }
+
+  /**
+   * The device cannot go on (2.1.2): sets DEVICE_NEEDS_RESET and, if DRIVER_OK was set, sends a configuration
+   * change notification. Reported once until the next reset. Safe from any thread, with or without locks.
+   */
+  needsReset(reason: string): void {
+    const old = Atomics.or(this.words, H_STATUS, VIRTIO_STATUS.DEVICE_NEEDS_RESET);
+    if (old & VIRTIO_STATUS.DEVICE_NEEDS_RESET) return;
+    this.cErrors.add();
+    this.log(`virtio ${this.name}: device needs reset: ${reason}`);
+    if (old & VIRTIO_STATUS.DRIVER_OK) this.raiseConfig();
+  }
+
+  // ---- features (2.2) ---------------------------------------------------------------------------------------
+
+  get deviceFeatureSelect(): number {
+    return Atomics.load(this.words, H_DEVICE_FEATURE_SELECT) >>> 0;
+  }
+
+  set deviceFeatureSelect(v: number) {
+    Atomics.store(this.words, H_DEVICE_FEATURE_SELECT, v | 0);
+  }
+
+  get driverFeatureSelect(): number {
+    return Atomics.load(this.words, H_DRIVER_FEATURE_SELECT) >>> 0;
+  }
+
+  set driverFeatureSelect(v: number) {
+    Atomics.store(this.words, H_DRIVER_FEATURE_SELECT, v | 0);
+  }
+
+  /** device_feature: the 32 offered bits starting at bit 32 * deviceFeatureSelect (0 past bit 63). */
+  readDeviceFeatures(): number {
+    const sel = this.deviceFeatureSelect;
+    if (sel > 1) return 0;
+    return Number((this.offeredFeatures >> BigInt(32 * sel)) & 0xffffffffn);
+  }
+
+  /** driver_feature as the driver wrote it (word driverFeatureSelect; 0 past bit 63). */
+  readDriverFeatures(): number {
+    const sel = this.driverFeatureSelect;
+    if (sel > 1) return 0;
+    return Atomics.load(this.words, sel === 0 ? H_DRIVER_FEATURES_LO : H_DRIVER_FEATURES_HI) >>> 0;
+  }
+
+  /** A driver write of driver_feature. Ignored once FEATURES_OK is set (3.1.1: negotiation is over). */
+  writeDriverFeatures(value: number): void {
+    this.locked(() => {
+      if (this.status & VIRTIO_STATUS.FEATURES_OK) return;
+      const sel = this.driverFeatureSelect;
+      if (sel > 1) return;
+      Atomics.store(this.words, sel === 0 ? H_DRIVER_FEATURES_LO : H_DRIVER_FEATURES_HI, value | 0);
+    });
+  }
+
+  /** What the driver has written to driver_feature, all 64 bits. */
+  get driverFeatures(): bigint {
+    const lo = BigInt(Atomics.load(this.words, H_DRIVER_FEATURES_LO) >>> 0);
+    const hi = BigInt(Atomics.load(this.words, H_DRIVER_FEATURES_HI) >>> 0);
+    return (hi << 32n) | lo;
+  }
+
+  /** The negotiated features: what the driver accepted, once FEATURES_OK is set; 0 before. */
+  get negotiatedFeatures(): bigint {
+    return this.status & VIRTIO_STATUS.FEATURES_OK ? this.driverFeatures : 0n;
+  }
+
+  // ---- configuration space (2.5) ----------------------------------------------------------------------------
+
+  /** config_generation (8 bits). */
+  get configGeneration(): number {
+    return Atomics.load(this.words, H_GENERATION) & 0xff;
+  }
+
+  /**
+   * The device changed its configuration space. config_generation changes at every change (2.5.1: the driver
+   * rereads until two generation reads agree), then a configuration change notification goes out if the driver
+   * is live.
+   */
+  configChanged(): void {
+    Atomics.add(this.words, H_GENERATION, 1);
+    if (this.status & VIRTIO_STATUS.DRIVER_OK) this.raiseConfig();
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    this.locked(() => {
+      data.fill(0);
+      const size = this.model.configSize;
+      if (offset >= size || offset < 0) return;
+      const n = Math.min(data.length, size - offset);
+      this.model.readConfig(offset, data.subarray(0, n));
+    });
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    this.locked(() => {
+      const size = this.model.configSize;
+      if (offset >= size || offset < 0) return;
+      const n = Math.min(data.length, size - offset);
+      this.guard("configuration write", () => this.model.writeConfig?.(offset, data.subarray(0, n)));
+    });
+  }
+
+  // ---- interrupts ---------------------------------------------------------------------------------------------
+
+  get configVector(): number {
+    return Atomics.load(this.words, H_CONFIG_VECTOR) & 0xffff;
+  }
+
+  /** config_msix_vector; the transport has mapped an unsupported vector to NO_VECTOR already. */
+  set configVector(v: number) {
+    Atomics.store(this.words, H_CONFIG_VECTOR, v & 0xffff);
+  }
+
+  /** ORs `bits` into the ISR status (kept here for the transport); returns the previous value. */
+  isrOr(bits: number): number {
+    return Atomics.or(this.words, H_ISR, bits);
+  }
+
+  /** Reads and clears the ISR status (4.1.4.5: reading resets it to 0). */
+  isrTake(): number {
+    return Atomics.exchange(this.words, H_ISR, 0) & 0xff;
+  }
+
+  get isr(): number {
+    return Atomics.load(this.words, H_ISR) & 0xff;
+  }
+
+  private raiseQueue(q: number): void {
+    this.cQueueInterrupts.add();
+    this.interrupts.queue(Atomics.load(this.words, this.qb(q) + Q_VECTOR) & 0xffff);
+  }
+
+  private raiseConfig(): void {
+    this.cConfigInterrupts.add();
+    this.interrupts.config(this.configVector);
+  }
+
+  // ---- virtqueue configuration (2.6, 4.1.4.3) ----------------------------------------------------------------
+
+  get queueSelect(): number {
+    return Atomics.load(this.words, H_QUEUE_SELECT) & 0xffff;
+  }
+
+  set queueSelect(v: number) {
+    Atomics.store(this.words, H_QUEUE_SELECT, v & 0xffff);
+  }
+
+  /**
+   * A per-queue field of queue `q` (for a transport: usually queueSelect). An absent queue reads 0 everywhere
+   * (4.1.4.3.1: queue_size 0 means unavailable); msix_vector reads NO_VECTOR there.
+   */
+  readQueue(q: number, field: QueueField): number {
+    if (!(q >= 0 && q < this.numQueues)) return field === "msix_vector" ? VIRTIO_MSI_NO_VECTOR : 0;
+    const b = this.qb(q);
+    if (field === "enable") return Atomics.load(this.words, b + Q_ENABLE);
+    // 4.1.4.3.2: queue_reset reads 0 once the reset is done, and ours completes at once.
+    if (field === "reset") return 0;
+    const v = Atomics.load(this.words, b + QUEUE_FIELD_WORD[field]) >>> 0;
+    return field === "size" || field === "msix_vector" ? v & 0xffff : v;
+  }
+
+  /** A driver write of a per-queue field. */
+  writeQueue(q: number, field: QueueField, value: number): void {
+    if (!(q >= 0 && q < this.numQueues)) return;
+    this.locked(() => {
+      const b = this.qb(q);
+      const enabled = Atomics.load(this.words, b + Q_ENABLE) !== 0;
+      switch (field) {
+        case "enable":
+          // 4.1.4.3.2: the driver MUST NOT write 0 to queue_enable; a 0 is ignored.
+          if ((value & 0xffff) === 1 && !enabled) this.enableQueueLocked(q);
+          return;
+        case "reset":
+          // 2.6.1 Virtqueue Reset, with VIRTIO_F_RING_RESET.
+          if ((value & 0xffff) === 1 && hasFeature(this.negotiatedFeatures, VIRTIO_F.RING_RESET)) {
+            this.resetQueueLocked(q);
+          }
+          return;
+        case "msix_vector":
+          Atomics.store(this.words, b + Q_VECTOR, value & 0xffff);
+          return;
+        default:
+          // The driver configures a queue before enabling it (4.1.4.3.2); later writes are ignored.
+          if (enabled) return;
+          Atomics.store(
+            this.words,
+            b + QUEUE_FIELD_WORD[field],
+            field === "size" ? value & 0xffff : value | 0,
+          );
+      }
+    });
+  }
+
+  private addr(b: number, word: number): number {
+    const lo = (this.words[b + word] as number) >>> 0;
+    const hi = (this.words[b + word + 1] as number) >>> 0;
+    return hi * 2 ** 32 + lo;
+  }
+
+  /** queue_enable = 1: checks the configuration and starts the queue; a bad one makes the device need reset. */
+  private enableQueueLocked(q: number): void {
+    const lock = this.queueLocks[q] as SharedLock;
+    lock.lock();
+    try {
+      const b = this.qb(q);
+      this.words.fill(0, b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS);
+      Atomics.add(this.words, b + Q_EPOCH, 1);
+      Atomics.store(this.words, b + Q_ENABLE, 1);
+      if (!(this.status & VIRTIO_STATUS.FEATURES_OK)) {
+        // 3.1.1: queues are set up after FEATURES_OK; before it the ring layout is not even known.
+        this.needsReset(`queue ${q} enabled before FEATURES_OK`);
+        return;
+      }
+      const size = this.words[b + Q_SIZE] as number;
+      if (size < 1 || size > this.maxQueueSize) {
+        this.needsReset(
+          `queue ${q} enabled with queue_size ${size} (the device offers up to ${this.maxQueueSize})`,
+        );
+        return;
+      }
+      try {
+        this.queueLocked(q);
+      } catch (e) {
+        this.needsReset(`queue ${q} enabled with a bad configuration: ${describeError(e)}`);
+      }
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** Back to the reset values of one queue (2.6.1, and as part of a device reset). Caller holds the device lock. */
+  private resetQueueLocked(q: number): void {
+    const lock = this.queueLocks[q] as SharedLock;
+    lock.lock();
+    try {
+      const b = this.qb(q);
+      const w = this.words;
+      const epoch = w[b + Q_EPOCH] as number;
+      w.fill(0, b + Q_SIZE, b + QUEUE_WORDS);
+      w[b + Q_SIZE] = this.maxQueueSize;
+      w[b + Q_VECTOR] = VIRTIO_MSI_NO_VECTOR;
+      Atomics.store(w, b + Q_EPOCH, (epoch + 1) | 0);
+      this.queueCache[q] = undefined;
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** The queue object of this thread for queue q, built when the queue's configuration changed. Queue lock held. */
+  private queueLocked(q: number): Virtqueue {
+    const b = this.qb(q);
+    const epoch = Atomics.load(this.words, b + Q_EPOCH);
+    const cached = this.queueCache[q];
+    if (cached !== undefined && cached.epoch === epoch) return cached.vq;
+    const features = this.negotiatedFeatures;
+    const kind = hasFeature(features, VIRTIO_F.RING_PACKED) ? "packed" : "split";
+    const vq = createVirtqueue(
+      kind,
+      this.mem,
+      {
+        size: (this.words[b + Q_SIZE] as number) & 0xffff,
+        descAddr: this.addr(b, Q_DESC),
+        driverAddr: this.addr(b, Q_DRIVER),
+        deviceAddr: this.addr(b, Q_DEVICE),
+      },
+      {
+        eventIdx: hasFeature(features, VIRTIO_F.RING_EVENT_IDX),
+        indirect: hasFeature(features, VIRTIO_F.INDIRECT_DESC),
+      },
+      {
+        metrics: this.metrics,
+        name: `${this.name}.q${q}`,
+        state: this.words.subarray(b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS),
+      },
+    );
+    this.queueCache[q] = { epoch, vq };
+    return vq;
+  }
+
+  /** Device reset (2.4): everything back to its initial value. Caller holds the device lock. */
+  private resetLocked(): void {
+    for (let q = 0; q < this.numQueues; q++) this.resetQueueLocked(q);
+    const w = this.words;
+    Atomics.store(w, H_DRIVER_FEATURES_LO, 0);
+    Atomics.store(w, H_DRIVER_FEATURES_HI, 0);
+    Atomics.store(w, H_DEVICE_FEATURE_SELECT, 0);
+    Atomics.store(w, H_DRIVER_FEATURE_SELECT, 0);
+    Atomics.store(w, H_QUEUE_SELECT, 0);
+    // 4.1.5.1.2: all events are unmapped on reset.
+    Atomics.store(w, H_CONFIG_VECTOR, VIRTIO_MSI_NO_VECTOR);
+    Atomics.store(w, H_ISR, 0);
+    this.guard("reset", () => this.model.reset?.());
+    // 4.1.4.3.1: the device presents 0 in device_status once the reset is done.
+    Atomics.store(w, H_STATUS, 0);
+  }
+
+  /** A device reset from the host side (the same as the driver writing 0 to device_status). */
+  reset(): void {
+    this.locked(() => this.resetLocked());
+  }
+
+  // ---- queue processing -------------------------------------------------------------------------------------
+
+  /**
+   * An available buffer notification for queue q: from a notify register write (exit to userspace) or from an
+   * ioeventfd worker. Safe from any thread; never throws.
+   */
+  notify(q: number): void {
+    this.cNotifications.add();
+    if (!(Number.isInteger(q) && q >= 0 && q < this.numQueues)) return;
+    // 3.1.1 / 2.1: before DRIVER_OK the device does not use the queues; activation serves what is pending.
+    if (!this.running) return;
+    this.guard(`queue ${q}`, () => this.model.queueNotified(q));
+  }
+
+  private withQueue<T>(q: number, fn: (vq: Virtqueue | null) => T): T | undefined {
+    const lock = this.queueLocks[q];
+    if (lock === undefined) return undefined;
+    lock.lock();
+    try {
+      let vq: Virtqueue | null = null;
+      if (this.running && Atomics.load(this.words, this.qb(q) + Q_ENABLE) !== 0) vq = this.queueLocked(q);
+      return fn(vq);
+    } catch (e) {
+      this.needsReset(`queue ${q}: ${describeError(e)}`);
+      return undefined;
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  private drain(q: number, handle: (chain: DescriptorChain) => number): void {
+    this.withQueue(q, (vq) => {
+      if (vq === null) return;
+      // A bound on the work of one notification, so that a driver refilling the ring from another vCPU as fast
+      // as we consume cannot keep this thread here forever. Buffers left are served at the next notification.
+      let budget = 65536;
+      for (;;) {
+        vq.setDriverNotifications(false);
+        for (let c = vq.pop(); c !== null; c = budget > 0 ? vq.pop() : null) {
+          vq.pushUsed(c, handle(c));
+          budget--;
+        }
+        vq.setDriverNotifications(true);
+        if (budget <= 0) break;
+        // Re-check: a buffer may have come before notifications were re-enabled.
+        const late = vq.pop();
+        if (late === null) break;
+        vq.pushUsed(late, handle(late));
+        budget--;
+      }
+      if (vq.shouldNotifyDriver()) this.raiseQueue(q);
+    });
+  }
+}
+
+function describeError(e: unknown): string {
+  if (e instanceof VirtqueueError || e instanceof VirtioRequestError) return e.message;
+  if (e instanceof Error) return `${e.name}: ${e.message}`;
+  return String(e);
+}
