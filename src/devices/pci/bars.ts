@@ -1,6 +1,11 @@
 /**
  * Putting BARs on the buses: a BAR device made of several sub-regions, and a ready-made `onBarRemap` handler
  * that (re-)registers each BAR's device on the port-I/O or MMIO bus wherever the guest has it decode.
+ *
+ * Each vCPU thread has its own buses, so each thread calls `connectBars` for its own PciFunction objects and
+ * buses. A guest BAR or COMMAND write updates the handling thread's buses at once; every other thread's buses
+ * follow when it calls `PciBus.syncBars()` (or `PciFunction.syncBars()`), which the integrator does before
+ * dispatching each MMIO / port-I/O exit: one Atomics.load while no decode changed.
  */
 import { Bus, type BusDevice, BusOverlapError, BusRangeError } from "../../bus/bus.ts";
 import type { VireoError } from "../../errors.ts";
@@ -52,6 +57,8 @@ const windowsOf = new WeakMap<PciFunction, Map<number, BusDevice>>();
  * Sets `fn.onBarRemap` so that every BAR defined with a `device` is registered on `buses.pio` (I/O BARs) or
  * `buses.mmio` (memory BARs) at the address it decodes at, and unregistered when it stops decoding there.
  * Each BAR gets its own named window device (`<fn>.bar<i>`), so two BARs never share a bus registration.
+ * If the function is attached, BARs that already decode (programmed by another thread, or before this call)
+ * are registered at once.
  */
 export function connectBars(fn: PciFunction, buses: BarBuses, options: ConnectBarsOptions = {}): void {
   // Shared by repeated calls for the same function, so a new handler can still unregister the old windows.
@@ -83,4 +90,5 @@ export function connectBars(fn: PciFunction, buses: BarBuses, options: ConnectBa
       options.onConflict?.(index, newAddr, e);
     }
   };
+  if (fn.attached) fn.syncBars();
 }

@@ -6,11 +6,12 @@
  * Specification ("PCIe §x"): PCI §6.1 header layout, §6.2.2 Command, §6.2.3 Status, §6.2.5 BARs, §6.7
  * capability list; PCIe §7.9/7.6.3 extended capabilities (chained from 0x100, reachable only through ECAM).
  *
- * Every bit is stored in a 4 KiB byte array with two per-byte masks built when the function is defined: `wmask`
- * (the guest may write the bit) and `w1cmask` (the guest clears the bit by writing 1). A guest write of any size
- * at any offset is applied byte by byte through those masks, which is how hardware behaves for a byte-enable
- * pattern: a write never disturbs bytes it does not enable, and read-only bits keep their value. Side effects
- * (BAR decode changes, the INTx line, capability owners' hooks) run after the bytes are stored.
+ * Every bit is stored in a 4 KiB byte array (in the function's shared state, see PciFunction) with two per-byte
+ * masks built when the function is defined: `wmask` (the guest may write the bit) and `w1cmask` (the guest
+ * clears the bit by writing 1). A guest write of any size at any offset is applied byte by byte through those
+ * masks, which is how hardware behaves for a byte-enable pattern: a write never disturbs bytes it does not
+ * enable, and read-only bits keep their value. Side effects (BAR decode changes, the INTx line, capability
+ * owners' hooks) run after the bytes are stored.
  *
  * Emulation choices:
  * - A BAR decodes (and `onBarRemap` reports an address) only while its space is enabled in COMMAND, its address
@@ -27,7 +28,8 @@
  */
 import type { BusDevice } from "../../bus/bus.ts";
 import type { IrqLine } from "../../vmm/irq.ts";
-import { PciBarError, PciCapabilityError } from "./errors.ts";
+import { SharedLock } from "../../vmm/shared-lock.ts";
+import { PciBarError, PciCapabilityError, PciLayoutError, PciStateError } from "./errors.ts";
 
 export const PCI_CONFIG_SIZE = 0x100;
 /** PCI Express configuration space, 4 KiB per function (PCIe §7.2.2, ECAM). */
@@ -204,6 +206,16 @@ export interface PciFunctionOptions {
   interruptPin?: 0 | 1 | 2 | 3 | 4;
   /** The line INTx# drives. Can also be set later through the `intx` property. */
   intx?: IrqLine;
+  /**
+   * The function's run-time state, shared by every thread's PciFunction for this function (see the class
+   * comment): `PciFunction.STATE_BYTES` bytes at `stateOffset`, from `PciFunction.createState()` or reset with
+   * `init`. Absent: the function gets a private state and is usable at once by this thread alone.
+   */
+  state?: SharedArrayBuffer;
+  /** Where the state starts in `state` (a multiple of 8). Default 0. */
+  stateOffset?: number;
+  /** Reset the state. Exactly one constructor (before the state is shared) passes true; or use createState. */
+  init?: boolean;
 }
 
 function hex(n: number): string {
@@ -214,28 +226,152 @@ function isPowerOfTwo(n: number): boolean {
   return Number.isSafeInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
 }
 
+// Shared state layout (byte offsets from the state's start). Int32 header words first, then the decode
+// addresses as Float64 (0: not decoding; address 0 never decodes), then configuration space.
+const S_LOCK = 0;
+const S_MAGIC = 4;
+const S_SEALED = 8; // 1 once the first attach() recorded the layout and copied in the reset image
+const S_GEN = 12; // BAR decode generation: +1 whenever any BAR's decode changes
+const S_HASH = 16; // LAYOUT_PARTS.length Uint32 layout hashes
+const S_FLAGS = 40;
+const S_MAPPED = 48; // 8 Float64 slots (6 used)
+const S_CFG = 128;
+const STATE_BYTES = S_CFG + PCIE_CONFIG_SIZE;
+const MAGIC = 0x50434946; // "PCIF"
+
+const F_INTX_REQUEST = 0x1;
+const F_INTX_SUPPRESSED = 0x2;
+const F_INTX_ASSERTED = 0x4;
+
+/** What each layout hash covers, for the mismatch message. */
+const LAYOUT_PARTS = [
+  "name",
+  "header and capability contents",
+  "writable/RW1C masks",
+  "BAR definitions",
+  "capability list and hooks",
+] as const;
+
+const HEADER_TYPE_MULTI_FUNCTION = 0x80;
+
+/** 32-bit FNV-1a, enough to tell two construction runs apart. */
+export class LayoutHash {
+  private h = 0x811c9dc5;
+  byte(b: number): this {
+    this.h = Math.imul(this.h ^ (b & 0xff), 0x01000193) >>> 0;
+    return this;
+  }
+  bytes(a: Uint8Array): this {
+    for (let i = 0; i < a.length; i++) this.byte(a[i] as number);
+    return this;
+  }
+  u32(v: number): this {
+    for (let i = 0; i < 4; i++) this.byte(v >>> (8 * i));
+    return this;
+  }
+  /** Any safe integer (BAR sizes go past 32 bits). */
+  num(v: number): this {
+    return this.u32(v % 0x1_0000_0000).u32(Math.floor(v / 0x1_0000_0000));
+  }
+  str(s: string): this {
+    this.u32(s.length);
+    for (let i = 0; i < s.length; i++) this.byte(s.charCodeAt(i)).byte(s.charCodeAt(i) >>> 8);
+    return this;
+  }
+  get value(): number {
+    return this.h;
+  }
+}
+
+/** Resets a function state at `base`: lock free, no layout recorded, nothing decoding, config space zero. */
+function resetFunctionState(state: SharedArrayBuffer, base: number): void {
+  new Uint8Array(state, base, STATE_BYTES).fill(0);
+  SharedLock.init(state, base + S_LOCK);
+  // The magic goes last: an attaching thread that sees it sees the rest.
+  Atomics.store(new Int32Array(state, base, S_CFG / 4), S_MAGIC / 4, MAGIC);
+}
+
+/**
+ * One PCI function.
+ *
+ * Threads. Each vCPU thread (and any device I/O thread) builds its own PciFunction for the same guest function:
+ * the *static description* (IDs, BAR definitions, capability layout and masks, hooks, callbacks) is built by
+ * code in every thread identically from the same inputs, while the *run-time state* (the configuration space
+ * bytes, where each BAR decodes and the decode generation, the INTx request/suppression/pin level) lives in a
+ * SharedArrayBuffer given as `state`, guarded by a SharedLock kept in it. So:
+ *
+ * 1. Every thread constructs the function with the same `state` (one of them with `init: true`, or the state
+ *    from `PciFunction.createState()`), then runs the same `defineBar` / `addCapability` / `new Msix` calls.
+ *    Until `attach()` these only build the thread's description; guest and device access throws.
+ * 2. Every thread calls `attach()` (or `PciBus.attach()`). The first attach, in any thread, copies the reset
+ *    image into the shared configuration space and records the layout's hashes; every later one checks its own
+ *    layout against them and throws PciLayoutError, naming what differs, if the thread built something else.
+ *    After attach the layout is fixed: `defineBar` and `addCapability` throw.
+ * 3. Every public method then runs under the lock; a configuration access takes it once, whatever its size.
+ *    Callbacks (`intx.set`, `onBarRemap`, capability hooks, MSI-X sinks) run with the lock held in the thread
+ *    that caused them. The lock is re-entrant for this object in this thread, so hooks may call back into the
+ *    function (`peek`/`poke`, `setIntxSuppressed`, ...), but must not touch another thread's objects.
+ *
+ * Without `state` the function has a private state and is attached from the start; it can then still be built
+ * further at any time (for a single-threaded user, such as the unit tests).
+ *
+ * BAR decode changes are seen by all threads through the shared state, but `onBarRemap` fires only in the thread
+ * that handled the guest's write. Other threads call `syncBars()` (or `PciBus.syncBars()`), which costs one
+ * Atomics.load while nothing changed, to bring their own buses up to date; see `syncBars`.
+ */
 export class PciFunction {
+  /** Bytes of shared state a function needs (configuration space plus a header). */
+  static readonly STATE_BYTES = STATE_BYTES;
+
   readonly name: string;
-  /** Fires when a BAR's decode changes; see BarRemapHandler. */
-  onBarRemap: BarRemapHandler | undefined;
   /** The INTx# line; the pin is asserted only while COMMAND.INTX_DISABLE is clear. */
   intx: IrqLine | undefined;
+  /** Whether the state was given (shared between threads) rather than private to this object. */
+  readonly shared: boolean;
 
-  private readonly cfg = new Uint8Array(PCIE_CONFIG_SIZE);
-  private readonly view = new DataView(this.cfg.buffer);
+  // Static description: built identically by every thread, never shared.
+  /** The reset image of configuration space, as construction left it. */
+  private readonly image = new Uint8Array(PCIE_CONFIG_SIZE);
+  private readonly imageView = new DataView(this.image.buffer);
   private readonly wmask = new Uint8Array(PCIE_CONFIG_SIZE);
   private readonly w1cmask = new Uint8Array(PCIE_CONFIG_SIZE);
   private readonly barCount: number;
   private readonly bars: Array<BarInfo | undefined>;
   /** The second dword of a 64-bit BAR points back at the BAR it belongs to. */
   private readonly barUpperOf: Array<number | undefined>;
-  private readonly mapped: Array<number | null>;
   private readonly caps: CapRegion[] = [];
   private nextCap = CAP_START;
   private nextExtCap = EXT_CAP_START;
-  private intxRequest = false;
-  private intxSuppressed = false;
-  private intxAsserted = false;
+
+  // Shared run-time state.
+  private readonly lock: SharedLock;
+  private readonly words: Int32Array;
+  private readonly header: DataView;
+  private readonly cfg: Uint8Array;
+  private readonly cfgView: DataView;
+
+  // This thread's view.
+  private isAttached = false;
+  private remap: BarRemapHandler | undefined;
+  /** Where this object's onBarRemap handler was last told each BAR decodes. */
+  private readonly applied: Array<number | null>;
+  /** The decode generation `applied` reflects; -1: catch up on the next sync. */
+  private appliedGen = -1;
+  /** The bus-wide decode generation (PciBus), bumped with ours. */
+  private busGeneration: { words: Int32Array; index: number } | undefined;
+
+  /** A fresh function state to hand to every thread's PciFunction for one function. */
+  static createState(): SharedArrayBuffer {
+    const state = new SharedArrayBuffer(STATE_BYTES);
+    resetFunctionState(state, 0);
+    return state;
+  }
+
+  /** Resets a function state embedded in a larger buffer at `byteOffset` (see PciBus). */
+  static initState(state: SharedArrayBuffer, byteOffset = 0): void {
+    checkStateBuffer("PciFunction", state, byteOffset, STATE_BYTES);
+    resetFunctionState(state, byteOffset);
+  }
 
   constructor(name: string, options: PciFunctionOptions) {
     this.name = name;
@@ -243,10 +379,26 @@ export class PciFunction {
     this.barCount = headerType === 0 ? 6 : 2;
     this.bars = new Array(this.barCount).fill(undefined);
     this.barUpperOf = new Array(this.barCount).fill(undefined);
-    this.mapped = new Array(this.barCount).fill(null);
+    this.applied = new Array(this.barCount).fill(null);
     this.intx = options.intx;
 
-    const v = this.view;
+    this.shared = options.state !== undefined;
+    const state = options.state ?? new SharedArrayBuffer(STATE_BYTES);
+    const base = options.stateOffset ?? 0;
+    checkStateBuffer(`PciFunction ${name}`, state, base, STATE_BYTES);
+    if (options.init || !this.shared) resetFunctionState(state, base);
+    this.words = new Int32Array(state, base, S_CFG / 4);
+    if (Atomics.load(this.words, S_MAGIC / 4) !== MAGIC) {
+      throw new PciStateError(
+        `PciFunction ${name}: state is not initialised (use PciFunction.createState() or init: true)`,
+      );
+    }
+    this.lock = new SharedLock(state, base + S_LOCK);
+    this.header = new DataView(state, base, S_CFG);
+    this.cfg = new Uint8Array(state, base + S_CFG, PCIE_CONFIG_SIZE);
+    this.cfgView = new DataView(state, base + S_CFG, PCIE_CONFIG_SIZE);
+
+    const v = this.imageView;
     v.setUint16(PCI_REG.VENDOR_ID, options.vendorId & 0xffff, true);
     v.setUint16(PCI_REG.DEVICE_ID, options.deviceId & 0xffff, true);
     v.setUint8(PCI_REG.REVISION_ID, (options.revisionId ?? 0) & 0xff);
@@ -269,6 +421,8 @@ export class PciFunction {
     } else {
       this.initBridgeHeader();
     }
+    // A private state has no other user: attach now, and keep accepting construction calls afterwards.
+    if (!this.shared) this.attach();
   }
 
   /** The type 1 header's writable fields (PCI-to-PCI Bridge Architecture Specification 1.2, §3.2). */
@@ -290,8 +444,8 @@ export class PciFunction {
     this.setMask(w, PCI_REG.PREF_MEMORY_BASE, 2, 0xfff0);
     this.setMask(w, PCI_REG.PREF_MEMORY_LIMIT, 2, 0xfff0);
     // Bits 3:0 = 1: the prefetchable window is 64-bit, with upper 32 bits in 0x28 / 0x2C.
-    this.cfg[PCI_REG.PREF_MEMORY_BASE] = 0x01;
-    this.cfg[PCI_REG.PREF_MEMORY_LIMIT] = 0x01;
+    this.image[PCI_REG.PREF_MEMORY_BASE] = 0x01;
+    this.image[PCI_REG.PREF_MEMORY_LIMIT] = 0x01;
     this.setMask(w, PCI_REG.PREF_BASE_UPPER32, 4, 0xffffffff);
     this.setMask(w, PCI_REG.PREF_LIMIT_UPPER32, 4, 0xffffffff);
     // Bridge control: parity error response, SERR#, ISA, VGA, VGA 16-bit decode, master abort mode, secondary
@@ -301,6 +455,168 @@ export class PciFunction {
 
   private setMask(mask: Uint8Array, offset: number, size: number, value: number): void {
     for (let i = 0; i < size; i++) mask[offset + i] = (value >>> (8 * i)) & 0xff;
+  }
+
+  // ---- shared state: attach, lock ----------------------------------------------------------------------
+
+  /** Whether this object is attached to its state (see the class comment); private states always are. */
+  get attached(): boolean {
+    return this.isAttached;
+  }
+
+  /**
+   * Ends construction and attaches this thread's function to the shared state. The first attach (in any
+   * thread) copies the reset image into the state and records the layout; later ones check that this thread
+   * built the same layout and throw PciLayoutError if not. Idempotent; returns `this`.
+   */
+  attach(): this {
+    if (this.isAttached) return this;
+    const hashes = this.layoutHashes();
+    const took = this.enter();
+    try {
+      const w = this.words;
+      if (Atomics.load(w, S_SEALED / 4) === 0) {
+        this.cfg.set(this.image);
+        for (let i = 0; i < hashes.length; i++) w[S_HASH / 4 + i] = hashes[i] as number;
+        Atomics.store(w, S_SEALED / 4, 1);
+      } else {
+        const differ: string[] = [];
+        for (let i = 0; i < hashes.length; i++) {
+          if (w[S_HASH / 4 + i] !== hashes[i]) differ.push(LAYOUT_PARTS[i] as string);
+        }
+        if (differ.length > 0) {
+          const recorded = this.recordedLayoutHash();
+          throw new PciLayoutError(
+            `PciFunction ${this.name}: this thread built a different layout from the one recorded in the shared ` +
+              `state (${listParts(differ)}; state ${hex(recorded)}, built here ${hex(combine(hashes))}). ` +
+              "Every thread must build each function with the same construction code and inputs, and pass " +
+              "each function its own state.",
+          );
+        }
+      }
+    } finally {
+      this.exit(took);
+    }
+    this.isAttached = true;
+    return this;
+  }
+
+  /** The layout as this thread has built it so far: one hash over the parts `attach` compares. */
+  get layoutHash(): number {
+    return combine(this.layoutHashes());
+  }
+
+  /** The layout recorded in the shared state by the first attach, or null if none has happened yet. */
+  get recordedLayout(): number | null {
+    if (Atomics.load(this.words, S_SEALED / 4) === 0) return null;
+    return this.recordedLayoutHash();
+  }
+
+  private recordedLayoutHash(): number {
+    const parts: number[] = [];
+    for (let i = 0; i < LAYOUT_PARTS.length; i++) parts.push(this.words[S_HASH / 4 + i] as number);
+    return combine(parts);
+  }
+
+  private layoutHashes(): number[] {
+    const img = new LayoutHash();
+    for (let o = 0; o < PCIE_CONFIG_SIZE; o++) {
+      // Function 0's multi-function bit follows the other functions PciBus adds, not the construction.
+      const b = this.image[o] as number;
+      img.byte(o === PCI_REG.HEADER_TYPE ? b & ~HEADER_TYPE_MULTI_FUNCTION : b);
+    }
+    const bars = new LayoutHash().u32(this.barCount);
+    for (let i = 0; i < this.barCount; i++) {
+      const bar = this.bars[i];
+      const upper = this.barUpperOf[i];
+      if (bar !== undefined) {
+        bars
+          .byte(1)
+          .str(bar.kind)
+          .num(bar.size)
+          .byte(bar.prefetchable ? 1 : 0);
+      } else if (upper !== undefined) {
+        bars.byte(2).u32(upper);
+      } else {
+        bars.byte(0);
+      }
+    }
+    const caps = new LayoutHash().u32(this.caps.length);
+    for (const c of this.caps) {
+      caps
+        .u32(c.id)
+        .u32(c.offset)
+        .u32(c.length)
+        .byte(c.extended ? 1 : 0);
+      caps.byte(c.onRead !== undefined ? 1 : 0).byte(c.onWrite !== undefined ? 1 : 0);
+    }
+    return [
+      new LayoutHash().str(this.name).value,
+      img.value,
+      new LayoutHash().bytes(this.wmask).bytes(this.w1cmask).value,
+      bars.value,
+      caps.value,
+    ].map((h) => h | 0);
+  }
+
+  /**
+   * Runs `fn` holding the function's lock: for device models that keep their own state next to the function's
+   * and want one lock for both (Msix does). Re-entrant for this object in this thread.
+   */
+  withLock<T>(fn: () => T): T {
+    const took = this.enter();
+    try {
+      return fn();
+    } finally {
+      this.exit(took);
+    }
+  }
+
+  /** Takes the lock unless this object already holds it; returns whether it did (pass that to exit). */
+  private enter(): boolean {
+    if (this.lock.isHeld) return false;
+    this.lock.lock();
+    return true;
+  }
+
+  private exit(took: boolean): void {
+    if (took) this.lock.unlock();
+  }
+
+  private requireAttached(what: string): void {
+    if (!this.isAttached) {
+      throw new PciStateError(
+        `PciFunction ${this.name}: ${what} before attach() (the function is being built)`,
+      );
+    }
+  }
+
+  /** Construction calls: allowed until a shared function is attached. */
+  private requireBuilding(what: string): void {
+    if (this.shared && this.isAttached) {
+      throw new PciStateError(
+        `PciFunction ${this.name}: ${what} after attach(): the layout is fixed once the function is attached ` +
+          "to shared state (build it completely in every thread, then attach)",
+      );
+    }
+  }
+
+  /** Construction writes go to the reset image, and also to the live space of an attached private function. */
+  private build8(offset: number, value: number): void {
+    this.image[offset] = value;
+    if (this.isAttached) this.cfg[offset] = value;
+  }
+  private build32(offset: number, value: number): void {
+    this.imageView.setUint32(offset, value >>> 0, true);
+    if (this.isAttached) this.cfgView.setUint32(offset, value >>> 0, true);
+  }
+  private buildBytes(offset: number, bytes: Uint8Array): void {
+    this.image.set(bytes, offset);
+    if (this.isAttached) this.cfg.set(bytes, offset);
+  }
+  private buildUpdate32(offset: number, f: (old: number) => number): void {
+    this.imageView.setUint32(offset, f(this.imageView.getUint32(offset, true)) >>> 0, true);
+    if (this.isAttached) this.cfgView.setUint32(offset, f(this.cfgView.getUint32(offset, true)) >>> 0, true);
   }
 
   // ---- identity -------------------------------------------------------------------------------------------
@@ -341,10 +657,20 @@ export class PciFunction {
     return this.peek8(PCI_REG.INTERRUPT_PIN);
   }
 
-  /** Header type bit 7: the device has functions other than 0 (PCI §6.2.1). Set by PciBus. */
+  /**
+   * Header type bit 7: the device has functions other than 0 (PCI §6.2.1). Set by PciBus, also after attach
+   * (every thread's bus sets the same value).
+   */
   setMultiFunction(on: boolean): void {
-    const h = this.peek8(PCI_REG.HEADER_TYPE);
-    this.cfg[PCI_REG.HEADER_TYPE] = on ? h | 0x80 : h & 0x7f;
+    const set = (h: number) => (on ? h | HEADER_TYPE_MULTI_FUNCTION : h & ~HEADER_TYPE_MULTI_FUNCTION);
+    this.image[PCI_REG.HEADER_TYPE] = set(this.image[PCI_REG.HEADER_TYPE] as number);
+    if (!this.isAttached) return;
+    const took = this.enter();
+    try {
+      this.cfg[PCI_REG.HEADER_TYPE] = set(this.cfg[PCI_REG.HEADER_TYPE] as number);
+    } finally {
+      this.exit(took);
+    }
   }
 
   // ---- guest access ---------------------------------------------------------------------------------------
@@ -354,34 +680,48 @@ export class PciFunction {
    * space read as 0xff.
    */
   readConfig(offset: number, data: Uint8Array): void {
-    const end = Math.min(offset + data.length, PCIE_CONFIG_SIZE);
-    if (offset < end) this.runCapHooks(offset, end, "read");
-    for (let i = 0; i < data.length; i++) {
-      const o = offset + i;
-      data[i] = o < PCIE_CONFIG_SIZE ? (this.cfg[o] as number) : 0xff;
+    if (!this.isAttached) this.requireAttached("readConfig");
+    const took = this.enter();
+    try {
+      const end = Math.min(offset + data.length, PCIE_CONFIG_SIZE);
+      if (offset < end) this.runCapHooks(offset, end, "read");
+      const cfg = this.cfg;
+      for (let i = 0; i < data.length; i++) {
+        const o = offset + i;
+        data[i] = o < PCIE_CONFIG_SIZE ? (cfg[o] as number) : 0xff;
+      }
+    } finally {
+      this.exit(took);
     }
   }
 
   /** A configuration write of `data` at `offset`: each byte goes through the RW and RW1C masks. */
   writeConfig(offset: number, data: Uint8Array): void {
+    if (!this.isAttached) this.requireAttached("writeConfig");
     const end = Math.min(offset + data.length, PCIE_CONFIG_SIZE);
     if (offset >= end) return;
-    const cfg = this.cfg;
-    for (let o = offset; o < end; o++) {
-      const value = data[o - offset] as number;
-      const w = this.wmask[o] as number;
-      const c = this.w1cmask[o] as number;
-      let b = ((cfg[o] as number) & ~w) | (value & w);
-      b &= ~(value & c);
-      cfg[o] = b;
+    const took = this.enter();
+    try {
+      const cfg = this.cfg;
+      for (let o = offset; o < end; o++) {
+        const value = data[o - offset] as number;
+        const w = this.wmask[o] as number;
+        const c = this.w1cmask[o] as number;
+        let b = ((cfg[o] as number) & ~w) | (value & w);
+        b &= ~(value & c);
+        cfg[o] = b;
+      }
+      if (offset < PCI_REG.COMMAND + 2 && end > PCI_REG.COMMAND) {
+        this.updateIntx();
+      }
+      if (offset < PCI_REG.BAR0 + 4 * this.barCount && end > PCI_REG.COMMAND) {
+        this.updateMappings();
+        this.reconcileBars();
+      }
+      this.runCapHooks(offset, end, "write");
+    } finally {
+      this.exit(took);
     }
-    if (offset < PCI_REG.COMMAND + 2 && end > PCI_REG.COMMAND) {
-      this.updateIntx();
-    }
-    if (offset < PCI_REG.BAR0 + 4 * this.barCount && end > PCI_REG.COMMAND) {
-      this.updateMappings();
-    }
-    this.runCapHooks(offset, end, "write");
   }
 
   /** `readConfig` for 1, 2 or 4 bytes, as a little-endian number. */
@@ -411,29 +751,73 @@ export class PciFunction {
   }
 
   // ---- host-side raw access (no masks, no side effects) ---------------------------------------------------
+  // Before attach these read and write the reset image (construction); afterwards the shared space, locked.
 
   peek8(offset: number): number {
-    return this.view.getUint8(offset);
+    if (!this.isAttached) return this.imageView.getUint8(offset);
+    const took = this.enter();
+    try {
+      return this.cfgView.getUint8(offset);
+    } finally {
+      this.exit(took);
+    }
   }
   peek16(offset: number): number {
-    return this.view.getUint16(offset, true);
+    if (!this.isAttached) return this.imageView.getUint16(offset, true);
+    const took = this.enter();
+    try {
+      return this.cfgView.getUint16(offset, true);
+    } finally {
+      this.exit(took);
+    }
   }
   peek32(offset: number): number {
-    return this.view.getUint32(offset, true);
+    if (!this.isAttached) return this.imageView.getUint32(offset, true);
+    const took = this.enter();
+    try {
+      return this.cfgView.getUint32(offset, true);
+    } finally {
+      this.exit(took);
+    }
   }
   poke8(offset: number, value: number): void {
-    this.view.setUint8(offset, value & 0xff);
+    this.poke(offset, 1, value);
   }
   poke16(offset: number, value: number): void {
-    this.view.setUint16(offset, value & 0xffff, true);
+    this.poke(offset, 2, value);
   }
   poke32(offset: number, value: number): void {
-    this.view.setUint32(offset, value >>> 0, true);
+    this.poke(offset, 4, value);
+  }
+
+  private poke(offset: number, size: 1 | 2 | 4, value: number): void {
+    const write = (v: DataView) => {
+      if (size === 1) v.setUint8(offset, value & 0xff);
+      else if (size === 2) v.setUint16(offset, value & 0xffff, true);
+      else v.setUint32(offset, value >>> 0, true);
+    };
+    if (!this.isAttached) {
+      write(this.imageView);
+      return;
+    }
+    const took = this.enter();
+    try {
+      write(this.cfgView);
+    } finally {
+      this.exit(took);
+    }
   }
 
   /** Sets RW1C status bits from the device side (e.g. RECEIVED_MASTER_ABORT after a failed DMA). */
   raiseStatus(bits: number): void {
-    this.poke16(PCI_REG.STATUS, this.status | (bits & STATUS_W1C));
+    if (!this.isAttached) this.requireAttached("raiseStatus");
+    const took = this.enter();
+    try {
+      const v = this.cfgView;
+      v.setUint16(PCI_REG.STATUS, v.getUint16(PCI_REG.STATUS, true) | (bits & STATUS_W1C), true);
+    } finally {
+      this.exit(took);
+    }
   }
 
   // ---- capabilities ---------------------------------------------------------------------------------------
@@ -445,6 +829,7 @@ export class PciFunction {
    * A vendor-specific capability (ID 0x09) carries its own length in body[0] (PCI §6.7, "Capability Length").
    */
   addCapability(id: number, body: Uint8Array, options: CapabilityOptions = {}): number {
+    this.requireBuilding("addCapability");
     const length = 2 + body.length;
     const offset = this.nextCap;
     if (offset + length > PCI_CONFIG_SIZE) {
@@ -454,19 +839,20 @@ export class PciFunction {
     }
     if (id < 0 || id > 0xff) throw new PciCapabilityError(`${this.name}: bad capability ID ${id}`);
     this.checkMasks(body, options);
-    this.cfg[offset] = id;
-    this.cfg[offset + 1] = 0; // end of list until another capability follows
-    this.cfg.set(body, offset + 2);
+    this.build8(offset, id);
+    this.build8(offset + 1, 0); // end of list until another capability follows
+    this.buildBytes(offset + 2, body);
     if (options.writableMask) this.wmask.set(options.writableMask, offset + 2);
     if (options.w1cMask) this.w1cmask.set(options.w1cMask, offset + 2);
 
     const standard = this.caps.filter((c) => !c.extended);
     const last = standard[standard.length - 1];
     if (last === undefined) {
-      this.cfg[PCI_REG.CAPABILITIES_POINTER] = offset;
-      this.poke16(PCI_REG.STATUS, this.status | PCI_STATUS.CAPABILITIES_LIST);
+      this.build8(PCI_REG.CAPABILITIES_POINTER, offset);
+      // STATUS is dword 0x04's upper half.
+      this.buildUpdate32(PCI_REG.COMMAND, (d) => d | (PCI_STATUS.CAPABILITIES_LIST << 16));
     } else {
-      this.cfg[last.offset + 1] = offset;
+      this.build8(last.offset + 1, offset);
     }
     this.caps.push({ id, offset, length, extended: false, onWrite: options.onWrite, onRead: options.onRead });
     this.nextCap = (offset + length + 3) & ~3;
@@ -483,6 +869,7 @@ export class PciFunction {
     body: Uint8Array,
     options: CapabilityOptions = {},
   ): number {
+    this.requireBuilding("addExtendedCapability");
     const length = 4 + body.length;
     const offset = this.nextExtCap;
     if (offset + length > PCIE_CONFIG_SIZE) {
@@ -494,14 +881,14 @@ export class PciFunction {
       throw new PciCapabilityError(`${this.name}: bad extended capability ID ${id} / version ${version}`);
     }
     this.checkMasks(body, options);
-    this.poke32(offset, id | (version << 16));
-    this.cfg.set(body, offset + 4);
+    this.build32(offset, id | (version << 16));
+    this.buildBytes(offset + 4, body);
     if (options.writableMask) this.wmask.set(options.writableMask, offset + 4);
     if (options.w1cMask) this.w1cmask.set(options.w1cMask, offset + 4);
     const extended = this.caps.filter((c) => c.extended);
     const last = extended[extended.length - 1];
     if (last !== undefined) {
-      this.poke32(last.offset, (this.peek32(last.offset) & 0xfffff) | (offset << 20));
+      this.buildUpdate32(last.offset, (d) => (d & 0xfffff) | (offset << 20));
     }
     this.caps.push({ id, offset, length, extended: true, onWrite: options.onWrite, onRead: options.onRead });
     this.nextExtCap = (offset + length + 3) & ~3;
@@ -537,6 +924,7 @@ export class PciFunction {
    * unassigned (address 0); firmware (see `assignBars`) or the guest programs it.
    */
   defineBar(index: number, def: BarDefinition): void {
+    this.requireBuilding("defineBar");
     const { kind, size } = def;
     const slots = kind === "mmio64" ? 2 : 1;
     if (!Number.isInteger(index) || index < 0 || index + slots > this.barCount) {
@@ -566,15 +954,15 @@ export class PciFunction {
     const off = PCI_REG.BAR0 + 4 * index;
     if (kind === "io") {
       // Bit 0 = 1 (I/O), bit 1 reserved; address bits 15:2 above the size are writable.
-      this.poke32(off, 0x1);
+      this.build32(off, 0x1);
       this.setMask(this.wmask, off, 4, ~(size - 1) & 0xfffc);
     } else {
       // Bit 0 = 0 (memory), bits 2:1 = type (00: 32-bit, 10: 64-bit), bit 3 = prefetchable.
       const low = (kind === "mmio64" ? 0x4 : 0) | (def.prefetchable ? 0x8 : 0);
-      this.poke32(off, low);
+      this.build32(off, low);
       this.setMask(this.wmask, off, 4, size >= TWO32 ? 0 : ~(size - 1) & 0xfffffff0);
       if (kind === "mmio64") {
-        this.poke32(off + 4, 0);
+        this.build32(off + 4, 0);
         this.setMask(this.wmask, off + 4, 4, size > TWO32 ? ~(size / TWO32 - 1) : 0xffffffff);
         this.barUpperOf[index + 1] = index;
       }
@@ -600,18 +988,38 @@ export class PciFunction {
 
   /** The address programmed into BAR `index` (whether or not it decodes), or null if the BAR is not defined. */
   barAddress(index: number): number | null {
+    if (this.bars[index] === undefined) return null;
+    if (!this.isAttached) return this.barAddressIn(this.imageView, index);
+    const took = this.enter();
+    try {
+      return this.barAddressIn(this.cfgView, index);
+    } finally {
+      this.exit(took);
+    }
+  }
+
+  private barAddressIn(view: DataView, index: number): number | null {
     const bar = this.bars[index];
     if (bar === undefined) return null;
     const off = PCI_REG.BAR0 + 4 * index;
-    const lo = this.peek32(off);
+    const lo = view.getUint32(off, true);
     if (bar.kind === "io") return lo & 0xfffc;
     const base = (lo & 0xfffffff0) >>> 0;
-    return bar.kind === "mmio64" ? base + this.peek32(off + 4) * TWO32 : base;
+    return bar.kind === "mmio64" ? base + view.getUint32(off + 4, true) * TWO32 : base;
   }
 
-  /** Where BAR `index` decodes now (see the emulation choices above), or null. */
+  /**
+   * Where BAR `index` decodes now (see the emulation choices above), or null. This is the machine-wide decode
+   * in the shared state, which this thread's buses may not reflect yet (see `syncBars`).
+   */
   barMapping(index: number): number | null {
-    return this.mapped[index] ?? null;
+    if (index < 0 || index >= this.barCount || !this.isAttached) return null;
+    const took = this.enter();
+    try {
+      return this.mappedAt(index);
+    } finally {
+      this.exit(took);
+    }
   }
 
   /** Programs BAR `index` as firmware does, through the same masks as a guest write. */
@@ -623,20 +1031,81 @@ export class PciFunction {
         `${this.name}: BAR ${index} address ${hex(address)} is not aligned to ${hex(bar.size)}`,
       );
     }
+    if (!this.isAttached) this.requireAttached("setBarAddress");
     const off = PCI_REG.BAR0 + 4 * index;
-    if (bar.kind === "mmio64") this.configWrite(off + 4, 4, Math.floor(address / TWO32));
-    this.configWrite(off, 4, address % TWO32);
+    const took = this.enter();
+    try {
+      if (bar.kind === "mmio64") this.configWrite(off + 4, 4, Math.floor(address / TWO32));
+      this.configWrite(off, 4, address % TWO32);
+    } finally {
+      this.exit(took);
+    }
+  }
+
+  /**
+   * Fires when a BAR's decode changes; see BarRemapHandler. It fires in the thread that changed the decode
+   * (the one that handled the guest's write) and, in every other thread, from `syncBars`. `oldAddr` is where
+   * this object's handler was last told the BAR decodes, so each handler sees a consistent sequence for its own
+   * buses. Setting a handler makes the function's next `syncBars()` catch it up with what already decodes
+   * (`connectBars` calls it at once; `PciBus.syncBars` only looks again after the next decode change).
+   */
+  get onBarRemap(): BarRemapHandler | undefined {
+    return this.remap;
+  }
+  set onBarRemap(handler: BarRemapHandler | undefined) {
+    this.remap = handler;
+    this.appliedGen = -1;
+  }
+
+  /** The decode generation: incremented (in the shared state) whenever any BAR's decode changes. */
+  get barGeneration(): number {
+    return Atomics.load(this.words, S_GEN / 4);
+  }
+
+  /**
+   * Brings this thread's `onBarRemap` handler (and so, with `connectBars`, this thread's buses) up to date with
+   * the decode in the shared state, after another thread handled the guest's BAR or COMMAND write. Returns
+   * whether it found a change to apply. While nothing changed (and before any handler is set) it costs one
+   * Atomics.load.
+   *
+   * Where the integrator calls it (each vCPU thread, for its own buses; `PciBus.syncBars` does every function
+   * on the bus with a single load): before dispatching each MMIO or port-I/O exit to its buses, so no access
+   * reaches a BAR at a place it has left or misses one at a place it has moved to. At the very least call it when
+   * an exit hits an address no device on the thread's bus claims, and dispatch again if it returned true;
+   * that alone finds moved BARs but lets a stale one keep answering at its old address.
+   */
+  syncBars(): boolean {
+    if (Atomics.load(this.words, S_GEN / 4) === this.appliedGen || this.remap === undefined) return false;
+    if (!this.isAttached) this.requireAttached("syncBars");
+    const took = this.enter();
+    try {
+      return this.reconcileBars();
+    } finally {
+      this.exit(took);
+    }
+  }
+
+  /** Called by PciBus: decode changes also bump the bus-wide generation at `words[index]`. */
+  setBusGeneration(words: Int32Array | undefined, index = 0): void {
+    this.busGeneration = words === undefined ? undefined : { words, index };
+  }
+
+  private mappedAt(index: number): number | null {
+    const v = this.header.getFloat64(S_MAPPED + 8 * index, true);
+    return v === 0 ? null : v;
   }
 
   private computeMapping(bar: BarInfo): number | null {
     const isIo = bar.kind === "io";
-    if (!(isIo ? this.ioEnabled : this.memoryEnabled)) return null;
-    const addr = this.barAddress(bar.index);
+    const command = this.cfgView.getUint16(PCI_REG.COMMAND, true);
+    if (!(command & (isIo ? PCI_COMMAND.IO : PCI_COMMAND.MEMORY))) return null;
+    const addr = this.barAddressIn(this.cfgView, bar.index);
     if (addr === null || addr === 0) return null;
     const limit = isIo ? IO_LIMIT : bar.kind === "mmio32" ? TWO32 : MMIO64_LIMIT;
     if (addr + bar.size > limit) return null;
     const lowAddrMask = isIo ? 0xfffc : 0xfffffff0;
-    const lowWritable = this.peek32(PCI_REG.BAR0 + 4 * bar.index) & lowAddrMask & this.maskAt(bar.index);
+    const low = this.cfgView.getUint32(PCI_REG.BAR0 + 4 * bar.index, true);
+    const lowWritable = low & lowAddrMask & this.maskAt(bar.index);
     const sizingPattern = this.maskAt(bar.index) & lowAddrMask;
     if (sizingPattern !== 0 && lowWritable >>> 0 === sizingPattern >>> 0) return null;
     return addr;
@@ -654,15 +1123,38 @@ export class PciFunction {
     );
   }
 
+  /** Recomputes every BAR's decode into the shared state (lock held); bumps the generations on a change. */
   private updateMappings(): void {
+    let changed = false;
     for (const bar of this.bars) {
       if (bar === undefined) continue;
-      const before = this.mapped[bar.index] ?? null;
       const now = this.computeMapping(bar);
-      if (now === before) continue;
-      this.mapped[bar.index] = now;
-      this.onBarRemap?.(bar.index, before, now);
+      if (now === this.mappedAt(bar.index)) continue;
+      this.header.setFloat64(S_MAPPED + 8 * bar.index, now ?? 0, true);
+      changed = true;
     }
+    if (!changed) return;
+    Atomics.add(this.words, S_GEN / 4, 1);
+    const bus = this.busGeneration;
+    if (bus !== undefined) Atomics.add(bus.words, bus.index, 1);
+  }
+
+  /** Tells this object's handler about every BAR whose decode differs from what it was last told (lock held). */
+  private reconcileBars(): boolean {
+    const handler = this.remap;
+    if (handler === undefined) return false;
+    this.appliedGen = Atomics.load(this.words, S_GEN / 4);
+    let any = false;
+    for (const bar of this.bars) {
+      if (bar === undefined) continue;
+      const before = this.applied[bar.index] ?? null;
+      const now = this.mappedAt(bar.index);
+      if (now === before) continue;
+      this.applied[bar.index] = now;
+      any = true;
+      handler(bar.index, before, now);
+    }
+    return any;
   }
 
   // ---- INTx -----------------------------------------------------------------------------------------------
@@ -672,27 +1164,78 @@ export class PciFunction {
    * (interrupt disable) is clear (PCI §6.2.2, §6.2.3) and no MSI-X enable suppresses it (PCI §6.8).
    */
   setIntx(level: boolean): void {
-    this.intxRequest = level;
-    const s = this.status;
-    this.poke16(PCI_REG.STATUS, level ? s | PCI_STATUS.INTERRUPT : s & ~PCI_STATUS.INTERRUPT);
-    this.updateIntx();
+    if (!this.isAttached) this.requireAttached("setIntx");
+    const took = this.enter();
+    try {
+      this.setFlag(F_INTX_REQUEST, level);
+      const v = this.cfgView;
+      const s = v.getUint16(PCI_REG.STATUS, true);
+      v.setUint16(PCI_REG.STATUS, level ? s | PCI_STATUS.INTERRUPT : s & ~PCI_STATUS.INTERRUPT, true);
+      this.updateIntx();
+    } finally {
+      this.exit(took);
+    }
   }
 
   /** While MSI or MSI-X is enabled a function must not use INTx# (PCI §6.8). Called by Msix. */
   setIntxSuppressed(suppressed: boolean): void {
-    this.intxSuppressed = suppressed;
-    this.updateIntx();
+    if (!this.isAttached) this.requireAttached("setIntxSuppressed");
+    const took = this.enter();
+    try {
+      this.setFlag(F_INTX_SUPPRESSED, suppressed);
+      this.updateIntx();
+    } finally {
+      this.exit(took);
+    }
   }
 
   /** Whether the INTx# pin is asserted now. */
   get intxAssertedNow(): boolean {
-    return this.intxAsserted;
+    if (!this.isAttached) return false;
+    return (Atomics.load(this.words, S_FLAGS / 4) & F_INTX_ASSERTED) !== 0;
   }
 
+  private setFlag(flag: number, on: boolean): void {
+    const w = this.words;
+    const f = w[S_FLAGS / 4] as number;
+    Atomics.store(w, S_FLAGS / 4, on ? f | flag : f & ~flag);
+  }
+
+  /** Drives the pin if its level changed (lock held): one transition machine-wide, in the thread causing it. */
   private updateIntx(): void {
-    const assert = this.intxRequest && !this.intxDisabled && !this.intxSuppressed;
-    if (assert === this.intxAsserted) return;
-    this.intxAsserted = assert;
+    const f = this.words[S_FLAGS / 4] as number;
+    const disabled = (this.cfgView.getUint16(PCI_REG.COMMAND, true) & PCI_COMMAND.INTX_DISABLE) !== 0;
+    const assert = (f & F_INTX_REQUEST) !== 0 && !disabled && (f & F_INTX_SUPPRESSED) === 0;
+    if (assert === ((f & F_INTX_ASSERTED) !== 0)) return;
+    this.setFlag(F_INTX_ASSERTED, assert);
     this.intx?.set(assert);
+  }
+}
+
+/** "a differs", "a and b differ", "a, b and c differ". */
+function listParts(parts: readonly string[]): string {
+  if (parts.length === 1) return `${parts[0]} differs`;
+  return `${parts.slice(0, -1).join(", ")} and ${parts[parts.length - 1]} differ`;
+}
+
+/** One hash over a layout's part hashes. */
+function combine(parts: readonly number[]): number {
+  const h = new LayoutHash();
+  for (const p of parts) h.u32(p);
+  return h.value;
+}
+
+/** Checks that `state` can hold `bytes` of shared state at `byteOffset`. */
+export function checkStateBuffer(what: string, state: unknown, byteOffset: number, bytes: number): void {
+  if (!(state instanceof SharedArrayBuffer)) {
+    throw new PciStateError(`${what}: state must be a SharedArrayBuffer (it is shared between threads)`);
+  }
+  if (!Number.isInteger(byteOffset) || byteOffset < 0 || byteOffset % 8 !== 0) {
+    throw new PciStateError(`${what}: state offset ${byteOffset} is not a non-negative multiple of 8`);
+  }
+  if (byteOffset + bytes > state.byteLength) {
+    throw new PciStateError(
+      `${what}: state has ${state.byteLength} bytes, needs ${bytes}${byteOffset ? ` at offset ${byteOffset}` : ""}`,
+    );
   }
 }

@@ -34,3 +34,20 @@ export class PciMsixError extends VireoError {
     super("VIREO_PCI_MSIX", message);
   }
 }
+
+/** Shared state that is not a SharedArrayBuffer, too small, not initialised, or used before `attach()`. */
+export class PciStateError extends VireoError {
+  constructor(message: string) {
+    super("VIREO_PCI_STATE", message);
+  }
+}
+
+/**
+ * A thread built a function (or its MSI-X) differently from the layout already recorded in the shared state:
+ * the threads did not run the same construction code on the same inputs, or a state went to the wrong device.
+ */
+export class PciLayoutError extends VireoError {
+  constructor(message: string) {
+    super("VIREO_PCI_LAYOUT", message);
+  }
+}
