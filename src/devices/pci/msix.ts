@@ -14,11 +14,19 @@
  *
  * Emulation choices: the table accepts accesses of any size (the spec asks software for aligned dwords or
  * qwords, §6.8.2); Message Address bits 1:0 and Vector Control bits 31:1 are read-only 0; PBA writes are ignored.
+ *
+ * Threads: like its PciFunction, an Msix is built in every thread from the same inputs (before the function's
+ * `attach()`, since it adds a capability), over one shared state (`Msix.createState(vectors)`, or `init: true`
+ * on one of them) holding the vector table, the pending bits and the routes last reported. Message Control lives
+ * in the function's configuration space. Everything runs under the function's lock, so `notify` may be called
+ * from any thread, a vCPU or a device I/O thread, with the same results. `sink.signal` and `onRouteChange` run
+ * with that lock held, in the thread that caused them: a route change is reported once for the machine, so
+ * `onRouteChange` must update machine-wide state (KVM GSI routing), which any thread can do.
  */
 import type { BusDevice } from "../../bus/bus.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { PCI_CAP_ID, type PciFunction } from "./config.ts";
-import { PciMsixError } from "./errors.ts";
+import { checkStateBuffer, LayoutHash, PCI_CAP_ID, type PciFunction } from "./config.ts";
+import { PciLayoutError, PciMsixError, PciStateError } from "./errors.ts";
 
 /** Where MSI / MSI-X messages go: a memory write of `data` to the 64-bit address (addressHi:addressLo). */
 export interface MsiSink {
@@ -51,6 +59,14 @@ export interface MsixOptions {
   sink: MsiSink;
   onRouteChange?: (vector: number, route: MsixRoute | null) => void;
   metrics?: MetricsSink;
+  /**
+   * The table, PBA and route state, shared by every thread's Msix for this function: `Msix.stateBytes(vectors)`
+   * bytes from `Msix.createState(vectors)`, or reset with `init`. Required when the function's state is shared;
+   * absent otherwise: a private state.
+   */
+  state?: SharedArrayBuffer;
+  /** Reset the state. Exactly one constructor (before the state is shared) passes true; or use createState. */
+  init?: boolean;
 }
 
 /** Table entry layout (§6.8.2.6-6.8.2.9). */
@@ -76,6 +92,25 @@ const CAP_BODY_LENGTH = 10;
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
 
+// Shared state layout: a header, then per vector a table entry (16 bytes, as the guest sees it) and the route
+// last reported (valid flag, address low, address high, data), then the PBA.
+const S_MAGIC = 0;
+const S_SEALED = 4; // 1 once the first Msix built over the state reset the table and recorded the layout
+const S_HASH = 8;
+const S_VECTORS = 12;
+const S_ENTRIES = 16;
+const ROUTE_SIZE = 16;
+const MAGIC = 0x4d534958; // "MSIX"
+
+function stateBytes(vectors: number): number {
+  return S_ENTRIES + vectors * (MSIX_ENTRY_SIZE + ROUTE_SIZE) + Math.ceil(vectors / 64) * 8;
+}
+
+function resetMsixState(state: SharedArrayBuffer): void {
+  new Uint8Array(state).fill(0);
+  Atomics.store(new Int32Array(state, 0, 4), S_MAGIC / 4, MAGIC);
+}
+
 export class Msix {
   readonly vectors: number;
   /** Offset of the capability in configuration space. */
@@ -90,12 +125,30 @@ export class Msix {
 
   private readonly fn: PciFunction;
   private readonly sink: MsiSink;
+  /** Shared: the table as the guest sees it. */
   private readonly entries: Uint8Array;
   private readonly entryView: DataView;
+  /** Shared: the routes last reported through onRouteChange. */
+  private readonly routeView: DataView;
+  /** Shared: the Pending Bit Array. */
   private readonly pending: Uint8Array;
-  private readonly routes: Array<MsixRoute | null>;
   private readonly sent: Counter;
   private readonly pended: Counter;
+
+  /** Bytes of shared state an Msix with `vectors` vectors needs. */
+  static stateBytes(vectors: number): number {
+    return stateBytes(vectors);
+  }
+
+  /** A fresh state to hand to every thread's Msix for one function. */
+  static createState(vectors: number): SharedArrayBuffer {
+    if (!Number.isInteger(vectors) || vectors < 1 || vectors > 2048) {
+      throw new PciMsixError(`MSI-X table size ${vectors} not in 1-2048`);
+    }
+    const state = new SharedArrayBuffer(stateBytes(vectors));
+    resetMsixState(state);
+    return state;
+  }
 
   constructor(fn: PciFunction, options: MsixOptions) {
     const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = options;
@@ -118,13 +171,35 @@ export class Msix {
       throw new PciMsixError(`${fn.name}: MSI-X table and PBA overlap in BAR ${tableBar}`);
     }
 
-    this.entries = new Uint8Array(this.tableLength);
-    this.entryView = new DataView(this.entries.buffer);
-    this.pending = new Uint8Array(this.pbaLength);
-    this.routes = new Array(vectors).fill(null);
-    // §6.8.2.9: every vector's Mask bit is set after reset.
-    for (let v = 0; v < vectors; v++)
-      this.entries[v * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] = VECTOR_CONTROL_MASK;
+    const bytes = stateBytes(vectors);
+    let state = options.state;
+    if (state === undefined) {
+      if (fn.shared) {
+        throw new PciStateError(
+          `Msix ${fn.name}: the function's state is shared, so MSI-X needs shared state too ` +
+            "(Msix.createState(vectors), passed as `state` in every thread)",
+        );
+      }
+      state = new SharedArrayBuffer(bytes);
+      resetMsixState(state);
+    } else {
+      checkStateBuffer(`Msix ${fn.name}`, state, 0, bytes);
+      if (options.init) resetMsixState(state);
+    }
+    const words = new Int32Array(state, 0, S_ENTRIES / 4);
+    if (Atomics.load(words, S_MAGIC / 4) !== MAGIC) {
+      throw new PciStateError(
+        `Msix ${fn.name}: state is not initialised (use Msix.createState(vectors) or init: true)`,
+      );
+    }
+    this.entries = new Uint8Array(state, S_ENTRIES, this.tableLength);
+    this.entryView = new DataView(state, S_ENTRIES, this.tableLength);
+    this.routeView = new DataView(state, S_ENTRIES + this.tableLength, vectors * ROUTE_SIZE);
+    this.pending = new Uint8Array(
+      state,
+      S_ENTRIES + vectors * (MSIX_ENTRY_SIZE + ROUTE_SIZE),
+      this.pbaLength,
+    );
 
     const body = new Uint8Array(CAP_BODY_LENGTH);
     const bodyView = new DataView(body.buffer);
@@ -140,19 +215,46 @@ export class Msix {
       onWrite: () => this.controlChanged(),
     });
 
+    // The first Msix over the state resets the table; the others check they describe the same layout.
+    const layout =
+      new LayoutHash()
+        .str(fn.name)
+        .u32(vectors)
+        .u32(tableBar)
+        .u32(tableOffset)
+        .u32(pbaBar)
+        .u32(pbaOffset)
+        .u32(this.capOffset).value | 0;
+    fn.withLock(() => {
+      if (Atomics.load(words, S_SEALED / 4) === 0) {
+        this.resetTable();
+        words[S_HASH / 4] = layout;
+        words[S_VECTORS / 4] = vectors;
+        Atomics.store(words, S_SEALED / 4, 1);
+      } else if (words[S_HASH / 4] !== layout) {
+        throw new PciLayoutError(
+          `Msix ${fn.name}: this thread built a different MSI-X layout from the one recorded in the shared ` +
+            `state (${vectors} vectors here, ${words[S_VECTORS / 4]} recorded; table BAR ${tableBar} + ` +
+            `${tableOffset}, PBA BAR ${pbaBar} + ${pbaOffset}, capability at ${this.capOffset}). Every thread ` +
+            "must build it with the same inputs, and pass each function its own state.",
+        );
+      }
+    });
+
     const name = fn.name;
     this.sent = options.metrics?.counter(`msix.${name}.sent`) ?? NO_COUNTER;
     this.pended = options.metrics?.counter(`msix.${name}.pending`) ?? NO_COUNTER;
     this.table = {
       name: `${name}.msix-table`,
-      read: (offset, data) => this.readTable(offset, data),
-      write: (offset, data) => this.writeTable(offset, data),
+      read: (offset, data) => this.locked(() => this.readTable(offset, data)),
+      write: (offset, data) => this.locked(() => this.writeTable(offset, data)),
     };
     this.pba = {
       name: `${name}.msix-pba`,
-      read: (offset, data) => {
-        for (let i = 0; i < data.length; i++) data[i] = this.pending[offset + i] ?? 0;
-      },
+      read: (offset, data) =>
+        this.locked(() => {
+          for (let i = 0; i < data.length; i++) data[i] = this.pending[offset + i] ?? 0;
+        }),
       write: () => {},
     };
   }
@@ -170,6 +272,14 @@ export class Msix {
     }
   }
 
+  /** Runs `f` under the function's lock, once the function is attached (its Message Control is live then). */
+  private locked<T>(f: () => T): T {
+    if (!this.fn.attached) {
+      throw new PciStateError(`Msix ${this.fn.name}: used before the function's attach()`);
+    }
+    return this.fn.withLock(f);
+  }
+
   /** Message Control as the guest last wrote it. */
   get control(): number {
     return this.fn.peek16(this.capOffset + CAP_CONTROL);
@@ -184,47 +294,52 @@ export class Msix {
   /** A table entry as the guest programmed it. */
   entry(vector: number): MsixEntry {
     this.checkVector(vector);
-    const base = vector * MSIX_ENTRY_SIZE;
-    const v = this.entryView;
-    return {
-      addressLo: v.getUint32(base + ENTRY_ADDR_LO, true),
-      addressHi: v.getUint32(base + ENTRY_ADDR_HI, true),
-      data: v.getUint32(base + ENTRY_DATA, true),
-      masked: (v.getUint32(base + ENTRY_VECTOR_CONTROL, true) & VECTOR_CONTROL_MASK) !== 0,
-    };
+    return this.locked(() => {
+      const base = vector * MSIX_ENTRY_SIZE;
+      const v = this.entryView;
+      return {
+        addressLo: v.getUint32(base + ENTRY_ADDR_LO, true),
+        addressHi: v.getUint32(base + ENTRY_ADDR_HI, true),
+        data: v.getUint32(base + ENTRY_DATA, true),
+        masked: (v.getUint32(base + ENTRY_VECTOR_CONTROL, true) & VECTOR_CONTROL_MASK) !== 0,
+      };
+    });
   }
 
   /** Whether the vector is masked, by its own Mask bit or the Function Mask. */
   isMasked(vector: number): boolean {
     this.checkVector(vector);
-    return this.functionMasked || this.entryMasked(vector);
+    return this.locked(() => this.functionMasked || this.entryMasked(vector));
   }
 
   isPending(vector: number): boolean {
     this.checkVector(vector);
-    return ((this.pending[vector >>> 3] as number) & (1 << (vector & 7))) !== 0;
+    return this.locked(() => this.pendingBit(vector));
   }
 
   /** The vector's effective route: its message while MSI-X is enabled and the vector unmasked, else null. */
   route(vector: number): MsixRoute | null {
     this.checkVector(vector);
-    return this.routes[vector] ?? null;
+    return this.locked(() => this.reportedRoute(vector));
   }
 
   /**
    * The device raises `vector`. Guest-controlled vector numbers are safe to pass: an out-of-range vector is
-   * reported as "invalid" and dropped.
+   * reported as "invalid" and dropped. Callable from any thread.
    */
   notify(vector: number): MsixDelivery {
     if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) return "invalid";
-    if (!this.enabled) return "disabled";
-    if (this.functionMasked || this.entryMasked(vector)) {
-      this.setPending(vector, true);
-      this.pended.add();
-      return "pending";
-    }
-    this.send(vector);
-    return "sent";
+    return this.locked((): MsixDelivery => {
+      const control = this.control;
+      if (!(control & MSIX_CONTROL_ENABLE)) return "disabled";
+      if (control & MSIX_CONTROL_FUNCTION_MASK || this.entryMasked(vector)) {
+        this.setPending(vector, true);
+        this.pended.add();
+        return "pending";
+      }
+      this.send(vector);
+      return "sent";
+    });
   }
 
   /**
@@ -233,20 +348,28 @@ export class Msix {
    */
   clearPending(vector: number): void {
     this.checkVector(vector);
-    this.setPending(vector, false);
+    this.locked(() => this.setPending(vector, false));
   }
 
   /** Back to the reset state: disabled, function unmasked, every vector masked with a zero message, none pending. */
   reset(): void {
-    this.fn.poke16(
-      this.capOffset + CAP_CONTROL,
-      this.control & ~(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK),
-    );
+    this.locked(() => {
+      this.fn.poke16(
+        this.capOffset + CAP_CONTROL,
+        this.control & ~(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK),
+      );
+      this.resetTable();
+      this.controlChanged();
+    });
+  }
+
+  /** Every vector masked with a zero message, none pending (lock held). Routes are left for refresh to report. */
+  private resetTable(): void {
     this.entries.fill(0);
+    // §6.8.2.9: every vector's Mask bit is set after reset.
     for (let v = 0; v < this.vectors; v++)
       this.entries[v * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] = VECTOR_CONTROL_MASK;
     this.pending.fill(0);
-    this.controlChanged();
   }
 
   private checkVector(vector: number): void {
@@ -255,10 +378,16 @@ export class Msix {
     }
   }
 
+  // ---- everything below runs with the function's lock held ----
+
   private entryMasked(vector: number): boolean {
     return (
       ((this.entries[vector * MSIX_ENTRY_SIZE + ENTRY_VECTOR_CONTROL] as number) & VECTOR_CONTROL_MASK) !== 0
     );
+  }
+
+  private pendingBit(vector: number): boolean {
+    return ((this.pending[vector >>> 3] as number) & (1 << (vector & 7))) !== 0;
   }
 
   private setPending(vector: number, on: boolean): void {
@@ -279,34 +408,56 @@ export class Msix {
     );
   }
 
+  private reportedRoute(vector: number): MsixRoute | null {
+    const r = this.routeView;
+    const base = vector * ROUTE_SIZE;
+    if (r.getUint32(base, true) === 0) return null;
+    return {
+      addressLo: r.getUint32(base + 4, true),
+      addressHi: r.getUint32(base + 8, true),
+      data: r.getUint32(base + 12, true),
+    };
+  }
+
   /** After anything that can unmask a vector or change its message: deliver what is pending, report routes. */
-  private refresh(vector: number): void {
-    const deliverable = this.enabled && !this.functionMasked && !this.entryMasked(vector);
-    if (deliverable && this.isPending(vector)) {
+  private refresh(vector: number, control: number): void {
+    const deliverable =
+      (control & MSIX_CONTROL_ENABLE) !== 0 &&
+      (control & MSIX_CONTROL_FUNCTION_MASK) === 0 &&
+      !this.entryMasked(vector);
+    if (deliverable && this.pendingBit(vector)) {
       this.setPending(vector, false);
       this.send(vector);
     }
-    const before = this.routes[vector] ?? null;
-    let now: MsixRoute | null = null;
-    if (deliverable) {
-      const e = this.entry(vector);
-      now = { addressLo: e.addressLo, addressHi: e.addressHi, data: e.data };
+    const r = this.routeView;
+    const base = vector * ROUTE_SIZE;
+    const e = this.entryView;
+    const entry = vector * MSIX_ENTRY_SIZE;
+    const lo = e.getUint32(entry + ENTRY_ADDR_LO, true);
+    const hi = e.getUint32(entry + ENTRY_ADDR_HI, true);
+    const data = e.getUint32(entry + ENTRY_DATA, true);
+    const had = r.getUint32(base, true) !== 0;
+    if (!deliverable && !had) return;
+    if (
+      deliverable &&
+      had &&
+      r.getUint32(base + 4, true) === lo &&
+      r.getUint32(base + 8, true) === hi &&
+      r.getUint32(base + 12, true) === data
+    ) {
+      return;
     }
-    const same =
-      before === now ||
-      (before !== null &&
-        now !== null &&
-        before.addressLo === now.addressLo &&
-        before.addressHi === now.addressHi &&
-        before.data === now.data);
-    if (same) return;
-    this.routes[vector] = now;
-    this.onRouteChange?.(vector, now);
+    r.setUint32(base, deliverable ? 1 : 0, true);
+    r.setUint32(base + 4, deliverable ? lo : 0, true);
+    r.setUint32(base + 8, deliverable ? hi : 0, true);
+    r.setUint32(base + 12, deliverable ? data : 0, true);
+    this.onRouteChange?.(vector, deliverable ? { addressLo: lo, addressHi: hi, data } : null);
   }
 
   private controlChanged(): void {
-    this.fn.setIntxSuppressed(this.enabled);
-    for (let v = 0; v < this.vectors; v++) this.refresh(v);
+    const control = this.control;
+    this.fn.setIntxSuppressed((control & MSIX_CONTROL_ENABLE) !== 0);
+    for (let v = 0; v < this.vectors; v++) this.refresh(v, control);
   }
 
   private readTable(offset: number, data: Uint8Array): void {
@@ -322,6 +473,7 @@ export class Msix {
     }
     const first = Math.floor(offset / MSIX_ENTRY_SIZE);
     const last = Math.floor((end - 1) / MSIX_ENTRY_SIZE);
-    for (let v = first; v <= last; v++) this.refresh(v);
+    const control = this.control;
+    for (let v = first; v <= last; v++) this.refresh(v, control);
   }
 }
