@@ -12,10 +12,17 @@
  *
  * A function that does not exist reads as all ones (vendor ID 0xFFFF, which is how software finds empty slots,
  * PCI §6.1) and ignores writes; so does any bus but 0 (vireo has no PCI-to-PCI bridges yet).
+ *
+ * Threads: every thread builds the same PciBus (same functions at the same slots, in the same order) over one
+ * shared bus state (`PciBus.createState()`), which holds the CONFIG_ADDRESS latch (one for the machine: Linux
+ * takes a global lock around each 0xCF8/0xCFC pair), a bus-wide BAR decode generation, and the host bridge
+ * function's state. The set of functions is not shared: add and remove them at setup, identically everywhere.
+ * Then `attach()` every function (`PciBus.attach()`), and call `syncBars()` before dispatching exits (see
+ * `PciFunction.syncBars`).
  */
 import type { Bus, BusDevice } from "../../bus/bus.ts";
-import { PciFunction, type PciFunctionOptions } from "./config.ts";
-import { PciSlotError } from "./errors.ts";
+import { checkStateBuffer, PciFunction, type PciFunctionOptions } from "./config.ts";
+import { PciSlotError, PciStateError } from "./errors.ts";
 
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
 export const PCI_CONFIG_DATA_PORT = 0xcfc;
@@ -71,16 +78,67 @@ export interface PciSlot {
 export interface PciBusOptions {
   /** Put a host bridge at 00:00.0 (default true). */
   hostBridge?: boolean;
+  /**
+   * The bus state shared by every thread's PciBus (`PciBus.STATE_BYTES`, from `PciBus.createState()` or reset
+   * with `init`). Absent: a private state, for a single thread. With a shared state the host bridge is built over
+   * the function state inside it and attached at once.
+   */
+  state?: SharedArrayBuffer;
+  /** Reset the state. Exactly one constructor (before the state is shared) passes true; or use createState. */
+  init?: boolean;
+}
+
+// Bus state layout: Int32 words, then the host bridge's function state.
+const B_MAGIC = 0;
+const B_GEN = 1; // bus-wide BAR decode generation, bumped by every function on the bus with its own
+const B_CONFIG_ADDRESS = 2; // the CONFIG_ADDRESS latch at 0xCF8
+const B_HEADER_BYTES = 64;
+const BUS_STATE_BYTES = B_HEADER_BYTES + PciFunction.STATE_BYTES;
+const BUS_MAGIC = 0x50434942; // "PCIB"
+
+function resetBusState(state: SharedArrayBuffer): void {
+  new Uint8Array(state, 0, B_HEADER_BYTES).fill(0);
+  PciFunction.initState(state, B_HEADER_BYTES);
+  Atomics.store(new Int32Array(state, 0, B_HEADER_BYTES / 4), B_MAGIC, BUS_MAGIC);
 }
 
 /** Bus 0: up to 32 devices of up to 8 functions each. */
 export class PciBus {
+  /** Bytes of shared bus state (see PciBusOptions.state). */
+  static readonly STATE_BYTES = BUS_STATE_BYTES;
+
   readonly number = 0;
   /** Indexed by device << 3 | function. */
   private readonly slots: Array<PciFunction | undefined> = new Array(PCI_DEVICES_PER_BUS * 8).fill(undefined);
+  private readonly words: Int32Array;
+  /** The bus generation this thread last synchronised its functions' BARs to; -1: never. */
+  private seenGen = -1;
+
+  /** A fresh bus state to hand to every thread's PciBus. */
+  static createState(): SharedArrayBuffer {
+    const state = new SharedArrayBuffer(BUS_STATE_BYTES);
+    resetBusState(state);
+    return state;
+  }
 
   constructor(options: PciBusOptions = {}) {
-    if (options.hostBridge ?? true) this.add(createHostBridge(), 0, 0);
+    const { state } = options;
+    if (state !== undefined) {
+      checkStateBuffer("PciBus", state, 0, BUS_STATE_BYTES);
+      if (options.init) resetBusState(state);
+    }
+    const s = state ?? PciBus.createState();
+    this.words = new Int32Array(s, 0, B_HEADER_BYTES / 4);
+    if (Atomics.load(this.words, B_MAGIC) !== BUS_MAGIC) {
+      throw new PciStateError("PciBus: state is not initialised (use PciBus.createState() or init: true)");
+    }
+    if (options.hostBridge ?? true) {
+      const bridge =
+        state === undefined
+          ? createHostBridge()
+          : createHostBridge({ state, stateOffset: B_HEADER_BYTES }).attach();
+      this.add(bridge, 0, 0);
+    }
   }
 
   /** Places `fn` at device:function. Keeps function 0's multi-function bit in step (PCI §6.2.1). */
@@ -95,6 +153,7 @@ export class PciBus {
     }
     if (this.slots.includes(fn)) throw new PciSlotError(`${fn.name} is already on the bus`);
     this.slots[i] = fn;
+    fn.setBusGeneration(this.words, B_GEN);
     this.updateMultiFunction(device);
   }
 
@@ -114,7 +173,10 @@ export class PciBus {
     const i = (device << 3) | func;
     const fn = this.slots[i];
     this.slots[i] = undefined;
-    if (fn !== undefined) fn.setMultiFunction(false);
+    if (fn !== undefined) {
+      fn.setMultiFunction(false);
+      fn.setBusGeneration(undefined);
+    }
     this.updateMultiFunction(device);
     return fn;
   }
@@ -131,6 +193,37 @@ export class PciBus {
       if (fn !== undefined) out.push({ device: i >> 3, function: i & 7, fn });
     });
     return out;
+  }
+
+  /** Attaches every function on the bus to its state (see PciFunction.attach). Returns `this`. */
+  attach(): this {
+    for (const fn of this.slots) fn?.attach();
+    return this;
+  }
+
+  /**
+   * `syncBars()` of every function on the bus, but only if some function's BAR decode changed since this
+   * object last looked: one Atomics.load while nothing changed. Call it before dispatching each MMIO or
+   * port-I/O exit to this thread's buses (see PciFunction.syncBars). Returns whether anything was applied.
+   */
+  syncBars(): boolean {
+    const g = Atomics.load(this.words, B_GEN);
+    if (g === this.seenGen) return false;
+    // Loaded before the functions are read: a change made meanwhile leaves the generation ahead of seenGen.
+    this.seenGen = g;
+    let any = false;
+    for (const fn of this.slots) if (fn?.syncBars()) any = true;
+    return any;
+  }
+
+  /** The CONFIG_ADDRESS latch at 0xCF8 (machine-wide). */
+  get configAddressLatch(): number {
+    return Atomics.load(this.words, B_CONFIG_ADDRESS) >>> 0;
+  }
+
+  /** Sets the CONFIG_ADDRESS latch; reserved bits are dropped (PCI §3.2.2.3.2). */
+  latchConfigAddress(value: number): void {
+    Atomics.store(this.words, B_CONFIG_ADDRESS, (value & CONFIG_ADDRESS_WRITABLE) | 0);
   }
 
   /** A configuration read; all ones if no function answers (PCI §6.1). */
@@ -177,13 +270,13 @@ function slotName(device: number, func: number): string {
 
 /**
  * Configuration Mechanism #1. Register `address` at 0xCF8 for one port and `data` at 0xCFC for four (see
- * `register`).
+ * `register`). The CONFIG_ADDRESS latch is the bus's (`PciBus.configAddressLatch`), so with a shared bus state
+ * a latch written by one vCPU thread selects the register another thread's 0xCFC access reaches.
  */
 export class PciConfigIo {
   readonly address: BusDevice;
   readonly data: BusDevice;
   private readonly bus: PciBus;
-  private configAddress = 0;
 
   constructor(bus: PciBus) {
     this.bus = bus;
@@ -191,12 +284,11 @@ export class PciConfigIo {
       name: "pci-config-address",
       read: (offset, data) => {
         // Only a dword access at 0xCF8 is CONFIG_ADDRESS; anything else floats.
-        if (offset === 0 && data.length === 4) writeLe32(data, this.configAddress);
+        if (offset === 0 && data.length === 4) writeLe32(data, this.bus.configAddressLatch);
         else data.fill(0xff);
       },
       write: (offset, data) => {
-        if (offset === 0 && data.length === 4)
-          this.configAddress = (readLe32(data) & CONFIG_ADDRESS_WRITABLE) >>> 0;
+        if (offset === 0 && data.length === 4) this.bus.latchConfigAddress(readLe32(data));
       },
     };
     this.data = {
@@ -214,11 +306,11 @@ export class PciConfigIo {
 
   /** The CONFIG_ADDRESS latch, as the guest last wrote it. */
   get latchedAddress(): number {
-    return this.configAddress;
+    return this.bus.configAddressLatch;
   }
 
   private access(port: number, data: Uint8Array, op: "read" | "write"): void {
-    const a = this.configAddress;
+    const a = this.bus.configAddressLatch;
     // Bytes past 0xCFF are not part of CONFIG_DATA (an x86 port access straddling it is split by the CPU).
     const inside = Math.max(0, Math.min(data.length, 4 - port));
     if (op === "read") data.fill(0xff);
