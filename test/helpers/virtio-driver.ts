@@ -13,6 +13,11 @@
  * tests the raw methods (`writeDesc`, `writeTable`, `pushAvail`, `setAvailIdx`, `makeAvailableRaw`) write
  * whatever they are given.
  */
+
+import { Bus } from "../../src/bus/bus.ts";
+import { connectBars } from "../../src/devices/pci/bars.ts";
+import type { VirtioDeviceModel } from "../../src/devices/virtio/device.ts";
+import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
 import {
   DESC_SIZE,
   needEvent,
@@ -31,6 +36,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
 } from "../../src/devices/virtio/queue/index.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import { MetricsSegment, SLOTS_PER_SEGMENT } from "../../src/metrics/registry.ts";
 
 export interface DriverOptions {
   kind: QueueKind;
@@ -845,4 +851,44 @@ export class VirtioPciTestDriver {
     }
     this.cfg.configWrite(cap + 2, 2, 0x8000);
   }
+}
+
+/** A virtio-pci device on its own MMIO bus with a spec-following driver, recording interrupts and logs. */
+export interface VirtioPciRig<M> {
+  mem: GuestMemory;
+  model: M;
+  transport: VirtioPciTransport;
+  drv: VirtioPciTestDriver;
+  state: SharedArrayBuffer;
+  /** MSI data values sent (0x40 + vector with enableMsix). */
+  msis: number[];
+  /** INTx levels set. */
+  intx: boolean[];
+  logs: string[];
+  metrics: MetricsSegment;
+}
+
+export function makeVirtioPciRig<M extends VirtioDeviceModel>(
+  model: M,
+  opts: { mem?: GuestMemory; state?: SharedArrayBuffer; memSize?: number } = {},
+): VirtioPciRig<M> {
+  const mem = opts.mem ?? makeTestMemory({ size: opts.memSize ?? 8 << 20, shared: true });
+  const state = opts.state ?? VirtioPciTransport.createState(model);
+  const msis: number[] = [];
+  const intx: boolean[] = [];
+  const logs: string[] = [];
+  const metrics = new MetricsSegment(new ArrayBuffer(SLOTS_PER_SEGMENT * 8), 0);
+  const transport = new VirtioPciTransport({
+    state,
+    model,
+    mem,
+    msiSink: { signal: (_lo, _hi, data) => msis.push(data) },
+    intx: { set: (level) => intx.push(level) },
+    log: (m) => logs.push(m),
+    metrics,
+  });
+  const mmio = new Bus("mmio");
+  connectBars(transport.pci, { pio: new Bus("pio"), mmio });
+  const drv = new VirtioPciTestDriver(transport.pci, mmio, mem);
+  return { mem, model, transport, drv, state, msis, intx, logs, metrics };
 }
