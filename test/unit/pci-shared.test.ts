@@ -13,6 +13,7 @@ import { PCI_CAP_ID, PCI_COMMAND, PCI_REG, PCI_STATUS, PciFunction } from "../..
 import { PciLayoutError, PciStateError } from "../../src/devices/pci/errors.ts";
 import { configAddress, PciBus, PciConfigIo, PciEcam } from "../../src/devices/pci/host-bridge.ts";
 import { Msix, type MsixRoute } from "../../src/devices/pci/msix.ts";
+import { SharedLock } from "../../src/vmm/shared-lock.ts";
 
 const DEV = 3;
 const LAPIC_MSI = 0xfee0_0000;
@@ -471,6 +472,33 @@ if (!isMainThread) {
       );
       assert.throws(() => n.fn.defineBar(2, { kind: "mmio32", size: 0x1000 }), isState);
       assert.equal(n.msix.notify(0), "disabled");
+    });
+
+    test("capability hooks run without the function's lock held (it is a leaf lock)", () => {
+      const state = PciFunction.createState();
+      // The function's lock is the state's first word; another holder can take it only if it is free.
+      const probe = new SharedLock(state, 0);
+      const free = () => {
+        if (!probe.tryLock()) return false;
+        probe.unlock();
+        return true;
+      };
+      const seen: string[] = [];
+      const fn = new PciFunction("x", { vendorId: 1, deviceId: 2, classCode: 0, state });
+      const off = fn.addCapability(PCI_CAP_ID.VENDOR_SPECIFIC, new Uint8Array([6, 0, 0, 0]), {
+        writableMask: new Uint8Array([0, 0, 0xff, 0xff]),
+        onRead: () => seen.push(`read ${free()}`),
+        onWrite: () => {
+          seen.push(`write ${free()}`);
+          // A hook may call back into the function; it takes the lock itself.
+          fn.poke8(off + 5, fn.peek8(off + 4) + 1);
+        },
+      });
+      fn.attach();
+      fn.configWrite(off + 4, 1, 0x41);
+      assert.equal(fn.configRead(off + 4, 2), 0x4241);
+      assert.deepEqual(seen, ["write true", "read true"]);
+      assert.equal(free(), true);
     });
 
     test("state buffers are checked", () => {

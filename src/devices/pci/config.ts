@@ -171,10 +171,15 @@ export interface CapabilityOptions {
   w1cMask?: Uint8Array;
   /**
    * Runs after a guest write touching the capability has been stored. `offset` is relative to the capability's
-   * first byte (its ID), and [offset, offset + length) is the part of the capability the write covered.
+   * first byte (its ID), and [offset, offset + length) is the part of the capability the write covered. Runs
+   * without the function's lock held (see PciFunction): take it with `withLock` if the hook needs several
+   * reads and writes to be atomic.
    */
   onWrite?: (offset: number, length: number) => void;
-  /** Runs before a guest read touching the capability, so the owner can refresh the bytes it returns. */
+  /**
+   * Runs before a guest read touching the capability, so the owner can refresh the bytes it returns. Runs
+   * without the function's lock held, like onWrite.
+   */
   onRead?: (offset: number, length: number) => void;
 }
 
@@ -308,9 +313,12 @@ function resetFunctionState(state: SharedArrayBuffer, base: number): void {
  *    layout against them and throws PciLayoutError, naming what differs, if the thread built something else.
  *    After attach the layout is fixed: `defineBar` and `addCapability` throw.
  * 3. Every public method then runs under the lock; a configuration access takes it once, whatever its size.
- *    Callbacks (`intx.set`, `onBarRemap`, capability hooks, MSI-X sinks) run with the lock held in the thread
- *    that caused them. The lock is re-entrant for this object in this thread, so hooks may call back into the
- *    function (`peek`/`poke`, `setIntxSuppressed`, ...), but must not touch another thread's objects.
+ *    The lock is a leaf, so device models may call into the function (`setIntx`, `Msix.notify`, ...) while
+ *    holding their own locks: the callbacks run with it held (`intx.set`, `onBarRemap`, MSI-X `sink.signal`
+ *    and `onRouteChange`, in the thread that caused them) must not take device locks or call into another
+ *    thread's objects. Capability hooks run outside it (`onRead` before the read's lock, `onWrite` after the
+ *    write's), so they may take their owner's locks and call back into the function. The lock is re-entrant
+ *    for this object in this thread (`withLock`), for device models that want to group calls.
  *
  * Without `state` the function has a private state and is attached from the start; it can then still be built
  * further at any time (for a single-threaded user, such as the unit tests).
@@ -681,10 +689,11 @@ export class PciFunction {
    */
   readConfig(offset: number, data: Uint8Array): void {
     if (!this.isAttached) this.requireAttached("readConfig");
+    const end = Math.min(offset + data.length, PCIE_CONFIG_SIZE);
+    // Before taking the lock, so hooks may take their owner's locks (the function's lock is a leaf).
+    if (offset < end) this.runCapHooks(offset, end, "read");
     const took = this.enter();
     try {
-      const end = Math.min(offset + data.length, PCIE_CONFIG_SIZE);
-      if (offset < end) this.runCapHooks(offset, end, "read");
       const cfg = this.cfg;
       for (let i = 0; i < data.length; i++) {
         const o = offset + i;
@@ -718,10 +727,11 @@ export class PciFunction {
         this.updateMappings();
         this.reconcileBars();
       }
-      this.runCapHooks(offset, end, "write");
     } finally {
       this.exit(took);
     }
+    // After releasing the lock, so hooks may take their owner's locks (the function's lock is a leaf).
+    this.runCapHooks(offset, end, "write");
   }
 
   /** `readConfig` for 1, 2 or 4 bytes, as a little-endian number. */

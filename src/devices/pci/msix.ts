@@ -19,8 +19,9 @@
  * `attach()`, since it adds a capability), over one shared state (`Msix.createState(vectors)`, or `init: true`
  * on one of them) holding the vector table, the pending bits and the routes last reported. Message Control lives
  * in the function's configuration space. Everything runs under the function's lock, so `notify` may be called
- * from any thread, a vCPU or a device I/O thread, with the same results. `sink.signal` and `onRouteChange` run
- * with that lock held, in the thread that caused them: a route change is reported once for the machine, so
+ * from any thread, a vCPU or a device I/O thread, with the same results, also while the caller holds its own
+ * device locks (the function's lock is a leaf). `sink.signal` and `onRouteChange` run with that lock held, in the
+ * thread that caused them, and must not take device locks: a route change is reported once for the machine, so
  * `onRouteChange` must update machine-wide state (KVM GSI routing), which any thread can do.
  */
 import type { BusDevice } from "../../bus/bus.ts";
@@ -210,9 +211,10 @@ export class Msix {
     const writableMask = new Uint8Array(CAP_BODY_LENGTH);
     writableMask[1] = (MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK) >>> 8;
     // Any write to the capability may have flipped Enable or Function Mask; controlChanged only acts on changes.
+    // Capability hooks run outside the function's lock: take it for the whole update.
     this.capOffset = fn.addCapability(PCI_CAP_ID.MSIX, body, {
       writableMask,
-      onWrite: () => this.controlChanged(),
+      onWrite: () => fn.withLock(() => this.controlChanged()),
     });
 
     // The first Msix over the state resets the table; the others check they describe the same layout.
