@@ -1,0 +1,449 @@
+/**
+ * virtio-net, the network device (OASIS virtio 1.2, 5.1 Network Device): one receive and one transmit queue over a
+ * NetBackend (src/net/backend.ts).
+ *
+ * Every buffer starts with struct virtio_net_hdr, 12 bytes with VIRTIO_F_VERSION_1 (5.1.6). What happens to it
+ * depends on the backend:
+ * - A plain backend carries bare Ethernet frames. The device strips the header on transmit, completing a
+ *   partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM, with VIRTIO_NET_F_CSUM) in software, and prepends a zeroed
+ *   header on receive. Segmentation offloads are not offered (there would be nothing to segment with).
+ * - A backend with `vnetHdr` (a TAP opened with IFF_VNET_HDR) takes and produces frames that start with the
+ *   12-byte header. The device then offers the checksum and TSO offloads both ways and passes headers through;
+ *   `setOffloads` tells the backend what the driver accepted (TUNSETOFFLOAD).
+ *
+ * Receive: the backend calls the receiver with a frame; the device writes it into the next receive buffer, or
+ * with VIRTIO_NET_F_MRG_RXBUF across as many buffers as it needs (num_buffers). With too few buffers the
+ * receiver returns false and gives back what it took: the backend keeps the frame, and the device calls
+ * `rxReady()` when the driver posts buffers, so nothing is lost within the backend's queue bound.
+ *
+ * The backend object belongs to the thread that uses it: each thread's VirtioNet gets a NetBackend callable from
+ * that thread (on a vCPU thread, a proxy to the I/O thread that owns the real one).
+ */
+import type { Counter } from "../../metrics/registry.ts";
+import type { NetBackend } from "../../net/backend.ts";
+import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
+import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
+import { type DescriptorChain, readChain, type Virtqueue, writeChain } from "./queue/index.ts";
+
+/** Feature bits (5.1.3). */
+export const VIRTIO_NET_F = {
+  CSUM: 0,
+  GUEST_CSUM: 1,
+  CTRL_GUEST_OFFLOADS: 2,
+  MTU: 3,
+  MAC: 5,
+  GUEST_TSO4: 7,
+  GUEST_TSO6: 8,
+  GUEST_ECN: 9,
+  GUEST_UFO: 10,
+  HOST_TSO4: 11,
+  HOST_TSO6: 12,
+  HOST_ECN: 13,
+  HOST_UFO: 14,
+  MRG_RXBUF: 15,
+  STATUS: 16,
+  CTRL_VQ: 17,
+  MQ: 22,
+} as const;
+
+/** struct virtio_net_hdr (5.1.6). */
+export const VIRTIO_NET_HDR_SIZE = 12;
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
+export const VIRTIO_NET_HDR_GSO_NONE = 0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+export const VIRTIO_NET_HDR_GSO_UDP = 3;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
+
+/** Offsets in struct virtio_net_config (5.1.4). */
+export const NET_CONFIG = {
+  MAC: 0,
+  STATUS: 6,
+  MAX_VIRTQUEUE_PAIRS: 8,
+  MTU: 10,
+  SPEED: 12,
+  DUPLEX: 16,
+  SIZE: 20,
+} as const;
+export const VIRTIO_NET_S_LINK_UP = 1;
+
+export const NET_RX_QUEUE = 0;
+export const NET_TX_QUEUE = 1;
+
+/** Largest frame with a GSO header (64 KiB payload plus Ethernet and a VLAN tag), and the TX bound. */
+const MAX_FRAME = 65535 + 14 + 4;
+
+/** What the driver accepted of the receive offloads, for a vnet-header backend (TUNSETOFFLOAD). */
+export interface NetOffloads {
+  csum: boolean;
+  tso4: boolean;
+  tso6: boolean;
+  ecn: boolean;
+}
+
+/** A NetBackend, optionally speaking virtio_net_hdr-prefixed frames. */
+export interface VirtioNetBackend extends NetBackend {
+  /** send() takes and the receiver gets frames that start with a 12-byte struct virtio_net_hdr. */
+  readonly vnetHdr?: boolean;
+  /** The driver's receive offloads, once negotiated (only called on vnetHdr backends). */
+  setOffloads?(offloads: NetOffloads): void;
+}
+
+export interface VirtioNetOptions {
+  backend: VirtioNetBackend;
+  name?: string;
+  /** Default: a random locally administered unicast address. */
+  mac?: Uint8Array;
+  /** Offer VIRTIO_NET_F_MTU with this MTU. */
+  mtu?: number;
+  queueSize?: number;
+  /** Link state at creation (shared state starts here); default up. */
+  linkUp?: boolean;
+}
+
+const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+/** 16-bit ones' complement sum of bytes (RFC 1071), not yet complemented. */
+function onesSum(b: Uint8Array, from: number, to: number): number {
+  let sum = 0;
+  let i = from;
+  for (; i + 1 < to; i += 2) sum += ((b[i] as number) << 8) | (b[i + 1] as number);
+  if (i < to) sum += (b[i] as number) << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
+/**
+ * 5.1.6.2: completes a partial checksum: the ones' complement of the sum from csum_start to the end of the
+ * frame, stored at csum_start + csum_offset (the driver put the pseudo-header sum there). False if the offsets
+ * do not fit the frame.
+ */
+export function completeChecksum(frame: Uint8Array, csumStart: number, csumOffset: number): boolean {
+  const at = csumStart + csumOffset;
+  if (csumStart >= frame.length || at + 2 > frame.length) return false;
+  let c = ~onesSum(frame, csumStart, frame.length) & 0xffff;
+  // A zero UDP checksum means "none"; RFC 768 transmits all ones instead. Harmless for TCP (never 0 here).
+  if (c === 0) c = 0xffff;
+  frame[at] = c >>> 8;
+  frame[at + 1] = c & 0xff;
+  return true;
+}
+
+function randomMac(): Uint8Array {
+  const mac = new Uint8Array(6);
+  crypto.getRandomValues(mac);
+  mac[0] = ((mac[0] as number) & 0xfe) | 0x02; // unicast, locally administered
+  return mac;
+}
+
+// Shared state: one Int32: link state (0 as created, 1 up, 2 down).
+const S_LINK = 0;
+
+export class VirtioNet implements VirtioDeviceModel {
+  readonly type = VIRTIO_ID.NET;
+  readonly name: string;
+  readonly numQueues = 2;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  readonly configSize = NET_CONFIG.SIZE;
+  readonly stateBytes = 8;
+  readonly mac: Uint8Array;
+  readonly backend: VirtioNetBackend;
+  private readonly mtu: number | undefined;
+  private readonly linkUpAtStart: boolean;
+  private readonly vnetHdr: boolean;
+  private ctx!: VirtioContext;
+  private link!: Int32Array;
+  private c = {
+    txPackets: NO_COUNTER,
+    txBytes: NO_COUNTER,
+    txDropped: NO_COUNTER,
+    rxPackets: NO_COUNTER,
+    rxBytes: NO_COUNTER,
+    rxDropped: NO_COUNTER,
+    rxNoBuffers: NO_COUNTER,
+  };
+
+  constructor(opts: VirtioNetOptions) {
+    this.backend = opts.backend;
+    this.name = opts.name ?? "net0";
+    this.maxQueueSize = opts.queueSize ?? 256;
+    this.mac = opts.mac ? opts.mac.slice(0, 6) : randomMac();
+    this.mtu = opts.mtu;
+    this.linkUpAtStart = opts.linkUp ?? true;
+    this.vnetHdr = opts.backend.vnetHdr === true;
+    let f =
+      featureBit(VIRTIO_NET_F.MAC) |
+      featureBit(VIRTIO_NET_F.STATUS) |
+      featureBit(VIRTIO_NET_F.MRG_RXBUF) |
+      featureBit(VIRTIO_NET_F.CSUM);
+    if (this.mtu !== undefined) f |= featureBit(VIRTIO_NET_F.MTU);
+    if (this.vnetHdr) {
+      for (const b of [
+        VIRTIO_NET_F.GUEST_CSUM,
+        VIRTIO_NET_F.GUEST_TSO4,
+        VIRTIO_NET_F.GUEST_TSO6,
+        VIRTIO_NET_F.HOST_TSO4,
+        VIRTIO_NET_F.HOST_TSO6,
+      ]) {
+        f |= featureBit(b);
+      }
+    }
+    this.features = f;
+  }
+
+  bind(ctx: VirtioContext): void {
+    this.ctx = ctx;
+    this.link = new Int32Array(ctx.stateBuffer, ctx.stateOffset, 1);
+    const m = ctx.metrics;
+    if (m) {
+      const p = `virtio.${this.name}`;
+      this.c = {
+        txPackets: m.counter(`${p}.tx_packets`),
+        txBytes: m.counter(`${p}.tx_bytes`),
+        txDropped: m.counter(`${p}.tx_dropped`),
+        rxPackets: m.counter(`${p}.rx_packets`),
+        rxBytes: m.counter(`${p}.rx_bytes`),
+        rxDropped: m.counter(`${p}.rx_dropped`),
+        rxNoBuffers: m.counter(`${p}.rx_no_buffers`),
+      };
+    }
+    this.backend.attach((frame) => this.receive(frame));
+  }
+
+  get linkUp(): boolean {
+    const s = Atomics.load(this.link, S_LINK);
+    return s === 0 ? this.linkUpAtStart : s === 1;
+  }
+
+  /** Plugs or pulls the cable: config status changes and the driver gets a configuration change (5.1.4). */
+  setLinkUp(up: boolean): void {
+    if (up === this.linkUp) return;
+    Atomics.store(this.link, S_LINK, up ? 1 : 2);
+    this.ctx.configChanged();
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    const cfg = new Uint8Array(NET_CONFIG.SIZE);
+    const v = new DataView(cfg.buffer);
+    cfg.set(this.mac, NET_CONFIG.MAC);
+    v.setUint16(NET_CONFIG.STATUS, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
+    v.setUint16(NET_CONFIG.MAX_VIRTQUEUE_PAIRS, 1, true);
+    v.setUint16(NET_CONFIG.MTU, this.mtu ?? 0, true);
+    v.setUint32(NET_CONFIG.SPEED, 0xffffffff, true); // unknown
+    v.setUint8(NET_CONFIG.DUPLEX, 0xff); // unknown
+    data.set(cfg.subarray(offset, offset + data.length));
+  }
+
+  /** 5.1.3.1: feature dependencies. */
+  validateFeatures(accepted: bigint): string | null {
+    const has = (b: number) => hasFeature(accepted, b);
+    for (const b of [
+      VIRTIO_NET_F.GUEST_TSO4,
+      VIRTIO_NET_F.GUEST_TSO6,
+      VIRTIO_NET_F.GUEST_ECN,
+      VIRTIO_NET_F.GUEST_UFO,
+    ]) {
+      if (has(b) && !has(VIRTIO_NET_F.GUEST_CSUM)) return `net feature ${b} needs VIRTIO_NET_F_GUEST_CSUM`;
+    }
+    for (const b of [
+      VIRTIO_NET_F.HOST_TSO4,
+      VIRTIO_NET_F.HOST_TSO6,
+      VIRTIO_NET_F.HOST_ECN,
+      VIRTIO_NET_F.HOST_UFO,
+    ]) {
+      if (has(b) && !has(VIRTIO_NET_F.CSUM)) return `net feature ${b} needs VIRTIO_NET_F_CSUM`;
+    }
+    return null;
+  }
+
+  activate(): void {
+    if (this.vnetHdr && this.backend.setOffloads) {
+      const has = (b: number) => this.ctx.hasFeature(b);
+      this.backend.setOffloads({
+        csum: has(VIRTIO_NET_F.GUEST_CSUM),
+        tso4: has(VIRTIO_NET_F.GUEST_TSO4),
+        tso6: has(VIRTIO_NET_F.GUEST_TSO6),
+        ecn: has(VIRTIO_NET_F.GUEST_ECN),
+      });
+    }
+    this.queueNotified(NET_TX_QUEUE);
+    this.backend.rxReady();
+  }
+
+  queueNotified(q: number): void {
+    if (q === NET_RX_QUEUE) this.backend.rxReady();
+    else if (q === NET_TX_QUEUE) this.ctx.drain(NET_TX_QUEUE, (chain) => this.transmit(chain));
+  }
+
+  // ---- transmit (5.1.6.2) -------------------------------------------------------------------------------------
+
+  private transmit(chain: DescriptorChain): number {
+    if (chain.writableLength > 0) {
+      throw new VirtioRequestError(
+        `transmit buffer ${chain.id} has ${chain.writableLength} device-writable bytes`,
+      );
+    }
+    if (chain.readableLength < VIRTIO_NET_HDR_SIZE) {
+      throw new VirtioRequestError(
+        `transmit buffer ${chain.id} has ${chain.readableLength} bytes, shorter than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
+      );
+    }
+    if (chain.readableLength > VIRTIO_NET_HDR_SIZE + MAX_FRAME) {
+      this.c.txDropped.add();
+      return 0;
+    }
+    const buf = readChain(this.ctx.mem, chain);
+    const frameLen = buf.length - VIRTIO_NET_HDR_SIZE;
+    if (this.vnetHdr) {
+      // Offloads pass through: the backend gets the header with the frame.
+      this.count(this.backend.send(buf), frameLen);
+      return 0;
+    }
+    const v = new DataView(buf.buffer, buf.byteOffset, VIRTIO_NET_HDR_SIZE);
+    const flags = v.getUint8(0);
+    const gso = v.getUint8(1);
+    const frame = buf.subarray(VIRTIO_NET_HDR_SIZE);
+    // Without HOST_TSO negotiated the driver sends no GSO frames; we offer none to a plain backend.
+    if ((gso & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) {
+      this.c.txDropped.add();
+      return 0;
+    }
+    if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+      const ok =
+        this.ctx.hasFeature(VIRTIO_NET_F.CSUM) &&
+        completeChecksum(frame, v.getUint16(6, true), v.getUint16(8, true));
+      if (!ok) {
+        this.c.txDropped.add();
+        return 0;
+      }
+    }
+    this.count(this.backend.send(frame), frameLen);
+    return 0;
+  }
+
+  private count(sent: boolean, bytes: number): void {
+    if (!sent) {
+      this.c.txDropped.add();
+      return;
+    }
+    this.c.txPackets.add();
+    this.c.txBytes.add(bytes);
+  }
+
+  // ---- receive (5.1.6.3, 5.1.6.4) -----------------------------------------------------------------------------
+
+  /** The backend's receiver: false when the guest has no buffer for the frame yet (the backend keeps it). */
+  receive(frame: Uint8Array): boolean {
+    const placed = this.ctx.withQueue(NET_RX_QUEUE, (vq) => (vq === null ? false : this.place(vq, frame)));
+    return placed ?? false;
+  }
+
+  private place(vq: Virtqueue, input: Uint8Array): boolean {
+    const header = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    let payload: Uint8Array;
+    if (this.vnetHdr) {
+      if (input.length < VIRTIO_NET_HDR_SIZE) {
+        this.c.rxDropped.add();
+        return true;
+      }
+      header.set(input.subarray(0, VIRTIO_NET_HDR_SIZE));
+      const fitted = this.fitOffloads(header, input.subarray(VIRTIO_NET_HDR_SIZE));
+      if (fitted === null) {
+        this.c.rxDropped.add();
+        return true;
+      }
+      payload = fitted;
+    } else {
+      payload = input;
+    }
+    if (payload.length > MAX_FRAME) {
+      this.c.rxDropped.add();
+      return true;
+    }
+    const total = VIRTIO_NET_HDR_SIZE + payload.length;
+    const mergeable = this.ctx.hasFeature(VIRTIO_NET_F.MRG_RXBUF);
+    const chains: DescriptorChain[] = [];
+    let room = 0;
+    while (room < total) {
+      const c = vq.pop();
+      if (c === null) {
+        // Not enough buffers now: give back what we took, keep the frame for rxReady.
+        for (let i = chains.length - 1; i >= 0; i--) vq.unpop(chains[i] as DescriptorChain);
+        this.c.rxNoBuffers.add();
+        return false;
+      }
+      // 5.1.6.3.1: receive buffers are device-writable, and (mergeable) each holds at least the header.
+      if (c.readableLength > 0) {
+        throw new VirtioRequestError(`receive buffer ${c.id} has ${c.readableLength} device-readable bytes`);
+      }
+      if (c.writableLength < VIRTIO_NET_HDR_SIZE) {
+        throw new VirtioRequestError(
+          `receive buffer ${c.id} has ${c.writableLength} bytes, less than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
+        );
+      }
+      chains.push(c);
+      room += c.writableLength;
+      if (!mergeable) break;
+    }
+    if (room < total) {
+      // Without MRG_RXBUF the frame must fit one buffer; this one is too small: drop the frame, keep the buffer.
+      vq.unpop(chains[0] as DescriptorChain);
+      this.c.rxDropped.add();
+      return true;
+    }
+    // 5.1.6.4: num_buffers is the number of buffers the packet spans (1 without MRG_RXBUF).
+    new DataView(header.buffer).setUint16(10, chains.length, true);
+    let at = 0;
+    const lens: number[] = [];
+    for (const c of chains) {
+      const take = Math.min(c.writableLength, total - at);
+      let written = 0;
+      if (at < VIRTIO_NET_HDR_SIZE) {
+        written += writeChain(this.ctx.mem, c, header.subarray(at, Math.min(VIRTIO_NET_HDR_SIZE, at + take)));
+      }
+      const dataFrom = Math.max(0, at - VIRTIO_NET_HDR_SIZE);
+      const dataTo = at + take - VIRTIO_NET_HDR_SIZE;
+      if (dataTo > dataFrom) writeChain(this.ctx.mem, c, payload.subarray(dataFrom, dataTo), written);
+      lens.push(take);
+      at += take;
+    }
+    chains.forEach((c, i) => {
+      vq.pushUsed(c, lens[i] as number);
+    });
+    this.c.rxPackets.add();
+    this.c.rxBytes.add(payload.length);
+    this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+    return true;
+  }
+
+  /**
+   * A header from a vnet-header backend, checked against what the driver accepted: a partial checksum the driver
+   * cannot take is completed here (in a copy: the backend may offer the frame again); a GSO frame it cannot take
+   * is refused (null).
+   */
+  private fitOffloads(header: Uint8Array, payload: Uint8Array): Uint8Array | null {
+    const v = new DataView(header.buffer);
+    const gso = v.getUint8(1) & ~VIRTIO_NET_HDR_GSO_ECN;
+    const has = (b: number) => this.ctx.hasFeature(b);
+    if (gso === VIRTIO_NET_HDR_GSO_TCPV4 && !has(VIRTIO_NET_F.GUEST_TSO4)) return null;
+    if (gso === VIRTIO_NET_HDR_GSO_TCPV6 && !has(VIRTIO_NET_F.GUEST_TSO6)) return null;
+    if (
+      gso !== VIRTIO_NET_HDR_GSO_NONE &&
+      gso !== VIRTIO_NET_HDR_GSO_TCPV4 &&
+      gso !== VIRTIO_NET_HDR_GSO_TCPV6
+    ) {
+      return null;
+    }
+    let out = payload;
+    if (v.getUint8(0) & VIRTIO_NET_HDR_F_NEEDS_CSUM && !has(VIRTIO_NET_F.GUEST_CSUM)) {
+      if (gso !== VIRTIO_NET_HDR_GSO_NONE) return null;
+      out = payload.slice();
+      if (!completeChecksum(out, v.getUint16(6, true), v.getUint16(8, true))) return null;
+      v.setUint8(0, 0);
+    }
+    if (!has(VIRTIO_NET_F.GUEST_CSUM)) v.setUint8(0, v.getUint8(0) & ~VIRTIO_NET_HDR_F_DATA_VALID);
+    return out;
+  }
+}
