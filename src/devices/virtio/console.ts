@@ -1,0 +1,187 @@
+/**
+ * virtio-console (OASIS virtio 1.2, 5.3 Console Device), port 0 only (no VIRTIO_CONSOLE_F_MULTIPORT): receiveq0
+ * carries input to the guest, transmitq0 output from it. Offers VIRTIO_CONSOLE_F_EMERG_WRITE, and
+ * VIRTIO_CONSOLE_F_SIZE when a terminal size is given.
+ *
+ * Nothing is lost either way: every transmit buffer's bytes go to `output`, in order (under the transmit queue's
+ * lock, whichever thread serves it); `input` keeps bytes in a bounded ring in the shared state until the guest
+ * posts receive buffers, and tells the caller how many it took.
+ */
+import type { Counter } from "../../metrics/registry.ts";
+import { featureBit, VIRTIO_ID } from "./constants.ts";
+import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
+import { type DescriptorChain, readChain, type Virtqueue, writeChain } from "./queue/index.ts";
+
+/** Feature bits (5.3.3). */
+export const VIRTIO_CONSOLE_F = { SIZE: 0, MULTIPORT: 1, EMERG_WRITE: 2 } as const;
+
+/** Offsets in struct virtio_console_config (5.3.4). */
+export const CONSOLE_CONFIG = { COLS: 0, ROWS: 2, MAX_NR_PORTS: 4, EMERG_WR: 8, SIZE: 12 } as const;
+
+export const CONSOLE_RX_QUEUE = 0;
+export const CONSOLE_TX_QUEUE = 1;
+
+export interface VirtioConsoleOptions {
+  /** Receives the guest's output. The array is the sink's to keep. */
+  output: (bytes: Uint8Array) => void;
+  name?: string;
+  queueSize?: number;
+  /** Terminal size; offers VIRTIO_CONSOLE_F_SIZE. */
+  size?: { cols: number; rows: number };
+  /** Bytes of input held while the guest has no buffers; default 65536. */
+  inputCapacity?: number;
+}
+
+const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+// Shared state: Int32 words [input head, input count, cols, rows], then the input ring.
+const W_HEAD = 0;
+const W_COUNT = 1;
+const W_COLS = 2;
+const W_ROWS = 3;
+const RING_OFFSET = 16;
+
+export class VirtioConsole implements VirtioDeviceModel {
+  readonly type = VIRTIO_ID.CONSOLE;
+  readonly name: string;
+  readonly numQueues = 2;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  readonly configSize = CONSOLE_CONFIG.SIZE;
+  readonly stateBytes: number;
+  readonly inputCapacity: number;
+  private readonly output: (bytes: Uint8Array) => void;
+  private readonly initialSize: { cols: number; rows: number } | undefined;
+  private ctx!: VirtioContext;
+  private words!: Int32Array;
+  private ring!: Uint8Array;
+  private c = { txBytes: NO_COUNTER, rxBytes: NO_COUNTER };
+
+  constructor(opts: VirtioConsoleOptions) {
+    this.output = opts.output;
+    this.name = opts.name ?? "console0";
+    this.maxQueueSize = opts.queueSize ?? 64;
+    this.inputCapacity = opts.inputCapacity ?? 65536;
+    this.stateBytes = RING_OFFSET + this.inputCapacity;
+    this.initialSize = opts.size;
+    let f = featureBit(VIRTIO_CONSOLE_F.EMERG_WRITE);
+    if (opts.size) f |= featureBit(VIRTIO_CONSOLE_F.SIZE);
+    this.features = f;
+  }
+
+  bind(ctx: VirtioContext): void {
+    this.ctx = ctx;
+    this.words = new Int32Array(ctx.stateBuffer, ctx.stateOffset, 4);
+    this.ring = new Uint8Array(ctx.stateBuffer, ctx.stateOffset + RING_OFFSET, this.inputCapacity);
+    const m = ctx.metrics;
+    if (m) {
+      this.c = {
+        txBytes: m.counter(`virtio.${this.name}.tx_bytes`),
+        rxBytes: m.counter(`virtio.${this.name}.rx_bytes`),
+      };
+    }
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    const cfg = new Uint8Array(CONSOLE_CONFIG.SIZE);
+    const v = new DataView(cfg.buffer);
+    const cols = Atomics.load(this.words, W_COLS) || (this.initialSize?.cols ?? 0);
+    const rows = Atomics.load(this.words, W_ROWS) || (this.initialSize?.rows ?? 0);
+    v.setUint16(CONSOLE_CONFIG.COLS, cols, true);
+    v.setUint16(CONSOLE_CONFIG.ROWS, rows, true);
+    v.setUint32(CONSOLE_CONFIG.MAX_NR_PORTS, 1, true);
+    data.set(cfg.subarray(offset, offset + data.length));
+  }
+
+  /** 5.3.4: a write to emerg_wr outputs one character, queues or not. */
+  writeConfig(offset: number, data: Uint8Array): void {
+    if (offset === CONSOLE_CONFIG.EMERG_WR && data.length >= 1) {
+      this.output(Uint8Array.of(data[0] as number));
+      this.c.txBytes.add();
+    }
+  }
+
+  /** The terminal was resized: new cols/rows and a configuration change (5.3.6.2, with VIRTIO_CONSOLE_F_SIZE). */
+  resize(cols: number, rows: number): void {
+    Atomics.store(this.words, W_COLS, cols & 0xffff);
+    Atomics.store(this.words, W_ROWS, rows & 0xffff);
+    this.ctx.configChanged();
+  }
+
+  /**
+   * Offers terminal input. Returns how many bytes (a prefix of `bytes`) were taken; the caller keeps the rest and
+   * offers it again later (after the guest has read some).
+   */
+  input(bytes: Uint8Array): number {
+    const taken =
+      this.ctx.withQueue(CONSOLE_RX_QUEUE, () => {
+        const w = this.words;
+        const cap = this.inputCapacity;
+        const count = w[W_COUNT] as number;
+        const n = Math.min(bytes.length, cap - count);
+        const tail = ((w[W_HEAD] as number) + count) % cap;
+        const first = Math.min(n, cap - tail);
+        this.ring.set(bytes.subarray(0, first), tail);
+        this.ring.set(bytes.subarray(first, n), 0);
+        w[W_COUNT] = count + n;
+        return n;
+      }) ?? 0;
+    this.deliver();
+    return taken;
+  }
+
+  /** Bytes of input waiting for receive buffers. */
+  get pendingInput(): number {
+    return this.ctx.withQueue(CONSOLE_RX_QUEUE, () => this.words[W_COUNT] as number) ?? 0;
+  }
+
+  queueNotified(q: number): void {
+    if (q === CONSOLE_RX_QUEUE) this.deliver();
+    else if (q === CONSOLE_TX_QUEUE) this.ctx.drain(CONSOLE_TX_QUEUE, (chain) => this.transmit(chain));
+  }
+
+  private transmit(chain: DescriptorChain): number {
+    if (chain.writableLength > 0) {
+      throw new VirtioRequestError(`console transmit buffer ${chain.id} has device-writable bytes`);
+    }
+    const bytes = readChain(this.ctx.mem, chain);
+    if (bytes.length > 0) {
+      this.output(bytes);
+      this.c.txBytes.add(bytes.length);
+    }
+    return 0;
+  }
+
+  /** Moves pending input into the guest's receive buffers. */
+  private deliver(): void {
+    this.ctx.withQueue(CONSOLE_RX_QUEUE, (vq) => {
+      if (vq === null) return;
+      this.fill(vq);
+    });
+  }
+
+  private fill(vq: Virtqueue): void {
+    const w = this.words;
+    const cap = this.inputCapacity;
+    let pushed = false;
+    while ((w[W_COUNT] as number) > 0) {
+      const c = vq.pop();
+      if (c === null) break;
+      if (c.readableLength > 0) {
+        throw new VirtioRequestError(`console receive buffer ${c.id} has device-readable bytes`);
+      }
+      const count = w[W_COUNT] as number;
+      const head = w[W_HEAD] as number;
+      const n = Math.min(count, c.writableLength);
+      const first = Math.min(n, cap - head);
+      writeChain(this.ctx.mem, c, this.ring.subarray(head, head + first));
+      if (n > first) writeChain(this.ctx.mem, c, this.ring.subarray(0, n - first), first);
+      vq.pushUsed(c, n);
+      w[W_HEAD] = (head + n) % cap;
+      w[W_COUNT] = count - n;
+      this.c.rxBytes.add(n);
+      pushed = true;
+    }
+    if (pushed) this.ctx.notifyUsed(CONSOLE_RX_QUEUE, vq);
+  }
+}
