@@ -17,7 +17,7 @@
 import { Bus } from "../../src/bus/bus.ts";
 import { connectBars } from "../../src/devices/pci/bars.ts";
 import type { VirtioDeviceModel } from "../../src/devices/virtio/device.ts";
-import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
+import { type VirtioPciState, VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
 import {
   DESC_SIZE,
   needEvent,
@@ -859,7 +859,7 @@ export interface VirtioPciRig<M> {
   model: M;
   transport: VirtioPciTransport;
   drv: VirtioPciTestDriver;
-  state: SharedArrayBuffer;
+  state: VirtioPciState;
   /** MSI data values sent (0x40 + vector with enableMsix). */
   msis: number[];
   /** INTx levels set. */
@@ -870,7 +870,7 @@ export interface VirtioPciRig<M> {
 
 export function makeVirtioPciRig<M extends VirtioDeviceModel>(
   model: M,
-  opts: { mem?: GuestMemory; state?: SharedArrayBuffer; memSize?: number } = {},
+  opts: { mem?: GuestMemory; state?: VirtioPciState; memSize?: number } = {},
 ): VirtioPciRig<M> {
   const mem = opts.mem ?? makeTestMemory({ size: opts.memSize ?? 8 << 20, shared: true });
   const state = opts.state ?? VirtioPciTransport.createState(model);

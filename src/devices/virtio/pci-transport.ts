@@ -12,9 +12,10 @@
  * BAR 1 (32-bit memory): MSI-X table at 0, PBA after it; numQueues + 1 vectors by default.
  *
  * The transport knows no device type: it maps registers onto a VirtioDevice (device.ts), which runs the model.
- * Register state lives in the VirtioDevice's shared state, so every thread's transport over the same state is
- * the same device. (The PciFunction and Msix objects are per thread until the PCI layer keeps its state in
- * shared memory too; `createFunction` lets the integrator supply a function over shared state.)
+ * All run-time state is shared (VirtioPciState: the virtio registers and queues, the PCI function's
+ * configuration space, the MSI-X table), so every thread's transport built over the same state, with the same
+ * options, is the same device: a register write handled on one vCPU thread and a queue notification served on
+ * another (or on an ioeventfd worker) meet in the shared state.
  */
 
 import type { BusDevice } from "../../bus/bus.ts";
@@ -83,9 +84,19 @@ const CLASS_BY_TYPE: Record<number, number> = {
   [VIRTIO_ID.ENTROPY]: 0xff0000, // device does not fit any defined class
 };
 
+/** Everything a virtio-pci device keeps in shared memory; a plain object of SharedArrayBuffers (postMessage-able). */
+export interface VirtioPciState {
+  /** VirtioDevice state: status, features, queues, ISR, the model's region. */
+  device: SharedArrayBuffer;
+  /** PciFunction state (configuration space, BAR decode, INTx). */
+  pci: SharedArrayBuffer;
+  /** Msix state (vector table, pending bits, routes). */
+  msix: SharedArrayBuffer;
+}
+
 export interface VirtioPciTransportOptions {
-  /** From VirtioPciTransport.createState(model) (or VirtioDevice.createState). */
-  state: SharedArrayBuffer;
+  /** From VirtioPciTransport.createState(model, { msixVectors }) (same msixVectors as here). */
+  state: VirtioPciState;
   /** Reset the state here (exactly one thread, before sharing). */
   init?: boolean;
   model: VirtioDeviceModel;
@@ -100,8 +111,6 @@ export interface VirtioPciTransportOptions {
   subsystemId?: number;
   /** Name of the PCI function; default `virtio-<model.name>`. */
   name?: string;
-  /** Builds the PciFunction (for one over shared state). Default: `new PciFunction(name, options)`. */
-  createFunction?: (name: string, options: PciFunctionOptions) => PciFunction;
   metrics?: MetricsSink;
   log?: (message: string) => void;
 }
@@ -112,6 +121,10 @@ function pow2AtLeast(n: number): number {
   let p = 1;
   while (p < n) p *= 2;
   return p;
+}
+
+function msixVectorCount(numQueues: number, requested: number | undefined): number {
+  return Math.min(2048, Math.max(1, requested ?? numQueues + 1));
 }
 
 function leRead(data: Uint8Array): number {
@@ -143,13 +156,19 @@ export class VirtioPciTransport {
   private readonly cBadAccess: Counter;
   private readonly cUnmappedVector: Counter;
 
-  /** A fresh shared state for a transport of this model (a model object, or any { numQueues, stateBytes }). */
-  static createState(layout: {
-    numQueues: number;
-    stateBytes?: number;
-    maxQueueSize?: number;
-  }): SharedArrayBuffer {
-    return VirtioDevice.createState(layout);
+  /**
+   * A fresh shared state for a transport of this model (a model object, or any { numQueues, stateBytes }).
+   * `msixVectors` must be what the transports are given (default numQueues + 1).
+   */
+  static createState(
+    layout: { numQueues: number; stateBytes?: number; maxQueueSize?: number },
+    opts: { msixVectors?: number } = {},
+  ): VirtioPciState {
+    return {
+      device: VirtioDevice.createState(layout),
+      pci: PciFunction.createState(),
+      msix: Msix.createState(msixVectorCount(layout.numQueues, opts.msixVectors)),
+    };
   }
 
   constructor(opts: VirtioPciTransportOptions) {
@@ -167,8 +186,10 @@ export class VirtioPciTransport {
       subsystemId: opts.subsystemId ?? 0x40,
       interruptPin: 1,
       intx: opts.intx,
+      state: opts.state.pci,
+      init: opts.init,
     };
-    this.pci = opts.createFunction?.(name, functionOptions) ?? new PciFunction(name, functionOptions);
+    this.pci = new PciFunction(name, functionOptions);
     const m = opts.metrics;
     this.cBadAccess = m?.counter(`virtio.${model.name}.bad_register_access`) ?? NO_COUNTER;
     this.cUnmappedVector = m?.counter(`virtio.${model.name}.unmapped_vector`) ?? NO_COUNTER;
@@ -178,7 +199,7 @@ export class VirtioPciTransport {
       config: (vector) => this.deliver(vector, ISR_CONFIG),
     };
     this.device = new VirtioDevice({
-      state: opts.state,
+      state: opts.state.device,
       init: opts.init,
       model,
       mem: opts.mem,
@@ -198,7 +219,7 @@ export class VirtioPciTransport {
     this.pci.defineBar(VIRTIO_PCI_BAR, { kind: "mmio64", size: this.barSize, device: this.bar });
 
     // BAR 1: MSI-X table and PBA.
-    const vectors = Math.min(2048, Math.max(1, opts.msixVectors ?? this.numQueues + 1));
+    const vectors = msixVectorCount(this.numQueues, opts.msixVectors);
     const tableLength = 16 * vectors;
     const pbaOffset = Math.ceil(tableLength / 0x100) * 0x100;
     const pbaLength = Math.ceil(vectors / 64) * 8;
@@ -225,9 +246,13 @@ export class VirtioPciTransport {
       pbaOffset,
       sink: opts.msiSink,
       metrics: m,
+      state: opts.state.msix,
+      init: opts.init,
     });
     msixRegions.add(0, this.msix.tableLength, this.msix.table);
     msixRegions.add(pbaOffset, this.msix.pbaLength, this.msix.pba);
+    // The layout is complete: the function goes live (and checks it matches other threads' builds).
+    this.pci.attach();
   }
 
   /** struct virtio_pci_cap (+ extra data) as a vendor-specific capability; returns its config-space offset. */
