@@ -83,8 +83,12 @@ export function validateConfig(config: MachineConfig): void {
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
   if (!statSync(config.kernel).isFile())
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
-  if (config.initrd !== undefined && !existsSync(config.initrd))
-    throw new GuestImageError("VIREO_INITRD_MISSING", `initrd not found: ${config.initrd}`);
+  if (config.initrd !== undefined) {
+    if (!existsSync(config.initrd))
+      throw new GuestImageError("VIREO_INITRD_MISSING", `initrd not found: ${config.initrd}`);
+    if (!looksLikeBzImage(readFileSync(config.kernel).subarray(0, 0x208)))
+      throw new ConfigError("--initrd goes with a Linux bzImage kernel, not an ELF guest");
+  }
 }
 
 export class Machine {

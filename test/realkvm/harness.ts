@@ -5,7 +5,7 @@
  * that has no such KVM of its own. Slow (tens of seconds to minutes): used by the slow suite only.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { findGuestImage, type GuestImage } from "../../src/image/guest-image.ts";
@@ -35,7 +35,7 @@ let counter = 0;
 
 export async function runInRealKvm(
   script: string,
-  opts: { timeoutMs?: number; memMiB?: number; cpus?: number; image?: GuestImage } = {},
+  opts: { timeoutMs?: number; memMiB?: number; cpus?: number; image?: GuestImage; logFile?: string } = {},
 ): Promise<HarnessResult> {
   const image = opts.image ?? findGuestImage();
   if (!image) throw new Error("no guest image: run ./bin/vireo image build");
@@ -67,12 +67,14 @@ export async function runInRealKvm(
   const started = Date.now();
   const child = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
-  child.stdout.on("data", (d: Buffer) => {
+  // VIREO_HARNESS_LOG=FILE streams the VM's console there as it runs, for watching a long run.
+  const log = opts.logFile ?? process.env.VIREO_HARNESS_LOG;
+  const take = (d: Buffer) => {
     out += d.toString("latin1");
-  });
-  child.stderr.on("data", (d: Buffer) => {
-    out += d.toString("latin1");
-  });
+    if (log) appendFileSync(log, d);
+  };
+  child.stdout.on("data", take);
+  child.stderr.on("data", take);
   const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 600_000);
   await new Promise((resolve) => child.on("close", resolve));
   clearTimeout(timer);
