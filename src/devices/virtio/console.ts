@@ -10,7 +10,7 @@
 import type { Counter } from "../../metrics/registry.ts";
 import { featureBit, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
-import { type DescriptorChain, readChain, type Virtqueue, writeChain } from "./queue/index.ts";
+import { type DescriptorChain, type Virtqueue, writeChain } from "./queue/index.ts";
 
 /** Feature bits (5.3.3). */
 export const VIRTIO_CONSOLE_F = { SIZE: 0, MULTIPORT: 1, EMERG_WRITE: 2 } as const;
@@ -40,6 +40,7 @@ const W_COUNT = 1;
 const W_COLS = 2;
 const W_ROWS = 3;
 const RING_OFFSET = 16;
+const OUTPUT_CHUNK = 65536;
 
 export class VirtioConsole implements VirtioDeviceModel {
   readonly type = VIRTIO_ID.CONSOLE;
@@ -144,10 +145,16 @@ export class VirtioConsole implements VirtioDeviceModel {
     if (chain.writableLength > 0) {
       throw new VirtioRequestError(`console transmit buffer ${chain.id} has device-writable bytes`);
     }
-    const bytes = readChain(this.ctx.mem, chain);
-    if (bytes.length > 0) {
-      this.output(bytes);
-      this.c.txBytes.add(bytes.length);
+    // Copied out in pieces of at most OUTPUT_CHUNK bytes: a chain can claim up to 4 GiB (the same guest pages
+    // over and over), which must not become one host allocation.
+    for (const seg of chain.readable) {
+      for (let done = 0; done < seg.len; done += OUTPUT_CHUNK) {
+        const n = Math.min(OUTPUT_CHUNK, seg.len - done);
+        const piece = new Uint8Array(n);
+        this.ctx.mem.read(seg.addr + done, piece);
+        this.output(piece);
+        this.c.txBytes.add(n);
+      }
     }
     return 0;
   }
