@@ -35,6 +35,7 @@ Options:
   --serial MODE        COM1 output: stdio (default), none, or file:PATH
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
+  --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
   -h, --help           this help
 
 Exit status: the guest's debug-exit code (0-255); 0 when the guest powers off or resets (Linux poweroff -f,
@@ -111,6 +112,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       serial: { type: "string" },
       metrics: { type: "string" },
       timeout: { type: "string" },
+      stats: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -146,6 +148,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     serial: parseSerial(values.serial ?? "stdio"),
     stdin: true,
     timeoutMs: timeout === undefined ? undefined : timeout * 1000,
+    statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
   };
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();

@@ -141,6 +141,25 @@ export class Vm {
   }
 
   /**
+   * PC interrupt routing for the in-kernel irqchip (what the MADT tells the guest): ISA IRQ n drives PIC pin n
+   * (n < 8 master, else slave) and IOAPIC pin n, except that IRQ 0 (the PIT) is wired to IOAPIC pin 2, the
+   * interrupt source override every PC MADT carries; IOAPIC pins 16-23 are PCI GSIs. KVM's default table routes
+   * GSI 0 to IOAPIC pin 0, where a guest that believed the override would never see a timer tick.
+   */
+  static pcIrqchipRoutes(): Array<{ gsi: number; chip: number; pin: number }> {
+    const PIC_MASTER = 0;
+    const PIC_SLAVE = 1;
+    const IOAPIC = 2;
+    const routes: Array<{ gsi: number; chip: number; pin: number }> = [];
+    for (let gsi = 0; gsi < 16; gsi++) routes.push({ gsi, chip: gsi < 8 ? PIC_MASTER : PIC_SLAVE, pin: gsi % 8 });
+    for (let gsi = 0; gsi < 24; gsi++) {
+      if (gsi === 2) continue; // IOAPIC pin 2 belongs to IRQ 0
+      routes.push({ gsi, chip: IOAPIC, pin: gsi === 0 ? 2 : gsi });
+    }
+    return routes;
+  }
+
+  /**
    * Inject one MSI directly. Returns how many vCPUs accepted it; KVM reports "none" as -1, which arrives as
    * EPERM, so that case returns 0 here.
    */

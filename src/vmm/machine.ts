@@ -39,6 +39,8 @@ export interface MachineConfig {
   initrd?: string;
   /** Boot a stock kernel even on PVM, where it is extremely slow. */
   force?: boolean;
+  /** Print exit and interrupt rates to stderr at this interval while the guest runs. */
+  statsIntervalMs?: number;
   timeoutMs?: number;
   /** Test-device plumbing for benchmarks and tests of KVM's in-kernel paths (docs/guest-abi.md). */
   testDevice?: TestDevicePlumbing;
@@ -136,6 +138,7 @@ export class Machine {
       vm.setIdentityMapAddr();
       vm.createIrqchip();
       vm.createPit();
+      vm.setGsiRouting(Vm.pcIrqchipRoutes(), []);
       vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, size: ram.size, userspaceAddr: ram.hostAddress });
 
       if (config.serial.kind === "stdio") serialFd = 1;
@@ -186,8 +189,10 @@ export class Machine {
               this.requestStop();
             }, config.timeoutMs)
           : undefined;
+      const stats = config.statsIntervalMs ? this.startStats(metrics, config.statsIntervalMs) : undefined;
       await stopped;
       if (timer) clearTimeout(timer);
+      if (stats) clearInterval(stats);
       for (const [name, count] of readDoorbells()) mainMetrics.counter(name).add(count);
       metrics.addNames(mainSegment, mainMetrics.names());
 
@@ -211,6 +216,25 @@ export class Machine {
       vm?.close();
       system.close();
     }
+  }
+
+  /** One stderr line per interval: exits per second by reason, interrupts, and totals, read live from shared memory. */
+  private startStats(metrics: MetricsRegistry, intervalMs: number): NodeJS.Timeout {
+    let last = metrics.snapshot();
+    const started = performance.now();
+    return setInterval(() => {
+      const now = metrics.snapshot();
+      const rate = (k: string) => ((now[k] ?? 0) - (last[k] ?? 0)) / (intervalMs / 1000);
+      const exits = Object.keys(now).filter((k) => k.startsWith("exits."));
+      const irqs = Object.keys(now).filter((k) => k.startsWith("irq."));
+      const parts = exits.map((k) => `${k.slice(6)} ${rate(k).toFixed(0)}/s`);
+      const irqRate = irqs.reduce((n, k) => n + rate(k), 0);
+      const total = exits.reduce((n, k) => n + (now[k] ?? 0), 0);
+      process.stderr.write(
+        `vireo: ${((performance.now() - started) / 1000).toFixed(0)} s: exits ${parts.join(", ") || "none"}; irqs ${irqRate.toFixed(0)}/s; ${total} exits so far\n`,
+      );
+      last = now;
+    }, intervalMs);
   }
 
   /** Optional ioeventfd doorbells and irqfd for the test device; returns a reader of the doorbell counts. */

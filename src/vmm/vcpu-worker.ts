@@ -86,6 +86,20 @@ function main(): void {
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
   const reportedDevices = new Set<string>();
+  // Which unclaimed ports a guest pokes (e.g. a driver probing hardware vireo lacks): a counter per port for the
+  // first 32 distinct ports, so a hostile guest cannot fill the metrics registry.
+  const unclaimedPorts = new Map<number, Counter>();
+  const countUnclaimedPort = (portNo: number, write: boolean) => {
+    const key = portNo * 2 + (write ? 1 : 0);
+    let c = unclaimedPorts.get(key);
+    if (!c) {
+      if (unclaimedPorts.size >= 64) return;
+      c = metrics.counter(`pio.unclaimed.0x${portNo.toString(16).padStart(4, "0")}.${write ? "write" : "read"}`);
+      unclaimedPorts.set(key, c);
+      flushMetricNames();
+    }
+    c.add();
+  };
   const describeAccess = (kind: "pio" | "mmio") => {
     const addr =
       kind === "pio" ? run.getUint16(RUN.io_port, true) : Number(run.getBigUint64(RUN.mmio_phys_addr, true));
@@ -110,11 +124,12 @@ function main(): void {
           const base = Number(run.getBigUint64(RUN.io_data_offset, true));
           const out = bytes[RUN.io_direction] === KVM_EXIT_IO_OUT;
           // A `rep ins/outs` arrives as `count` accesses of `size` bytes, back to back.
+          let claimed = true;
           for (let i = 0; i < count; i++) {
             const access = bytes.subarray(base + i * size, base + (i + 1) * size);
-            if (out) pio.write(portNo, access);
-            else pio.read(portNo, access);
+            claimed = out ? pio.write(portNo, access) : pio.read(portNo, access);
           }
+          if (!claimed) countUnclaimedPort(portNo, out);
           break;
         }
         case EXIT.MMIO: {
