@@ -7,6 +7,7 @@ import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
 import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
+import { parseDisk } from "../vmm/pci-devices.ts";
 import { formatRunSummary } from "./summary.ts";
 
 const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
@@ -33,6 +34,8 @@ Options:
   --mem MiB            guest RAM in MiB (default 64 for ELF guests, 512 for Linux; 2 to 3072)
   --cpus N             vCPUs (default 1)
   --serial MODE        COM1 output: stdio (default), none, or file:PATH
+  --disk PATH[,readonly][,direct]
+                       a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -113,6 +116,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       metrics: { type: "string" },
       timeout: { type: "string" },
       stats: { type: "string" },
+      disk: { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -149,6 +153,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     stdin: true,
     timeoutMs: timeout === undefined ? undefined : timeout * 1000,
     statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
+    disks: (values.disk ?? []).map(parseDisk),
   };
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();

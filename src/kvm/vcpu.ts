@@ -10,6 +10,8 @@ import { type CpuidEntry, encodeCpuid } from "./system.ts";
 
 /** Pseudo exit reason: KVM_RUN returned EINTR (a kick). */
 export const EXIT_KICKED = -1;
+/** Pseudo exit reason: KVM_RUN returned EAGAIN (an AP between INIT and SIPI); enter again. */
+export const EXIT_RETRY = -2;
 
 export const REG = {
   rax: 0,
@@ -96,6 +98,9 @@ export class Vcpu {
         this.runBytes[RUN.immediate_exit] = 0;
         return EXIT_KICKED;
       }
+      // An application processor that got INIT and waits for its SIPI: KVM returns EAGAIN and expects the
+      // VMM to enter again (api.rst, KVM_RUN; arch/x86/kvm/x86.c, the UNINITIALIZED mp_state path).
+      if (isErrno(e, "EAGAIN")) return EXIT_RETRY;
       if (isErrno(e)) throw new KvmIoctlError("KVM_RUN", e.errno, e.code, e.message);
       throw e;
     }

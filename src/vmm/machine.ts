@@ -21,6 +21,8 @@ import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
 import { platformAcpi } from "./platform.ts";
+import { Bus } from "../bus/bus.ts";
+import { type DiskConfig, type PciManifest, preparePci } from "./pci-devices.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
 
@@ -39,6 +41,8 @@ export interface MachineConfig {
   initrd?: string;
   /** Boot a stock kernel even on PVM, where it is extremely slow. */
   force?: boolean;
+  /** virtio-blk disks on the PCI bus. */
+  disks?: DiskConfig[];
   /** Print exit and interrupt rates to stderr at this interval while the guest runs. */
   statsIntervalMs?: number;
   timeoutMs?: number;
@@ -148,6 +152,21 @@ export class Machine {
       }
       const devices = defaultDevices({ outputFd: serialFd, platform: boot.platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
+      let pci: PciManifest | null = null;
+      if (config.disks?.length) {
+        const vmForMsi = vm;
+        const prepared = preparePci(config.disks, {
+          mem: ram.memory,
+          vmFd: vm.fd,
+          pio: new Bus("pio"),
+          mmio: new Bus("mmio"),
+          signalMsi: (lo, hi, data) => {
+            vmForMsi.signalMsi(lo, hi, data);
+          },
+        });
+        cleanups.push(prepared.close);
+        pci = prepared.manifest;
+      }
       const supported = system.supportedCpuid();
       const mmapSize = system.vcpuMmapSize();
 
@@ -163,6 +182,8 @@ export class Machine {
         mmapSize,
         supported,
         boot,
+        pci,
+        ram: ram.buffer,
         metrics,
         onMessage: (m) => {
           if (m.type === "ready" && m.vcpu === 0) vcpuStartNs = m.ns;
@@ -316,6 +337,8 @@ export class Machine {
     mmapSize: number;
     supported: ReturnType<KvmSystem["supportedCpuid"]>;
     boot: BootState;
+    pci: PciManifest | null;
+    ram: SharedArrayBuffer;
     metrics: MetricsRegistry;
     onMessage(m: WorkerMessage): void;
   }): Promise<void> {
@@ -328,6 +351,8 @@ export class Machine {
         cpuid: vcpuCpuid(o.supported, index, this.config.cpus),
         boot: index === 0 ? o.boot : null,
         devices: o.devices,
+        pci: o.pci,
+        ram: o.ram,
         control: this.control,
         metricsBuffer: o.metrics.shared,
         metricsSegment: o.metrics.allocateSegment(),

@@ -7,10 +7,13 @@ import { parentPort, workerData } from "node:worker_threads";
 import { type EntrySelectors, longModeSregs } from "../arch/x86/long-mode.ts";
 import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
 import type { CpuidEntry } from "../kvm/system.ts";
-import { EXIT_KICKED, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
+import { EXIT_KICKED, EXIT_RETRY, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
 import { type Counter, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
+import { Vm } from "../kvm/vm.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
+import { buildPci, type PciManifest } from "./pci-devices.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
 
 /** Register state of the boot vCPU at entry (64-bit mode, identity-mapped, GDT at GDT_ADDR). */
@@ -30,6 +33,10 @@ export interface VcpuWorkerData {
   /** Entry state for the boot vCPU; application processors wait for INIT/SIPI. */
   boot: BootState | null;
   devices: DeviceSpec[];
+  /** PCI devices (virtio), when the machine has any. */
+  pci: PciManifest | null;
+  /** Guest RAM, shared: devices doing DMA (virtio) read and write it from this thread. */
+  ram: SharedArrayBuffer;
   control: SharedArrayBuffer;
   metricsBuffer: SharedArrayBuffer;
   metricsSegment: number;
@@ -68,6 +75,22 @@ function main(): void {
     },
     onMarker: (id) => post({ type: "marker", vcpu: data.index, id, ns: Number(process.hrtime.bigint()) }),
   });
+
+  const mem = new GuestMemory(data.ram);
+  const vm = Vm.fromFd(data.vmFd);
+  const pci = data.pci
+    ? buildPci(data.pci, {
+        mem,
+        vmFd: data.vmFd,
+        metrics,
+        pio,
+        mmio,
+        signalMsi: (lo, hi, value) => {
+          vm.signalMsi(lo, hi, value);
+        },
+        log: (message) => post({ type: "device-error", vcpu: data.index, device: "pci", message }),
+      })
+    : null;
 
   const thread = native().threadRegister();
   flushMetricNames();
@@ -113,9 +136,11 @@ function main(): void {
       break;
     }
     const reason = vcpu.enter();
-    if (reason === EXIT_KICKED) continue;
+    if (reason === EXIT_KICKED || reason === EXIT_RETRY) continue;
     countExit(reason);
     try {
+      // Another vCPU may have moved a BAR: one atomic load when nothing changed.
+      pci?.bus.syncBars();
       switch (reason) {
         case EXIT.IO: {
           const size = bytes[RUN.io_size] ?? 1;
