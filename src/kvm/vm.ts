@@ -151,7 +151,8 @@ export class Vm {
     const PIC_SLAVE = 1;
     const IOAPIC = 2;
     const routes: Array<{ gsi: number; chip: number; pin: number }> = [];
-    for (let gsi = 0; gsi < 16; gsi++) routes.push({ gsi, chip: gsi < 8 ? PIC_MASTER : PIC_SLAVE, pin: gsi % 8 });
+    for (let gsi = 0; gsi < 16; gsi++)
+      routes.push({ gsi, chip: gsi < 8 ? PIC_MASTER : PIC_SLAVE, pin: gsi % 8 });
     for (let gsi = 0; gsi < 24; gsi++) {
       if (gsi === 2) continue; // IOAPIC pin 2 belongs to IRQ 0
       routes.push({ gsi, chip: IOAPIC, pin: gsi === 0 ? 2 : gsi });

@@ -8,6 +8,7 @@ import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
 import { LINUX_SELECTORS, loadLinux, looksLikeBzImage } from "../arch/x86/linux-loader.ts";
 import { BOOT_INFO_ADDR, SELECTOR, writeLongModeTables } from "../arch/x86/long-mode.ts";
+import { Bus } from "../bus/bus.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { RUN } from "../kvm/abi.ts";
@@ -20,9 +21,8 @@ import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
-import { platformAcpi } from "./platform.ts";
-import { Bus } from "../bus/bus.ts";
 import { type DiskConfig, type PciManifest, preparePci } from "./pci-devices.ts";
+import { platformAcpi } from "./platform.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
 
@@ -389,7 +389,7 @@ export class Machine {
   /** Terminal input to COM1: bytes the UART cannot take yet wait here, so nothing typed is lost. */
   private attachStdin(devices: DeviceSpec[], vmFd: number, metrics: MetricsSegment): () => void {
     const spec = devices.find((d) => d.kind === "uart16550");
-    if (!spec || spec.kind !== "uart16550") return () => {};
+    if (spec?.kind !== "uart16550") return () => {};
     const uart = new Uart16550({
       state: spec.state,
       name: spec.name,

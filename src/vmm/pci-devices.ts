@@ -7,12 +7,12 @@
  */
 import { FileBlockBackend } from "../block/file.ts";
 import type { Bus } from "../bus/bus.ts";
-import { ConfigError } from "../errors.ts";
 import { assignBars } from "../devices/pci/bar-allocator.ts";
 import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
 import { VirtioBlk } from "../devices/virtio/blk.ts";
 import { type VirtioPciState, VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
+import { ConfigError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
 import { kvmIrqLine } from "./irq.ts";
@@ -104,7 +104,10 @@ export function buildPci(manifest: PciManifest, ctx: PciBuildContext, init = fal
  * Main thread, before the vCPUs start: open the disks, create the shared states, and assign BARs as firmware
  * would (64-bit BARs below 4 GiB, decode enabled, interrupt lines set).
  */
-export function preparePci(disks: readonly DiskConfig[], ctx: PciBuildContext): { manifest: PciManifest; close(): void } {
+export function preparePci(
+  disks: readonly DiskConfig[],
+  ctx: PciBuildContext,
+): { manifest: PciManifest; close(): void } {
   const devices: PciDeviceSpec[] = [];
   const backends: FileBlockBackend[] = [];
   disks.forEach((disk, i) => {

@@ -8,13 +8,13 @@ import { type EntrySelectors, longModeSregs } from "../arch/x86/long-mode.ts";
 import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
 import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, EXIT_RETRY, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
-import { type Counter, MetricsSegment } from "../metrics/registry.ts";
-import { native } from "../native.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
+import { type Counter, MetricsSegment } from "../metrics/registry.ts";
+import { native } from "../native.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
-import { buildPci, type PciManifest } from "./pci-devices.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import { buildPci, type PciManifest } from "./pci-devices.ts";
 
 /** Register state of the boot vCPU at entry (64-bit mode, identity-mapped, GDT at GDT_ADDR). */
 export interface BootState {
@@ -117,7 +117,9 @@ function main(): void {
     let c = unclaimedPorts.get(key);
     if (!c) {
       if (unclaimedPorts.size >= 64) return;
-      c = metrics.counter(`pio.unclaimed.0x${portNo.toString(16).padStart(4, "0")}.${write ? "write" : "read"}`);
+      c = metrics.counter(
+        `pio.unclaimed.0x${portNo.toString(16).padStart(4, "0")}.${write ? "write" : "read"}`,
+      );
       unclaimedPorts.set(key, c);
       flushMetricNames();
     }
