@@ -26,20 +26,24 @@ void con_puts(const char *s)
 		con_putc(*s++);
 }
 
-static void put_u64(uint64_t v, unsigned base)
+/* Digits of v, padded on the left with pad up to width characters. */
+static void put_u64(uint64_t v, unsigned base, unsigned width, char pad)
 {
 	char buf[24];
-	int i = 0;
+	unsigned i = 0;
 	do {
 		unsigned d = (unsigned)(v % base);
 		buf[i++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
 		v /= base;
 	} while (v);
+	for (; width > i && width < 64; width--)
+		con_putc(pad);
 	while (i)
 		con_putc(buf[--i]);
 }
 
-/* Supports %s %c %d %u %x %p %% with an optional 'l' length modifier. */
+/* Supports %s %c %d %u %x %p %% with an optional field width for the numbers ("%4x", "%016lx": a leading 0
+ * pads with zeros) and an optional 'l' length modifier. */
 void con_printf(const char *fmt, ...)
 {
 	va_list ap;
@@ -50,6 +54,14 @@ void con_printf(const char *fmt, ...)
 			continue;
 		}
 		fmt++;
+		char pad = ' ';
+		unsigned width = 0;
+		if (*fmt == '0') {
+			pad = '0';
+			fmt++;
+		}
+		while (*fmt >= '0' && *fmt <= '9')
+			width = width * 10 + (unsigned)(*fmt++ - '0');
 		int lng = 0;
 		while (*fmt == 'l') {
 			lng = 1;
@@ -68,21 +80,21 @@ void con_printf(const char *fmt, ...)
 			int64_t v = lng ? va_arg(ap, long) : va_arg(ap, int);
 			if (v < 0) {
 				con_putc('-');
-				put_u64(-(uint64_t)v, 10);
+				put_u64(-(uint64_t)v, 10, width ? width - 1 : 0, pad);
 			} else {
-				put_u64((uint64_t)v, 10);
+				put_u64((uint64_t)v, 10, width, pad);
 			}
 			break;
 		}
 		case 'u':
-			put_u64(lng ? va_arg(ap, unsigned long) : va_arg(ap, unsigned), 10);
+			put_u64(lng ? va_arg(ap, unsigned long) : va_arg(ap, unsigned), 10, width, pad);
 			break;
 		case 'x':
-			put_u64(lng ? va_arg(ap, unsigned long) : va_arg(ap, unsigned), 16);
+			put_u64(lng ? va_arg(ap, unsigned long) : va_arg(ap, unsigned), 16, width, pad);
 			break;
 		case 'p':
 			con_puts("0x");
-			put_u64((uintptr_t)va_arg(ap, void *), 16);
+			put_u64((uintptr_t)va_arg(ap, void *), 16, width, pad);
 			break;
 		case '%':
 			con_putc('%');
