@@ -52,6 +52,7 @@ volatile uint8_t uart_rx_ring[UART_RX_RING];
 volatile uint32_t uart_rx_head, uart_rx_tail;
 volatile uint64_t irq5_last_cs;
 volatile uint32_t user_int80_via_ud;
+volatile uint32_t msi_count;
 
 static void set_gate(unsigned vec, uint64_t handler, uint8_t type_attr)
 {
@@ -81,6 +82,8 @@ void cpu_init(void)
 	for (unsigned v = 0; v < 48; v++)
 		set_gate(v, isr_table[v], 0x8E); /* present, DPL 0, interrupt gate */
 	set_gate(0x80, (uintptr_t)isr_user_return, 0xEE); /* DPL 3: reachable by int $0x80 at CPL 3 */
+	set_gate(MSI_VECTOR, isr_extra_table[0], 0x8E);
+	set_gate(LAPIC_SPURIOUS_VECTOR, isr_extra_table[1], 0x8E);
 
 	struct desc_ptr gdtr = { sizeof(gdt) - 1, (uintptr_t)gdt };
 	struct desc_ptr idtr = { sizeof(idt) - 1, (uintptr_t)idt };
@@ -164,6 +167,21 @@ void pit_stop(void)
 	outb(0x40, 0);
 }
 
+/* ---- local APIC ---- */
+
+#define MSR_APIC_BASE 0x1B
+#define APIC_BASE_ENABLE (1u << 11)
+#define LAPIC_SVR_ENABLE 0x100
+
+void lapic_enable(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(MSR_APIC_BASE));
+	if (!(lo & APIC_BASE_ENABLE))
+		__asm__ volatile("wrmsr" : : "a"(lo | APIC_BASE_ENABLE), "d"(hi), "c"(MSR_APIC_BASE));
+	mmio_w32(LAPIC_BASE + LAPIC_SVR, LAPIC_SVR_ENABLE | LAPIC_SPURIOUS_VECTOR);
+}
+
 /* ---- dispatcher, called from isr_common in start.S ---- */
 
 static const char *const exc_names[32] = {
@@ -240,6 +258,13 @@ void isr_dispatch(struct isr_frame *f)
 		irq_dispatch((unsigned)(v - IRQ_VECTOR_BASE), f);
 		return;
 	}
+	if (v == MSI_VECTOR) {
+		msi_count++;
+		mmio_w32(LAPIC_BASE + LAPIC_EOI, 0);
+		return;
+	}
+	if (v == LAPIC_SPURIOUS_VECTOR)
+		return; /* a spurious LAPIC interrupt takes no EOI */
 	con_printf("unexpected interrupt vector 0x%lx at RIP=0x%lx CPL=%lu\n", v, f->rip, f->cs & 3);
 	vm_exit(3);
 }

@@ -147,12 +147,25 @@ extern volatile uint32_t uart_rx_head, uart_rx_tail;
 extern volatile uint64_t irq5_last_cs;
 extern volatile uint32_t user_int80_via_ud;
 
+/* Local APIC (xAPIC MMIO, handled in the kernel under KVM). MSI_VECTOR gets an IDT gate whose handler counts in
+ * msi_count and EOIs the LAPIC; LAPIC_SPURIOUS_VECTOR gets one that does nothing (no EOI for spurious). */
+#define LAPIC_BASE 0xFEE00000UL
+#define LAPIC_EOI 0xB0
+#define LAPIC_SVR 0xF0
+#define MSI_VECTOR 0x50
+#define LAPIC_SPURIOUS_VECTOR 0xFF
+extern volatile uint32_t msi_count;
+void lapic_enable(void); /* CPL 0: global enable in IA32_APIC_BASE if clear, software enable in the SVR */
+/* Runs fn at CPL 3 with IOPL 3 (IF as asked) after cpu_init and with every 8259 line masked; returns fn's value. */
+int run_user(int (*fn)(void), int interrupts);
+
 /* ---- start.S ---- */
 extern char istack_top[], ustack_top[];
 /* Enter CPL 3 at fn (user stack ustack, given RFLAGS). Returns the value fn returns (or passes in RDI to int
  * 0x80) once the user code executes int $0x80. */
 uint64_t enter_user(int (*fn)(void), void *ustack, uint64_t rflags);
 extern const uint64_t isr_table[48];
+extern const uint64_t isr_extra_table[2]; /* stubs for MSI_VECTOR and LAPIC_SPURIOUS_VECTOR */
 void isr_user_return(void);
 __attribute__((noreturn)) void resume_kernel(uint64_t value);
 

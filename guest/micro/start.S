@@ -46,6 +46,8 @@ isr_\n:
 	.irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
 	ISR \n
 	.endr
+	ISR 80                  /* 0x50: MSI_VECTOR (virtio-msix) */
+	ISR 255                 /* 0xFF: LAPIC_SPURIOUS_VECTOR */
 
 	.p2align 4
 isr_common:
@@ -149,6 +151,9 @@ isr_table:
 	.irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
 	.quad isr_\n
 	.endr
+	.globl isr_extra_table
+isr_extra_table:
+	.quad isr_80, isr_255
 
 	.section .bss, "aw", @nobits
 	.p2align 12

@@ -51,6 +51,14 @@ int prog_user(int argc, char **argv)
 	return 0;
 }
 
+int run_user(int (*fn)(void), int interrupts)
+{
+	cpu_init();
+	cli();
+	pic_init(0); /* every 8259 line masked */
+	return (int)enter_user(fn, ustack_top, RFLAGS_FIXED | RFLAGS_IOPL3 | (interrupts ? RFLAGS_IF : 0));
+}
+
 /* ---- bench-pio N / bench-mmio N ---- */
 
 static uint64_t bench_iters;
