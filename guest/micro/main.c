@@ -21,6 +21,11 @@ static const struct program {
 	{ "triple-fault", prog_triple_fault },
 	{ "echo", prog_echo },
 	{ "tour", prog_tour },
+	{ "pci", prog_pci },
+	{ "virtio-blk-rw", prog_virtio_blk_rw },
+	{ "virtio-blk-id", prog_virtio_blk_id },
+	{ "virtio-msix", prog_virtio_msix },
+	{ "bench-virtio-blk", prog_bench_virtio_blk },
 };
 
 static int prog_tour(int argc, char **argv)

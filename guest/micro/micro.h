@@ -99,6 +99,12 @@ static inline void sti(void) { __asm__ volatile("sti" : : : "memory"); }
 /* sti's one-instruction interrupt shadow makes "sti; hlt" race free. */
 static inline void sti_hlt(void) { __asm__ volatile("sti; hlt" : : : "memory"); }
 static inline void cpu_pause(void) { __asm__ volatile("pause" : : : "memory"); }
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
 static inline unsigned current_cpl(void)
 {
 	uint16_t cs;
@@ -180,6 +186,44 @@ int prog_bench_pio(int argc, char **argv);
 int prog_bench_mmio(int argc, char **argv);
 int prog_triple_fault(int argc, char **argv);
 int prog_echo(int argc, char **argv);
+int prog_pci(int argc, char **argv);
+int prog_virtio_blk_rw(int argc, char **argv);
+int prog_virtio_blk_id(int argc, char **argv);
+int prog_virtio_msix(int argc, char **argv);
+int prog_bench_virtio_blk(int argc, char **argv);
+
+/* ---- pci.c: configuration mechanism #1 on bus 0 (ports 0xCF8 address, 0xCFC data) ---- */
+#define PCI_BDF(bus, dev, fn) (((unsigned)(bus) << 8) | ((unsigned)(dev) << 3) | (unsigned)(fn))
+#define PCI_VENDOR 0x00
+#define PCI_DEVICE 0x02
+#define PCI_COMMAND 0x04
+#define PCI_STATUS 0x06
+#define PCI_CLASS_REV 0x08
+#define PCI_HEADER_TYPE 0x0E
+#define PCI_BAR0 0x10
+#define PCI_CAP_PTR 0x34
+#define PCI_CMD_IO 0x0001
+#define PCI_CMD_MEM 0x0002
+#define PCI_CMD_BUS_MASTER 0x0004
+#define PCI_CMD_INTX_DISABLE 0x0400
+#define PCI_STATUS_CAP_LIST 0x0010
+#define PCI_CAP_ID_VNDR 0x09
+#define PCI_CAP_ID_MSIX 0x11
+
+uint32_t pci_read32(unsigned bdf, unsigned off);
+uint16_t pci_read16(unsigned bdf, unsigned off);
+uint8_t pci_read8(unsigned bdf, unsigned off);
+void pci_write32(unsigned bdf, unsigned off, uint32_t v);
+void pci_write16(unsigned bdf, unsigned off, uint16_t v);
+/* Next capability after the one at prev (0: the first); 0 at the end of the list. */
+unsigned pci_cap_next(unsigned bdf, unsigned prev);
+unsigned pci_find_cap(unsigned bdf, uint8_t id);
+/* Base address BAR n decodes (both halves of a 64-bit pair); *is_io set for I/O BARs. 0 if unassigned. */
+uint64_t pci_bar_base(unsigned bdf, unsigned bar, int *is_io);
+/* First function on bus 0 with this vendor and a device ID in [dev_lo, dev_hi]; -1 if none. */
+int pci_find(uint16_t vendor, uint16_t dev_lo, uint16_t dev_hi);
+/* MSI-X: enables it on the function and points table entry `entry` at (addr, data), unmasked. 0 ok. */
+int pci_msix_route(unsigned bdf, unsigned entry, uint64_t addr, uint32_t data);
 
 int pio_check(void);  /* 0 ok, 1 mismatch (already printed); safe at CPL 3 with IOPL 3 */
 int mmio_check(void);

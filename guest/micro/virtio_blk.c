@@ -1,0 +1,389 @@
+/* micro guest: virtio-blk (virtio 1.2, 5.2) on the virtio-pci transport in virtio.c, and the programs
+ * virtio-blk-rw, virtio-blk-id, virtio-msix and bench-virtio-blk. Apart from the IDT/PIC/LAPIC setup, all of it
+ * runs at CPL 3 (IOPL 3): on PVM hosts CPL 0 code is emulated, CPL 3 code runs natively. */
+#include "virtio.h"
+
+/* 5.2.3 feature bits (we accept none of them; RO and FLUSH are only looked at) */
+#define VIRTIO_BLK_F_RO 5
+#define VIRTIO_BLK_F_FLUSH 9
+/* 5.2.4 struct virtio_blk_config: le64 capacity (in 512-byte sectors) at offset 0 */
+#define BLK_CFG_CAPACITY 0
+/* 5.2.6 request types and status values */
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_FLUSH 4
+#define BLK_T_GET_ID 8
+#define BLK_S_OK 0
+#define BLK_S_IOERR 1
+#define BLK_S_UNSUPP 2
+#define BLK_ID_BYTES 20 /* 5.2.6.1: the GET_ID data is exactly 20 bytes */
+
+#define SECTOR 512
+#define REQ_MAX_BYTES (64u * 1024)
+#define DATA_BYTES (4u * 1024 * 1024)
+/* Request r always uses descriptors 3r (header), 3r+1 (data) and 3r+2 (status), so the head a used element
+ * names gives the request back. */
+#define MAX_SLOTS (VIRTQ_MAX_SIZE / 3)
+
+/* 5.2.6 struct virtio_blk_req, minus data and status, which get their own descriptors. */
+struct blk_req_hdr {
+	uint32_t type;
+	uint32_t reserved;
+	uint64_t sector;
+};
+
+static struct virtio_dev blk;
+static struct virtq vq;
+static uint64_t capacity;
+static unsigned nslots, nbusy;
+static struct blk_req_hdr hdrs[MAX_SLOTS] __attribute__((aligned(16)));
+static volatile uint8_t statuses[MAX_SLOTS];
+static struct {
+	uint8_t busy;
+	uint32_t type, len, used_len;
+	uint64_t sector;
+} slots[MAX_SLOTS];
+static uint8_t data[DATA_BYTES] __attribute__((aligned(4096)));
+
+static const char *type_name(uint32_t t)
+{
+	return t == BLK_T_IN ? "IN" : t == BLK_T_OUT ? "OUT" : t == BLK_T_FLUSH ? "FLUSH" : t == BLK_T_GET_ID ? "GET_ID" : "?";
+}
+
+static const char *status_name(uint8_t s)
+{
+	return s == BLK_S_OK ? "OK" : s == BLK_S_IOERR ? "IOERR" : s == BLK_S_UNSUPP ? "UNSUPP" : s == 0xFF ? "never written" : "?";
+}
+
+/* Finds the device and runs 3.1.1: features (VERSION_1 only), queue 0, capacity, DRIVER_OK. With msix, MSI-X
+ * table entry 0 is pointed at the LAPIC of APIC ID 0 with MSI_VECTOR and queue 0 is mapped to it; otherwise
+ * the queue has no vector and the available ring asks for no interrupts (2.7.7). */
+static int blk_open(int msix)
+{
+	int bdf = pci_find(VIRTIO_PCI_VENDOR, VIRTIO_PCI_DEVICE_MIN + VIRTIO_ID_BLOCK,
+			   VIRTIO_PCI_DEVICE_MIN + VIRTIO_ID_BLOCK);
+	if (bdf < 0) {
+		con_puts("virtio-blk: no virtio-blk function (1af4:1042) on PCI bus 0 (run vireo with --disk FILE)\n");
+		return 1;
+	}
+	if (virtio_pci_probe((unsigned)bdf, &blk))
+		return 1;
+	if (blk.devcfg_len < 8) {
+		con_printf("virtio-blk: device configuration is %u bytes, capacity needs 8\n", blk.devcfg_len);
+		return 1;
+	}
+	/* MSI-X is enabled before the vector is mapped: a device may refuse vectors while it is off. */
+	if (msix && pci_msix_route((unsigned)bdf, 0, LAPIC_BASE, MSI_VECTOR))
+		return 1;
+	if (virtio_negotiate(&blk, 1ull << VIRTIO_F_VERSION_1))
+		return 1;
+	if (virtio_queue_setup(&blk, &vq, 0, VIRTQ_MAX_SIZE, msix ? 0 : VIRTIO_MSI_NO_VECTOR)) {
+		virtio_set_failed(&blk);
+		return 1;
+	}
+	if (vq.size < 4) { /* a request takes three descriptors */
+		con_printf("virtio-blk: queue size %u is too small\n", vq.size);
+		virtio_set_failed(&blk);
+		return 1;
+	}
+	nslots = vq.size / 3;
+	if (nslots > MAX_SLOTS)
+		nslots = MAX_SLOTS;
+	if (!msix)
+		vq.avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+	capacity = virtio_cfg_read64(&blk, BLK_CFG_CAPACITY); /* 5.2.5 step 1 */
+	virtio_driver_ok(&blk);
+	return 0;
+}
+
+/* Handles one used element. 0 if the request succeeded. */
+static int blk_complete(uint32_t id, uint32_t len)
+{
+	unsigned r = id / 3;
+	if (id % 3 || r >= nslots || !slots[r].busy) {
+		con_printf("virtio-blk: the device used descriptor %u, which heads no request in flight\n", id);
+		return 1;
+	}
+	slots[r].busy = 0;
+	slots[r].used_len = len;
+	nbusy--;
+	uint8_t st = statuses[r];
+	uint32_t type = slots[r].type;
+	if (st == BLK_S_UNSUPP && type == BLK_T_FLUSH && !(blk.device_features & (1ull << VIRTIO_BLK_F_FLUSH))) {
+		con_puts("virtio-blk: FLUSH unsupported (the device does not offer VIRTIO_BLK_F_FLUSH)\n");
+		return 0;
+	}
+	if (st != BLK_S_OK) {
+		con_printf("virtio-blk: %s request at sector %lu (%u bytes) completed with status %u (%s)\n",
+			   type_name(type), slots[r].sector, slots[r].len, st, status_name(st));
+		return 1;
+	}
+	/* 2.7.8: len counts the bytes written into the device-writable part; only those may be trusted. For IN that
+	 * has to be all of the data plus the status byte. */
+	uint32_t want = 1 + (type == BLK_T_IN ? slots[r].len : 0);
+	if (len < want) {
+		con_printf("virtio-blk: %s request at sector %lu (%u bytes): used len %u, expected at least %u\n",
+			   type_name(type), slots[r].sector, slots[r].len, len, want);
+		return 1;
+	}
+	return 0;
+}
+
+/* Completes what the device has used; with wait, first kicks and waits for at least one. Nonzero on failure. */
+static int blk_reap(int wait)
+{
+	uint32_t id, len;
+	int bad = 0;
+	if (wait) {
+		if (!virtq_wait_used(&vq, &blk, &id, &len))
+			return 1;
+		bad |= blk_complete(id, len);
+	}
+	while (virtq_pop_used(&vq, &id, &len))
+		bad |= blk_complete(id, len);
+	return bad;
+}
+
+/* Queues one request (5.2.6): header (device-readable), data if len > 0 (device-writable for IN and GET_ID,
+ * device-readable for OUT), status byte (device-writable). 2.7.4.2: writable descriptors come after the readable
+ * ones. Waits for a free slot if all are in flight. It is exposed to the device here, but only notified by
+ * blk_reap / blk_drain. */
+static int blk_submit(uint32_t type, uint64_t sector, void *buf, uint32_t len)
+{
+	while (nbusy == nslots) {
+		if (blk_reap(1))
+			return 1;
+	}
+	unsigned r = 0;
+	while (slots[r].busy)
+		r++;
+	hdrs[r].type = type;
+	hdrs[r].reserved = 0;
+	hdrs[r].sector = sector;
+	statuses[r] = 0xFF; /* so a status the device never wrote shows */
+	slots[r].busy = 1;
+	slots[r].type = type;
+	slots[r].len = len;
+	slots[r].sector = sector;
+	nbusy++;
+
+	uint16_t d = (uint16_t)(3 * r);
+	uint16_t writable = (type == BLK_T_IN || type == BLK_T_GET_ID) ? VIRTQ_DESC_F_WRITE : 0;
+	virtq_set_desc(&vq, d, &hdrs[r], sizeof(hdrs[r]), VIRTQ_DESC_F_NEXT, len ? d + 1 : d + 2);
+	if (len)
+		virtq_set_desc(&vq, d + 1, buf, len, VIRTQ_DESC_F_NEXT | writable, d + 2);
+	virtq_set_desc(&vq, d + 2, &statuses[r], 1, VIRTQ_DESC_F_WRITE, 0);
+	virtq_publish(&vq, d);
+	return 0;
+}
+
+/* Notifies and waits until every request in flight has completed. */
+static int blk_drain(void)
+{
+	while (nbusy) {
+		if (blk_reap(1))
+			return 1;
+	}
+	return 0;
+}
+
+/* ---- virtio-blk-rw KIB ---- */
+
+/* Contents of sector s: 128 little-endian words from a 32-bit LCG seeded with the sector number,
+ * x0 = (s mod 2^32) XOR (s >> 32), x(i+1) = 1664525 x(i) + 1013904223, word i = x(i+1). */
+static void fill_sector(uint32_t *w, uint64_t s)
+{
+	uint32_t x = (uint32_t)s ^ (uint32_t)(s >> 32);
+	for (unsigned i = 0; i < SECTOR / 4; i++) {
+		x = x * 1664525u + 1013904223u;
+		w[i] = x;
+	}
+}
+
+static int check_sector(const uint32_t *w, uint64_t s)
+{
+	uint32_t x = (uint32_t)s ^ (uint32_t)(s >> 32);
+	for (unsigned i = 0; i < SECTOR / 4; i++) {
+		x = x * 1664525u + 1013904223u;
+		if (w[i] != x) {
+			con_printf("virtio-blk: mismatch at disk byte 0x%lx (sector %lu, word %u): read 0x%08x, "
+				   "expected 0x%08x\n",
+				   s * SECTOR + 4 * i, s, i, w[i], x);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* FNV-1a, 64-bit */
+#define FNV64_OFFSET 0xcbf29ce484222325ull
+#define FNV64_PRIME 0x100000001b3ull
+
+static uint64_t fnv1a64(uint64_t h, const uint8_t *p, uint64_t n)
+{
+	while (n--) {
+		h ^= *p++;
+		h *= FNV64_PRIME;
+	}
+	return h;
+}
+
+static uint64_t rw_kib;
+
+/* One pass of OUT or IN requests (up to REQ_MAX_BYTES each) over disk bytes [0, total), through the buffer one
+ * DATA_BYTES window at a time: all of a window's requests are queued, then notified together and drained. OUT
+ * fills the window with the pattern first; IN poisons it first and checks it (and adds it to *fnv) after. */
+static int rw_pass(uint32_t type, uint64_t total, uint64_t *fnv)
+{
+	for (uint64_t off = 0; off < total; off += DATA_BYTES) {
+		uint64_t n = total - off < DATA_BYTES ? total - off : DATA_BYTES;
+		uint64_t s0 = off / SECTOR;
+		if (type == BLK_T_OUT) {
+			for (uint64_t i = 0; i < n / SECTOR; i++)
+				fill_sector((uint32_t *)(data + i * SECTOR), s0 + i);
+		} else {
+			memset(data, 0xA5, n); /* so a read that moved no data cannot pass the check */
+		}
+		for (uint64_t c = 0; c < n; c += REQ_MAX_BYTES) {
+			uint32_t len = n - c < REQ_MAX_BYTES ? (uint32_t)(n - c) : REQ_MAX_BYTES;
+			if (blk_submit(type, s0 + c / SECTOR, data + c, len))
+				return 1;
+		}
+		if (blk_drain())
+			return 1;
+		if (type == BLK_T_IN) {
+			for (uint64_t i = 0; i < n / SECTOR; i++) {
+				if (check_sector((const uint32_t *)(data + i * SECTOR), s0 + i))
+					return 1;
+			}
+			*fnv = fnv1a64(*fnv, data, n);
+		}
+	}
+	return 0;
+}
+
+static int rw_main(void)
+{
+	if (blk_open(0))
+		return 1;
+	con_printf("virtio-blk: capacity %lu sectors\n", capacity);
+	if (blk.device_features & (1ull << VIRTIO_BLK_F_RO)) {
+		con_puts("virtio-blk: the device is read-only (it offers VIRTIO_BLK_F_RO)\n");
+		return 1;
+	}
+	uint64_t total = rw_kib * 1024;
+	if (total / SECTOR > capacity) { /* 5.2.6.1: no request may go beyond capacity */
+		con_printf("virtio-blk: %lu KiB do not fit in %lu sectors\n", rw_kib, capacity);
+		return 1;
+	}
+	uint64_t fnv = FNV64_OFFSET;
+	if (rw_pass(BLK_T_OUT, total, &fnv) || rw_pass(BLK_T_IN, total, &fnv))
+		return 1;
+	/* 5.2.6.1: FLUSH has sector 0 and no data. */
+	if (blk_submit(BLK_T_FLUSH, 0, 0, 0) || blk_drain())
+		return 1;
+	con_printf("virtio-blk: wrote %lu KiB, read back %lu KiB, fnv1a64=%016lx\n", rw_kib, rw_kib, fnv);
+	con_puts("virtio-blk-rw ok\n");
+	return 0;
+}
+
+int prog_virtio_blk_rw(int argc, char **argv)
+{
+	rw_kib = 4096;
+	if (argc > 1 && (!parse_u64(argv[1], &rw_kib) || rw_kib == 0 || rw_kib > (1ull << 32))) {
+		con_printf("%s: bad size '%s' (KiB, 1 to 4294967296)\n", argv[0], argv[1]);
+		return 2;
+	}
+	return run_user(rw_main, 0);
+}
+
+/* ---- virtio-blk-id ---- */
+
+static int id_main(void)
+{
+	if (blk_open(0))
+		return 1;
+	memset(data, 0, BLK_ID_BYTES);
+	if (blk_submit(BLK_T_GET_ID, 0, data, BLK_ID_BYTES) || blk_drain())
+		return 1;
+	/* 5.2.6: NUL-padded ASCII, no terminator if all 20 bytes are used; trust only what len says was written. */
+	uint32_t n = slots[0].used_len - 1;
+	con_puts("virtio-blk: id \"");
+	for (uint32_t i = 0; i < n && i < BLK_ID_BYTES && data[i]; i++)
+		con_putc(data[i] >= 0x20 && data[i] < 0x7F ? (char)data[i] : '?');
+	con_puts("\"\nvirtio-blk-id ok\n");
+	return 0;
+}
+
+int prog_virtio_blk_id(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return run_user(id_main, 0);
+}
+
+/* ---- virtio-msix: one read completed by an MSI-X interrupt ---- */
+
+static int msix_main(void)
+{
+	if (blk_open(1))
+		return 1;
+	uint32_t before = msi_count;
+	if (blk_submit(BLK_T_IN, 0, data, 4096))
+		return 1;
+	virtq_kick(&vq);
+	if (!virtio_wait_change(&msi_count, before)) {
+		con_printf("virtio-msix: no interrupt on vector 0x%x (used idx %u, consumed %u, device status 0x%x)\n",
+			   MSI_VECTOR, vq.used->idx, vq.last_used, virtio_get_status(&blk));
+		return 1;
+	}
+	if (blk_reap(0))
+		return 1;
+	if (nbusy) {
+		con_puts("virtio-msix: the interrupt came but the request is not in the used ring\n");
+		return 1;
+	}
+	con_printf("virtio-msix ok (vector 0x%x)\n", MSI_VECTOR);
+	return 0;
+}
+
+int prog_virtio_msix(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	cpu_init(); /* the IDT gate for MSI_VECTOR */
+	lapic_enable();
+	return run_user(msix_main, 1);
+}
+
+/* ---- bench-virtio-blk N: N 4 KiB reads, one at a time, between markers 1 and 2 ---- */
+
+static uint64_t bench_reads;
+
+static int bench_main(void)
+{
+	if (blk_open(0))
+		return 1;
+	uint64_t blocks = capacity / 8;
+	if (blocks == 0) {
+		con_printf("bench-virtio-blk: capacity %lu sectors is less than 4 KiB\n", capacity);
+		return 1;
+	}
+	outl(TDEV_PIO + TDEV_MARKER, 1);
+	for (uint64_t i = 0; i < bench_reads; i++) {
+		if (blk_submit(BLK_T_IN, (i % blocks) * 8, data, 4096) || blk_reap(1))
+			return 1;
+	}
+	outl(TDEV_PIO + TDEV_MARKER, 2);
+	vm_exit(0);
+}
+
+int prog_bench_virtio_blk(int argc, char **argv)
+{
+	bench_reads = 1000;
+	if (argc > 1 && !parse_u64(argv[1], &bench_reads)) {
+		con_printf("%s: bad request count '%s'\n", argv[0], argv[1]);
+		return 2;
+	}
+	return run_user(bench_main, 0);
+}
