@@ -89,6 +89,11 @@ export function validateConfig(config: MachineConfig): void {
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
   if (!statSync(config.kernel).isFile())
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
+  for (const disk of config.disks ?? []) {
+    if (!existsSync(disk.path)) throw new ConfigError(`--disk ${disk.path}: no such file`);
+    if (!statSync(disk.path).isFile())
+      throw new ConfigError(`--disk ${disk.path}: not a regular file (raw images only)`);
+  }
   if (config.initrd !== undefined) {
     if (!existsSync(config.initrd))
       throw new GuestImageError("VIREO_INITRD_MISSING", `initrd not found: ${config.initrd}`);

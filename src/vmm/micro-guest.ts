@@ -17,6 +17,11 @@ export const MICRO_PROGRAMS = [
   "bench-mmio",
   "triple-fault",
   "echo",
+  "pci",
+  "virtio-blk-rw",
+  "virtio-blk-id",
+  "virtio-msix",
+  "bench-virtio-blk",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
