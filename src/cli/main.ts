@@ -287,6 +287,12 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+// Output piped into something that stops reading (`vireo ... | head`) is not an error worth a stack trace.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (e) {

@@ -1,8 +1,8 @@
 /**
  * /init for vireo's initramfs images (busybox sh). Two flavours:
  * - guest: booted by vireo; loads the device modules and runs the command given on the kernel command line as
- *   vireo.run="...", then powers off. Writes test-device marker 1 (port 0x518) once init starts, for
- *   `vireo bench boot`.
+ *   vireo.run="...", then powers off. Writes boot marker 1 to the debug console port 0xE9 once init starts, for
+ *   `vireo bench boot` (the same port under vireo and QEMU's isa-debugcon).
  * - harness: booted by QEMU (TCG, -cpu max) as the real-KVM test harness; loads kvm_amd and 9p, mounts the host
  *   root read-only, and runs a script from the host's filesystem (vireo.script=PATH) chrooted into it.
  */
@@ -19,8 +19,8 @@ cmdline_value() { sed -n "s/.*$1=\\"\\([^\\"]*\\)\\".*/\\1/p; t; s/.*$1=\\([^ ]*
 
 export function guestInit(modules: readonly string[]): string {
   return `${common(modules)}
-# Marker 1 on the test device: init is running (vireo bench boot). Harmless where nothing listens.
-[ -c /dev/port ] && printf '\\001' | dd of=/dev/port bs=1 seek=$((0x518)) count=1 2>/dev/null
+# Marker 1 on the debug console port 0xE9: init is running (vireo bench boot). Harmless where nothing listens.
+[ -c /dev/port ] && printf '\\001' | dd of=/dev/port bs=1 seek=$((0xe9)) count=1 2>/dev/null
 cmd=$(cmdline_value vireo.run)
 if [ -n "$cmd" ]; then
   sh -c "$cmd"

@@ -8,6 +8,7 @@ import { Bus } from "../bus/bus.ts";
 import { ACPI_PM_BASE, ACPI_PM_LEN, ACPI_SCI_IRQ, AcpiPm } from "../devices/legacy/acpi-pm.ts";
 import { CmosRtc, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT } from "../devices/legacy/cmos-rtc.ts";
 import { DebugExit } from "../devices/legacy/debug-exit.ts";
+import { DEBUGCON_PORT, DebugCon } from "../devices/legacy/debugcon.ts";
 import {
   I8042,
   I8042_AUX_IRQ,
@@ -33,7 +34,8 @@ export type DeviceSpec =
   | { kind: "test-device"; pioBase: number; mmioBase: number; irq: number; irqfd?: number }
   | { kind: "cmos-rtc"; state: SharedArrayBuffer }
   | { kind: "i8042"; state: SharedArrayBuffer }
-  | { kind: "acpi-pm"; state: SharedArrayBuffer };
+  | { kind: "acpi-pm"; state: SharedArrayBuffer }
+  | { kind: "debugcon"; port: number };
 
 /** What the thread building the buses provides to its devices. */
 export interface DeviceHost {
@@ -65,6 +67,7 @@ export function defaultDevices(opts: {
           { kind: "cmos-rtc", state: CmosRtc.createState({ memSize: opts.memSize }) },
           { kind: "i8042", state: I8042.createState() },
           { kind: "acpi-pm", state: AcpiPm.createState() },
+          { kind: "debugcon", port: DEBUGCON_PORT },
         ]
       : [];
   return [
@@ -134,6 +137,10 @@ export function buildBuses(specs: readonly DeviceSpec[], host: DeviceHost): Buse
         pio.register(I8042_COMMAND_PORT, 1, kbc.commandPort);
         break;
       }
+      case "debugcon":
+        // A byte written here is a marker with that id (guest images write 1 when init starts).
+        pio.register(spec.port, 1, new DebugCon({ onByte: host.onMarker }));
+        break;
       case "acpi-pm":
         pio.register(
           ACPI_PM_BASE,
