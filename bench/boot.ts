@@ -4,7 +4,8 @@
  *
  * The guest image's init writes boot marker 1 (byte 0x01 to the debug console port 0xE9 through /dev/port) as
  * soon as it starts. vireo timestamps it with its debugcon device; QEMU gets an isa-debugcon at 0xE9 whose output
- * we watch. (Not 0x510-0x51F: QEMU's fw_cfg lives there.) QEMU gets `-serial null` so the guest has a ttyS0.
+ * (a file we poll). Not 0x510-0x51F: QEMU's fw_cfg lives there. QEMU gets `-serial null` so the guest has a ttyS0
+ * (without a console, init has nowhere to write and the guest never powers off).
  * For vireo the interval starts when the boot vCPU first enters KVM_RUN. QEMU does not report that moment, so
  * its interval starts when the process is spawned (which includes QEMU's own start-up); vireo's spawn-based
  * figure is reported too, and the ratio uses the spawn-based figures of both, like for like.
@@ -12,8 +13,12 @@
  * Needs real KVM: on a PVM host run it in the real-KVM harness (`npm run realkvm -- './bin/vireo bench boot'`).
  */
 import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { VireoError } from "../src/errors.ts";
 import { findGuestImage } from "../src/image/guest-image.ts";
+import { FAST_BOOT_CMDLINE } from "../src/image/init-scripts.ts";
 import { KvmSystem } from "../src/kvm/system.ts";
 import { Machine } from "../src/vmm/machine.ts";
 import type { BenchOptions } from "./index.ts";
@@ -22,8 +27,7 @@ import { formatTable, median } from "./stats.ts";
 /** A QEMU that never reaches init is killed after this long, and the round fails with its stderr. */
 const QEMU_TIMEOUT_MS = 600_000;
 
-export const BOOT_CMDLINE =
-  'console=ttyS0 quiet io_delay=none lpj=5000000 tsc=reliable no_timer_check i8042.noaux vireo.run="true"';
+export const BOOT_CMDLINE = `${FAST_BOOT_CMDLINE} vireo.run="true"`;
 
 interface Round {
   vireoFromVcpuMs: number;
@@ -58,6 +62,9 @@ async function vireoRound(
 }
 
 function qemuRound(kernel: string, initrd: string, cpus: number): Promise<number> {
+  // The debug console goes to a file we poll: QEMU's stdio chardev misbehaves without a terminal on stdin.
+  const markerFile = join(mkdtempSync(join(tmpdir(), "vireo-boot-")), "marker");
+  writeFileSync(markerFile, "");
   const args = [
     "-enable-kvm",
     "-cpu",
@@ -70,6 +77,8 @@ function qemuRound(kernel: string, initrd: string, cpus: number): Promise<number
     "-no-user-config",
     "-display",
     "none",
+    "-serial",
+    "null",
     "-no-reboot",
     "-kernel",
     kernel,
@@ -78,27 +87,33 @@ function qemuRound(kernel: string, initrd: string, cpus: number): Promise<number
     "-append",
     BOOT_CMDLINE,
     "-chardev",
-    "stdio,id=marker",
+    `file,id=marker,path=${markerFile}`,
     "-device",
-    "isa-debugcon,iobase=0x518,chardev=marker",
+    "isa-debugcon,iobase=0xe9,chardev=marker",
   ];
   const started = process.hrtime.bigint();
-  const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (d: Buffer) => {
     stderr += d.toString();
   });
+  let seen: number | undefined;
+  const poll = setInterval(() => {
+    if (seen === undefined && readFileSync(markerFile).includes(1)) {
+      seen = Number(process.hrtime.bigint() - started) / 1e6;
+    }
+  }, 2);
   const killer = setTimeout(() => child.kill("SIGKILL"), QEMU_TIMEOUT_MS);
   return new Promise((resolve, reject) => {
-    let seen: number | undefined;
-    child.stdout.on("data", (d: Buffer) => {
-      if (seen === undefined && d.includes(1)) seen = Number(process.hrtime.bigint() - started) / 1e6;
-    });
     child.on("error", (e) =>
       reject(new VireoError("VIREO_BENCH_FAILED", `qemu-system-x86_64: ${e.message}`)),
     );
     child.on("close", (code) => {
       clearTimeout(killer);
+      clearInterval(poll);
+      if (seen === undefined && readFileSync(markerFile).includes(1))
+        seen = Number(process.hrtime.bigint() - started) / 1e6;
+      rmSync(markerFile, { force: true });
       if (seen !== undefined) resolve(seen);
       else
         reject(

@@ -67,3 +67,10 @@ export const GUEST_MODULES = [
 
 /** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, and 9p over virtio for the host root. */
 export const HARNESS_MODULES = ["kvm_amd", "virtio_pci", "9pnet_virtio", "9p"] as const;
+
+/**
+ * Kernel command line for the guest image where every exit is expensive (nested or emulated KVM): a quiet
+ * console, no port-0x80 delays, no TSC recalibration. Add vireo.run="..." for the command.
+ */
+export const FAST_BOOT_CMDLINE =
+  "console=ttyS0 quiet io_delay=none lpj=5000000 tsc=reliable no_timer_check i8042.noaux";

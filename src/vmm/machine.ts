@@ -311,7 +311,7 @@ export class Machine {
         initrd: config.initrd === undefined ? undefined : readFileSync(config.initrd),
         cmdline: config.cmdline,
         memSize,
-        acpi: platformAcpi(config.cpus),
+        acpi: platformAcpi(config.cpus, { pci: (config.disks?.length ?? 0) > 0 }),
       });
       return {
         rip: linux.entry,

@@ -5,12 +5,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { findGuestImage } from "../../src/image/guest-image.ts";
-import { harnessUnavailable, runInRealKvm } from "../realkvm/harness.ts";
+import { FAST_BOOT, harnessUnavailable, runInRealKvm } from "../realkvm/harness.ts";
 
 const skip = harnessUnavailable() ?? false;
-/** Fewer exits make the nested boot fast: a quiet console, no port-0x80 delays, no TSC recalibration. */
-export const FAST_BOOT =
-  "console=ttyS0 quiet io_delay=none lpj=5000000 tsc=reliable no_timer_check i8042.noaux";
 
 function vireoLinux(run: string, extra = ""): string {
   const image = findGuestImage();
