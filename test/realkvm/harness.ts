@@ -25,6 +25,8 @@ export interface HarnessResult {
   /** Everything the VM printed, for diagnosis. */
   console: string;
   wallMs: number;
+  /** True when the first VM went silent and this is the result of a second one. */
+  retried?: boolean;
 }
 
 /** Why the harness cannot run here, or undefined when it can. */
@@ -39,8 +41,35 @@ let counter = 0;
 
 export async function runInRealKvm(
   script: string,
-  opts: { timeoutMs?: number; memMiB?: number; cpus?: number; image?: GuestImage; logFile?: string } = {},
+  opts: {
+    timeoutMs?: number;
+    /** Kill a VM that prints nothing for this long (default 240 s) and try once more. */
+    idleTimeoutMs?: number;
+    memMiB?: number;
+    cpus?: number;
+    image?: GuestImage;
+    logFile?: string;
+  } = {},
 ): Promise<HarnessResult> {
+  const first = await runOnce(script, opts);
+  if (!first.idle) return first;
+  // Seen here: a harness VM that goes silent right after starting the script and never recovers. A silent VM
+  // says nothing about vireo, so it gets one more chance; the result says it was retried.
+  process.stderr.write(
+    `realkvm: the harness VM printed nothing for ${(opts.idleTimeoutMs ?? 240_000) / 1000} s; retrying once\n`,
+  );
+  const second = await runOnce(script, opts);
+  return {
+    ...second,
+    console: `${first.console}\n--- retry after an idle VM ---\n${second.console}`,
+    retried: true,
+  };
+}
+
+async function runOnce(
+  script: string,
+  opts: Parameters<typeof runInRealKvm>[1] & object,
+): Promise<HarnessResult & { idle: boolean }> {
   const image = opts.image ?? findGuestImage();
   if (!image) throw new Error("no guest image: run ./bin/vireo image build");
   // The script lives on the host's filesystem, which the VM sees read-only at the same path.
@@ -71,22 +100,39 @@ export async function runInRealKvm(
   const started = Date.now();
   const child = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
+  let lastOutput = Date.now();
+  let idle = false;
   // VIREO_HARNESS_LOG=FILE streams the VM's console there as it runs, for watching a long run.
   const log = opts.logFile ?? process.env.VIREO_HARNESS_LOG;
   const take = (d: Buffer) => {
     out += d.toString("latin1");
+    lastOutput = Date.now();
     if (log) appendFileSync(log, d);
   };
   child.stdout.on("data", take);
   child.stderr.on("data", take);
   const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 600_000);
+  const idleLimit = opts.idleTimeoutMs ?? 240_000;
+  const watchdog = setInterval(() => {
+    if (Date.now() - lastOutput > idleLimit) {
+      idle = true;
+      child.kill("SIGKILL");
+    }
+  }, 5_000);
   await new Promise((resolve) => child.on("close", resolve));
   clearTimeout(timer);
+  clearInterval(watchdog);
   rmSync(path, { force: true });
   const text = out.replace(/\r/g, "");
   const begin = text.indexOf("VIREO-HARNESS-BEGIN\n");
   const exit = /VIREO-HARNESS-EXIT=(\d+)/.exec(text);
   const output =
     begin < 0 ? "" : text.slice(begin + "VIREO-HARNESS-BEGIN\n".length, exit ? exit.index : undefined);
-  return { status: exit ? Number(exit[1]) : null, output, console: text, wallMs: Date.now() - started };
+  return {
+    status: exit ? Number(exit[1]) : null,
+    output,
+    console: text,
+    wallMs: Date.now() - started,
+    idle: idle && !exit,
+  };
 }

@@ -11,7 +11,7 @@ const skip = harnessUnavailable() ?? false;
 
 function vireoLinux(run: string, extra = ""): string {
   const image = findGuestImage();
-  return `./bin/vireo run --kernel ${image?.kernel} --initrd ${image?.guestInitrd} ${extra} --timeout 1500 --cmdline '${FAST_BOOT} vireo.run="${run}"'`;
+  return `./bin/vireo run --kernel ${image?.kernel} --initrd ${image?.guestInitrd} ${extra} --timeout 1500 --stats 20 --cmdline '${FAST_BOOT} vireo.run="${run}"'`;
 }
 
 test("a stock Debian kernel boots on 2 vCPUs, runs the command, powers off, and vireo exits 0", {

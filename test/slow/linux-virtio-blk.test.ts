@@ -23,7 +23,7 @@ test("a Debian guest sees /dev/vda and the host finds exactly the data it wrote"
   ].join("; ");
   const script = [
     "truncate -s 16M /tmp/vda.img",
-    `./bin/vireo run --kernel ${image?.kernel} --initrd ${image?.guestInitrd} --disk /tmp/vda.img --timeout 1500 --cmdline '${FAST_BOOT} vireo.run="${run}"'`,
+    `./bin/vireo run --kernel ${image?.kernel} --initrd ${image?.guestInitrd} --disk /tmp/vda.img --timeout 1500 --stats 20 --cmdline '${FAST_BOOT} vireo.run="${run}"'`,
     'echo "host-sha256 $(head -c 1048576 /tmp/vda.img | sha256sum)"',
   ].join("\n");
   const r = await runInRealKvm(script, { timeoutMs: 2_400_000 });
