@@ -36,6 +36,7 @@ Options:
   --serial MODE        COM1 output: stdio (default), none, or file:PATH
   --disk PATH[,readonly][,direct]
                        a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks
+  --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -117,6 +118,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       timeout: { type: "string" },
       stats: { type: "string" },
       disk: { type: "string", multiple: true },
+      rng: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -154,6 +156,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     timeoutMs: timeout === undefined ? undefined : timeout * 1000,
     statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
     disks: (values.disk ?? []).map(parseDisk),
+    rng: values.rng === true,
   };
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();

@@ -43,6 +43,8 @@ export interface MachineConfig {
   force?: boolean;
   /** virtio-blk disks on the PCI bus. */
   disks?: DiskConfig[];
+  /** A virtio-rng device on the PCI bus. */
+  rng?: boolean;
   /** Print exit and interrupt rates to stderr at this interval while the guest runs. */
   statsIntervalMs?: number;
   timeoutMs?: number;
@@ -158,17 +160,20 @@ export class Machine {
       const devices = defaultDevices({ outputFd: serialFd, platform: boot.platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       let pci: PciManifest | null = null;
-      if (config.disks?.length) {
+      if (config.disks?.length || config.rng) {
         const vmForMsi = vm;
-        const prepared = preparePci(config.disks, {
-          mem: ram.memory,
-          vmFd: vm.fd,
-          pio: new Bus("pio"),
-          mmio: new Bus("mmio"),
-          signalMsi: (lo, hi, data) => {
-            vmForMsi.signalMsi(lo, hi, data);
+        const prepared = preparePci(
+          { disks: config.disks ?? [], rng: config.rng === true },
+          {
+            mem: ram.memory,
+            vmFd: vm.fd,
+            pio: new Bus("pio"),
+            mmio: new Bus("mmio"),
+            signalMsi: (lo, hi, data) => {
+              vmForMsi.signalMsi(lo, hi, data);
+            },
           },
-        });
+        );
         cleanups.push(prepared.close);
         pci = prepared.manifest;
       }
@@ -311,7 +316,7 @@ export class Machine {
         initrd: config.initrd === undefined ? undefined : readFileSync(config.initrd),
         cmdline: config.cmdline,
         memSize,
-        acpi: platformAcpi(config.cpus, { pci: (config.disks?.length ?? 0) > 0 }),
+        acpi: platformAcpi(config.cpus, { pci: (config.disks?.length ?? 0) > 0 || config.rng === true }),
       });
       return {
         rip: linux.entry,

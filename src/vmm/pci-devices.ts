@@ -11,7 +11,9 @@ import { assignBars } from "../devices/pci/bar-allocator.ts";
 import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
 import { VirtioBlk } from "../devices/virtio/blk.ts";
+import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { type VirtioPciState, VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
+import { VirtioRng } from "../devices/virtio/rng.ts";
 import { ConfigError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
@@ -23,15 +25,17 @@ export interface DiskConfig {
   direct: boolean;
 }
 
-export type PciDeviceSpec = {
-  kind: "virtio-blk";
-  name: string;
-  slot: number;
-  fd: number;
-  size: number;
-  readOnly: boolean;
-  state: VirtioPciState;
-};
+export type PciDeviceSpec =
+  | {
+      kind: "virtio-blk";
+      name: string;
+      slot: number;
+      fd: number;
+      size: number;
+      readOnly: boolean;
+      state: VirtioPciState;
+    }
+  | { kind: "virtio-rng"; name: string; slot: number; state: VirtioPciState };
 
 export interface PciManifest {
   busState: SharedArrayBuffer;
@@ -71,9 +75,19 @@ export interface BuiltPci {
   transports: VirtioPciTransport[];
 }
 
+function modelFor(spec: PciDeviceSpec): VirtioDeviceModel {
+  switch (spec.kind) {
+    case "virtio-blk": {
+      const backend = new FileBlockBackend(spec.fd, { readOnly: spec.readOnly, size: spec.size });
+      return new VirtioBlk({ backend, name: spec.name, serial: `vireo-${spec.name}` });
+    }
+    case "virtio-rng":
+      return new VirtioRng({ name: spec.name });
+  }
+}
+
 function transportFor(spec: PciDeviceSpec, ctx: PciBuildContext, init: boolean): VirtioPciTransport {
-  const backend = new FileBlockBackend(spec.fd, { readOnly: spec.readOnly, size: spec.size });
-  const model = new VirtioBlk({ backend, name: spec.name, serial: `vireo-${spec.name}` });
+  const model = modelFor(spec);
   return new VirtioPciTransport({
     state: spec.state,
     init,
@@ -105,9 +119,10 @@ export function buildPci(manifest: PciManifest, ctx: PciBuildContext, init = fal
  * would (64-bit BARs below 4 GiB, decode enabled, interrupt lines set).
  */
 export function preparePci(
-  disks: readonly DiskConfig[],
+  devicesWanted: { disks: readonly DiskConfig[]; rng: boolean },
   ctx: PciBuildContext,
 ): { manifest: PciManifest; close(): void } {
+  const disks = devicesWanted.disks;
   const devices: PciDeviceSpec[] = [];
   const backends: FileBlockBackend[] = [];
   disks.forEach((disk, i) => {
@@ -129,6 +144,15 @@ export function preparePci(
       state: VirtioPciTransport.createState(model),
     });
   });
+  if (devicesWanted.rng) {
+    const model = new VirtioRng({ name: "rng0" });
+    devices.push({
+      kind: "virtio-rng",
+      name: "rng0",
+      slot: 1 + devices.length,
+      state: VirtioPciTransport.createState(model),
+    });
+  }
   const manifest: PciManifest = { busState: PciBus.createState(), devices };
   const firmware = buildPci(manifest, ctx, true);
   assignBars(firmware.bus, {

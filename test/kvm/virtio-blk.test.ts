@@ -84,6 +84,13 @@ test("4 MiB written and read back through virtio-blk: the image file holds exact
   assert.ok((m["exits.mmio"] ?? 0) > 0, JSON.stringify(m));
 });
 
+test("--rng adds a virtio-rng function after the disks", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:pci", "--disk", image("rng.img", 1), "--rng"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /00:01\.0 1af4:1042/i);
+  assert.match(r.stdout, /00:02\.0 1af4:1044/i, "virtio-rng, modern (0x1040 + 4)");
+});
+
 test("GET_ID returns the disk's serial", { skip }, () => {
   const r = vireo(["run", "--guest", "micro:virtio-blk-id", "--disk", image("id.img", 1)]);
   assert.equal(r.status, 0, r.stdout + r.stderr);
