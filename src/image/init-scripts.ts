@@ -41,8 +41,19 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
   echo "VIREO-HARNESS-ERROR=cannot mount the host root over 9p"
   poweroff -f
 fi
+# A tmpfs hides the host's /tmp; a tree there that the script needs (vireo.keep, e.g. a checkout in /tmp) is
+# bound back from a bind of the host's /tmp taken before the tmpfs covers it (9p cannot be mounted twice).
+mkdir -p /hosttmp
+mount --bind /host/tmp /hosttmp
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run 2>/dev/null
+keep=$(cmdline_value vireo.keep)
+case "$keep" in
+  /tmp/?*)
+    mkdir -p "/host$keep"
+    mount --bind "/hosttmp/\${keep#/tmp/}" "/host$keep" || echo "VIREO-HARNESS-ERROR=cannot bind $keep"
+    ;;
+esac
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev

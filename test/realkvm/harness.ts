@@ -93,7 +93,7 @@ async function runOnce(
     "-initrd",
     image.harnessInitrd,
     "-append",
-    `console=ttyS0 quiet panic=-1 vireo.script=${path}`,
+    `console=ttyS0 quiet panic=-1 vireo.script=${path} vireo.keep=${REPO_ROOT.replace(/\/$/, "")}`,
     "-virtfs",
     "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
   ];
