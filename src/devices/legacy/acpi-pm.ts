@@ -44,6 +44,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { SharedLock } from "../../vmm/shared-lock.ts";
+import { attachSharedState } from "../../vmm/shared-state.ts";
 
 /** The I/O block: clear of COM1, the debug and test ports, PCI config (0xCF8-0xCFF) and PCI I/O (0xC000+). */
 export const ACPI_PM_BASE = 0x600;
@@ -192,19 +193,19 @@ export class AcpiPm implements BusDevice {
   }
 
   constructor(opts: AcpiPmOptions) {
-    const { state } = opts;
-    if (!(state instanceof SharedArrayBuffer)) {
-      throw new AcpiPmError("AcpiPm: state must be a SharedArrayBuffer (it is shared between threads)");
-    }
-    if (state.byteLength < STATE_BYTES) {
-      throw new AcpiPmError(`AcpiPm: state has ${state.byteLength} bytes, needs ${STATE_BYTES}`);
-    }
-    if (opts.init) resetState(state, opts);
-    if (Atomics.load(new Int32Array(state, 0, 2), S_MAGIC / 4) !== MAGIC) {
-      throw new AcpiPmError("AcpiPm: state is not initialised (use AcpiPm.createState() or init: true)");
-    }
-    this.d = new DataView(state, 0, STATE_BYTES);
-    this.lock = new SharedLock(state, S_LOCK);
+    const attached = attachSharedState({
+      device: "AcpiPm",
+      state: opts.state,
+      bytes: STATE_BYTES,
+      magicOffset: S_MAGIC,
+      magic: MAGIC,
+      lockOffset: S_LOCK,
+      init: opts.init,
+      reset: (state) => resetState(state, opts),
+      error: (message) => new AcpiPmError(message),
+    });
+    this.d = attached.view;
+    this.lock = attached.lock;
     this.irq = opts.irq;
     this.onPowerOff = opts.onPowerOff;
     this.onReset = opts.onReset;

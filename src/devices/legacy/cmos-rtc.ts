@@ -33,6 +33,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { SharedLock } from "../../vmm/shared-lock.ts";
+import { attachSharedState } from "../../vmm/shared-state.ts";
 
 /** The index port; the data port follows it. Register the device at RTC_PORT for RTC_PORT_COUNT ports. */
 export const RTC_PORT = 0x70;
@@ -223,19 +224,19 @@ export class CmosRtc implements BusDevice {
   }
 
   constructor(opts: CmosRtcOptions) {
-    const { state } = opts;
-    if (!(state instanceof SharedArrayBuffer)) {
-      throw new CmosRtcError("CmosRtc: state must be a SharedArrayBuffer (it is shared between threads)");
-    }
-    if (state.byteLength < STATE_BYTES) {
-      throw new CmosRtcError(`CmosRtc: state has ${state.byteLength} bytes, needs ${STATE_BYTES}`);
-    }
-    if (opts.init) resetState(state, opts);
-    if (Atomics.load(new Int32Array(state, 0, 2), S_MAGIC / 4) !== MAGIC) {
-      throw new CmosRtcError("CmosRtc: state is not initialised (use CmosRtc.createState() or init: true)");
-    }
-    this.d = new DataView(state, 0, STATE_BYTES);
-    this.lock = new SharedLock(state, S_LOCK);
+    const attached = attachSharedState({
+      device: "CmosRtc",
+      state: opts.state,
+      bytes: STATE_BYTES,
+      magicOffset: S_MAGIC,
+      magic: MAGIC,
+      lockOffset: S_LOCK,
+      init: opts.init,
+      reset: (state) => resetState(state, opts),
+      error: (message) => new CmosRtcError(message),
+    });
+    this.d = attached.view;
+    this.lock = attached.lock;
     this.irq = opts.irq;
     this.now = opts.now ?? (() => new Date());
     this.name = opts.name ?? "cmos";

@@ -37,6 +37,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { SharedLock } from "../../vmm/shared-lock.ts";
+import { attachSharedState } from "../../vmm/shared-state.ts";
 
 export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;
@@ -212,19 +213,19 @@ export class I8042 implements BusDevice {
   }
 
   constructor(opts: I8042Options) {
-    const { state } = opts;
-    if (!(state instanceof SharedArrayBuffer)) {
-      throw new I8042Error("I8042: state must be a SharedArrayBuffer (it is shared between threads)");
-    }
-    if (state.byteLength < STATE_BYTES) {
-      throw new I8042Error(`I8042: state has ${state.byteLength} bytes, needs ${STATE_BYTES}`);
-    }
-    if (opts.init) resetState(state);
-    if (Atomics.load(new Int32Array(state, 0, 2), S_MAGIC / 4) !== MAGIC) {
-      throw new I8042Error("I8042: state is not initialised (use I8042.createState() or init: true)");
-    }
-    this.d = new DataView(state, 0, STATE_BYTES);
-    this.lock = new SharedLock(state, S_LOCK);
+    const attached = attachSharedState({
+      device: "I8042",
+      state: opts.state,
+      bytes: STATE_BYTES,
+      magicOffset: S_MAGIC,
+      magic: MAGIC,
+      lockOffset: S_LOCK,
+      init: opts.init,
+      reset: (state) => resetState(state),
+      error: (message) => new I8042Error(message),
+    });
+    this.d = attached.view;
+    this.lock = attached.lock;
     this.kbdIrq = opts.kbdIrq;
     this.auxIrq = opts.auxIrq;
     this.onReset = opts.onReset;

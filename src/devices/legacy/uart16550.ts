@@ -30,6 +30,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { SharedLock } from "../../vmm/shared-lock.ts";
+import { attachSharedState } from "../../vmm/shared-state.ts";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
@@ -194,21 +195,19 @@ export class Uart16550 implements BusDevice {
   }
 
   constructor(opts: Uart16550Options) {
-    const { state } = opts;
-    if (!(state instanceof SharedArrayBuffer)) {
-      throw new UartStateError("Uart16550: state must be a SharedArrayBuffer (it is shared between threads)");
-    }
-    if (state.byteLength < STATE_BYTES) {
-      throw new UartStateError(`Uart16550: state has ${state.byteLength} bytes, needs ${STATE_BYTES}`);
-    }
-    if (opts.init) resetState(state);
-    if (Atomics.load(new Int32Array(state, 0, 4), S_MAGIC / 4) !== MAGIC) {
-      throw new UartStateError(
-        "Uart16550: state is not initialised (use Uart16550.createState() or init: true)",
-      );
-    }
-    this.d = new DataView(state, 0, STATE_BYTES);
-    this.lock = new SharedLock(state, S_LOCK);
+    const attached = attachSharedState({
+      device: "Uart16550",
+      state: opts.state,
+      bytes: STATE_BYTES,
+      magicOffset: S_MAGIC,
+      magic: MAGIC,
+      lockOffset: S_LOCK,
+      init: opts.init,
+      reset: (state) => resetState(state),
+      error: (message) => new UartStateError(message),
+    });
+    this.d = attached.view;
+    this.lock = attached.lock;
     this.irq = opts.irq;
     this.output = opts.output;
     this.name = opts.name ?? "com1";
