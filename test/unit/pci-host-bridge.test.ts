@@ -12,20 +12,9 @@ import {
   PciConfigIo,
   PciEcam,
 } from "../../src/devices/pci/host-bridge.ts";
+import { le, num } from "../helpers/bytes.ts";
 
 const ECAM_BASE = 0xb000_0000;
-
-function le(value: number, size: number): Uint8Array {
-  const d = new Uint8Array(size);
-  for (let i = 0; i < size; i++) d[i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
-  return d;
-}
-
-function num(d: Uint8Array): number {
-  let v = 0;
-  for (let i = d.length - 1; i >= 0; i--) v = v * 256 + (d[i] as number);
-  return v;
-}
 
 class Guest {
   readonly pio = new Bus("pio");

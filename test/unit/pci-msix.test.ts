@@ -7,18 +7,7 @@ import { PCI_CAP_ID, PCI_REG, PciFunction } from "../../src/devices/pci/config.t
 import { PciMsixError } from "../../src/devices/pci/errors.ts";
 import { configAddress, PciBus, PciConfigIo } from "../../src/devices/pci/host-bridge.ts";
 import { Msix, type MsixRoute } from "../../src/devices/pci/msix.ts";
-
-function le(value: number, size: number): Uint8Array {
-  const d = new Uint8Array(size);
-  for (let i = 0; i < size; i++) d[i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
-  return d;
-}
-
-function num(d: Uint8Array): number {
-  let v = 0;
-  for (let i = d.length - 1; i >= 0; i--) v = v * 256 + (d[i] as number);
-  return v;
-}
+import { le, num } from "../helpers/bytes.ts";
 
 const DEV = 3;
 const LAPIC_MSI = 0xfee0_0000;

@@ -14,6 +14,7 @@ import { PciLayoutError, PciStateError } from "../../src/devices/pci/errors.ts";
 import { configAddress, PciBus, PciConfigIo, PciEcam } from "../../src/devices/pci/host-bridge.ts";
 import { Msix, type MsixRoute } from "../../src/devices/pci/msix.ts";
 import { SharedLock } from "../../src/vmm/shared-lock.ts";
+import { le, num } from "../helpers/bytes.ts";
 
 const DEV = 3;
 const LAPIC_MSI = 0xfee0_0000;
@@ -22,18 +23,6 @@ const TABLE = 0x2000;
 const PBA = 0x3000;
 const VECTORS = 16;
 const ENABLE = 0x8000;
-
-function le(value: number, size: number): Uint8Array {
-  const d = new Uint8Array(size);
-  for (let i = 0; i < size; i++) d[i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
-  return d;
-}
-
-function num(d: Uint8Array): number {
-  let v = 0;
-  for (let i = d.length - 1; i >= 0; i--) v = v * 256 + (d[i] as number);
-  return v;
-}
 
 /** A device register block answering each byte with (offset + i) & 0xff. */
 class Pattern implements BusDevice {

@@ -5,13 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { Bus } from "../../src/bus/bus.ts";
-import { connectBars } from "../../src/devices/pci/bars.ts";
-import { type VirtioPciState, VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
+import type { VirtioPciState, VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
 import { VirtioRng } from "../../src/devices/virtio/rng.ts";
 import type { GuestMemory } from "../../src/memory/guest-memory.ts";
-import { MetricsSegment, SLOTS_PER_SEGMENT } from "../../src/metrics/registry.ts";
-import { makeTestMemory, VirtioPciTestDriver } from "../helpers/virtio-driver.ts";
+import type { MetricsSegment } from "../../src/metrics/registry.ts";
+import { makeVirtioPciRig, type VirtioPciTestDriver } from "../helpers/virtio-driver.ts";
 
 // Spelled out from the specification, independently of the implementation.
 const ACKNOWLEDGE = 1;
@@ -37,26 +35,8 @@ interface Rig {
 }
 
 function rig(opts: { mem?: GuestMemory; state?: VirtioPciState } = {}): Rig {
-  const mem = opts.mem ?? makeTestMemory({ size: 4 << 20, shared: true });
-  const model = new VirtioRng();
-  const state = opts.state ?? VirtioPciTransport.createState(model);
-  const msis: number[] = [];
-  const intx: boolean[] = [];
-  const logs: string[] = [];
-  const metrics = new MetricsSegment(new ArrayBuffer(SLOTS_PER_SEGMENT * 8), 0);
-  const t = new VirtioPciTransport({
-    state,
-    model,
-    mem,
-    msiSink: { signal: (_lo, _hi, data) => msis.push(data) },
-    intx: { set: (level) => intx.push(level) },
-    log: (m) => logs.push(m),
-    metrics,
-  });
-  const mmio = new Bus("mmio");
-  connectBars(t.pci, { pio: new Bus("pio"), mmio });
-  const drv = new VirtioPciTestDriver(t.pci, mmio, mem);
-  return { mem, t, drv, msis, intx, logs, metrics, state };
+  const r = makeVirtioPciRig(new VirtioRng(), { ...opts, memSize: 4 << 20 });
+  return { ...r, t: r.transport };
 }
 
 describe("virtio-pci: discovery", () => {
