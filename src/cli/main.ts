@@ -1,8 +1,8 @@
 /** vireo's command line. Control only: parse, validate, start a machine or a benchmark, report. */
-import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
-import { looksLikeBzImage } from "../arch/x86/linux-loader.ts";
+import { fileLooksLikeBzImage } from "../arch/x86/linux-loader.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
 import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
@@ -74,18 +74,6 @@ Options:
   --iterations N    guest loop iterations per round (default depends on the benchmark)
   --force           boot: run even where /dev/kvm is PVM (very slow; use the real-KVM harness instead)`;
 
-function kernelIsLinux(path: string): boolean {
-  try {
-    const fd = openSync(path, "r");
-    const head = Buffer.alloc(0x208);
-    readSync(fd, head, 0, head.length, 0);
-    closeSync(fd);
-    return looksLikeBzImage(head);
-  } catch {
-    return false; // a missing file is reported by the machine, with its own message
-  }
-}
-
 function parseSerial(value: string): SerialConfig {
   if (value === "stdio") return { kind: "stdio" };
   if (value === "none") return { kind: "none" };
@@ -147,7 +135,7 @@ async function cmdRun(argv: string[]): Promise<number> {
   const config: MachineConfig = {
     kernel,
     cmdline,
-    memMiB: parseCount("--mem", values.mem, kernelIsLinux(kernel) ? 512 : 64),
+    memMiB: parseCount("--mem", values.mem, fileLooksLikeBzImage(kernel) ? 512 : 64),
     cpus: parseCount("--cpus", values.cpus, 1),
     initrd: values.initrd,
     force: values.force === true,

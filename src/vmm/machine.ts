@@ -6,7 +6,12 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } fro
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
-import { LINUX_SELECTORS, loadLinux, looksLikeBzImage } from "../arch/x86/linux-loader.ts";
+import {
+  fileLooksLikeBzImage,
+  LINUX_SELECTORS,
+  loadLinux,
+  looksLikeBzImage,
+} from "../arch/x86/linux-loader.ts";
 import { BOOT_INFO_ADDR, SELECTOR, writeLongModeTables } from "../arch/x86/long-mode.ts";
 import { Bus } from "../bus/bus.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
@@ -99,7 +104,7 @@ export function validateConfig(config: MachineConfig): void {
   if (config.initrd !== undefined) {
     if (!existsSync(config.initrd))
       throw new GuestImageError("VIREO_INITRD_MISSING", `initrd not found: ${config.initrd}`);
-    if (!looksLikeBzImage(readFileSync(config.kernel).subarray(0, 0x208)))
+    if (!fileLooksLikeBzImage(config.kernel))
       throw new ConfigError("--initrd goes with a Linux bzImage kernel, not an ELF guest");
   }
 }

@@ -115,6 +115,18 @@ test("terminal input: 6000 bytes piped to COM1 come back through the guest's ech
   assert.equal(r.stdout, `${text}echo done (6000 bytes)\n`);
 });
 
+test("--stats prints live exit rates to stderr while the guest runs", { skip }, () => {
+  const r = vireo(["run", "--guest", "micro:bench-pio", "120000", "--serial", "none", "--stats", "1"], {
+    timeoutMs: 120_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stderr.split("\n").filter((l) => l.startsWith("vireo: "));
+  assert.ok(lines.length >= 1, `at least one stats line: ${r.stderr}`);
+  const m = /^vireo: (\d+) s: exits io (\d+)\/s; irqs \d+\/s; (\d+) exits so far$/.exec(lines[0] ?? "");
+  assert.ok(m, lines[0]);
+  assert.ok(Number(m?.[2]) > 0 && Number(m?.[3]) > 0, "the guest's port writes are being counted");
+});
+
 test("vireo demo runs the tour and ends with a table of exits and interrupts", { skip }, () => {
   const r = vireo(["demo"]);
   assert.equal(r.status, 0, r.stdout + r.stderr);

@@ -4,6 +4,7 @@
  * e820 map and the command line, ACPI tables describing the platform, and page tables and a GDT with the
  * selectors the protocol requires (__BOOT_CS = 0x10, __BOOT_DS = 0x18).
  */
+import { closeSync, openSync, readSync } from "node:fs";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import { type AcpiConfig, writeAcpiTables } from "./acpi/index.ts";
 import { placeInitrd, placeKernel, writeBootParams, writeCommandLine } from "./boot-params.ts";
@@ -90,4 +91,19 @@ export function looksLikeBzImage(image: Uint8Array): boolean {
     image[0x204] === 0x72 &&
     image[0x205] === 0x53
   );
+}
+
+/** looksLikeBzImage on a file, reading only its header; false for a file that cannot be read. */
+export function fileLooksLikeBzImage(path: string): boolean {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    const head = new Uint8Array(0x208);
+    readSync(fd, head, 0, head.length, 0);
+    return looksLikeBzImage(head);
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
