@@ -6,6 +6,11 @@
 //   eventfd(initval, flags)        eventfd(2)
 //   close(fd)                      close(2) for fds Node did not open (vCPU fds in worker threads)
 //   addressOf(view)                host address of a TypedArray's first byte (for structs that carry pointers)
+//   poll(pollfds, timeoutMs)       poll(2) over Int32Array triples [fd, events, revents]; revents written back;
+//                                  returns the number ready (0 on timeout or EINTR)
+//   readFd(fd, view) / writeFd(fd, view)
+//                                  read(2)/write(2) returning -errno instead of throwing, so that EAGAIN on a
+//                                  non-blocking TAP or eventfd costs no exception on the packet path
 //   threadRegister() / threadKick(id)
 //                                  a vCPU thread registers itself; any thread can then interrupt its KVM_RUN
 //                                  with a real-time signal whose handler does nothing (KVM_RUN returns EINTR)
@@ -16,6 +21,7 @@
 #include <v8.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -188,6 +194,52 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t timeout = -1;
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !ToInt(info[1], &timeout)) {
+    Napi::TypeError::New(env, "poll(Int32Array [fd, events, revents]*, timeoutMs)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_int32_array || ta.ElementLength() % 3 != 0 || ta.ElementLength() / 3 > 64) {
+    Napi::TypeError::New(env, "poll: pollfds must be an Int32Array of up to 64 [fd, events, revents] triples")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int32_t* t = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+  size_t n = ta.ElementLength() / 3;
+  struct pollfd fds[64];
+  for (size_t i = 0; i < n; i++) {
+    fds[i].fd = t[3 * i];
+    fds[i].events = static_cast<short>(t[3 * i + 1]);
+    fds[i].revents = 0;
+  }
+  int r = poll(fds, n, static_cast<int>(timeout < -1 ? -1 : timeout));
+  if (r < 0 && errno != EINTR) {
+    ErrnoError(env, errno, "poll").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  for (size_t i = 0; i < n; i++) t[3 * i + 2] = r > 0 ? fds[i].revents : 0;
+  return Napi::Number::New(env, r < 0 ? 0 : r);
+}
+
+Napi::Value ReadWriteFd(const Napi::CallbackInfo& info, bool write_it) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  void* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 2 || !ToInt(info[0], &fd) || !ViewBytes(info[1], &data, &length)) {
+    Napi::TypeError::New(env, write_it ? "writeFd(fd, view)" : "readFd(fd, view)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  ssize_t r = write_it ? write(static_cast<int>(fd), data, length) : read(static_cast<int>(fd), data, length);
+  return Napi::Number::New(env, r < 0 ? -errno : static_cast<double>(r));
+}
+
+Napi::Value ReadFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, false); }
+Napi::Value WriteFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, true); }
+
 // ---- vCPU thread kicks ----
 constexpr int kMaxThreads = 1024;
 pthread_t g_threads[kMaxThreads];
@@ -245,6 +297,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
+  exports.Set("readFd", Napi::Function::New(env, ReadFd, "readFd"));
+  exports.Set("writeFd", Napi::Function::New(env, WriteFd, "writeFd"));
   exports.Set("threadRegister", Napi::Function::New(env, ThreadRegister, "threadRegister"));
   exports.Set("threadKick", Napi::Function::New(env, ThreadKick, "threadKick"));
   return exports;

@@ -20,6 +20,12 @@ export interface NativeAddon {
   eventfd(initval?: number, flags?: number): number;
   addressOf(view: ArrayBufferView): bigint;
   close(fd: number): void;
+  /** poll(2) over [fd, events, revents] triples (revents written back); 0 on timeout or EINTR. */
+  poll(pollfds: Int32Array, timeoutMs: number): number;
+  /** read(2): bytes read, or -errno (no exception, e.g. -EAGAIN on a non-blocking fd). */
+  readFd(fd: number, view: ArrayBufferView): number;
+  /** write(2): bytes written, or -errno. */
+  writeFd(fd: number, view: ArrayBufferView): number;
   threadRegister(): number;
   threadKick(id: number): boolean;
 }
@@ -53,3 +59,10 @@ export function isErrno(e: unknown, code?: string): e is NativeErrnoError {
 export const MFD_CLOEXEC = 1;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const EAGAIN = 11;
+export const EINTR = 4;

@@ -7,7 +7,7 @@ import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
 import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
-import { parseDisk } from "../vmm/pci-devices.ts";
+import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { formatRunSummary } from "./summary.ts";
 
 const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
@@ -37,6 +37,10 @@ Options:
   --disk PATH[,readonly][,direct]
                        a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
+  --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio]
+                       a network card on the PCI bus attached to host TAP interface NAME (created if missing,
+                       which needs CAP_NET_ADMIN; vireo does not configure it). virtio-net's queues are served
+                       by a data-plane thread woken by ioeventfds. Repeat for more cards
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -107,6 +111,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       stats: { type: "string" },
       disk: { type: "string", multiple: true },
       rng: { type: "boolean" },
+      net: { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -145,6 +150,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
     disks: (values.disk ?? []).map(parseDisk),
     rng: values.rng === true,
+    nets: (values.net ?? []).map(parseNet),
   };
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();

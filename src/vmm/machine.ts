@@ -23,10 +23,11 @@ import type { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import { startIoThreads } from "../vhost/io-threads.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
-import { type DiskConfig, type PciManifest, preparePci } from "./pci-devices.ts";
+import { type DiskConfig, type NetConfig, type PciManifest, preparePci } from "./pci-devices.ts";
 import { platformAcpi } from "./platform.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
@@ -50,6 +51,8 @@ export interface MachineConfig {
   disks?: DiskConfig[];
   /** A virtio-rng device on the PCI bus. */
   rng?: boolean;
+  /** Network cards on the PCI bus, each with its own data-plane thread. */
+  nets?: NetConfig[];
   /** Print exit and interrupt rates to stderr at this interval while the guest runs. */
   statsIntervalMs?: number;
   timeoutMs?: number;
@@ -165,10 +168,10 @@ export class Machine {
       const devices = defaultDevices({ outputFd: serialFd, platform: boot.platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       let pci: PciManifest | null = null;
-      if (config.disks?.length || config.rng) {
+      if (hasPci(config)) {
         const vmForMsi = vm;
         const prepared = preparePci(
-          { disks: config.disks ?? [], rng: config.rng === true },
+          { disks: config.disks ?? [], rng: config.rng === true, nets: config.nets ?? [] },
           {
             mem: ram.memory,
             vmFd: vm.fd,
@@ -190,6 +193,19 @@ export class Machine {
       const deviceErrors: string[] = [];
       let first: { reason: StopReason; code?: number; message?: string } | undefined;
       let timedOut = false;
+      const onIoMessage = (m: WorkerMessage) => {
+        if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+        else if (m.type === "device-error") deviceErrors.push(`I/O thread: ${m.device}: ${m.message}`);
+        else if (m.type === "io-stopped" && m.message !== undefined) {
+          deviceErrors.push(`I/O thread ${m.name} failed: ${m.message}`);
+          if (!first) first = { reason: "error", message: `I/O thread ${m.name} failed: ${m.message}` };
+          this.requestStop();
+        }
+      };
+      const io = pci
+        ? await startIoThreads(pci, { vmFd: vm.fd, ram: ram.buffer, metrics, onMessage: onIoMessage })
+        : null;
+      if (io) cleanups.push(() => io.close());
 
       const stopped = this.startVcpus({
         vm,
@@ -227,6 +243,7 @@ export class Machine {
           : undefined;
       const stats = config.statsIntervalMs ? this.startStats(metrics, config.statsIntervalMs) : undefined;
       await stopped;
+      await io?.stop();
       if (timer) clearTimeout(timer);
       if (stats) clearInterval(stats);
       for (const [name, count] of readDoorbells()) mainMetrics.counter(name).add(count);
@@ -321,7 +338,7 @@ export class Machine {
         initrd: config.initrd === undefined ? undefined : readFileSync(config.initrd),
         cmdline: config.cmdline,
         memSize,
-        acpi: platformAcpi(config.cpus, { pci: (config.disks?.length ?? 0) > 0 || config.rng === true }),
+        acpi: platformAcpi(config.cpus, { pci: hasPci(config) }),
       });
       return {
         rip: linux.entry,
@@ -461,6 +478,10 @@ function readEventFd(fd: number): number {
     throw e;
   }
   return Number(value[0]);
+}
+
+function hasPci(config: MachineConfig): boolean {
+  return (config.disks?.length ?? 0) > 0 || config.rng === true || (config.nets?.length ?? 0) > 0;
 }
 
 /** The status `vireo run` exits with for an outcome (see EXIT_STATUS and `vireo run --help`). */

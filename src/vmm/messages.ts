@@ -15,7 +15,10 @@ export type WorkerMessage =
   | { type: "metric-names"; segment: number; names: Array<[string, number]> }
   | { type: "marker"; vcpu: number; id: number; ns: number }
   | { type: "device-error"; vcpu: number; device: string; message: string }
-  | { type: "stopped"; vcpu: number; reason: StopReason; code?: number; message?: string };
+  | { type: "stopped"; vcpu: number; reason: StopReason; code?: number; message?: string }
+  /** From a data-plane thread (src/vhost/io-thread.ts). */
+  | { type: "io-ready"; name: string }
+  | { type: "io-stopped"; name: string; message?: string };
 
 /** Int32 slots of the control SharedArrayBuffer shared by the main thread and every vCPU worker. */
 export const CONTROL = { stop: 0, slots: 4 } as const;

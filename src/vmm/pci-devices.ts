@@ -12,17 +12,39 @@ import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
 import { VirtioBlk } from "../devices/virtio/blk.ts";
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
+import { VirtioNet, type VirtioNetBackend } from "../devices/virtio/net.ts";
 import { type VirtioPciState, VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
 import { VirtioRng } from "../devices/virtio/rng.ts";
 import { ConfigError } from "../errors.ts";
+import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import { openTap, type Tap, TapBackend } from "../net/tap.ts";
+import { createDataPlaneBlock, RemoteQueues } from "../vhost/remote-queues.ts";
 import { kvmIrqLine } from "./irq.ts";
 
 export interface DiskConfig {
   path: string;
   readOnly: boolean;
   direct: boolean;
+}
+
+/** `--net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` */
+export interface NetConfig {
+  tap: string;
+  mac?: Uint8Array;
+  model: "virtio" | "e1000";
+}
+
+/** What a data-plane thread (src/vhost/io-thread.ts) needs besides the device: its wake-up eventfds. */
+export interface DataPlaneSpec {
+  /** One eventfd per queue: KVM's ioeventfd on the queue's notify address, or a vCPU thread, signals it. */
+  kicks: number[];
+  /** Signalled on DRIVER_OK and when another thread has work for the data plane. */
+  wake: number;
+  /** Shared control words (remote-queues.ts DATA_PLANE). */
+  block: SharedArrayBuffer;
 }
 
 export type PciDeviceSpec =
@@ -35,7 +57,19 @@ export type PciDeviceSpec =
       readOnly: boolean;
       state: VirtioPciState;
     }
-  | { kind: "virtio-rng"; name: string; slot: number; state: VirtioPciState };
+  | { kind: "virtio-rng"; name: string; slot: number; state: VirtioPciState }
+  | {
+      kind: "virtio-net";
+      name: string;
+      slot: number;
+      state: VirtioPciState;
+      mac: number[];
+      tap: Tap;
+      dataPlane: DataPlaneSpec;
+    };
+
+/** Devices whose queues or receive side are served by a data-plane thread of their own. */
+export type DataPlaneDeviceSpec = Extract<PciDeviceSpec, { dataPlane: DataPlaneSpec }>;
 
 export interface PciManifest {
   busState: SharedArrayBuffer;
@@ -45,6 +79,49 @@ export interface PciManifest {
 /** PCI INTx pin A of slot n: IOAPIC inputs 16-19, swizzled by slot as on a PC's bus 0. */
 export function intxGsi(slot: number): number {
   return 16 + (slot % 4);
+}
+
+const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
+
+/** `--net tap=NAME[,mac=..][,model=virtio|e1000]` */
+export function parseNet(spec: string): NetConfig {
+  let tap: string | undefined;
+  let mac: Uint8Array | undefined;
+  let model: NetConfig["model"] = "virtio";
+  for (const part of spec.split(",")) {
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? part : part.slice(0, eq);
+    const value = eq < 0 ? "" : part.slice(eq + 1);
+    if (key === "tap") {
+      if (!value) throw new ConfigError(`--net ${spec}: tap= needs an interface name`);
+      tap = value;
+    } else if (key === "mac") {
+      if (!MAC_RE.test(value))
+        throw new ConfigError(`--net ${spec}: bad MAC '${value}' (want xx:xx:xx:xx:xx:xx)`);
+      mac = Uint8Array.from(value.split(":").map((h) => Number.parseInt(h, 16)));
+      if (((mac[0] as number) & 1) !== 0)
+        throw new ConfigError(
+          `--net ${spec}: MAC ${value} is a multicast address; a NIC needs a unicast one`,
+        );
+    } else if (key === "model") {
+      if (value !== "virtio" && value !== "e1000")
+        throw new ConfigError(`--net ${spec}: unknown model '${value}' (known: virtio, e1000)`);
+      model = value;
+    } else {
+      throw new ConfigError(
+        `--net ${spec}: unknown option '${key}' (known: tap=NAME, mac=MAC, model=virtio|e1000)`,
+      );
+    }
+  }
+  if (tap === undefined) throw new ConfigError(`--net ${spec}: which backend? (--net tap=NAME)`);
+  return { tap, mac, model };
+}
+
+/** A locally administered unicast MAC for NIC n of this machine: 52:54:00 is taken by QEMU, vireo uses 02:76:69. */
+export function defaultMac(n: number): Uint8Array {
+  const r = new Uint8Array(2);
+  crypto.getRandomValues(r);
+  return Uint8Array.from([0x02, 0x76, 0x69, r[0] as number, r[1] as number, n & 0xff]);
 }
 
 /** `--disk PATH[,readonly][,direct]` */
@@ -75,7 +152,23 @@ export interface BuiltPci {
   transports: VirtioPciTransport[];
 }
 
-function modelFor(spec: PciDeviceSpec): VirtioDeviceModel {
+/** A backend for a model whose data plane runs elsewhere: it is never asked to move frames. */
+function detachedBackend(tap: Tap): VirtioNetBackend {
+  return {
+    name: tap.name,
+    vnetHdr: tap.vnetHdr,
+    send: () => false,
+    attach() {},
+    rxReady() {},
+    close() {},
+  };
+}
+
+/**
+ * The device model for a thread. "vcpu": the register side (a data-plane device's queues are only kicked from
+ * here); "io": the data-plane thread's model, which does the work.
+ */
+function modelFor(spec: PciDeviceSpec, role: "vcpu" | "io", metrics?: MetricsSink): VirtioDeviceModel {
   switch (spec.kind) {
     case "virtio-blk": {
       const backend = new FileBlockBackend(spec.fd, { readOnly: spec.readOnly, size: spec.size });
@@ -83,11 +176,29 @@ function modelFor(spec: PciDeviceSpec): VirtioDeviceModel {
     }
     case "virtio-rng":
       return new VirtioRng({ name: spec.name });
+    case "virtio-net": {
+      const mac = Uint8Array.from(spec.mac);
+      if (role === "io") {
+        return new VirtioNet({
+          backend: new TapBackend(spec.tap, { metrics, metricsName: spec.name }),
+          mac,
+          name: spec.name,
+        });
+      }
+      const dp = spec.dataPlane;
+      const inner = new VirtioNet({ backend: detachedBackend(spec.tap), mac, name: spec.name });
+      return new RemoteQueues(inner, dp.kicks, dp.wake, dp.block);
+    }
   }
 }
 
-function transportFor(spec: PciDeviceSpec, ctx: PciBuildContext, init: boolean): VirtioPciTransport {
-  const model = modelFor(spec);
+export function transportFor(
+  spec: PciDeviceSpec,
+  ctx: PciBuildContext,
+  init: boolean,
+  role: "vcpu" | "io" = "vcpu",
+): VirtioPciTransport {
+  const model = modelFor(spec, role, ctx.metrics);
   return new VirtioPciTransport({
     state: spec.state,
     init,
@@ -119,9 +230,13 @@ export function buildPci(manifest: PciManifest, ctx: PciBuildContext, init = fal
  * would (64-bit BARs below 4 GiB, decode enabled, interrupt lines set).
  */
 export function preparePci(
-  devicesWanted: { disks: readonly DiskConfig[]; rng: boolean },
+  devicesWanted: { disks: readonly DiskConfig[]; rng: boolean; nets?: readonly NetConfig[] },
   ctx: PciBuildContext,
 ): { manifest: PciManifest; close(): void } {
+  const fds: number[] = [];
+  const closeFds = () => {
+    for (const fd of fds.splice(0)) native().close(fd);
+  };
   const disks = devicesWanted.disks;
   const devices: PciDeviceSpec[] = [];
   const backends: FileBlockBackend[] = [];
@@ -144,6 +259,35 @@ export function preparePci(
       state: VirtioPciTransport.createState(model),
     });
   });
+  try {
+    (devicesWanted.nets ?? []).forEach((net, i) => {
+      if (net.model !== "virtio") {
+        throw new ConfigError(`--net ${net.tap}: model=${net.model} is not wired into vireo run yet`);
+      }
+      const tap = openTap(net.tap, { vnetHdr: true });
+      fds.push(tap.fd);
+      const name = `net${i}`;
+      const eventFd = () => {
+        const fd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        fds.push(fd);
+        return fd;
+      };
+      const mac = net.mac ?? defaultMac(i);
+      devices.push({
+        kind: "virtio-net",
+        name,
+        slot: 1 + devices.length,
+        state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
+        mac: Array.from(mac),
+        tap,
+        dataPlane: { kicks: [eventFd(), eventFd()], wake: eventFd(), block: createDataPlaneBlock() },
+      });
+    });
+  } catch (e) {
+    for (const b of backends) b.close();
+    closeFds();
+    throw e;
+  }
   if (devicesWanted.rng) {
     const model = new VirtioRng({ name: "rng0" });
     devices.push({
@@ -160,10 +304,21 @@ export function preparePci(
     enableDecode: true,
     interruptLine: (device) => intxGsi(device),
   });
+  // Doorbells of data-plane devices never exit to vireo: KVM signals the queue's eventfd itself (KVM_IOEVENTFD).
+  // If the guest moves the BAR later, its notifications exit and the vCPU thread signals the same eventfd.
+  const vm = Vm.fromFd(ctx.vmFd);
+  manifest.devices.forEach((spec, i) => {
+    if (spec.kind !== "virtio-net") return;
+    for (const n of firmware.transports[i]?.notifyAddresses() ?? []) {
+      const fd = spec.dataPlane.kicks[n.queue];
+      if (n.address !== null && fd !== undefined) vm.ioeventfd({ addr: n.address, len: 2, fd, pio: false });
+    }
+  });
   return {
     manifest,
     close: () => {
       for (const b of backends) b.close();
+      closeFds();
     },
   };
 }

@@ -1,0 +1,78 @@
+/** Starting and stopping the data-plane threads (io-thread.ts) of a machine's devices, on the main thread. */
+import type { Worker } from "node:worker_threads";
+import type { MetricsRegistry } from "../metrics/registry.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import type { WorkerMessage } from "../vmm/messages.ts";
+import type { DataPlaneDeviceSpec, PciManifest } from "../vmm/pci-devices.ts";
+import { startTsWorker } from "../vmm/ts-worker.ts";
+import type { IoThreadData } from "./io-thread.ts";
+import { signalEventFd } from "./remote-queues.ts";
+
+export interface IoThreads {
+  /** Signals every thread to stop and waits until they have. */
+  stop(): Promise<void>;
+  /** Frees the stop eventfd (after stop). */
+  close(): void;
+}
+
+function isDataPlane(spec: PciManifest["devices"][number]): spec is DataPlaneDeviceSpec {
+  return "dataPlane" in spec;
+}
+
+/** Starts one thread per data-plane device and resolves once each is waiting for work. */
+export async function startIoThreads(
+  manifest: PciManifest,
+  o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
+): Promise<IoThreads | null> {
+  const specs = manifest.devices.filter(isDataPlane);
+  if (specs.length === 0) return null;
+  const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  const workers: Worker[] = [];
+  const exits: Array<Promise<void>> = [];
+  const ready: Array<Promise<void>> = [];
+  for (const spec of specs) {
+    const workerData: IoThreadData = {
+      spec,
+      vmFd: o.vmFd,
+      ram: o.ram,
+      stopFd,
+      metricsBuffer: o.metrics.shared,
+      metricsSegment: o.metrics.allocateSegment(),
+    };
+    const worker = startTsWorker(new URL("./io-thread.ts", import.meta.url), { workerData });
+    workers.push(worker);
+    let markReady = () => {};
+    ready.push(new Promise<void>((resolve) => (markReady = resolve)));
+    worker.on("message", (m: WorkerMessage) => {
+      if (m.type === "io-ready" || m.type === "io-stopped") markReady();
+      o.onMessage(m);
+    });
+    exits.push(
+      new Promise<void>((resolve) => {
+        worker.on("error", (e) => {
+          o.onMessage({ type: "io-stopped", name: spec.name, message: e.message });
+          markReady();
+          resolve();
+        });
+        worker.on("exit", () => {
+          markReady();
+          resolve();
+        });
+      }),
+    );
+  }
+  await Promise.all(ready);
+  let closed = false;
+  return {
+    stop: async () => {
+      signalEventFd(stopFd);
+      await Promise.all(exits);
+    },
+    close: () => {
+      if (closed) return;
+      closed = true;
+      for (const w of workers) void w.terminate();
+      native().close(stopFd);
+    },
+  };
+}
