@@ -37,6 +37,8 @@ Options:
   --disk PATH[,readonly][,direct]
                        a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
+  --console MODE       where terminal input goes: serial (COM1, default) or virtio (a virtio-console on the PCI
+                       bus; Linux: console=hvc0). Output of both goes where --serial says
   --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio]
                        a network card on the PCI bus attached to host TAP interface NAME (created if missing,
                        which needs CAP_NET_ADMIN; vireo does not configure it). virtio-net's queues are served
@@ -78,6 +80,11 @@ Options:
   --iterations N    guest loop iterations per round (default depends on the benchmark)
   --force           boot: run even where /dev/kvm is PVM (very slow; use the real-KVM harness instead)`;
 
+function parseConsole(mode: string): "serial" | "virtio" {
+  if (mode === "serial" || mode === "virtio") return mode;
+  throw new ConfigError(`--console must be serial or virtio, got '${mode}'`);
+}
+
 function parseSerial(value: string): SerialConfig {
   if (value === "stdio") return { kind: "stdio" };
   if (value === "none") return { kind: "none" };
@@ -112,6 +119,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       disk: { type: "string", multiple: true },
       rng: { type: "boolean" },
       net: { type: "string", multiple: true },
+      console: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -151,6 +159,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     disks: (values.disk ?? []).map(parseDisk),
     rng: values.rng === true,
     nets: (values.net ?? []).map(parseNet),
+    console: parseConsole(values.console ?? "serial"),
   };
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();

@@ -159,7 +159,8 @@ export function buildBuses(specs: readonly DeviceSpec[], host: DeviceHost): Buse
   return { pio, mmio };
 }
 
-function writeAll(fd: number, bytes: Uint8Array): void {
+/** Writes every byte to fd, retrying while a non-blocking terminal or pipe says EAGAIN. */
+export function writeAll(fd: number, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.length) {
     try {

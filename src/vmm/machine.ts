@@ -15,6 +15,7 @@ import {
 import { BOOT_INFO_ADDR, SELECTOR, writeLongModeTables } from "../arch/x86/long-mode.ts";
 import { Bus } from "../bus/bus.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
+import type { VirtioConsole } from "../devices/virtio/console.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { RUN } from "../kvm/abi.ts";
 import { KvmSystem } from "../kvm/system.ts";
@@ -27,7 +28,13 @@ import { startIoThreads } from "../vhost/io-threads.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
-import { type DiskConfig, type NetConfig, type PciManifest, preparePci } from "./pci-devices.ts";
+import {
+  type DiskConfig,
+  type NetConfig,
+  type PciManifest,
+  preparePci,
+  transportFor,
+} from "./pci-devices.ts";
 import { platformAcpi } from "./platform.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
@@ -51,6 +58,8 @@ export interface MachineConfig {
   disks?: DiskConfig[];
   /** A virtio-rng device on the PCI bus. */
   rng?: boolean;
+  /** Where terminal input goes: COM1 (default) or a virtio-console on the PCI bus (output goes to --serial's target). */
+  console?: "serial" | "virtio";
   /** Network cards on the PCI bus, each with its own data-plane thread. */
   nets?: NetConfig[];
   /** Print exit and interrupt rates to stderr at this interval while the guest runs. */
@@ -171,7 +180,12 @@ export class Machine {
       if (hasPci(config)) {
         const vmForMsi = vm;
         const prepared = preparePci(
-          { disks: config.disks ?? [], rng: config.rng === true, nets: config.nets ?? [] },
+          {
+            disks: config.disks ?? [],
+            rng: config.rng === true,
+            nets: config.nets ?? [],
+            console: config.console === "virtio" ? { outputFd: serialFd } : undefined,
+          },
           {
             mem: ram.memory,
             vmFd: vm.fd,
@@ -231,7 +245,7 @@ export class Machine {
 
       const stopInput =
         config.serial.kind === "stdio" && config.stdin
-          ? this.attachStdin(devices, vm.fd, mainMetrics)
+          ? this.attachStdin(this.inputSink(devices, pci, vm, ram.memory, mainMetrics))
           : () => {};
       cleanups.push(stopInput);
       const timer =
@@ -418,22 +432,57 @@ export class Machine {
     return Promise.all(exits).then(() => undefined);
   }
 
-  /** Terminal input to COM1: bytes the UART cannot take yet wait here, so nothing typed is lost. */
-  private attachStdin(devices: DeviceSpec[], vmFd: number, metrics: MetricsSegment): () => void {
+  /**
+   * Where terminal input goes: the main thread's own view of the device (COM1, or the virtio-console), over the
+   * state the vCPU threads share. Returns how many bytes the device took.
+   */
+  private inputSink(
+    devices: DeviceSpec[],
+    pci: PciManifest | null,
+    vm: Vm,
+    mem: GuestMemory,
+    metrics: MetricsSegment,
+  ): ((bytes: Uint8Array) => number) | null {
+    if (this.config.console === "virtio") {
+      const spec = pci?.devices.find((d) => d.kind === "virtio-console");
+      if (!spec) return null;
+      const transport = transportFor(
+        spec,
+        {
+          mem,
+          vmFd: vm.fd,
+          metrics,
+          pio: new Bus("pio"),
+          mmio: new Bus("mmio"),
+          signalMsi: (lo, hi, data) => {
+            vm.signalMsi(lo, hi, data);
+          },
+        },
+        false,
+      );
+      const model = transport.device.model as VirtioConsole;
+      return (bytes) => model.input(bytes);
+    }
     const spec = devices.find((d) => d.kind === "uart16550");
-    if (spec?.kind !== "uart16550") return () => {};
+    if (spec?.kind !== "uart16550") return null;
     const uart = new Uart16550({
       state: spec.state,
       name: spec.name,
-      irq: kvmIrqLine(vmFd, spec.irq, metrics),
+      irq: kvmIrqLine(vm.fd, spec.irq, metrics),
       output: () => {},
       metrics,
     });
+    return (bytes) => uart.receive(bytes);
+  }
+
+  /** Terminal input to the console device: bytes it cannot take yet wait here, so nothing typed is lost. */
+  private attachStdin(sink: ((bytes: Uint8Array) => number) | null): () => void {
+    if (sink === null) return () => {};
     let pending: Uint8Array = new Uint8Array(0);
     let retry: NodeJS.Timeout | undefined;
     const push = () => {
       retry = undefined;
-      const taken = uart.receive(pending);
+      const taken = sink(pending);
       pending = pending.subarray(taken);
       if (pending.length) retry = setTimeout(push, 5);
     };
@@ -481,7 +530,12 @@ function readEventFd(fd: number): number {
 }
 
 function hasPci(config: MachineConfig): boolean {
-  return (config.disks?.length ?? 0) > 0 || config.rng === true || (config.nets?.length ?? 0) > 0;
+  return (
+    (config.disks?.length ?? 0) > 0 ||
+    config.rng === true ||
+    (config.nets?.length ?? 0) > 0 ||
+    config.console === "virtio"
+  );
 }
 
 /** The status `vireo run` exits with for an outcome (see EXIT_STATUS and `vireo run --help`). */

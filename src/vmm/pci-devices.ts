@@ -11,6 +11,7 @@ import { assignBars } from "../devices/pci/bar-allocator.ts";
 import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
 import { VirtioBlk } from "../devices/virtio/blk.ts";
+import { VirtioConsole } from "../devices/virtio/console.ts";
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { VirtioNet, type VirtioNetBackend } from "../devices/virtio/net.ts";
 import { type VirtioPciState, VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
@@ -22,6 +23,7 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
 import { openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { createDataPlaneBlock, RemoteQueues } from "../vhost/remote-queues.ts";
+import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 
 export interface DiskConfig {
@@ -58,6 +60,8 @@ export type PciDeviceSpec =
       state: VirtioPciState;
     }
   | { kind: "virtio-rng"; name: string; slot: number; state: VirtioPciState }
+  /** The terminal: output to outputFd (null: discarded), input from the main thread (Machine's stdin). */
+  | { kind: "virtio-console"; name: string; slot: number; state: VirtioPciState; outputFd: number | null }
   | {
       kind: "virtio-net";
       name: string;
@@ -176,6 +180,13 @@ function modelFor(spec: PciDeviceSpec, role: "vcpu" | "io", metrics?: MetricsSin
     }
     case "virtio-rng":
       return new VirtioRng({ name: spec.name });
+    case "virtio-console": {
+      const fd = spec.outputFd;
+      return new VirtioConsole({
+        name: spec.name,
+        output: fd === null ? () => {} : (bytes) => writeAll(fd, bytes),
+      });
+    }
     case "virtio-net": {
       const mac = Uint8Array.from(spec.mac);
       if (role === "io") {
@@ -230,7 +241,13 @@ export function buildPci(manifest: PciManifest, ctx: PciBuildContext, init = fal
  * would (64-bit BARs below 4 GiB, decode enabled, interrupt lines set).
  */
 export function preparePci(
-  devicesWanted: { disks: readonly DiskConfig[]; rng: boolean; nets?: readonly NetConfig[] },
+  devicesWanted: {
+    disks: readonly DiskConfig[];
+    rng: boolean;
+    nets?: readonly NetConfig[];
+    /** A virtio-console whose output goes to this fd (null: discarded). */
+    console?: { outputFd: number | null };
+  },
   ctx: PciBuildContext,
 ): { manifest: PciManifest; close(): void } {
   const fds: number[] = [];
@@ -287,6 +304,16 @@ export function preparePci(
     for (const b of backends) b.close();
     closeFds();
     throw e;
+  }
+  if (devicesWanted.console) {
+    const model = new VirtioConsole({ name: "console0", output: () => {} });
+    devices.push({
+      kind: "virtio-console",
+      name: "console0",
+      slot: 1 + devices.length,
+      state: VirtioPciTransport.createState(model),
+      outputFd: devicesWanted.console.outputFd,
+    });
   }
   if (devicesWanted.rng) {
     const model = new VirtioRng({ name: "rng0" });
