@@ -44,14 +44,19 @@ export interface Tap {
   vnetHdr: boolean;
 }
 
-/** Attaches to TAP interface `name`, creating it if it does not exist (that needs CAP_NET_ADMIN). */
-export function openTap(name: string, opts: { vnetHdr: boolean }): Tap {
+/** Throws TapError unless `name` can be a network interface name. */
+export function checkTapName(name: string): void {
   if (!TAP_NAME.test(name) || name === "." || name === "..") {
     throw new TapError(
       "VIREO_TAP_NAME",
       `tap=${name}: an interface name is 1 to 15 letters, digits, '_', '.' or '-'`,
     );
   }
+}
+
+/** Attaches to TAP interface `name`, creating it if it does not exist (that needs CAP_NET_ADMIN). */
+export function openTap(name: string, opts: { vnetHdr: boolean }): Tap {
+  checkTapName(name);
   let fd: number;
   try {
     fd = openSync("/dev/net/tun", constants.O_RDWR | constants.O_NONBLOCK);

@@ -21,7 +21,7 @@ import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
-import { openTap, type Tap, TapBackend } from "../net/tap.ts";
+import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { createDataPlaneBlock, RemoteQueues } from "../vhost/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
@@ -98,6 +98,7 @@ export function parseNet(spec: string): NetConfig {
     const value = eq < 0 ? "" : part.slice(eq + 1);
     if (key === "tap") {
       if (!value) throw new ConfigError(`--net ${spec}: tap= needs an interface name`);
+      checkTapName(value);
       tap = value;
     } else if (key === "mac") {
       if (!MAC_RE.test(value))

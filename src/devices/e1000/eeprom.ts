@@ -87,127 +87,154 @@ enum Phase {
   Done,
 }
 
-/** The Microwire serial interface of the EEPROM, driven through EECD's SK/CS/DI pins. */
+// Words of MicrowireEeprom's interface state (EEPROM_STATE_WORDS Int32 slots, shared between threads).
+const S_PHASE = 0;
+const S_SHIFT = 1;
+const S_COUNT = 2;
+const S_OPCODE = 3;
+const S_ADDRESS = 4;
+const S_WRITE_ENABLED = 5;
+const S_CS = 6;
+const S_SK = 7;
+/** What the part drives on DO. */
+const S_DOUT = 8;
+const S_READ_WORD = 9;
+const S_READ_BITS = 10;
+/** Int32 slots of interface state a MicrowireEeprom keeps (see the constructor). */
+export const EEPROM_STATE_WORDS = 11;
+
+/**
+ * The Microwire serial interface of the EEPROM, driven through EECD's SK/CS/DI pins.
+ *
+ * The object holds no state of its own: the contents (`words`) and the interface state (`state`,
+ * EEPROM_STATE_WORDS Int32 slots) are views the owner provides, in shared memory when several threads serve the
+ * device; the owner serializes calls (the e1000 runs them under its device lock). A zeroed `state` is a deselected
+ * part with programming disabled, the same as after `reset()`.
+ */
 export class MicrowireEeprom {
   readonly words: Uint16Array;
-  private phase = Phase.Idle;
-  private shift = 0;
-  private count = 0;
-  private opcode = 0;
-  private address = 0;
-  private writeEnabled = false;
-  private cs = false;
-  private sk = false;
-  /** What the part drives on DO. */
-  private dout = false;
-  private readWord = 0;
-  private readBits = 0;
+  private readonly s: Int32Array;
 
-  constructor(words: Uint16Array) {
+  constructor(words: Uint16Array, state: Int32Array = new Int32Array(EEPROM_STATE_WORDS)) {
+    if (words.length < EEPROM_WORDS) throw new RangeError(`EEPROM needs ${EEPROM_WORDS} words`);
+    if (state.length < EEPROM_STATE_WORDS) throw new RangeError(`EEPROM state needs ${EEPROM_STATE_WORDS} slots`);
     this.words = words;
+    this.s = state;
   }
 
   /** Applies a new level of the three input pins. */
   setPins(cs: boolean, sk: boolean, di: boolean): void {
+    const s = this.s;
     if (!cs) {
       // Deselect ends any command (and a WRITE that collected all its bits already took effect).
-      this.phase = Phase.Idle;
-      this.dout = false;
-    } else if (!this.cs) {
-      this.phase = Phase.Idle;
-      this.dout = true; // ready
-    } else if (sk && !this.sk) {
+      s[S_PHASE] = Phase.Idle;
+      s[S_DOUT] = 0;
+    } else if (!s[S_CS]) {
+      s[S_PHASE] = Phase.Idle;
+      s[S_DOUT] = 1; // ready
+    } else if (sk && !s[S_SK]) {
       this.clock(di);
     }
-    this.cs = cs;
-    this.sk = sk;
+    s[S_CS] = cs ? 1 : 0;
+    s[S_SK] = sk ? 1 : 0;
   }
 
   /** The level of DO as EECD.DO reads it. */
   get dataOut(): boolean {
-    return this.cs && this.dout;
+    return this.s[S_CS] !== 0 && this.s[S_DOUT] !== 0;
   }
 
   /** Returns to the power-on state (deselected, programming disabled). The contents are kept. */
   reset(): void {
-    this.phase = Phase.Idle;
-    this.cs = false;
-    this.sk = false;
-    this.dout = false;
-    this.writeEnabled = false;
+    const s = this.s;
+    s[S_PHASE] = Phase.Idle;
+    s[S_CS] = 0;
+    s[S_SK] = 0;
+    s[S_DOUT] = 0;
+    s[S_WRITE_ENABLED] = 0;
   }
 
   private clock(di: boolean): void {
+    const s = this.s;
     const bit = di ? 1 : 0;
-    switch (this.phase) {
+    switch (s[S_PHASE] as Phase) {
       case Phase.Idle:
         if (bit === 1) {
-          this.phase = Phase.Opcode;
-          this.shift = 0;
-          this.count = 0;
-          this.dout = false;
+          s[S_PHASE] = Phase.Opcode;
+          s[S_SHIFT] = 0;
+          s[S_COUNT] = 0;
+          s[S_DOUT] = 0;
         }
         return;
       case Phase.Opcode:
-        this.shift = (this.shift << 1) | bit;
-        if (++this.count === 2) {
-          this.opcode = this.shift;
-          this.phase = Phase.Address;
-          this.shift = 0;
-          this.count = 0;
+        s[S_SHIFT] = ((s[S_SHIFT] as number) << 1) | bit;
+        if (this.bump() === 2) {
+          s[S_OPCODE] = s[S_SHIFT] as number;
+          s[S_PHASE] = Phase.Address;
+          s[S_SHIFT] = 0;
+          s[S_COUNT] = 0;
         }
         return;
       case Phase.Address:
-        this.shift = (this.shift << 1) | bit;
-        if (++this.count === EEPROM_ADDRESS_BITS) {
-          this.address = this.shift;
+        s[S_SHIFT] = ((s[S_SHIFT] as number) << 1) | bit;
+        if (this.bump() === EEPROM_ADDRESS_BITS) {
+          s[S_ADDRESS] = s[S_SHIFT] as number;
           this.command();
         }
         return;
       case Phase.ReadData:
-        if (this.readBits === 0) {
-          this.address = (this.address + 1) % EEPROM_WORDS;
-          this.readWord = this.words[this.address] as number;
-          this.readBits = 16;
+        if (s[S_READ_BITS] === 0) {
+          s[S_ADDRESS] = ((s[S_ADDRESS] as number) + 1) % EEPROM_WORDS;
+          s[S_READ_WORD] = this.words[s[S_ADDRESS] as number] as number;
+          s[S_READ_BITS] = 16;
         }
-        this.readBits--;
-        this.dout = ((this.readWord >> this.readBits) & 1) === 1;
+        s[S_READ_BITS] = (s[S_READ_BITS] as number) - 1;
+        s[S_DOUT] = ((s[S_READ_WORD] as number) >> (s[S_READ_BITS] as number)) & 1;
         return;
       case Phase.WriteData:
-        this.shift = ((this.shift << 1) | bit) & 0xffff;
-        if (++this.count === 16) {
-          if (this.writeEnabled) this.words[this.address] = this.shift;
-          this.phase = Phase.Done;
+        s[S_SHIFT] = (((s[S_SHIFT] as number) << 1) | bit) & 0xffff;
+        if (this.bump() === 16) {
+          if (s[S_WRITE_ENABLED]) this.words[s[S_ADDRESS] as number] = s[S_SHIFT] as number;
+          s[S_PHASE] = Phase.Done;
         }
         return;
-      case Phase.Done:
+      default: // Done, or a value no state has (the shared slot is only written here)
         return;
     }
   }
 
+  /** Counts one more bit shifted in; returns the new count. */
+  private bump(): number {
+    const n = (this.s[S_COUNT] as number) + 1;
+    this.s[S_COUNT] = n;
+    return n;
+  }
+
   private command(): void {
-    const top2 = this.address >> (EEPROM_ADDRESS_BITS - 2);
-    this.shift = 0;
-    this.count = 0;
-    switch (this.opcode) {
+    const s = this.s;
+    const address = (s[S_ADDRESS] as number) % EEPROM_WORDS;
+    const top2 = address >> (EEPROM_ADDRESS_BITS - 2);
+    s[S_SHIFT] = 0;
+    s[S_COUNT] = 0;
+    switch (s[S_OPCODE]) {
       case 0b10: // READ: a dummy 0, then the word MSB first
-        this.phase = Phase.ReadData;
-        this.readWord = this.words[this.address] as number;
-        this.readBits = 16;
-        this.dout = false;
+        s[S_PHASE] = Phase.ReadData;
+        s[S_READ_WORD] = this.words[address] as number;
+        s[S_READ_BITS] = 16;
+        s[S_DOUT] = 0;
         return;
       case 0b01: // WRITE
-        this.phase = Phase.WriteData;
+        s[S_PHASE] = Phase.WriteData;
         return;
       case 0b11: // ERASE
-        if (this.writeEnabled) this.words[this.address] = 0xffff;
-        this.phase = Phase.Done;
+        if (s[S_WRITE_ENABLED]) this.words[address] = 0xffff;
+        s[S_PHASE] = Phase.Done;
         return;
       default: // 00: EWEN (11), EWDS (00), ERAL (10) and WRAL (01) by the top address bits
-        if (top2 === 0b11) this.writeEnabled = true;
-        else if (top2 === 0b00) this.writeEnabled = false;
-        else if (top2 === 0b10 && this.writeEnabled) this.words.fill(0xffff);
-        this.phase = Phase.Done;
+        if (top2 === 0b11) s[S_WRITE_ENABLED] = 1;
+        else if (top2 === 0b00) s[S_WRITE_ENABLED] = 0;
+        else if (top2 === 0b10 && s[S_WRITE_ENABLED]) this.words.fill(0xffff, 0, EEPROM_WORDS);
+        s[S_PHASE] = Phase.Done;
         return;
     }
   }

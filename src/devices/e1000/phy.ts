@@ -80,16 +80,28 @@ const READ_ONLY = new Set<number>([
   PHY_REG.M88_RX_ERR_COUNT,
 ]);
 
-export class M88Phy {
-  private readonly regs = new Uint16Array(32);
+/** Registers of the PHY's storage (the 5-bit MDIO register address space). */
+export const PHY_REG_COUNT = 32;
 
-  constructor(private readonly linkUp: () => boolean) {
-    this.reset();
+/**
+ * The PHY's register logic over storage its owner provides (`regs`, PHY_REG_COUNT slots, in shared memory when
+ * several threads serve the device; the owner serializes calls). The constructor leaves the storage alone, so
+ * every thread can build one over the same registers: whoever creates them calls `reset()` once.
+ */
+export class M88Phy {
+  private readonly regs: Uint16Array;
+
+  constructor(
+    regs: Uint16Array,
+    private readonly linkUp: () => boolean,
+  ) {
+    if (regs.length < PHY_REG_COUNT) throw new RangeError(`PHY storage needs ${PHY_REG_COUNT} registers`);
+    this.regs = regs;
   }
 
   /** Hardware reset: every register to its default. */
   reset(): void {
-    this.regs.fill(0);
+    this.regs.fill(0, 0, PHY_REG_COUNT);
     for (const [reg, value] of DEFAULTS) this.regs[reg] = value;
   }
 
