@@ -76,8 +76,8 @@ export const GUEST_MODULES = [
   "e1000",
 ] as const;
 
-/** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, and 9p over virtio for the host root. */
-export const HARNESS_MODULES = ["kvm_amd", "virtio_pci", "9pnet_virtio", "9p"] as const;
+/** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, 9p over virtio for the host root, and tun for TAPs. */
+export const HARNESS_MODULES = ["kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun"] as const;
 
 /**
  * Kernel command line for the guest image where every exit is expensive (nested or emulated KVM): a quiet
