@@ -63,6 +63,11 @@ export class MetricsSegment implements MetricsSink {
 }
 
 /** The main thread's view: the shared buffer plus every segment's name table. */
+/** A copy of every counter of a registry's shared array, as of now (from any thread); see MetricsRegistry.snapshot. */
+export function copyValues(shared: SharedArrayBuffer): Float64Array {
+  return new Float64Array(shared).slice();
+}
+
 export class MetricsRegistry {
   readonly shared: SharedArrayBuffer;
   private readonly names: Array<Map<string, number>> = [];
@@ -88,9 +93,11 @@ export class MetricsRegistry {
     for (const [name, slot] of entries) table.set(name, slot);
   }
 
-  /** Totals by name, summed across all segments, sorted by name. */
-  snapshot(): Record<string, number> {
-    const values = new Float64Array(this.shared);
+  /**
+   * Totals by name, summed across all segments, sorted by name: of the live counters, or of `values`, a copy of
+   * the shared array taken earlier by any thread (`copyValues`).
+   */
+  snapshot(values: Float64Array = new Float64Array(this.shared)): Record<string, number> {
     const totals = new Map<string, number>();
     this.names.forEach((table, segment) => {
       for (const [name, slot] of table) {

@@ -111,7 +111,7 @@ function main(): void {
       for (let q = 0; q < nq; q++) {
         const fd = dp.kicks[q] as number;
         if (pollfds[3 * (q + 2) + 2] !== 0 && drain(fd)) {
-          kicksSeen.add();
+          kicksSeen.add(Number(eventValue[0]));
           transport.notify(q);
         }
       }

@@ -88,6 +88,8 @@ export interface RunResult {
   metrics: Record<string, number>;
   /** Test-device markers: id -> host monotonic nanoseconds. */
   markers: Map<number, number>;
+  /** The metrics at each marker (as `metrics`), so a benchmark can count only what happened between two. */
+  markerMetrics: Map<number, Record<string, number>>;
   /** Host monotonic nanoseconds when the boot vCPU first entered the guest. */
   vcpuStartNs?: number;
   deviceErrors: string[];
@@ -203,6 +205,7 @@ export class Machine {
       const mmapSize = system.vcpuMmapSize();
 
       const markers = new Map<number, number>();
+      const markerValues = new Map<number, Float64Array>();
       let vcpuStartNs: number | undefined;
       const deviceErrors: string[] = [];
       let first: { reason: StopReason; code?: number; message?: string } | undefined;
@@ -233,7 +236,10 @@ export class Machine {
         onMessage: (m) => {
           if (m.type === "ready" && m.vcpu === 0) vcpuStartNs = m.ns;
           else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
-          else if (m.type === "marker") markers.set(m.id, m.ns);
+          else if (m.type === "marker") {
+            markers.set(m.id, m.ns);
+            markerValues.set(m.id, m.values);
+          }
           else if (m.type === "device-error") deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
           else if (m.type === "stopped") {
             if (!first && m.reason !== "stop-requested")
@@ -273,6 +279,7 @@ export class Machine {
           outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
         metrics: metrics.snapshot(),
         markers,
+        markerMetrics: new Map([...markerValues].map(([id, values]) => [id, metrics.snapshot(values)])),
         vcpuStartNs,
         deviceErrors,
         wallMs: performance.now() - started,

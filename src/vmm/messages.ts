@@ -13,7 +13,8 @@ export type WorkerMessage =
   /** Sent just before the first KVM_RUN; `ns` is the host monotonic clock then. */
   | { type: "ready"; vcpu: number; thread: number; run: SharedArrayBuffer; ns: number }
   | { type: "metric-names"; segment: number; names: Array<[string, number]> }
-  | { type: "marker"; vcpu: number; id: number; ns: number }
+  /** `values`: every counter of the registry at the marker (copyValues), for per-interval metrics. */
+  | { type: "marker"; vcpu: number; id: number; ns: number; values: Float64Array }
   | { type: "device-error"; vcpu: number; device: string; message: string }
   | { type: "stopped"; vcpu: number; reason: StopReason; code?: number; message?: string }
   /** From a data-plane thread (src/vhost/io-thread.ts). */

@@ -10,7 +10,7 @@ import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, EXIT_RETRY, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
-import { type Counter, MetricsSegment } from "../metrics/registry.ts";
+import { type Counter, copyValues, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -73,7 +73,10 @@ function main(): void {
     onReset: () => {
       stop = { reason: "reset" };
     },
-    onMarker: (id) => post({ type: "marker", vcpu: data.index, id, ns: Number(process.hrtime.bigint()) }),
+    onMarker: (id) => {
+      const ns = Number(process.hrtime.bigint());
+      post({ type: "marker", vcpu: data.index, id, ns, values: copyValues(data.metricsBuffer) });
+    },
   });
 
   const mem = new GuestMemory(data.ram);
