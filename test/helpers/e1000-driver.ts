@@ -688,6 +688,8 @@ export interface NicHarness {
   dev: E1000;
   drv: E1000Driver;
   mem: GuestMemory;
+  /** The device's shared state (E1000.createState), for more E1000 objects over the same device. */
+  state: SharedArrayBuffer;
   /** The far end of the wire: frames the NIC sends arrive here; frames sent here go to the NIC. */
   wire: PairBackend;
   /** Frames received at `wire` so far. */
@@ -700,10 +702,35 @@ export interface NicHarness {
   clock: { t: number };
 }
 
-/** A NIC on a 4 MiB guest, attached to one end of a pair; time is a manual clock in milliseconds. */
-export function makeNic(opts: Partial<E1000Options> & { capacity?: number } = {}): NicHarness {
-  const mem = new GuestMemory(new ArrayBuffer(MEM_SIZE));
-  const [nicEnd, wire] = createPair({ capacity: opts.capacity ?? 1024 });
+/** What makeNic takes: the state's MAC, the pair's capacity, and E1000Options other than the wiring. */
+export type NicOptions = Partial<Omit<E1000Options, "state" | "mem" | "backend" | "irq">> & {
+  mac?: Uint8Array;
+  capacity?: number;
+};
+
+/**
+ * A NIC on a 4 MiB guest (shared memory, as vireo's guest RAM is), attached to one end of a pair; time is a
+ * manual clock in milliseconds.
+ */
+export function makeNic(opts: NicOptions = {}): NicHarness {
+  const mem = new GuestMemory(new SharedArrayBuffer(MEM_SIZE));
+  const state = E1000.createState({ mac: opts.mac ?? NIC_MAC });
+  const clock = { t: 0 };
+  return attachNic(state, mem, clock, { ...opts, init: opts.init ?? true });
+}
+
+/**
+ * Another E1000 object over an existing device state and guest memory, as another thread would build one: its
+ * own pair (wire), interrupt line log, logs and metrics; the clock is shared with the caller.
+ */
+export function attachNic(
+  state: SharedArrayBuffer,
+  mem: GuestMemory,
+  clock: { t: number },
+  opts: NicOptions = {},
+): NicHarness {
+  const { mac: _mac, capacity, ...rest } = opts;
+  const [nicEnd, wire] = createPair({ capacity: capacity ?? 1024 });
   const sent: Uint8Array[] = [];
   wire.attach((f) => {
     sent.push(f);
@@ -712,22 +739,22 @@ export function makeNic(opts: Partial<E1000Options> & { capacity?: number } = {}
   const irqLevels: boolean[] = [];
   const logs: string[] = [];
   const metrics = new MetricsSegment(new ArrayBuffer(1024 * 8), 0);
-  const clock = { t: 0 };
   const dev = new E1000({
+    state,
     mem,
     backend: nicEnd,
-    mac: NIC_MAC,
     irq: { set: (l) => irqLevels.push(l) },
     metrics,
     now: () => clock.t,
     log: (m) => logs.push(m),
-    ...opts,
+    ...rest,
   });
   const drv = new E1000Driver(dev, mem);
   return {
     dev,
     drv,
     mem,
+    state,
     wire,
     sent,
     irqLevels,

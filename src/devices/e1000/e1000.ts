@@ -1,18 +1,41 @@
 /**
  * Intel 82540EM Gigabit Ethernet controller ("e1000"), transport-independent: the 128 KiB register space of BAR0
  * (`read`/`write`, also as `mmioRead`/`mmioWrite`) and the IOADDR/IODATA window of the I/O BAR (`io`). The PCI
- * function around it (IDs, BARs, INTA#) is built by the integrator from E1000_PCI_IDS and E1000_BARS.
+ * function around it (IDs, BARs, INTA#) is E1000Pci (pci.ts).
  *
  * Section references ("SDM §x") are to Intel's "PCI/PCI-X Family of Gigabit Ethernet Controllers Software
  * Developer's Manual" (8254x): §3.2 receive, §3.3 transmit descriptors, §3.4 transmit interrupt delays, §3.5
  * TCP segmentation, §5 EEPROM, §13 registers.
+ *
+ * Threads. Every vCPU thread serves its own MMIO/PIO exits, and the NIC's I/O thread owns the network backend
+ * (it receives frames and runs the timers), so one device is served by several E1000 objects, one per thread,
+ * over one state. ALL mutable device state lives in the SharedArrayBuffer from `E1000.createState({ mac })`: the
+ * register file, the EEPROM image and its Microwire interface, the PHY registers, the statistics counters, the
+ * transmit contexts and the partly assembled transmit packet, the timers' deadlines, the link, the interrupt
+ * state, IOADDR and the guest error counts. Each thread builds `new E1000({ state, mem, backend, irq, ... })`
+ * over it (exactly one of them, the creating thread, with `init: true`), with its own GuestMemory view, backend
+ * and interrupt line. One SharedLock in the state serializes register accesses, `receive` (the backend's receiver
+ * callback), `poll()` and the other entry points, so two E1000 objects over one state behave as one device.
+ * The lock is re-entrant for one object in one thread: a backend that calls the receiver from inside `send`
+ * (an in-process pair answering at once) works as it did with one object.
+ *
+ * What runs where, and with the lock held:
+ * - `irq.set` and `backend.send` are called with the lock held, on the thread that caused them (transmit runs
+ *   synchronously in the TDT write, on whatever vCPU thread did it, through that thread's backend). They must
+ *   not wait for another thread that may be waiting for this device.
+ * - `backend.rxReady()` (RDT write, RCTL.EN set) and `onDeadlineChanged` are called after the lock is released,
+ *   on the thread that made the access. On a vCPU thread the backend is expected to be a proxy that wakes the
+ *   I/O thread, which then offers the frames it kept to its own object's receiver.
+ * - The "logged once" sets (unknown register offsets, error kinds) and the metrics counters are per object.
  *
  * Emulation choices:
  * - The link is a 1000 Mb/s full-duplex copper link to a partner that always autonegotiates; `setLinkUp` pulls
  *   the cable. STATUS.LU follows that state regardless of CTRL.SLU (the driver sets SLU anyway).
  * - Transmit runs synchronously inside the guest's TDT write (or TCTL.EN): every descriptor between TDH and TDT is
  *   processed before the write returns. There is no wire, so collisions, FCS insertion (IFCS) and inter-packet
- *   gaps have no effect; frames go to the backend without FCS. TCTL.PSP pads short frames to 60 bytes.
+ *   gaps have no effect; frames go to the backend without FCS. TCTL.PSP pads short frames to 60 bytes. A packet
+ *   whose descriptors span several TDT writes is assembled in the shared state, so the writes may come from
+ *   different threads.
  * - Receive runs when the backend offers a frame. A frame that cannot be stored now (no free descriptors) is
  *   refused, so the backend keeps it and offers it again on the next RDT write: nothing is lost while the
  *   backend's queue has room. RXO is raised and MPC/RNBC count every refused offer. Short frames are padded to
@@ -20,23 +43,28 @@
  *   expects 4 CRC bytes at the end of every buffer chain.
  * - ICR is cleared by any read (SDM §13.4.17: "All register bits are cleared upon read"; the IMS-dependent
  *   clearing rules belong to later parts) and by writing 1s. The interrupt line is (ICR & IMS) != 0.
- * - Time: `now()` is in milliseconds. The delay timers (RDTR/RADV, TIDV/TADV, units of 1.024 µs) and the
- *   interrupt throttling interval (ITR, units of 256 ns) are deadlines checked at every register access and by
- *   `poll()`, which the integrator calls from a timer; `nextDeadline()` says when the next one is due.
+ * - Time: `now()` is in milliseconds on a clock every thread shares (default `monotonicMs`, CLOCK_MONOTONIC
+ *   through process.hrtime; not performance.now(), whose origin differs per thread). The delay timers
+ *   (RDTR/RADV, TIDV/TADV, units of 1.024 µs) and the interrupt throttling interval (ITR, units of 256 ns) are
+ *   deadlines in the shared state, checked at every register access and by `poll()`, which the I/O thread calls
+ *   when `nextDeadline()` comes. When a call (typically a register access on a vCPU thread) leaves
+ *   `nextDeadline()` earlier than it was, `onDeadlineChanged` tells the sleeping I/O thread to look again.
  * - The guest is not trusted. Ring indexes, lengths and addresses are validated before use; a bad value drops the
- *   work it concerns, counts it and logs it once per kind (`errorCounts()`). No guest value can make the model
- *   throw out of a register access, loop without bound or touch memory outside GuestMemory.
+ *   work it concerns, counts it (shared counts, `errorCounts()`) and logs it once per kind and object. No guest
+ *   value can make the model throw out of a register access, loop without bound or touch memory outside
+ *   GuestMemory.
  * - Registers the model does not know read as 0 and ignore writes, logged once per offset. Known registers with
  *   no behaviour here (flow control, wake-up, LEDs, FIFO pointers...) are plain storage.
- * - One thread: the model is not shared between vCPU threads; the integrator forwards accesses to its owner.
  */
 import type { BusDevice } from "../../bus/bus.ts";
-import { GuestMemoryError } from "../../errors.ts";
+import { GuestMemoryError, VireoError } from "../../errors.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { ETH_HEADER_LEN, ETH_MIN_FRAME, type NetBackend } from "../../net/backend.ts";
 import { crc32, foldSum, onesSum } from "../../net/checksum.ts";
-import { buildEepromImage, EEPROM_WORDS, MicrowireEeprom } from "./eeprom.ts";
+import type { IrqLine } from "../../vmm/irq.ts";
+import { SharedLock } from "../../vmm/shared-lock.ts";
+import { buildEepromImage, EEPROM_STATE_WORDS, EEPROM_WORDS, MicrowireEeprom } from "./eeprom.ts";
 import {
   insertContextChecksums,
   insertLegacyChecksum,
@@ -45,7 +73,7 @@ import {
   segmentTso,
   type TxContext,
 } from "./offload.ts";
-import { M88Phy } from "./phy.ts";
+import { M88Phy, PHY_REG_COUNT } from "./phy.ts";
 import {
   CTRL_ASDE,
   CTRL_FD,
@@ -130,21 +158,89 @@ import {
 } from "./regs.ts";
 import { mtaHash, rxBufferSize, rxChecksum } from "./rx.ts";
 
-export interface E1000Options {
-  /** Guest RAM: every descriptor and buffer access goes through it. */
-  mem: GuestMemory;
-  backend: NetBackend;
-  /** Station address, stored in the EEPROM and loaded into RAL0/RAH0 at reset. */
+/** What a new device state is made from. */
+export interface E1000StateOptions {
+  /** Station address, stored in the EEPROM image (words 0-2) and loaded into RAL0/RAH0 at reset. */
   mac: Uint8Array;
-  /** INTA# (or whatever line the integrator routes): set to (ICR & IMS) != 0, subject to ITR. */
-  irq: { set(level: boolean): void };
+}
+
+export interface E1000Options {
+  /** From E1000.createState: the device's shared state. */
+  state: SharedArrayBuffer;
+  /**
+   * Power-on reset of the state here. Exactly one object, on the thread that created the state, passes true,
+   * before the state is shared (createState already returns a reset state, so this is only needed to start over).
+   */
+  init?: boolean;
+  /** Guest RAM as this thread sees it: every descriptor and buffer access goes through it. */
+  mem: GuestMemory;
+  /**
+   * This thread's side of the network backend: `send` for transmit, `rxReady` after the guest posted receive
+   * buffers, and `attach`, which gets this object's receiver (see the class comment for threads).
+   */
+  backend: NetBackend;
+  /** INTA# (or whatever line the integrator routes): set to (ICR & IMS) != 0, subject to ITR. Lock held. */
+  irq: IrqLine;
   metrics?: MetricsSink;
-  /** Milliseconds, monotonic. Default: performance.now(). */
+  /** Milliseconds on a clock shared by every thread serving the device. Default: monotonicMs. */
   now?: () => number;
+  /**
+   * Called, on the calling thread and after the device lock is released, when a call into this object (a
+   * register access, a received frame, `poll`, `setLinkUp`, `reset`) left `nextDeadline()` earlier than before
+   * the call (or defined where it was undefined): the I/O thread sleeping until the old deadline should wake up
+   * and look again. The callback may call back into the device.
+   */
+  onDeadlineChanged?: () => void;
   log?: (msg: string) => void;
   /** Device name for logs and metrics. Default "e1000". */
   name?: string;
 }
+
+/** Misuse of a device state (not a SharedArrayBuffer, too small, not initialised). */
+export class E1000StateError extends VireoError {
+  constructor(message: string) {
+    super("VIREO_E1000_STATE", message);
+  }
+}
+
+/**
+ * Milliseconds on the process-wide monotonic clock (CLOCK_MONOTONIC): comparable between threads, unlike
+ * performance.now(), whose origin is each thread's start.
+ */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+/** Guest error kinds, counted in the shared state (errorCounts) and logged once per object. */
+export const E1000_ERROR_KINDS = [
+  "dma",
+  "internal",
+  "rx-dma",
+  "rx-frame-exceeds-ring",
+  "rx-ring-dma",
+  "rx-ring-empty",
+  "rx-ring-index",
+  "rx-ring-len",
+  "tso-header-length",
+  "tso-mss-too-big",
+  "tso-mss-zero",
+  "tso-no-context",
+  "tso-paylen",
+  "tso-too-many-segments",
+  "tx-csum-range",
+  "tx-desc-type",
+  "tx-dma",
+  "tx-empty-packet",
+  "tx-no-context",
+  "tx-no-eop",
+  "tx-oversize",
+  "tx-ring-dma",
+  "tx-ring-empty",
+  "tx-ring-index",
+  "tx-ring-len",
+] as const;
+export type E1000ErrorKind = (typeof E1000_ERROR_KINDS)[number];
+const ERROR_INDEX = new Map<string, number>(E1000_ERROR_KINDS.map((k, i) => [k, i]));
 
 /** One 1.024 µs delay-timer tick (RDTR, RADV, TIDV, TADV) in milliseconds. */
 const DELAY_UNIT_MS = 1.024e-3;
@@ -157,8 +253,172 @@ const FCS_LEN = 4;
 const MAX_RX_STANDARD = 1522;
 /** Longest frame (with FCS) accepted with RCTL.LPE: the 8254x's 16 KiB jumbo limit. */
 const MAX_RX_JUMBO = 16384;
+/** The longest transmit packet assembled from descriptors: a TSO header (HDRLEN is 8 bits) plus its payload. */
+const TX_BUFFER_BYTES = MAX_TSO_PAYLOAD + 255;
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+// ---- shared state layout ---------------------------------------------------------------------------------------
+
+// Int32 words of the header.
+const W_LOCK = 0;
+const W_MAGIC = 1;
+/** The state's layout size, so a state from another build of this file is refused. */
+const W_BYTES = 2;
+const W_ICR = 3;
+const W_IMS = 4;
+/** The level last driven on the interrupt line (0/1). */
+const W_LINE = 5;
+const W_LINK = 6;
+const W_CLOSED = 7;
+/** IOADDR of the I/O BAR window. */
+const W_IOADDR = 8;
+/** 1 while the normal (checksum) and the segmentation transmit context are loaded. */
+const W_CSUM_CTX_VALID = 9;
+const W_TSO_CTX_VALID = 10;
+// The transmit packet being assembled (its data is in the TX buffer).
+const W_TXP_ACTIVE = 12;
+const W_TXP_SIZE = 13;
+const W_TXP_DESCS = 14;
+const W_TXP_EXTENDED = 15;
+const W_TXP_TSE = 16;
+const W_TXP_POPTS = 17;
+const W_TXP_FIRST_CMD = 18;
+const W_TXP_FIRST_SPECIAL = 19;
+/** Set once something went wrong: the rest of the packet is consumed and dropped. */
+const W_TXP_POISONED = 20;
+/** The EEPROM's Microwire interface state (EEPROM_STATE_WORDS). */
+const W_EEPROM = 24;
+/** The two transmit contexts, CTX_FIELDS.length words each. */
+const W_CSUM_CTX = 40;
+const W_TSO_CTX = 52;
+const HEADER_WORDS = 64;
+
+// Float64 slots: deadlines and the last assertion time (NaN: none).
+const T_ITR = 0;
+const T_RX_PACKET = 1;
+const T_RX_ABS = 2;
+const T_TX_DELAY = 3;
+const T_TX_ABS = 4;
+const T_LAST_ASSERT = 5;
+const TIME_SLOTS = 8;
+const DEADLINES = [T_RX_PACKET, T_RX_ABS, T_TX_DELAY, T_TX_ABS, T_ITR] as const;
+
+const STATS_COUNT = (STATS_LAST - STATS_FIRST) / 4 + 1;
+
+const CTX_FIELDS = [
+  "ipcss",
+  "ipcso",
+  "ipcse",
+  "tucss",
+  "tucso",
+  "tucse",
+  "paylen",
+  "tucmd",
+  "hdrlen",
+  "mss",
+] as const satisfies readonly (keyof TxContext)[];
+
+const MAGIC = 0x65316b30; // "e1k0"
+
+/** Byte offsets of each part of the state, 8-aligned. */
+const LAYOUT = (() => {
+  let at = 0;
+  const take = (bytes: number): number => {
+    const o = at;
+    at = Math.ceil((at + bytes) / 8) * 8;
+    return o;
+  };
+  const layout = {
+    words: take(4 * HEADER_WORDS),
+    times: take(8 * TIME_SLOTS),
+    stats: take(8 * STATS_COUNT),
+    errors: take(4 * E1000_ERROR_KINDS.length),
+    eeprom: take(2 * EEPROM_WORDS),
+    phy: take(2 * PHY_REG_COUNT),
+    regs: take(E1000_MMIO_SIZE),
+    txBuffer: take(TX_BUFFER_BYTES),
+    bytes: 0,
+  };
+  layout.bytes = at;
+  return layout;
+})();
+
+/** The typed views a thread works through; all of them over the one shared buffer. */
+interface StateViews {
+  words: Int32Array;
+  times: Float64Array;
+  stats: Float64Array;
+  errors: Uint32Array;
+  eeprom: Uint16Array;
+  phy: Uint16Array;
+  regs: Uint32Array;
+  txBuffer: Uint8Array;
+}
+
+function viewsOf(state: SharedArrayBuffer): StateViews {
+  return {
+    words: new Int32Array(state, LAYOUT.words, HEADER_WORDS),
+    times: new Float64Array(state, LAYOUT.times, TIME_SLOTS),
+    stats: new Float64Array(state, LAYOUT.stats, STATS_COUNT),
+    errors: new Uint32Array(state, LAYOUT.errors, E1000_ERROR_KINDS.length),
+    eeprom: new Uint16Array(state, LAYOUT.eeprom, EEPROM_WORDS),
+    phy: new Uint16Array(state, LAYOUT.phy, PHY_REG_COUNT),
+    regs: new Uint32Array(state, LAYOUT.regs, E1000_MMIO_SIZE / 4),
+    txBuffer: new Uint8Array(state, LAYOUT.txBuffer, TX_BUFFER_BYTES),
+  };
+}
+
+function eepromOf(v: StateViews): MicrowireEeprom {
+  return new MicrowireEeprom(v.eeprom, v.words.subarray(W_EEPROM, W_EEPROM + EEPROM_STATE_WORDS));
+}
+
+/**
+ * The register file after a global reset (CTRL.RST, SDM §13.4.1) and at power-on: defaults, the station address
+ * from the EEPROM, no interrupt causes, no timers, no transmit context or partial packet, statistics cleared.
+ * The PHY, the EEPROM contents, the link and the error counts are not touched; neither is the interrupt line's
+ * recorded level (the caller lowers the line).
+ */
+function resetRegisterFile(v: StateViews, eeprom: MicrowireEeprom): void {
+  const r = v.regs;
+  r.fill(0);
+  v.stats.fill(0);
+  r[REG.CTRL >> 2] = CTRL_FD | CTRL_ASDE | CTRL_SLU;
+  r[REG.EECD >> 2] = EECD_FWE_DISABLED;
+  r[REG.PBA >> 2] = 0x30; // 48 KiB receive, 16 KiB transmit packet buffer
+  r[REG.LEDCTL >> 2] = 0x07068302;
+  r[REG.VET >> 2] = 0x8100;
+  // The station address is loaded from the EEPROM into RAL0/RAH0 (SDM §5.6.1).
+  const w = v.eeprom;
+  r[REG.RAL0 >> 2] = ((w[0] as number) | ((w[1] as number) << 16)) >>> 0;
+  r[REG.RAH0 >> 2] = ((w[2] as number) | RAH_AV) >>> 0;
+  eeprom.setPins(false, false, false);
+  const s = v.words;
+  s[W_ICR] = 0;
+  s[W_IMS] = 0;
+  s[W_CSUM_CTX_VALID] = 0;
+  s[W_TSO_CTX_VALID] = 0;
+  s[W_TXP_ACTIVE] = 0;
+  s[W_TXP_SIZE] = 0;
+  v.times.fill(Number.NaN);
+}
+
+/**
+ * Power-on: everything but the EEPROM contents (and the lock and magic words, which the caller handles) to its
+ * initial value: PHY defaults, EEPROM interface idle, link up, not closed, line low, no errors counted.
+ */
+function powerOn(v: StateViews, state: SharedArrayBuffer): void {
+  v.words.fill(0, W_MAGIC + 1);
+  SharedLock.init(state, LAYOUT.words + 4 * W_LOCK);
+  v.words[W_BYTES] = LAYOUT.bytes;
+  v.words[W_LINK] = 1;
+  v.errors.fill(0);
+  v.txBuffer.fill(0);
+  new M88Phy(v.phy, () => true).reset();
+  const eeprom = eepromOf(v);
+  eeprom.reset();
+  resetRegisterFile(v, eeprom);
+}
 
 /** Known registers that are plain storage here. */
 const PLAIN_REGS = new Set<number>([
@@ -222,19 +482,6 @@ const MASK_REGS = new Set<number>([REG.ICR, REG.ICS, REG.IMS, REG.IMC]);
 const STATS_64_LOW = new Set<number>(STATS_64BIT_LOW);
 const STATS_64_HIGH = new Set<number>(STATS_64BIT_LOW.map((o) => o + 4));
 
-interface TxPacket {
-  chunks: Uint8Array[];
-  size: number;
-  descs: number;
-  extended: boolean;
-  tse: boolean;
-  popts: number;
-  firstCmd: number;
-  firstSpecial: number;
-  /** Set once something went wrong: the rest of the packet is consumed and dropped. */
-  poisoned: boolean;
-}
-
 interface Ring {
   base: number;
   count: number;
@@ -267,79 +514,162 @@ function isBroadcast(b: Uint8Array): boolean {
   return true;
 }
 
+function describeError(e: unknown): string {
+  return e instanceof Error ? (e.stack ?? e.message) : String(e);
+}
+
 export class E1000 implements BusDevice {
   readonly name: string;
   /** The I/O BAR: IOADDR at offset 0, IODATA at offset 4 (SDM §13.2.1). */
   readonly io: E1000IoPort;
 
+  /** Bytes of shared state a device needs. */
+  static readonly STATE_BYTES = LAYOUT.bytes;
+
   private readonly mem: GuestMemory;
   private readonly backend: NetBackend;
-  private readonly irq: { set(level: boolean): void };
+  private readonly irq: IrqLine;
   private readonly now: () => number;
+  private readonly onDeadlineChanged: (() => void) | undefined;
   private readonly log: ((msg: string) => void) | undefined;
   private readonly metrics: MetricsSink | undefined;
-  private readonly mac: Uint8Array;
 
-  private readonly regs = new Uint32Array(E1000_MMIO_SIZE / 4);
-  private readonly stats = new Float64Array((STATS_LAST - STATS_FIRST) / 4 + 1);
+  // Shared state.
+  private readonly views: StateViews;
+  private readonly lock: SharedLock;
+  private readonly s: Int32Array;
+  private readonly times: Float64Array;
+  private readonly regs: Uint32Array;
+  private readonly stats: Float64Array;
+  private readonly errors: Uint32Array;
+  private readonly txBuffer: Uint8Array;
   private readonly eeprom: MicrowireEeprom;
   private readonly phy: M88Phy;
 
-  private icr = 0;
-  private ims = 0;
-  private line = false;
-  private lastAssert: number | undefined;
-  private itrDeadline: number | undefined;
-  private rxPacketDeadline: number | undefined;
-  private rxAbsDeadline: number | undefined;
-  private txDelayDeadline: number | undefined;
-  private txAbsDeadline: number | undefined;
-  private link = true;
-  private closed = false;
-
-  private csumCtx: TxContext | undefined;
-  private tsoCtx: TxContext | undefined;
-  private txPkt: TxPacket | undefined;
+  // This object's own: re-entrancy guards, scratch, work for after the lock, logging and metrics.
   private txBusy = false;
+  private rxReadyPending = false;
   private readonly txDesc = new Uint8Array(DESC_SIZE);
-
   private readonly loggedKinds = new Set<string>();
   private readonly loggedOffsets = new Set<number>();
-  private readonly errors = new Map<string, number>();
   private readonly errorCounters = new Map<string, Counter>();
   private readonly mTxFrames: Counter;
+  private readonly mTxBytes: Counter;
   private readonly mTxDropped: Counter;
   private readonly mTxBackendDropped: Counter;
   private readonly mRxFrames: Counter;
+  private readonly mRxBytes: Counter;
   private readonly mRxDropped: Counter;
   private readonly mRxFiltered: Counter;
   private readonly mRxNoBuffer: Counter;
   private readonly mIrqRaised: Counter;
 
+  /**
+   * A fresh device state, at power-on: the EEPROM image built for `mac`, registers at their reset values, link
+   * up. Hand the same buffer to every thread's E1000 (it can be posted to workers).
+   */
+  static createState(options: E1000StateOptions): SharedArrayBuffer {
+    const image = buildEepromImage(Uint8Array.from(options.mac));
+    const state = new SharedArrayBuffer(LAYOUT.bytes);
+    const v = viewsOf(state);
+    v.eeprom.set(image);
+    powerOn(v, state);
+    // The magic goes last: a thread that sees it sees the rest.
+    Atomics.store(v.words, W_MAGIC, MAGIC);
+    return state;
+  }
+
   constructor(options: E1000Options) {
     this.name = options.name ?? "e1000";
+    const state = options.state;
+    if (!(state instanceof SharedArrayBuffer)) {
+      throw new E1000StateError(
+        `E1000 ${this.name}: state must be a SharedArrayBuffer from E1000.createState (it is shared between threads)`,
+      );
+    }
+    if (state.byteLength < LAYOUT.bytes) {
+      throw new E1000StateError(
+        `E1000 ${this.name}: state has ${state.byteLength} bytes, needs ${LAYOUT.bytes} (use E1000.createState)`,
+      );
+    }
+    const v = viewsOf(state);
+    if (Atomics.load(v.words, W_MAGIC) !== MAGIC || v.words[W_BYTES] !== LAYOUT.bytes) {
+      throw new E1000StateError(`E1000 ${this.name}: state is not initialised (use E1000.createState)`);
+    }
+    if (options.init) powerOn(v, state);
+    this.views = v;
+    this.s = v.words;
+    this.times = v.times;
+    this.regs = v.regs;
+    this.stats = v.stats;
+    this.errors = v.errors;
+    this.txBuffer = v.txBuffer;
+    this.eeprom = eepromOf(v);
+    this.phy = new M88Phy(v.phy, () => this.s[W_LINK] !== 0);
+    this.lock = new SharedLock(state, LAYOUT.words + 4 * W_LOCK);
+
     this.mem = options.mem;
     this.backend = options.backend;
     this.irq = options.irq;
-    this.now = options.now ?? (() => performance.now());
+    this.now = options.now ?? monotonicMs;
+    this.onDeadlineChanged = options.onDeadlineChanged;
     this.log = options.log;
     this.metrics = options.metrics;
-    this.mac = Uint8Array.from(options.mac);
-    this.eeprom = new MicrowireEeprom(buildEepromImage(this.mac));
-    this.phy = new M88Phy(() => this.link);
     const m = options.metrics;
     const c = (n: string): Counter => m?.counter(`${this.name}.${n}`) ?? NO_COUNTER;
     this.mTxFrames = c("tx.frames");
+    this.mTxBytes = c("tx.bytes");
     this.mTxDropped = c("tx.dropped");
     this.mTxBackendDropped = c("tx.backend_dropped");
     this.mRxFrames = c("rx.frames");
+    this.mRxBytes = c("rx.bytes");
     this.mRxDropped = c("rx.dropped");
     this.mRxFiltered = c("rx.filtered");
     this.mRxNoBuffer = c("rx.no_buffer");
     this.mIrqRaised = c("irq.raised");
     this.io = new E1000IoPort(this);
-    this.resetRegisters();
     this.backend.attach((frame) => this.receive(frame));
+  }
+
+  // ---- Locking ----
+
+  /**
+   * Runs `fn` under the device lock; re-entrant for this object (a backend calling the receiver from inside
+   * `send`). After the outermost call releases the lock: `onDeadlineChanged` if the next deadline moved earlier,
+   * then `backend.rxReady()` if the guest posted receive buffers.
+   */
+  private locked<T>(fn: () => T): T {
+    if (this.lock.isHeld) return fn();
+    const watch = this.onDeadlineChanged !== undefined;
+    let before: number | undefined;
+    let after: number | undefined;
+    let result: T;
+    this.lock.lock();
+    try {
+      if (watch) before = this.earliestDeadline();
+      result = fn();
+      if (watch) after = this.earliestDeadline();
+    } finally {
+      this.lock.unlock();
+    }
+    if (after !== undefined && (before === undefined || after < before)) {
+      this.callOut(this.onDeadlineChanged);
+    }
+    if (this.rxReadyPending) {
+      this.rxReadyPending = false;
+      this.callOut(() => this.backend.rxReady());
+    }
+    return result;
+  }
+
+  /** A call out of the device after the lock is released; what it throws is counted, not thrown at the guest. */
+  private callOut(fn: (() => void) | undefined): void {
+    if (fn === undefined) return;
+    try {
+      fn();
+    } catch (e) {
+      this.guestError("internal", `internal error: ${describeError(e)}`);
+    }
   }
 
   // ---- BusDevice (BAR0) ----
@@ -355,132 +685,215 @@ export class E1000 implements BusDevice {
   /** A guest read of `data.length` bytes at `offset` in the register space. */
   mmioRead(offset: number, data: Uint8Array): void {
     data.fill(0);
-    this.guard(() => {
-      this.poll();
-      const len = data.length;
-      if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
-        const v = this.readReg(offset);
-        data[0] = v & 0xff;
-        data[1] = (v >>> 8) & 0xff;
-        data[2] = (v >>> 16) & 0xff;
-        data[3] = v >>> 24;
-        return;
-      }
-      // Other sizes and alignments: each dword touched is read once (with its side effects).
-      for (let i = 0; i < len; ) {
-        const addr = offset + i;
-        const dw = addr - (addr % 4);
-        const v = dw >= 0 && dw < E1000_MMIO_SIZE ? this.readReg(dw) : 0;
-        for (let b = addr - dw; b < 4 && i < len; b++, i++) data[i] = (v >>> (8 * b)) & 0xff;
-      }
-    });
+    this.locked(() => this.guard(() => this.regRead(offset, data)));
   }
 
   /** A guest write of `data.length` bytes at `offset` in the register space. */
   mmioWrite(offset: number, data: Uint8Array): void {
-    this.guard(() => {
-      this.poll();
-      const len = data.length;
-      if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
-        this.writeReg(offset, le32(data, 0));
-        return;
-      }
-      for (let i = 0; i < len; ) {
-        const addr = offset + i;
-        const dw = addr - (addr % 4);
-        let value = 0;
-        let mask = 0;
-        for (let b = addr - dw; b < 4 && i < len; b++, i++) {
-          value |= (data[i] as number) << (8 * b);
-          mask |= 0xff << (8 * b);
+    this.locked(() => this.guard(() => this.regWrite(offset, data)));
+  }
+
+  /** A read in the I/O BAR (E1000IoPort): IOADDR at 0, IODATA at 4, reserved bytes read 0. */
+  ioRead(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    this.locked(() =>
+      this.guard(() => {
+        for (let i = 0; i < data.length; ) {
+          const at = offset + i;
+          if (at >= 0 && at < 4) {
+            const n = Math.min(4 - at, data.length - i);
+            const ioaddr = this.s[W_IOADDR] as number;
+            for (let j = 0; j < n; j++) data[i + j] = (ioaddr >>> (8 * (at + j))) & 0xff;
+            i += n;
+          } else if (at >= 4 && at < 8) {
+            const n = Math.min(8 - at, data.length - i);
+            this.regRead(this.ioTarget() + (at - 4), data.subarray(i, i + n));
+            i += n;
+          } else {
+            break; // reserved: reads 0
+          }
         }
-        if (dw < 0 || dw >= E1000_MMIO_SIZE) continue;
-        mask >>>= 0;
-        if (mask !== 0xffffffff) {
-          this.warnOnce("partial-access", `${hex(len)}-byte write at ${hex(offset)}: merged into the dword`);
+      }),
+    );
+  }
+
+  /** A write in the I/O BAR (E1000IoPort). */
+  ioWrite(offset: number, data: Uint8Array): void {
+    this.locked(() =>
+      this.guard(() => {
+        for (let i = 0; i < data.length; ) {
+          const at = offset + i;
+          if (at >= 0 && at < 4) {
+            const n = Math.min(4 - at, data.length - i);
+            let ioaddr = this.s[W_IOADDR] as number;
+            for (let j = 0; j < n; j++) {
+              const shift = 8 * (at + j);
+              ioaddr = (ioaddr & ~(0xff << shift)) | ((data[i + j] as number) << shift);
+            }
+            this.s[W_IOADDR] = ioaddr;
+            i += n;
+          } else if (at >= 4 && at < 8) {
+            const n = Math.min(8 - at, data.length - i);
+            this.regWrite(this.ioTarget() + (at - 4), data.subarray(i, i + n));
+            i += n;
+          } else {
+            break; // reserved: ignored
+          }
         }
-        const old = MASK_REGS.has(dw) ? 0 : this.peekReg(dw);
-        this.writeReg(dw, ((old & ~mask) | (value & mask)) >>> 0);
+      }),
+    );
+  }
+
+  /** IOADDR bits 16:0 address the 128 KiB register space; accesses are to whole dwords. */
+  private ioTarget(): number {
+    return (this.s[W_IOADDR] as number) & (E1000_MMIO_SIZE - 1) & ~3;
+  }
+
+  /** A register-space read, lock held. `data` is zeroed. */
+  private regRead(offset: number, data: Uint8Array): void {
+    this.pollLocked();
+    const len = data.length;
+    if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
+      const v = this.readReg(offset);
+      data[0] = v & 0xff;
+      data[1] = (v >>> 8) & 0xff;
+      data[2] = (v >>> 16) & 0xff;
+      data[3] = v >>> 24;
+      return;
+    }
+    // Other sizes and alignments: each dword touched is read once (with its side effects).
+    for (let i = 0; i < len; ) {
+      const addr = offset + i;
+      const dw = addr - (addr % 4);
+      const v = dw >= 0 && dw < E1000_MMIO_SIZE ? this.readReg(dw) : 0;
+      for (let b = addr - dw; b < 4 && i < len; b++, i++) data[i] = (v >>> (8 * b)) & 0xff;
+    }
+  }
+
+  /** A register-space write, lock held. */
+  private regWrite(offset: number, data: Uint8Array): void {
+    this.pollLocked();
+    const len = data.length;
+    if (len === 4 && offset % 4 === 0 && offset >= 0 && offset < E1000_MMIO_SIZE) {
+      this.writeReg(offset, le32(data, 0));
+      return;
+    }
+    for (let i = 0; i < len; ) {
+      const addr = offset + i;
+      const dw = addr - (addr % 4);
+      let value = 0;
+      let mask = 0;
+      for (let b = addr - dw; b < 4 && i < len; b++, i++) {
+        value |= (data[i] as number) << (8 * b);
+        mask |= 0xff << (8 * b);
       }
-    });
+      if (dw < 0 || dw >= E1000_MMIO_SIZE) continue;
+      mask >>>= 0;
+      if (mask !== 0xffffffff) {
+        this.warnOnce("partial-access", `${hex(len)}-byte write at ${hex(offset)}: merged into the dword`);
+      }
+      const old = MASK_REGS.has(dw) ? 0 : this.peekReg(dw);
+      this.writeReg(dw, ((old & ~mask) | (value & mask)) >>> 0);
+    }
   }
 
   // ---- Integrator interface ----
 
-  /** Fires expired delay timers and throttled interrupts. Call from a timer (see nextDeadline). */
+  /** Fires expired delay timers and throttled interrupts. The I/O thread calls it when nextDeadline() comes. */
   poll(): void {
-    if (this.closed) return;
+    this.locked(() => this.guard(() => this.pollLocked()));
+  }
+
+  private pollLocked(): void {
+    if (this.s[W_CLOSED]) return;
     const t = this.now();
-    if (
-      (this.rxPacketDeadline !== undefined && t >= this.rxPacketDeadline) ||
-      (this.rxAbsDeadline !== undefined && t >= this.rxAbsDeadline)
-    ) {
-      this.rxPacketDeadline = undefined;
-      this.rxAbsDeadline = undefined;
-      this.icr |= ICR_RXT0;
+    const tm = this.times;
+    if (t >= (tm[T_RX_PACKET] as number) || t >= (tm[T_RX_ABS] as number)) {
+      tm[T_RX_PACKET] = tm[T_RX_ABS] = Number.NaN;
+      this.s[W_ICR] = (this.s[W_ICR] as number) | ICR_RXT0;
     }
-    if (
-      (this.txDelayDeadline !== undefined && t >= this.txDelayDeadline) ||
-      (this.txAbsDeadline !== undefined && t >= this.txAbsDeadline)
-    ) {
-      this.txDelayDeadline = undefined;
-      this.txAbsDeadline = undefined;
-      this.icr |= ICR_TXDW;
+    if (t >= (tm[T_TX_DELAY] as number) || t >= (tm[T_TX_ABS] as number)) {
+      tm[T_TX_DELAY] = tm[T_TX_ABS] = Number.NaN;
+      this.s[W_ICR] = (this.s[W_ICR] as number) | ICR_TXDW;
     }
-    if (this.itrDeadline !== undefined && t >= this.itrDeadline) this.itrDeadline = undefined;
+    if (t >= (tm[T_ITR] as number)) tm[T_ITR] = Number.NaN;
     this.updateIrq(t);
   }
 
-  /** When `poll()` next has something to do (same clock as `now`), or undefined if nothing is pending. */
+  /**
+   * When `poll()` next has something to do (on the `now` clock), or undefined if nothing is pending. Any thread
+   * may ask; the I/O thread sleeps until then (and `onDeadlineChanged` says when to ask again).
+   */
   nextDeadline(): number | undefined {
+    return this.locked(() => this.earliestDeadline());
+  }
+
+  private earliestDeadline(): number | undefined {
     let next: number | undefined;
-    for (const d of [
-      this.rxPacketDeadline,
-      this.rxAbsDeadline,
-      this.txDelayDeadline,
-      this.txAbsDeadline,
-      this.itrDeadline,
-    ]) {
-      if (d !== undefined && (next === undefined || d < next)) next = d;
+    for (const i of DEADLINES) {
+      const d = this.times[i] as number;
+      if (!Number.isNaN(d) && (next === undefined || d < next)) next = d;
     }
     return next;
   }
 
   /** Power-on / PCI reset: registers, PHY and the EEPROM interface to their initial state. */
   reset(): void {
-    this.phy.reset();
-    this.eeprom.reset();
-    this.resetRegisters();
+    this.locked(() =>
+      this.guard(() => {
+        this.phy.reset();
+        this.eeprom.reset();
+        this.resetRegisters();
+      }),
+    );
   }
 
   /** Plugs or pulls the cable: STATUS.LU and the PHY follow, and LSC is raised on a change. */
   setLinkUp(up: boolean): void {
-    if (this.link === up) return;
-    this.link = up;
-    this.raise(ICR_LSC);
+    this.locked(() =>
+      this.guard(() => {
+        if ((this.s[W_LINK] !== 0) === up) return;
+        this.s[W_LINK] = up ? 1 : 0;
+        this.raise(ICR_LSC);
+      }),
+    );
   }
 
   get linkUp(): boolean {
-    return this.link;
+    return Atomics.load(this.s, W_LINK) !== 0;
   }
 
-  /** Stops the device: frames from the backend are dropped, transmit and timers stop, the line is lowered. */
+  /** The level the device drives on its interrupt line now (whichever object drove it). */
+  get irqAsserted(): boolean {
+    return Atomics.load(this.s, W_LINE) !== 0;
+  }
+
+  /**
+   * Stops the device, for every object over the state: frames from the backends are dropped, transmit and timers
+   * stop, the line is lowered (through this object's line).
+   */
   close(): void {
-    this.closed = true;
-    this.rxPacketDeadline = this.rxAbsDeadline = this.txDelayDeadline = this.txAbsDeadline = undefined;
-    this.itrDeadline = undefined;
-    if (this.line) {
-      this.line = false;
-      this.irq.set(false);
-    }
+    this.locked(() => {
+      this.s[W_CLOSED] = 1;
+      this.times.fill(Number.NaN);
+      if (this.s[W_LINE]) {
+        this.s[W_LINE] = 0;
+        this.irq.set(false);
+      }
+    });
   }
 
-  /** Guest errors seen so far, by kind. */
+  /** Guest errors seen so far by the device (all threads), by kind. */
   errorCounts(): Record<string, number> {
-    return Object.fromEntries(this.errors);
+    const out: Record<string, number> = {};
+    E1000_ERROR_KINDS.forEach((kind, i) => {
+      const n = Atomics.load(this.errors, i);
+      if (n !== 0) out[kind] = n;
+    });
+    return out;
   }
 
-  // ---- Register file ----
+  // ---- Register file (lock held from here on) ----
 
   private isKnown(off: number): boolean {
     if (PLAIN_REGS.has(off)) return true;
@@ -531,13 +944,13 @@ export class E1000 implements BusDevice {
         return this.regs[i] as number;
       case REG.ICR: {
         // SDM §13.4.17: every bit is cleared by the read, which acknowledges the interrupt.
-        const v = this.icr;
-        this.icr = 0;
+        const v = (this.s[W_ICR] as number) >>> 0;
+        this.s[W_ICR] = 0;
         this.updateIrq(this.now());
         return v;
       }
       case REG.IMS:
-        return this.ims;
+        return (this.s[W_IMS] as number) >>> 0;
       case REG.ICS:
       case REG.IMC:
         return 0; // write-only
@@ -551,6 +964,7 @@ export class E1000 implements BusDevice {
   private writeReg(off: number, v: number): void {
     const i = off >> 2;
     const regs = this.regs;
+    const s = this.s;
     switch (off) {
       case REG.CTRL:
         if (v & CTRL_RST) {
@@ -576,18 +990,18 @@ export class E1000 implements BusDevice {
         this.mdic(v);
         return;
       case REG.ICR:
-        this.icr &= ~v;
+        s[W_ICR] = (s[W_ICR] as number) & ~v;
         this.updateIrq(this.now());
         return;
       case REG.ICS:
         this.raise(v & ICR_VALID);
         return;
       case REG.IMS:
-        this.ims = (this.ims | v) & ICR_VALID;
+        s[W_IMS] = ((s[W_IMS] as number) | v) & ICR_VALID;
         this.updateIrq(this.now());
         return;
       case REG.IMC:
-        this.ims &= ~v;
+        s[W_IMS] = (s[W_IMS] as number) & ~v;
         this.updateIrq(this.now());
         return;
       case REG.ITR:
@@ -596,7 +1010,7 @@ export class E1000 implements BusDevice {
       case REG.RCTL: {
         const old = regs[i] as number;
         regs[i] = v;
-        if (v & RCTL_EN && !(old & RCTL_EN)) this.backend.rxReady();
+        if (v & RCTL_EN && !(old & RCTL_EN)) this.rxReadyPending = true;
         return;
       }
       case REG.TCTL: {
@@ -610,14 +1024,13 @@ export class E1000 implements BusDevice {
         regs[i] = v & ~0xf; // descriptor rings are 16-byte aligned; the low bits are ignored
         return;
       case REG.RDLEN:
+        if (v % RING_LEN_ALIGN !== 0)
+          this.guestError("rx-ring-len", `RDLEN ${hex(v)} is not a multiple of 128`);
+        regs[i] = v & 0xfff80;
+        return;
       case REG.TDLEN:
-        if (v % RING_LEN_ALIGN !== 0) {
-          const which = off === REG.RDLEN ? "rx" : "tx";
-          this.guestError(
-            `${which}-ring-len`,
-            `${which === "rx" ? "RDLEN" : "TDLEN"} ${hex(v)} is not a multiple of 128`,
-          );
-        }
+        if (v % RING_LEN_ALIGN !== 0)
+          this.guestError("tx-ring-len", `TDLEN ${hex(v)} is not a multiple of 128`);
         regs[i] = v & 0xfff80;
         return;
       case REG.RDH:
@@ -625,11 +1038,11 @@ export class E1000 implements BusDevice {
         return;
       case REG.RDT:
         regs[i] = v & 0xffff;
-        if ((regs[REG.RCTL >> 2] as number) & RCTL_EN) this.backend.rxReady();
+        if ((regs[REG.RCTL >> 2] as number) & RCTL_EN) this.rxReadyPending = true;
         return;
       case REG.TDH:
         regs[i] = v & 0xffff;
-        if (this.txPkt !== undefined) this.txPkt = undefined; // the ring was repositioned: drop any partial packet
+        s[W_TXP_ACTIVE] = 0; // the ring was repositioned: drop any partial packet
         return;
       case REG.TDT:
         regs[i] = v & 0xffff;
@@ -639,7 +1052,7 @@ export class E1000 implements BusDevice {
         regs[i] = v & 0xffff;
         if (v & RDTR_FPD) {
           // SDM §13.4.30: FPD expires the timer at once.
-          this.rxPacketDeadline = this.rxAbsDeadline = undefined;
+          this.times[T_RX_PACKET] = this.times[T_RX_ABS] = Number.NaN;
           this.raise(ICR_RXT0);
         }
         return;
@@ -661,36 +1074,17 @@ export class E1000 implements BusDevice {
     this.unknown(off, "write");
   }
 
+  /** Global reset (CTRL.RST): the register file to its defaults, the line lowered. */
   private resetRegisters(): void {
-    this.regs.fill(0);
-    this.stats.fill(0);
-    const r = this.regs;
-    r[REG.CTRL >> 2] = CTRL_FD | CTRL_ASDE | CTRL_SLU;
-    r[REG.EECD >> 2] = EECD_FWE_DISABLED;
-    r[REG.PBA >> 2] = 0x30; // 48 KiB receive, 16 KiB transmit packet buffer
-    r[REG.LEDCTL >> 2] = 0x07068302;
-    r[REG.VET >> 2] = 0x8100;
-    // The station address is loaded from the EEPROM into RAL0/RAH0 (SDM §5.6.1).
-    const w = this.eeprom.words;
-    r[REG.RAL0 >> 2] = ((w[0] as number) | ((w[1] as number) << 16)) >>> 0;
-    r[REG.RAH0 >> 2] = ((w[2] as number) | RAH_AV) >>> 0;
-    this.eeprom.setPins(false, false, false);
-    this.icr = 0;
-    this.ims = 0;
-    this.lastAssert = undefined;
-    this.itrDeadline = undefined;
-    this.rxPacketDeadline = this.rxAbsDeadline = this.txDelayDeadline = this.txAbsDeadline = undefined;
-    this.csumCtx = undefined;
-    this.tsoCtx = undefined;
-    this.txPkt = undefined;
-    if (this.line) {
-      this.line = false;
+    resetRegisterFile(this.views, this.eeprom);
+    if (this.s[W_LINE]) {
+      this.s[W_LINE] = 0;
       this.irq.set(false);
     }
   }
 
   private status(): number {
-    return STATUS_FD | STATUS_SPEED_1000 | (this.link ? STATUS_LU : 0);
+    return STATUS_FD | STATUS_SPEED_1000 | (this.s[W_LINK] ? STATUS_LU : 0);
   }
 
   private eecd(): number {
@@ -760,30 +1154,33 @@ export class E1000 implements BusDevice {
   // ---- Interrupts ----
 
   private raise(cause: number): void {
-    this.icr |= cause;
+    this.s[W_ICR] = (this.s[W_ICR] as number) | cause;
     this.updateIrq(this.now());
   }
 
   /** Drives the line to (ICR & IMS) != 0, holding a new assertion back until the ITR interval has passed. */
   private updateIrq(t: number): void {
-    if (this.closed) return;
-    if ((this.icr & this.ims) === 0) {
-      this.itrDeadline = undefined;
-      if (this.line) {
-        this.line = false;
+    const s = this.s;
+    const tm = this.times;
+    if (s[W_CLOSED]) return;
+    if (((s[W_ICR] as number) & (s[W_IMS] as number)) === 0) {
+      tm[T_ITR] = Number.NaN;
+      if (s[W_LINE]) {
+        s[W_LINE] = 0;
         this.irq.set(false);
       }
       return;
     }
-    if (this.line) return;
+    if (s[W_LINE]) return;
     const interval = ((this.regs[REG.ITR >> 2] as number) & 0xffff) * ITR_UNIT_MS;
-    if (interval > 0 && this.lastAssert !== undefined && t - this.lastAssert < interval) {
-      this.itrDeadline = this.lastAssert + interval;
+    const last = tm[T_LAST_ASSERT] as number;
+    if (interval > 0 && !Number.isNaN(last) && t - last < interval) {
+      tm[T_ITR] = last + interval;
       return;
     }
-    this.itrDeadline = undefined;
-    this.lastAssert = t;
-    this.line = true;
+    tm[T_ITR] = Number.NaN;
+    tm[T_LAST_ASSERT] = t;
+    s[W_LINE] = 1;
     this.mIrqRaised.add();
     this.irq.set(true);
   }
@@ -796,17 +1193,15 @@ export class E1000 implements BusDevice {
       kind === "rx" ? [REG.RDBAL, REG.RDBAH, REG.RDLEN] : [REG.TDBAL, REG.TDBAH, REG.TDLEN];
     const count = (r[len >> 2] as number) / DESC_SIZE;
     if (count === 0) {
-      this.guestError(
-        `${kind}-ring-empty`,
-        `${kind === "rx" ? "RDLEN" : "TDLEN"} is 0 while the unit is enabled`,
-      );
+      if (kind === "rx") this.guestError("rx-ring-empty", "RDLEN is 0 while the unit is enabled");
+      else this.guestError("tx-ring-empty", "TDLEN is 0 while the unit is enabled");
       return undefined;
     }
     return { base: (r[bah >> 2] as number) * TWO32 + (r[bal >> 2] as number), count };
   }
 
   private processTx(): void {
-    if (this.txBusy || this.closed || !((this.regs[REG.TCTL >> 2] as number) & TCTL_EN)) return;
+    if (this.txBusy || this.s[W_CLOSED] || !((this.regs[REG.TCTL >> 2] as number) & TCTL_EN)) return;
     let tdh = this.regs[REG.TDH >> 2] as number;
     const tdt = this.regs[REG.TDT >> 2] as number;
     if (tdh === tdt) return;
@@ -852,7 +1247,7 @@ export class E1000 implements BusDevice {
       const dtyp = (lower >>> 20) & 0xf;
       if (dtyp === TXD_DTYP_CONTEXT) {
         // TCP/IP context descriptor (SDM §3.3.6).
-        const ctx: TxContext = {
+        this.setContext(cmd & TUCMD_TSE ? W_TSO_CTX : W_CSUM_CTX, {
           ipcss: d[0] as number,
           ipcso: d[1] as number,
           ipcse: le16(d, 2),
@@ -863,9 +1258,7 @@ export class E1000 implements BusDevice {
           tucmd: cmd,
           hdrlen: d[13] as number,
           mss: le16(d, 14),
-        };
-        if (cmd & TUCMD_TSE) this.tsoCtx = ctx;
-        else this.csumCtx = ctx;
+        });
       } else if (dtyp === TXD_DTYP_DATA) {
         // TCP/IP data descriptor (SDM §3.3.7): DTALEN 19:0, DCMD, POPTS.
         const special = le16(d, 14);
@@ -882,6 +1275,32 @@ export class E1000 implements BusDevice {
     }
   }
 
+  /** Loads a transmit context into the shared state (`base`: W_CSUM_CTX or W_TSO_CTX). */
+  private setContext(base: number, ctx: TxContext): void {
+    CTX_FIELDS.forEach((f, i) => {
+      this.s[base + i] = ctx[f];
+    });
+    this.s[base === W_TSO_CTX ? W_TSO_CTX_VALID : W_CSUM_CTX_VALID] = 1;
+  }
+
+  private context(base: number): TxContext | undefined {
+    if (!this.s[base === W_TSO_CTX ? W_TSO_CTX_VALID : W_CSUM_CTX_VALID]) return undefined;
+    const s = this.s;
+    const f = (i: number): number => s[base + i] as number;
+    return {
+      ipcss: f(0),
+      ipcso: f(1),
+      ipcse: f(2),
+      tucss: f(3),
+      tucso: f(4),
+      tucse: f(5),
+      paylen: f(6),
+      tucmd: f(7),
+      hdrlen: f(8),
+      mss: f(9),
+    };
+  }
+
   private txData(
     addr: number,
     len: number,
@@ -891,86 +1310,84 @@ export class E1000 implements BusDevice {
     special: number,
     ringCount: number,
   ): void {
-    let p = this.txPkt;
-    if (p === undefined) {
+    const s = this.s;
+    if (!s[W_TXP_ACTIVE]) {
       // The first descriptor of a packet decides its kind; POPTS is only read here (SDM §3.3.7.3).
-      p = {
-        chunks: [],
-        size: 0,
-        descs: 0,
-        extended,
-        tse: extended && (cmd & TXD_CMD_TSE) !== 0,
-        popts,
-        firstCmd: cmd,
-        firstSpecial: special,
-        poisoned: false,
-      };
-      this.txPkt = p;
+      s[W_TXP_ACTIVE] = 1;
+      s[W_TXP_SIZE] = 0;
+      s[W_TXP_DESCS] = 0;
+      s[W_TXP_EXTENDED] = extended ? 1 : 0;
+      s[W_TXP_TSE] = extended && (cmd & TXD_CMD_TSE) !== 0 ? 1 : 0;
+      s[W_TXP_POPTS] = popts;
+      s[W_TXP_FIRST_CMD] = cmd;
+      s[W_TXP_FIRST_SPECIAL] = special;
+      s[W_TXP_POISONED] = 0;
     }
-    p.descs++;
-    if (p.poisoned) return;
-    if (p.descs > ringCount) {
-      this.poison(p, "tx-no-eop", `a packet ran through all ${ringCount} descriptors without EOP`);
+    const descs = (s[W_TXP_DESCS] as number) + 1;
+    s[W_TXP_DESCS] = descs;
+    if (s[W_TXP_POISONED]) return;
+    if (descs > ringCount) {
+      this.poison("tx-no-eop", `a packet ran through all ${ringCount} descriptors without EOP`);
       return;
     }
     // Descriptors with a null address or zero length carry no data (SDM §3.3.3).
     if (len === 0 || addr === 0) return;
-    const limit = p.tse ? MAX_TSO_PAYLOAD + 255 : MAX_TX_FRAME;
-    if (p.size + len > limit) {
-      this.poison(p, "tx-oversize", `packet grew past ${limit} bytes`);
+    const size = s[W_TXP_SIZE] as number;
+    const limit = s[W_TXP_TSE] ? TX_BUFFER_BYTES : MAX_TX_FRAME;
+    if (size + len > limit) {
+      this.poison("tx-oversize", `packet grew past ${limit} bytes`);
       return;
     }
-    const chunk = new Uint8Array(len);
     try {
-      this.mem.read(addr, chunk);
+      // Straight into the shared packet buffer: the packet's next descriptors may be processed on another thread.
+      this.mem.read(addr, this.txBuffer.subarray(size, size + len));
     } catch (e) {
       if (!(e instanceof GuestMemoryError)) throw e;
-      this.poison(p, "tx-dma", `transmit buffer ${hex(addr)}+${len} is outside guest RAM`);
+      this.poison("tx-dma", `transmit buffer ${hex(addr)}+${len} is outside guest RAM`);
       return;
     }
-    p.chunks.push(chunk);
-    p.size += len;
+    s[W_TXP_SIZE] = size + len;
   }
 
-  private poison(p: TxPacket, kind: string, detail: string): void {
-    p.poisoned = true;
-    p.chunks = [];
-    p.size = 0;
+  private poison(kind: E1000ErrorKind, detail: string): void {
+    this.s[W_TXP_POISONED] = 1;
+    this.s[W_TXP_SIZE] = 0;
     this.guestError(kind, `${detail}; packet dropped`);
   }
 
   private txFinish(lastCmd: number, lastSpecial: number, css: number, cso: number): void {
-    const p = this.txPkt;
-    this.txPkt = undefined;
-    if (p === undefined) return;
-    if (p.poisoned) {
+    const s = this.s;
+    if (!s[W_TXP_ACTIVE]) return;
+    s[W_TXP_ACTIVE] = 0;
+    const tse = s[W_TXP_TSE] !== 0;
+    const size = s[W_TXP_SIZE] as number;
+    if (s[W_TXP_POISONED]) {
       this.mTxDropped.add();
-      if (p.tse) this.count(STAT.TSCTFC);
+      if (tse) this.count(STAT.TSCTFC);
       return;
     }
-    if (p.size === 0) {
+    if (size === 0) {
       this.guestError("tx-empty-packet", "end of packet with no data");
       this.mTxDropped.add();
       return;
     }
-    const pkt = new Uint8Array(p.size);
-    let o = 0;
-    for (const c of p.chunks) {
-      pkt.set(c, o);
-      o += c.length;
-    }
-    const ixsm = (p.popts & TXD_POPTS_IXSM) !== 0;
-    const txsm = (p.popts & TXD_POPTS_TXSM) !== 0;
+    // A private copy: the offloads edit it, and the backend must not see shared memory.
+    const pkt = this.txBuffer.slice(0, size);
+    const popts = s[W_TXP_POPTS] as number;
+    const firstCmd = s[W_TXP_FIRST_CMD] as number;
+    const firstSpecial = s[W_TXP_FIRST_SPECIAL] as number;
+    const ixsm = (popts & TXD_POPTS_IXSM) !== 0;
+    const txsm = (popts & TXD_POPTS_TXSM) !== 0;
     let frames: Uint8Array[] = [pkt];
-    if (!p.extended) {
+    if (!s[W_TXP_EXTENDED]) {
       if (lastCmd & TXD_CMD_IC && !insertLegacyChecksum(pkt, css, cso)) {
         this.guestError(
           "tx-csum-range",
           `legacy checksum CSS ${css} / CSO ${cso} outside a ${pkt.length}-byte packet`,
         );
       }
-    } else if (p.tse) {
-      const ctx = this.tsoCtx;
+    } else if (tse) {
+      const ctx = this.context(W_TSO_CTX);
       if (ctx === undefined) {
         this.guestError(
           "tso-no-context",
@@ -998,7 +1415,7 @@ export class E1000 implements BusDevice {
       frames = r.frames;
       this.count(STAT.TSCTC);
     } else if (ixsm || txsm) {
-      const ctx = this.csumCtx;
+      const ctx = this.context(W_CSUM_CTX);
       if (ctx === undefined) {
         this.guestError("tx-no-context", "checksum offload requested without a context; sent as is");
       } else {
@@ -1007,8 +1424,8 @@ export class E1000 implements BusDevice {
       }
     }
     // VLAN insertion (SDM §3.3.3.1 VLE): needs CTRL.VME; taken from the first descriptor for TSO, else the last.
-    const vleCmd = p.tse ? p.firstCmd : lastCmd;
-    const tci = p.tse ? p.firstSpecial : lastSpecial;
+    const vleCmd = tse ? firstCmd : lastCmd;
+    const tci = tse ? firstSpecial : lastSpecial;
     const tag = vleCmd & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
     for (const f of frames) this.txOut(tag ? this.insertVlan(f, tci) : f);
   }
@@ -1040,21 +1457,23 @@ export class E1000 implements BusDevice {
     this.countSize(STAT.PTC64, wire);
     if (f.length >= 6 && (f[0] as number) & 1) this.count(isBroadcast(f) ? STAT.BPTC : STAT.MPTC);
     this.mTxFrames.add();
+    this.mTxBytes.add(f.length);
     if (!this.backend.send(f)) this.mTxBackendDropped.add();
   }
 
   /** A descriptor with RS was written back: TXDW now, or after TIDV/TADV when IDE is set (SDM §3.4). */
   private txWriteback(ide: boolean): void {
+    const tm = this.times;
     const tidv = (this.regs[REG.TIDV >> 2] as number) & 0xffff;
     if (!ide || tidv === 0) {
-      this.txDelayDeadline = this.txAbsDeadline = undefined;
+      tm[T_TX_DELAY] = tm[T_TX_ABS] = Number.NaN;
       this.raise(ICR_TXDW);
       return;
     }
     const t = this.now();
-    this.txDelayDeadline = t + tidv * DELAY_UNIT_MS;
+    tm[T_TX_DELAY] = t + tidv * DELAY_UNIT_MS;
     const tadv = (this.regs[REG.TADV >> 2] as number) & 0xffff;
-    if (tadv !== 0 && this.txAbsDeadline === undefined) this.txAbsDeadline = t + tadv * DELAY_UNIT_MS;
+    if (tadv !== 0 && Number.isNaN(tm[T_TX_ABS] as number)) tm[T_TX_ABS] = t + tadv * DELAY_UNIT_MS;
   }
 
   // ---- Receive (SDM §3.2) ----
@@ -1087,13 +1506,15 @@ export class E1000 implements BusDevice {
 
   /** The receiver given to the backend: false means "no buffer now, offer it again later". */
   private receive(frame: Uint8Array): boolean {
-    if (this.closed) return true;
-    let result = true;
-    this.guard(() => {
-      this.poll();
-      result = this.receiveFrame(frame);
+    return this.locked(() => {
+      if (this.s[W_CLOSED]) return true;
+      let result = true;
+      this.guard(() => {
+        this.pollLocked();
+        result = this.receiveFrame(frame);
+      });
+      return result;
     });
-    return result;
   }
 
   private receiveFrame(frame: Uint8Array): boolean {
@@ -1244,22 +1665,24 @@ export class E1000 implements BusDevice {
     this.countSize(STAT.PRC64, wire);
     if ((data[0] as number) & 1) this.count(isBroadcast(data) ? STAT.BPRC : STAT.MPRC);
     this.mRxFrames.add();
+    this.mRxBytes.add(frame.length);
     this.rxInterrupts(ring.count, free - needed);
     return true;
   }
 
   /** RXT0 now or after RDTR/RADV (SDM §3.2.7), and RXDMT0 when free descriptors reach RCTL.RDMTS. */
   private rxInterrupts(count: number, free: number): void {
+    const tm = this.times;
     let cause = 0;
     const rdtr = (this.regs[REG.RDTR >> 2] as number) & 0xffff;
     if (rdtr === 0) {
-      this.rxPacketDeadline = this.rxAbsDeadline = undefined;
+      tm[T_RX_PACKET] = tm[T_RX_ABS] = Number.NaN;
       cause |= ICR_RXT0;
     } else {
       const t = this.now();
-      this.rxPacketDeadline = t + rdtr * DELAY_UNIT_MS;
+      tm[T_RX_PACKET] = t + rdtr * DELAY_UNIT_MS;
       const radv = (this.regs[REG.RADV >> 2] as number) & 0xffff;
-      if (radv !== 0 && this.rxAbsDeadline === undefined) this.rxAbsDeadline = t + radv * DELAY_UNIT_MS;
+      if (radv !== 0 && Number.isNaN(tm[T_RX_ABS] as number)) tm[T_RX_ABS] = t + radv * DELAY_UNIT_MS;
     }
     // RDMTS: 00 = 1/2, 01 = 1/4, 10 = 1/8 of the ring (11 is reserved; treated as 1/8).
     const rdmts = ((this.regs[REG.RCTL >> 2] as number) >>> RCTL_RDMTS_SHIFT) & 3;
@@ -1277,16 +1700,15 @@ export class E1000 implements BusDevice {
       if (e instanceof GuestMemoryError) {
         this.guestError("dma", e.message);
       } else {
-        this.guestError(
-          "internal",
-          `internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
-        );
+        this.guestError("internal", `internal error: ${describeError(e)}`);
       }
     }
   }
 
-  private guestError(kind: string, detail: string): void {
-    this.errors.set(kind, (this.errors.get(kind) ?? 0) + 1);
+  /** Counts a guest error in the shared state (atomically: also used outside the lock) and logs its kind once. */
+  private guestError(kind: E1000ErrorKind, detail: string): void {
+    const i = ERROR_INDEX.get(kind);
+    if (i !== undefined) Atomics.add(this.errors, i, 1);
     let c = this.errorCounters.get(kind);
     if (c === undefined) {
       c = this.metrics?.counter(`${this.name}.error.${kind}`) ?? NO_COUNTER;
@@ -1311,56 +1733,21 @@ export class E1000 implements BusDevice {
 
 /**
  * The I/O BAR (SDM §13.2.1): IOADDR (offset 0) selects a register by its offset in the memory space, IODATA
- * (offset 4) reads or writes it. The Linux driver issues the 82540's global reset through this window.
+ * (offset 4) reads or writes it. The Linux driver issues the 82540's global reset through this window. IOADDR is
+ * device state (shared), so the two accesses may come from different threads.
  */
 export class E1000IoPort implements BusDevice {
   readonly name: string;
-  private ioaddr = 0;
 
   constructor(private readonly dev: E1000) {
     this.name = `${dev.name}-io`;
   }
 
   read(offset: number, data: Uint8Array): void {
-    data.fill(0);
-    for (let i = 0; i < data.length; ) {
-      const at = offset + i;
-      if (at >= 0 && at < 4) {
-        const n = Math.min(4 - at, data.length - i);
-        for (let j = 0; j < n; j++) data[i + j] = (this.ioaddr >>> (8 * (at + j))) & 0xff;
-        i += n;
-      } else if (at >= 4 && at < 8) {
-        const n = Math.min(8 - at, data.length - i);
-        this.dev.mmioRead(this.target() + (at - 4), data.subarray(i, i + n));
-        i += n;
-      } else {
-        break; // reserved: reads 0
-      }
-    }
+    this.dev.ioRead(offset, data);
   }
 
   write(offset: number, data: Uint8Array): void {
-    for (let i = 0; i < data.length; ) {
-      const at = offset + i;
-      if (at >= 0 && at < 4) {
-        const n = Math.min(4 - at, data.length - i);
-        for (let j = 0; j < n; j++) {
-          const shift = 8 * (at + j);
-          this.ioaddr = ((this.ioaddr & ~(0xff << shift)) | ((data[i + j] as number) << shift)) >>> 0;
-        }
-        i += n;
-      } else if (at >= 4 && at < 8) {
-        const n = Math.min(8 - at, data.length - i);
-        this.dev.mmioWrite(this.target() + (at - 4), data.subarray(i, i + n));
-        i += n;
-      } else {
-        break; // reserved: ignored
-      }
-    }
-  }
-
-  /** IOADDR bits 16:0 address the 128 KiB register space; accesses are to whole dwords. */
-  private target(): number {
-    return this.ioaddr & (E1000_MMIO_SIZE - 1) & ~3;
+    this.dev.ioWrite(offset, data);
   }
 }

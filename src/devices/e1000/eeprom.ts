@@ -117,7 +117,8 @@ export class MicrowireEeprom {
 
   constructor(words: Uint16Array, state: Int32Array = new Int32Array(EEPROM_STATE_WORDS)) {
     if (words.length < EEPROM_WORDS) throw new RangeError(`EEPROM needs ${EEPROM_WORDS} words`);
-    if (state.length < EEPROM_STATE_WORDS) throw new RangeError(`EEPROM state needs ${EEPROM_STATE_WORDS} slots`);
+    if (state.length < EEPROM_STATE_WORDS)
+      throw new RangeError(`EEPROM state needs ${EEPROM_STATE_WORDS} slots`);
     this.words = words;
     this.s = state;
   }
