@@ -1,6 +1,7 @@
 /** The benchmarks `vireo bench NAME` knows. Each prints a table, or JSON with --json. */
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
+import { benchVirtio, formatVirtio } from "./virtio.ts";
 
 export interface BenchOptions {
   json: boolean;
@@ -15,6 +16,14 @@ export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOp
     async run(opts) {
       const r = await benchExits(opts);
       console.log(opts.json ? JSON.stringify({ benchmark: "exits", ...r }, null, 2) : formatExits(r));
+    },
+  },
+  virtio: {
+    description:
+      "per 4 KiB virtio-blk read and per 1500-byte virtio-net packet: exits, interrupts, notifications, host µs; with and without EVENT_IDX, split and packed",
+    async run(opts) {
+      const r = await benchVirtio(opts);
+      console.log(opts.json ? JSON.stringify({ benchmark: "virtio", ...r }, null, 2) : formatVirtio(r));
     },
   },
   boot: {
