@@ -39,10 +39,12 @@ Options:
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
   --console MODE       where terminal input goes: serial (COM1, default) or virtio (a virtio-console on the PCI
                        bus; Linux: console=hvc0). Output of both goes where --serial says
-  --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio]
+  --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]
                        a network card on the PCI bus attached to host TAP interface NAME (created if missing,
-                       which needs CAP_NET_ADMIN; vireo does not configure it). virtio-net's queues are served
-                       by a data-plane thread woken by ioeventfds. Repeat for more cards
+                       which needs CAP_NET_ADMIN; vireo does not configure it). model=virtio (default):
+                       virtio-net, its queues served by a data-plane thread woken by ioeventfds; model=e1000: an
+                       emulated Intel 82540EM (every register access exits; receive and timers on its own
+                       thread). Repeat for more cards
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs

@@ -9,14 +9,20 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { Bus } from "../bus/bus.ts";
+import { monotonicMs } from "../devices/e1000/e1000.ts";
 import { VirtioNet } from "../devices/virtio/net.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN } from "../native.ts";
-import type { TapBackend } from "../net/tap.ts";
+import { TapBackend } from "../net/tap.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
-import { type DataPlaneDeviceSpec, transportFor } from "../vmm/pci-devices.ts";
+import {
+  type DataPlaneDeviceSpec,
+  e1000For,
+  type PciBuildContext,
+  transportFor,
+} from "../vmm/pci-devices.ts";
 import { DATA_PLANE } from "./remote-queues.ts";
 
 export interface IoThreadData {
@@ -44,85 +50,134 @@ const flushMetricNames = () => {
 const reportError = (message: string) =>
   post({ type: "device-error", vcpu: IO_THREAD_VCPU, device: data.spec.name, message });
 
+/** What the loop polls for one device: fds with their handlers, and when to wake without any (timers). */
+interface DataPlane {
+  /** Woken (the wake eventfd fired): activation, receive buffers posted, a timer moved. */
+  onWake(): void;
+  kicks: Array<{ fd: number; onKick(signals: number): void }>;
+  input: { fd: number; wants(): boolean; onReadable(): void } | null;
+  /** Milliseconds until the device needs `onTimer`, or -1. */
+  timeoutMs(): number;
+  onTimer(): void;
+  close(): void;
+}
+
+function virtioNetPlane(
+  spec: Extract<DataPlaneDeviceSpec, { kind: "virtio-net" }>,
+  ctx: PciBuildContext,
+): DataPlane {
+  const transport = transportFor(spec, ctx, false, "io");
+  const model = transport.device.model;
+  if (!(model instanceof VirtioNet)) throw new Error(`${spec.name}: not a virtio-net model`);
+  const backend = model.backend as TapBackend;
+  const words = new Int32Array(spec.dataPlane.block);
+  const kicks = metrics.counter(`vhost.${spec.name}.kicks`);
+  let activations = 0;
+  return {
+    onWake: () => {
+      const now = Atomics.load(words, DATA_PLANE.activations);
+      if (now !== activations) {
+        activations = now;
+        // DRIVER_OK (again): offloads, pending transmits, receive.
+        if (transport.device.running) model.activate();
+      } else {
+        backend.rxReady();
+      }
+    },
+    kicks: spec.dataPlane.kicks.map((fd, q) => ({
+      fd,
+      onKick: (signals: number) => {
+        kicks.add(signals);
+        transport.notify(q);
+      },
+    })),
+    input: { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
+    timeoutMs: () => -1,
+    onTimer: () => {},
+    close: () => backend.close(),
+  };
+}
+
+function e1000Plane(spec: Extract<DataPlaneDeviceSpec, { kind: "e1000" }>, ctx: PciBuildContext): DataPlane {
+  const backend = new TapBackend(spec.tap, { metrics, metricsName: spec.name });
+  const dev = e1000For(spec, ctx, false, backend);
+  const nic = dev.nic;
+  return {
+    onWake: () => {
+      nic.poll();
+      backend.rxReady();
+    },
+    kicks: [],
+    input: { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
+    timeoutMs: () => {
+      const at = nic.nextDeadline();
+      return at === undefined ? -1 : Math.max(0, Math.ceil(at - monotonicMs()));
+    },
+    onTimer: () => nic.poll(),
+    close: () => backend.close(),
+  };
+}
+
 function main(): void {
   const spec = data.spec;
-  const mem = new GuestMemory(data.ram);
   const vm = Vm.fromFd(data.vmFd);
-  const transport = transportFor(
-    spec,
-    {
-      mem,
-      vmFd: data.vmFd,
-      metrics,
-      pio: new Bus("pio"),
-      mmio: new Bus("mmio"),
-      signalMsi: (lo, hi, value) => {
-        vm.signalMsi(lo, hi, value);
-      },
-      log: reportError,
+  const ctx: PciBuildContext = {
+    mem: new GuestMemory(data.ram),
+    vmFd: data.vmFd,
+    metrics,
+    pio: new Bus("pio"),
+    mmio: new Bus("mmio"),
+    signalMsi: (lo, hi, value) => {
+      vm.signalMsi(lo, hi, value);
     },
-    false,
-    "io",
-  );
-  const model = transport.device.model;
-  if (!(model instanceof VirtioNet)) throw new Error(`${spec.name}: no data plane for this device`);
-  const backend = model.backend as TapBackend;
-  const dp = spec.dataPlane;
-  const words = new Int32Array(dp.block);
-  let activations = 0;
+    log: reportError,
+  };
+  const plane = spec.kind === "virtio-net" ? virtioNetPlane(spec, ctx) : e1000Plane(spec, ctx);
   const wakeups = metrics.counter(`vhost.${spec.name}.wakeups`);
-  const kicksSeen = metrics.counter(`vhost.${spec.name}.kicks`);
   flushMetricNames();
   post({ type: "io-ready", name: spec.name });
 
   const eventValue = new BigUint64Array(1);
-  const drain = (fd: number) => native().readFd(fd, eventValue) === 8;
-  const nq = dp.kicks.length;
-  // [stop, wake, kick 0..nq-1, tap]
-  const pollfds = new Int32Array(3 * (nq + 3));
-  pollfds[0] = data.stopFd;
-  pollfds[1] = POLLIN;
-  pollfds[3] = dp.wake;
-  pollfds[4] = POLLIN;
-  dp.kicks.forEach((fd, q) => {
-    pollfds[3 * (q + 2)] = fd;
-    pollfds[3 * (q + 2) + 1] = POLLIN;
-  });
-  const tapSlot = 3 * (nq + 2);
-  pollfds[tapSlot] = backend.fd;
+  const drain = (fd: number) => (native().readFd(fd, eventValue) === 8 ? Number(eventValue[0]) : 0);
+  const wake = spec.dataPlane.wake;
+  const nk = plane.kicks.length;
+  // [stop, wake, kick 0..nk-1, input]
+  const pollfds = new Int32Array(3 * (nk + 3));
+  const set = (slot: number, fd: number) => {
+    pollfds[3 * slot] = fd;
+    pollfds[3 * slot + 1] = POLLIN;
+  };
+  set(0, data.stopFd);
+  set(1, wake);
+  plane.kicks.forEach((k, i) => set(2 + i, k.fd));
+  const inputSlot = 3 * (nk + 2);
+  pollfds[inputSlot] = plane.input?.fd ?? -1; // poll ignores negative fds
 
   for (;;) {
-    pollfds[tapSlot + 1] = backend.wantsInput() ? POLLIN : 0;
-    if (native().poll(pollfds, -1) === 0) continue;
-    wakeups.add();
+    pollfds[inputSlot + 1] = plane.input?.wants() ? POLLIN : 0;
+    const ready = native().poll(pollfds, plane.timeoutMs());
     if (pollfds[2] !== 0) break;
+    wakeups.add();
     try {
+      if (ready === 0) plane.onTimer();
       if (pollfds[5] !== 0) {
-        drain(dp.wake);
-        const now = Atomics.load(words, DATA_PLANE.activations);
-        if (now !== activations) {
-          activations = now;
-          // DRIVER_OK (again): offloads, pending transmits, receive.
-          if (transport.device.running) model.activate();
-        } else {
-          backend.rxReady();
-        }
+        drain(wake);
+        plane.onWake();
       }
-      for (let q = 0; q < nq; q++) {
-        const fd = dp.kicks[q] as number;
-        if (pollfds[3 * (q + 2) + 2] !== 0 && drain(fd)) {
-          kicksSeen.add(Number(eventValue[0]));
-          transport.notify(q);
-        }
+      for (let i = 0; i < nk; i++) {
+        if (pollfds[3 * (i + 2) + 2] === 0) continue;
+        const signals = drain(plane.kicks[i]?.fd as number);
+        if (signals > 0) plane.kicks[i]?.onKick(signals);
       }
-      if (pollfds[tapSlot + 2] !== 0) backend.pump();
+      if (pollfds[inputSlot + 2] !== 0) plane.input?.onReadable();
     } catch (e) {
-      // The device contains guest-caused failures itself (DEVICE_NEEDS_RESET); this is a backend failing.
+      // The device contains guest-caused failures itself (DEVICE_NEEDS_RESET, logged e1000 errors); this is a
+      // backend failing.
       reportError((e as Error).message);
     }
     flushMetricNames();
   }
-  backend.close();
+  plane.close();
   flushMetricNames();
 }
 

@@ -7,6 +7,7 @@
  */
 import { FileBlockBackend } from "../block/file.ts";
 import type { Bus } from "../bus/bus.ts";
+import { E1000Pci, type E1000PciState } from "../devices/e1000/pci.ts";
 import { assignBars } from "../devices/pci/bar-allocator.ts";
 import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
@@ -21,8 +22,9 @@ import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
-import { createDataPlaneBlock, RemoteQueues } from "../vhost/remote-queues.ts";
+import { createDataPlaneBlock, RemoteQueues, signalEventFd } from "../vhost/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 
@@ -69,6 +71,16 @@ export type PciDeviceSpec =
       state: VirtioPciState;
       mac: number[];
       tap: Tap;
+      dataPlane: DataPlaneSpec;
+    }
+  /** Intel 82540EM: register accesses on the vCPU threads, receive and timers on its data-plane thread. */
+  | {
+      kind: "e1000";
+      name: string;
+      slot: number;
+      state: E1000PciState;
+      tap: Tap;
+      /** kicks is empty: the e1000 has no doorbell to spare its exit (TDT writes are served in the exit). */
       dataPlane: DataPlaneSpec;
     };
 
@@ -142,7 +154,7 @@ export function parseDisk(spec: string): DiskConfig {
   return disk;
 }
 
-interface PciBuildContext {
+export interface PciBuildContext {
   mem: GuestMemory;
   vmFd: number;
   metrics?: MetricsSink;
@@ -154,7 +166,8 @@ interface PciBuildContext {
 
 export interface BuiltPci {
   bus: PciBus;
-  transports: VirtioPciTransport[];
+  /** One per manifest device, in manifest order. */
+  functions: Array<VirtioPciTransport | E1000Pci>;
 }
 
 /** A backend for a model whose data plane runs elsewhere: it is never asked to move frames. */
@@ -173,7 +186,11 @@ function detachedBackend(tap: Tap): VirtioNetBackend {
  * The device model for a thread. "vcpu": the register side (a data-plane device's queues are only kicked from
  * here); "io": the data-plane thread's model, which does the work.
  */
-function modelFor(spec: PciDeviceSpec, role: "vcpu" | "io", metrics?: MetricsSink): VirtioDeviceModel {
+function modelFor(
+  spec: Exclude<PciDeviceSpec, { kind: "e1000" }>,
+  role: "vcpu" | "io",
+  metrics?: MetricsSink,
+): VirtioDeviceModel {
   switch (spec.kind) {
     case "virtio-blk": {
       const backend = new FileBlockBackend(spec.fd, { readOnly: spec.readOnly, size: spec.size });
@@ -205,7 +222,7 @@ function modelFor(spec: PciDeviceSpec, role: "vcpu" | "io", metrics?: MetricsSin
 }
 
 export function transportFor(
-  spec: PciDeviceSpec,
+  spec: Exclude<PciDeviceSpec, { kind: "e1000" }>,
   ctx: PciBuildContext,
   init: boolean,
   role: "vcpu" | "io" = "vcpu",
@@ -224,17 +241,47 @@ export function transportFor(
   });
 }
 
+/**
+ * The e1000 as a thread sees it. On a vCPU thread (no `backend` given) frames it transmits go straight to the TAP
+ * fd, while receiving and timers belong to the data-plane thread, which this thread wakes when the guest posts
+ * receive buffers or arms a timer.
+ */
+export function e1000For(
+  spec: Extract<PciDeviceSpec, { kind: "e1000" }>,
+  ctx: PciBuildContext,
+  init: boolean,
+  backend?: NetBackend,
+): E1000Pci {
+  const wake = () => signalEventFd(spec.dataPlane.wake);
+  let own = backend;
+  if (own === undefined) {
+    const tx = new TapBackend(spec.tap, { metrics: ctx.metrics, metricsName: spec.name });
+    own = { name: spec.tap.name, send: (f) => tx.send(f), attach() {}, rxReady: wake, close() {} };
+  }
+  return new E1000Pci({
+    state: spec.state,
+    init,
+    mem: ctx.mem,
+    backend: own,
+    intx: kvmIrqLine(ctx.vmFd, intxGsi(spec.slot), ctx.metrics),
+    name: spec.name,
+    metrics: ctx.metrics,
+    log: ctx.log,
+    onDeadlineChanged: backend === undefined ? wake : undefined,
+  });
+}
+
 /** A thread's view of the machine's PCI devices, registered on its buses. */
 export function buildPci(manifest: PciManifest, ctx: PciBuildContext, init = false): BuiltPci {
   const bus = new PciBus({ state: manifest.busState, init });
   new PciConfigIo(bus).register(ctx.pio);
-  const transports = manifest.devices.map((spec) => {
-    const t = transportFor(spec, ctx, init);
-    bus.add(t.pci, spec.slot);
-    connectBars(t.pci, { pio: ctx.pio, mmio: ctx.mmio });
-    return t;
+  const functions = manifest.devices.map((spec) => {
+    const f = spec.kind === "e1000" ? e1000For(spec, ctx, init) : transportFor(spec, ctx, init);
+    bus.add(f.pci, spec.slot);
+    connectBars(f.pci, { pio: ctx.pio, mmio: ctx.mmio });
+    return f;
   });
-  return { bus, transports };
+  return { bus, functions };
 }
 
 /**
@@ -279,10 +326,8 @@ export function preparePci(
   });
   try {
     (devicesWanted.nets ?? []).forEach((net, i) => {
-      if (net.model !== "virtio") {
-        throw new ConfigError(`--net ${net.tap}: model=${net.model} is not wired into vireo run yet`);
-      }
-      const tap = openTap(net.tap, { vnetHdr: true });
+      // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.
+      const tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
       fds.push(tap.fd);
       const name = `net${i}`;
       const eventFd = () => {
@@ -291,6 +336,17 @@ export function preparePci(
         return fd;
       };
       const mac = net.mac ?? defaultMac(i);
+      if (net.model === "e1000") {
+        devices.push({
+          kind: "e1000",
+          name,
+          slot: 1 + devices.length,
+          state: E1000Pci.createState({ mac }),
+          tap,
+          dataPlane: { kicks: [], wake: eventFd(), block: createDataPlaneBlock() },
+        });
+        return;
+      }
       devices.push({
         kind: "virtio-net",
         name,
@@ -337,7 +393,9 @@ export function preparePci(
   const vm = Vm.fromFd(ctx.vmFd);
   manifest.devices.forEach((spec, i) => {
     if (spec.kind !== "virtio-net") return;
-    for (const n of firmware.transports[i]?.notifyAddresses() ?? []) {
+    const f = firmware.functions[i];
+    if (!(f instanceof VirtioPciTransport)) return;
+    for (const n of f.notifyAddresses()) {
       const fd = spec.dataPlane.kicks[n.queue];
       if (n.address !== null && fd !== undefined) vm.ioeventfd({ addr: n.address, len: 2, fd, pio: false });
     }
