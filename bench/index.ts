@@ -1,6 +1,7 @@
 /** The benchmarks `vireo bench NAME` knows. Each prints a table, or JSON with --json. */
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
+import { benchNic, formatNic } from "./nic.ts";
 import { benchVirtio, formatVirtio } from "./virtio.ts";
 
 export interface BenchOptions {
@@ -24,6 +25,14 @@ export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOp
     async run(opts) {
       const r = await benchVirtio(opts);
       console.log(opts.json ? JSON.stringify({ benchmark: "virtio", ...r }, null, 2) : formatVirtio(r));
+    },
+  },
+  nic: {
+    description:
+      "the same transmit workload over the emulated e1000 and over virtio-net: exits, interrupts, host µs and packets/s per packet (needs root: a TAP)",
+    async run(opts) {
+      const r = await benchNic(opts);
+      console.log(opts.json ? JSON.stringify({ benchmark: "nic", ...r }, null, 2) : formatNic(r));
     },
   },
   boot: {
