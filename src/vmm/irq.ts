@@ -43,3 +43,11 @@ export function eventfdIrqLine(eventFd: number, gsi: number, metrics?: MetricsSi
     },
   };
 }
+
+/**
+ * PCI INTx routing on vireo's PC: pin (0 = INTA#) of root-bus device `slot` drives IOAPIC input 16-19, swizzled by
+ * slot as on a PC's bus 0. The DSDT's _PRT says the same (platform.ts).
+ */
+export function pciIntxGsi(slot: number, pin: number): number {
+  return 16 + ((slot + pin) % 4);
+}

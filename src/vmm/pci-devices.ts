@@ -26,7 +26,7 @@ import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { createDataPlaneBlock, RemoteQueues, signalEventFd } from "../vhost/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
-import { kvmIrqLine } from "./irq.ts";
+import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
 
 export interface DiskConfig {
   path: string;
@@ -92,9 +92,9 @@ export interface PciManifest {
   devices: PciDeviceSpec[];
 }
 
-/** PCI INTx pin A of slot n: IOAPIC inputs 16-19, swizzled by slot as on a PC's bus 0. */
+/** The GSI of INTA# of slot n (every vireo PCI function uses pin A). */
 export function intxGsi(slot: number): number {
-  return 16 + (slot % 4);
+  return pciIntxGsi(slot, 0);
 }
 
 const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;

@@ -6,6 +6,7 @@ import type { AcpiConfig } from "../arch/x86/acpi/index.ts";
 import { ACPI_PM_FADT } from "../devices/legacy/acpi-pm.ts";
 import { RTC_CENTURY_INDEX } from "../devices/legacy/cmos-rtc.ts";
 import { DEFAULT_PCI_WINDOWS } from "../devices/pci/bar-allocator.ts";
+import { pciIntxGsi } from "./irq.ts";
 
 /**
  * With PCI devices, PCI0's _CRS describes the same windows the BARs are assigned from (DEFAULT_PCI_WINDOWS, with
@@ -26,6 +27,7 @@ export function platformAcpi(
           pci: {
             ioWindows: [{ base: w.io.base, size: w.io.end - w.io.base }],
             mmioWindows: [{ base: w.mmio32.base, size: w.mmio32.end - w.mmio32.base }],
+            intxGsi: pciIntxGsi,
           },
         }
       : {}),

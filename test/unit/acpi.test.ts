@@ -26,6 +26,8 @@ import {
   writeAcpiTables,
 } from "../../src/arch/x86/acpi/index.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import { intxGsi } from "../../src/vmm/pci-devices.ts";
+import { platformAcpi } from "../../src/vmm/platform.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
 // An independent decoder, written from the ACPI 6.x table layouts (5.2.x) and the AML grammar (20.2), sharing no
@@ -426,6 +428,7 @@ const config: AcpiConfig = {
       { base: 0xc0000000, size: 0x3ec00000 },
       { base: 0x8000000000, size: 0x4000000000 },
     ],
+    intxGsi: (slot, pin) => 16 + ((slot + pin) % 4),
   },
 };
 
@@ -669,6 +672,37 @@ describe("DSDT AML", () => {
         len: 0x4000000000,
       },
     ]);
+  });
+});
+
+describe("DSDT _PRT", () => {
+  it("routes every pin of every root-bus device to the GSI the platform wires it to", () => {
+    const { mem } = build();
+    const aml = new AmlParser(walk(mem, BASE).dsdt.r.bytes.subarray(36)).parse();
+    const prt = aml.names.get("\\_SB_.PCI0._PRT") as number[][];
+    assert.equal(prt.length, 32 * 4);
+    for (let slot = 0; slot < 32; slot++) {
+      for (let pin = 0; pin < 4; pin++) {
+        // ACPI 6.2.13: Address is device << 16 with 0xFFFF for any function; Source 0 means SourceIndex is a GSI.
+        assert.deepEqual(prt[slot * 4 + pin], [slot * 0x10000 + 0xffff, pin, 0, 16 + ((slot + pin) % 4)]);
+      }
+    }
+  });
+
+  it("is left out without an INTx routing", () => {
+    const { pci, ...rest } = config;
+    const { mem } = build({
+      ...rest,
+      pci: { ...(pci as NonNullable<AcpiConfig["pci"]>), intxGsi: undefined },
+    });
+    const aml = new AmlParser(walk(mem, BASE).dsdt.r.bytes.subarray(36)).parse();
+    assert.equal(aml.names.get("\\_SB_.PCI0._PRT"), undefined);
+  });
+
+  it("agrees with the GSI vireo's PCI devices drive (intxGsi)", () => {
+    const prt = platformAcpi(1, { pci: true }).pci?.intxGsi;
+    assert.ok(prt);
+    for (let slot = 0; slot < 32; slot++) assert.equal(prt(slot, 0), intxGsi(slot));
   });
 });
 

@@ -39,6 +39,11 @@ export interface PciHostConfig {
   mmioWindows: readonly Window[];
   /** Claim the configuration mechanism #1 ports 0xcf8-0xcff in _CRS. Default true. */
   configPorts?: boolean;
+  /**
+   * INTx routing for _PRT: the GSI that pin (0 = INTA# .. 3 = INTD#) of device `slot` on the root bus drives.
+   * Without it there is no _PRT, and an OS finds no interrupt for a device that has only INTx.
+   */
+  intxGsi?: (slot: number, pin: number) => number;
 }
 
 export interface LegacyDevicesConfig {
@@ -91,7 +96,24 @@ function pciHostBridge(pci: PciHostConfig): Uint8Array {
     name("_SEG", integer(pci.segment ?? 0)),
     name("_BBN", integer(busStart)),
     name("_CRS", resourceTemplate(...crs)),
+    ...(pci.intxGsi ? [name("_PRT", routingTable(pci.intxGsi))] : []),
   );
+}
+
+/**
+ * ACPI 6.x, 6.2.13 _PRT: one entry per device and pin, { Address (device << 16 | 0xFFFF: any function), Pin,
+ * Source (0: SourceIndex is a GSI), SourceIndex }. GSIs routed this way are level-triggered, active-low.
+ */
+function routingTable(intxGsi: (slot: number, pin: number) => number): Uint8Array {
+  const entries: Uint8Array[] = [];
+  for (let slot = 0; slot < 32; slot++) {
+    for (let pin = 0; pin < 4; pin++) {
+      entries.push(
+        pkg(integer(slot * 0x10000 + 0xffff), integer(pin), integer(0), integer(intxGsi(slot, pin))),
+      );
+    }
+  }
+  return pkg(...entries);
 }
 
 function legacyDevices(cfg: LegacyDevicesConfig): Uint8Array[] {
