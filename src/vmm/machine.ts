@@ -239,8 +239,8 @@ export class Machine {
           else if (m.type === "marker") {
             markers.set(m.id, m.ns);
             markerValues.set(m.id, m.values);
-          }
-          else if (m.type === "device-error") deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
+          } else if (m.type === "device-error")
+            deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
           else if (m.type === "stopped") {
             if (!first && m.reason !== "stop-requested")
               first = { reason: m.reason, code: m.code, message: m.message };
