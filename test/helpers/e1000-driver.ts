@@ -650,6 +650,11 @@ export class E1000Driver {
       if (parts.length === 0) csum = this.mem.readU16(at + 10);
       parts.push(this.mem.slice(buf, len).slice());
       lengths.push(len);
+      const errors = this.mem.readU8(at + 13);
+      const special = this.mem.readU16(at + 14);
+      // Cleaned: DD off at once, as e1000_clean_rx_irq does, so a descriptor not yet given back is never read
+      // twice when the ring comes round.
+      this.mem.writeU8(at + 12, 0);
       used++;
       this.rxNext = (this.rxNext + 1) % this.rxCount;
       if (status & RXSTAT.EOP) {
@@ -663,8 +668,8 @@ export class E1000Driver {
         frames.push({
           data,
           status,
-          errors: this.mem.readU8(at + 13),
-          special: this.mem.readU16(at + 14),
+          errors,
+          special,
           csum,
           descriptors: used,
           lengths,
