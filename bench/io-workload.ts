@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { VireoError } from "../src/errors.ts";
 import { Machine, type MachineConfig } from "../src/vmm/machine.ts";
 import { microGuest } from "../src/vmm/micro-guest.ts";
-import type { NetConfig } from "../src/vmm/pci-devices.ts";
+import type { DiskConfig, NetConfig } from "../src/vmm/pci-devices.ts";
 
 export interface PerOp {
   exits: number;
@@ -24,7 +24,7 @@ export interface WorkloadSpec {
   program: string;
   args: string[];
   iterations: number;
-  disk?: string;
+  disk?: DiskConfig;
   net?: NetConfig;
 }
 
@@ -44,7 +44,7 @@ export async function runWorkload(w: WorkloadSpec): Promise<PerOp> {
     cpus: 1,
     serial: { kind: "none" },
     timeoutMs: 300_000,
-    disks: w.disk ? [{ path: w.disk, readOnly: false, direct: false }] : [],
+    disks: w.disk ? [w.disk] : [],
     nets: w.net ? [w.net] : [],
   };
   const result = await new Machine(config).run();

@@ -1,6 +1,7 @@
 /**
  * `vireo bench virtio`: what one virtio operation costs, measured with the micro guest's drivers — a 4 KiB
- * virtio-blk read (bench-virtio-blk: one request at a time, served in the vCPU's own exit) and a 1500-byte
+ * virtio-blk read (bench-virtio-blk: one request at a time, served in the vCPU's own notify exit, or with
+ * `iothread` on a data-plane thread woken by an ioeventfd) and a 1500-byte
  * virtio-net transmit (bench-virtio-net: the ring kept full, served by the data-plane thread woken by an
  * ioeventfd) — each with and without VIRTIO_F_RING_EVENT_IDX, on split and packed rings. Per operation: vCPU
  * exits, interrupts, guest notifications (doorbells the device saw) and host microseconds between the guest's
@@ -21,6 +22,8 @@ export interface VirtioBenchOptions {
 
 export interface VirtioBenchRow {
   workload: "blk-read-4k" | "net-tx-1500";
+  /** Where the queues are served: in the vCPU's notify exit, or on a data-plane thread woken by an ioeventfd. */
+  servedBy: "vcpu-exit" | "io-thread";
   ring: "split" | "packed";
   eventIdx: boolean;
   iterations: number;
@@ -70,14 +73,21 @@ export async function benchVirtio(opts: VirtioBenchOptions): Promise<VirtioBench
       for (const eventIdx of [false, true]) {
         const flags = [...(ring === "packed" ? ["packed"] : []), ...(eventIdx ? ["event-idx"] : [])];
         const blkN = opts.iterations ?? 2000;
-        configs.push({
-          row: { workload: "blk-read-4k", ring, eventIdx, iterations: blkN },
-          spec: { program: "bench-virtio-blk", args: flags, iterations: blkN, disk: disk.path },
-        });
+        for (const servedBy of ["vcpu-exit", "io-thread"] as const) {
+          configs.push({
+            row: { workload: "blk-read-4k", servedBy, ring, eventIdx, iterations: blkN },
+            spec: {
+              program: "bench-virtio-blk",
+              args: flags,
+              iterations: blkN,
+              disk: { path: disk.path, readOnly: false, direct: false, iothread: servedBy === "io-thread" },
+            },
+          });
+        }
         if ("name" in tap) {
           const netN = opts.iterations ?? 5000;
           configs.push({
-            row: { workload: "net-tx-1500", ring, eventIdx, iterations: netN },
+            row: { workload: "net-tx-1500", servedBy: "io-thread", ring, eventIdx, iterations: netN },
             spec: {
               program: "bench-virtio-net",
               args: ["1500", ...flags],
@@ -117,6 +127,7 @@ export async function benchVirtio(opts: VirtioBenchOptions): Promise<VirtioBench
 export function formatVirtio(r: VirtioBenchResult): string {
   const rows = r.rows.map((row) => [
     row.workload,
+    row.servedBy,
     row.ring,
     row.eventIdx ? "yes" : "no",
     row.perOp.exits.toFixed(2),
@@ -128,7 +139,17 @@ export function formatVirtio(r: VirtioBenchResult): string {
   return [
     `per operation, median of ${r.rounds} interleaved rounds; PIO exit round trip in this run: ${r.pioExitUs.toFixed(2)} µs`,
     formatTable(
-      ["workload", "ring", "EVENT_IDX", "exits", "interrupts", "notifications", "host µs", "host/PIO exit"],
+      [
+        "workload",
+        "served by",
+        "ring",
+        "EVENT_IDX",
+        "exits",
+        "interrupts",
+        "notifications",
+        "host µs",
+        "host/PIO exit",
+      ],
       rows,
     ),
     ...r.skipped.map((s) => `skipped: ${s}`),

@@ -34,8 +34,9 @@ Options:
   --mem MiB            guest RAM in MiB (default 64 for ELF guests, 512 for Linux; 2 to 3072)
   --cpus N             vCPUs (default 1)
   --serial MODE        COM1 output: stdio (default), none, or file:PATH
-  --disk PATH[,readonly][,direct]
-                       a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks
+  --disk PATH[,readonly][,direct][,iothread]
+                       a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks. iothread:
+                       its queues are served by a data-plane thread woken by ioeventfds, not in the vCPU's exit
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
   --console MODE       where terminal input goes: serial (COM1, default) or virtio (a virtio-console on the PCI
                        bus; Linux: console=hvc0). Output of both goes where --serial says

@@ -98,6 +98,40 @@ function virtioNetPlane(
   };
 }
 
+/** A virtio device whose queues only need kicks (virtio-blk with iothread): no backend fd, no timers. */
+function queuesPlane(
+  spec: Extract<DataPlaneDeviceSpec, { kind: "virtio-blk" }>,
+  ctx: PciBuildContext,
+): DataPlane {
+  const transport = transportFor(spec, ctx, false, "io");
+  const model = transport.device.model;
+  const words = new Int32Array(spec.dataPlane.block);
+  const kicks = metrics.counter(`vhost.${spec.name}.kicks`);
+  let activations = 0;
+  return {
+    onWake: () => {
+      const now = Atomics.load(words, DATA_PLANE.activations);
+      if (now === activations) return;
+      activations = now;
+      if (!transport.device.running) return;
+      // DRIVER_OK: serve what the driver queued before it (3.1.1), as the vCPU-thread model would.
+      if (model.activate) model.activate();
+      else for (let q = 0; q < model.numQueues; q++) transport.notify(q);
+    },
+    kicks: spec.dataPlane.kicks.map((fd, q) => ({
+      fd,
+      onKick: (signals: number) => {
+        kicks.add(signals);
+        transport.notify(q);
+      },
+    })),
+    input: null,
+    timeoutMs: () => -1,
+    onTimer: () => {},
+    close: () => {},
+  };
+}
+
 function e1000Plane(spec: Extract<DataPlaneDeviceSpec, { kind: "e1000" }>, ctx: PciBuildContext): DataPlane {
   const backend = new TapBackend(spec.tap, { metrics, metricsName: spec.name });
   const dev = e1000For(spec, ctx, false, backend);
@@ -132,7 +166,12 @@ function main(): void {
     },
     log: reportError,
   };
-  const plane = spec.kind === "virtio-net" ? virtioNetPlane(spec, ctx) : e1000Plane(spec, ctx);
+  const plane =
+    spec.kind === "virtio-net"
+      ? virtioNetPlane(spec, ctx)
+      : spec.kind === "e1000"
+        ? e1000Plane(spec, ctx)
+        : queuesPlane(spec, ctx);
   const wakeups = metrics.counter(`vhost.${spec.name}.wakeups`);
   flushMetricNames();
   post({ type: "io-ready", name: spec.name });

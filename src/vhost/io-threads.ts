@@ -3,7 +3,7 @@ import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
-import type { DataPlaneDeviceSpec, PciManifest } from "../vmm/pci-devices.ts";
+import { hasDataPlane, type PciManifest } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
 import type { IoThreadData } from "./io-thread.ts";
 import { signalEventFd } from "./remote-queues.ts";
@@ -15,16 +15,12 @@ export interface IoThreads {
   close(): void;
 }
 
-function isDataPlane(spec: PciManifest["devices"][number]): spec is DataPlaneDeviceSpec {
-  return "dataPlane" in spec;
-}
-
 /** Starts one thread per data-plane device and resolves once each is waiting for work. */
 export async function startIoThreads(
   manifest: PciManifest,
   o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
 ): Promise<IoThreads | null> {
-  const specs = manifest.devices.filter(isDataPlane);
+  const specs = manifest.devices.filter(hasDataPlane);
   if (specs.length === 0) return null;
   const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const workers: Worker[] = [];

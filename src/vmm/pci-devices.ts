@@ -32,6 +32,8 @@ export interface DiskConfig {
   path: string;
   readOnly: boolean;
   direct: boolean;
+  /** Serve the queues on a data-plane thread woken by ioeventfds instead of in the vCPU's notify exit. */
+  iothread?: boolean;
 }
 
 /** `--net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` */
@@ -60,6 +62,8 @@ export type PciDeviceSpec =
       size: number;
       readOnly: boolean;
       state: VirtioPciState;
+      /** With `--disk ...,iothread`. */
+      dataPlane?: DataPlaneSpec;
     }
   | { kind: "virtio-rng"; name: string; slot: number; state: VirtioPciState }
   /** The terminal: output to outputFd (null: discarded), input from the main thread (Machine's stdin). */
@@ -85,7 +89,13 @@ export type PciDeviceSpec =
     };
 
 /** Devices whose queues or receive side are served by a data-plane thread of their own. */
-export type DataPlaneDeviceSpec = Extract<PciDeviceSpec, { dataPlane: DataPlaneSpec }>;
+export type DataPlaneDeviceSpec =
+  | Extract<PciDeviceSpec, { kind: "virtio-net" | "e1000" }>
+  | (Extract<PciDeviceSpec, { kind: "virtio-blk" }> & { dataPlane: DataPlaneSpec });
+
+export function hasDataPlane(spec: PciDeviceSpec): spec is DataPlaneDeviceSpec {
+  return "dataPlane" in spec && spec.dataPlane !== undefined;
+}
 
 export interface PciManifest {
   busState: SharedArrayBuffer;
@@ -149,7 +159,8 @@ export function parseDisk(spec: string): DiskConfig {
   for (const f of flags) {
     if (f === "readonly" || f === "ro") disk.readOnly = true;
     else if (f === "direct") disk.direct = true;
-    else throw new ConfigError(`unknown --disk option '${f}' (known: readonly, direct)`);
+    else if (f === "iothread") disk.iothread = true;
+    else throw new ConfigError(`unknown --disk option '${f}' (known: readonly, direct, iothread)`);
   }
   return disk;
 }
@@ -194,7 +205,9 @@ function modelFor(
   switch (spec.kind) {
     case "virtio-blk": {
       const backend = new FileBlockBackend(spec.fd, { readOnly: spec.readOnly, size: spec.size });
-      return new VirtioBlk({ backend, name: spec.name, serial: `vireo-${spec.name}` });
+      const blk = new VirtioBlk({ backend, name: spec.name, serial: `vireo-${spec.name}` });
+      const dp = spec.dataPlane;
+      return dp && role === "vcpu" ? new RemoteQueues(blk, dp.kicks, dp.wake, dp.block) : blk;
     }
     case "virtio-rng":
       return new VirtioRng({ name: spec.name });
@@ -304,6 +317,11 @@ export function preparePci(
   };
   const disks = devicesWanted.disks;
   const devices: PciDeviceSpec[] = [];
+  const eventFd = () => {
+    const fd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    fds.push(fd);
+    return fd;
+  };
   const backends: FileBlockBackend[] = [];
   disks.forEach((disk, i) => {
     let backend: FileBlockBackend;
@@ -322,6 +340,13 @@ export function preparePci(
       size: backend.size,
       readOnly: disk.readOnly,
       state: VirtioPciTransport.createState(model),
+      dataPlane: disk.iothread
+        ? {
+            kicks: Array.from({ length: model.numQueues }, eventFd),
+            wake: eventFd(),
+            block: createDataPlaneBlock(),
+          }
+        : undefined,
     });
   });
   try {
@@ -330,11 +355,6 @@ export function preparePci(
       const tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
       fds.push(tap.fd);
       const name = `net${i}`;
-      const eventFd = () => {
-        const fd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        fds.push(fd);
-        return fd;
-      };
       const mac = net.mac ?? defaultMac(i);
       if (net.model === "e1000") {
         devices.push({
@@ -392,9 +412,8 @@ export function preparePci(
   // If the guest moves the BAR later, its notifications exit and the vCPU thread signals the same eventfd.
   const vm = Vm.fromFd(ctx.vmFd);
   manifest.devices.forEach((spec, i) => {
-    if (spec.kind !== "virtio-net") return;
     const f = firmware.functions[i];
-    if (!(f instanceof VirtioPciTransport)) return;
+    if (!hasDataPlane(spec) || !(f instanceof VirtioPciTransport)) return;
     for (const n of f.notifyAddresses()) {
       const fd = spec.dataPlane.kicks[n.queue];
       if (n.address !== null && fd !== undefined) vm.ioeventfd({ addr: n.address, len: 2, fd, pio: false });
