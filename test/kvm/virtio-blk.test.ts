@@ -116,5 +116,5 @@ test("--disk errors: a missing file and an unknown option", () => {
   assert.match(missing.stderr, /^vireo: --disk .*absent\.img: /);
   const bad = vireo(["run", "--guest", "micro:pci", "--disk", `${image("opt.img", 1)},fast`]);
   assert.equal(bad.status, 125);
-  assert.match(bad.stderr, /unknown --disk option 'fast' \(known: readonly, direct\)/);
+  assert.match(bad.stderr, /unknown --disk option 'fast' \(known: readonly, direct, iothread\)/);
 });
