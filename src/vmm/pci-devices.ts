@@ -27,6 +27,7 @@ import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { createDataPlaneBlock, RemoteQueues, signalEventFd } from "../vhost/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
+import { FIRST_MSI_GSI, type IrqfdGsi, MsiRouteTable } from "./msi-routes.ts";
 
 export interface DiskConfig {
   path: string;
@@ -51,6 +52,11 @@ export interface DataPlaneSpec {
   wake: number;
   /** Shared control words (remote-queues.ts DATA_PLANE). */
   block: SharedArrayBuffer;
+  /**
+   * MSI-X through irqfds (msi-routes.ts): the machine's shared route table and this device's GSIs, each with an
+   * eventfd KVM_IRQFD binds to it. Absent for the e1000 (INTx only).
+   */
+  msi?: { routes: SharedArrayBuffer; pool: IrqfdGsi[] };
 }
 
 export type PciDeviceSpec =
@@ -410,10 +416,24 @@ export function preparePci(
   });
   // Doorbells of data-plane devices never exit to vireo: KVM signals the queue's eventfd itself (KVM_IOEVENTFD).
   // If the guest moves the BAR later, its notifications exit and the vCPU thread signals the same eventfd.
+  // Their interrupts go out through irqfds: one GSI per MSI-X vector, routed when the device first sends a message.
   const vm = Vm.fromFd(ctx.vmFd);
+  let nextGsi = FIRST_MSI_GSI;
+  const vectors = manifest.devices.reduce((n, spec, i) => {
+    const f = firmware.functions[i];
+    return n + (hasDataPlane(spec) && f instanceof VirtioPciTransport ? f.msix.vectors : 0);
+  }, 0);
+  const routes = MsiRouteTable.createState(Math.max(1, vectors));
   manifest.devices.forEach((spec, i) => {
     const f = firmware.functions[i];
     if (!hasDataPlane(spec) || !(f instanceof VirtioPciTransport)) return;
+    const pool: IrqfdGsi[] = [];
+    for (let v = 0; v < f.msix.vectors; v++) {
+      const g = { gsi: nextGsi++, fd: eventFd() };
+      vm.irqfd(g.fd, g.gsi);
+      pool.push(g);
+    }
+    spec.dataPlane.msi = { routes, pool };
     for (const n of f.notifyAddresses()) {
       const fd = spec.dataPlane.kicks[n.queue];
       if (n.address !== null && fd !== undefined) vm.ioeventfd({ addr: n.address, len: 2, fd, pio: false });
