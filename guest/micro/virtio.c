@@ -1,4 +1,5 @@
-/* micro guest: virtio-pci modern transport (virtio 1.2, 4.1) and one split virtqueue (2.7), polled.
+/* micro guest: virtio-pci modern transport (virtio 1.2, 4.1) and virtqueues in the split (2.7) or packed (2.8)
+ * layout, polled, with or without VIRTIO_F_RING_EVENT_IDX.
  * Written from the OASIS specification. Everything here is safe at CPL 3 with IOPL 3: configuration space goes
  * through ports 0xCF8/0xCFC and the BARs are identity mapped with the user bit set. */
 #include "virtio.h"
@@ -34,10 +35,11 @@
 #define CC_QUEUE_DEVICE 0x30
 #define CC_MIN_LENGTH 0x38 /* through queue_device: all we use */
 
-/* Waits are bounded by the TSC (10e9 ticks: about 3 s on a 3 GHz TSC, 10 s at 1 GHz) and, in case the TSC
- * does not move, by a count of polls. */
-#define WAIT_TSC 10000000000ull
-#define WAIT_SPINS 400000000u
+/* Waits are bounded by VIRTIO_WAIT_SECONDS of TSC time (calibrated against the PIT) or, if the TSC does not
+ * move, by a count of polls. */
+#define WAIT_SPINS 4000000000ull
+
+static void tsc_calibrate(void);
 
 static const char *const cap_names[] = { "type 0", "common", "notify", "isr", "device", "pci-cfg" };
 
@@ -79,6 +81,7 @@ int virtio_pci_probe(unsigned bdf, struct virtio_dev *d)
 	memset(loc, 0, sizeof(loc));
 	memset(d, 0, sizeof(*d));
 	d->bdf = bdf;
+	tsc_calibrate();
 
 	unsigned cap = 0;
 	for (unsigned n = 0; n < 48; n++) {
@@ -158,16 +161,15 @@ void virtio_set_failed(struct virtio_dev *d)
 	cc_w8(d, CC_DEVICE_STATUS, (uint8_t)(cc_r8(d, CC_DEVICE_STATUS) | VIRTIO_STATUS_FAILED));
 }
 
-static int timed_out(uint64_t t0, uint32_t *spins) { return ++*spins > WAIT_SPINS || rdtsc() - t0 > WAIT_TSC; }
 
 int virtio_negotiate(struct virtio_dev *d, uint64_t accept)
 {
 	/* 3.1.1 step 1, and 4.1.4.3.2: after writing 0, wait until device_status reads 0. */
 	cc_w8(d, CC_DEVICE_STATUS, 0);
-	uint64_t t0 = rdtsc();
-	uint32_t spins = 0;
+	struct virtio_wait w;
+	virtio_wait_start(&w);
 	while (cc_r8(d, CC_DEVICE_STATUS) != 0) {
-		if (timed_out(t0, &spins)) {
+		if (virtio_wait_expired(&w)) {
 			con_printf("virtio: device status still 0x%x after reset\n", cc_r8(d, CC_DEVICE_STATUS));
 			return 1;
 		}
@@ -195,6 +197,7 @@ int virtio_negotiate(struct virtio_dev *d, uint64_t accept)
 	cc_w32(d, CC_DRIVER_FEATURE, (uint32_t)accept);
 	cc_w32(d, CC_DRIVER_FEATURE_SELECT, 1);
 	cc_w32(d, CC_DRIVER_FEATURE, (uint32_t)(accept >> 32));
+	d->features = accept;
 
 	/* Steps 5 and 6: FEATURES_OK, then read it back: if the device cleared it, it rejects our subset. */
 	status |= VIRTIO_STATUS_FEATURES_OK;
@@ -230,20 +233,120 @@ uint64_t virtio_cfg_read64(struct virtio_dev *d, unsigned off)
 	return ((uint64_t)hi << 32) | lo;
 }
 
-/* ---- the split virtqueue ---- */
+void virtio_cfg_read_bytes(struct virtio_dev *d, unsigned off, uint8_t *out, unsigned n)
+{
+	uint8_t gen;
+	unsigned tries = 0;
+	do {
+		gen = cc_r8(d, CC_CONFIG_GENERATION);
+		for (unsigned i = 0; i < n; i++)
+			out[i] = mmio_r8(d->devcfg + off + i); /* 4.1.3.1: 8-bit fields with 8-bit accesses */
+	} while (gen != cc_r8(d, CC_CONFIG_GENERATION) && ++tries < 100);
+}
 
-/* 2.7: alignment 16 for the descriptor table, 2 for the available ring, 4 for the used ring. One page each
- * (page aligned) is more than enough for 256 entries: 16 * 256 = 4096, 6 + 2 * 256 and 6 + 8 * 256 bytes. */
-static uint8_t vq_area[3 * 4096] __attribute__((aligned(4096)));
-static int vq_area_used;
+int virtio_pci_open(unsigned type, struct virtio_dev *d, const char *what, const char *hint)
+{
+	uint16_t id = (uint16_t)(VIRTIO_PCI_DEVICE_MIN + type);
+	int bdf = pci_find(VIRTIO_PCI_VENDOR, id, id);
+	if (bdf < 0) {
+		con_printf("%s: no %s function (1af4:%04x) on PCI bus 0 (%s)\n", what, what, id, hint);
+		return 1;
+	}
+	return virtio_pci_probe((unsigned)bdf, d);
+}
+
+/* ---- bounded waits: TSC calibrated against the 8254 PIT ---- */
+
+#define PIT_HZ 1193182u
+#define PIT_CH2 0x42
+#define PIT_CMD 0x43
+#define PIT_PORT_B 0x61 /* bit 0: channel 2 gate, bit 1: speaker data enable */
+#define CALIBRATE_PIT_TICKS 23864u /* 20 ms */
+#define ASSUMED_TSC_HZ 3000000000ull
+
+static uint64_t tsc_hz, wait_ticks;
+static int tsc_state; /* 0: not calibrated, 1: the TSC moves, 2: it does not (waits count polls) */
+
+static uint16_t pit_ch2_read(void)
+{
+	outb(PIT_CMD, 0x80); /* counter latch command, channel 2 */
+	uint8_t lo = inb(PIT_CH2);
+	uint8_t hi = inb(PIT_CH2);
+	return (uint16_t)(lo | (hi << 8));
+}
+
+/* Channel 2 in mode 0 counts down from 0xFFFF at 1.193182 MHz once its gate is high; it raises no interrupt
+ * (its output only goes to the speaker and port 0x61 bit 5). 20 ms of PIT ticks against the TSC give the rate;
+ * the I/O exits around each read cost microseconds, so the estimate is good to a few per cent. */
+static void tsc_calibrate(void)
+{
+	if (tsc_state)
+		return;
+	uint8_t portb = inb(PIT_PORT_B);
+	outb(PIT_PORT_B, (uint8_t)((portb & ~0x02u) | 0x01u));
+	outb(PIT_CMD, 0xB0); /* channel 2, lobyte/hibyte, mode 0, binary */
+	outb(PIT_CH2, 0xFF);
+	outb(PIT_CH2, 0xFF);
+	uint16_t c0 = pit_ch2_read(), c = c0;
+	uint64_t t0 = rdtsc(), t1 = t0;
+	for (uint32_t i = 0; i < 1000000 && (uint16_t)(c0 - c) < CALIBRATE_PIT_TICKS; i++) {
+		c = pit_ch2_read();
+		t1 = rdtsc();
+	}
+	outb(PIT_PORT_B, portb);
+	uint16_t ticks = (uint16_t)(c0 - c);
+	if (t1 == t0) {
+		tsc_state = 2;
+		con_puts("virtio: the TSC does not move; waits are bounded by a count of polls\n");
+		return;
+	}
+	tsc_state = 1;
+	tsc_hz = ticks >= CALIBRATE_PIT_TICKS ? (t1 - t0) * PIT_HZ / ticks : 0;
+	if (tsc_hz < 100000000ull || tsc_hz > 20000000000ull) {
+		con_printf("virtio: TSC calibration against the PIT failed (%u PIT ticks in %lu TSC ticks); assuming "
+			   "%lu Hz\n",
+			   ticks, t1 - t0, (uint64_t)ASSUMED_TSC_HZ);
+		tsc_hz = ASSUMED_TSC_HZ;
+	}
+	wait_ticks = tsc_hz * VIRTIO_WAIT_SECONDS;
+}
+
+uint64_t virtio_tsc_hz(void) { return tsc_hz; }
+
+void virtio_wait_start(struct virtio_wait *w)
+{
+	if (!tsc_state) { /* a wait before any probe (not expected): assume a rate rather than calibrate here */
+		tsc_state = 1;
+		tsc_hz = ASSUMED_TSC_HZ;
+		wait_ticks = tsc_hz * VIRTIO_WAIT_SECONDS;
+	}
+	w->t0 = rdtsc();
+	w->spins = 0;
+}
+
+int virtio_wait_expired(struct virtio_wait *w)
+{
+	if (tsc_state == 2)
+		return ++w->spins > WAIT_SPINS;
+	return rdtsc() - w->t0 > wait_ticks;
+}
+
+/* ---- virtqueues ---- */
+
+/* Three zeroed pages per queue. Split (2.7, alignment 16 / 2 / 4): descriptor table, available ring (6 + 2 *
+ * 256 bytes with used_event), used ring (6 + 8 * 256 with avail_event). Packed (2.8.10.1, alignment 16 / 4 / 4):
+ * descriptor ring (16 * 256 bytes), Driver Event Suppression, Device Event Suppression. */
+static uint8_t vq_area[VIRTQ_MAX_QUEUES][3 * 4096] __attribute__((aligned(4096)));
+static unsigned vq_areas_used;
 
 int virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, uint16_t max_size,
 		       uint16_t msix_vector)
 {
-	if (vq_area_used) {
-		con_puts("virtio: only one virtqueue is supported\n");
+	if (vq_areas_used == VIRTQ_MAX_QUEUES) {
+		con_printf("virtio: at most %u virtqueues are supported\n", VIRTQ_MAX_QUEUES);
 		return 1;
 	}
+	int packed = (d->features >> VIRTIO_F_RING_PACKED) & 1;
 	/* 4.1.5.1.3: select the queue, read its size (0: no such queue), optionally make it smaller. */
 	cc_w16(d, CC_QUEUE_SELECT, index);
 	uint16_t size = cc_r16(d, CC_QUEUE_SIZE);
@@ -255,24 +358,39 @@ int virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, ui
 		max_size = VIRTQ_MAX_SIZE;
 	if (size > max_size)
 		size = max_size;
-	if (size & (size - 1)) { /* 4.1.4.3.1: a split ring's size is a power of 2 */
+	/* 2.7.10.1 / 4.1.4.3.1: a split ring's size is a power of 2; a packed ring's need not be (2.8.10.1). */
+	if (!packed && (size & (size - 1))) {
 		con_printf("virtio: queue %u size %u is not a power of 2\n", index, size);
 		return 1;
 	}
 	cc_w16(d, CC_QUEUE_SIZE, size);
 
-	/* Allocate and zero the three parts (2.7.10.1: used->flags starts at 0 too). */
-	memset(vq_area, 0, sizeof(vq_area));
-	vq_area_used = 1;
+	uint8_t *area = vq_area[vq_areas_used++];
+	memset(area, 0, 3 * 4096); /* split: used->flags starts at 0 (2.7.10.1); packed: "zero-initialized" (2.8.13) */
+	memset(q, 0, sizeof(*q));
 	q->index = index;
 	q->size = size;
-	q->desc = (volatile struct virtq_desc *)(vq_area);
-	q->avail = (volatile struct virtq_avail *)(vq_area + 4096);
-	q->used = (volatile struct virtq_used *)(vq_area + 8192);
-	q->next_avail = q->last_used = q->unkicked = 0;
-	cc_w64(d, CC_QUEUE_DESC, (uintptr_t)q->desc); /* identity mapped: virtual == physical */
-	cc_w64(d, CC_QUEUE_DRIVER, (uintptr_t)q->avail);
-	cc_w64(d, CC_QUEUE_DEVICE, (uintptr_t)q->used);
+	q->packed = (uint8_t)packed;
+	q->event_idx = (uint8_t)((d->features >> VIRTIO_F_RING_EVENT_IDX) & 1);
+	q->nfree = size;
+	uintptr_t desc = (uintptr_t)area, driver = desc + 4096, device = desc + 8192;
+	if (packed) {
+		q->pdesc = (volatile struct pvirtq_desc *)desc;
+		q->driver_event = (volatile struct pvirtq_event_suppress *)driver;
+		q->device_event = (volatile struct pvirtq_event_suppress *)device;
+		q->avail_wrap = q->used_wrap = 1; /* 2.8.1: both ring wrap counters start at 1 */
+	} else {
+		q->desc = (volatile struct virtq_desc *)desc;
+		q->avail = (volatile struct virtq_avail *)driver;
+		q->used = (volatile struct virtq_used *)device;
+		q->used_event = &q->avail->ring[size];
+		q->avail_event = (volatile uint16_t *)&q->used->ring[size];
+		for (uint16_t i = 0; i < size; i++) /* the free list: every descriptor, in order */
+			q->link[i] = (uint16_t)(i + 1);
+	}
+	cc_w64(d, CC_QUEUE_DESC, desc); /* identity mapped: virtual == physical */
+	cc_w64(d, CC_QUEUE_DRIVER, driver);
+	cc_w64(d, CC_QUEUE_DEVICE, device);
 
 	/* 4.1.5.1.2: after mapping a vector, read it back: NO_VECTOR means the device refused. */
 	cc_w16(d, CC_QUEUE_MSIX_VECTOR, msix_vector);
@@ -296,77 +414,279 @@ int virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, ui
 	return 0;
 }
 
-void virtq_set_desc(struct virtq *q, uint16_t i, const volatile void *buf, uint32_t len, uint16_t flags,
-		    uint16_t next)
+const char *virtio_ring_name(const struct virtq *q)
 {
-	volatile struct virtq_desc *d = &q->desc[i];
-	d->addr = (uintptr_t)buf;
-	d->len = len;
-	d->flags = flags;
-	d->next = next;
+	if (q->packed)
+		return q->event_idx ? "packed+event-idx" : "packed";
+	return q->event_idx ? "split+event-idx" : "split";
 }
 
-/* 2.7.13.2 and 2.7.13.3: ring entry, barrier, then idx (which is free running and wraps at 65536). */
-void virtq_publish(struct virtq *q, uint16_t head)
+/* Used buffer notification suppression. Split (2.7.7): without EVENT_IDX the NO_INTERRUPT flag; with it the
+ * flag is ignored and the device notifies when it writes the used ring entry at index used_event, so
+ * used_event is kept one behind the next entry we expect (virtq_pop_used moves it along): the device would have
+ * to lap the ring to reach it. Packed (2.8.10): RING_EVENT_FLAGS_DISABLE works with or without EVENT_IDX. */
+void virtq_disable_interrupts(struct virtq *q)
 {
+	q->no_interrupts = 1;
+	if (q->packed) {
+		q->driver_event->flags = RING_EVENT_FLAGS_DISABLE;
+	} else if (q->event_idx) {
+		*q->used_event = (uint16_t)(q->last_used - 1);
+	} else {
+		q->avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+	}
+}
+
+static int add_split(struct virtq *q, const struct virtq_buf *b, unsigned n, uint16_t id)
+{
+	/* 2.7.13.1: take n free descriptors and chain them (the free list's order is their chain order: link[]
+	 * keeps linking a chain in flight, so it can be returned in one piece). */
+	uint16_t head = q->free_head, d = head;
+	for (unsigned i = 0; i < n; i++) {
+		volatile struct virtq_desc *e = &q->desc[d];
+		e->addr = (uintptr_t)b[i].addr;
+		e->len = b[i].len;
+		e->flags = (uint16_t)((b[i].writable ? VIRTQ_DESC_F_WRITE : 0) | (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
+		e->next = i + 1 < n ? q->link[d] : 0;
+		if (i + 1 < n)
+			d = q->link[d];
+	}
+	q->free_head = q->link[d];
+	q->head_id[head] = id;
+	q->chain_len[head] = (uint16_t)n;
+	/* 2.7.13.2 and 2.7.13.3: ring entry, barrier, then idx (which is free running and wraps at 65536). */
 	q->avail->ring[q->next_avail & (q->size - 1)] = head;
 	virtio_wmb();
 	q->avail->idx = ++q->next_avail;
 	q->unkicked++;
+	return 0;
 }
 
-/* 2.7.13.4 and 4.1.5.2: without VIRTIO_F_EVENT_IDX, notify unless the device set VIRTQ_USED_F_NO_NOTIFY; the
- * notification is a 16-bit write of the queue index to the queue's notify address. The store to the notify
- * address is an MMIO write that exits to the VMM; a VM exit drains the store buffer, so the ring updates are
- * visible to the VMM by the time it handles it. */
+static int add_packed(struct virtq *q, const struct virtq_buf *b, unsigned n, uint16_t id)
+{
+	/* 2.8.21.1: each descriptor gets AVAIL = the Driver Ring Wrap Counter and USED = its inverse, as it was
+	 * where that descriptor sits (the counter flips after the ring's last descriptor). The first descriptor's
+	 * flags are written last, after a barrier: that store exposes the whole chain (2.8.6). The buffer ID goes
+	 * in every descriptor of the chain; the spec needs it in the last. */
+	uint16_t first = q->avail_pos, first_flags = 0;
+	for (unsigned i = 0; i < n; i++) {
+		volatile struct pvirtq_desc *e = &q->pdesc[q->avail_pos];
+		uint16_t f = (uint16_t)((b[i].writable ? VIRTQ_DESC_F_WRITE : 0) | (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0) |
+					(q->avail_wrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED));
+		e->addr = (uintptr_t)b[i].addr;
+		e->len = b[i].len;
+		e->id = id;
+		if (i == 0)
+			first_flags = f;
+		else
+			e->flags = f;
+		if (++q->avail_pos == q->size) {
+			q->avail_pos = 0;
+			q->avail_wrap ^= 1;
+		}
+	}
+	q->chain_len[id] = (uint16_t)n;
+	virtio_wmb();
+	q->pdesc[first].flags = first_flags;
+	q->unkicked = (uint16_t)(q->unkicked + n);
+	return 0;
+}
+
+int virtq_add(struct virtq *q, const struct virtq_buf *bufs, unsigned n, uint16_t id)
+{
+	if (n == 0 || n > q->nfree || id >= q->size || q->id_busy[id]) {
+		con_printf("virtio: queue %u: cannot add a buffer of %u elements as ID %u (%u descriptors free%s)\n",
+			   q->index, n, id, q->nfree, id < q->size && q->id_busy[id] ? ", ID in flight" : "");
+		return 1;
+	}
+	q->nfree = (uint16_t)(q->nfree - n);
+	q->id_busy[id] = 1;
+	q->inflight++;
+	q->made_avail++;
+	return q->packed ? add_packed(q, bufs, n, id) : add_split(q, bufs, n, id);
+}
+
+/* Whether the device asked to be notified about what was made available since the last decision: `new` is
+ * where the next buffer will go and `count` how many went since (in avail idx units for the split ring, in
+ * descriptors for the packed one). */
+static int need_notify(struct virtq *q)
+{
+	uint16_t count = q->unkicked;
+	if (!q->packed) {
+		if (!q->event_idx) /* 2.7.10: without EVENT_IDX, notify unless the device set NO_NOTIFY */
+			return !(q->used->flags & VIRTQ_USED_F_NO_NOTIFY);
+		/* 2.7.10 with EVENT_IDX: notify if one of the entries just placed went at avail index avail_event,
+		 * i.e. avail_event lies in [old, new) modulo 2^16. */
+		uint16_t event = *q->avail_event, new_idx = q->next_avail, old_idx = (uint16_t)(new_idx - count);
+		return (uint16_t)(event - old_idx) < (uint16_t)(new_idx - old_idx);
+	}
+	/* 2.8.10 / 2.8.14: the Device Event Suppression structure, read as one 32-bit word so desc and flags
+	 * belong together. */
+	uint32_t w = *(volatile uint32_t *)q->device_event;
+	unsigned flags = (w >> 16) & 3;
+	if (flags == RING_EVENT_FLAGS_DISABLE)
+		return 0;
+	if (flags != RING_EVENT_FLAGS_DESC || !q->event_idx || count >= q->size)
+		return 1; /* ENABLE, the reserved value, or more than a lap since the last decision */
+	/* RING_EVENT_FLAGS_DESC: notify if the descriptor at (off, wrap) was made available in this batch. On a
+	 * line that counts descriptors across laps, positions in the current lap (wrap counter = avail_wrap) are
+	 * 0 .. size-1 and those of the previous lap -size .. -1; the batch is [new - count, new). */
+	int off = (int)(w & 0x7FFF), wrap = (int)((w >> 15) & 1);
+	int event = wrap == q->avail_wrap ? off : off - (int)q->size;
+	int new_pos = q->avail_pos, old_pos = new_pos - (int)count;
+	return event >= old_pos && event < new_pos;
+}
+
+/* 2.7.13.4 / 2.8.21.2 and 4.1.5.2: the barrier orders our ring stores before the read of the device's
+ * suppression state; the notification is a 16-bit write of the queue index to the queue's notify address
+ * (VIRTIO_F_NOTIFICATION_DATA is not negotiated). That store is an MMIO write that exits to the VMM, or with an
+ * ioeventfd wakes the VMM's data-plane thread; either way the ring stores before it are visible. */
 void virtq_kick(struct virtq *q)
 {
 	if (!q->unkicked)
 		return;
-	q->unkicked = 0;
 	virtio_mb();
-	if (!(q->used->flags & VIRTQ_USED_F_NO_NOTIFY))
+	int notify = need_notify(q);
+	q->unkicked = 0;
+	if (notify)
 		mmio_w16(q->notify_addr, q->index);
 }
 
-/* 2.7.14: used->idx is where the device will put its next entry; entries before it are ours to read. */
-int virtq_pop_used(struct virtq *q, uint32_t *id, uint32_t *len)
+static int pop_split(struct virtq *q, uint16_t *id, uint32_t *len)
 {
+	/* 2.7.14: used->idx is where the device will put its next entry; entries before it are ours to read. */
 	if (q->used->idx == q->last_used)
 		return 0;
 	virtio_rmb();
 	volatile struct virtq_used_elem *e = &q->used->ring[q->last_used & (q->size - 1)];
-	*id = e->id;
+	uint32_t head = e->id;
 	*len = e->len;
+	if (head >= q->size || q->chain_len[head] == 0) {
+		con_printf("virtio: queue %u: used ring entry %u names descriptor %u, which heads no chain in flight\n",
+			   q->index, q->last_used, head);
+		return -1;
+	}
 	q->last_used++;
+	if (q->event_idx && q->no_interrupts)
+		*q->used_event = (uint16_t)(q->last_used - 1);
+	/* Return the chain to the free list: its descriptors are still linked in link[]. */
+	uint16_t n = q->chain_len[head], tail = (uint16_t)head;
+	for (uint16_t i = 1; i < n; i++)
+		tail = q->link[tail];
+	q->link[tail] = q->free_head;
+	q->free_head = (uint16_t)head;
+	q->chain_len[head] = 0;
+	q->nfree = (uint16_t)(q->nfree + n);
+	*id = q->head_id[head];
 	return 1;
 }
 
-int virtq_wait_used(struct virtq *q, struct virtio_dev *d, uint32_t *id, uint32_t *len)
+static int pop_packed(struct virtq *q, uint16_t *id, uint32_t *len)
+{
+	/* 2.8.22: the next used descriptor is at used_pos; it is used when its AVAIL and USED flags both equal the
+	 * wrap counter we expect there. */
+	volatile struct pvirtq_desc *e = &q->pdesc[q->used_pos];
+	uint16_t flags = e->flags;
+	unsigned want = q->used_wrap;
+	if (!!(flags & VIRTQ_DESC_F_USED) != want || !!(flags & VIRTQ_DESC_F_AVAIL) != want)
+		return 0;
+	virtio_rmb();
+	uint16_t bid = e->id;
+	/* 2.8.4: the used descriptor's len is what the device wrote, and only meaningful if it set WRITE. */
+	*len = (flags & VIRTQ_DESC_F_WRITE) ? e->len : 0;
+	if (bid >= q->size || !q->id_busy[bid]) {
+		con_printf("virtio: queue %u: used descriptor %u names buffer ID %u, which is not in flight\n", q->index,
+			   q->used_pos, bid);
+		return -1;
+	}
+	/* 2.8.6: one used descriptor stands for the whole chain; skip the rest of it. */
+	uint16_t n = q->chain_len[bid];
+	q->used_pos = (uint16_t)(q->used_pos + n);
+	if (q->used_pos >= q->size) {
+		q->used_pos = (uint16_t)(q->used_pos - q->size);
+		q->used_wrap ^= 1;
+	}
+	q->nfree = (uint16_t)(q->nfree + n);
+	*id = bid;
+	return 1;
+}
+
+int virtq_pop_used(struct virtq *q, uint16_t *id, uint32_t *len)
+{
+	int r = q->packed ? pop_packed(q, id, len) : pop_split(q, id, len);
+	if (r == 1) {
+		q->id_busy[*id] = 0;
+		q->inflight--;
+		q->used_count++;
+	}
+	return r;
+}
+
+void virtq_print_state(struct virtq *q)
+{
+	con_printf("virtio: queue %u (%s, size %u): %lu buffers made available, %lu used, %u in flight, %u "
+		   "descriptors free; ",
+		   q->index, virtio_ring_name(q), q->size, q->made_avail, q->used_count, q->inflight, q->nfree);
+	if (q->packed) {
+		con_printf("next avail %u wrap %u, next used %u wrap %u (flags there 0x%x), device event 0x%x/0x%x\n",
+			   q->avail_pos, q->avail_wrap, q->used_pos, q->used_wrap, q->pdesc[q->used_pos].flags,
+			   q->device_event->flags, q->device_event->desc);
+	} else {
+		con_printf("avail idx %u, used idx %u, consumed %u, used flags 0x%x", q->next_avail, q->used->idx,
+			   q->last_used, q->used->flags);
+		if (q->event_idx)
+			con_printf(", avail_event %u, used_event %u", *q->avail_event, *q->used_event);
+		con_putc('\n');
+	}
+}
+
+int virtq_wait_used(struct virtq *q, struct virtio_dev *d, uint16_t *id, uint32_t *len)
 {
 	virtq_kick(q);
-	uint64_t t0 = rdtsc();
-	uint32_t spins = 0;
-	while (!virtq_pop_used(q, id, len)) {
-		if (timed_out(t0, &spins)) {
-			con_printf("virtio: timed out waiting for a used buffer on queue %u (avail idx %u, used idx %u, "
-				   "consumed %u, device status 0x%x)\n",
-				   q->index, q->next_avail, q->used->idx, q->last_used, virtio_get_status(d));
+	struct virtio_wait w;
+	virtio_wait_start(&w);
+	int r;
+	while ((r = virtq_pop_used(q, id, len)) == 0) {
+		if (virtio_wait_expired(&w)) {
+			con_printf("virtio: timed out waiting for a used buffer on queue %u (device status 0x%x)\n",
+				   q->index, virtio_get_status(d));
+			virtq_print_state(q);
 			return 0;
 		}
 		cpu_pause();
 	}
-	return 1;
+	return r == 1;
 }
 
 int virtio_wait_change(volatile uint32_t *counter, uint32_t old)
 {
-	uint64_t t0 = rdtsc();
-	uint32_t spins = 0;
+	struct virtio_wait w;
+	virtio_wait_start(&w);
 	while (*counter == old) {
-		if (timed_out(t0, &spins))
+		if (virtio_wait_expired(&w))
 			return 0;
 		cpu_pause();
 	}
 	return 1;
+}
+
+/* ---- program arguments ---- */
+
+int virtio_parse_args(int argc, char **argv, uint64_t *nums, int max_nums, uint64_t *ring_features)
+{
+	int n = 0;
+	*ring_features = 0;
+	for (int i = 1; i < argc; i++) {
+		if (str_eq(argv[i], "packed")) {
+			*ring_features |= 1ull << VIRTIO_F_RING_PACKED;
+		} else if (str_eq(argv[i], "event-idx")) {
+			*ring_features |= 1ull << VIRTIO_F_RING_EVENT_IDX;
+		} else if (n < max_nums && parse_u64(argv[i], &nums[n])) {
+			n++;
+		} else {
+			con_printf("%s: bad argument '%s'\n", argv[0], argv[i]);
+			return -1;
+		}
+	}
+	return n;
 }

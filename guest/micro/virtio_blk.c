@@ -21,8 +21,8 @@
 #define SECTOR 512
 #define REQ_MAX_BYTES (64u * 1024)
 #define DATA_BYTES (4u * 1024 * 1024)
-/* Request r always uses descriptors 3r (header), 3r+1 (data) and 3r+2 (status), so the head a used element
- * names gives the request back. */
+/* Request r is buffer ID r: header, data (if any) and status, up to three descriptors, so at most a third of
+ * the queue size can be in flight. */
 #define MAX_SLOTS (VIRTQ_MAX_SIZE / 3)
 
 /* 5.2.6 struct virtio_blk_req, minus data and status, which get their own descriptors. */
@@ -55,27 +55,23 @@ static const char *status_name(uint8_t s)
 	return s == BLK_S_OK ? "OK" : s == BLK_S_IOERR ? "IOERR" : s == BLK_S_UNSUPP ? "UNSUPP" : s == 0xFF ? "never written" : "?";
 }
 
-/* Finds the device and runs 3.1.1: features (VERSION_1 only), queue 0, capacity, DRIVER_OK. With msix, MSI-X
- * table entry 0 is pointed at the LAPIC of APIC ID 0 with MSI_VECTOR and queue 0 is mapped to it; otherwise
- * the queue has no vector and the available ring asks for no interrupts (2.7.7). */
-static int blk_open(int msix)
+/* Finds the device and runs 3.1.1: features (VERSION_1, plus the ring features asked for: RING_PACKED and/or
+ * RING_EVENT_IDX), queue 0, capacity, DRIVER_OK. With msix, MSI-X table entry 0 is pointed at the LAPIC of APIC
+ * ID 0 with MSI_VECTOR and queue 0 is mapped to it; otherwise the queue has no vector and asks for no used
+ * buffer notifications. */
+static int blk_open(int msix, uint64_t ring_features)
 {
-	int bdf = pci_find(VIRTIO_PCI_VENDOR, VIRTIO_PCI_DEVICE_MIN + VIRTIO_ID_BLOCK,
-			   VIRTIO_PCI_DEVICE_MIN + VIRTIO_ID_BLOCK);
-	if (bdf < 0) {
-		con_puts("virtio-blk: no virtio-blk function (1af4:1042) on PCI bus 0 (run vireo with --disk FILE)\n");
+	if (virtio_pci_open(VIRTIO_ID_BLOCK, &blk, "virtio-blk", "run vireo with --disk FILE"))
 		return 1;
-	}
-	if (virtio_pci_probe((unsigned)bdf, &blk))
-		return 1;
+	unsigned bdf = blk.bdf;
 	if (blk.devcfg_len < 8) {
 		con_printf("virtio-blk: device configuration is %u bytes, capacity needs 8\n", blk.devcfg_len);
 		return 1;
 	}
 	/* MSI-X is enabled before the vector is mapped: a device may refuse vectors while it is off. */
-	if (msix && pci_msix_route((unsigned)bdf, 0, LAPIC_BASE, MSI_VECTOR))
+	if (msix && pci_msix_route(bdf, 0, LAPIC_BASE, MSI_VECTOR))
 		return 1;
-	if (virtio_negotiate(&blk, 1ull << VIRTIO_F_VERSION_1))
+	if (virtio_negotiate(&blk, (1ull << VIRTIO_F_VERSION_1) | ring_features))
 		return 1;
 	if (virtio_queue_setup(&blk, &vq, 0, VIRTQ_MAX_SIZE, msix ? 0 : VIRTIO_MSI_NO_VECTOR)) {
 		virtio_set_failed(&blk);
@@ -90,18 +86,18 @@ static int blk_open(int msix)
 	if (nslots > MAX_SLOTS)
 		nslots = MAX_SLOTS;
 	if (!msix)
-		vq.avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+		virtq_disable_interrupts(&vq);
 	capacity = virtio_cfg_read64(&blk, BLK_CFG_CAPACITY); /* 5.2.5 step 1 */
 	virtio_driver_ok(&blk);
 	return 0;
 }
 
 /* Handles one used element. 0 if the request succeeded. */
-static int blk_complete(uint32_t id, uint32_t len)
+static int blk_complete(uint16_t id, uint32_t len)
 {
-	unsigned r = id / 3;
-	if (id % 3 || r >= nslots || !slots[r].busy) {
-		con_printf("virtio-blk: the device used descriptor %u, which heads no request in flight\n", id);
+	unsigned r = id;
+	if (r >= nslots || !slots[r].busy) {
+		con_printf("virtio-blk: the device used buffer %u, which is no request in flight\n", id);
 		return 1;
 	}
 	slots[r].busy = 0;
@@ -132,21 +128,21 @@ static int blk_complete(uint32_t id, uint32_t len)
 /* Completes what the device has used; with wait, first kicks and waits for at least one. Nonzero on failure. */
 static int blk_reap(int wait)
 {
-	uint32_t id, len;
-	int bad = 0;
+	uint16_t id;
+	uint32_t len;
+	int bad = 0, r;
 	if (wait) {
 		if (!virtq_wait_used(&vq, &blk, &id, &len))
 			return 1;
 		bad |= blk_complete(id, len);
 	}
-	while (virtq_pop_used(&vq, &id, &len))
+	while ((r = virtq_pop_used(&vq, &id, &len)) == 1)
 		bad |= blk_complete(id, len);
-	return bad;
+	return bad || r < 0;
 }
 
 /* Queues one request (5.2.6): header (device-readable), data if len > 0 (device-writable for IN and GET_ID,
- * device-readable for OUT), status byte (device-writable). 2.7.4.2: writable descriptors come after the readable
- * ones. Waits for a free slot if all are in flight. It is exposed to the device here, but only notified by
+ * device-readable for OUT), status byte (device-writable); the writable elements come after the readable ones. Waits for a free slot if all are in flight. It is exposed to the device here, but only notified by
  * blk_reap / blk_drain. */
 static int blk_submit(uint32_t type, uint64_t sector, void *buf, uint32_t len)
 {
@@ -167,14 +163,13 @@ static int blk_submit(uint32_t type, uint64_t sector, void *buf, uint32_t len)
 	slots[r].sector = sector;
 	nbusy++;
 
-	uint16_t d = (uint16_t)(3 * r);
-	uint16_t writable = (type == BLK_T_IN || type == BLK_T_GET_ID) ? VIRTQ_DESC_F_WRITE : 0;
-	virtq_set_desc(&vq, d, &hdrs[r], sizeof(hdrs[r]), VIRTQ_DESC_F_NEXT, len ? d + 1 : d + 2);
+	struct virtq_buf b[3];
+	unsigned n = 0;
+	b[n++] = (struct virtq_buf){ &hdrs[r], sizeof(hdrs[r]), 0 };
 	if (len)
-		virtq_set_desc(&vq, d + 1, buf, len, VIRTQ_DESC_F_NEXT | writable, d + 2);
-	virtq_set_desc(&vq, d + 2, &statuses[r], 1, VIRTQ_DESC_F_WRITE, 0);
-	virtq_publish(&vq, d);
-	return 0;
+		b[n++] = (struct virtq_buf){ buf, len, type == BLK_T_IN || type == BLK_T_GET_ID };
+	b[n++] = (struct virtq_buf){ &statuses[r], 1, 1 };
+	return virtq_add(&vq, b, n, (uint16_t)r);
 }
 
 /* Notifies and waits until every request in flight has completed. */
@@ -187,7 +182,7 @@ static int blk_drain(void)
 	return 0;
 }
 
-/* ---- virtio-blk-rw KIB ---- */
+/* ---- virtio-blk-rw [KIB] [packed] [event-idx] ---- */
 
 /* Contents of sector s: 128 little-endian words from a 32-bit LCG seeded with the sector number,
  * x0 = (s mod 2^32) XOR (s >> 32), x(i+1) = 1664525 x(i) + 1013904223, word i = x(i+1). */
@@ -228,7 +223,7 @@ static uint64_t fnv1a64(uint64_t h, const uint8_t *p, uint64_t n)
 	return h;
 }
 
-static uint64_t rw_kib;
+static uint64_t rw_kib, ring_features;
 
 /* One pass of OUT or IN requests (up to REQ_MAX_BYTES each) over disk bytes [0, total), through the buffer one
  * DATA_BYTES window at a time: all of a window's requests are queued, then notified together and drained. OUT
@@ -264,7 +259,7 @@ static int rw_pass(uint32_t type, uint64_t total, uint64_t *fnv)
 
 static int rw_main(void)
 {
-	if (blk_open(0))
+	if (blk_open(0, ring_features))
 		return 1;
 	con_printf("virtio-blk: capacity %lu sectors\n", capacity);
 	if (blk.device_features & (1ull << VIRTIO_BLK_F_RO)) {
@@ -290,8 +285,11 @@ static int rw_main(void)
 int prog_virtio_blk_rw(int argc, char **argv)
 {
 	rw_kib = 4096;
-	if (argc > 1 && (!parse_u64(argv[1], &rw_kib) || rw_kib == 0 || rw_kib > (1ull << 32))) {
-		con_printf("%s: bad size '%s' (KiB, 1 to 4294967296)\n", argv[0], argv[1]);
+	int n = virtio_parse_args(argc, argv, &rw_kib, 1, &ring_features);
+	if (n < 0)
+		return 2;
+	if (n == 1 && (rw_kib == 0 || rw_kib > (1ull << 32))) {
+		con_printf("%s: bad size '%lu' (KiB, 1 to 4294967296)\n", argv[0], rw_kib);
 		return 2;
 	}
 	return run_user(rw_main, 0);
@@ -301,7 +299,7 @@ int prog_virtio_blk_rw(int argc, char **argv)
 
 static int id_main(void)
 {
-	if (blk_open(0))
+	if (blk_open(0, 0))
 		return 1;
 	memset(data, 0, BLK_ID_BYTES);
 	if (blk_submit(BLK_T_GET_ID, 0, data, BLK_ID_BYTES) || blk_drain())
@@ -326,15 +324,16 @@ int prog_virtio_blk_id(int argc, char **argv)
 
 static int msix_main(void)
 {
-	if (blk_open(1))
+	if (blk_open(1, 0))
 		return 1;
 	uint32_t before = msi_count;
 	if (blk_submit(BLK_T_IN, 0, data, 4096))
 		return 1;
 	virtq_kick(&vq);
 	if (!virtio_wait_change(&msi_count, before)) {
-		con_printf("virtio-msix: no interrupt on vector 0x%x (used idx %u, consumed %u, device status 0x%x)\n",
-			   MSI_VECTOR, vq.used->idx, vq.last_used, virtio_get_status(&blk));
+		con_printf("virtio-msix: no interrupt on vector 0x%x (device status 0x%x)\n", MSI_VECTOR,
+			   virtio_get_status(&blk));
+		virtq_print_state(&vq);
 		return 1;
 	}
 	if (blk_reap(0))
@@ -356,13 +355,13 @@ int prog_virtio_msix(int argc, char **argv)
 	return run_user(msix_main, 1);
 }
 
-/* ---- bench-virtio-blk N: N 4 KiB reads, one at a time, between markers 1 and 2 ---- */
+/* ---- bench-virtio-blk [N] [packed] [event-idx]: N 4 KiB reads, one at a time, between markers 1 and 2 ---- */
 
 static uint64_t bench_reads;
 
 static int bench_main(void)
 {
-	if (blk_open(0))
+	if (blk_open(0, ring_features))
 		return 1;
 	uint64_t blocks = capacity / 8;
 	if (blocks == 0) {
@@ -381,9 +380,7 @@ static int bench_main(void)
 int prog_bench_virtio_blk(int argc, char **argv)
 {
 	bench_reads = 1000;
-	if (argc > 1 && !parse_u64(argv[1], &bench_reads)) {
-		con_printf("%s: bad request count '%s'\n", argv[0], argv[1]);
+	if (virtio_parse_args(argc, argv, &bench_reads, 1, &ring_features) < 0)
 		return 2;
-	}
 	return run_user(bench_main, 0);
 }
