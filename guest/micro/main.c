@@ -26,6 +26,9 @@ static const struct program {
 	{ "virtio-blk-id", prog_virtio_blk_id },
 	{ "virtio-msix", prog_virtio_msix },
 	{ "bench-virtio-blk", prog_bench_virtio_blk },
+	{ "virtio-net-test", prog_virtio_net_test },
+	{ "bench-virtio-net", prog_bench_virtio_net },
+	{ "virtio-console", prog_virtio_console },
 };
 
 static int prog_tour(int argc, char **argv)

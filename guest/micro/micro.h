@@ -191,6 +191,9 @@ int prog_virtio_blk_rw(int argc, char **argv);
 int prog_virtio_blk_id(int argc, char **argv);
 int prog_virtio_msix(int argc, char **argv);
 int prog_bench_virtio_blk(int argc, char **argv);
+int prog_virtio_net_test(int argc, char **argv);
+int prog_bench_virtio_net(int argc, char **argv);
+int prog_virtio_console(int argc, char **argv);
 
 /* ---- pci.c: configuration mechanism #1 on bus 0 (ports 0xCF8 address, 0xCFC data) ---- */
 #define PCI_BDF(bus, dev, fn) (((unsigned)(bus) << 8) | ((unsigned)(dev) << 3) | (unsigned)(fn))

@@ -422,16 +422,20 @@ const char *virtio_ring_name(const struct virtq *q)
 }
 
 /* Used buffer notification suppression. Split (2.7.7): without EVENT_IDX the NO_INTERRUPT flag; with it the
- * flag is ignored and the device notifies when it writes the used ring entry at index used_event, so
- * used_event is kept one behind the next entry we expect (virtq_pop_used moves it along): the device would have
- * to lap the ring to reach it. Packed (2.8.10): RING_EVENT_FLAGS_DISABLE works with or without EVENT_IDX. */
+ * flag is ignored and the device notifies when it writes the used ring entry at index used_event, so used_event
+ * is kept half the 16-bit index space (0x8000) ahead of the next entry we expect, moved along as we consume. The
+ * device is never more than a queue size (<= 256) ahead of us, so none of the entries it writes lands there.
+ * (One behind our position would not do: the device decides after publishing a batch, and by then we may have
+ * consumed all of it, putting "one behind" inside the batch.) Packed (2.8.10): RING_EVENT_FLAGS_DISABLE works
+ * with or without EVENT_IDX. */
+#define USED_EVENT_AWAY 0x8000
 void virtq_disable_interrupts(struct virtq *q)
 {
 	q->no_interrupts = 1;
 	if (q->packed) {
 		q->driver_event->flags = RING_EVENT_FLAGS_DISABLE;
 	} else if (q->event_idx) {
-		*q->used_event = (uint16_t)(q->last_used - 1);
+		*q->used_event = (uint16_t)(q->last_used + USED_EVENT_AWAY);
 	} else {
 		q->avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
 	}
@@ -568,7 +572,7 @@ static int pop_split(struct virtq *q, uint16_t *id, uint32_t *len)
 	}
 	q->last_used++;
 	if (q->event_idx && q->no_interrupts)
-		*q->used_event = (uint16_t)(q->last_used - 1);
+		*q->used_event = (uint16_t)(q->last_used + USED_EVENT_AWAY);
 	/* Return the chain to the free list: its descriptors are still linked in link[]. */
 	uint16_t n = q->chain_len[head], tail = (uint16_t)head;
 	for (uint16_t i = 1; i < n; i++)

@@ -22,6 +22,9 @@ export const MICRO_PROGRAMS = [
   "virtio-blk-id",
   "virtio-msix",
   "bench-virtio-blk",
+  "virtio-net-test",
+  "bench-virtio-net",
+  "virtio-console",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];

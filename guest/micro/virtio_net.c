@@ -1,0 +1,414 @@
+/* micro guest: virtio-net (virtio 1.2, 5.1) on the virtio-pci transport in virtio.c, and the programs
+ * virtio-net-test and bench-virtio-net. Polled, split or packed rings, with or without EVENT_IDX. Apart from the
+ * IDT/PIC setup in run_user, all of it runs at CPL 3 (IOPL 3).
+ *
+ * Network test protocol (shared with the e1000 driver and test/helpers/netpeer.py): EtherType 0x88B5; after the
+ * 14-byte Ethernet header, "VIRO", u32 LE seq, u32 LE frame length (from the destination MAC on, no FCS), then the
+ * byte at frame offset k (26 <= k < length) is (seq * 7 + k) & 0xff. */
+#include "virtio.h"
+
+/* 5.1.3 feature bits: only MAC is accepted (no MRG_RXBUF, no offloads, no control queue). */
+#define VIRTIO_NET_F_MAC 5
+/* 5.1.4 struct virtio_net_config: u8 mac[6] at offset 0 */
+#define NET_CFG_MAC 0
+/* 5.1.6: struct virtio_net_hdr is 12 bytes with VERSION_1 (num_buffers included) and without HASH_REPORT. On
+ * transmit it is all zero: flags 0 (no CSUM), gso_type NONE, num_buffers 0 (5.1.6.2.1). */
+#define NET_HDR_LEN 12
+/* 5.1.2: receiveq1 and transmitq1 (no MQ, no CTRL_VQ) */
+#define NET_RXQ 0
+#define NET_TXQ 1
+
+#define ETH_ALEN 6
+#define ETH_HLEN 14
+#define ETH_FRAME_MIN 60
+#define ETH_FRAME_MAX 1514
+/* 5.1.6.3.1: without MRG_RXBUF and the GUEST_TSO/UFO/USO features, receive buffers of at least 1526 bytes. */
+#define RX_BUF_LEN (NET_HDR_LEN + ETH_FRAME_MAX)
+#define BUF_STRIDE 1536
+
+#define PROTO_ETHERTYPE 0x88B5
+#define PROTO_SEQ 18 /* frame offsets */
+#define PROTO_LEN 22
+#define PROTO_BODY 26
+#define MAX_REPORTS 5 /* invalid frames reported in phase 2 (the first fails the run) */
+
+static struct virtio_dev net;
+static struct virtq rxq, txq;
+static uint8_t mac[ETH_ALEN];
+static uint8_t rx_bufs[VIRTQ_MAX_SIZE][BUF_STRIDE] __attribute__((aligned(64)));
+static uint8_t tx_bufs[VIRTQ_MAX_SIZE][BUF_STRIDE] __attribute__((aligned(64)));
+static uint16_t tx_free[VIRTQ_MAX_SIZE]; /* transmit buffer IDs not in flight (a stack) */
+static unsigned tx_nfree;
+/* pattern[i] = i & 0xff: the body of frame seq is pattern + ((seq * 7 + 26) & 0xff), one contiguous run. */
+static uint8_t pattern[256 + ETH_FRAME_MAX];
+
+/* Program arguments */
+static uint64_t arg_count, arg_size, arg_ring;
+
+static inline void copy_bytes(void *d, const void *s, size_t n)
+{
+	__asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) : : "memory");
+}
+
+/* Index of the first byte where a and b differ, n if none. */
+static size_t first_diff(const uint8_t *a, const uint8_t *b, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t x, y;
+		__builtin_memcpy(&x, a + i, 8);
+		__builtin_memcpy(&y, b + i, 8);
+		if (x != y)
+			break;
+	}
+	for (; i < n; i++) {
+		if (a[i] != b[i])
+			return i;
+	}
+	return n;
+}
+
+static uint32_t get_le32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
+static void put_le32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static void fail_state(const char *what)
+{
+	con_printf("virtio-net: %s (device status 0x%x)\n", what, virtio_get_status(&net));
+	virtq_print_state(&rxq);
+	virtq_print_state(&txq);
+}
+
+/* 3.1.1 for virtio-net: features VERSION_1 + MAC (+ the ring features asked for), receiveq and transmitq without
+ * MSI-X vectors and with used buffer notifications suppressed, the MAC from the configuration space, and the
+ * receive queue filled (5.1.5 step 3) before DRIVER_OK; the device is told about it after. */
+static int net_open(void)
+{
+	if (virtio_pci_open(VIRTIO_ID_NET, &net, "virtio-net", "run vireo with --net tap=NAME"))
+		return 1;
+	if (net.devcfg_len < ETH_ALEN) {
+		con_printf("virtio-net: device configuration is %u bytes, mac needs 6\n", net.devcfg_len);
+		return 1;
+	}
+	if (virtio_negotiate(&net, (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_NET_F_MAC) | arg_ring))
+		return 1;
+	if (virtio_queue_setup(&net, &rxq, NET_RXQ, VIRTQ_MAX_SIZE, VIRTIO_MSI_NO_VECTOR) ||
+	    virtio_queue_setup(&net, &txq, NET_TXQ, VIRTQ_MAX_SIZE, VIRTIO_MSI_NO_VECTOR)) {
+		virtio_set_failed(&net);
+		return 1;
+	}
+	virtq_disable_interrupts(&rxq);
+	virtq_disable_interrupts(&txq);
+	/* 5.1.4.2: with VIRTIO_NET_F_MAC negotiated, the driver uses mac as the NIC's address. */
+	virtio_cfg_read_bytes(&net, NET_CFG_MAC, mac, ETH_ALEN);
+	for (uint16_t i = 0; i < rxq.size; i++) {
+		struct virtq_buf b = { rx_bufs[i], RX_BUF_LEN, 1 };
+		if (virtq_add(&rxq, &b, 1, i)) {
+			virtio_set_failed(&net);
+			return 1;
+		}
+	}
+	for (uint16_t i = 0; i < txq.size; i++)
+		tx_free[i] = (uint16_t)(txq.size - 1 - i);
+	tx_nfree = txq.size;
+	for (unsigned i = 0; i < sizeof(pattern); i++)
+		pattern[i] = (uint8_t)i;
+	virtio_driver_ok(&net);
+	virtq_kick(&rxq); /* 3.1.1: no notification before DRIVER_OK */
+	return 0;
+}
+
+/* Takes back every transmit buffer the device has used. Number taken, or -1 if the device misbehaved. */
+static int tx_reclaim(void)
+{
+	uint16_t id;
+	uint32_t len;
+	int r, n = 0;
+	while ((r = virtq_pop_used(&txq, &id, &len)) == 1) {
+		tx_free[tx_nfree++] = id;
+		n++;
+	}
+	return r < 0 ? -1 : n;
+}
+
+static void build_frame(uint8_t *f, uint32_t seq, uint32_t size)
+{
+	for (unsigned i = 0; i < ETH_ALEN; i++)
+		f[i] = 0xFF; /* broadcast */
+	copy_bytes(f + ETH_ALEN, mac, ETH_ALEN);
+	f[12] = PROTO_ETHERTYPE >> 8;
+	f[13] = PROTO_ETHERTYPE & 0xFF;
+	f[14] = 'V';
+	f[15] = 'I';
+	f[16] = 'R';
+	f[17] = 'O';
+	put_le32(f + PROTO_SEQ, seq);
+	put_le32(f + PROTO_LEN, size);
+	copy_bytes(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF), size - PROTO_BODY);
+}
+
+/* Makes frame f (size bytes, without the virtio_net_hdr) available on the transmit queue from buffer id. */
+static int tx_submit(uint16_t id, uint32_t size)
+{
+	uint8_t *b = tx_bufs[id];
+	memset(b, 0, NET_HDR_LEN);
+	struct virtq_buf e = { b, NET_HDR_LEN + size, 0 }; /* 5.1.6.2: header and packet in one descriptor */
+	return virtq_add(&txq, &e, 1, id);
+}
+
+/* Phase 1 (and the benchmark): frames seq 0 .. count-1, broadcast, the ring kept as full as free buffers allow,
+ * used ones reclaimed as they come; returns once the device has used all of them. */
+static int send_frames(uint64_t count, uint32_t size)
+{
+	uint64_t seq = 0;
+	struct virtio_wait w;
+	virtio_wait_start(&w);
+	while (seq < count || txq.inflight) {
+		int progress = tx_reclaim();
+		if (progress < 0)
+			return 1;
+		while (seq < count && tx_nfree && txq.nfree) {
+			uint16_t id = tx_free[--tx_nfree];
+			build_frame(tx_bufs[id] + NET_HDR_LEN, (uint32_t)seq, size);
+			if (tx_submit(id, size))
+				return 1;
+			seq++;
+			progress = 1;
+		}
+		virtq_kick(&txq);
+		if (progress) {
+			virtio_wait_start(&w);
+		} else if (virtio_wait_expired(&w)) {
+			con_printf("virtio-net: no progress for %u s sending frame %lu of %lu (%u in flight)\n",
+				   VIRTIO_WAIT_SECONDS, seq, count, txq.inflight);
+			fail_state("transmit stalled");
+			return 1;
+		} else {
+			cpu_pause();
+		}
+	}
+	return 0;
+}
+
+/* ---- phase 2: receive and echo ---- */
+
+static uint64_t expected, received, echoed, ignored;
+static unsigned reports;
+
+/* Checks a 0x88B5 frame: "" if it is valid and carries seq `want`, else what is wrong (for a payload mismatch,
+ * *bad_off is the first frame offset that differs). */
+static const char *check_frame(const uint8_t *f, uint32_t flen, uint32_t want, uint32_t *bad_off)
+{
+	if (flen < PROTO_BODY)
+		return "shorter than the 26-byte protocol header";
+	if (f[14] != 'V' || f[15] != 'I' || f[16] != 'R' || f[17] != 'O')
+		return "bad magic (not \"VIRO\")";
+	uint32_t seq = get_le32(f + PROTO_SEQ), len = get_le32(f + PROTO_LEN);
+	if (len != flen)
+		return "length field differs from the received length";
+	size_t d = first_diff(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF), flen - PROTO_BODY);
+	if (d < flen - PROTO_BODY) {
+		*bad_off = (uint32_t)d + PROTO_BODY;
+		return "payload differs";
+	}
+	if (seq != want)
+		return "out of order";
+	return "";
+}
+
+/* Handles one received buffer. 0 ok, 1 if the frame was invalid (reported), -1 on a fatal error. */
+static int handle_rx(uint16_t id, uint32_t len, int echo)
+{
+	if (len < NET_HDR_LEN || len > RX_BUF_LEN) {
+		con_printf("virtio-net: the device wrote %u bytes into a %u-byte receive buffer\n", len, RX_BUF_LEN);
+		return -1;
+	}
+	const uint8_t *f = rx_bufs[id] + NET_HDR_LEN;
+	uint32_t flen = len - NET_HDR_LEN;
+	if (flen < ETH_HLEN || ((f[12] << 8) | f[13]) != PROTO_ETHERTYPE) {
+		ignored++;
+		return 0;
+	}
+	uint32_t off = 0;
+	const char *why = check_frame(f, flen, (uint32_t)expected, &off);
+	if (*why) {
+		uint32_t seq = flen >= PROTO_BODY ? get_le32(f + PROTO_SEQ) : 0;
+		if (reports++ < MAX_REPORTS) {
+			con_printf("virtio-net: invalid frame: seq %u (expected %lu), %u bytes, length field %u: %s", seq,
+				   expected, flen, flen >= PROTO_BODY ? get_le32(f + PROTO_LEN) : 0, why);
+			if (off)
+				con_printf(" (offset %u is 0x%02x, expected 0x%02x)", off, f[off], (seq * 7u + off) & 0xFF);
+			con_putc('\n');
+		}
+		/* Judge the frames after it on their own: expect the one after the seq it claims, if it has one. */
+		expected = flen >= PROTO_BODY ? (uint64_t)seq + 1 : expected + 1;
+		return 1;
+	}
+	received++;
+	expected++;
+	if (!echo)
+		return 0;
+	/* Echo at once: dst = its src, src = our MAC, the rest unchanged. Waits (bounded) for a free buffer. */
+	struct virtio_wait w;
+	virtio_wait_start(&w);
+	while (!tx_nfree || !txq.nfree) {
+		virtq_kick(&txq);
+		int r = tx_reclaim();
+		if (r < 0)
+			return -1;
+		if (!r && virtio_wait_expired(&w)) {
+			fail_state("no transmit buffer came back within the time limit");
+			return -1;
+		}
+		cpu_pause();
+	}
+	uint16_t t = tx_free[--tx_nfree];
+	uint8_t *o = tx_bufs[t] + NET_HDR_LEN;
+	copy_bytes(o, f + ETH_ALEN, ETH_ALEN);
+	copy_bytes(o + ETH_ALEN, mac, ETH_ALEN);
+	copy_bytes(o + 2 * ETH_ALEN, f + 2 * ETH_ALEN, flen - 2 * ETH_ALEN);
+	if (tx_submit(t, flen))
+		return -1;
+	echoed++;
+	return 0;
+}
+
+/* Gives a receive buffer back to the device. */
+static int rx_repost(uint16_t id)
+{
+	struct virtq_buf b = { rx_bufs[id], RX_BUF_LEN, 1 };
+	return virtq_add(&rxq, &b, 1, id);
+}
+
+/* Phase 2: until `count` valid frames arrived, in order, each echoed as it comes. The first invalid frame fails
+ * the phase: it is reported, and so are (up to MAX_REPORTS in all) invalid frames among those already received,
+ * without waiting for more and without echoing anything else. 0 ok, 1 failed. */
+static int echo_frames(uint64_t count)
+{
+	int failed = 0;
+	struct virtio_wait w;
+	virtio_wait_start(&w);
+	while (received < count && !failed) {
+		int progress = tx_reclaim();
+		if (progress < 0)
+			return 1;
+		uint16_t id;
+		uint32_t len;
+		int r = 0;
+		while (received < count && (r = virtq_pop_used(&rxq, &id, &len)) == 1) {
+			progress = 1;
+			int h = handle_rx(id, len, !failed);
+			if (h < 0)
+				return 1;
+			failed |= h;
+			if (rx_repost(id))
+				return 1;
+		}
+		if (r < 0)
+			return 1;
+		virtq_kick(&txq);
+		virtq_kick(&rxq);
+		if (progress) {
+			virtio_wait_start(&w);
+		} else if (virtio_wait_expired(&w)) {
+			con_printf("virtio-net: no progress for %u s receiving: %lu of %lu frames, expecting seq %lu, %lu "
+				   "ignored\n",
+				   VIRTIO_WAIT_SECONDS, received, count, expected, ignored);
+			fail_state("receive stalled");
+			return 1;
+		} else {
+			cpu_pause();
+		}
+	}
+	if (failed) {
+		uint16_t id;
+		uint32_t len;
+		while (reports < MAX_REPORTS && virtq_pop_used(&rxq, &id, &len) == 1) {
+			if (handle_rx(id, len, 0) < 0)
+				break;
+		}
+	}
+	/* The echoes must leave before the program ends (the VMM stops with the guest). */
+	virtio_wait_start(&w);
+	while (txq.inflight) {
+		virtq_kick(&txq);
+		int r = tx_reclaim();
+		if (r < 0)
+			return 1;
+		if (r) {
+			virtio_wait_start(&w);
+		} else if (virtio_wait_expired(&w)) {
+			fail_state("echoes not sent within the time limit");
+			return 1;
+		}
+		cpu_pause();
+	}
+	return failed;
+}
+
+static int net_test_main(void)
+{
+	if (net_open())
+		return 1;
+	con_printf("virtio-net: mac %02x:%02x:%02x:%02x:%02x:%02x\n", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	if (send_frames(arg_count, (uint32_t)arg_size))
+		return 1;
+	con_printf("virtio-net: sent %lu frames\n", arg_count);
+	int bad = echo_frames(arg_count);
+	con_printf("virtio-net: received %lu frames, echoed %lu, ignored %lu\n", received, echoed, ignored);
+	if (bad) {
+		con_puts("virtio-net-test failed\n");
+		return 1;
+	}
+	con_puts("virtio-net-test ok\n");
+	return 0;
+}
+
+/* [N] [SIZE] [packed] [event-idx]; 2 on bad arguments. */
+static int parse(int argc, char **argv, uint64_t def_count, uint64_t def_size)
+{
+	uint64_t nums[2] = { def_count, def_size };
+	if (virtio_parse_args(argc, argv, nums, 2, &arg_ring) < 0)
+		return 2;
+	if (nums[0] > 0xFFFFFFFFull) {
+		con_printf("%s: bad frame count %lu (at most 4294967295)\n", argv[0], nums[0]);
+		return 2;
+	}
+	if (nums[1] < ETH_FRAME_MIN || nums[1] > ETH_FRAME_MAX) {
+		con_printf("%s: bad frame size %lu (%u to %u bytes)\n", argv[0], nums[1], ETH_FRAME_MIN, ETH_FRAME_MAX);
+		return 2;
+	}
+	arg_count = nums[0];
+	arg_size = nums[1];
+	return 0;
+}
+
+int prog_virtio_net_test(int argc, char **argv)
+{
+	int r = parse(argc, argv, 10000, 1000);
+	return r ? r : run_user(net_test_main, 0);
+}
+
+/* ---- bench-virtio-net [N] [SIZE] [packed] [event-idx] ---- */
+
+static int net_bench_main(void)
+{
+	if (net_open())
+		return 1;
+	outl(TDEV_PIO + TDEV_MARKER, 1);
+	if (send_frames(arg_count, (uint32_t)arg_size))
+		return 1;
+	outl(TDEV_PIO + TDEV_MARKER, 2);
+	vm_exit(0);
+}
+
+int prog_bench_virtio_net(int argc, char **argv)
+{
+	int r = parse(argc, argv, 10000, ETH_FRAME_MAX);
+	return r ? r : run_user(net_bench_main, 0);
+}
