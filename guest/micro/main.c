@@ -29,6 +29,9 @@ static const struct program {
 	{ "virtio-net-test", prog_virtio_net_test },
 	{ "bench-virtio-net", prog_bench_virtio_net },
 	{ "virtio-console", prog_virtio_console },
+	{ "e1000-test", prog_e1000_test },
+	{ "e1000-irq", prog_e1000_irq },
+	{ "bench-e1000", prog_bench_e1000 },
 };
 
 static int prog_tour(int argc, char **argv)

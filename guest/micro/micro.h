@@ -194,6 +194,9 @@ int prog_bench_virtio_blk(int argc, char **argv);
 int prog_virtio_net_test(int argc, char **argv);
 int prog_bench_virtio_net(int argc, char **argv);
 int prog_virtio_console(int argc, char **argv);
+int prog_e1000_test(int argc, char **argv);
+int prog_e1000_irq(int argc, char **argv);
+int prog_bench_e1000(int argc, char **argv);
 
 /* ---- pci.c: configuration mechanism #1 on bus 0 (ports 0xCF8 address, 0xCFC data) ---- */
 #define PCI_BDF(bus, dev, fn) (((unsigned)(bus) << 8) | ((unsigned)(dev) << 3) | (unsigned)(fn))

@@ -25,6 +25,9 @@ export const MICRO_PROGRAMS = [
   "virtio-net-test",
   "bench-virtio-net",
   "virtio-console",
+  "e1000-test",
+  "e1000-irq",
+  "bench-e1000",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
