@@ -429,6 +429,9 @@ static int tx_drain(const char *what)
 /* Phase 1 (and the benchmark): frames seq 0 .. count-1, broadcast. The ring is kept as full as it can be: every
  * free descriptor is filled, then all of them are handed over with one TDT write; written-back ones are
  * reclaimed as they come. Returns once the device has written back all of them. */
+/* Frames handed over per TDT write at most (bench-e1000's BURST); 0: every free descriptor. */
+static uint64_t tx_burst;
+
 static int send_frames(uint64_t count, uint32_t size)
 {
 	uint64_t seq = 0;
@@ -438,7 +441,9 @@ static int send_frames(uint64_t count, uint32_t size)
 		int progress = tx_reclaim();
 		if (progress < 0)
 			return 1;
-		while (seq < count && tx_nfree()) {
+		uint64_t burst = 0;
+		while (seq < count && tx_nfree() && (tx_burst == 0 || burst < tx_burst)) {
+			burst++;
 			build_frame(tx_buf[tx_tail], (uint32_t)seq, size);
 			tx_queue(size);
 			seq++;
@@ -684,9 +689,15 @@ static int bench_main(void) /* CPL 3, IF clear */
 	vm_exit(0);
 }
 
+/* bench-e1000 [N] [SIZE] [BURST] */
 int prog_bench_e1000(int argc, char **argv)
 {
-	int r = parse_args(argc, argv, 10000, ETH_FRAME_MAX);
+	tx_burst = 0;
+	if (argc > 3 && !parse_u64(argv[3], &tx_burst)) {
+		con_printf("%s: bad burst '%s' (frames per TDT write, 0 for all free descriptors)\n", argv[0], argv[3]);
+		return 2;
+	}
+	int r = parse_args(argc > 3 ? 3 : argc, argv, 10000, ETH_FRAME_MAX);
 	return r ? r : run_user(bench_main, 0);
 }
 
