@@ -18,6 +18,7 @@
  * 0x88B5; after the 14-byte Ethernet header "VIRO", u32 LE seq, u32 LE frame length (no FCS), then the byte at
  * frame offset k (26 <= k < length) is (seq * 7 + k) & 0xff. */
 #include "e1000.h"
+#include "wait.h"
 
 #define RING 256 /* descriptors per ring: 4 KiB, a multiple of 128 bytes as TDLEN/RDLEN require */
 #define RING_MASK (RING - 1)
@@ -33,7 +34,6 @@
 #define PROTO_LEN 22
 #define PROTO_BODY 26
 
-#define WAIT_SECONDS 10 /* "no progress" bound of every polled wait */
 #define IRQ_WAIT_TICKS 200 /* e1000-irq: 2 s of 100 Hz PIT watchdog ticks */
 #define E1000_IRQ_VECTOR 0x51
 
@@ -74,87 +74,6 @@ static void put_le32(uint8_t *p, uint32_t v)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* ---- bounded waits: TSC time, its rate measured against the 8254 PIT ---- */
-
-#define PIT_HZ 1193182u
-#define PIT_CH2 0x42
-#define PIT_MODE 0x43
-#define PORT_B 0x61 /* bit 0: timer 2 gate, bit 1: speaker data (kept off) */
-#define CAL_PIT_TICKS 11932u /* 10 ms */
-#define FALLBACK_TSC_HZ 3000000000ull
-#define POLLS_PER_US 100 /* the bound if the TSC does not move: polls (each at least a pause) per microsecond */
-
-static uint64_t tsc_hz;
-static int tsc_stuck;
-
-static uint16_t pit2_count(void)
-{
-	outb(PIT_MODE, 0x80); /* latch timer 2 */
-	uint8_t lo = inb(PIT_CH2);
-	return (uint16_t)(lo | (inb(PIT_CH2) << 8));
-}
-
-/* Timer 2 in mode 0 counts down from 0xFFFF at 1.193182 MHz while its gate (port 0x61 bit 0) is high; it raises
- * no interrupt. The TSC ticks over 10 ms of PIT counts give the rate. */
-static void tsc_calibrate(void)
-{
-	if (tsc_hz || tsc_stuck)
-		return;
-	uint8_t portb = inb(PORT_B);
-	outb(PORT_B, (uint8_t)(portb & ~0x03u)); /* gate low while programming */
-	outb(PIT_MODE, 0xB0);                     /* timer 2, low then high byte, mode 0, binary */
-	outb(PIT_CH2, 0xFF);
-	outb(PIT_CH2, 0xFF);
-	outb(PORT_B, (uint8_t)((portb & ~0x02u) | 0x01u));
-	uint16_t c0 = pit2_count(), c = c0;
-	uint64_t t0 = rdtsc(), t1 = t0;
-	for (unsigned i = 0; i < 2000000 && (uint16_t)(c0 - c) < CAL_PIT_TICKS; i++) {
-		c = pit2_count();
-		t1 = rdtsc();
-	}
-	outb(PORT_B, portb);
-	uint16_t ticks = (uint16_t)(c0 - c);
-	if (t1 == t0) {
-		tsc_stuck = 1;
-		con_puts("e1000: the TSC does not move; waits are bounded by a count of polls\n");
-		return;
-	}
-	tsc_hz = ticks >= CAL_PIT_TICKS ? (t1 - t0) * PIT_HZ / ticks : 0;
-	if (tsc_hz < 100000000ull || tsc_hz > 20000000000ull) {
-		con_printf("e1000: TSC calibration failed (%u PIT ticks in %lu TSC ticks); assuming %lu Hz\n", ticks,
-			   t1 - t0, (uint64_t)FALLBACK_TSC_HZ);
-		tsc_hz = FALLBACK_TSC_HZ;
-	}
-}
-
-struct wait {
-	uint64_t t0, spins, limit;
-};
-
-static void wait_start_us(struct wait *w, uint64_t us)
-{
-	w->t0 = rdtsc();
-	w->spins = 0;
-	w->limit = tsc_stuck ? us * POLLS_PER_US : tsc_hz / 1000000 * us;
-}
-
-static void wait_start(struct wait *w) { wait_start_us(w, WAIT_SECONDS * 1000000ull); }
-
-static int wait_expired(struct wait *w)
-{
-	if (tsc_stuck)
-		return ++w->spins > w->limit;
-	return rdtsc() - w->t0 > w->limit;
-}
-
-static void delay_us(uint64_t us)
-{
-	struct wait w;
-	wait_start_us(&w, us);
-	while (!wait_expired(&w))
-		cpu_pause();
-}
-
 /* ---- driver ---- */
 
 static void dump_state(const char *what)
@@ -170,7 +89,7 @@ static void dump_state(const char *what)
 /* Polls until (register & mask) == want, for at most us microseconds. 1 if it got there. */
 static int poll_reg(unsigned off, uint32_t mask, uint32_t want, uint64_t us)
 {
-	struct wait w;
+	struct bounded_wait w;
 	wait_start_us(&w, us);
 	for (;;) {
 		if ((rd(off) & mask) == want)
@@ -406,7 +325,7 @@ static void build_frame(uint8_t *f, uint32_t seq, uint32_t size)
 /* Waits (bounded) until every filled descriptor has been handed over and written back. */
 static int tx_drain(const char *what)
 {
-	struct wait w;
+	struct bounded_wait w;
 	wait_start(&w);
 	tx_flush();
 	while (tx_clean != tx_tdt) {
@@ -435,7 +354,7 @@ static uint64_t tx_burst;
 static int send_frames(uint64_t count, uint32_t size)
 {
 	uint64_t seq = 0;
-	struct wait w;
+	struct bounded_wait w;
 	wait_start(&w);
 	while (seq < count) {
 		int progress = tx_reclaim();
@@ -523,7 +442,7 @@ static int check_frame(const uint8_t *f, uint32_t len)
 static int echo_frame(const uint8_t *f, uint32_t len)
 {
 	if (!tx_nfree()) {
-		struct wait w;
+		struct bounded_wait w;
 		wait_start(&w);
 		tx_flush();
 		for (;;) {
@@ -592,7 +511,7 @@ static int rx_handle(void)
  * given back with one RDT write. RDT stays one behind the next descriptor to look at (see rx_setup). */
 static int echo_frames(uint64_t count)
 {
-	struct wait w;
+	struct bounded_wait w;
 	wait_start(&w);
 	while (received < count) {
 		int progress = tx_reclaim();

@@ -35,11 +35,6 @@
 #define CC_QUEUE_DEVICE 0x30
 #define CC_MIN_LENGTH 0x38 /* through queue_device: all we use */
 
-/* Waits are bounded by VIRTIO_WAIT_SECONDS of TSC time (calibrated against the PIT) or, if the TSC does not
- * move, by a count of polls. */
-#define WAIT_SPINS 4000000000ull
-
-static void tsc_calibrate(void);
 
 static const char *const cap_names[] = { "type 0", "common", "notify", "isr", "device", "pci-cfg" };
 
@@ -166,10 +161,10 @@ int virtio_negotiate(struct virtio_dev *d, uint64_t accept)
 {
 	/* 3.1.1 step 1, and 4.1.4.3.2: after writing 0, wait until device_status reads 0. */
 	cc_w8(d, CC_DEVICE_STATUS, 0);
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	while (cc_r8(d, CC_DEVICE_STATUS) != 0) {
-		if (virtio_wait_expired(&w)) {
+		if (wait_expired(&w)) {
 			con_printf("virtio: device status still 0x%x after reset\n", cc_r8(d, CC_DEVICE_STATUS));
 			return 1;
 		}
@@ -253,82 +248,6 @@ int virtio_pci_open(unsigned type, struct virtio_dev *d, const char *what, const
 		return 1;
 	}
 	return virtio_pci_probe((unsigned)bdf, d);
-}
-
-/* ---- bounded waits: TSC calibrated against the 8254 PIT ---- */
-
-#define PIT_HZ 1193182u
-#define PIT_CH2 0x42
-#define PIT_CMD 0x43
-#define PIT_PORT_B 0x61 /* bit 0: channel 2 gate, bit 1: speaker data enable */
-#define CALIBRATE_PIT_TICKS 23864u /* 20 ms */
-#define ASSUMED_TSC_HZ 3000000000ull
-
-static uint64_t tsc_hz, wait_ticks;
-static int tsc_state; /* 0: not calibrated, 1: the TSC moves, 2: it does not (waits count polls) */
-
-static uint16_t pit_ch2_read(void)
-{
-	outb(PIT_CMD, 0x80); /* counter latch command, channel 2 */
-	uint8_t lo = inb(PIT_CH2);
-	uint8_t hi = inb(PIT_CH2);
-	return (uint16_t)(lo | (hi << 8));
-}
-
-/* Channel 2 in mode 0 counts down from 0xFFFF at 1.193182 MHz once its gate is high; it raises no interrupt
- * (its output only goes to the speaker and port 0x61 bit 5). 20 ms of PIT ticks against the TSC give the rate;
- * the I/O exits around each read cost microseconds, so the estimate is good to a few per cent. */
-static void tsc_calibrate(void)
-{
-	if (tsc_state)
-		return;
-	uint8_t portb = inb(PIT_PORT_B);
-	outb(PIT_PORT_B, (uint8_t)((portb & ~0x02u) | 0x01u));
-	outb(PIT_CMD, 0xB0); /* channel 2, lobyte/hibyte, mode 0, binary */
-	outb(PIT_CH2, 0xFF);
-	outb(PIT_CH2, 0xFF);
-	uint16_t c0 = pit_ch2_read(), c = c0;
-	uint64_t t0 = rdtsc(), t1 = t0;
-	for (uint32_t i = 0; i < 1000000 && (uint16_t)(c0 - c) < CALIBRATE_PIT_TICKS; i++) {
-		c = pit_ch2_read();
-		t1 = rdtsc();
-	}
-	outb(PIT_PORT_B, portb);
-	uint16_t ticks = (uint16_t)(c0 - c);
-	if (t1 == t0) {
-		tsc_state = 2;
-		con_puts("virtio: the TSC does not move; waits are bounded by a count of polls\n");
-		return;
-	}
-	tsc_state = 1;
-	tsc_hz = ticks >= CALIBRATE_PIT_TICKS ? (t1 - t0) * PIT_HZ / ticks : 0;
-	if (tsc_hz < 100000000ull || tsc_hz > 20000000000ull) {
-		con_printf("virtio: TSC calibration against the PIT failed (%u PIT ticks in %lu TSC ticks); assuming "
-			   "%lu Hz\n",
-			   ticks, t1 - t0, (uint64_t)ASSUMED_TSC_HZ);
-		tsc_hz = ASSUMED_TSC_HZ;
-	}
-	wait_ticks = tsc_hz * VIRTIO_WAIT_SECONDS;
-}
-
-uint64_t virtio_tsc_hz(void) { return tsc_hz; }
-
-void virtio_wait_start(struct virtio_wait *w)
-{
-	if (!tsc_state) { /* a wait before any probe (not expected): assume a rate rather than calibrate here */
-		tsc_state = 1;
-		tsc_hz = ASSUMED_TSC_HZ;
-		wait_ticks = tsc_hz * VIRTIO_WAIT_SECONDS;
-	}
-	w->t0 = rdtsc();
-	w->spins = 0;
-}
-
-int virtio_wait_expired(struct virtio_wait *w)
-{
-	if (tsc_state == 2)
-		return ++w->spins > WAIT_SPINS;
-	return rdtsc() - w->t0 > wait_ticks;
 }
 
 /* ---- virtqueues ---- */
@@ -647,11 +566,11 @@ void virtq_print_state(struct virtq *q)
 int virtq_wait_used(struct virtq *q, struct virtio_dev *d, uint16_t *id, uint32_t *len)
 {
 	virtq_kick(q);
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	int r;
 	while ((r = virtq_pop_used(q, id, len)) == 0) {
-		if (virtio_wait_expired(&w)) {
+		if (wait_expired(&w)) {
 			con_printf("virtio: timed out waiting for a used buffer on queue %u (device status 0x%x)\n",
 				   q->index, virtio_get_status(d));
 			virtq_print_state(q);
@@ -664,10 +583,10 @@ int virtq_wait_used(struct virtq *q, struct virtio_dev *d, uint16_t *id, uint32_
 
 int virtio_wait_change(volatile uint32_t *counter, uint32_t old)
 {
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	while (*counter == old) {
-		if (virtio_wait_expired(&w))
+		if (wait_expired(&w))
 			return 0;
 		cpu_pause();
 	}

@@ -4,6 +4,7 @@
 #define VIRTIO_H
 
 #include "micro.h"
+#include "wait.h"
 
 /* 4.1.2 PCI Device Discovery: vendor 0x1AF4, device 0x1040 + virtio device ID (modern, non-transitional). */
 #define VIRTIO_PCI_VENDOR 0x1AF4
@@ -205,17 +206,7 @@ void virtq_print_state(struct virtq *q);
 /* Polls *counter until it differs from old, with the same time bound: 1 if it changed. */
 int virtio_wait_change(volatile uint32_t *counter, uint32_t old);
 
-/* Bounded waits: about VIRTIO_WAIT_SECONDS of TSC time, the TSC rate measured once against the 8254 PIT
- * (channel 2, gated through port 0x61; no interrupt). If the TSC does not move, a count of polls bounds the
- * wait instead. Start (or restart, on progress) a wait with virtio_wait_start, poll virtio_wait_expired. */
-#define VIRTIO_WAIT_SECONDS 10
-struct virtio_wait {
-	uint64_t t0;
-	uint64_t spins;
-};
-void virtio_wait_start(struct virtio_wait *w);
-int virtio_wait_expired(struct virtio_wait *w);
-uint64_t virtio_tsc_hz(void); /* the calibrated rate (0 before calibration) */
+/* Bounded waits: wait.h (wait_start / wait_expired, WAIT_SECONDS). */
 
 /* Program arguments shared by the virtio programs: up to max_nums decimal numbers (in order) and the words
  * "packed" (VIRTIO_F_RING_PACKED) and "event-idx" (VIRTIO_F_RING_EVENT_IDX), in any order. Returns the number

@@ -68,12 +68,12 @@ static uint32_t append(uint32_t at, const char *s)
 
 /* Reads until a line ends ('\n', or '\r' as a raw terminal sends for Enter); the terminator is not kept and
  * anything after it in the same buffer is dropped. Every used receive buffer goes back to the device. Gives up
- * after VIRTIO_WAIT_SECONDS without input. Returns the line length, or -1. */
+ * after WAIT_SECONDS without input. Returns the line length, or -1. */
 static int con_read_line(void)
 {
 	uint32_t n = 0;
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	for (;;) {
 		uint16_t id;
 		uint32_t len;
@@ -82,16 +82,16 @@ static int con_read_line(void)
 			return -1;
 		if (r == 0) {
 			virtq_kick(&rxq);
-			if (virtio_wait_expired(&w)) {
+			if (wait_expired(&w)) {
 				con_printf("virtio-console: no complete line within %u s (%u bytes so far)\n",
-					   VIRTIO_WAIT_SECONDS, n);
+					   WAIT_SECONDS, n);
 				virtq_print_state(&rxq);
 				return -1;
 			}
 			cpu_pause();
 			continue;
 		}
-		virtio_wait_start(&w);
+		wait_start(&w);
 		if (len > RX_BUF_LEN) {
 			con_printf("virtio-console: the device wrote %u bytes into a %u-byte buffer\n", len, RX_BUF_LEN);
 			return -1;

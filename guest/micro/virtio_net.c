@@ -170,8 +170,8 @@ static uint64_t tx_burst;
 static int send_frames(uint64_t count, uint32_t size)
 {
 	uint64_t seq = 0;
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	while (seq < count || txq.inflight) {
 		int progress = tx_reclaim();
 		if (progress < 0)
@@ -188,10 +188,10 @@ static int send_frames(uint64_t count, uint32_t size)
 		}
 		virtq_kick(&txq);
 		if (progress) {
-			virtio_wait_start(&w);
-		} else if (virtio_wait_expired(&w)) {
+			wait_start(&w);
+		} else if (wait_expired(&w)) {
 			con_printf("virtio-net: no progress for %u s sending frame %lu of %lu (%u in flight)\n",
-				   VIRTIO_WAIT_SECONDS, seq, count, txq.inflight);
+				   WAIT_SECONDS, seq, count, txq.inflight);
 			fail_state("transmit stalled");
 			return 1;
 		} else {
@@ -260,14 +260,14 @@ static int handle_rx(uint16_t id, uint32_t len, int echo)
 	if (!echo)
 		return 0;
 	/* Echo at once: dst = its src, src = our MAC, the rest unchanged. Waits (bounded) for a free buffer. */
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	while (!tx_nfree || !txq.nfree) {
 		virtq_kick(&txq);
 		int r = tx_reclaim();
 		if (r < 0)
 			return -1;
-		if (!r && virtio_wait_expired(&w)) {
+		if (!r && wait_expired(&w)) {
 			fail_state("no transmit buffer came back within the time limit");
 			return -1;
 		}
@@ -297,8 +297,8 @@ static int rx_repost(uint16_t id)
 static int echo_frames(uint64_t count)
 {
 	int failed = 0;
-	struct virtio_wait w;
-	virtio_wait_start(&w);
+	struct bounded_wait w;
+	wait_start(&w);
 	while (received < count && !failed) {
 		int progress = tx_reclaim();
 		if (progress < 0)
@@ -320,11 +320,11 @@ static int echo_frames(uint64_t count)
 		virtq_kick(&txq);
 		virtq_kick(&rxq);
 		if (progress) {
-			virtio_wait_start(&w);
-		} else if (virtio_wait_expired(&w)) {
+			wait_start(&w);
+		} else if (wait_expired(&w)) {
 			con_printf("virtio-net: no progress for %u s receiving: %lu of %lu frames, expecting seq %lu, %lu "
 				   "ignored\n",
-				   VIRTIO_WAIT_SECONDS, received, count, expected, ignored);
+				   WAIT_SECONDS, received, count, expected, ignored);
 			fail_state("receive stalled");
 			return 1;
 		} else {
@@ -340,15 +340,15 @@ static int echo_frames(uint64_t count)
 		}
 	}
 	/* The echoes must leave before the program ends (the VMM stops with the guest). */
-	virtio_wait_start(&w);
+	wait_start(&w);
 	while (txq.inflight) {
 		virtq_kick(&txq);
 		int r = tx_reclaim();
 		if (r < 0)
 			return 1;
 		if (r) {
-			virtio_wait_start(&w);
-		} else if (virtio_wait_expired(&w)) {
+			wait_start(&w);
+		} else if (wait_expired(&w)) {
 			fail_state("echoes not sent within the time limit");
 			return 1;
 		}
