@@ -195,7 +195,7 @@ function main(): void {
   };
   set(0, data.stopFd);
   set(1, wake);
-  plane.kicks.forEach((k, i) => set(2 + i, k.fd));
+  for (const [i, k] of plane.kicks.entries()) set(2 + i, k.fd);
   const inputSlot = 3 * (nk + 2);
   pollfds[inputSlot] = plane.input?.fd ?? -1; // poll ignores negative fds
 

@@ -13,7 +13,9 @@ import { vireo } from "../helpers/cli.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 
-test("4 MiB through virtio-blk served by a data-plane thread matches the vCPU-served device", { skip }, () => {
+test("4 MiB through virtio-blk served by a data-plane thread matches the vCPU-served device", {
+  skip,
+}, () => {
   const dir = mkdtempSync(join(tmpdir(), "vireo-blk-io-"));
   const images = ["exit.img", "iothread.img"].map((n) => join(dir, n));
   const metrics: Array<Record<string, number>> = [];

@@ -81,7 +81,10 @@ test("bad --net and --console values", () => {
   const run = (...extra: string[]) => vireo(["run", "--guest", "micro:hello", ...extra]);
   assertOneLineError(run("--net", "tap=vt0,mac=zz"), /bad MAC 'zz'/);
   assertOneLineError(run("--net", "tap=vt0,mac=03:00:00:00:00:01"), /multicast address/);
-  assertOneLineError(run("--net", "tap=vt0,model=rtl8139"), /unknown model 'rtl8139' \(known: virtio, e1000\)/);
+  assertOneLineError(
+    run("--net", "tap=vt0,model=rtl8139"),
+    /unknown model 'rtl8139' \(known: virtio, e1000\)/,
+  );
   assertOneLineError(run("--net", "vt0"), /unknown option 'vt0'/);
   assertOneLineError(run("--net", "mac=02:00:00:00:00:01"), /which backend\? \(--net tap=NAME\)/);
   assertOneLineError(run("--net", "tap=this-name-is-too-long"), /1 to 15 letters/);
