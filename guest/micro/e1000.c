@@ -18,21 +18,12 @@
  * 0x88B5; after the 14-byte Ethernet header "VIRO", u32 LE seq, u32 LE frame length (no FCS), then the byte at
  * frame offset k (26 <= k < length) is (seq * 7 + k) & 0xff. */
 #include "e1000.h"
+#include "netproto.h"
 #include "wait.h"
 
 #define RING 256 /* descriptors per ring: 4 KiB, a multiple of 128 bytes as TDLEN/RDLEN require */
 #define RING_MASK (RING - 1)
 #define BUF_LEN 2048 /* RCTL.BSIZE 2048: a frame of up to 1514 bytes (LPE off) fits in one buffer */
-
-#define ETH_ALEN 6
-#define ETH_HLEN 14
-#define ETH_FRAME_MIN 60
-#define ETH_FRAME_MAX 1514
-#define PROTO_ETHERTYPE 0x88B5
-#define PROTO_MAGIC 14 /* frame offsets */
-#define PROTO_SEQ 18
-#define PROTO_LEN 22
-#define PROTO_BODY 26
 
 #define IRQ_WAIT_TICKS 200 /* e1000-irq: 2 s of 100 Hz PIT watchdog ticks */
 #define E1000_IRQ_VECTOR 0x51
@@ -51,8 +42,6 @@ static unsigned tx_tail, tx_tdt, tx_clean;
 static unsigned rx_next; /* next receive descriptor the device will fill */
 static int rx_in_long_frame; /* inside a frame that did not fit one buffer (cannot happen with LPE off) */
 
-/* pattern[i] = i & 0xff: the body of frame seq is the run starting at pattern[(seq * 7 + 26) & 0xff] */
-static uint8_t pattern[256 + ETH_FRAME_MAX];
 
 static inline uint32_t rd(unsigned off) { return mmio_r32(regs + off); }
 static inline void wr(unsigned off, uint32_t v) { mmio_w32(regs + off, v); }
@@ -62,17 +51,6 @@ static inline void wmb(void) { __asm__ volatile("sfence" : : : "memory"); }
 /* After seeing DD, before reading the rest of the descriptor and the buffer: x86 keeps loads in order. */
 static inline void rmb(void) { __asm__ volatile("" : : : "memory"); }
 
-static inline void copy_bytes(void *d, const void *s, size_t n)
-{
-	__asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) : : "memory");
-}
-
-static uint32_t get_le32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	for (unsigned i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
 
 /* ---- driver ---- */
 
@@ -250,8 +228,6 @@ static int nic_open(int intx, int verbose)
 	if (verbose)
 		con_puts("e1000: link up\n");
 
-	for (unsigned i = 0; i < sizeof(pattern); i++)
-		pattern[i] = (uint8_t)i;
 	tx_setup();
 	rx_setup();
 	return 0;
@@ -306,22 +282,6 @@ static void tx_flush(void)
 	tx_tdt = tx_tail;
 }
 
-static void build_frame(uint8_t *f, uint32_t seq, uint32_t size)
-{
-	for (unsigned i = 0; i < ETH_ALEN; i++)
-		f[i] = 0xFF; /* broadcast */
-	copy_bytes(f + ETH_ALEN, mac, ETH_ALEN);
-	f[12] = PROTO_ETHERTYPE >> 8;
-	f[13] = PROTO_ETHERTYPE & 0xFF;
-	f[PROTO_MAGIC + 0] = 'V';
-	f[PROTO_MAGIC + 1] = 'I';
-	f[PROTO_MAGIC + 2] = 'R';
-	f[PROTO_MAGIC + 3] = 'O';
-	put_le32(f + PROTO_SEQ, seq);
-	put_le32(f + PROTO_LEN, size);
-	copy_bytes(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF), size - PROTO_BODY);
-}
-
 /* Waits (bounded) until every filled descriptor has been handed over and written back. */
 static int tx_drain(const char *what)
 {
@@ -363,7 +323,7 @@ static int send_frames(uint64_t count, uint32_t size)
 		uint64_t burst = 0;
 		while (seq < count && tx_nfree() && (tx_burst == 0 || burst < tx_burst)) {
 			burst++;
-			build_frame(tx_buf[tx_tail], (uint32_t)seq, size);
+			proto_build_frame(tx_buf[tx_tail], mac, (uint32_t)seq, size);
 			tx_queue(size);
 			seq++;
 			progress = 1;
@@ -385,57 +345,6 @@ static int send_frames(uint64_t count, uint32_t size)
 /* ---- phase 2: receive and echo ---- */
 
 static uint64_t expected, received, echoed, ignored;
-
-/* Index of the first byte where a and b differ, n if none. */
-static size_t first_diff(const uint8_t *a, const uint8_t *b, size_t n)
-{
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t x, y;
-		__builtin_memcpy(&x, a + i, 8);
-		__builtin_memcpy(&y, b + i, 8);
-		if (x != y)
-			break;
-	}
-	while (i < n && a[i] == b[i])
-		i++;
-	return i;
-}
-
-/* Checks a 0x88B5 frame of len bytes against the protocol and the seq expected next; prints what is wrong. */
-static int check_frame(const uint8_t *f, uint32_t len)
-{
-	const char *why = 0;
-	uint32_t seq = 0, field = 0, off = 0;
-	if (len < PROTO_BODY) {
-		why = "shorter than the 26-byte protocol header";
-	} else {
-		seq = get_le32(f + PROTO_SEQ);
-		field = get_le32(f + PROTO_LEN);
-		if (f[PROTO_MAGIC] != 'V' || f[PROTO_MAGIC + 1] != 'I' || f[PROTO_MAGIC + 2] != 'R' ||
-		    f[PROTO_MAGIC + 3] != 'O') {
-			why = "bad magic (not \"VIRO\")";
-		} else if (field != len) {
-			why = field + 4 == len ? "the length field is 4 less than the received length (FCS not stripped?)"
-					       : "the length field differs from the received length";
-		} else {
-			off = PROTO_BODY + (uint32_t)first_diff(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF),
-							      len - PROTO_BODY);
-			if (off < len)
-				why = "payload differs";
-			else if (seq != expected)
-				why = "out of order";
-		}
-	}
-	if (!why)
-		return 0;
-	con_printf("e1000: invalid frame: seq %u (expected %lu), %u bytes, length field %u: %s", seq, expected, len,
-		   field, why);
-	if (off && off < len)
-		con_printf(" (offset %u is 0x%02x, expected 0x%02x)", off, f[off], (seq * 7u + off) & 0xFF);
-	con_putc('\n');
-	return 1;
-}
 
 /* Queues the echo of frame f (len bytes): dst = its src, src = our MAC, the rest unchanged. Waits (bounded) for
  * a free transmit descriptor if the ring is full. */
@@ -460,10 +369,7 @@ static int echo_frame(const uint8_t *f, uint32_t len)
 			cpu_pause();
 		}
 	}
-	uint8_t *o = tx_buf[tx_tail];
-	copy_bytes(o, f + ETH_ALEN, ETH_ALEN);
-	copy_bytes(o + ETH_ALEN, mac, ETH_ALEN);
-	copy_bytes(o + 2 * ETH_ALEN, f + 2 * ETH_ALEN, len - 2 * ETH_ALEN);
+	proto_echo(tx_buf[tx_tail], f, len, mac);
 	tx_queue(len);
 	echoed++;
 	return 0;
@@ -487,7 +393,7 @@ static int rx_handle(void)
 		rx_in_long_frame = 0;
 		return 0;
 	}
-	if (len < ETH_HLEN || ((f[12] << 8) | f[13]) != PROTO_ETHERTYPE) {
+	if (!proto_is_ours(f, len)) {
 		ignored++;
 		return 0;
 	}
@@ -499,8 +405,12 @@ static int rx_handle(void)
 		con_printf("e1000: invalid frame (expected seq %lu): receive errors 0x%02x\n", expected, err);
 		return 1;
 	}
-	if (check_frame(f, len))
+	uint32_t bad_off;
+	const char *why = proto_check_frame(f, len, (uint32_t)expected, &bad_off);
+	if (*why) {
+		proto_report("e1000", f, len, expected, why, bad_off);
 		return 1;
+	}
 	received++;
 	expected++;
 	return echo_frame(f, len);
@@ -749,7 +659,7 @@ static int irq_run(void)
 	int bad = 0;
 	/* (a) one frame, RS set and IDE clear (no transmit interrupt delay): its write-back raises TXDW. */
 	irq_causes = 0;
-	build_frame(tx_buf[tx_tail], 0, ETH_FRAME_MIN);
+	proto_build_frame(tx_buf[tx_tail], mac, 0, ETH_FRAME_MIN);
 	unsigned slot = tx_tail;
 	tx_queue(ETH_FRAME_MIN);
 	tx_flush();

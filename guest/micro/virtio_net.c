@@ -5,6 +5,7 @@
  * Network test protocol (shared with the e1000 driver and test/helpers/netpeer.py): EtherType 0x88B5; after the
  * 14-byte Ethernet header, "VIRO", u32 LE seq, u32 LE frame length (from the destination MAC on, no FCS), then the
  * byte at frame offset k (26 <= k < length) is (seq * 7 + k) & 0xff. */
+#include "netproto.h"
 #include "virtio.h"
 
 /* 5.1.3 feature bits: only MAC is accepted (no MRG_RXBUF, no offloads, no control queue). */
@@ -18,18 +19,10 @@
 #define NET_RXQ 0
 #define NET_TXQ 1
 
-#define ETH_ALEN 6
-#define ETH_HLEN 14
-#define ETH_FRAME_MIN 60
-#define ETH_FRAME_MAX 1514
 /* 5.1.6.3.1: without MRG_RXBUF and the GUEST_TSO/UFO/USO features, receive buffers of at least 1526 bytes. */
 #define RX_BUF_LEN (NET_HDR_LEN + ETH_FRAME_MAX)
 #define BUF_STRIDE 1536
 
-#define PROTO_ETHERTYPE 0x88B5
-#define PROTO_SEQ 18 /* frame offsets */
-#define PROTO_LEN 22
-#define PROTO_BODY 26
 #define MAX_REPORTS 5 /* invalid frames reported in phase 2 (the first fails the run) */
 
 static struct virtio_dev net;
@@ -39,43 +32,9 @@ static uint8_t rx_bufs[VIRTQ_MAX_SIZE][BUF_STRIDE] __attribute__((aligned(64)));
 static uint8_t tx_bufs[VIRTQ_MAX_SIZE][BUF_STRIDE] __attribute__((aligned(64)));
 static uint16_t tx_free[VIRTQ_MAX_SIZE]; /* transmit buffer IDs not in flight (a stack) */
 static unsigned tx_nfree;
-/* pattern[i] = i & 0xff: the body of frame seq is pattern + ((seq * 7 + 26) & 0xff), one contiguous run. */
-static uint8_t pattern[256 + ETH_FRAME_MAX];
 
 /* Program arguments */
 static uint64_t arg_count, arg_size, arg_ring;
-
-static inline void copy_bytes(void *d, const void *s, size_t n)
-{
-	__asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) : : "memory");
-}
-
-/* Index of the first byte where a and b differ, n if none. */
-static size_t first_diff(const uint8_t *a, const uint8_t *b, size_t n)
-{
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t x, y;
-		__builtin_memcpy(&x, a + i, 8);
-		__builtin_memcpy(&y, b + i, 8);
-		if (x != y)
-			break;
-	}
-	for (; i < n; i++) {
-		if (a[i] != b[i])
-			return i;
-	}
-	return n;
-}
-
-static uint32_t get_le32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
 
 static void fail_state(const char *what)
 {
@@ -116,8 +75,6 @@ static int net_open(void)
 	for (uint16_t i = 0; i < txq.size; i++)
 		tx_free[i] = (uint16_t)(txq.size - 1 - i);
 	tx_nfree = txq.size;
-	for (unsigned i = 0; i < sizeof(pattern); i++)
-		pattern[i] = (uint8_t)i;
 	virtio_driver_ok(&net);
 	virtq_kick(&rxq); /* 3.1.1: no notification before DRIVER_OK */
 	return 0;
@@ -134,22 +91,6 @@ static int tx_reclaim(void)
 		n++;
 	}
 	return r < 0 ? -1 : n;
-}
-
-static void build_frame(uint8_t *f, uint32_t seq, uint32_t size)
-{
-	for (unsigned i = 0; i < ETH_ALEN; i++)
-		f[i] = 0xFF; /* broadcast */
-	copy_bytes(f + ETH_ALEN, mac, ETH_ALEN);
-	f[12] = PROTO_ETHERTYPE >> 8;
-	f[13] = PROTO_ETHERTYPE & 0xFF;
-	f[14] = 'V';
-	f[15] = 'I';
-	f[16] = 'R';
-	f[17] = 'O';
-	put_le32(f + PROTO_SEQ, seq);
-	put_le32(f + PROTO_LEN, size);
-	copy_bytes(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF), size - PROTO_BODY);
 }
 
 /* Makes frame f (size bytes, without the virtio_net_hdr) available on the transmit queue from buffer id. */
@@ -180,7 +121,7 @@ static int send_frames(uint64_t count, uint32_t size)
 		while (seq < count && tx_nfree && txq.nfree && (tx_burst == 0 || burst < tx_burst)) {
 			burst++;
 			uint16_t id = tx_free[--tx_nfree];
-			build_frame(tx_bufs[id] + NET_HDR_LEN, (uint32_t)seq, size);
+			proto_build_frame(tx_bufs[id] + NET_HDR_LEN, mac, (uint32_t)seq, size);
 			if (tx_submit(id, size))
 				return 1;
 			seq++;
@@ -206,27 +147,6 @@ static int send_frames(uint64_t count, uint32_t size)
 static uint64_t expected, received, echoed, ignored;
 static unsigned reports;
 
-/* Checks a 0x88B5 frame: "" if it is valid and carries seq `want`, else what is wrong (for a payload mismatch,
- * *bad_off is the first frame offset that differs). */
-static const char *check_frame(const uint8_t *f, uint32_t flen, uint32_t want, uint32_t *bad_off)
-{
-	if (flen < PROTO_BODY)
-		return "shorter than the 26-byte protocol header";
-	if (f[14] != 'V' || f[15] != 'I' || f[16] != 'R' || f[17] != 'O')
-		return "bad magic (not \"VIRO\")";
-	uint32_t seq = get_le32(f + PROTO_SEQ), len = get_le32(f + PROTO_LEN);
-	if (len != flen)
-		return "length field differs from the received length";
-	size_t d = first_diff(f + PROTO_BODY, pattern + ((seq * 7u + PROTO_BODY) & 0xFF), flen - PROTO_BODY);
-	if (d < flen - PROTO_BODY) {
-		*bad_off = (uint32_t)d + PROTO_BODY;
-		return "payload differs";
-	}
-	if (seq != want)
-		return "out of order";
-	return "";
-}
-
 /* Handles one received buffer. 0 ok, 1 if the frame was invalid (reported), -1 on a fatal error. */
 static int handle_rx(uint16_t id, uint32_t len, int echo)
 {
@@ -236,21 +156,16 @@ static int handle_rx(uint16_t id, uint32_t len, int echo)
 	}
 	const uint8_t *f = rx_bufs[id] + NET_HDR_LEN;
 	uint32_t flen = len - NET_HDR_LEN;
-	if (flen < ETH_HLEN || ((f[12] << 8) | f[13]) != PROTO_ETHERTYPE) {
+	if (!proto_is_ours(f, flen)) {
 		ignored++;
 		return 0;
 	}
-	uint32_t off = 0;
-	const char *why = check_frame(f, flen, (uint32_t)expected, &off);
+	uint32_t off;
+	const char *why = proto_check_frame(f, flen, (uint32_t)expected, &off);
 	if (*why) {
 		uint32_t seq = flen >= PROTO_BODY ? get_le32(f + PROTO_SEQ) : 0;
-		if (reports++ < MAX_REPORTS) {
-			con_printf("virtio-net: invalid frame: seq %u (expected %lu), %u bytes, length field %u: %s", seq,
-				   expected, flen, flen >= PROTO_BODY ? get_le32(f + PROTO_LEN) : 0, why);
-			if (off)
-				con_printf(" (offset %u is 0x%02x, expected 0x%02x)", off, f[off], (seq * 7u + off) & 0xFF);
-			con_putc('\n');
-		}
+		if (reports++ < MAX_REPORTS)
+			proto_report("virtio-net", f, flen, expected, why, off);
 		/* Judge the frames after it on their own: expect the one after the seq it claims, if it has one. */
 		expected = flen >= PROTO_BODY ? (uint64_t)seq + 1 : expected + 1;
 		return 1;
@@ -274,10 +189,7 @@ static int handle_rx(uint16_t id, uint32_t len, int echo)
 		cpu_pause();
 	}
 	uint16_t t = tx_free[--tx_nfree];
-	uint8_t *o = tx_bufs[t] + NET_HDR_LEN;
-	copy_bytes(o, f + ETH_ALEN, ETH_ALEN);
-	copy_bytes(o + ETH_ALEN, mac, ETH_ALEN);
-	copy_bytes(o + 2 * ETH_ALEN, f + 2 * ETH_ALEN, flen - 2 * ETH_ALEN);
+	proto_echo(tx_bufs[t] + NET_HDR_LEN, f, flen, mac);
 	if (tx_submit(t, flen))
 		return -1;
 	echoed++;
