@@ -1,5 +1,8 @@
 /** Runs the real `bin/vireo` command as a user would, capturing its output and status. */
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const VIREO_BIN = fileURLToPath(new URL("../../bin/vireo", import.meta.url));
@@ -21,4 +24,14 @@ export function vireo(
     input: opts.input ?? "",
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A fresh path for `vireo run --metrics FILE`. */
+export function metricsPath(prefix = "vireo-metrics-"): string {
+  return join(mkdtempSync(join(tmpdir(), prefix)), "metrics.json");
+}
+
+/** The counters of a `--metrics` file. */
+export function readMetrics(file: string): Record<string, number> {
+  return (JSON.parse(readFileSync(file, "utf8")) as { metrics: Record<string, number> }).metrics;
 }

@@ -3,10 +3,12 @@
  * disturb the host's interfaces), a persistent TAP in it that is up, and runs vireo and the host-side peer
  * (netpeer.py) inside it. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`).
  */
+import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after } from "node:test";
 import { fileURLToPath } from "node:url";
 import { VIREO_BIN } from "./cli.ts";
 
@@ -55,6 +57,19 @@ export function createNetNs(tap = "vt0"): NetNs {
     throw e;
   }
   return ns;
+}
+
+/** For a test file: a maker of namespaces, each removed once the file's tests are done. */
+export function netnsMaker(): () => NetNs {
+  const made: NetNs[] = [];
+  after(() => {
+    for (const ns of made) ns.remove();
+  });
+  return () => {
+    const ns = createNetNs();
+    made.push(ns);
+    return ns;
+  };
 }
 
 export interface ProcResult {
@@ -151,4 +166,18 @@ export async function exchangeFrames(
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** vireo exited 0 and the peer received `count` intact frames each way, in order, from a guest using `mac`. */
+export function assertFramesExchanged(r: NetExchange, count: number, mac: string, macWhy: string): void {
+  assert.equal(
+    r.vireo.status,
+    0,
+    `vireo: ${r.vireo.stdout}\n${r.vireo.stderr}\npeer: ${r.peer.stdout}${r.peer.stderr}`,
+  );
+  assert.ok(r.report, `netpeer printed no report: ${r.peer.stderr}`);
+  assert.deepEqual(r.report.errors, []);
+  assert.equal(r.report.phase1, count, "frames the host received from the guest");
+  assert.equal(r.report.phase2, count, "frames the guest echoed back");
+  assert.equal(r.report.guest_mac, mac, macWhy);
 }

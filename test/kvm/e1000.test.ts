@@ -6,14 +6,17 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import { MICRO_PROGRAMS } from "../../src/vmm/micro-guest.ts";
-import { VIREO_BIN, vireo } from "../helpers/cli.ts";
-import { createNetNs, exchangeFrames, type NetNs, netnsUnavailable } from "../helpers/netns.ts";
+import { metricsPath, readMetrics, VIREO_BIN, vireo } from "../helpers/cli.ts";
+import {
+  assertFramesExchanged,
+  exchangeFrames,
+  type NetNs,
+  netnsMaker,
+  netnsUnavailable,
+} from "../helpers/netns.ts";
 
 const kvmSkip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const programSkip = (MICRO_PROGRAMS as readonly string[]).includes("e1000-test")
@@ -21,23 +24,8 @@ const programSkip = (MICRO_PROGRAMS as readonly string[]).includes("e1000-test")
   : "the micro guest has no e1000 programs yet";
 const netSkip = kvmSkip || programSkip || (netnsUnavailable() ?? false);
 
-const namespaces: NetNs[] = [];
-after(() => {
-  for (const ns of namespaces) ns.remove();
-});
-function netns(): NetNs {
-  const ns = createNetNs();
-  namespaces.push(ns);
-  return ns;
-}
-
-function metricsFile(): string {
-  return join(mkdtempSync(join(tmpdir(), "vireo-e1000-")), "metrics.json");
-}
-
-function readMetrics(file: string): Record<string, number> {
-  return JSON.parse(readFileSync(file, "utf8")).metrics as Record<string, number>;
-}
+const netns = netnsMaker();
+const metricsFile = () => metricsPath("vireo-e1000-");
 
 /** `vireo run ARGS` inside the namespace. */
 function runIn(ns: NetNs, args: string[], timeoutMs = 60_000) {
@@ -65,16 +53,7 @@ test("10,000 frames each way between the guest's e1000 driver and a TAP", { skip
     file,
   ];
   const r = await exchangeFrames(ns, args, { count, size });
-  assert.equal(
-    r.vireo.status,
-    0,
-    `vireo: ${r.vireo.stdout}\n${r.vireo.stderr}\npeer: ${r.peer.stdout}${r.peer.stderr}`,
-  );
-  assert.ok(r.report, `netpeer printed no report: ${r.peer.stderr}`);
-  assert.deepEqual(r.report.errors, []);
-  assert.equal(r.report.phase1, count, "frames the host received from the guest");
-  assert.equal(r.report.phase2, count, "frames the guest echoed back");
-  assert.equal(r.report.guest_mac, mac, "the guest used the MAC from the EEPROM, which --net sets");
+  assertFramesExchanged(r, count, mac, "the guest used the MAC from the EEPROM, which --net sets");
   const out = r.vireo.stdout;
   assert.match(out, new RegExp(`^e1000: mac ${mac}$`, "m"));
   assert.match(out, /^e1000: link up$/m);

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
-import { vireo } from "../helpers/cli.ts";
+import { readMetrics, vireo } from "../helpers/cli.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 
@@ -26,7 +26,7 @@ test("4 MiB through virtio-blk served by a data-plane thread matches the vCPU-se
     const r = vireo(["run", "--guest", "micro:virtio-blk-rw", "4096", "--disk", disk, "--metrics", m]);
     assert.equal(r.status, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /virtio-blk-rw ok/);
-    metrics.push(JSON.parse(readFileSync(m, "utf8")).metrics);
+    metrics.push(readMetrics(m));
   }
   const [a, b] = images.map((p) => readFileSync(p));
   assert.ok(a && b && a.subarray(0, 4 << 20).some((x) => x !== 0), "the guest wrote data");
@@ -48,7 +48,7 @@ test("a data-plane device's MSI-X interrupt goes out through an irqfd", { skip }
   const r = vireo(["run", "--guest", "micro:virtio-msix", "--disk", `${img},iothread`, "--metrics", m]);
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /virtio-msix ok/);
-  const metrics = JSON.parse(readFileSync(m, "utf8")).metrics as Record<string, number>;
+  const metrics = readMetrics(m);
   // The guest's handler saw the interrupt; it left vireo as an eventfd write to a GSI routed to its message.
   assert.equal(metrics["irqfd.blk0.signals"], metrics["msix.blk0.sent"]);
   assert.ok((metrics["irqfd.blk0.signals"] ?? 0) >= 1);

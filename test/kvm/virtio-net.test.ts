@@ -6,14 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import { MICRO_PROGRAMS } from "../../src/vmm/micro-guest.ts";
-import { VIREO_BIN } from "../helpers/cli.ts";
-import { createNetNs, exchangeFrames, type NetNs, netnsUnavailable } from "../helpers/netns.ts";
+import { metricsPath, readMetrics, VIREO_BIN } from "../helpers/cli.ts";
+import { assertFramesExchanged, exchangeFrames, netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
 
 const netSkip = !KvmSystem.available()
   ? "no usable /dev/kvm on this host: KVM tests skipped"
@@ -24,15 +21,7 @@ const skip =
     ? false
     : "the micro guest has no virtio-net-test program yet");
 
-const namespaces: NetNs[] = [];
-after(() => {
-  for (const ns of namespaces) ns.remove();
-});
-function netns(): NetNs {
-  const ns = createNetNs();
-  namespaces.push(ns);
-  return ns;
-}
+const netns = netnsMaker();
 
 for (const layout of ["split", "packed"] as const) {
   test(`10,000 frames each way between the guest's virtio-net (${layout} ring) and a TAP`, {
@@ -42,7 +31,7 @@ for (const layout of ["split", "packed"] as const) {
     const count = 10_000;
     const size = 1000;
     const mac = "02:76:69:aa:bb:01";
-    const metricsFile = join(mkdtempSync(join(tmpdir(), "vireo-net-")), "metrics.json");
+    const metricsFile = metricsPath("vireo-net-");
     const args = [
       "--guest",
       "micro:virtio-net-test",
@@ -58,26 +47,19 @@ for (const layout of ["split", "packed"] as const) {
       metricsFile,
     ];
     const r = await exchangeFrames(ns, args, { count, size });
-    assert.equal(
-      r.vireo.status,
-      0,
-      `vireo: ${r.vireo.stdout}\n${r.vireo.stderr}\npeer: ${r.peer.stdout}${r.peer.stderr}`,
-    );
-    assert.ok(r.report, `netpeer printed no report: ${r.peer.stderr}`);
-    assert.deepEqual(r.report.errors, []);
-    assert.equal(r.report.phase1, count, "frames the host received from the guest");
-    assert.equal(r.report.phase2, count, "frames the guest echoed back");
-    assert.equal(r.report.guest_mac, mac, "the guest used the MAC given with --net");
+    assertFramesExchanged(r, count, mac, "the guest used the MAC given with --net");
     assert.match(r.vireo.stdout, /virtio-net-test ok/);
     // The data plane did the work: the data-plane thread's counters saw every frame, through doorbells that did
     // not exit to vireo (no MMIO exits per frame).
-    const metrics = JSON.parse(readFileSync(metricsFile, "utf8")).metrics as Record<string, number>;
+    const metrics = readMetrics(metricsFile);
     assert.ok((metrics["virtio.net0.tx_packets"] ?? 0) >= 2 * count, "tx_packets counts both phases");
     assert.ok((metrics["virtio.net0.rx_packets"] ?? 0) >= count, "rx_packets");
     assert.ok((metrics["vhost.net0.kicks"] ?? 0) > 0, "doorbells arrived through the ioeventfds");
+    // Driver setup exits (common configuration), so the counter is there; per-frame doorbells would add 10,000.
+    assert.ok(metrics["exits.mmio"] !== undefined, "MMIO exits are counted");
     assert.ok(
-      (metrics["exits.MMIO"] ?? 0) < count,
-      `MMIO exits ${metrics["exits.MMIO"]} should not grow per frame`,
+      (metrics["exits.mmio"] ?? 0) < count,
+      `MMIO exits ${metrics["exits.mmio"]} should not grow per frame`,
     );
   });
 }
