@@ -66,3 +66,16 @@ export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const EAGAIN = 11;
 export const EINTR = 4;
+
+const ONE = new BigUint64Array([1n]);
+const counterValue = new BigUint64Array(1);
+
+/** Adds 1 to an eventfd's counter: wakes whoever polls it. Never throws (EAGAIN means it is already signalled). */
+export function signalEventFd(fd: number): void {
+  native().writeFd(fd, ONE);
+}
+
+/** Reads and resets a non-blocking eventfd's counter: the signals since the last read, 0 if none. */
+export function takeEventFd(fd: number): number {
+  return native().readFd(fd, counterValue) === 8 ? Number(counterValue[0]) : 0;
+}

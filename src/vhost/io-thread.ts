@@ -14,7 +14,7 @@ import { VirtioNet } from "../devices/virtio/net.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
-import { native, POLLIN } from "../native.ts";
+import { native, POLLIN, takeEventFd } from "../native.ts";
 import { TapBackend } from "../net/tap.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { IrqfdMsiSink, MsiRouteTable } from "../vmm/msi-routes.ts";
@@ -63,14 +63,17 @@ interface DataPlane {
   close(): void;
 }
 
-function virtioNetPlane(
-  spec: Extract<DataPlaneDeviceSpec, { kind: "virtio-net" }>,
+/**
+ * A virtio device's queues (virtio-net, or virtio-blk with iothread): kicks from the queues' eventfds, the
+ * activation the vCPU side announces through the wake eventfd, and for virtio-net the TAP's receive side.
+ */
+function virtioPlane(
+  spec: Extract<DataPlaneDeviceSpec, { kind: "virtio-net" | "virtio-blk" }>,
   ctx: PciBuildContext,
 ): DataPlane {
   const transport = transportFor(spec, ctx, false, "io");
   const model = transport.device.model;
-  if (!(model instanceof VirtioNet)) throw new Error(`${spec.name}: not a virtio-net model`);
-  const backend = model.backend as TapBackend;
+  const backend = model instanceof VirtioNet ? (model.backend as TapBackend) : null;
   const words = new Int32Array(spec.dataPlane.block);
   const kicks = metrics.counter(`vhost.${spec.name}.kicks`);
   let activations = 0;
@@ -79,10 +82,11 @@ function virtioNetPlane(
       const now = Atomics.load(words, DATA_PLANE.activations);
       if (now !== activations) {
         activations = now;
-        // DRIVER_OK (again): offloads, pending transmits, receive.
-        if (transport.device.running) model.activate();
+        // DRIVER_OK (again): virtio-net's offloads, pending transmits and receive; pending requests for blk.
+        transport.device.activate();
       } else {
-        backend.rxReady();
+        // Another thread saw the driver post receive buffers.
+        backend?.rxReady();
       }
     },
     kicks: spec.dataPlane.kicks.map((fd, q) => ({
@@ -92,44 +96,10 @@ function virtioNetPlane(
         transport.notify(q);
       },
     })),
-    input: { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
+    input: backend && { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
     timeoutMs: () => -1,
     onTimer: () => {},
-    close: () => backend.close(),
-  };
-}
-
-/** A virtio device whose queues only need kicks (virtio-blk with iothread): no backend fd, no timers. */
-function queuesPlane(
-  spec: Extract<DataPlaneDeviceSpec, { kind: "virtio-blk" }>,
-  ctx: PciBuildContext,
-): DataPlane {
-  const transport = transportFor(spec, ctx, false, "io");
-  const model = transport.device.model;
-  const words = new Int32Array(spec.dataPlane.block);
-  const kicks = metrics.counter(`vhost.${spec.name}.kicks`);
-  let activations = 0;
-  return {
-    onWake: () => {
-      const now = Atomics.load(words, DATA_PLANE.activations);
-      if (now === activations) return;
-      activations = now;
-      if (!transport.device.running) return;
-      // DRIVER_OK: serve what the driver queued before it (3.1.1), as the vCPU-thread model would.
-      if (model.activate) model.activate();
-      else for (let q = 0; q < model.numQueues; q++) transport.notify(q);
-    },
-    kicks: spec.dataPlane.kicks.map((fd, q) => ({
-      fd,
-      onKick: (signals: number) => {
-        kicks.add(signals);
-        transport.notify(q);
-      },
-    })),
-    input: null,
-    timeoutMs: () => -1,
-    onTimer: () => {},
-    close: () => {},
+    close: () => backend?.close(),
   };
 }
 
@@ -173,18 +143,11 @@ function main(): void {
         },
     log: reportError,
   };
-  const plane =
-    spec.kind === "virtio-net"
-      ? virtioNetPlane(spec, ctx)
-      : spec.kind === "e1000"
-        ? e1000Plane(spec, ctx)
-        : queuesPlane(spec, ctx);
+  const plane = spec.kind === "e1000" ? e1000Plane(spec, ctx) : virtioPlane(spec, ctx);
   const wakeups = metrics.counter(`vhost.${spec.name}.wakeups`);
   flushMetricNames();
   post({ type: "io-ready", name: spec.name });
 
-  const eventValue = new BigUint64Array(1);
-  const drain = (fd: number) => (native().readFd(fd, eventValue) === 8 ? Number(eventValue[0]) : 0);
   const wake = spec.dataPlane.wake;
   const nk = plane.kicks.length;
   // [stop, wake, kick 0..nk-1, input]
@@ -207,12 +170,12 @@ function main(): void {
     try {
       if (ready === 0) plane.onTimer();
       if (pollfds[5] !== 0) {
-        drain(wake);
+        takeEventFd(wake);
         plane.onWake();
       }
       for (let i = 0; i < nk; i++) {
         if (pollfds[3 * (i + 2) + 2] === 0) continue;
-        const signals = drain(plane.kicks[i]?.fd as number);
+        const signals = takeEventFd(plane.kicks[i]?.fd as number);
         if (signals > 0) plane.kicks[i]?.onKick(signals);
       }
       if (pollfds[inputSlot + 2] !== 0) plane.input?.onReadable();

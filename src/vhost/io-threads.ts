@@ -1,12 +1,11 @@
 /** Starting and stopping the data-plane threads (io-thread.ts) of a machine's devices, on the main thread. */
 import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { hasDataPlane, type PciManifest } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
 import type { IoThreadData } from "./io-thread.ts";
-import { signalEventFd } from "./remote-queues.ts";
 
 export interface IoThreads {
   /** Signals every thread to stop and waits until they have. */

@@ -7,7 +7,7 @@
  * about, a guest notifying through the PCI configuration access capability).
  */
 import type { VirtioContext, VirtioDeviceModel } from "../devices/virtio/device.ts";
-import { native } from "../native.ts";
+import { signalEventFd } from "../native.ts";
 
 /** Words of a data plane's shared control block. */
 export const DATA_PLANE = {
@@ -18,13 +18,6 @@ export const DATA_PLANE = {
 
 export function createDataPlaneBlock(): SharedArrayBuffer {
   return new SharedArrayBuffer(DATA_PLANE.words * 4);
-}
-
-const ONE = new BigUint64Array([1n]);
-
-/** Adds 1 to an eventfd's counter: wakes whoever polls it. Never throws (EAGAIN means it is already signalled). */
-export function signalEventFd(fd: number): void {
-  native().writeFd(fd, ONE);
 }
 
 export class RemoteQueues implements VirtioDeviceModel {

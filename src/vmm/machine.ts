@@ -2,7 +2,7 @@
  * A machine's lifecycle, on the main thread: create the VM and its RAM, load the guest, start one worker per
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
@@ -23,7 +23,7 @@ import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, native } from "../native.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
 import { startIoThreads } from "../vhost/io-threads.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
@@ -335,8 +335,8 @@ export class Machine {
     vm.ioeventfd({ addr: spec.pioBase + 4, len: 4, fd: pioFd, pio: true });
     vm.ioeventfd({ addr: spec.mmioBase + 4, len: 4, fd: mmioFd, pio: false });
     return () => [
-      ["ioeventfd.test-pio.signals", readEventFd(pioFd)],
-      ["ioeventfd.test-mmio.signals", readEventFd(mmioFd)],
+      ["ioeventfd.test-pio.signals", takeEventFd(pioFd)],
+      ["ioeventfd.test-mmio.signals", takeEventFd(mmioFd)],
     ];
   }
 
@@ -522,18 +522,6 @@ export class Machine {
       if (retry) clearTimeout(retry);
     };
   }
-}
-
-/** An eventfd's counter (the number of signals since the last read); 0 when nothing was signalled. */
-function readEventFd(fd: number): number {
-  const value = new BigUint64Array(1);
-  try {
-    readSync(fd, value);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EAGAIN") return 0;
-    throw e;
-  }
-  return Number(value[0]);
 }
 
 function hasPci(config: MachineConfig): boolean {

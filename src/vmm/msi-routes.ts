@@ -17,7 +17,7 @@ import type { MsiSink } from "../devices/pci/msix.ts";
 import { VireoError } from "../errors.ts";
 import { Vm } from "../kvm/vm.ts";
 import type { Counter, MetricsSink } from "../metrics/registry.ts";
-import { native } from "../native.ts";
+import { signalEventFd } from "../native.ts";
 import { SharedLock } from "./shared-lock.ts";
 
 /** GSIs 0-23 are the IOAPIC's; MSI routes start after them. */
@@ -95,7 +95,6 @@ export interface IrqfdGsi {
   fd: number;
 }
 
-const ONE = new BigUint64Array([1n]);
 const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 /** An MsiSink that sends every message through an irqfd of its own GSI pool. */
@@ -132,7 +131,7 @@ export class IrqfdMsiSink implements MsiSink {
       this.messageOf[i] = key;
       this.cReroutes.add();
     }
-    native().writeFd((this.pool[i] as IrqfdGsi).fd, ONE);
+    signalEventFd((this.pool[i] as IrqfdGsi).fd);
     this.cSignals.add();
   }
 }

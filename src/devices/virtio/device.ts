@@ -438,13 +438,16 @@ export class VirtioDevice {
     });
   }
 
-  private activate(): void {
+  /**
+   * The device just became live (DRIVER_OK): the model's activation, or else the buffers the driver made available
+   * before DRIVER_OK are served now. Runs after a status write; a data-plane thread calls it when it learns of one.
+   */
+  activate(): void {
     if (!this.running) return;
     if (this.model.activate) {
       this.model.activate();
       return;
     }
-    // Buffers the driver made available before DRIVER_OK are served now.
     for (let q = 0; q < this.numQueues; q++) this.model.queueNotified(q);
   }
 
