@@ -39,7 +39,7 @@ Options:
                        its queues are served by a data-plane thread woken by ioeventfds, not in the vCPU's exit
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
   --console MODE       where terminal input goes: serial (COM1, default) or virtio (a virtio-console on the PCI
-                       bus; Linux: console=hvc0). Output of both goes where --serial says
+                       bus). Output of both goes where --serial says
   --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]
                        a network card on the PCI bus attached to host TAP interface NAME (created if missing,
                        which needs CAP_NET_ADMIN; vireo does not configure it). model=virtio (default):
