@@ -9,13 +9,13 @@
  */
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { VireoError } from "../src/errors.ts";
+import { repoPath } from "../src/paths.ts";
 import { Machine } from "../src/vmm/machine.ts";
 import { microGuest } from "../src/vmm/micro-guest.ts";
 import { formatTable, median } from "./stats.ts";
 
-export const REF_VMM = fileURLToPath(new URL("./ref/build/ref-vmm", import.meta.url));
+export const REF_VMM = repoPath("bench", "ref", "build", "ref-vmm");
 
 export interface ExitsOptions {
   rounds: number;

@@ -4,8 +4,8 @@
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
 import { VireoError } from "./errors.ts";
+import { repoPath } from "./paths.ts";
 
 export interface NativeErrnoError extends Error {
   errno: number;
@@ -30,9 +30,7 @@ export interface NativeAddon {
   threadKick(id: number): boolean;
 }
 
-export const NATIVE_ADDON_PATH = fileURLToPath(
-  new URL("../native/build/Release/vireo_native.node", import.meta.url),
-);
+export const NATIVE_ADDON_PATH = repoPath("native", "build", "Release", "vireo_native.node");
 
 let addon: NativeAddon | undefined;
 

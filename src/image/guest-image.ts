@@ -15,7 +15,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { repoPath } from "../paths.ts";
 import { CpioWriter } from "./cpio.ts";
 import {
   candidateVersion,
@@ -31,8 +31,7 @@ import { parseModulesDep, resolveModules } from "./kernel-modules.ts";
 /** Bump when what the builder writes changes, so caches are rebuilt. */
 const BUILDER_VERSION = 5;
 
-export const DEFAULT_IMAGE_DIR =
-  process.env.VIREO_IMAGE_DIR ?? fileURLToPath(new URL("../../.cache/images/debian", import.meta.url));
+export const DEFAULT_IMAGE_DIR = process.env.VIREO_IMAGE_DIR ?? repoPath(".cache", "images", "debian");
 
 export interface GuestImage {
   dir: string;

@@ -1,12 +1,11 @@
-/** An interrupt line into the in-kernel irqchip, as devices see it: a level they set. */
+/** Interrupt lines into the in-kernel irqchip (KVM_IRQ_LINE, irqfd), and the PC's INTx routing. */
 import { writeSync } from "node:fs";
 import { KVM } from "../kvm/abi.ts";
 import { kvmIoctl } from "../kvm/errors.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
+import type { IrqLine } from "../shared/irq-line.ts";
 
-export interface IrqLine {
-  set(level: boolean): void;
-}
+export type { IrqLine };
 
 /** KVM_IRQ_LINE on a GSI; counts rising edges as `irq.gsi<N>.raised`. Safe to use from any thread. */
 export function kvmIrqLine(vmFd: number, gsi: number, metrics?: MetricsSink): IrqLine {

@@ -1,9 +1,9 @@
 /** vireo's own micro guest (guest/micro): where it is built and which programs it has. */
 import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { ConfigError, VireoError } from "../errors.ts";
+import { repoPath } from "../paths.ts";
 
-export const MICRO_GUEST_ELF = fileURLToPath(new URL("../../guest/micro/build/micro.elf", import.meta.url));
+export const MICRO_GUEST_ELF = repoPath("guest", "micro", "build", "micro.elf");
 
 /** The programs guest/micro/README.md describes, selected by the first word of the guest command line. */
 export const MICRO_PROGRAMS = [

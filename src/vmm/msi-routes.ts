@@ -18,7 +18,7 @@ import { VireoError } from "../errors.ts";
 import { Vm } from "../kvm/vm.ts";
 import type { Counter, MetricsSink } from "../metrics/registry.ts";
 import { signalEventFd } from "../native.ts";
-import { SharedLock } from "./shared-lock.ts";
+import { SharedLock } from "../shared/shared-lock.ts";
 
 /** GSIs 0-23 are the IOAPIC's; MSI routes start after them. */
 export const FIRST_MSI_GSI = 24;

@@ -3,9 +3,9 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { repoPath } from "../../src/paths.ts";
 
-export const VIREO_BIN = fileURLToPath(new URL("../../bin/vireo", import.meta.url));
+export const VIREO_BIN = repoPath("bin", "vireo");
 
 export interface CliResult {
   status: number | null;

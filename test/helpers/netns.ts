@@ -9,10 +9,10 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
-import { fileURLToPath } from "node:url";
+import { repoPath } from "../../src/paths.ts";
 import { VIREO_BIN } from "./cli.ts";
 
-export const NETPEER = fileURLToPath(new URL("./netpeer.py", import.meta.url));
+export const NETPEER = repoPath("test", "helpers", "netpeer.py");
 
 /** Why network tests cannot run here, or null if they can. */
 export function netnsUnavailable(): string | null {

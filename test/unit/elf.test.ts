@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import {
   ElfError,
   loadElf,
@@ -12,6 +11,7 @@ import {
   parseElf64,
 } from "../../src/arch/x86/elf.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import { repoPath } from "../../src/paths.ts";
 
 const MiB = 1024 * 1024;
 
@@ -306,7 +306,7 @@ describe("loadElf", () => {
 });
 
 describe("the micro guest", () => {
-  const path = fileURLToPath(new URL("../../guest/micro/build/micro.elf", import.meta.url));
+  const path = repoPath("guest", "micro", "build", "micro.elf");
   const present = existsSync(path);
   test("guest/micro/build/micro.elf parses and loads", {
     skip: present ? false : "guest/micro/build/micro.elf not built (npm run build:guest)",

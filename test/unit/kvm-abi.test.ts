@@ -4,11 +4,11 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { CAP, EXIT, KVM, RUN, SIZEOF, SREGS } from "../../src/kvm/abi.ts";
+import { repoPath } from "../../src/paths.ts";
 
 // Compile native/abi-check.c against this system's <linux/kvm.h> and compare every constant vireo encodes.
-const source = fileURLToPath(new URL("../../native/abi-check.c", import.meta.url));
+const source = repoPath("native", "abi-check.c");
 const binary = join(mkdtempSync(join(tmpdir(), "vireo-abi-")), "abi-check");
 execFileSync("gcc", ["-o", binary, source]);
 const facts = JSON.parse(execFileSync(binary, { encoding: "utf8" })) as Record<string, number>;

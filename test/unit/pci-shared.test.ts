@@ -13,7 +13,7 @@ import { PCI_CAP_ID, PCI_COMMAND, PCI_REG, PCI_STATUS, PciFunction } from "../..
 import { PciLayoutError, PciStateError } from "../../src/devices/pci/errors.ts";
 import { configAddress, PciBus, PciConfigIo, PciEcam } from "../../src/devices/pci/host-bridge.ts";
 import { Msix, type MsixRoute } from "../../src/devices/pci/msix.ts";
-import { SharedLock } from "../../src/vmm/shared-lock.ts";
+import { SharedLock } from "../../src/shared/shared-lock.ts";
 import { le, num } from "../helpers/bytes.ts";
 
 const DEV = 3;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { isMainThread, type MessagePort, parentPort, Worker, workerData } from "node:worker_threads";
-import { LockError, SharedLock } from "../../src/vmm/shared-lock.ts";
+import { LockError, SharedLock } from "../../src/shared/shared-lock.ts";
 
 /**
  * This file is its own worker script: in a worker it runs `workerMain` instead of registering tests. Workers do

@@ -16,7 +16,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { MetricsSink } from "../../metrics/registry.ts";
 import type { NetBackend } from "../../net/backend.ts";
-import type { IrqLine } from "../../vmm/irq.ts";
+import type { IrqLine } from "../../shared/irq-line.ts";
 import { PciFunction } from "../pci/config.ts";
 import { E1000, type E1000StateOptions } from "./e1000.ts";
 import { E1000_BARS, E1000_IO_SIZE, E1000_MMIO_SIZE, E1000_PCI_IDS } from "./regs.ts";

@@ -43,8 +43,8 @@ import {
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
-import { attachSharedState } from "../../vmm/shared-state.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
+import { attachSharedState } from "../../shared/shared-state.ts";
 
 /** The I/O block: clear of COM1, the debug and test ports, PCI config (0xCF8-0xCFF) and PCI I/O (0xC000+). */
 export const ACPI_PM_BASE = 0x600;

@@ -32,8 +32,8 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
-import { attachSharedState } from "../../vmm/shared-state.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
+import { attachSharedState } from "../../shared/shared-state.ts";
 
 /** The index port; the data port follows it. Register the device at RTC_PORT for RTC_PORT_COUNT ports. */
 export const RTC_PORT = 0x70;

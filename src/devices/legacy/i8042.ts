@@ -36,8 +36,8 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
-import { attachSharedState } from "../../vmm/shared-state.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
+import { attachSharedState } from "../../shared/shared-state.ts";
 
 export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;

@@ -29,8 +29,8 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
-import { attachSharedState } from "../../vmm/shared-state.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
+import { attachSharedState } from "../../shared/shared-state.ts";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;

@@ -27,8 +27,8 @@
  *   stored (RW) but nothing in vireo raises parity or system errors unless a device calls `raiseStatus`.
  */
 import type { BusDevice } from "../../bus/bus.ts";
-import type { IrqLine } from "../../vmm/irq.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
+import type { IrqLine } from "../../shared/irq-line.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
 import { PciBarError, PciCapabilityError, PciLayoutError, PciStateError } from "./errors.ts";
 
 export const PCI_CONFIG_SIZE = 0x100;

@@ -23,7 +23,7 @@
 import { VireoError } from "../../errors.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import { SharedLock } from "../../vmm/shared-lock.ts";
+import { SharedLock } from "../../shared/shared-lock.ts";
 import {
   hasFeature,
   TRANSPORT_FEATURES,

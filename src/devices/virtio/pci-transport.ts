@@ -21,7 +21,7 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
-import type { IrqLine } from "../../vmm/irq.ts";
+import type { IrqLine } from "../../shared/irq-line.ts";
 import { BarRegions } from "../pci/bars.ts";
 import { PCI_CAP_ID, PciFunction, type PciFunctionOptions } from "../pci/config.ts";
 import { type MsiSink, Msix } from "../pci/msix.ts";
