@@ -3,8 +3,8 @@
  * - guest: booted by vireo; loads the device modules and runs the command given on the kernel command line as
  *   vireo.run="...", then powers off. Writes boot marker 1 to the debug console port 0xE9 once init starts, for
  *   `vireo bench boot` (the same port under vireo and QEMU's isa-debugcon).
- * - harness: booted by QEMU (TCG, -cpu max) as the real-KVM test harness; loads kvm_amd and 9p, mounts the host
- *   root read-only, and runs a script from the host's filesystem (vireo.script=PATH) chrooted into it.
+ * - harness: booted by QEMU (TCG, -cpu max) as the emulated KVM host; loads kvm_amd and 9p, mounts the host root
+ *   read-only, and sources stage 2 from there (vireo.stage2=PATH), which runs the work chrooted into it.
  */
 const common = (modules: readonly string[]) => `#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -35,33 +35,22 @@ poweroff -f
 }
 
 export function harnessInit(modules: readonly string[]): string {
+  // Stage 1 only: the host root over 9p, then stage 2 from there (src/emulated-host/stage2.sh), so what the
+  // emulated host does can change without rebuilding this image. cache=loose: the root is read-only and does
+  // not change under a run, and without a page cache every process start re-reads node over 9p (seconds
+  // under TCG).
   return `${common(modules)}
 mkdir -p /host
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host; then
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host; then
   echo "VIREO-HARNESS-ERROR=cannot mount the host root over 9p"
   poweroff -f
 fi
-# A tmpfs hides the host's /tmp; a tree there that the script needs (vireo.keep, e.g. a checkout in /tmp) is
-# bound back from a bind of the host's /tmp taken before the tmpfs covers it (9p cannot be mounted twice).
-mkdir -p /hosttmp
-mount --bind /host/tmp /hosttmp
-mount -t tmpfs tmp /host/tmp
-mount -t tmpfs run /host/run 2>/dev/null
-keep=$(cmdline_value vireo.keep)
-case "$keep" in
-  /tmp/?*)
-    mkdir -p "/host$keep"
-    mount --bind "/hosttmp/\${keep#/tmp/}" "/host$keep" || echo "VIREO-HARNESS-ERROR=cannot bind $keep"
-    ;;
-esac
-mount -t proc proc /host/proc
-mount -t sysfs sys /host/sys
-mount -t devtmpfs dev /host/dev
-[ -c /dev/kvm ] || echo "VIREO-HARNESS-ERROR=no /dev/kvm after loading kvm_amd"
-script=$(cmdline_value vireo.script)
-echo "VIREO-HARNESS-BEGIN"
-chroot /host /bin/sh "$script"
-echo "VIREO-HARNESS-EXIT=$?"
+stage2=$(cmdline_value vireo.stage2)
+if [ -f "/host$stage2" ]; then
+  . "/host$stage2"
+else
+  echo "VIREO-HARNESS-ERROR=no stage 2 script at $stage2"
+fi
 poweroff -f
 `;
 }
@@ -76,8 +65,16 @@ export const GUEST_MODULES = [
   "e1000",
 ] as const;
 
-/** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, 9p over virtio for the host root, and tun for TAPs. */
-export const HARNESS_MODULES = ["kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun"] as const;
+/** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, 9p over virtio for the host root, tun for
+ * TAPs, and virtio_console for the ports that carry the script's stdin, stdout and stderr. */
+export const HARNESS_MODULES = [
+  "kvm_amd",
+  "virtio_pci",
+  "9pnet_virtio",
+  "9p",
+  "tun",
+  "virtio_console",
+] as const;
 
 /**
  * Kernel command line for the guest image where every exit is expensive (nested or emulated KVM): a quiet

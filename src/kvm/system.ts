@@ -87,9 +87,18 @@ export class KvmSystem {
     }
   }
 
-  /** PVM ("pagetable-based virtual machine") runs supervisor-mode guest code emulated, very slowly. */
-  static isPvm(): boolean {
-    return existsSync("/sys/module/kvm_pvm");
+  /**
+   * True where this host's /dev/kvm is PVM ("pagetable-based virtual machine"), which runs supervisor-mode guest
+   * code emulated, very slowly. kvm_pvm can be loaded without binding (in a PVM guest): then there is no device.
+   */
+  static isPvm(path = KVM_DEVICE): boolean {
+    return existsSync(path) && existsSync("/sys/module/kvm_pvm");
+  }
+
+  /** What this host offers vireo: real KVM (VMX/SVM), PVM, or nothing usable. */
+  static hostKind(path = KVM_DEVICE): "kvm" | "pvm" | "none" {
+    if (!KvmSystem.available(path)) return "none";
+    return KvmSystem.isPvm(path) ? "pvm" : "kvm";
   }
 
   checkExtension(cap: number): number {

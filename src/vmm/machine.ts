@@ -150,19 +150,21 @@ export class Machine {
     const config = this.config;
     validateConfig(config);
     const image = readFileSync(config.kernel);
-    const system = KvmSystem.open();
     const metrics = new MetricsRegistry();
     const mainSegment = metrics.allocateSegment();
     const mainMetrics = new MetricsSegment(metrics.shared, mainSegment);
+    let system: KvmSystem | undefined;
     let vm: Vm | undefined;
     let serialFd: number | null = null;
     let closeSerial = false;
     const cleanups: Array<() => void> = [];
     try {
+      // The guest is loaded before /dev/kvm is opened, so a bad image gets its own error on any host.
       const ram = allocateGuestRam(config.memMiB);
       cleanups.push(() => closeSync(ram.fd));
       const boot = this.loadGuest(ram.memory, image, ram.size);
 
+      system = KvmSystem.open();
       vm = Vm.create(system);
       vm.setTssAddr();
       vm.setIdentityMapAddr();
@@ -288,7 +290,7 @@ export class Machine {
       for (const c of cleanups.reverse()) c();
       if (closeSerial && serialFd !== null) closeSync(serialFd);
       vm?.close();
-      system.close();
+      system?.close();
     }
   }
 

@@ -1,0 +1,139 @@
+/**
+ * Runs one KVM test tier (test/kvm, test/slow) where KVM is: directly on this host when its /dev/kvm can serve
+ * the tier, otherwise inside one emulated KVM host (QEMU TCG with kvm_amd) for the whole tier, from the compiled
+ * JavaScript. Either way node's test runner reports each test as usual, a TAP copy goes to
+ * .cache/test-reports/TIER.tap, and the tier fails when it ran no test or skipped any (VIREO_ALLOW_SKIPS=1
+ * allows skips, for a machine that cannot run some of them).
+ *
+ *   node --import tsx test/realkvm/tier.ts kvm|slow [FILE...]
+ * VIREO_TIER_HOST=direct|emulated forces where it runs.
+ */
+import { spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import {
+  consoleTail,
+  emulatedHostUnavailable,
+  makeRunDir,
+  runInEmulatedHost,
+} from "../../src/emulated-host/host.ts";
+import { KvmSystem } from "../../src/kvm/system.ts";
+import { BUILD_DIR_NAME, repoPath } from "../../src/paths.ts";
+
+const TIERS = {
+  kvm: { canRunDirectly: () => KvmSystem.available() },
+  // Linux guests need real (VMX/SVM) KVM: under PVM their supervisor code runs emulated.
+  slow: { canRunDirectly: () => KvmSystem.available() && !KvmSystem.isPvm() },
+} as const;
+
+const [tier, ...only] = process.argv.slice(2);
+if (tier !== "kvm" && tier !== "slow") {
+  process.stderr.write("usage: tier.ts kvm|slow [FILE...]\n");
+  process.exit(2);
+}
+const files = (
+  only.length
+    ? only
+    : readdirSync(repoPath("test", tier))
+        .filter((f) => f.endsWith(".test.ts"))
+        .sort()
+        .map((f) => join("test", tier, f))
+).map((f) => relative(repoPath(), repoPath(f)));
+const reports = repoPath(".cache", "test-reports");
+mkdirSync(reports, { recursive: true });
+const report = join(reports, `${tier}.tap`);
+const nodeTestArgs = (out: string) => [
+  "--test",
+  "--test-concurrency=1",
+  "--test-reporter=spec",
+  "--test-reporter-destination=stdout",
+  "--test-reporter=tap",
+  `--test-reporter-destination=${out}`,
+];
+
+const forced = process.env.VIREO_TIER_HOST;
+const direct = forced ? forced === "direct" : TIERS[tier].canRunDirectly();
+const started = Date.now();
+let where: string;
+let runnerStatus: number;
+if (direct) {
+  where = `directly on this host's /dev/kvm (${KvmSystem.isPvm() ? "PVM" : "KVM"})`;
+  const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(report), ...files], {
+    stdio: "inherit",
+    cwd: repoPath(),
+  });
+  runnerStatus = r.status ?? 1;
+} else {
+  const why = emulatedHostUnavailable();
+  if (why) {
+    process.stderr.write(
+      `${tier} tier: this host has no usable /dev/kvm, and the emulated KVM host cannot run: ${why}\n`,
+    );
+    process.exit(1);
+  }
+  where = "in the emulated KVM host (QEMU TCG -cpu max, kvm_amd)";
+  process.stdout.write(`${tier} tier: no usable /dev/kvm here; running it ${where}\n`);
+  const runDir = makeRunDir();
+  const compiled = files.map((f) => join(BUILD_DIR_NAME, f.replace(/\.ts$/, ".js")));
+  const r = await runInEmulatedHost({
+    runDir,
+    script: `node ${nodeTestArgs(join(runDir, "report.tap")).join(" ")} ${compiled.join(" ")}`,
+    cwd: repoPath(),
+    env: passThroughEnv(),
+    onStdout: (d) => process.stdout.write(d),
+    onStderr: (d) => process.stderr.write(d),
+  });
+  if (existsSync(join(runDir, "report.tap"))) copyFileSync(join(runDir, "report.tap"), report);
+  r.cleanup();
+  if (r.status === null)
+    process.stderr.write(
+      `${tier} tier: ${r.failure}; the emulated host's console ended with:\n${consoleTail(r.console)}\n`,
+    );
+  process.stdout.write(
+    `${tier} tier: emulated host booted in ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, ran ${(r.wallMs / 1000).toFixed(0)} s in all\n`,
+  );
+  runnerStatus = r.status ?? 1;
+}
+
+const counts = existsSync(report) ? tapCounts(readFileSync(report, "utf8")) : undefined;
+const seconds = ((Date.now() - started) / 1000).toFixed(0);
+if (!counts) {
+  process.stdout.write(`${tier} tier: no test report (${report}): the tier did not run\n`);
+  process.exit(1);
+}
+process.stdout.write(
+  `${tier} tier ran ${where} in ${seconds} s: ${counts.tests} tests\n${tier}: ${counts.pass} passed, ${counts.fail} failed, ${counts.skipped} skipped\n`,
+);
+let status = runnerStatus;
+if (counts.tests === 0) {
+  process.stdout.write(`${tier} tier: no test ran\n`);
+  status = 1;
+}
+if (counts.skipped > 0 && process.env.VIREO_ALLOW_SKIPS !== "1") {
+  process.stdout.write(
+    `${tier} tier: ${counts.skipped} tests were skipped, and a skipped test proves nothing (VIREO_ALLOW_SKIPS=1 allows it):\n${counts.skips.join("\n")}\n`,
+  );
+  status = 1;
+}
+process.exit(status);
+
+/** The summary node's TAP reporter ends with, and the skipped tests' lines. */
+function tapCounts(tap: string) {
+  const n = (key: string) => Number(new RegExp(`^# ${key} (\\d+)$`, "m").exec(tap)?.[1] ?? Number.NaN);
+  const c = { tests: n("tests"), pass: n("pass"), fail: n("fail"), skipped: n("skipped") };
+  if (Object.values(c).some(Number.isNaN)) return undefined;
+  const skips = tap
+    .split("\n")
+    .filter((l) => /^\s*ok \d+ .*# SKIP/.test(l))
+    .map((l) => l.trim());
+  return { ...c, skips };
+}
+
+/** The environment a test run inside the emulated host keeps from ours: vireo's own knobs. */
+function passThroughEnv(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(process.env).filter(
+      (e): e is [string, string] => /^(VIREO_(?!JS$|TIER_HOST$)|CI$)/.test(e[0]) && e[1] !== undefined,
+    ),
+  );
+}
