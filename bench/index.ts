@@ -1,4 +1,6 @@
 /** The benchmarks `vireo bench NAME` knows. Each prints a table, or JSON with --json. */
+
+import { type HostKind, KvmSystem } from "../src/kvm/system.ts";
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
 import { benchNic, formatNic } from "./nic.ts";
@@ -11,42 +13,65 @@ export interface BenchOptions {
   force?: boolean;
 }
 
-export const BENCHMARKS: Record<string, { description: string; run(opts: BenchOptions): Promise<void> }> = {
-  exits: {
-    description: "guest PIO and MMIO exit round trip: vireo vs the C reference VMM (bench/ref)",
+interface Benchmark {
+  description: string;
+  run(opts: BenchOptions): Promise<{ table: string; result: object }>;
+}
+
+function bench<R extends object>(
+  description: string,
+  measure: (opts: BenchOptions) => Promise<R>,
+  format: (r: R) => string,
+): Benchmark {
+  return {
+    description,
     async run(opts) {
-      const r = await benchExits(opts);
-      console.log(opts.json ? JSON.stringify({ benchmark: "exits", ...r }, null, 2) : formatExits(r));
+      const result = await measure(opts);
+      return { table: format(result), result };
     },
-  },
-  virtio: {
-    description:
-      "per 4 KiB virtio-blk read and per 1500-byte virtio-net packet: exits, interrupts, notifications, host µs; with and without EVENT_IDX, split and packed",
-    async run(opts) {
-      const r = await benchVirtio(opts);
-      console.log(opts.json ? JSON.stringify({ benchmark: "virtio", ...r }, null, 2) : formatVirtio(r));
-    },
-  },
-  nic: {
-    description:
-      "the same transmit workload over the emulated e1000 and over virtio-net: exits, interrupts, host µs and packets/s per packet (needs root: a TAP)",
-    async run(opts) {
-      const r = await benchNic(opts);
-      console.log(opts.json ? JSON.stringify({ benchmark: "nic", ...r }, null, 2) : formatNic(r));
-    },
-  },
-  boot: {
-    description:
-      "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",
-    async run(opts) {
-      const r = await benchBoot(opts);
-      console.log(opts.json ? JSON.stringify({ benchmark: "boot", ...r }, null, 2) : formatBoot(r));
-    },
-  },
+  };
+}
+
+export const BENCHMARKS: Record<string, Benchmark> = {
+  exits: bench(
+    "guest PIO and MMIO exit round trip: vireo vs the C reference VMM (bench/ref)",
+    benchExits,
+    formatExits,
+  ),
+  virtio: bench(
+    "per 4 KiB virtio-blk read and per 1500-byte virtio-net packet: exits, interrupts, notifications, host µs; with and without EVENT_IDX, split and packed",
+    benchVirtio,
+    formatVirtio,
+  ),
+  nic: bench(
+    "the same transmit workload over the emulated e1000 and over virtio-net: exits, interrupts, host µs and packets/s per packet (needs root: a TAP)",
+    benchNic,
+    formatNic,
+  ),
+  boot: bench(
+    "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",
+    benchBoot,
+    formatBoot,
+  ),
+};
+
+/** What a figure from each kind of host means; printed above every table so no one compares across kinds. */
+export const HOST_NOTES: Record<HostKind, string> = {
+  kvm: "real KVM (VMX/SVM)",
+  pvm: "PVM KVM: guest CPL 0 code is emulated, exits cost several times real KVM's",
+  emulated:
+    "KVM inside vireo's emulated host (QEMU TCG, nested): every instruction is emulated and JIT-generated code is retranslated, so compare only ratios measured in the same run",
+  none: "no KVM",
 };
 
 export async function runBenchmark(name: string, opts: BenchOptions): Promise<void> {
-  const bench = BENCHMARKS[name];
-  if (!bench) throw new Error(`unknown benchmark ${name}`);
-  await bench.run(opts);
+  const b = BENCHMARKS[name];
+  if (!b) throw new Error(`unknown benchmark ${name}`);
+  const host = KvmSystem.hostKind();
+  const { table, result } = await b.run(opts);
+  console.log(
+    opts.json
+      ? JSON.stringify({ benchmark: name, host, ...result }, null, 2)
+      : `host: ${host} — ${HOST_NOTES[host]}\n${table}`,
+  );
 }

@@ -30,8 +30,8 @@ fi
 command -v node >/dev/null || { say "Node.js 20 or newer is required (apt-get install nodejs npm)"; exit 1; }
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "installing npm packages"
-  npm install --no-audit --no-fund --loglevel=error
+  say "installing npm packages (npm ci: exactly what package-lock.json says)"
+  npm ci --no-audit --no-fund --loglevel=error
 fi
 
 say "building the native addon"
@@ -50,4 +50,7 @@ if ! ./bin/vireo image build >/dev/null 2>&1; then
   say "building the guest image (Debian kernel and busybox via apt-get download)"
   ./bin/vireo image build >/dev/null
 fi
+# The JavaScript the emulated KVM host runs (tsc; rebuilt later whenever a source is newer).
+say "compiling TypeScript for the emulated KVM host"
+node --import tsx -e 'import("./src/emulated-host/compile.ts").then((m) => m.ensureCompiled(() => {}))'
 say "ready"

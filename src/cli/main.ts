@@ -8,6 +8,7 @@ import { buildGuestImage } from "../image/guest-image.ts";
 import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
+import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { formatRunSummary } from "./summary.ts";
 
 const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
@@ -49,16 +50,21 @@ Options:
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
+  --accel MODE         auto (default): this host's /dev/kvm if usable, else the emulated KVM host; kvm: only
+                       /dev/kvm; emulated: inside vireo's emulated KVM host (QEMU TCG with nested KVM, booted
+                       for this run: console, exit status, --metrics, --serial file: and --disk work the same;
+                       --net cannot cross and is refused). Much slower than real KVM
   -h, --help           this help
 
 Exit status: the guest's debug-exit code (0-255); 0 when the guest powers off or resets (Linux poweroff -f,
 reboot -f); 123 if the guest crashed (triple fault);
 124 on --timeout; 125 if vireo itself failed (one line on stderr says why); 130 if stopped (Ctrl-A x).`;
 
-const DEMO_HELP = `Usage: vireo demo
+const DEMO_HELP = `Usage: vireo demo [--accel auto|kvm|emulated]
 
 Runs the micro guest's tour (UART output, port I/O, MMIO, interrupts, CPL 3 with IOPL 3) on KVM and
-prints a table of what happened: exits by reason, interrupts, device accesses.`;
+prints a table of what happened: exits by reason, interrupts, device accesses. Where this host has no usable
+/dev/kvm it runs inside vireo's emulated KVM host (see vireo run --help, --accel).`;
 
 const IMAGE_HELP = `Usage: vireo image build [--out DIR] [--force]
 
@@ -70,7 +76,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
   initrd-harness.img   busybox + kvm_amd and 9p modules, for the real-KVM test harness (test/realkvm)
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
-const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--force]
+const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -81,7 +87,9 @@ Options:
   --json            print JSON instead of a table
   --rounds N        interleaved rounds per configuration (default 5; medians are reported)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
-  --force           boot: run even where /dev/kvm is PVM (very slow; use the real-KVM harness instead)`;
+  --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
+  --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
+                    on (kvm, pvm, emulated): compare figures only within one kind`;
 
 function parseConsole(mode: string): "serial" | "virtio" {
   if (mode === "serial" || mode === "virtio") return mode;
@@ -123,6 +131,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       rng: { type: "boolean" },
       net: { type: "string", multiple: true },
       console: { type: "string" },
+      accel: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -164,6 +173,23 @@ async function cmdRun(argv: string[]): Promise<number> {
     nets: (values.net ?? []).map(parseNet),
     console: parseConsole(values.console ?? "serial"),
   };
+  const accel = parseAccel(values.accel);
+  Machine.check(config);
+  if (useEmulatedHost(accel)) {
+    if (config.nets?.length)
+      throw new ConfigError(
+        "--net: a TAP on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+      );
+    return runEmulated({
+      argv: ["run", ...withoutAccel(argv), "--accel", "kvm"],
+      writes: [
+        ...(values.metrics ? [values.metrics] : []),
+        ...(config.serial.kind === "file" ? [config.serial.path] : []),
+        ...(config.disks ?? []).filter((d) => !d.readOnly).map((d) => d.path),
+      ],
+      console: config.serial.kind === "stdio",
+    });
+  }
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();
   process.once("SIGINT", onSignal);
@@ -196,11 +222,16 @@ function reportOutcome(result: RunResult): void {
 }
 
 async function cmdDemo(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { help: { type: "boolean", short: "h" } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { accel: { type: "string" }, help: { type: "boolean", short: "h" } },
+  });
   if (values.help) {
     console.log(DEMO_HELP);
     return 0;
   }
+  if (useEmulatedHost(parseAccel(values.accel)))
+    return runEmulated({ argv: ["demo", "--accel", "kvm"], writes: [], console: false });
   const { kernel, cmdline } = microGuest("micro:tour");
   console.log("vireo demo: running the micro guest's tour on KVM\n");
   const result = await new Machine({ kernel, cmdline, memMiB: 64, cpus: 1, serial: { kind: "stdio" } }).run();
@@ -254,6 +285,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       rounds: { type: "string" },
       iterations: { type: "string" },
       force: { type: "boolean" },
+      accel: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -265,6 +297,14 @@ async function cmdBench(argv: string[]): Promise<number> {
   if (!name) throw new ConfigError(`name a benchmark: ${Object.keys(BENCHMARKS).join(", ")}`);
   if (!(name in BENCHMARKS))
     throw new ConfigError(`unknown benchmark '${name}' (known: ${Object.keys(BENCHMARKS).join(", ")})`);
+  parseCount("--rounds", values.rounds, 5);
+  if (values.iterations !== undefined) parseCount("--iterations", values.iterations, 0);
+  if (useEmulatedHost(parseAccel(values.accel)))
+    return runEmulated({
+      argv: ["bench", ...withoutAccel(argv), "--accel", "kvm"],
+      writes: [],
+      console: false,
+    });
   await runBenchmark(name, {
     json: values.json === true,
     rounds: parseCount("--rounds", values.rounds, 5),
@@ -272,6 +312,17 @@ async function cmdBench(argv: string[]): Promise<number> {
       values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
   });
   return 0;
+}
+
+/** argv without --accel and its value (the inside of the emulated host gets --accel kvm instead). */
+function withoutAccel(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === "--accel") i++;
+    else if (!a.startsWith("--accel=")) out.push(a);
+  }
+  return out;
 }
 
 export async function main(argv: string[]): Promise<number> {

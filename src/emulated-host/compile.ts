@@ -4,7 +4,7 @@
  * from scratch whenever a source file is newer than the last build (so a deleted test does not linger there).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { VireoError } from "../errors.ts";
 import { BUILD_DIR_NAME, repoPath } from "../paths.ts";
@@ -37,16 +37,23 @@ export function compiledIsStale(): boolean {
 export function ensureCompiled(log: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): void {
   if (!compiledIsStale()) return;
   log("vireo: compiling TypeScript to .build/ for the emulated host (npm run build:js)");
-  rmSync(repoPath(BUILD_DIR_NAME), { recursive: true, force: true });
+  // Built beside .build and swapped in at the end, so an emulated host still running from the old tree (another
+  // terminal) loses it only for that moment, not for the whole compile.
+  const fresh = repoPath(`${BUILD_DIR_NAME}.new-${process.pid}`);
+  rmSync(fresh, { recursive: true, force: true });
   const tsc = repoPath("node_modules", "typescript", "bin", "tsc");
-  const r = spawnSync(process.execPath, [tsc, "-p", repoPath("tsconfig.build.json")], {
+  const r = spawnSync(process.execPath, [tsc, "-p", repoPath("tsconfig.build.json"), "--outDir", fresh], {
     encoding: "utf8",
     cwd: repoPath(),
   });
-  if (r.status !== 0)
+  if (r.status !== 0) {
+    rmSync(fresh, { recursive: true, force: true });
     throw new VireoError(
       "VIREO_COMPILE",
       `compiling to .build/ failed (npm run build:js):\n${(r.stdout + r.stderr).trim().split("\n").slice(0, 20).join("\n")}`,
     );
-  writeFileSync(STAMP, `${new Date().toISOString()}\n`);
+  }
+  writeFileSync(join(fresh, ".stamp"), `${new Date().toISOString()}\n`);
+  rmSync(repoPath(BUILD_DIR_NAME), { recursive: true, force: true });
+  renameSync(fresh, repoPath(BUILD_DIR_NAME));
 }

@@ -54,6 +54,8 @@ export interface EmulatedRunOptions {
   timeoutMs?: number;
   /** Kill the VM when the script has printed nothing for this long (default 10 min). Kernel messages do not count. */
   idleTimeoutMs?: number;
+  /** Called once QEMU runs, with a function that ends the VM at once. */
+  onStart?: (kill: () => void) => void;
   /** Stream the VM's console here as it runs (also VIREO_HARNESS_LOG). */
   logFile?: string;
   image?: GuestImage;
@@ -117,6 +119,8 @@ export async function runInEmulatedHost(
     String(opts.cpus ?? 2),
     "-nographic",
     "-no-reboot",
+    "-nic",
+    "none",
     "-kernel",
     image.kernel,
     "-initrd",
@@ -165,6 +169,7 @@ export async function runInEmulatedHost(
     failure ??= why;
     child.kill("SIGKILL");
   };
+  opts.onStart?.(() => kill("stopped"));
   // QEMU waits for each socket in turn (wait=on), so nothing the script writes is lost before we listen.
   const input = await connectWhileRunning(sockets.stdin, child);
   const output = await connectWhileRunning(sockets.stdout, child);

@@ -6,6 +6,8 @@ import { KvmUnavailableError, kvmIoctl } from "./errors.ts";
 /** The KVM device; VIREO_KVM_DEVICE overrides it (tests use it to exercise the "no KVM" paths). */
 export const KVM_DEVICE = process.env.VIREO_KVM_DEVICE ?? "/dev/kvm";
 
+export type HostKind = "kvm" | "pvm" | "emulated" | "none";
+
 export interface CpuidEntry {
   function: number;
   index: number;
@@ -95,10 +97,14 @@ export class KvmSystem {
     return existsSync(path) && existsSync("/sys/module/kvm_pvm");
   }
 
-  /** What this host offers vireo: real KVM (VMX/SVM), PVM, or nothing usable. */
-  static hostKind(path = KVM_DEVICE): "kvm" | "pvm" | "none" {
+  /**
+   * What this host offers vireo: real KVM (VMX/SVM), PVM, KVM inside vireo's emulated host (QEMU TCG, where
+   * stage 2 sets VIREO_EMULATED_HOST=1: real KVM semantics, but every instruction emulated), or nothing usable.
+   */
+  static hostKind(path = KVM_DEVICE): HostKind {
     if (!KvmSystem.available(path)) return "none";
-    return KvmSystem.isPvm(path) ? "pvm" : "kvm";
+    if (KvmSystem.isPvm(path)) return "pvm";
+    return process.env.VIREO_EMULATED_HOST === "1" ? "emulated" : "kvm";
   }
 
   checkExtension(cap: number): number {

@@ -20,8 +20,8 @@ import { ConfigError, VireoError } from "../errors.ts";
 import { RUN } from "../kvm/abi.ts";
 import { KvmSystem } from "../kvm/system.ts";
 import { Vm } from "../kvm/vm.ts";
-import type { GuestMemory } from "../memory/guest-memory.ts";
-import { allocateGuestRam } from "../memory/guest-ram.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
+import { allocateGuestRam, guestRamBytes } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
 import { startIoThreads } from "../vhost/io-threads.ts";
@@ -131,6 +131,21 @@ export class Machine {
 
   constructor(config: MachineConfig) {
     this.config = config;
+  }
+
+  /**
+   * Everything `run` checks before it needs KVM: the options, the files, and that the guest image loads into RAM
+   * of the configured size (into scratch memory here). `vireo run` calls it before choosing where to run, so bad
+   * input gets its one-line error on any host, with or without KVM.
+   */
+  static check(config: MachineConfig): void {
+    validateConfig(config);
+    const size = guestRamBytes(config.memMiB);
+    new Machine(config).loadGuest(
+      new GuestMemory(new SharedArrayBuffer(size)),
+      readFileSync(config.kernel),
+      size,
+    );
   }
 
   /** Ask every vCPU to leave KVM_RUN and stop (from any point of the run). */
@@ -497,9 +512,12 @@ export class Machine {
     };
     const stdin = process.stdin;
     const raw = stdin.isTTY === true;
+    // VIREO_CONSOLE_ESCAPE=1: input is a terminal one level out (vireo --accel emulated forwards it), so Ctrl-A x
+    // is honoured although stdin here is not a TTY.
+    const takeEscape = raw || process.env.VIREO_CONSOLE_ESCAPE === "1";
     let ctrlA = false;
     const onData = (chunk: Buffer) => {
-      if (raw) {
+      if (takeEscape) {
         // Ctrl-A x ends the run, as in other VMMs' consoles; Ctrl-A Ctrl-A sends one Ctrl-A.
         for (const byte of chunk) {
           if (ctrlA && byte === 0x78) {

@@ -15,9 +15,11 @@ export interface CliResult {
 
 export function vireo(
   args: string[],
-  opts: { env?: Record<string, string>; timeoutMs?: number; input?: string } = {},
+  opts: { env?: Record<string, string>; timeoutMs?: number; input?: string; prefix?: string[] } = {},
 ): CliResult {
-  const r = spawnSync(VIREO_BIN, args, {
+  // prefix: a command that runs vireo, e.g. `ip netns exec NAME`.
+  const argv = [...(opts.prefix ?? []), VIREO_BIN, ...args];
+  const r = spawnSync(argv[0] as string, argv.slice(1), {
     encoding: "utf8",
     env: { ...process.env, ...opts.env },
     timeout: opts.timeoutMs ?? 60_000,

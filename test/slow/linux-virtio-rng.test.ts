@@ -1,24 +1,21 @@
-/** Slow suite: Linux's virtio_rng against vireo's virtio-rng, in the real-KVM harness. */
+/** Slow tier: Linux's virtio_rng against vireo's virtio-rng. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { findGuestImage } from "../../src/image/guest-image.ts";
-import { FAST_BOOT, harnessUnavailable, runInRealKvm } from "../realkvm/harness.ts";
+import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip, runLinux } from "../helpers/linux-guest.ts";
 
-const skip = harnessUnavailable() ?? false;
-
-test("/dev/hwrng is virtio_rng and yields data", { skip, timeout: 2_400_000 }, async () => {
-  const image = findGuestImage();
-  const run =
-    "cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c; head -c 32 /dev/hwrng | od -An -tx1";
-  const r = await runInRealKvm(
-    `./bin/vireo run --kernel ${image?.kernel} --initrd ${image?.guestInitrd} --rng --timeout 1500 --stats 20 --cmdline '${FAST_BOOT} vireo.run="${run}"'`,
-    { timeoutMs: 2_400_000 },
+test("/dev/hwrng is virtio_rng and yields data", {
+  skip: linuxGuestSkip(),
+  timeout: LINUX_TEST_TIMEOUT_MS,
+}, () => {
+  const r = runLinux(
+    "cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c; head -c 32 /dev/hwrng | od -An -tx1",
+    ["--rng"],
   );
-  assert.equal(r.status, 0, r.console.slice(-4000));
-  assert.match(r.output, /^virtio_rng\.\d+$/m, r.output);
-  assert.match(r.output, /^\s*4096$/m, r.output);
-  const bytes =
-    /((?:\s[0-9a-f]{2}){16}\n(?:\s[0-9a-f]{2}){16})/.exec(r.output)?.[1]?.trim().split(/\s+/) ?? [];
-  assert.equal(bytes.length, 32, r.output);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const out = r.stdout.replace(/\r/g, "");
+  assert.match(out, /^virtio_rng\.\d+$/m, out);
+  assert.match(out, /^\s*4096$/m, out);
+  const bytes = /((?:\s[0-9a-f]{2}){16}\n(?:\s[0-9a-f]{2}){16})/.exec(out)?.[1]?.trim().split(/\s+/) ?? [];
+  assert.equal(bytes.length, 32, out);
   assert.ok(new Set(bytes).size > 8, `32 random bytes are not this repetitive: ${bytes.join(" ")}`);
 });
