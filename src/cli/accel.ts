@@ -1,13 +1,14 @@
 /**
  * --accel auto|kvm|emulated: where a VM (or a benchmark) runs. `kvm` is this host's /dev/kvm; `emulated` is
  * vireo's emulated KVM host (src/emulated-host: QEMU TCG with kvm_amd), where the same vireo command runs
- * inside; `auto` takes /dev/kvm when it is usable and the emulated host otherwise, saying so on stderr.
+ * inside; `auto` takes /dev/kvm when there is one and the emulated host otherwise, saying so on stderr.
  *
  * Through the emulated host the console (input, output, Ctrl-A x), the exit status, --metrics and --serial
  * files and --disk images work as they do directly: input files are read through the shared root, and the
  * directories of files vireo writes are shared read-write at the same paths. A TAP on this host cannot reach the
  * VM in there, so --net is refused.
  */
+import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { PassThrough } from "node:stream";
 import {
@@ -17,7 +18,7 @@ import {
   shellQuote,
 } from "../emulated-host/host.ts";
 import { ConfigError } from "../errors.ts";
-import { KvmSystem } from "../kvm/system.ts";
+import { KVM_DEVICE } from "../kvm/system.ts";
 import { repoPath } from "../paths.ts";
 
 export type Accel = "auto" | "kvm" | "emulated";
@@ -31,7 +32,9 @@ export function parseAccel(value: string | undefined): Accel {
 /** True when the command should run in the emulated host; says so on stderr when `auto` chose it. */
 export function useEmulatedHost(accel: Accel): boolean {
   if (accel === "kvm") return false;
-  if (accel === "auto" && KvmSystem.hostKind() !== "none") return false;
+  // auto: a /dev/kvm that is there is used, even one this user cannot open (the error then says how to fix
+  // the permissions; a silent detour through an emulator tens of times slower would hide that).
+  if (accel === "auto" && existsSync(KVM_DEVICE)) return false;
   const why = emulatedHostUnavailable();
   if (why)
     throw new ConfigError(

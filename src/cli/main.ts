@@ -50,7 +50,7 @@ Options:
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
-  --accel MODE         auto (default): this host's /dev/kvm if usable, else the emulated KVM host; kvm: only
+  --accel MODE         auto (default): this host's /dev/kvm if it has one, else the emulated KVM host; kvm: only
                        /dev/kvm; emulated: inside vireo's emulated KVM host (QEMU TCG with nested KVM, booted
                        for this run: console, exit status, --metrics, --serial file: and --disk work the same;
                        --net cannot cross and is refused). Much slower than real KVM

@@ -44,9 +44,32 @@ test("an unknown micro guest program", () => {
   );
 });
 
-test("no KVM device", () => {
-  const r = vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: join(dir, "no-kvm") } });
+test("no KVM device, with --accel kvm", () => {
+  const r = vireo(["run", "--guest", "micro:hello", "--accel", "kvm"], {
+    env: { VIREO_KVM_DEVICE: join(dir, "no-kvm") },
+  });
   assertOneLineError(r, /does not exist: this host has no KVM/);
+});
+
+test("--accel: a bad value, and --net refused for the emulated host before it boots", () => {
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello", "--accel", "tcg"]),
+    /--accel must be auto, kvm or emulated, got 'tcg'/,
+  );
+  assertOneLineError(vireo(["demo", "--accel", "fast"]), /--accel must be auto, kvm or emulated/);
+  const started = Date.now();
+  assertOneLineError(
+    vireo(["run", "--guest", "micro:hello", "--accel", "emulated", "--net", "tap=vt0"]),
+    /--net: a TAP on this host cannot reach a VM inside the emulated KVM host/,
+  );
+  assert.ok(Date.now() - started < 20_000, "refused without booting anything");
+});
+
+test("input errors come before the choice of host: a bad kernel with --accel emulated", () => {
+  assertOneLineError(
+    vireo(["run", "--kernel", join(dir, "nope.elf"), "--accel", "emulated"]),
+    /kernel not found: .*nope\.elf/,
+  );
 });
 
 test("a KVM device path that is not KVM", () => {
@@ -54,7 +77,7 @@ test("a KVM device path that is not KVM", () => {
   writeFileSync(path, "");
   assertOneLineError(
     vireo(["run", "--guest", "micro:hello"], { env: { VIREO_KVM_DEVICE: path } }),
-    /is not a KVM device/,
+    /is not a KVM device/, // auto uses a /dev/kvm that is there, even a broken one, and says what is wrong
   );
 });
 
@@ -107,6 +130,7 @@ test("--help works for every command and names every option the code accepts", (
     "--serial",
     "--metrics",
     "--timeout",
+    "--accel",
   ]) {
     assert.ok(run.includes(flag), `run --help mentions ${flag}`);
   }
