@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
+import { expectedSector, fnv1a64 } from "../helpers/blk-pattern.ts";
 import { vireo } from "../helpers/cli.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
@@ -19,23 +20,6 @@ function image(name: string, mib: number): string {
   const path = join(dir, name);
   writeFileSync(path, new Uint8Array(mib * 1024 * 1024));
   return path;
-}
-
-/** The guest's pattern (guest/micro/virtio_blk.c): per sector, 128 words of a 32-bit LCG seeded with the sector. */
-function expectedSector(sector: number): Buffer {
-  const out = Buffer.alloc(512);
-  let x = sector >>> 0;
-  for (let i = 0; i < 128; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out.writeUInt32LE(x, i * 4);
-  }
-  return out;
-}
-
-function fnv1a64(bytes: Uint8Array): string {
-  let h = 0xcbf29ce484222325n;
-  for (const b of bytes) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
-  return h.toString(16);
 }
 
 test("the micro guest finds the virtio-blk function and its capabilities on the PCI bus", { skip }, () => {
