@@ -68,7 +68,11 @@ function qemuRound(kernel: string, initrd: string, cpus: number): Promise<number
   const args = [
     "-enable-kvm",
     "-cpu",
-    "host",
+    // The same CPUID policy as vireo's (CpuidPolicy.hideXsave): in the emulated host a guest's XSETBV is not
+    // trapped, so neither VMM offers XSAVE there.
+    KvmSystem.hostKind() === "emulated"
+      ? "host,-xsave,-xsaveopt,-xsavec,-xgetbv1,-avx,-avx2,-fma,-f16c,-pku"
+      : "host",
     "-m",
     "512",
     "-smp",

@@ -76,6 +76,23 @@ export interface EmulatedRunResult {
   cleanup(): void;
 }
 
+/**
+ * QEMU's TCG threading. "multi" (MTTCG, QEMU's default for -smp 2) runs each vCPU on its own host thread; with
+ * nested SVM it corrupted the emulated host at random here (2026-12-02: 5 of 17 runs of the Linux boot test hung,
+ * triple-faulted the inner guest, or reset the emulated host itself). "single" runs both vCPUs on one thread.
+ * VIREO_EMU_TCG=multi|single overrides, for measuring.
+ */
+export function tcgThreads(): "single" | "multi" {
+  const v = process.env.VIREO_EMU_TCG;
+  return v === "multi" ? "multi" : "single";
+}
+
+/** vCPUs of the emulated host: VIREO_EMU_CPUS, else 2. */
+export function emulatedCpus(): number {
+  const n = Number(process.env.VIREO_EMU_CPUS ?? 2);
+  return Number.isInteger(n) && n >= 1 && n <= 8 ? n : 2;
+}
+
 /** Makes a run directory before the run, so the caller can name paths in it inside the script. */
 export function makeRunDir(): string {
   return realpathSync(mkdtempSync(join(tmpdir(), "vireo-emu-")));
@@ -110,13 +127,13 @@ export async function runInEmulatedHost(
   };
   const args = [
     "-accel",
-    "tcg",
+    `tcg,thread=${tcgThreads()}`,
     "-cpu",
     "max",
     "-m",
     String(opts.memMiB ?? 3072),
     "-smp",
-    String(opts.cpus ?? 2),
+    String(opts.cpus ?? emulatedCpus()),
     "-nographic",
     "-no-reboot",
     "-nic",

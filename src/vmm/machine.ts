@@ -413,12 +413,14 @@ export class Machine {
     onMessage(m: WorkerMessage): void;
   }): Promise<void> {
     const exits: Array<Promise<void>> = [];
+    // Inside vireo's emulated host, a guest's XSETBV is not trapped (QEMU TCG's SVM): see CpuidPolicy.
+    const policy = { hideXsave: KvmSystem.hostKind() === "emulated" };
     for (let index = 0; index < this.config.cpus; index++) {
       const workerData: VcpuWorkerData = {
         index,
         vmFd: o.vm.fd,
         mmapSize: o.mmapSize,
-        cpuid: vcpuCpuid(o.supported, index, this.config.cpus),
+        cpuid: vcpuCpuid(o.supported, index, this.config.cpus, policy),
         boot: index === 0 ? o.boot : null,
         devices: o.devices,
         pci: o.pci,

@@ -5,7 +5,7 @@
  *
  *   node --import tsx test/realkvm/repeat.ts [--runs 20] [--idle 300] [--json] [FILE]
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { consoleTail, makeRunDir, runInEmulatedHost } from "../../src/emulated-host/host.ts";
@@ -32,11 +32,18 @@ const results: Run[] = [];
 for (let i = 1; i <= runs; i++) {
   const runDir = makeRunDir();
   const report = join(runDir, "report.tap");
+  let output = "";
   const r = await runInEmulatedHost({
     runDir,
     script: `node --test --test-reporter=spec --test-reporter-destination=stdout --test-reporter=tap --test-reporter-destination=${report} ${compiled}`,
     cwd: repoPath(),
     idleTimeoutMs: idleS * 1000,
+    onStdout: (d) => {
+      output += d;
+    },
+    onStderr: (d) => {
+      output += d;
+    },
   });
   const tap = existsSync(report) ? readFileSync(report, "utf8") : "";
   const pass = /^# pass (\d+)$/m.exec(tap)?.[1];
@@ -55,9 +62,17 @@ for (let i = 1; i <= runs; i++) {
     bootS: Math.round((r.bootMs ?? 0) / 100) / 10,
     wallS: Math.round(r.wallMs / 100) / 10,
     tests: pass === undefined ? undefined : `${pass} passed, ${fail} failed`,
-    failure: r.status === 0 ? undefined : (r.failure ?? consoleTail(r.console, 10)),
+    failure: r.status === 0 ? undefined : (r.failure ?? consoleTail(output, 20)),
   };
   results.push(one);
+  if (one.outcome !== "pass") {
+    // The whole console of a run that failed and what its tests printed, for its diagnosis (a soft-lockup
+    // report carries a stack trace).
+    mkdirSync(repoPath(".cache", "test-reports"), { recursive: true });
+    const saved = repoPath(".cache", "test-reports", `repeat-run-${i}.console`);
+    writeFileSync(saved, `${r.console}\n--- the tests' output ---\n${output}`);
+    one.failure = `${one.failure ?? ""}\n  console: ${saved}`;
+  }
   r.cleanup();
   if (!values.json)
     process.stdout.write(
