@@ -77,20 +77,22 @@ export interface EmulatedRunResult {
 }
 
 /**
- * QEMU's TCG threading. "multi" (MTTCG, QEMU's default for -smp 2) runs each vCPU on its own host thread; with
- * nested SVM it corrupted the emulated host at random here (2026-12-02: 5 of 17 runs of the Linux boot test hung,
- * triple-faulted the inner guest, or reset the emulated host itself). "single" runs both vCPUs on one thread.
- * VIREO_EMU_TCG=multi|single overrides, for measuring.
+ * QEMU's TCG threading: "multi" (MTTCG, QEMU's default) gives each vCPU of the emulated host its own thread.
+ * With one vCPU (the default, see emulatedCpus) there is one thread either way. VIREO_EMU_TCG=single|multi.
  */
 export function tcgThreads(): "single" | "multi" {
-  const v = process.env.VIREO_EMU_TCG;
-  return v === "multi" ? "multi" : "single";
+  return process.env.VIREO_EMU_TCG === "single" ? "single" : "multi";
 }
 
-/** vCPUs of the emulated host: VIREO_EMU_CPUS, else 2. */
+/**
+ * vCPUs of the emulated host: VIREO_EMU_CPUS, else 1. With two, a Linux guest with two vCPUs of its own crashed
+ * at random inside it (2026-12-02: a page fault on the first instruction of an interrupt handler, then the
+ * guest's stack guard page, in about one boot in three, with either TCG threading), which points at QEMU's
+ * emulation of nested paging across CPUs; with one, such boots stopped failing (docs/emulated-host.md).
+ */
 export function emulatedCpus(): number {
-  const n = Number(process.env.VIREO_EMU_CPUS ?? 2);
-  return Number.isInteger(n) && n >= 1 && n <= 8 ? n : 2;
+  const n = Number(process.env.VIREO_EMU_CPUS ?? 1);
+  return Number.isInteger(n) && n >= 1 && n <= 8 ? n : 1;
 }
 
 /** Makes a run directory before the run, so the caller can name paths in it inside the script. */
