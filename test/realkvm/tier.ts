@@ -1,11 +1,11 @@
 /**
- * Runs one KVM test tier (test/kvm, test/slow) where KVM is: directly on this host when its /dev/kvm can serve
+ * Runs one KVM test tier (test/kvm, test/slow; test/emulated, which boots the emulated host itself) where KVM is: directly on this host when its /dev/kvm can serve
  * the tier, otherwise inside one emulated KVM host (QEMU TCG with kvm_amd) for the whole tier, from the compiled
  * JavaScript. Either way node's test runner reports each test as usual, a TAP copy goes to
  * .cache/test-reports/TIER.tap, and the tier fails when it ran no test or skipped any (VIREO_ALLOW_SKIPS=1
  * allows skips, for a machine that cannot run some of them).
  *
- *   node --import tsx test/realkvm/tier.ts kvm|slow [FILE...]
+ *   node --import tsx test/realkvm/tier.ts emulated|kvm|slow [FILE...]
  * VIREO_TIER_HOST=direct|emulated forces where it runs.
  */
 import { spawnSync } from "node:child_process";
@@ -21,14 +21,16 @@ import { KvmSystem } from "../../src/kvm/system.ts";
 import { BUILD_DIR_NAME, repoPath } from "../../src/paths.ts";
 
 const TIERS = {
+  // The emulated host's own tests boot QEMU from here: always direct.
+  emulated: { canRunDirectly: () => true },
   kvm: { canRunDirectly: () => KvmSystem.available() },
   // Linux guests need real (VMX/SVM) KVM: under PVM their supervisor code runs emulated.
   slow: { canRunDirectly: () => KvmSystem.available() && !KvmSystem.isPvm() },
 } as const;
 
 const [tier, ...only] = process.argv.slice(2);
-if (tier !== "kvm" && tier !== "slow") {
-  process.stderr.write("usage: tier.ts kvm|slow [FILE...]\n");
+if (tier !== "kvm" && tier !== "slow" && tier !== "emulated") {
+  process.stderr.write("usage: tier.ts emulated|kvm|slow [FILE...]\n");
   process.exit(2);
 }
 const files = (
@@ -57,7 +59,10 @@ const started = Date.now();
 let where: string;
 let runnerStatus: number;
 if (direct) {
-  where = `directly on this host's /dev/kvm (${KvmSystem.isPvm() ? "PVM" : "KVM"})`;
+  where =
+    tier === "emulated"
+      ? "on this host (it boots the emulated KVM host itself)"
+      : `directly on this host's /dev/kvm (${KvmSystem.isPvm() ? "PVM" : "KVM"})`;
   const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(report), ...files], {
     stdio: "inherit",
     cwd: repoPath(),
