@@ -211,8 +211,8 @@ export async function runInEmulatedHost(
   const idleMs = opts.idleTimeoutMs ?? 600_000;
   const timer = setTimeout(() => kill(`the emulated host ran longer than ${timeoutMs / 1000} s`), timeoutMs);
   const watchdog = setInterval(() => {
-    // Before the script starts, booting counts as progress; after, only the script's own output does.
-    if (bootMs === undefined) lastProgress = Math.max(lastProgress, started);
+    // Silence is counted from QEMU's start (booting must fit in the limit too) until the script's first output;
+    // after that only the script's own output counts, never the console.
     if (Date.now() - lastProgress > idleMs)
       kill(`the script printed nothing for ${idleMs / 1000} s (kernel messages do not count)`);
   }, 1000);
