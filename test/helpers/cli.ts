@@ -22,7 +22,8 @@ export function vireo(
   const r = spawnSync(argv[0] as string, argv.slice(1), {
     encoding: "utf8",
     env: { ...process.env, ...opts.env },
-    timeout: opts.timeoutMs ?? 60_000,
+    // Inside the emulated KVM host (QEMU TCG, one CPU) everything runs tens of times slower than natively.
+    timeout: opts.timeoutMs ?? (process.env.VIREO_EMULATED_HOST === "1" ? 300_000 : 60_000),
     input: opts.input ?? "",
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
