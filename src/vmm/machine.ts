@@ -24,7 +24,7 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, guestRamBytes } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
-import { startIoThreads } from "../vhost/io-threads.ts";
+import { startIoThreads } from "../io-thread/io-threads.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";

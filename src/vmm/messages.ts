@@ -17,7 +17,7 @@ export type WorkerMessage =
   | { type: "marker"; vcpu: number; id: number; ns: number; values: Float64Array }
   | { type: "device-error"; vcpu: number; device: string; message: string }
   | { type: "stopped"; vcpu: number; reason: StopReason; code?: number; message?: string }
-  /** From a data-plane thread (src/vhost/io-thread.ts). */
+  /** From a data-plane thread (src/io-thread/io-thread.ts). */
   | { type: "io-ready"; name: string }
   | { type: "io-stopped"; name: string; message?: string };
 

@@ -24,7 +24,7 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
-import { createDataPlaneBlock, RemoteQueues } from "../vhost/remote-queues.ts";
+import { createDataPlaneBlock, RemoteQueues } from "../io-thread/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
 import { FIRST_MSI_GSI, type IrqfdGsi, MsiRouteTable } from "./msi-routes.ts";
@@ -44,7 +44,7 @@ export interface NetConfig {
   model: "virtio" | "e1000";
 }
 
-/** What a data-plane thread (src/vhost/io-thread.ts) needs besides the device: its wake-up eventfds. */
+/** What a data-plane thread (src/io-thread/io-thread.ts) needs besides the device: its wake-up eventfds. */
 export interface DataPlaneSpec {
   /** One eventfd per queue: KVM's ioeventfd on the queue's notify address, or a vCPU thread, signals it. */
   kicks: number[];

@@ -24,8 +24,9 @@ const RANK: Record<string, number> = {
   // devices and net know each other (a TAP backend implements virtio-net's backend interface).
   devices: 3,
   net: 3,
-  // The in-process data plane and the VMM are one layer until issue 10 gives each place its own folder.
-  vhost: 4,
+  // Where a device's data plane runs besides the vCPU thread (src/vmm/vcpu-worker.ts): a thread of this process
+  // (io-thread). Each place is a thin host around the same src/devices code, at the VMM's layer.
+  "io-thread": 4,
   vmm: 4,
   bench: 5,
   "emulated-host": 5,

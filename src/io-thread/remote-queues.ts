@@ -1,6 +1,6 @@
 /**
  * The vCPU threads' view of a device whose queues are served by another thread (the in-process vhost data plane,
- * src/vhost/io-thread.ts): everything a register access needs — features, configuration space, reset — goes to
+ * src/io-thread/io-thread.ts): everything a register access needs — features, configuration space, reset — goes to
  * the real model, but an available buffer notification only wakes the data-plane thread, as a kernel vhost or a
  * vhost-user backend would be woken. The same wake happens without any exit when KVM's ioeventfd on the notify
  * address signals the eventfd directly; this path covers notifications that do exit (a BAR KVM does not know
