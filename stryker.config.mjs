@@ -1,0 +1,96 @@
+// StrykerJS configuration for vireo's mutation testing (docs/mutation-testing.md). Not part of `npm test`:
+// run it through scripts/mutation.sh (`npm run mutation -- FAMILY...`), which sets VIREO_MUTATION_FAMILY.
+//
+// Each family mutates one group of device files and runs only the unit test files that exercise them. The tap
+// runner (@stryker-mutator/tap-runner) runs each test file in its own `node --import tsx` process (node:test
+// prints TAP with --test-reporter=tap); with coverageAnalysis "perTest" a test file counts as one test, so a
+// mutant runs only the files whose run reached it, and a mutant no file reached is "no coverage" without a run.
+
+/** Families: files to mutate, and the test files for them (covering files run first, so list the most direct first). */
+export const families = {
+  queue: {
+    what: "virtqueue layer (split and packed rings, chains)",
+    mutate: ["src/devices/virtio/queue/**/*.ts"],
+    tests: [
+      "test/unit/virtqueue-roundtrip.test.ts",
+      "test/unit/virtqueue-malformed.test.ts",
+      "test/unit/virtqueue-notify.test.ts",
+      "test/unit/virtio-queue-state.test.ts",
+      "test/unit/virtqueue-fuzz.test.ts",
+    ],
+  },
+  blk: {
+    what: "virtio-blk",
+    mutate: ["src/devices/virtio/blk.ts"],
+    tests: [
+      "test/unit/virtio-blk.test.ts",
+      "test/unit/virtio-hostile.test.ts",
+      "test/unit/virtio-threads.test.ts",
+    ],
+  },
+  net: {
+    what: "virtio-net",
+    mutate: ["src/devices/virtio/net.ts"],
+    tests: ["test/unit/virtio-net.test.ts", "test/unit/virtio-hostile.test.ts"],
+  },
+  e1000: {
+    what: "e1000 TX and RX (e1000.ts, rx.ts, offload.ts)",
+    mutate: ["src/devices/e1000/e1000.ts", "src/devices/e1000/rx.ts", "src/devices/e1000/offload.ts"],
+    tests: [
+      "test/unit/e1000-tx.test.ts",
+      "test/unit/e1000-rx.test.ts",
+      "test/unit/e1000-regs.test.ts",
+      "test/unit/e1000-hostile.test.ts",
+      "test/unit/e1000-shared.test.ts",
+      "test/unit/e1000-pci.test.ts",
+      "test/unit/e1000-threads.test.ts",
+    ],
+  },
+  msix: {
+    what: "MSI-X capability and table",
+    mutate: ["src/devices/pci/msix.ts"],
+    tests: ["test/unit/pci-msix.test.ts", "test/unit/pci-shared.test.ts"],
+  },
+  uart: {
+    what: "16550A UART",
+    mutate: ["src/devices/legacy/uart16550.ts"],
+    tests: ["test/unit/uart16550.test.ts"],
+  },
+};
+
+const name = process.env.VIREO_MUTATION_FAMILY ?? "";
+const family = families[name];
+if (!family) {
+  throw new Error(
+    `stryker.config.mjs: set VIREO_MUTATION_FAMILY to one of ${Object.keys(families).join(", ")} ` +
+      "(scripts/mutation.sh does)",
+  );
+}
+const out = `reports/mutation/${name}`;
+
+/** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
+export default {
+  plugins: ["@stryker-mutator/tap-runner"],
+  testRunner: "tap",
+  coverageAnalysis: "perTest",
+  tap: {
+    testFiles: family.tests,
+    nodeArgs: ["--import", "tsx", "--test-reporter=tap", "-r", "{{hookFile}}", "{{testFile}}"],
+  },
+  mutate: family.mutate,
+  // Two cores: one test process per core.
+  concurrency: 2,
+  // The slowest test file takes ~4 s; a mutant that hangs a loop is cut off well before a minute.
+  timeoutMS: 10000,
+  reporters: ["clear-text", "progress", "html", "json"],
+  htmlReporter: { fileName: `${out}/index.html` },
+  jsonReporter: { fileName: `${out}/mutation.json` },
+  clearTextReporter: { allowColor: false, logTests: false, reportScoreTable: true, reportMutants: true },
+  incrementalFile: `${out}/incremental.json`,
+  // The sandbox needs only the sources, the tests and the package's manifests (node_modules is linked in).
+  ignorePatterns: ["/*", "!/src", "!/test", "!/package.json", "!/tsconfig.json"],
+  tempDirName: ".cache/stryker-tmp",
+  cleanTempDir: "always",
+  // Stryker's own log stays in the report folder, not at the repository root.
+  fileLogLevel: "off",
+};
