@@ -11,9 +11,12 @@
 //   readFd(fd, view) / writeFd(fd, view)
 //                                  read(2)/write(2) returning -errno instead of throwing, so that EAGAIN on a
 //                                  non-blocking TAP or eventfd costs no exception on the packet path
-//   threadRegister() / threadKick(id)
-//                                  a vCPU thread registers itself; any thread can then interrupt its KVM_RUN
-//                                  with a real-time signal whose handler does nothing (KVM_RUN returns EINTR)
+//   threadRegister(immediateExit?) / threadKick(id) / threadKickAfter(id, usec) / threadUnregister(id)
+//                                  a vCPU thread registers itself (with a view of its kvm_run.immediate_exit
+//                                  byte); any thread can then interrupt its KVM_RUN with a real-time signal,
+//                                  at once or from a one-shot timer (usec 0 disarms). The handler sets
+//                                  immediate_exit, so a kick that lands just before KVM_RUN is not lost: KVM_RUN
+//                                  returns EINTR either way.
 //
 // Every failure throws an Error carrying errno, code (e.g. "EINVAL") and syscall (e.g. "ioctl KVM_RUN" when
 // the caller names the request).
@@ -28,6 +31,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -241,21 +246,64 @@ Napi::Value ReadFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, fa
 Napi::Value WriteFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, true); }
 
 // ---- vCPU thread kicks ----
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
 constexpr int kMaxThreads = 1024;
-pthread_t g_threads[kMaxThreads];
+
+struct KickTarget {
+  pthread_t thread;
+  pid_t tid;
+  std::atomic<bool> ready{false};
+  std::atomic<volatile uint8_t*> immediate_exit{nullptr};
+  std::atomic<bool> has_timer{false};
+  timer_t timer;
+};
+
+KickTarget g_targets[kMaxThreads];
 std::atomic<int> g_thread_count{0};
 std::atomic<bool> g_handler_installed{false};
 
-void NoopHandler(int) {}
+// Async-signal-safe: finds the interrupted thread's entry and sets its immediate_exit byte.
+void KickHandler(int) {
+  pthread_t self = pthread_self();
+  int n = g_thread_count.load();
+  if (n > kMaxThreads) n = kMaxThreads;
+  for (int i = 0; i < n; i++) {
+    KickTarget& t = g_targets[i];
+    if (t.ready.load() && pthread_equal(t.thread, self)) {
+      volatile uint8_t* p = t.immediate_exit.load();
+      if (p != nullptr) *p = 1;
+      return;
+    }
+  }
+}
 
 int KickSignal() { return SIGRTMIN + 2; }
 
+KickTarget* TargetArg(const Napi::CallbackInfo& info, const char* what) {
+  int64_t id = -1;
+  if (info.Length() < 1 || !ToInt(info[0], &id) || id < 0 || id >= g_thread_count.load() || id >= kMaxThreads ||
+      !g_targets[id].ready.load()) {
+    Napi::RangeError::New(info.Env(), std::string(what) + ": unknown thread id").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return &g_targets[id];
+}
+
 Napi::Value ThreadRegister(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  void* ie = nullptr;
+  size_t ie_len = 0;
+  if (info.Length() >= 1 && !info[0].IsUndefined() && (!ViewBytes(info[0], &ie, &ie_len) || ie_len < 1)) {
+    Napi::TypeError::New(env, "threadRegister(immediateExit?: a 1-byte view)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   if (!g_handler_installed.exchange(true)) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = NoopHandler;  // no SA_RESTART: a blocking KVM_RUN must return EINTR
+    sa.sa_handler = KickHandler;  // no SA_RESTART: a blocking KVM_RUN must return EINTR
     sigemptyset(&sa.sa_mask);
     if (sigaction(KickSignal(), &sa, nullptr) < 0) {
       ErrnoError(env, errno, "sigaction").ThrowAsJavaScriptException();
@@ -271,23 +319,67 @@ Napi::Value ThreadRegister(const Napi::CallbackInfo& info) {
     ErrnoError(env, EMFILE, "threadRegister").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  g_threads[id] = pthread_self();
+  KickTarget& t = g_targets[id];
+  t.thread = pthread_self();
+  t.tid = static_cast<pid_t>(syscall(SYS_gettid));
+  t.immediate_exit.store(static_cast<volatile uint8_t*>(ie));
+  t.ready.store(true);
   return Napi::Number::New(env, id);
 }
 
 Napi::Value ThreadKick(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int64_t id = -1;
-  if (info.Length() < 1 || !ToInt(info[0], &id) || id < 0 || id >= g_thread_count.load()) {
-    Napi::RangeError::New(env, "threadKick: unknown thread id").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  int err = pthread_kill(g_threads[id], KickSignal());
+  KickTarget* t = TargetArg(info, "threadKick");
+  if (t == nullptr) return env.Undefined();
+  int err = pthread_kill(t->thread, KickSignal());
   if (err != 0 && err != ESRCH) {
     ErrnoError(env, err, "pthread_kill").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   return Napi::Boolean::New(env, err == 0);
+}
+
+// Arms (or with usec 0 disarms) the thread's one-shot kick timer; a later call replaces the earlier deadline.
+Napi::Value ThreadKickAfter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KickTarget* t = TargetArg(info, "threadKickAfter");
+  if (t == nullptr) return env.Undefined();
+  int64_t usec = -1;
+  if (info.Length() < 2 || !ToInt(info[1], &usec) || usec < 0) {
+    Napi::TypeError::New(env, "threadKickAfter(id, usec >= 0)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!t->has_timer.load()) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = KickSignal();
+    sev.sigev_notify_thread_id = t->tid;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t->timer) < 0) {
+      ErrnoError(env, errno, "timer_create").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    t->has_timer.store(true);
+  }
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  its.it_value.tv_sec = static_cast<time_t>(usec / 1000000);
+  its.it_value.tv_nsec = static_cast<long>((usec % 1000000) * 1000);
+  if (timer_settime(t->timer, 0, &its, nullptr) < 0) {
+    ErrnoError(env, errno, "timer_settime").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return env.Undefined();
+}
+
+// Before the thread's kvm_run is unmapped: the handler stops writing to it and the timer is deleted.
+Napi::Value ThreadUnregister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KickTarget* t = TargetArg(info, "threadUnregister");
+  if (t == nullptr) return env.Undefined();
+  t->immediate_exit.store(nullptr);
+  if (t->has_timer.exchange(false)) timer_delete(t->timer);
+  return env.Undefined();
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -302,6 +394,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeFd", Napi::Function::New(env, WriteFd, "writeFd"));
   exports.Set("threadRegister", Napi::Function::New(env, ThreadRegister, "threadRegister"));
   exports.Set("threadKick", Napi::Function::New(env, ThreadKick, "threadKick"));
+  exports.Set("threadKickAfter", Napi::Function::New(env, ThreadKickAfter, "threadKickAfter"));
+  exports.Set("threadUnregister", Napi::Function::New(env, ThreadUnregister, "threadUnregister"));
   return exports;
 }
 

@@ -26,8 +26,13 @@ export interface NativeAddon {
   readFd(fd: number, view: ArrayBufferView): number;
   /** write(2): bytes written, or -errno. */
   writeFd(fd: number, view: ArrayBufferView): number;
-  threadRegister(): number;
+  /** `immediateExit`: a 1-byte view of this thread's kvm_run.immediate_exit, set by every kick. */
+  threadRegister(immediateExit?: Uint8Array): number;
   threadKick(id: number): boolean;
+  /** One-shot kick `usec` microseconds from now (replacing an armed one); 0 disarms. */
+  threadKickAfter(id: number, usec: number): void;
+  /** Stops kicks from touching the thread's kvm_run (call before unmapping it). */
+  threadUnregister(id: number): void;
 }
 
 export const NATIVE_ADDON_PATH = repoPath("native", "build", "Release", "vireo_native.node");

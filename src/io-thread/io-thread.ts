@@ -16,6 +16,7 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN, takeEventFd } from "../native.ts";
 import { TapBackend } from "../net/tap.ts";
+import { DeferredWork } from "../shared/deferred-work.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { IrqfdMsiSink, MsiRouteTable } from "../vmm/msi-routes.ts";
 import {
@@ -123,6 +124,9 @@ function e1000Plane(spec: Extract<DataPlaneDeviceSpec, { kind: "e1000" }>, ctx: 
   };
 }
 
+/** Device work left for later (a spent work budget): served after the next poll, which then does not sleep. */
+const later = new DeferredWork();
+
 function main(): void {
   const spec = data.spec;
   const vm = Vm.fromFd(data.vmFd);
@@ -142,6 +146,7 @@ function main(): void {
           vm.signalMsi(lo, hi, value);
         },
     log: reportError,
+    defer: later.add,
   };
   const plane = spec.kind === "e1000" ? e1000Plane(spec, ctx) : virtioPlane(spec, ctx);
   const wakeups = metrics.counter(`vhost.${spec.name}.wakeups`);
@@ -164,11 +169,12 @@ function main(): void {
 
   for (;;) {
     pollfds[inputSlot + 1] = plane.input?.wants() ? POLLIN : 0;
-    const ready = native().poll(pollfds, plane.timeoutMs());
+    const owed = later.pending;
+    const ready = native().poll(pollfds, owed ? 0 : plane.timeoutMs());
     if (pollfds[2] !== 0) break;
     wakeups.add();
     try {
-      if (ready === 0) plane.onTimer();
+      if (ready === 0 && !owed) plane.onTimer();
       if (pollfds[5] !== 0) {
         takeEventFd(wake);
         plane.onWake();
@@ -179,6 +185,7 @@ function main(): void {
         if (signals > 0) plane.kicks[i]?.onKick(signals);
       }
       if (pollfds[inputSlot + 2] !== 0) plane.input?.onReadable();
+      later.runOnce((e) => reportError((e as Error).message));
     } catch (e) {
       // The device contains guest-caused failures itself (DEVICE_NEEDS_RESET, logged e1000 errors); this is a
       // backend failing.

@@ -5,6 +5,7 @@
  * builds its own PciBus and transports over the same shared state and re-syncs BAR windows cheaply before it
  * dispatches an exit (PciBus.syncBars).
  */
+
 import { FileBlockBackend } from "../block/file.ts";
 import type { Bus } from "../bus/bus.ts";
 import { E1000Pci, type E1000PciState } from "../devices/e1000/pci.ts";
@@ -17,14 +18,15 @@ import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { VirtioNet, type VirtioNetBackend } from "../devices/virtio/net.ts";
 import { type VirtioPciState, VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
 import { VirtioRng } from "../devices/virtio/rng.ts";
+import type { Defer } from "../devices/virtio/work-budget.ts";
 import { ConfigError } from "../errors.ts";
+import { createDataPlaneBlock, RemoteQueues } from "../io-thread/remote-queues.ts";
 import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
-import { createDataPlaneBlock, RemoteQueues } from "../io-thread/remote-queues.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
 import { FIRST_MSI_GSI, type IrqfdGsi, MsiRouteTable } from "./msi-routes.ts";
@@ -179,6 +181,8 @@ export interface PciBuildContext {
   mmio: Bus;
   signalMsi(addressLo: number, addressHi: number, data: number): void;
   log?: (message: string) => void;
+  /** How this thread comes back to device work left for later (a spent work budget). */
+  defer?: Defer;
 }
 
 export interface BuiltPci {
@@ -257,6 +261,7 @@ export function transportFor(
     name: spec.name,
     metrics: ctx.metrics,
     log: ctx.log,
+    defer: ctx.defer,
   });
 }
 

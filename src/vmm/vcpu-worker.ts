@@ -12,6 +12,7 @@ import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { type Counter, copyValues, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
+import { DeferredWork } from "../shared/deferred-work.ts";
 import { buildBuses, type DeviceSpec } from "./device-manifest.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
 import { buildPci, type PciManifest } from "./pci-devices.ts";
@@ -51,6 +52,12 @@ const control = new Int32Array(data.control);
 const metrics = new MetricsSegment(data.metricsBuffer, data.metricsSegment);
 let stop: { reason: StopReason; code?: number; message?: string } | null = null;
 
+/**
+ * While a device has work left for later (a spent work budget), the guest runs at most this long before the
+ * vCPU thread comes back to it (a timer kick), even if the guest makes no exit.
+ */
+const DEFERRED_WORK_GAP_US = 500;
+
 function flushMetricNames(): void {
   const names = metrics.drainNewNames();
   if (names.length) post({ type: "metric-names", segment: data.metricsSegment, names });
@@ -81,6 +88,7 @@ function main(): void {
 
   const mem = new GuestMemory(data.ram);
   const vm = Vm.fromFd(data.vmFd);
+  const later = new DeferredWork();
   const pci = data.pci
     ? buildPci(data.pci, {
         mem,
@@ -92,10 +100,11 @@ function main(): void {
           vm.signalMsi(lo, hi, value);
         },
         log: (message) => post({ type: "device-error", vcpu: data.index, device: "pci", message }),
+        defer: later.add,
       })
     : null;
 
-  const thread = native().threadRegister();
+  const thread = native().threadRegister(vcpu.runBytes.subarray(RUN.immediate_exit, RUN.immediate_exit + 1));
   flushMetricNames();
   post({ type: "ready", vcpu: data.index, thread, run: vcpu.runBuffer, ns: Number(process.hrtime.bigint()) });
 
@@ -139,6 +148,15 @@ function main(): void {
     if (Atomics.load(control, CONTROL.stop) !== 0) {
       stop = { reason: "stop-requested" };
       break;
+    }
+    if (later.pending) {
+      // One slice of each device's leftover work per guest entry, and a kick to come back if the guest makes
+      // no exit meanwhile (a guest waiting for the completion of that very work makes none).
+      later.runOnce((e) => {
+        metrics.counter("vmm.device_errors").add();
+        post({ type: "device-error", vcpu: data.index, device: "deferred", message: (e as Error).message });
+      });
+      if (later.pending) native().threadKickAfter(thread, DEFERRED_WORK_GAP_US);
     }
     const reason = vcpu.enter();
     if (reason === EXIT_KICKED || reason === EXIT_RETRY) continue;
@@ -228,6 +246,7 @@ function main(): void {
   }
   flushMetricNames();
   post({ type: "stopped", vcpu: data.index, ...stop });
+  native().threadUnregister(thread);
   vcpu.close();
 }
 

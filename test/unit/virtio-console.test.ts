@@ -29,7 +29,7 @@ function start(
   opts: { inputCapacity?: number; size?: { cols: number; rows: number } } = {},
 ): Con {
   const out: Uint8Array[] = [];
-  const rig = makeVirtioPciRig(new VirtioConsole({ output: (b) => out.push(b), ...opts }));
+  const rig = makeVirtioPciRig(new VirtioConsole({ output: (b) => out.push(b.slice()), ...opts }));
   assert.ok(rig.drv.negotiate((f) => (packed ? f : f & ~F_PACKED)));
   const rx = rig.drv.setupQueue(0, { size: 8 });
   const tx = rig.drv.setupQueue(1, { size: 8 });
@@ -105,7 +105,7 @@ for (const packed of [false, true]) {
 
     test("input before DRIVER_OK is delivered once the driver is live", () => {
       const out: Uint8Array[] = [];
-      const rig = makeVirtioPciRig(new VirtioConsole({ output: (b) => out.push(b) }));
+      const rig = makeVirtioPciRig(new VirtioConsole({ output: (b) => out.push(b.slice()) }));
       assert.equal(rig.model.input(text("early")), 5);
       assert.ok(rig.drv.negotiate((f) => (packed ? f : f & ~F_PACKED)));
       const rx = rig.drv.setupQueue(0, { size: 8 });

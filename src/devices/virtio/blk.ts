@@ -2,9 +2,12 @@
  * virtio-blk, the block device (OASIS virtio 1.2, 5.2 Block Device), over a BlockBackend (src/block).
  *
  * Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES; anything else completes with VIRTIO_BLK_S_UNSUPP.
- * Each request is served synchronously on the thread that handles the queue notification, data moving straight
- * between the backend and guest memory (no copy through the host heap). With VIRTIO_BLK_F_MQ every queue has its
- * own lock, so several threads can serve several queues at once.
+ * Requests are served on the thread that handles the queue notification, data moving straight between the
+ * backend and guest memory (no copy through the host heap), within the device's work budget (work-budget.ts): an
+ * IN or OUT larger than what is left of the slice moves part of its data and is continued in the next slice
+ * (IN_PROGRESS), so a request of gigabytes on a large sparse disk costs one slice per notification, never one
+ * blocking call. With VIRTIO_BLK_F_MQ every queue has its own lock, so several threads can serve several queues
+ * at once.
  *
  * What the driver got wrong decides the outcome:
  * - a request the device can answer (unknown type, sector beyond capacity, length not a multiple of 512, a
@@ -17,6 +20,7 @@ import type { Counter } from "../../metrics/registry.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import type { BufferSegment, DescriptorChain } from "./queue/index.ts";
+import { type ChainResult, IN_PROGRESS, type WorkBudget } from "./work-budget.ts";
 
 /** Feature bits (5.2.3). */
 export const VIRTIO_BLK_F = {
@@ -85,9 +89,18 @@ export interface VirtioBlkOptions {
   queueSize?: number;
   /** The GET_ID string (at most 20 ASCII bytes); default the name. */
   serial?: string;
+  /**
+   * size_max (VIRTIO_BLK_F_SIZE_MAX), the longest data segment a request may have; default 1 MiB. With seg_max it
+   * bounds a request (a read or write naming longer segments completes with IOERR).
+   */
+  sizeMax?: number;
   /** blk_size (VIRTIO_BLK_F_BLK_SIZE); default 512. */
   blockSize?: number;
-  /** max_discard_sectors / max_write_zeroes_sectors per segment; default 65536 sectors (32 MiB). */
+  /**
+   * max_discard_sectors / max_write_zeroes_sectors per segment; default 65536 sectors (32 MiB) for discard (the
+   * file backend's discard does no I/O) and 2048 (1 MiB) for write zeroes, which writes every byte and is
+   * served in one piece, so it must fit a slice of work.
+   */
   maxDiscardSectors?: number;
   maxWriteZeroesSectors?: number;
   /** max_discard_seg / max_write_zeroes_seg; default 1. */
@@ -96,6 +109,24 @@ export interface VirtioBlkOptions {
 }
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
+
+/** The least data a continued IN or OUT moves per slice. */
+const SLICE_MIN_BYTES = 64 * 1024;
+
+/** An IN or OUT whose data is moving, kept across slices (per thread: the queue object that popped it). */
+interface Transfer {
+  isRead: boolean;
+  /** Disk byte offset of the request's first sector. */
+  disk: number;
+  length: number;
+  /** Bytes moved so far. */
+  done: number;
+  /** Where the data is: the writable part (IN) or the readable part after the header (OUT, from `skip`). */
+  data: Segments;
+  skip: number;
+  /** The writable part, whose last byte is the status. */
+  status: Segments;
+}
 
 export class VirtioBlk implements VirtioDeviceModel {
   readonly type = VIRTIO_ID.BLOCK;
@@ -109,12 +140,15 @@ export class VirtioBlk implements VirtioDeviceModel {
   private readonly serial: Uint8Array;
   private readonly capacity: number;
   private readonly blockSize: number;
+  private readonly sizeMax: number;
   private readonly maxDiscardSectors: number;
   private readonly maxWriteZeroesSectors: number;
   private readonly maxDiscardSeg: number;
   private readonly maxWriteZeroesSeg: number;
   private readonly config: Uint8Array;
   private ctx!: VirtioContext;
+  /** Requests continued across slices; a request dropped with its queue (reset) is collected with its chain. */
+  private readonly transfers = new WeakMap<DescriptorChain, Transfer>();
   private c = {
     requests: NO_COUNTER,
     readBytes: NO_COUNTER,
@@ -131,8 +165,9 @@ export class VirtioBlk implements VirtioDeviceModel {
     this.maxQueueSize = opts.queueSize ?? 256;
     this.capacity = Math.floor(this.backend.size / SECTOR_SIZE);
     this.blockSize = opts.blockSize ?? SECTOR_SIZE;
+    this.sizeMax = opts.sizeMax ?? 1 << 20;
     this.maxDiscardSectors = opts.maxDiscardSectors ?? 65536;
-    this.maxWriteZeroesSectors = opts.maxWriteZeroesSectors ?? 65536;
+    this.maxWriteZeroesSectors = opts.maxWriteZeroesSectors ?? 2048;
     this.maxDiscardSeg = opts.maxDiscardSegments ?? 1;
     this.maxWriteZeroesSeg = opts.maxWriteZeroesSegments ?? 1;
     this.serial = new Uint8Array(ID_BYTES);
@@ -140,6 +175,7 @@ export class VirtioBlk implements VirtioDeviceModel {
     this.serial.set(id.subarray(0, ID_BYTES));
 
     let f =
+      featureBit(VIRTIO_BLK_F.SIZE_MAX) |
       featureBit(VIRTIO_BLK_F.SEG_MAX) |
       featureBit(VIRTIO_BLK_F.BLK_SIZE) |
       featureBit(VIRTIO_BLK_F.FLUSH) |
@@ -155,6 +191,7 @@ export class VirtioBlk implements VirtioDeviceModel {
     // seg_max: a request has its header and status besides the data segments, all within Queue Size
     // descriptors (2.7.5.3.1) unless indirect; the device itself takes any number.
     v.setUint32(BLK_CONFIG.SEG_MAX, Math.max(1, this.maxQueueSize - 2), true);
+    v.setUint32(BLK_CONFIG.SIZE_MAX, this.sizeMax, true);
     v.setUint32(BLK_CONFIG.BLK_SIZE, this.blockSize, true);
     v.setUint16(BLK_CONFIG.NUM_QUEUES, this.numQueues, true);
     v.setUint32(BLK_CONFIG.MAX_DISCARD_SECTORS, this.maxDiscardSectors, true);
@@ -189,11 +226,16 @@ export class VirtioBlk implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q < 0 || q >= this.numQueues) return;
-    this.ctx.drain(q, (chain) => this.handle(chain));
+    this.ctx.drain(q, (chain, work) => this.handle(chain, work));
   }
 
-  /** Serves one request; returns the bytes written to the device-writable part (data and status). */
-  private handle(chain: DescriptorChain): number {
+  /**
+   * Serves one request, or the next part of one (IN_PROGRESS until its data has all moved); returns the bytes
+   * written to the device-writable part (data and status).
+   */
+  private handle(chain: DescriptorChain, work: WorkBudget): ChainResult {
+    const going = this.transfers.get(chain);
+    if (going !== undefined) return this.advance(chain, going, work);
     const mem = this.ctx.mem;
     // 5.2.6: header (device-readable) ... status (the last device-writable byte).
     if (chain.readableLength < HEADER_SIZE) {
@@ -204,6 +246,9 @@ export class VirtioBlk implements VirtioDeviceModel {
     if (chain.writableLength < 1) {
       throw new VirtioRequestError(`request ${chain.id}: no device-writable status byte`);
     }
+    // Charged at least its header: a request that fails early moves nothing else (the core would otherwise charge
+    // the length it declares).
+    work.spend(HEADER_SIZE);
     const readable = new Segments(chain.readable);
     const writable = new Segments(chain.writable);
     const header = new Uint8Array(HEADER_SIZE);
@@ -219,39 +264,43 @@ export class VirtioBlk implements VirtioDeviceModel {
     let written = 0;
     switch (type) {
       case VIRTIO_BLK_T.IN:
-        this.expect(chain, type, inData === 0, "data must be device-writable");
-        status = this.transfer(
-          sector,
-          outData,
-          (off, seg) => {
-            this.backend.read(off, mem.slice(seg.addr, seg.len));
-          },
-          writable,
-          0,
+      case VIRTIO_BLK_T.OUT: {
+        const isRead = type === VIRTIO_BLK_T.IN;
+        this.expect(
+          chain,
+          type,
+          isRead ? inData === 0 : outData === 0,
+          isRead ? "data must be device-writable" : "data must be device-readable",
         );
-        if (status === VIRTIO_BLK_S.OK) {
-          written = outData;
-          this.c.readBytes.add(outData);
-        }
-        break;
-      case VIRTIO_BLK_T.OUT:
-        this.expect(chain, type, outData === 0, "data must be device-readable");
         // 5.2.6.2: with VIRTIO_BLK_F_RO offered, a write fails with IOERR and writes nothing.
-        if (this.backend.readOnly) {
+        if (!isRead && this.backend.readOnly) {
           status = VIRTIO_BLK_S.IOERR;
           break;
         }
-        status = this.transfer(
-          sector,
-          inData,
-          (off, seg) => {
-            this.backend.write(off, mem.slice(seg.addr, seg.len));
-          },
-          readable,
-          HEADER_SIZE,
-        );
-        if (status === VIRTIO_BLK_S.OK) this.c.writtenBytes.add(inData);
-        break;
+        const length = isRead ? outData : inData;
+        // 5.2.4: size_max is the largest segment the driver may use (header and status bytes may share one).
+        const segs = isRead ? chain.writable : chain.readable;
+        if (segs.some((seg) => seg.len > this.sizeMax + HEADER_SIZE + 1)) {
+          status = VIRTIO_BLK_S.IOERR;
+          break;
+        }
+        // 5.2.6.1: the driver MUST NOT ask for a length that is not whole sectors, or past the capacity.
+        if (length % SECTOR_SIZE !== 0 || !this.inRange(sector, BigInt(length / SECTOR_SIZE))) {
+          status = VIRTIO_BLK_S.IOERR;
+          break;
+        }
+        const t: Transfer = {
+          isRead,
+          disk: Number(sector) * SECTOR_SIZE,
+          length,
+          done: 0,
+          data: isRead ? writable : readable,
+          skip: isRead ? 0 : HEADER_SIZE,
+          status: writable,
+        };
+        this.transfers.set(chain, t);
+        return this.advance(chain, t, work);
+      }
       case VIRTIO_BLK_T.FLUSH:
         status = this.attempt(() => this.backend.flush());
         this.c.flushes.add();
@@ -268,16 +317,55 @@ export class VirtioBlk implements VirtioDeviceModel {
       case VIRTIO_BLK_T.DISCARD:
       case VIRTIO_BLK_T.WRITE_ZEROES:
         this.expect(chain, type, outData === 0, "segments must be device-readable");
-        status = this.discardOrZero(type, readable, inData);
+        status = this.discardOrZero(type, readable, inData, work);
         break;
       default:
         this.c.unsupported.add();
         status = VIRTIO_BLK_S.UNSUPP;
     }
+    return this.complete(writable, status, written);
+  }
+
+  /** Writes the status byte, last, after the data (5.2.6: "The final status byte is written by the device"). */
+  private complete(writable: Segments, status: number, written: number): number {
     if (status === VIRTIO_BLK_S.IOERR) this.c.ioErrors.add();
-    // The status byte goes last, after the data (5.2.6: "The final status byte is written by the device").
-    writable.copyIn(mem, writable.length - 1, Uint8Array.of(status));
+    writable.copyIn(this.ctx.mem, writable.length - 1, Uint8Array.of(status));
     return written + 1;
+  }
+
+  /**
+   * Moves the next part of an IN or OUT: what is left of the slice's byte budget, but at least SLICE_MIN_BYTES
+   * (so a request continued in a fresh slice always advances), in whole sectors. The used length counts the data
+   * only when all of it was read (a failed read reports just the status byte).
+   */
+  private advance(chain: DescriptorChain, t: Transfer, work: WorkBudget): ChainResult {
+    const left = t.length - t.done;
+    const allowed = Math.floor(work.allowance(SLICE_MIN_BYTES) / SECTOR_SIZE) * SECTOR_SIZE;
+    const n = Math.min(left, allowed);
+    const mem = this.ctx.mem;
+    let disk = t.disk + t.done;
+    const status = this.attempt(() => {
+      for (const seg of t.data.range(t.skip + t.done, n)) {
+        const buf = mem.slice(seg.addr, seg.len);
+        if (t.isRead) this.backend.read(disk, buf);
+        else this.backend.write(disk, buf);
+        disk += seg.len;
+      }
+    });
+    work.spend(Math.max(1, n));
+    t.done += n;
+    if (status === VIRTIO_BLK_S.OK && t.done < t.length) return IN_PROGRESS;
+    this.transfers.delete(chain);
+    let written = 0;
+    if (status === VIRTIO_BLK_S.OK) {
+      if (t.isRead) {
+        written = t.length;
+        this.c.readBytes.add(t.length);
+      } else {
+        this.c.writtenBytes.add(t.length);
+      }
+    }
+    return this.complete(t.status, status, written);
   }
 
   private expect(chain: DescriptorChain, type: number, ok: boolean, what: string): void {
@@ -299,34 +387,12 @@ export class VirtioBlk implements VirtioDeviceModel {
     }
   }
 
-  /**
-   * IN or OUT of `length` bytes at `sector`, segment by segment over `segs` from byte `skip`: IOERR if the length
-   * is not whole sectors or the range goes past `capacity` (5.2.6.1: the driver MUST NOT ask for that).
-   */
-  private transfer(
-    sector: bigint,
-    length: number,
-    io: (diskOffset: number, seg: BufferSegment) => void,
-    segs: Segments,
-    skip: number,
-  ): number {
-    if (length % SECTOR_SIZE !== 0) return VIRTIO_BLK_S.IOERR;
-    if (!this.inRange(sector, BigInt(length / SECTOR_SIZE))) return VIRTIO_BLK_S.IOERR;
-    let disk = Number(sector) * SECTOR_SIZE;
-    return this.attempt(() => {
-      for (const seg of segs.range(skip, length)) {
-        io(disk, seg);
-        disk += seg.len;
-      }
-    });
-  }
-
   private inRange(sector: bigint, sectors: bigint): boolean {
     return sector <= BigInt(this.capacity) && sectors <= BigInt(this.capacity) - sector;
   }
 
   /** 5.2.6.2 for DISCARD and WRITE_ZEROES. */
-  private discardOrZero(type: number, readable: Segments, inData: number): number {
+  private discardOrZero(type: number, readable: Segments, inData: number, work: WorkBudget): number {
     const discard = type === VIRTIO_BLK_T.DISCARD;
     const feature = discard ? VIRTIO_BLK_F.DISCARD : VIRTIO_BLK_F.WRITE_ZEROES;
     if (!hasFeature(this.ctx.features(), feature)) {
@@ -337,6 +403,7 @@ export class VirtioBlk implements VirtioDeviceModel {
     const maxSeg = discard ? this.maxDiscardSeg : this.maxWriteZeroesSeg;
     const maxSectors = discard ? this.maxDiscardSectors : this.maxWriteZeroesSectors;
     const count = inData / SEGMENT_SIZE;
+    // Served in one piece (bounded by max_*_sectors x max_*_seg); charged as the bytes it covers.
     if (!Number.isInteger(count) || count === 0 || count > maxSeg) return VIRTIO_BLK_S.IOERR;
     const raw = new Uint8Array(inData);
     readable.copyOut(this.ctx.mem, HEADER_SIZE, raw);
@@ -358,6 +425,12 @@ export class VirtioBlk implements VirtioDeviceModel {
         unmap: (flags & UNMAP_FLAG) !== 0,
       });
     }
+    work.spend(
+      Math.max(
+        1,
+        ranges.reduce((sum, r) => sum + r.length, 0),
+      ),
+    );
     return this.attempt(() => {
       for (const r of ranges) {
         if (discard) this.backend.discard(r.offset, r.length);

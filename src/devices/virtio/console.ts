@@ -11,6 +11,7 @@ import type { Counter } from "../../metrics/registry.ts";
 import { featureBit, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import { type DescriptorChain, type Virtqueue, writeChain } from "./queue/index.ts";
+import type { WorkBudget } from "./work-budget.ts";
 
 /** Feature bits (5.3.3). */
 export const VIRTIO_CONSOLE_F = { SIZE: 0, MULTIPORT: 1, EMERG_WRITE: 2 } as const;
@@ -22,7 +23,10 @@ export const CONSOLE_RX_QUEUE = 0;
 export const CONSOLE_TX_QUEUE = 1;
 
 export interface VirtioConsoleOptions {
-  /** Receives the guest's output. The array is the sink's to keep. */
+  /**
+   * Receives the guest's output. The array is valid during the call only (the device reuses it): a sink that
+   * keeps the bytes copies them.
+   */
   output: (bytes: Uint8Array) => void;
   name?: string;
   queueSize?: number;
@@ -41,6 +45,12 @@ const W_COLS = 2;
 const W_ROWS = 3;
 const RING_OFFSET = 16;
 const OUTPUT_CHUNK = 65536;
+/**
+ * The longest transmit buffer the device accepts. The specification sets no limit, but Linux's virtio_console
+ * never queues more than a pipe's worth (at most 1 MiB with F_SETPIPE_SZ; 32 KiB per write()); a longer chain is
+ * a driver naming the same pages again and again to make one notification cost seconds of host time.
+ */
+export const CONSOLE_MAX_TX_CHAIN = 1 << 20;
 
 export class VirtioConsole implements VirtioDeviceModel {
   readonly type = VIRTIO_ID.CONSOLE;
@@ -54,6 +64,8 @@ export class VirtioConsole implements VirtioDeviceModel {
   private readonly output: (bytes: Uint8Array) => void;
   private readonly initialSize: { cols: number; rows: number } | undefined;
   private ctx!: VirtioContext;
+  /** Where transmitted bytes are copied out, piece by piece (allocated once: no allocation per chain). */
+  private readonly outputBuffer = new Uint8Array(OUTPUT_CHUNK);
   private words!: Int32Array;
   private ring!: Uint8Array;
   private c = { txBytes: NO_COUNTER, rxBytes: NO_COUNTER };
@@ -138,19 +150,25 @@ export class VirtioConsole implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q === CONSOLE_RX_QUEUE) this.deliver();
-    else if (q === CONSOLE_TX_QUEUE) this.ctx.drain(CONSOLE_TX_QUEUE, (chain) => this.transmit(chain));
+    else if (q === CONSOLE_TX_QUEUE)
+      this.ctx.drain(CONSOLE_TX_QUEUE, (chain, work) => this.transmit(chain, work));
   }
 
-  private transmit(chain: DescriptorChain): number {
+  private transmit(chain: DescriptorChain, work: WorkBudget): number {
     if (chain.writableLength > 0) {
       throw new VirtioRequestError(`console transmit buffer ${chain.id} has device-writable bytes`);
     }
-    // Copied out in pieces of at most OUTPUT_CHUNK bytes: a chain can claim up to 4 GiB (the same guest pages
-    // over and over), which must not become one host allocation.
+    if (chain.readableLength > CONSOLE_MAX_TX_CHAIN) {
+      throw new VirtioRequestError(
+        `console transmit buffer ${chain.id} declares ${chain.readableLength} bytes (the device takes at most ${CONSOLE_MAX_TX_CHAIN})`,
+      );
+    }
+    // Copied out in pieces of at most OUTPUT_CHUNK bytes through one reused buffer.
+    work.spend(Math.max(1, chain.readableLength));
     for (const seg of chain.readable) {
       for (let done = 0; done < seg.len; done += OUTPUT_CHUNK) {
         const n = Math.min(OUTPUT_CHUNK, seg.len - done);
-        const piece = new Uint8Array(n);
+        const piece = this.outputBuffer.subarray(0, n);
         this.ctx.mem.read(seg.addr + done, piece);
         this.output(piece);
         this.c.txBytes.add(n);

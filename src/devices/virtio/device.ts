@@ -38,6 +38,16 @@ import {
   type Virtqueue,
   VirtqueueError,
 } from "./queue/index.ts";
+import {
+  type ChainResult,
+  checkBudget,
+  DEFAULT_NOTIFY_BUDGET,
+  type Defer,
+  IN_PROGRESS,
+  type NotifyBudget,
+  type SliceStats,
+  WorkBudget,
+} from "./work-budget.ts";
 
 /** How a device's interrupts leave it; the transport turns them into MSI-X messages or INTx plus ISR bits. */
 export interface VirtioInterrupts {
@@ -104,11 +114,13 @@ export interface VirtioContext {
    */
   withQueue<T>(q: number, fn: (vq: Virtqueue | null) => T): T | undefined;
   /**
-   * The standard handling loop for queue q (see queue/index.ts): every available chain goes to `handle`, which
-   * returns the bytes it wrote; the chain is then used. Sends the used buffer notification if the driver wants
-   * one.
+   * The standard handling loop for queue q (see queue/index.ts), within the device's work budget: available
+   * chains go to `handle`, which returns the bytes it wrote (the chain is then used) or IN_PROGRESS (the device
+   * keeps the chain and hands it to `handle` again, first, in the next slice; `work.spend` says how far it got).
+   * When the budget is spent the rest of the ring waits for the next slice, which the device has arranged
+   * (VirtioDeviceOptions.defer). Sends the used buffer notification if the driver wants one.
    */
-  drain(q: number, handle: (chain: DescriptorChain) => number): void;
+  drain(q: number, handle: (chain: DescriptorChain, work: WorkBudget) => ChainResult): void;
   /** After pushing used buffers on `vq` outside drain: notify the driver if it asked to be. */
   notifyUsed(q: number, vq: Virtqueue): void;
   /** The device changed its configuration space: bump config_generation and notify the driver (2.5). */
@@ -231,6 +243,13 @@ export interface VirtioDeviceOptions {
   metrics?: MetricsSink;
   /** Problems the guest caused (once per DEVICE_NEEDS_RESET) and warnings. Default: stderr. */
   log?: (message: string) => void;
+  /** The work one notification (one slice) may cost; default DEFAULT_NOTIFY_BUDGET. */
+  budget?: NotifyBudget;
+  /**
+   * How the place the device runs on brings it back to a queue it left unfinished. Default: an internal list,
+   * run by `serveDeferred()` (for callers that drive the device themselves, like tests).
+   */
+  defer?: Defer;
 }
 
 const defaultLog = (message: string): void => {
@@ -240,6 +259,12 @@ const defaultLog = (message: string): void => {
 interface CachedQueue {
   epoch: number;
   vq: Virtqueue;
+}
+
+/** A chain a handler has not finished, kept by the queue object that popped it (this thread's). */
+interface PartialChain {
+  vq: Virtqueue;
+  chain: DescriptorChain;
 }
 
 export class VirtioDevice {
@@ -265,6 +290,16 @@ export class VirtioDevice {
   private readonly cErrors: Counter;
   private readonly cNegotiationFailures: Counter;
   private readonly ctx: VirtioContext;
+  private readonly budget: Readonly<NotifyBudget>;
+  private readonly deferTo: Defer;
+  /** Work handed to the default defer hook, run by serveDeferred(). */
+  private laterList: Array<() => void> = [];
+  /** Per queue: a slice is already scheduled on this thread. */
+  private readonly resumeScheduled: boolean[];
+  private readonly partial: Array<PartialChain | undefined>;
+  private readonly cSlicesCut: Counter;
+  /** The cost of this object's slices of queue work so far. */
+  readonly sliceStats: SliceStats = { slices: 0, maxBytes: 0, maxChains: 0 };
 
   /** A fresh state buffer for a device with `layout` (a model object has the right shape). */
   static createState(layout: VirtioStateLayout & { maxQueueSize?: number }): SharedArrayBuffer {
@@ -326,6 +361,13 @@ export class VirtioDevice {
     this.queueLocks = [];
     for (let q = 0; q < n; q++) this.queueLocks.push(new SharedLock(state, 4 * (this.qb(q) + Q_LOCK)));
     this.queueCache = new Array(n).fill(undefined);
+    this.partial = new Array(n).fill(undefined);
+    this.resumeScheduled = new Array(n).fill(false);
+    const budget = opts.budget ?? DEFAULT_NOTIFY_BUDGET;
+    const bad = checkBudget(budget);
+    if (bad !== null) throw new VirtioStateError(`VirtioDevice ${model.name}: budget: ${bad}`);
+    this.budget = { chains: budget.chains, bytes: budget.bytes };
+    this.deferTo = opts.defer ?? ((work) => this.laterList.push(work));
     const m = opts.metrics;
     const prefix = `virtio.${this.name}`;
     this.cNotifications = m?.counter(`${prefix}.notifications`) ?? NO_COUNTER;
@@ -333,6 +375,7 @@ export class VirtioDevice {
     this.cConfigInterrupts = m?.counter(`${prefix}.config_interrupts`) ?? NO_COUNTER;
     this.cErrors = m?.counter(`${prefix}.errors`) ?? NO_COUNTER;
     this.cNegotiationFailures = m?.counter(`${prefix}.negotiation_failures`) ?? NO_COUNTER;
+    this.cSlicesCut = m?.counter(`${prefix}.budget_exhausted`) ?? NO_COUNTER;
     const stateOffset = layoutBytes(n);
     const stateView = new DataView(state, stateOffset, align8(model.stateBytes));
     this.ctx = {
@@ -790,28 +833,81 @@ export class VirtioDevice {
     }
   }
 
-  private drain(q: number, handle: (chain: DescriptorChain) => number): void {
+  /**
+   * Runs work the default defer hook collected (slices of queues left unfinished), each once; returns whether
+   * more was deferred meanwhile. For callers that drive the device themselves; places pass their own `defer`.
+   */
+  serveDeferred(): boolean {
+    const work = this.laterList;
+    this.laterList = [];
+    for (const fn of work) fn();
+    return this.laterList.length > 0;
+  }
+
+  /** Arranges one more slice for queue q on this thread (once, however often it is asked before it runs). */
+  private scheduleResume(q: number): void {
+    if (this.resumeScheduled[q]) return;
+    this.resumeScheduled[q] = true;
+    this.deferTo(() => {
+      this.resumeScheduled[q] = false;
+      if (this.running) this.guard(`queue ${q}`, () => this.model.queueNotified(q));
+    });
+  }
+
+  private drain(q: number, handle: (chain: DescriptorChain, work: WorkBudget) => ChainResult): void {
+    let unfinished = false;
     this.withQueue(q, (vq) => {
+      const kept = this.partial[q];
+      this.partial[q] = undefined;
       if (vq === null) return;
-      // A bound on the work of one notification, so that a driver refilling the ring from another vCPU as fast
-      // as we consume cannot keep this thread here forever. Buffers left are served at the next notification.
-      let budget = 65536;
-      for (;;) {
-        vq.setDriverNotifications(false);
-        for (let c = vq.pop(); c !== null; c = budget > 0 ? vq.pop() : null) {
-          vq.pushUsed(c, handle(c));
-          budget--;
+      const work = new WorkBudget(this.budget);
+      // One chain through the handler; false if the handler kept it (IN_PROGRESS).
+      const serve = (c: DescriptorChain): boolean => {
+        work.chainsLeft--;
+        work.spentOnChain = 0;
+        const r = handle(c, work);
+        if (r === IN_PROGRESS) {
+          this.partial[q] = { vq, chain: c };
+          return false;
         }
-        vq.setDriverNotifications(true);
-        if (budget <= 0) break;
-        // Re-check: a buffer may have come before notifications were re-enabled.
-        const late = vq.pop();
-        if (late === null) break;
-        vq.pushUsed(late, handle(late));
-        budget--;
+        // A handler that does not account its work is charged what the chain declares.
+        if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
+        vq.pushUsed(c, r);
+        return true;
+      };
+      // A chain left unfinished by the previous slice goes first (unless the queue was reset since: a new
+      // queue object, and the chain belongs to the old ring).
+      if (kept !== undefined && kept.vq === vq && !serve(kept.chain)) {
+        unfinished = true;
+      } else {
+        drainLoop: for (;;) {
+          vq.setDriverNotifications(false);
+          while (!work.exhausted) {
+            const c = vq.pop();
+            if (c === null) break;
+            if (!serve(c)) break drainLoop;
+          }
+          // Notifications back on either way: if the slice ends early the driver's next kick also brings us back.
+          vq.setDriverNotifications(true);
+          if (work.exhausted) break;
+          // Re-check: a buffer may have come before notifications were re-enabled.
+          const late = vq.pop();
+          if (late === null) break;
+          if (!serve(late)) break;
+        }
+        unfinished = this.partial[q] !== undefined || work.exhausted;
+        if (this.partial[q] !== undefined) vq.setDriverNotifications(true);
       }
+      const st = this.sliceStats;
+      st.slices++;
+      st.maxBytes = Math.max(st.maxBytes, this.budget.bytes - work.bytesLeft);
+      st.maxChains = Math.max(st.maxChains, this.budget.chains - work.chainsLeft);
       if (vq.shouldNotifyDriver()) this.raiseQueue(q);
     });
+    if (unfinished) {
+      this.cSlicesCut.add();
+      this.scheduleResume(q);
+    }
   }
 }
 

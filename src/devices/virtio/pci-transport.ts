@@ -27,6 +27,7 @@ import { PCI_CAP_ID, PciFunction, type PciFunctionOptions } from "../pci/config.
 import { type MsiSink, Msix } from "../pci/msix.ts";
 import { VIRTIO_ID, VIRTIO_MSI_NO_VECTOR } from "./constants.ts";
 import { type QueueField, VirtioDevice, type VirtioDeviceModel, type VirtioInterrupts } from "./device.ts";
+import type { Defer, NotifyBudget } from "./work-budget.ts";
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 /** 4.1.2: PCI Device ID = 0x1040 + Virtio Device ID. */
@@ -113,6 +114,9 @@ export interface VirtioPciTransportOptions {
   name?: string;
   metrics?: MetricsSink;
   log?: (message: string) => void;
+  /** The device's work budget per notification and how its place brings it back (VirtioDeviceOptions). */
+  budget?: NotifyBudget;
+  defer?: Defer;
 }
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
@@ -206,6 +210,8 @@ export class VirtioPciTransport {
       interrupts,
       metrics: m,
       log: opts.log,
+      budget: opts.budget,
+      defer: opts.defer,
     });
 
     // BAR 4: the virtio structures, one page each, notifications last.

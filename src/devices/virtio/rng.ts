@@ -8,6 +8,7 @@ import type { Counter } from "../../metrics/registry.ts";
 import { VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import type { DescriptorChain } from "./queue/index.ts";
+import type { WorkBudget } from "./work-budget.ts";
 
 export interface VirtioRngOptions {
   name?: string;
@@ -47,11 +48,11 @@ export class VirtioRng implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q !== 0) return;
-    this.ctx.drain(0, (chain) => this.fill(chain));
+    this.ctx.drain(0, (chain, work) => this.fill(chain, work));
   }
 
   /** 5.4.6: the driver's buffers are device-writable; the device fills them with entropy. */
-  private fill(chain: DescriptorChain): number {
+  private fill(chain: DescriptorChain, work: WorkBudget): number {
     if (chain.readableLength > 0) {
       throw new VirtioRequestError(
         `rng request ${chain.id} has ${chain.readableLength} device-readable bytes`,
@@ -66,6 +67,7 @@ export class VirtioRng implements VirtioDeviceModel {
       written += n;
       left -= n;
     }
+    work.spend(Math.max(1, written));
     this.cRequests.add();
     this.cBytes.add(written);
     return written;
