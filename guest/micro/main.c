@@ -26,6 +26,7 @@ static const struct program {
 	{ "virtio-blk-id", prog_virtio_blk_id },
 	{ "virtio-msix", prog_virtio_msix },
 	{ "bench-virtio-blk", prog_bench_virtio_blk },
+	{ "virtio-blk-hammer", prog_virtio_blk_hammer },
 	{ "virtio-net-test", prog_virtio_net_test },
 	{ "bench-virtio-net", prog_bench_virtio_net },
 	{ "virtio-console", prog_virtio_console },

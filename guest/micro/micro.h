@@ -191,6 +191,7 @@ int prog_virtio_blk_rw(int argc, char **argv);
 int prog_virtio_blk_id(int argc, char **argv);
 int prog_virtio_msix(int argc, char **argv);
 int prog_bench_virtio_blk(int argc, char **argv);
+int prog_virtio_blk_hammer(int argc, char **argv);
 int prog_virtio_net_test(int argc, char **argv);
 int prog_bench_virtio_net(int argc, char **argv);
 int prog_virtio_console(int argc, char **argv);

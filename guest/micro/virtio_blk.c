@@ -384,3 +384,70 @@ int prog_bench_virtio_blk(int argc, char **argv)
 		return 2;
 	return run_user(bench_main, 0);
 }
+
+/* ---- virtio-blk-hammer [MIB]: a hostile driver that never lets the device rest ----
+ * One read request whose data is MIB (default 64, at most 254) descriptors of 1 MiB, all naming the same MiB of
+ * guest memory (the specification allows it), is made available in every slot of the avail ring, over and
+ * over: each time the device uses a slot, the slot is refilled and the device notified. It prints one line when
+ * the hammering starts and never ends by itself: vireo must stop it (Ctrl-A x, --timeout, a signal) while the
+ * device is busy. Needs a disk of at least MIB MiB (a sparse file is enough). */
+
+static uint32_t hammer_mib = 64;
+
+static int hammer_main(void)
+{
+	if (blk_open(0, 0))
+		return 1;
+	if (vq.packed || vq.size < hammer_mib + 2) {
+		con_printf("virtio-blk-hammer: needs a split ring of at least %u entries (have %u)\n", hammer_mib + 2,
+			   vq.size);
+		return 1;
+	}
+	if (capacity < (uint64_t)hammer_mib * 2048) {
+		con_printf("virtio-blk-hammer: the disk has %lu sectors, %u MiB are needed\n", capacity, hammer_mib);
+		return 1;
+	}
+	static struct virtq_buf b[256];
+	unsigned n = 0;
+	hdrs[0] = (struct blk_req_hdr){ BLK_T_IN, 0, 0 };
+	b[n++] = (struct virtq_buf){ &hdrs[0], sizeof(hdrs[0]), 0 };
+	for (uint32_t i = 0; i < hammer_mib; i++)
+		b[n++] = (struct virtq_buf){ data, 1u << 20, 1 };
+	b[n++] = (struct virtq_buf){ &statuses[0], 1, 1 };
+	if (virtq_add(&vq, b, n, 0))
+		return 1;
+	/* The chain's head is the avail entry virtq_add just wrote; every other slot gets the same head. */
+	uint16_t head = vq.avail->ring[(uint16_t)(vq.next_avail - 1) & (vq.size - 1)];
+	con_printf("virtio-blk-hammer: hammering with %u x 1 MiB reads in every one of %u slots\n", hammer_mib, vq.size);
+	for (;;) {
+		/* 2.7.13: fill the free slots (the device has used everything before used->idx), then publish idx. */
+		while ((uint16_t)(vq.next_avail - vq.used->idx) < vq.size) {
+			vq.avail->ring[vq.next_avail & (vq.size - 1)] = head;
+			vq.next_avail++;
+		}
+		virtio_wmb();
+		vq.avail->idx = vq.next_avail;
+		virtio_mb();
+		mmio_w16(vq.notify_addr, vq.index);
+		uint16_t seen = vq.used->idx;
+		for (uint32_t spin = 0; spin < 100000 && vq.used->idx == seen; spin++)
+			cpu_pause();
+	}
+}
+
+int prog_virtio_blk_hammer(int argc, char **argv)
+{
+	if (argc > 2) {
+		con_puts("virtio-blk-hammer: at most one argument (MiB per request)\n");
+		return 2;
+	}
+	if (argc == 2) {
+		uint64_t v;
+		if (!parse_u64(argv[1], &v) || v < 1 || v > 254) {
+			con_printf("virtio-blk-hammer: '%s' is not a number of MiB in 1..254\n", argv[1]);
+			return 2;
+		}
+		hammer_mib = (uint32_t)v;
+	}
+	return run_user(hammer_main, 0);
+}

@@ -211,6 +211,7 @@ function metricsDocument(result: RunResult) {
     outcome: result.outcome,
     status: result.status,
     wallMs: Math.round(result.wallMs),
+    stopMs: result.stopMs === undefined ? undefined : Math.round(result.stopMs * 10) / 10,
     metrics: result.metrics,
   };
 }

@@ -20,6 +20,7 @@ export function formatRunSummary(result: RunResult): string {
     `${result.outcome}${result.guestCode !== undefined ? ` (guest exit code ${result.guestCode})` : ""}`,
   ]);
   rows.push(["wall time", `${result.wallMs.toFixed(0)} ms`]);
+  if (result.stopMs !== undefined) rows.push(["stop took", `${result.stopMs.toFixed(1)} ms`]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => (v === "" ? k : `${k.padEnd(width)}  ${v.padStart(8)}`)).join("\n");
 }

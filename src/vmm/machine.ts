@@ -94,6 +94,12 @@ export interface RunResult {
   vcpuStartNs?: number;
   deviceErrors: string[];
   wallMs: number;
+  /**
+   * Milliseconds from the first stop request (Ctrl-A x, --timeout, a signal, or a vCPU that stopped) until every
+   * vCPU and data-plane thread had stopped. Device work is bounded per slice, so this stays short whatever the
+   * guest keeps its devices doing.
+   */
+  stopMs?: number;
 }
 
 /** Statuses vireo uses for itself; a guest that exits through the debug port picks any 0-255. */
@@ -128,6 +134,8 @@ export class Machine {
   private readonly control = new SharedArrayBuffer(CONTROL.slots * 4);
   private readonly vcpus: Array<{ worker: Worker; thread?: number; run?: Uint8Array }> = [];
   private stopRequested = false;
+  /** performance.now() at the first requestStop. */
+  private stopRequestedAt: number | undefined;
 
   constructor(config: MachineConfig) {
     this.config = config;
@@ -151,6 +159,7 @@ export class Machine {
   /** Ask every vCPU to leave KVM_RUN and stop (from any point of the run). */
   requestStop(): void {
     this.stopRequested = true;
+    this.stopRequestedAt ??= performance.now();
     Atomics.store(new Int32Array(this.control), CONTROL.stop, 1);
     for (const v of this.vcpus) {
       if (v.run && v.thread !== undefined) {
@@ -281,6 +290,8 @@ export class Machine {
       const stats = config.statsIntervalMs ? this.startStats(metrics, config.statsIntervalMs) : undefined;
       await stopped;
       await io?.stop();
+      const stopMs =
+        this.stopRequestedAt === undefined ? undefined : performance.now() - this.stopRequestedAt;
       if (timer) clearTimeout(timer);
       if (stats) clearInterval(stats);
       for (const [name, count] of readDoorbells()) mainMetrics.counter(name).add(count);
@@ -300,6 +311,7 @@ export class Machine {
         vcpuStartNs,
         deviceErrors,
         wallMs: performance.now() - started,
+        stopMs,
       };
     } finally {
       for (const c of cleanups.reverse()) c();
