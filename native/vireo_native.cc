@@ -65,16 +65,23 @@ bool ToInt(const Napi::Value& v, int64_t* out) {
 
 // The byte range behind a TypedArray or DataView (works for views of a SharedArrayBuffer too).
 bool ViewBytes(const Napi::Value& v, void** data, size_t* length) {
+  // The C API's own info calls: they give the data pointer for views of a SharedArrayBuffer, where
+  // Napi::TypedArray::ArrayBuffer().Data() fails (napi_get_arraybuffer_info refuses a SharedArrayBuffer).
   if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    *data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-    *length = ta.ByteLength();
+    napi_typedarray_type type;
+    size_t count = 0;
+    void* base = nullptr;
+    if (napi_get_typedarray_info(v.Env(), v, &type, &count, &base, nullptr, nullptr) != napi_ok) return false;
+    *data = base;
+    *length = v.As<Napi::TypedArray>().ByteLength();
     return true;
   }
   if (v.IsDataView()) {
-    Napi::DataView dv = v.As<Napi::DataView>();
-    *data = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
-    *length = dv.ByteLength();
+    size_t bytes = 0;
+    void* base = nullptr;
+    if (napi_get_dataview_info(v.Env(), v, &bytes, &base, nullptr, nullptr) != napi_ok) return false;
+    *data = base;
+    *length = bytes;
     return true;
   }
   return false;

@@ -28,6 +28,7 @@ export const MICRO_PROGRAMS = [
   "e1000-test",
   "e1000-irq",
   "bench-e1000",
+  "virtio-blk-hammer",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
