@@ -2,22 +2,19 @@
 # Mutation testing of the device models with StrykerJS (stryker.config.mjs; docs/mutation-testing.md).
 # Not part of `npm test` or .ci/run: run it by hand, e.g. after changing a device or its tests.
 #
-#   scripts/mutation.sh [--incremental] [FAMILY...]      (npm run mutation -- [--incremental] [FAMILY...])
+#   scripts/mutation.sh [FAMILY...]      (npm run mutation -- [FAMILY...])
 #
 # FAMILY: queue blk net e1000 msix uart (default: all of them, one after the other). Each family mutates its
 # device files and runs only its own unit test files. Reports go to reports/mutation/FAMILY/ (index.html,
-# mutation.json); the last lines printed are the score table of the families run. --incremental reuses the
-# previous run's results for mutants whose code and tests did not change (reports/mutation/FAMILY/incremental.json).
+# mutation.json); the last lines printed are the score table of the families run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 all=(queue blk net e1000 msix uart)
-extra=()
 families=()
 for a in "$@"; do
   case "$a" in
-    --incremental) extra+=(--incremental) ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "mutation.sh: unknown option $a" >&2; exit 2 ;;
     *)
       if [[ " ${all[*]} " != *" $a "* ]]; then
@@ -36,7 +33,7 @@ summary=()
 for f in "${families[@]}"; do
   echo "== mutation: $f" >&2
   start=$(date +%s)
-  if VIREO_MUTATION_FAMILY="$f" node_modules/.bin/stryker run stryker.config.mjs "${extra[@]}"; then
+  if VIREO_MUTATION_FAMILY="$f" node_modules/.bin/stryker run stryker.config.mjs; then
     summary+=("$f:$(( $(date +%s) - start ))")
   else
     echo "mutation.sh: stryker failed for $f" >&2
