@@ -58,6 +58,25 @@ describe("e1000 against a hostile guest: transmit ring", () => {
     assert.equal(sent.length, 1);
   });
 
+  test("TDT or TDH equal to the ring size (one past the last descriptor) is outside the ring too", () => {
+    const { drv, dev, sent } = txReady(8);
+    drv.queueLegacy([frame()]);
+    drv.w32(REG.TDT, 8);
+    assert.equal(sent.length, 0);
+    assert.equal(drv.r32(REG.TDH), 0);
+    assert.equal(dev.errorCounts()["tx-ring-index"], 1);
+    drv.w32(REG.TDH, 8);
+    drv.w32(REG.TDT, 1);
+    assert.equal(sent.length, 0);
+    assert.equal(drv.r32(REG.TDH), 8, "nothing was fetched from past the ring's end");
+    assert.equal(dev.errorCounts()["tx-ring-index"], 2);
+    drv.w32(REG.TDH, 0);
+    assert.equal(sent.length, 0);
+    drv.w32(REG.TDT, 1);
+    assert.deepEqual(sent, [frame()]);
+    assert.equal(dev.errorCounts()["tx-ring-index"], 2);
+  });
+
   test("TDLEN not a multiple of 128 is logged and its low bits ignored; TDLEN 0 processes nothing", () => {
     const { drv, dev, sent, metrics } = txReady(8);
     drv.w32(REG.TDLEN, 8 * 16 + 5);
@@ -211,6 +230,23 @@ describe("e1000 against a hostile guest: receive ring", () => {
     assert.equal(dev.errorCounts()["rx-ring-index"], 1);
     assert.equal(wire.peer.stats().queued, 1);
     assert.equal(drv.r32(REG.RDH), 0);
+    drv.w32(REG.RDT, 7);
+    assert.equal(drv.receive().length, 1, "delivered once the ring is sane");
+  });
+
+  test("RDT or RDH equal to the ring size is outside the ring: nothing written, the frame waits", () => {
+    const { drv, dev, wire, mem } = rxReady({ count: 8 });
+    drv.w32(REG.RDT, 8);
+    const before = mem.bytes.slice();
+    wire.send(toNic());
+    assert.equal(dev.errorCounts()["rx-ring-index"], 1);
+    assert.equal(wire.peer.stats().queued, 1);
+    drv.w32(REG.RDH, 8);
+    drv.w32(REG.RDT, 7); // offers the frame again
+    assert.equal(dev.errorCounts()["rx-ring-index"], 2);
+    assert.equal(wire.peer.stats().queued, 1);
+    assert.deepEqual(mem.bytes, before, "no descriptor or buffer written");
+    drv.w32(REG.RDH, 0);
     drv.w32(REG.RDT, 7);
     assert.equal(drv.receive().length, 1, "delivered once the ring is sane");
   });

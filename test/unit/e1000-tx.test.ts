@@ -120,6 +120,45 @@ describe("e1000 transmit: legacy descriptors", () => {
     assert.deepEqual(dev.errorCounts(), {});
   });
 
+  test("the length field of a legacy descriptor is 16 bits: 16384 bytes go out whole, 0x8010 is over the limit", () => {
+    const { drv, sent, dev, mem } = ready();
+    const big = ethFrame(PEER_MAC, NIC_MAC, 0x88b5, pattern(16384 - 14, 2));
+    drv.sendLegacy([big]);
+    assert.equal(sent.length, 1);
+    assert.deepEqual(sent[0], big);
+    // 0x8010 bytes: dropped as oversize (16 KiB is the most a packet may have); read as 14 bits it would be 16.
+    const d = new Uint8Array(16);
+    const v = new DataView(d.buffer);
+    v.setBigUint64(0, BigInt(drv.stage(pattern(0x8010, 3))), true);
+    v.setUint16(8, 0x8010, true);
+    d[11] = 0x0b; // EOP | IFCS | RS
+    const i = drv.putRawTx(d);
+    drv.kick();
+    assert.equal(sent.length, 1);
+    assert.equal(dev.errorCounts()["tx-oversize"], 1);
+    assert.equal(mem.readU16(drv.txDescAddr(i) + 8), 0x8010, "the descriptor itself is not rewritten");
+  });
+
+  test("DD write-back sets DD and clears EC/LC/TU in STA, keeps the byte's reserved upper bits and the rest of the descriptor", () => {
+    const { drv, mem } = ready();
+    const f = ethFrame(PEER_MAC, NIC_MAC, 0x88b5, pattern(100, 4));
+    const c = drv.queueContext({ tucss: 34, tucso: 50, tucmd: TUCMD.TCP, rs: true });
+    const l = drv.queueLegacy([f]);
+    const descs = [c, l].map((i) => drv.txDescAddr(i));
+    for (const at of descs) {
+      mem.writeU8(at + 12, 0xfe); // reserved 7:4 all set, TU/LC/EC set, DD clear
+      mem.write(at + 13, Uint8Array.of(0x21, 0x43, 0x65)); // CSS / HDRLEN, special / MSS: used by neither
+    }
+    const before = descs.map((at) => mem.slice(at, 16).slice());
+    drv.kick();
+    descs.forEach((at, n) => {
+      const after = mem.slice(at, 16);
+      assert.equal(after[12], 0xf1, `descriptor ${n}: STA`);
+      after[12] = 0xfe;
+      assert.deepEqual(after, before[n], `descriptor ${n}: nothing else written`);
+    });
+  });
+
   test("VLE with CTRL.VME inserts an 802.1Q tag from VET and the special field; without VME no tag", () => {
     const { drv, sent } = ready();
     const f = ethFrame(PEER_MAC, NIC_MAC, 0x0800, pattern(100));

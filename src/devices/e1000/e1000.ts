@@ -20,9 +20,10 @@
  * (an in-process pair answering at once) works as it did with one object.
  *
  * What runs where, and with the lock held:
- * - `irq.set` and `backend.send` are called with the lock held, on the thread that caused them (transmit runs
- *   synchronously in the TDT write, on whatever vCPU thread did it, through that thread's backend). They must
- *   not wait for another thread that may be waiting for this device.
+ * - `irq.set` and `backend.send` are called with the lock held, on the thread that caused them (transmit starts
+ *   in the TDT write, on whatever vCPU thread did it, through that thread's backend, and continues in `poll()` on
+ *   the I/O thread, through its backend). They must not wait for another thread that may be waiting for this
+ *   device.
  * - `backend.rxReady()` (RDT write, RCTL.EN set) and `onDeadlineChanged` are called after the lock is released,
  *   on the thread that made the access. On a vCPU thread the backend is expected to be a proxy that wakes the
  *   I/O thread, which then offers the frames it kept to its own object's receiver.
@@ -31,11 +32,23 @@
  * Emulation choices:
  * - The link is a 1000 Mb/s full-duplex copper link to a partner that always autonegotiates; `setLinkUp` pulls
  *   the cable. STATUS.LU follows that state regardless of CTRL.SLU (the driver sets SLU anyway).
- * - Transmit runs synchronously inside the guest's TDT write (or TCTL.EN): every descriptor between TDH and TDT is
- *   processed before the write returns. There is no wire, so collisions, FCS insertion (IFCS) and inter-packet
- *   gaps have no effect; frames go to the backend without FCS. TCTL.PSP pads short frames to 60 bytes. A packet
- *   whose descriptors span several TDT writes is assembled in the shared state, so the writes may come from
- *   different threads.
+ * - Transmit starts inside the guest's TDT write (or TCTL.EN) and runs in slices: one entry point does at most
+ *   E1000_TX_SLICE of work (descriptors, bytes, frames with TSO segments counted), then leaves TDH where it
+ *   stopped and sets the "transmit pending" deadline (T_TX_PENDING) to now, so a hostile ring (every descriptor
+ *   maximal, or TSO with a tiny MSS) costs one exit a bounded time and still gets every frame sent, in order,
+ *   exactly once. Who continues it, in each configuration the model runs in:
+ *   - vireo (`--net ...,model=e1000`): the vCPU thread's object has `onDeadlineChanged` = wake the NIC's I/O
+ *     thread (src/vmm/pci-devices.ts e1000For); that thread (src/io-thread/io-thread.ts e1000Plane) sleeps
+ *     until `nextDeadline()`, which is now, and calls `poll()`, one slice each, the lock free in between, until
+ *     the ring is empty. Its own register-side object never needs the callback: it recomputes the deadline.
+ *   - Without an I/O thread (the unit tests, NICs wired by an in-process pair of src/net/pair.ts) nothing calls
+ *     `poll()` by itself: the integrator must, while `nextDeadline() <= now()` (or pass an `onDeadlineChanged`
+ *     that schedules it). Every register access and every received frame also runs `poll()`'s work first, so a
+ *     driver that touches the device keeps the ring moving even then.
+ *   There is no wire, so collisions, FCS insertion (IFCS) and inter-packet gaps have no effect; frames go to the
+ *   backend without FCS. TCTL.PSP pads short frames to 60 bytes. A packet whose descriptors span several TDT
+ *   writes, or a TSO packet whose segments span several slices, is kept in the shared state, so the writes and
+ *   slices may run on different threads.
  * - Receive runs when the backend offers a frame. A frame that cannot be stored now (no free descriptors) is
  *   refused, so the backend keeps it and offers it again on the next RDT write: nothing is lost while the
  *   backend's queue has room. RXO is raised and MPC/RNBC count every refused offer. Short frames are padded to
@@ -46,13 +59,14 @@
  * - Time: `now()` is in milliseconds on a clock every thread shares (default `monotonicMs`, CLOCK_MONOTONIC
  *   through process.hrtime; not performance.now(), whose origin differs per thread). The delay timers
  *   (RDTR/RADV, TIDV/TADV, units of 1.024 µs) and the interrupt throttling interval (ITR, units of 256 ns) are
- *   deadlines in the shared state, checked at every register access and by `poll()`, which the I/O thread calls
- *   when `nextDeadline()` comes. When a call (typically a register access on a vCPU thread) leaves
- *   `nextDeadline()` earlier than it was, `onDeadlineChanged` tells the sleeping I/O thread to look again.
+ *   deadlines in the shared state (as is the transmit continuation), checked at every register access and by
+ *   `poll()`, which the I/O thread calls when `nextDeadline()` comes. When a call (typically a register access on
+ *   a vCPU thread) leaves `nextDeadline()` earlier than it was, `onDeadlineChanged` tells the sleeping I/O thread
+ *   to look again.
  * - The guest is not trusted. Ring indexes, lengths and addresses are validated before use; a bad value drops the
  *   work it concerns, counts it (shared counts, `errorCounts()`) and logs it once per kind and object. No guest
- *   value can make the model throw out of a register access, loop without bound or touch memory outside
- *   GuestMemory.
+ *   value can make the model throw out of a register access, loop without bound, spend more than a slice of
+ *   work in one call or touch memory outside GuestMemory.
  * - Registers the model does not know read as 0 and ignore writes, logged once per offset. Known registers with
  *   no behaviour here (flow control, wake-up, LEDs, FIFO pointers...) are plain storage.
  */
@@ -70,8 +84,9 @@ import {
   insertLegacyChecksum,
   MAX_TSO_PAYLOAD,
   MAX_TX_FRAME,
-  segmentTso,
+  planTso,
   type TxContext,
+  tsoSegment,
 } from "./offload.ts";
 import { M88Phy, PHY_REG_COUNT } from "./phy.ts";
 import {
@@ -256,6 +271,16 @@ const MAX_RX_JUMBO = 16384;
 /** The longest transmit packet assembled from descriptors: a TSO header (HDRLEN is 8 bits) plus its payload. */
 const TX_BUFFER_BYTES = MAX_TSO_PAYLOAD + 255;
 
+/**
+ * Transmit work one entry point (a register access, `poll`, a received frame) may do before it leaves the rest of
+ * the ring for later: descriptors fetched, bytes moved (read from guest buffers plus handed to the backend) and
+ * frames sent (TSO segments included). Whichever runs out first ends the slice; the check is made before each
+ * descriptor and each segment, so a slice overshoots by at most one descriptor's data (up to 256 KiB) or one
+ * non-TSO packet (16 KiB). A slice always does at least one descriptor or segment, so every slice progresses.
+ * Linux's default 256-descriptor ring of ordinary packets fits in one slice.
+ */
+export const E1000_TX_SLICE = Object.freeze({ descriptors: 256, bytes: 1 << 20, frames: 256 });
+
 const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 // ---- shared state layout ---------------------------------------------------------------------------------------
@@ -292,7 +317,18 @@ const W_EEPROM = 24;
 /** The two transmit contexts, CTX_FIELDS.length words each. */
 const W_CSUM_CTX = 40;
 const W_TSO_CTX = 52;
-const HEADER_WORDS = 64;
+// A TSO packet being sent a slice at a time (its data in the TX buffer, W_TXP_ACTIVE already clear). TDH stays on
+// its EOP descriptor until the last segment is sent; DD is then written back from what was read then.
+const W_TXP_SEGMENTING = 64;
+const W_TXP_SEG_NEXT = 65;
+const W_TXP_SEG_COUNT = 66;
+const W_TXP_EOP_CMD = 67;
+/** The EOP descriptor's status byte as read (its upper bits are preserved on write-back). */
+const W_TXP_EOP_STA = 68;
+/** The EOP descriptor's guest-physical address (low and high 32 bits). */
+const W_TXP_EOP_LO = 69;
+const W_TXP_EOP_HI = 70;
+const HEADER_WORDS = 72;
 
 // Float64 slots: deadlines and the last assertion time (NaN: none).
 const T_ITR = 0;
@@ -301,8 +337,10 @@ const T_RX_ABS = 2;
 const T_TX_DELAY = 3;
 const T_TX_ABS = 4;
 const T_LAST_ASSERT = 5;
+/** Transmit work left for later (a spent slice): `poll()` continues it from then on. */
+const T_TX_PENDING = 6;
 const TIME_SLOTS = 8;
-const DEADLINES = [T_RX_PACKET, T_RX_ABS, T_TX_DELAY, T_TX_ABS, T_ITR] as const;
+const DEADLINES = [T_RX_PACKET, T_RX_ABS, T_TX_DELAY, T_TX_ABS, T_ITR, T_TX_PENDING] as const;
 
 const STATS_COUNT = (STATS_LAST - STATS_FIRST) / 4 + 1;
 
@@ -400,6 +438,7 @@ function resetRegisterFile(v: StateViews, eeprom: MicrowireEeprom): void {
   s[W_TSO_CTX_VALID] = 0;
   s[W_TXP_ACTIVE] = 0;
   s[W_TXP_SIZE] = 0;
+  s[W_TXP_SEGMENTING] = 0;
   v.times.fill(Number.NaN);
 }
 
@@ -548,8 +587,18 @@ export class E1000 implements BusDevice {
 
   // This object's own: re-entrancy guards, scratch, work for after the lock, logging and metrics.
   private txBusy = false;
+  /** The transmit work left to the current entry point (E1000_TX_SLICE), reset by the outermost `locked`. */
+  private txDescLeft = 0;
+  private txBytesLeft = 0;
+  private txFramesLeft = 0;
   private rxReadyPending = false;
   private readonly txDesc = new Uint8Array(DESC_SIZE);
+  /**
+   * Where each transmitted frame is built (offloads, VLAN tag, padding) and handed to the backend from, which
+   * must not keep it (NetBackend.send): private, so the backend never sees shared memory, and reused, so a flood
+   * of frames allocates nothing per frame.
+   */
+  private readonly txFrame = new Uint8Array(MAX_TX_FRAME + VLAN_TAG_LEN);
   private readonly loggedKinds = new Set<string>();
   private readonly loggedOffsets = new Set<number>();
   private readonly errorCounters = new Map<string, Counter>();
@@ -557,6 +606,7 @@ export class E1000 implements BusDevice {
   private readonly mTxBytes: Counter;
   private readonly mTxDropped: Counter;
   private readonly mTxBackendDropped: Counter;
+  private readonly mTxDeferred: Counter;
   private readonly mRxFrames: Counter;
   private readonly mRxBytes: Counter;
   private readonly mRxDropped: Counter;
@@ -621,6 +671,7 @@ export class E1000 implements BusDevice {
     this.mTxBytes = c("tx.bytes");
     this.mTxDropped = c("tx.dropped");
     this.mTxBackendDropped = c("tx.backend_dropped");
+    this.mTxDeferred = c("tx.deferred");
     this.mRxFrames = c("rx.frames");
     this.mRxBytes = c("rx.bytes");
     this.mRxDropped = c("rx.dropped");
@@ -635,8 +686,9 @@ export class E1000 implements BusDevice {
 
   /**
    * Runs `fn` under the device lock; re-entrant for this object (a backend calling the receiver from inside
-   * `send`). After the outermost call releases the lock: `onDeadlineChanged` if the next deadline moved earlier,
-   * then `backend.rxReady()` if the guest posted receive buffers.
+   * `send`). The outermost call gets a fresh transmit budget (E1000_TX_SLICE). After it releases the lock:
+   * `onDeadlineChanged` if the next deadline moved earlier, then `backend.rxReady()` if the guest posted receive
+   * buffers.
    */
   private locked<T>(fn: () => T): T {
     if (this.lock.isHeld) return fn();
@@ -645,6 +697,9 @@ export class E1000 implements BusDevice {
     let after: number | undefined;
     let result: T;
     this.lock.lock();
+    this.txDescLeft = E1000_TX_SLICE.descriptors;
+    this.txBytesLeft = E1000_TX_SLICE.bytes;
+    this.txFramesLeft = E1000_TX_SLICE.frames;
     try {
       if (watch) before = this.earliestDeadline();
       result = fn();
@@ -799,7 +854,11 @@ export class E1000 implements BusDevice {
 
   // ---- Integrator interface ----
 
-  /** Fires expired delay timers and throttled interrupts. The I/O thread calls it when nextDeadline() comes. */
+  /**
+   * Fires expired delay timers and throttled interrupts, and continues transmit work left by an earlier call
+   * (one more slice). The I/O thread calls it when nextDeadline() comes; without one, whoever drives the device
+   * must (see the class comment).
+   */
   poll(): void {
     this.locked(() => this.guard(() => this.pollLocked()));
   }
@@ -818,6 +877,7 @@ export class E1000 implements BusDevice {
     }
     if (t >= (tm[T_ITR] as number)) tm[T_ITR] = Number.NaN;
     this.updateIrq(t);
+    if (t >= (tm[T_TX_PENDING] as number)) this.processTx();
   }
 
   /**
@@ -1042,7 +1102,9 @@ export class E1000 implements BusDevice {
         return;
       case REG.TDH:
         regs[i] = v & 0xffff;
-        s[W_TXP_ACTIVE] = 0; // the ring was repositioned: drop any partial packet
+        // The ring was repositioned: drop any partial packet, and the rest of a TSO packet being segmented.
+        s[W_TXP_ACTIVE] = 0;
+        s[W_TXP_SEGMENTING] = 0;
         return;
       case REG.TDT:
         regs[i] = v & 0xffff;
@@ -1200,8 +1262,18 @@ export class E1000 implements BusDevice {
     return { base: (r[bah >> 2] as number) * TWO32 + (r[bal >> 2] as number), count };
   }
 
+  /**
+   * Transmit: descriptors from TDH up to TDT are processed in order, TDH following, until the ring is empty or
+   * this entry point's budget (E1000_TX_SLICE) is spent. Then TDH stays where the work stopped (on the EOP
+   * descriptor of a TSO packet whose segments are not all sent yet) and the T_TX_PENDING deadline is set to now,
+   * so `poll()` (the I/O thread) continues with a fresh budget; any register access or received frame does too.
+   * SDM §3.4 (transmit descriptor ring): the ring is empty when TDH == TDT, and TDH and TDT are indexes of
+   * descriptors, so one at or past the ring's size (TDLEN / 16) points outside it: nothing is processed.
+   */
   private processTx(): void {
-    if (this.txBusy || this.s[W_CLOSED] || !((this.regs[REG.TCTL >> 2] as number) & TCTL_EN)) return;
+    if (this.txBusy) return;
+    this.times[T_TX_PENDING] = Number.NaN;
+    if (this.s[W_CLOSED] || !((this.regs[REG.TCTL >> 2] as number) & TCTL_EN)) return;
     let tdh = this.regs[REG.TDH >> 2] as number;
     const tdt = this.regs[REG.TDT >> 2] as number;
     if (tdh === tdt) return;
@@ -1213,8 +1285,26 @@ export class E1000 implements BusDevice {
     }
     this.txBusy = true;
     let done = 0;
+    let more = false;
     try {
-      while (tdh !== tdt && done < ring.count) {
+      if (this.s[W_TXP_SEGMENTING]) {
+        // The TSO packet whose EOP descriptor is at TDH: its next segments, then that descriptor's write-back.
+        more = !this.txSegments();
+        if (!more) {
+          const s = this.s;
+          const at = (s[W_TXP_EOP_HI] as number) * TWO32 + ((s[W_TXP_EOP_LO] as number) >>> 0);
+          this.txStatusWriteback(at, s[W_TXP_EOP_CMD] as number, s[W_TXP_EOP_STA] as number);
+          tdh = (tdh + 1) % ring.count;
+          this.regs[REG.TDH >> 2] = tdh;
+          done++;
+        }
+      }
+      while (!more && tdh !== tdt) {
+        if (this.txDescLeft <= 0 || this.txBytesLeft <= 0 || this.txFramesLeft <= 0) {
+          more = true;
+          break;
+        }
+        this.txDescLeft--;
         const at = ring.base + tdh * DESC_SIZE;
         try {
           this.mem.read(at, this.txDesc);
@@ -1223,7 +1313,10 @@ export class E1000 implements BusDevice {
           this.guestError("tx-ring-dma", `transmit descriptor at ${hex(at)} is outside guest RAM`);
           break;
         }
-        this.txDescriptor(this.txDesc, at, ring.count);
+        if (!this.txDescriptor(this.txDesc, at, ring.count)) {
+          more = true; // a TSO packet's segments did not all fit: TDH stays on its EOP descriptor
+          break;
+        }
         tdh = (tdh + 1) % ring.count;
         this.regs[REG.TDH >> 2] = tdh;
         done++;
@@ -1231,18 +1324,27 @@ export class E1000 implements BusDevice {
     } finally {
       this.txBusy = false;
     }
+    if (more) {
+      this.times[T_TX_PENDING] = this.now();
+      this.mTxDeferred.add();
+    }
     if (done > 0 && tdh === tdt) this.raise(ICR_TXQE);
   }
 
-  private txDescriptor(d: Uint8Array, at: number, ringCount: number): void {
+  /**
+   * One descriptor. False when it is the EOP descriptor of a TSO packet whose segments are not all sent (the
+   * slice's budget ran out): it is not complete, so there is no write-back and TDH must not pass it.
+   */
+  private txDescriptor(d: Uint8Array, at: number, ringCount: number): boolean {
     const lower = le32(d, 8);
     const cmd = d[11] as number;
+    const sta = d[12] as number;
     const addr = le32(d, 4) * TWO32 + le32(d, 0);
     if (!(cmd & TXD_CMD_DEXT)) {
       // Legacy descriptor (SDM §3.3.3): length 15:0, CSO, CMD, STA, CSS, special.
       const special = le16(d, 14);
       this.txData(addr, lower & 0xffff, false, cmd, 0, special, ringCount);
-      if (cmd & TXD_CMD_EOP) this.txFinish(cmd, special, d[13] as number, d[10] as number);
+      if (cmd & TXD_CMD_EOP) this.txFinish(cmd, special, d[13] as number, d[10] as number, at, sta);
     } else {
       const dtyp = (lower >>> 20) & 0xf;
       if (dtyp === TXD_DTYP_CONTEXT) {
@@ -1263,16 +1365,23 @@ export class E1000 implements BusDevice {
         // TCP/IP data descriptor (SDM §3.3.7): DTALEN 19:0, DCMD, POPTS.
         const special = le16(d, 14);
         this.txData(addr, lower & 0xfffff, true, cmd, d[13] as number, special, ringCount);
-        if (cmd & TXD_CMD_EOP) this.txFinish(cmd, special, 0, 0);
+        if (cmd & TXD_CMD_EOP && !this.txFinish(cmd, special, 0, 0, at, sta)) return false;
       } else {
         this.guestError("tx-desc-type", `transmit descriptor at ${hex(at)} has reserved type ${dtyp}`);
       }
     }
-    if (cmd & TXD_CMD_RS) {
-      // Write back DD in the status nibble (SDM §3.3.3.2); the rest of the descriptor is left as it was.
-      this.mem.writeU8(at + 12, ((d[12] as number) & 0xf0) | TXD_STAT_DD);
-      this.txWriteback((cmd & TXD_CMD_IDE) !== 0);
-    }
+    this.txStatusWriteback(at, cmd, sta);
+    return true;
+  }
+
+  /**
+   * RS (SDM §3.3.3.2): DD is written in the status nibble of STA (bits 3:0; EC, LC and TU read 0 on this
+   * full-duplex link); the reserved upper bits of that byte and the rest of the descriptor are left as they were.
+   */
+  private txStatusWriteback(at: number, cmd: number, sta: number): void {
+    if (!(cmd & TXD_CMD_RS)) return;
+    this.mem.writeU8(at + 12, (sta & 0xf0) | TXD_STAT_DD);
+    this.txWriteback((cmd & TXD_CMD_IDE) !== 0);
   }
 
   /** Loads a transmit context into the shared state (`base`: W_CSUM_CTX or W_TSO_CTX). */
@@ -1341,6 +1450,7 @@ export class E1000 implements BusDevice {
     try {
       // Straight into the shared packet buffer: the packet's next descriptors may be processed on another thread.
       this.mem.read(addr, this.txBuffer.subarray(size, size + len));
+      this.txBytesLeft -= len;
     } catch (e) {
       if (!(e instanceof GuestMemoryError)) throw e;
       this.poison("tx-dma", `transmit buffer ${hex(addr)}+${len} is outside guest RAM`);
@@ -1355,38 +1465,38 @@ export class E1000 implements BusDevice {
     this.guestError(kind, `${detail}; packet dropped`);
   }
 
-  private txFinish(lastCmd: number, lastSpecial: number, css: number, cso: number): void {
+  /**
+   * The end of a packet (EOP): offloads, then the frame(s) to the backend. False when a TSO packet's segments did
+   * not all fit in this slice (`at` and `sta` are its EOP descriptor's address and status byte, kept for the
+   * write-back when the last segment is sent).
+   */
+  private txFinish(
+    lastCmd: number,
+    lastSpecial: number,
+    css: number,
+    cso: number,
+    at: number,
+    sta: number,
+  ): boolean {
     const s = this.s;
-    if (!s[W_TXP_ACTIVE]) return;
+    if (!s[W_TXP_ACTIVE]) return true;
     s[W_TXP_ACTIVE] = 0;
     const tse = s[W_TXP_TSE] !== 0;
     const size = s[W_TXP_SIZE] as number;
     if (s[W_TXP_POISONED]) {
       this.mTxDropped.add();
       if (tse) this.count(STAT.TSCTFC);
-      return;
+      return true;
     }
     if (size === 0) {
       this.guestError("tx-empty-packet", "end of packet with no data");
       this.mTxDropped.add();
-      return;
+      return true;
     }
-    // A private copy: the offloads edit it, and the backend must not see shared memory.
-    const pkt = this.txBuffer.slice(0, size);
     const popts = s[W_TXP_POPTS] as number;
-    const firstCmd = s[W_TXP_FIRST_CMD] as number;
-    const firstSpecial = s[W_TXP_FIRST_SPECIAL] as number;
     const ixsm = (popts & TXD_POPTS_IXSM) !== 0;
     const txsm = (popts & TXD_POPTS_TXSM) !== 0;
-    let frames: Uint8Array[] = [pkt];
-    if (!s[W_TXP_EXTENDED]) {
-      if (lastCmd & TXD_CMD_IC && !insertLegacyChecksum(pkt, css, cso)) {
-        this.guestError(
-          "tx-csum-range",
-          `legacy checksum CSS ${css} / CSO ${cso} outside a ${pkt.length}-byte packet`,
-        );
-      }
-    } else if (tse) {
+    if (s[W_TXP_EXTENDED] && tse) {
       const ctx = this.context(W_TSO_CTX);
       if (ctx === undefined) {
         this.guestError(
@@ -1395,25 +1505,44 @@ export class E1000 implements BusDevice {
         );
         this.count(STAT.TSCTFC);
         this.mTxDropped.add();
-        return;
+        return true;
       }
-      if (pkt.length - ctx.hdrlen !== ctx.paylen) {
+      if (size - ctx.hdrlen !== ctx.paylen) {
         // SDM §3.3.7.1: the context is terminated abnormally and counted; the data present is still sent.
-        this.guestError("tso-paylen", `PAYLEN ${ctx.paylen} but ${pkt.length - ctx.hdrlen} payload bytes`);
+        this.guestError("tso-paylen", `PAYLEN ${ctx.paylen} but ${size - ctx.hdrlen} payload bytes`);
         this.count(STAT.TSCTFC);
       }
-      const r = segmentTso(pkt, ctx, ixsm, txsm);
-      if ("error" in r) {
+      const plan = planTso(this.txBuffer.subarray(0, size), ctx, ixsm, txsm);
+      if ("error" in plan) {
         this.guestError(
-          r.error,
-          `bad segmentation context (MSS ${ctx.mss}, HDRLEN ${ctx.hdrlen}, packet ${pkt.length}); packet dropped`,
+          plan.error,
+          `bad segmentation context (MSS ${ctx.mss}, HDRLEN ${ctx.hdrlen}, packet ${size}); packet dropped`,
         );
         this.count(STAT.TSCTFC);
         this.mTxDropped.add();
-        return;
+        return true;
       }
-      frames = r.frames;
       this.count(STAT.TSCTC);
+      // The segments are made from the shared TX buffer a slice at a time (each one depends only on its index).
+      s[W_TXP_SEGMENTING] = 1;
+      s[W_TXP_SEG_NEXT] = 0;
+      s[W_TXP_SEG_COUNT] = plan.count;
+      s[W_TXP_EOP_CMD] = lastCmd;
+      s[W_TXP_EOP_STA] = sta;
+      s[W_TXP_EOP_LO] = at % TWO32;
+      s[W_TXP_EOP_HI] = Math.floor(at / TWO32);
+      return this.txSegments();
+    }
+    // A private copy: the offloads edit it, and the backend must not see shared memory.
+    const pkt = this.txFrame.subarray(0, size);
+    pkt.set(this.txBuffer.subarray(0, size));
+    if (!s[W_TXP_EXTENDED]) {
+      if (lastCmd & TXD_CMD_IC && !insertLegacyChecksum(pkt, css, cso)) {
+        this.guestError(
+          "tx-csum-range",
+          `legacy checksum CSS ${css} / CSO ${cso} outside a ${pkt.length}-byte packet`,
+        );
+      }
     } else if (ixsm || txsm) {
       const ctx = this.context(W_CSUM_CTX);
       if (ctx === undefined) {
@@ -1423,41 +1552,76 @@ export class E1000 implements BusDevice {
         if (err !== undefined) this.guestError(err, `checksum context outside a ${pkt.length}-byte packet`);
       }
     }
-    // VLAN insertion (SDM §3.3.3.1 VLE): needs CTRL.VME; taken from the first descriptor for TSO, else the last.
-    const vleCmd = tse ? firstCmd : lastCmd;
-    const tci = tse ? firstSpecial : lastSpecial;
-    const tag = vleCmd & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
-    for (const f of frames) this.txOut(tag ? this.insertVlan(f, tci) : f);
+    // VLAN insertion (SDM §3.3.3.1 VLE): needs CTRL.VME; taken from the last descriptor (the first for TSO).
+    const tag = lastCmd & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
+    this.txOut(size, tag !== 0, lastSpecial);
+    return true;
   }
 
-  private insertVlan(f: Uint8Array, tci: number): Uint8Array {
-    if (f.length < 12) return f;
-    const out = new Uint8Array(f.length + VLAN_TAG_LEN);
-    const vet = (this.regs[REG.VET >> 2] as number) & 0xffff;
-    out.set(f.subarray(0, 12));
-    out[12] = vet >>> 8;
-    out[13] = vet & 0xff;
-    out[14] = tci >>> 8;
-    out[15] = tci & 0xff;
-    out.set(f.subarray(12), 16);
-    return out;
-  }
-
-  private txOut(frame: Uint8Array): void {
-    let f = frame;
-    if (f.length < ETH_MIN_FRAME && (this.regs[REG.TCTL >> 2] as number) & TCTL_PSP) {
-      f = new Uint8Array(ETH_MIN_FRAME);
-      f.set(frame);
+  /**
+   * Sends the segments of the TSO packet in the TX buffer from W_TXP_SEG_NEXT on while the slice's budget lasts
+   * (each segment counts as a frame and its bytes). True once the last one is sent.
+   */
+  private txSegments(): boolean {
+    const s = this.s;
+    const ctx = this.context(W_TSO_CTX);
+    if (ctx === undefined) {
+      s[W_TXP_SEGMENTING] = 0; // not reached: whatever invalidates the context also ends the segmentation
+      return true;
     }
-    const wire = f.length + FCS_LEN;
+    const pkt = this.txBuffer.subarray(0, s[W_TXP_SIZE] as number);
+    const popts = s[W_TXP_POPTS] as number;
+    const ixsm = (popts & TXD_POPTS_IXSM) !== 0;
+    const txsm = (popts & TXD_POPTS_TXSM) !== 0;
+    const count = s[W_TXP_SEG_COUNT] as number;
+    // VLAN insertion for TSO: VLE and the tag come from the first data descriptor (SDM §3.3.7.1).
+    const tag =
+      (s[W_TXP_FIRST_CMD] as number) & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
+    const tci = s[W_TXP_FIRST_SPECIAL] as number;
+    for (let i = s[W_TXP_SEG_NEXT] as number; i < count; i++) {
+      if (this.txFramesLeft <= 0 || this.txBytesLeft <= 0) {
+        s[W_TXP_SEG_NEXT] = i;
+        return false;
+      }
+      const f = tsoSegment(pkt, ctx, ixsm, txsm, i, count, this.txFrame);
+      this.txOut(f.length, tag !== 0, tci);
+    }
+    s[W_TXP_SEGMENTING] = 0;
+    return true;
+  }
+
+  /**
+   * Sends the `length`-byte frame at the start of txFrame, after inserting an 802.1Q tag (VET, then `tci`) behind
+   * the addresses when `tag`, and padding it to 60 bytes when TCTL.PSP asks for it.
+   */
+  private txOut(length: number, tag: boolean, tci: number): void {
+    const buf = this.txFrame;
+    let len = length;
+    if (tag && len >= 12) {
+      const vet = (this.regs[REG.VET >> 2] as number) & 0xffff;
+      buf.copyWithin(12 + VLAN_TAG_LEN, 12, len);
+      buf[12] = vet >>> 8;
+      buf[13] = vet & 0xff;
+      buf[14] = tci >>> 8;
+      buf[15] = tci & 0xff;
+      len += VLAN_TAG_LEN;
+    }
+    if (len < ETH_MIN_FRAME && (this.regs[REG.TCTL >> 2] as number) & TCTL_PSP) {
+      buf.fill(0, len, ETH_MIN_FRAME);
+      len = ETH_MIN_FRAME;
+    }
+    const f = buf.subarray(0, len);
+    const wire = len + FCS_LEN;
     this.count(STAT.GPTC);
     this.count(STAT.TPT);
     this.count(STAT.GOTCL, wire);
     this.count(STAT.TOTL, wire);
     this.countSize(STAT.PTC64, wire);
-    if (f.length >= 6 && (f[0] as number) & 1) this.count(isBroadcast(f) ? STAT.BPTC : STAT.MPTC);
+    if (len >= 6 && (f[0] as number) & 1) this.count(isBroadcast(f) ? STAT.BPTC : STAT.MPTC);
     this.mTxFrames.add();
-    this.mTxBytes.add(f.length);
+    this.mTxBytes.add(len);
+    this.txFramesLeft--;
+    this.txBytesLeft -= len;
     if (!this.backend.send(f)) this.mTxBackendDropped.add();
   }
 

@@ -33,7 +33,12 @@ export interface TxContext {
 export const MAX_TX_FRAME = 16384;
 /** Largest TCP segmentation payload accepted (PAYLEN is 20 bits; Linux sends at most 64 KiB). */
 export const MAX_TSO_PAYLOAD = 256 * 1024;
-/** Segments one TSO packet may produce; more is refused rather than flooding the backend from one MMIO exit. */
+/**
+ * Segments one TSO packet may produce; more is refused (a counted guest error). The SDM sets no lower bound on
+ * MSS, so this is the model's own sanity bound: 256 KiB of payload at an MSS of 64, while Linux sends at most
+ * 64 KiB at an MSS of at least 48 (tcp_min_snd_mss), about 1400 segments. The device sends the segments a slice
+ * at a time (see E1000's transmit budget), so the bound caps one packet's total work, not one exit's.
+ */
 export const MAX_TSO_SEGMENTS = 4096;
 
 export type OffloadError =
@@ -122,20 +127,16 @@ export function insertContextChecksums(
 }
 
 export type TsoResult = { frames: Uint8Array[] } | { error: OffloadError };
+/** What `planTso` decides for a packet: the number of segments, or why the context cannot segment it. */
+export type TsoPlan = { count: number } | { error: OffloadError };
 
 /**
- * TCP segmentation (SDM §3.5): `pkt` is the prototype header (HDRLEN bytes) followed by the whole payload. Each
- * frame is the header followed by up to MSS payload bytes, with (SDM §3.5.9.1-2):
- * - IPv4 (TUCMD.IP): total length = HDRLEN - IPCSS + payload, identification incremented per frame after the
- *   first (wrapping), header checksum recomputed when IXSM.
- * - IPv6 (TUCMD.IP clear): payload length = HDRLEN - IPCSS - 40 + payload (the fixed header is 40 bytes).
- * - TCP (TUCMD.TCP): sequence number advanced by the payload already sent; FIN and PSH kept on the last frame
- *   only; checksum over the segment plus its TCP length when TXSM.
- * - UDP: length = frame length - TUCSS; checksum likewise.
- * The checksum end offsets of the context are ignored: the IP checksum covers IPCSS..IPCSE (IPCSE 0: up to
- * TUCSS - 1) and the TCP/UDP checksum runs to the end of each frame.
+ * Validates a segmentation context against its packet (`pkt`: the prototype header, HDRLEN bytes, followed by
+ * the whole payload) and counts the segments it makes, without building any. A context the model cannot follow
+ * is refused with an error kind: MSS 0 (SDM §3.5 gives no meaning to it), offsets outside the header, a segment
+ * longer than the 8254x's largest frame (MSS + HDRLEN over 16 KiB), or more than MAX_TSO_SEGMENTS segments.
  */
-export function segmentTso(pkt: Uint8Array, ctx: TxContext, ixsm: boolean, txsm: boolean): TsoResult {
+export function planTso(pkt: Uint8Array, ctx: TxContext, ixsm: boolean, txsm: boolean): TsoPlan {
   const { hdrlen, mss, ipcss, tucss } = ctx;
   const ipv4 = (ctx.tucmd & TUCMD_IP) !== 0;
   const tcp = (ctx.tucmd & TUCMD_TCP) !== 0;
@@ -152,33 +153,66 @@ export function segmentTso(pkt: Uint8Array, ctx: TxContext, ixsm: boolean, txsm:
   const payload = pkt.length - hdrlen;
   const count = Math.max(1, Math.ceil(payload / mss));
   if (count > MAX_TSO_SEGMENTS) return { error: "tso-too-many-segments" };
+  return { count };
+}
 
-  const ipId = ipv4 ? getU16(pkt, ipcss + 4) : 0;
-  const seq = tcp ? getU32(pkt, tucss + 4) : 0;
-  const frames: Uint8Array[] = [];
-  for (let i = 0, sent = 0; i < count; i++) {
-    const len = Math.min(mss, payload - sent);
-    const last = i === count - 1;
-    const f = new Uint8Array(hdrlen + len);
-    f.set(pkt.subarray(0, hdrlen));
-    f.set(pkt.subarray(hdrlen + sent, hdrlen + sent + len), hdrlen);
-    if (ipv4) {
-      putU16(f, ipcss + 2, f.length - ipcss);
-      putU16(f, ipcss + 4, (ipId + i) & 0xffff);
-    } else {
-      putU16(f, ipcss + 4, f.length - ipcss - 40);
-    }
-    const l4len = f.length - tucss;
-    if (tcp) {
-      putU32(f, tucss + 4, (seq + sent) >>> 0);
-      if (!last) f[tucss + 13] = (f[tucss + 13] as number) & ~(0x01 | 0x08); // FIN, PSH
-    } else {
-      putU16(f, tucss + 4, l4len);
-    }
-    if (ixsm) insert(f, ipcss, ipEnd, ctx.ipcso, 0, false);
-    if (txsm) insert(f, tucss, f.length - 1, ctx.tucso, l4len, !tcp);
-    frames.push(f);
-    sent += len;
+/**
+ * Segment `i` of `count` (from `planTso`, which must have accepted the context) of a TCP segmentation packet
+ * (SDM §3.5): the header followed by up to MSS payload bytes, with (SDM §3.5.9.1-2):
+ * - IPv4 (TUCMD.IP): total length = HDRLEN - IPCSS + payload, identification incremented per frame after the
+ *   first (wrapping), header checksum recomputed when IXSM.
+ * - IPv6 (TUCMD.IP clear): payload length = HDRLEN - IPCSS - 40 + payload (the fixed header is 40 bytes).
+ * - TCP (TUCMD.TCP): sequence number advanced by the payload already sent; FIN and PSH kept on the last frame
+ *   only; checksum over the segment plus its TCP length when TXSM.
+ * - UDP: length = frame length - TUCSS; checksum likewise.
+ * The checksum end offsets of the context are ignored: the IP checksum covers IPCSS..IPCSE (IPCSE 0: up to
+ * TUCSS - 1) and the TCP/UDP checksum runs to the end of each frame. Every segment depends only on `pkt`, the
+ * context and `i`, so a device may send them a few at a time. `pkt` is only read. The frame is built at the start
+ * of `out` (at least HDRLEN + MSS bytes) and returned as a view of it; without `out` it is a new array.
+ */
+export function tsoSegment(
+  pkt: Uint8Array,
+  ctx: TxContext,
+  ixsm: boolean,
+  txsm: boolean,
+  i: number,
+  count: number,
+  out?: Uint8Array,
+): Uint8Array {
+  const { hdrlen, mss, ipcss, tucss } = ctx;
+  const ipv4 = (ctx.tucmd & TUCMD_IP) !== 0;
+  const tcp = (ctx.tucmd & TUCMD_TCP) !== 0;
+  const ipEnd = ctx.ipcse === 0 ? tucss - 1 : ctx.ipcse;
+  const payload = pkt.length - hdrlen;
+  const sent = i * mss;
+  const len = Math.min(mss, payload - sent);
+  const last = i === count - 1;
+  const f = out === undefined ? new Uint8Array(hdrlen + len) : out.subarray(0, hdrlen + len);
+  f.set(pkt.subarray(0, hdrlen));
+  f.set(pkt.subarray(hdrlen + sent, hdrlen + sent + len), hdrlen);
+  if (ipv4) {
+    putU16(f, ipcss + 2, f.length - ipcss);
+    putU16(f, ipcss + 4, (getU16(pkt, ipcss + 4) + i) & 0xffff);
+  } else {
+    putU16(f, ipcss + 4, f.length - ipcss - 40);
   }
+  const l4len = f.length - tucss;
+  if (tcp) {
+    putU32(f, tucss + 4, (getU32(pkt, tucss + 4) + sent) >>> 0);
+    if (!last) f[tucss + 13] = (f[tucss + 13] as number) & ~(0x01 | 0x08); // FIN, PSH
+  } else {
+    putU16(f, tucss + 4, l4len);
+  }
+  if (ixsm) insert(f, ipcss, ipEnd, ctx.ipcso, 0, false);
+  if (txsm) insert(f, tucss, f.length - 1, ctx.tucso, l4len, !tcp);
+  return f;
+}
+
+/** TCP segmentation of a whole packet at once: `planTso`, then every `tsoSegment`. */
+export function segmentTso(pkt: Uint8Array, ctx: TxContext, ixsm: boolean, txsm: boolean): TsoResult {
+  const plan = planTso(pkt, ctx, ixsm, txsm);
+  if ("error" in plan) return plan;
+  const frames: Uint8Array[] = [];
+  for (let i = 0; i < plan.count; i++) frames.push(tsoSegment(pkt, ctx, ixsm, txsm, i, plan.count));
   return { frames };
 }
