@@ -6,7 +6,13 @@
  * Times are host time (process.hrtime) of one call, on guest RAM of 4 MiB and of 1 GiB; the bound is generous
  * (a slice measures about 0.1 ms here, the whole ring took 0.5 to 1 s in one write before), and it is the median
  * of several runs, so a noisy machine does not make it flaky. The deterministic checks (how much one call sent,
- * whether work is left pending) do not depend on timing at all.
+ * whether work is left pending) do not depend on timing at all. On 1 GiB the first run reads RAM no one touched
+ * before: its slices pay the host's first-touch page faults (tens of µs each on a PVM guest kernel), which the
+ * diagnostics show; later runs do not.
+ *
+ * The behaviour of the slices (what TDH shows, write-back, TDH writes and resets mid-packet, the continuation
+ * through another object, legitimate traffic after a flood) is tested in e1000-hostile.test.ts, which mutation
+ * testing runs; this file, with its host-time bounds and 1 GiB of RAM, it does not.
  */
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
@@ -15,16 +21,12 @@ import { MAX_TSO_PAYLOAD, MAX_TSO_SEGMENTS } from "../../src/devices/e1000/offlo
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import type { NetBackend } from "../../src/net/backend.ts";
 import {
-  attachNic,
   E1000Driver,
-  ethFrame,
   ICR,
   ipv4HeaderOk,
   ipv4TcpFrame,
   l4ChecksumOk,
-  makeNic,
   NIC_MAC,
-  PEER_MAC,
   POPTS,
   pattern,
   REG,
@@ -334,205 +336,3 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }
-
-/** Posts `n` legacy one-descriptor frames of `len` bytes at the ring's tail (not kicked); frame k begins with k. */
-function postFlood(drv: E1000Driver, mem: GuestMemory, n: number, len: number): void {
-  const at = drv.stage(new Uint8Array(len + 16 * n).fill(0x5a));
-  for (let k = 0; k < n; k++) {
-    mem.writeU32(at + 16 * k, k);
-    const d = new Uint8Array(16);
-    const v = new DataView(d.buffer);
-    v.setBigUint64(0, BigInt(at + 16 * k), true);
-    v.setUint16(8, len, true);
-    d[11] = CMD.EOP | CMD.IFCS | CMD.RS;
-    drv.putRawTx(d);
-  }
-}
-
-/** True if `frames` are exactly frames 0..n-1 of postFlood, in order. */
-function inOrder(frames: Uint8Array[], n: number, len: number): boolean {
-  return frames.length === n && frames.every((f, k) => f.length === len && u32le(f, 0) === k);
-}
-
-/** poll() until nothing is due; returns how many calls that took. */
-function pollAll(dev: E1000): number {
-  let calls = 0;
-  while (dev.nextDeadline() !== undefined) {
-    dev.poll();
-    if (++calls > 100_000) assert.fail("poll() never finished the ring");
-  }
-  return calls;
-}
-
-/** A TSO packet of `payload` bytes at MSS `mss` (context and two data descriptors); returns the EOP index. */
-function queueTso(drv: E1000Driver, payload: number, mss: number, seq = 0): number {
-  drv.queueContext({ ...TSO_CTX, paylen: payload, hdrlen: 54, mss });
-  return drv.queueData([tsoHeader(seq, 1), pattern(payload, 7)], {
-    tse: true,
-    popts: POPTS.IXSM | POPTS.TXSM,
-  });
-}
-
-function txReady(count: number, opts: Parameters<typeof makeNic>[0] = {}) {
-  const nic = makeNic(opts);
-  nic.drv.reset();
-  nic.drv.setupTx(count);
-  return nic;
-}
-
-describe("e1000 transmit budget: the rest of the ring is continued", () => {
-  test("legitimate traffic flows during and after a flood: frames received meanwhile, then ordinary frames and a 64 KiB TSO packet go out within their TDT write", () => {
-    const { drv, dev, mem, sent, wire } = txReady(2048);
-    drv.setupRx({ count: 16 });
-    postFlood(drv, mem, 2047, MAX_FRAME);
-    drv.kick();
-    assert.ok(sent.length > 0 && sent.length < 2047, `one TDT write sent ${sent.length} of 2047`);
-    // Receive is not held up by the transmit backlog (each received frame also moves it on by a slice).
-    const toNic = ethFrame(NIC_MAC, PEER_MAC, 0x88b5, pattern(200, 4));
-    wire.send(toNic);
-    const got = drv.receive();
-    assert.equal(got.length, 1);
-    assert.deepEqual(got[0]?.data.subarray(0, toNic.length), toNic);
-    pollAll(dev);
-    assert.ok(inOrder(sent, 2047, MAX_FRAME), "every flood frame once, in order");
-    assert.equal(drv.r32(REG.TDH), drv.txTail);
-
-    // Ordinary traffic afterwards: each TDT write does all its work at once, nothing is left pending.
-    sent.length = 0;
-    const f = ethFrame(PEER_MAC, NIC_MAC, 0x88b5, pattern(1000, 5));
-    drv.sendLegacy([f]);
-    assert.deepEqual(sent, [f]);
-    queueTso(drv, 65536 - 54, 1448, 1000);
-    drv.kick();
-    assert.equal(sent.length, 1 + Math.ceil((65536 - 54) / 1448));
-    assert.ok(
-      sent.slice(1).every((s) => ipv4HeaderOk(s) && l4ChecksumOk(s)),
-      "segment checksums",
-    );
-    // Linux's default ring (256 descriptors) full of MTU-sized frames fits in one slice.
-    sent.length = 0;
-    postFlood(drv, mem, 255, 1514);
-    drv.kick();
-    assert.ok(inOrder(sent, 255, 1514), `a 255-frame burst went out in its TDT write (${sent.length})`);
-    assert.equal(dev.nextDeadline(), undefined);
-    assert.deepEqual(dev.errorCounts(), {});
-  });
-
-  test("a TSO packet whose segments span slices: TDH stays on its EOP descriptor; DD and TXQE come with the last segment", () => {
-    const { drv, dev, sent } = txReady(16);
-    const mss = 64;
-    const eop = queueTso(drv, MAX_TSO_PAYLOAD, mss, 0x10000);
-    drv.kick();
-    assert.ok(
-      sent.length > 0 && sent.length <= E1000_TX_SLICE.frames,
-      `${sent.length} segments in one write`,
-    );
-    assert.equal(drv.txDone(eop), false, "no write-back before the last segment");
-    assert.notEqual(dev.nextDeadline(), undefined);
-    // A register read continues by one slice and shows TDH still on the EOP descriptor.
-    assert.equal(drv.r32(REG.TDH), eop);
-    assert.ok(sent.length <= 2 * E1000_TX_SLICE.frames, `${sent.length} segments after two calls`);
-    assert.equal(drv.readIcr() & ICR.TXQE, 0, "the ring is not empty yet");
-    pollAll(dev);
-    assert.equal(sent.length, MAX_TSO_SEGMENTS);
-    assert.ok(
-      sent.every((s, i) => s.length === 54 + mss && u32be(s, 38) === 0x10000 + i * mss),
-      "every segment once, in order",
-    );
-    assert.equal(drv.txDone(eop), true);
-    assert.equal(drv.r32(REG.TDH), drv.txTail);
-    assert.equal(drv.readIcr() & (ICR.TXQE | ICR.TXDW), ICR.TXQE | ICR.TXDW);
-    assert.equal(drv.r32(STAT.TSCTC), 1);
-    assert.deepEqual(dev.errorCounts(), {});
-  });
-
-  test("TDH written while a TSO packet is half sent drops the rest of it; so does a global reset", () => {
-    const { drv, dev, sent } = txReady(16);
-    const eop = queueTso(drv, MAX_TSO_PAYLOAD, 64);
-    drv.kick();
-    drv.w32(REG.TDH, drv.txTail); // its own slice first, then the ring is repositioned
-    const before = sent.length;
-    assert.ok(before < MAX_TSO_SEGMENTS, `${before} segments sent before TDH was written`);
-    pollAll(dev);
-    assert.equal(sent.length, before, "nothing more of the dropped packet");
-    assert.equal(drv.txDone(eop), false);
-    const f = ethFrame(PEER_MAC, NIC_MAC, 0x88b5, pattern(100, 6));
-    drv.sendLegacy([f]);
-    assert.deepEqual(sent.at(-1), f, "the next packet goes out whole");
-
-    queueTso(drv, MAX_TSO_PAYLOAD, 64);
-    drv.kick();
-    drv.reset();
-    assert.equal(dev.nextDeadline(), undefined, "the continuation went with the reset");
-    const after = sent.length;
-    dev.poll();
-    assert.equal(sent.length, after);
-  });
-
-  test("the continuation is shared state: a TDT write on a vCPU's object wakes the I/O thread, whose object sends the rest through its own backend", () => {
-    let wakes = 0;
-    const vcpu = txReady(1024, { onDeadlineChanged: () => wakes++ });
-    const io = attachNic(vcpu.state, vcpu.mem, vcpu.clock);
-    postFlood(vcpu.drv, vcpu.mem, 1023, 60);
-    vcpu.drv.kick();
-    assert.equal(wakes, 1);
-    assert.ok(
-      vcpu.sent.length > 0 && vcpu.sent.length <= E1000_TX_SLICE.descriptors,
-      `${vcpu.sent.length} frames in the TDT write`,
-    );
-    const slices = pollAll(io.dev);
-    assert.ok(slices >= 2, `${slices} poll() slices`);
-    assert.ok(
-      inOrder([...vcpu.sent, ...io.sent], 1023, 60),
-      "each frame once, in order, across both objects",
-    );
-    assert.equal(vcpu.drv.r32(REG.TDH), 1023);
-  });
-
-  test("without an I/O thread, a driver that keeps touching the registers moves the ring on, a slice per access", () => {
-    const { drv, mem, sent } = txReady(1024);
-    postFlood(drv, mem, 1023, 60);
-    drv.kick();
-    let reads = 0;
-    while (sent.length < 1023 && reads < 100) {
-      drv.r32(REG.STATUS);
-      reads++;
-    }
-    assert.ok(inOrder(sent, 1023, 60), `${sent.length} frames, each once in order?`);
-    assert.ok(reads >= Math.ceil(1023 / E1000_TX_SLICE.descriptors) - 1, `${reads} register reads`);
-  });
-
-  test("setting TCTL.EN over a full ring does one slice too", () => {
-    const { drv, dev, mem, sent } = txReady(1024);
-    drv.w32(REG.TCTL, 0);
-    postFlood(drv, mem, 1023, 60);
-    drv.kick();
-    assert.equal(sent.length, 0);
-    drv.w32(REG.TCTL, TCTL_EN | TCTL_PSP);
-    assert.ok(sent.length > 0 && sent.length <= E1000_TX_SLICE.descriptors, `${sent.length} frames`);
-    pollAll(dev);
-    assert.ok(inOrder(sent, 1023, 60), `${sent.length} frames, each once in order?`);
-  });
-
-  test("MSS 1 over the largest payload, or any MSS making more than 4096 segments, is refused at once and counted", () => {
-    const { drv, dev, sent } = txReady(16);
-    for (const mss of [1, 63]) {
-      const t0 = process.hrtime.bigint();
-      queueTso(drv, MAX_TSO_PAYLOAD, mss);
-      drv.kick();
-      assert.ok(
-        Number(process.hrtime.bigint() - t0) / 1e6 < BOUND_MS * 10,
-        "refused without building segments",
-      );
-      assert.equal(sent.length, 0, `MSS ${mss}`);
-      assert.equal(dev.nextDeadline(), undefined);
-    }
-    assert.equal(dev.errorCounts()["tso-too-many-segments"], 2);
-    assert.equal(drv.r32(STAT.TSCTFC), 2);
-    // 4096 segments exactly is the largest accepted.
-    queueTso(drv, MAX_TSO_PAYLOAD, 64);
-    drv.kick();
-    pollAll(dev);
-    assert.equal(sent.length, MAX_TSO_SEGMENTS);
-  });
-});
