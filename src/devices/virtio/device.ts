@@ -290,7 +290,7 @@ export class VirtioDevice {
   private readonly cErrors: Counter;
   private readonly cNegotiationFailures: Counter;
   private readonly ctx: VirtioContext;
-  private readonly budget: Readonly<NotifyBudget>;
+  private readonly budget: Readonly<Required<NotifyBudget>>;
   private readonly deferTo: Defer;
   /** Work handed to the default defer hook, run by serveDeferred(). */
   private laterList: Array<() => void> = [];
@@ -299,7 +299,7 @@ export class VirtioDevice {
   private readonly partial: Array<PartialChain | undefined>;
   private readonly cSlicesCut: Counter;
   /** The cost of this object's slices of queue work so far. */
-  readonly sliceStats: SliceStats = { slices: 0, maxBytes: 0, maxChains: 0 };
+  readonly sliceStats: SliceStats = { slices: 0, maxBytes: 0, maxChains: 0, maxDescriptors: 0 };
 
   /** A fresh state buffer for a device with `layout` (a model object has the right shape). */
   static createState(layout: VirtioStateLayout & { maxQueueSize?: number }): SharedArrayBuffer {
@@ -366,7 +366,11 @@ export class VirtioDevice {
     const budget = opts.budget ?? DEFAULT_NOTIFY_BUDGET;
     const bad = checkBudget(budget);
     if (bad !== null) throw new VirtioStateError(`VirtioDevice ${model.name}: budget: ${bad}`);
-    this.budget = { chains: budget.chains, bytes: budget.bytes };
+    this.budget = {
+      chains: budget.chains,
+      bytes: budget.bytes,
+      descriptors: budget.descriptors ?? DEFAULT_NOTIFY_BUDGET.descriptors,
+    };
     this.deferTo = opts.defer ?? ((work) => this.laterList.push(work));
     const m = opts.metrics;
     const prefix = `virtio.${this.name}`;
@@ -864,6 +868,8 @@ export class VirtioDevice {
       // One chain through the handler; false if the handler kept it (IN_PROGRESS).
       const serve = (c: DescriptorChain): boolean => {
         work.chainsLeft--;
+        // Walking the chain was work too, whatever it moves (a continued chain is charged again: conservative).
+        work.descriptorsLeft -= c.descriptorsRead;
         work.spentOnChain = 0;
         const r = handle(c, work);
         if (r === IN_PROGRESS) {
@@ -902,6 +908,7 @@ export class VirtioDevice {
       st.slices++;
       st.maxBytes = Math.max(st.maxBytes, this.budget.bytes - work.bytesLeft);
       st.maxChains = Math.max(st.maxChains, this.budget.chains - work.chainsLeft);
+      st.maxDescriptors = Math.max(st.maxDescriptors, this.budget.descriptors - work.descriptorsLeft);
       if (vq.shouldNotifyDriver()) this.raiseQueue(q);
     });
     if (unfinished) {

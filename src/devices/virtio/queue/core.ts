@@ -106,6 +106,8 @@ export class ChainBuilder {
   writableLength = 0;
   /** Buffer elements (descriptors that are not indirect-table pointers), including zero-length ones. */
   elements = 0;
+  /** Descriptors pointing at an indirect table (at most one per chain). */
+  tables = 0;
   private sawWritable = false;
 
   constructor(
@@ -150,6 +152,7 @@ export class ChainBuilder {
       readableLength: this.readableLength,
       writableLength: this.writableLength,
       descriptorCount,
+      descriptorsRead: this.elements + this.tables,
     };
   }
 }

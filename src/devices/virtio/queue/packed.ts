@@ -177,6 +177,7 @@ export class PackedQueue extends QueueBase {
             `ring slot ${slot} sets VIRTQ_DESC_F_INDIRECT inside a list linked by VIRTQ_DESC_F_NEXT (list at slot ${first})`,
           );
         }
+        b.tables++;
         this.walkIndirect(b, addr, len, slot);
         break;
       }

@@ -160,6 +160,7 @@ export class SplitQueue extends QueueBase {
           );
         }
         // 2.7.5.3.2: zero or more direct descriptors followed by one indirect one; its WRITE flag is ignored.
+        b.tables++;
         this.walkIndirect(b, addr, len, i, head);
         break;
       }

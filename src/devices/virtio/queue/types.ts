@@ -56,6 +56,11 @@ export interface DescriptorChain {
    * this many slots after writing the used descriptor (2.8.6 Next Flag: Descriptor Chaining).
    */
   readonly descriptorCount: number;
+  /**
+   * Descriptors read to build the chain: every element (zero-length ones included), in the ring or in an indirect
+   * table, plus the descriptor that points at the table. What walking the chain cost, whatever its byte length.
+   */
+  readonly descriptorsRead: number;
 }
 
 export interface Virtqueue {
