@@ -31,7 +31,7 @@ function fmt(n: number): string {
 /** The per-family table, as Markdown. */
 export function table(reports: FamilyReport[]): string {
   const rows = [
-    "| family | cases | outcomes | failures | chains / frames served | slices | max slice bytes | slowest call µs (CPU) | seed of slowest | cases/s |",
+    "| family | cases | outcomes | failures | chains / frames served | slices / polls | most work in one slice or call | slowest call µs (CPU) | seed of slowest | cases/s |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ];
   for (const r of reports) {
@@ -43,8 +43,12 @@ export function table(reports: FamilyReport[]): string {
       r.family === "e1000"
         ? (r.events["tx frames"] ?? 0) + (r.events["rx frames"] ?? 0)
         : (r.events.chains ?? 0);
+    const most =
+      r.family === "e1000"
+        ? `${fmt(r.maxSliceBytes)} B, ${fmt(r.maxSliceChains)} frames`
+        : `${fmt(r.maxSliceBytes)} B, ${fmt(r.maxSliceChains)} chains, ${fmt(r.maxSliceDescriptors ?? 0)} descriptors`;
     rows.push(
-      `| ${r.family} | ${fmt(r.cases)} | ${outcomes} | ${r.failures} | ${fmt(served)} | ${fmt(r.slices)} | ${fmt(r.maxSliceBytes)} | ${Math.round(r.slowestUs)} | 0x${r.slowestSeed.toString(16)} | ${r.casesPerSecond.toFixed(0)} |`,
+      `| ${r.family} | ${fmt(r.cases)} | ${outcomes} | ${r.failures} | ${fmt(served)} | ${fmt(r.slices)} | ${most} | ${Math.round(r.slowestUs)} | 0x${r.slowestSeed.toString(16)} | ${r.casesPerSecond.toFixed(0)} |`,
     );
   }
   return rows.join("\n");

@@ -979,6 +979,11 @@ export class VirtioCase {
     if (st.maxChains > SLICE_CHAINS_LIMIT) {
       probe.fail("budget", `a slice served ${st.maxChains} chains (limit ${SLICE_CHAINS_LIMIT})`);
     }
+    // A chain is started while the slice has budget left; it reads at most Queue Size + 1 descriptors.
+    const descLimit = DEFAULT_NOTIFY_BUDGET.descriptors + this.m.model.maxQueueSize + 1;
+    if (st.maxDescriptors > descLimit) {
+      probe.fail("budget", `a slice read ${st.maxDescriptors} descriptors (limit ${descLimit})`);
+    }
     const needsReset = this.logs.some((l) => l.includes("needs reset"));
     const outcome = this.refusedAtStart
       ? "FEATURES_REFUSED"
@@ -1009,6 +1014,7 @@ export class VirtioCase {
       slowestIndex: probe.slowestIndex,
       maxSliceBytes: st.maxBytes,
       maxSliceChains: st.maxChains,
+      maxSliceDescriptors: st.maxDescriptors,
       slices: st.slices,
       calls: probe.calls,
     };
