@@ -586,10 +586,8 @@ describe("e1000 against a hostile guest: transmit in slices, the rest continued 
     const mss = 64;
     const eop = queueTso(drv, MAX_TSO_PAYLOAD, mss, 0x10000);
     drv.kick();
-    assert.ok(
-      sent.length > 0 && sent.length <= E1000_TX_SLICE.frames,
-      `${sent.length} segments in one write`,
-    );
+    // Three descriptors and 256 KiB read: the frame budget is the one that ends this slice.
+    assert.equal(sent.length, E1000_TX_SLICE.frames, "segments in one write");
     assert.equal(drv.txDone(eop), false, "no write-back before the last segment");
     assert.notEqual(dev.nextDeadline(), undefined);
     // A register read continues by one slice and shows TDH still on the EOP descriptor.
@@ -663,6 +661,51 @@ describe("e1000 against a hostile guest: transmit in slices, the rest continued 
     }
     assert.ok(inOrder(sent, 1023, 60), `${sent.length} frames, each once in order?`);
     assert.ok(reads >= Math.ceil(1023 / E1000_TX_SLICE.descriptors) - 1, `${reads} register reads`);
+  });
+
+  test("a budget ends a slice exactly where it runs out (descriptors, bytes moved, frames); a packet cut there is completed next", () => {
+    // Descriptors: context descriptors with RS send nothing; DD shows which were fetched.
+    const a = txReady(1024);
+    for (let k = 0; k < 1023; k++) a.drv.queueContext({ tucss: 34, tucso: 50, tucmd: TUCMD.TCP, rs: true });
+    a.drv.kick();
+    let fetched = 0;
+    for (let k = 0; k < 1023; k++) fetched += a.drv.txDone(k) ? 1 : 0;
+    assert.equal(fetched, E1000_TX_SLICE.descriptors, "descriptors fetched by one TDT write");
+    assert.equal(a.sent.length, 0);
+    // Bytes: a 16 KiB frame moves 32 KiB (read from the guest, handed to the backend).
+    const b = txReady(256);
+    postFlood(b.drv, b.mem, 255, 16384);
+    b.drv.kick();
+    assert.equal(b.sent.length, E1000_TX_SLICE.bytes / (2 * 16384), "16 KiB frames sent by one TDT write");
+    // Packets of three descriptors: the 256 descriptors hold 85 of them and the first third of the next, which the
+    // next slice completes from the shared state. (The frame budget alone ends a TSO slice: see the test above.)
+    const c = txReady(1024);
+    const pkt = ethFrame(PEER_MAC, NIC_MAC, 0x88b5, pattern(46, 8));
+    for (let k = 0; k < 341; k++)
+      c.drv.queueLegacy([pkt.subarray(0, 20), pkt.subarray(20, 40), pkt.subarray(40)]);
+    c.drv.kick();
+    assert.equal(
+      c.sent.length,
+      Math.floor(E1000_TX_SLICE.descriptors / 3),
+      "3-descriptor frames in one write",
+    );
+    // Frames: a TSO packet of exactly 256 segments spends the frame budget; the frames behind it wait.
+    const d = txReady(64);
+    queueTso(d.drv, E1000_TX_SLICE.frames * 64, 64);
+    for (let k = 0; k < 10; k++) d.drv.queueLegacy([pkt]);
+    d.drv.kick();
+    assert.equal(d.sent.length, E1000_TX_SLICE.frames, "frames sent by one TDT write");
+    for (const nic of [a, b, c, d]) {
+      pollAll(nic.dev);
+      assert.equal(nic.drv.r32(REG.TDH), nic.drv.txTail);
+    }
+    assert.equal(b.sent.length, 255);
+    assert.equal(c.sent.length, 341);
+    assert.equal(d.sent.length, E1000_TX_SLICE.frames + 10);
+    assert.ok(
+      c.sent.every((f) => f.length === 60 && f.every((x, i) => x === pkt[i])),
+      "every frame whole, the one cut between slices too",
+    );
   });
 
   test("setting TCTL.EN over a full ring does one slice too", () => {
