@@ -32,7 +32,7 @@ const F_PACKED = 1n << 34n;
 const NEEDS_RESET = 0x40;
 const MiB = 1 << 20;
 
-/** An in-memory disk whose operations can be made to fail, and which records discard and write-zeroes calls. */
+/** An in-memory disk whose operations can be made to fail, and which records every call made to it. */
 class FaultyBackend implements BlockBackend {
   readonly mem: MemoryBlockBackend;
   /** Operations that throw BlockIoError: read, write, flush, discard, writeZeroes. */
@@ -56,10 +56,12 @@ class FaultyBackend implements BlockBackend {
     if (this.failing.has(op) || offset >= this.failFrom) throw new BlockIoError(`injected ${op} failure`);
   }
   read(offset: number, dst: Uint8Array): void {
+    this.calls.push(`read ${offset}+${dst.length}`);
     this.check("read", offset);
     this.mem.read(offset, dst);
   }
   write(offset: number, src: Uint8Array): void {
+    this.calls.push(`write ${offset}+${src.length}`);
     this.check("write", offset);
     this.mem.write(offset, src);
   }
@@ -206,6 +208,7 @@ for (const packed of [false, true]) {
       assert.equal(f.status, S_IOERR);
       assert.equal(f.len, 1);
       assert.deepEqual(backend.calls, ["flush"], "the flush was attempted");
+      assert.equal(counter(blk, "flushes"), 1);
       assert.equal(counter(blk, "io_errors"), 1);
       assert.equal(needsReset(blk), false);
       backend.failing.clear();
@@ -249,6 +252,7 @@ for (const packed of [false, true]) {
       assert.equal(counter(blk, "unsupported"), 1);
       assert.equal(counter(blk, "read_bytes"), 0);
       assert.equal(blk.rig.logs.length, 0, "refusals are the driver's business, not logged");
+      assert.deepEqual(backend.calls, [], "the backend was not asked");
     });
 
     test("a read failing in a later slice of a long request: IOERR and the status byte only", () => {
@@ -306,6 +310,7 @@ for (const packed of [false, true]) {
       assert.equal(r.status, S_OK);
       assert.equal(r.len, 1537);
       assert.deepEqual(r.data, data);
+      backend.calls.length = 0;
       // Header and one discard segment in a single descriptor.
       assert.equal(request(blk, [concat([header(T_DISCARD), segment(7, 1)])], [1]).status, S_OK);
       assert.deepEqual(backend.calls, ["discard 3584+512"]);
@@ -431,6 +436,74 @@ for (const packed of [false, true]) {
       assert.deepEqual(backend.mem.data, pattern(MiB, 2));
       assert.equal(counter(blk, "io_errors"), 3);
       assert.equal(counter(blk, "written_bytes"), 0);
+    });
+
+    test("size_max bounds each data segment; header or status may share a segment with size_max bytes", () => {
+      const backend = new FaultyBackend(MiB, { contents: pattern(MiB, 6) });
+      const blk = start(packed, { backend, sizeMax: 4096 });
+      assert.equal(blk.rig.drv.config(8, 4), 4096);
+      const data = pattern(4096, 8);
+      assert.equal(request(blk, [concat([header(T_OUT, 1), data])], [1]).status, S_OK, "header + size_max");
+      assert.deepEqual(backend.mem.data.subarray(512, 512 + 4096), data);
+      const r = request(blk, [header(T_IN, 1)], [4097]);
+      assert.equal(r.status, S_OK, "size_max + status");
+      assert.deepEqual(r.data, data);
+      backend.calls.length = 0;
+      for (const [what, readable, writable] of [
+        ["read", [header(T_IN, 0)], [4608, 1]],
+        ["read, the long segment second", [header(T_IN, 0)], [512, 4608, 1]],
+        ["write", [header(T_OUT, 0), pattern(4608, 9)], [1]],
+      ] as Array<[string, Uint8Array[], number[]]>) {
+        const x = request(blk, readable, writable);
+        assert.equal(x.status, S_IOERR, what);
+        assert.equal(x.len, 1, what);
+      }
+      assert.deepEqual(backend.calls, [], "refused before any I/O");
+      assert.deepEqual(backend.mem.data.subarray(0, 512), pattern(MiB, 6).subarray(0, 512));
+    });
+
+    describe("requests that cannot be framed set DEVICE_NEEDS_RESET, and the log says why", () => {
+      const cases: Array<[string, Uint8Array[], number[], RegExp]> = [
+        [
+          "a 15-byte header",
+          [header(T_FLUSH).subarray(0, 15)],
+          [1],
+          /15 device-readable bytes, the header needs 16/,
+        ],
+        ["no status byte", [header(T_FLUSH)], [], /no device-writable status byte/],
+        [
+          "IN with device-readable data",
+          [header(T_IN), new Uint8Array(512)],
+          [1],
+          /data must be device-writable/,
+        ],
+        ["OUT with device-writable data", [header(T_OUT)], [512, 1], /data must be device-readable/],
+        [
+          "GET_ID with device-readable data",
+          [header(T_GET_ID), new Uint8Array(20)],
+          [1],
+          /id buffer must be/,
+        ],
+        [
+          "DISCARD with device-writable data",
+          [header(T_DISCARD), segment(0, 1)],
+          [16, 1],
+          /segments must be/,
+        ],
+      ];
+      for (const [what, readable, writable, reason] of cases) {
+        test(what, () => {
+          const backend = new FaultyBackend(MiB);
+          const blk = start(packed, { backend });
+          blk.q.addChain(readable, writable);
+          blk.rig.drv.kick(0);
+          assert.ok(needsReset(blk), "DEVICE_NEEDS_RESET");
+          assert.equal(blk.q.usedChains().length, 0, "the request is not completed");
+          assert.deepEqual(backend.calls, []);
+          assert.equal(blk.rig.logs.length, 1);
+          assert.match(blk.rig.logs[0] as string, reason);
+        });
+      }
     });
   });
 }
