@@ -7,7 +7,7 @@ import { randomFillSync } from "node:crypto";
 import type { Counter } from "../../metrics/registry.ts";
 import { VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
-import type { DescriptorChain } from "./queue/index.ts";
+import { type DescriptorChain, writeChain } from "./queue/index.ts";
 import type { WorkBudget } from "./work-budget.ts";
 
 export interface VirtioRngOptions {
@@ -28,6 +28,13 @@ export class VirtioRng implements VirtioDeviceModel {
   readonly configSize = 0;
   readonly stateBytes = 0;
   private readonly maxBytes: number;
+  /**
+   * A pool of random bytes, made 64 KiB at a time and handed out in order (each byte once), copied to the driver's
+   * segments: one randomFillSync call costs 7 to 40 µs on these machines whatever its length, so a call per segment
+   * let a slice of 4096 one-byte segments take 30 ms. `entropyLeft` bytes at the pool's end are still unused.
+   */
+  private readonly entropy: Uint8Array;
+  private entropyLeft = 0;
   private ctx!: VirtioContext;
   private cRequests: Counter = NO_COUNTER;
   private cBytes: Counter = NO_COUNTER;
@@ -36,6 +43,7 @@ export class VirtioRng implements VirtioDeviceModel {
     this.name = opts.name ?? "rng0";
     this.maxQueueSize = opts.queueSize ?? 64;
     this.maxBytes = opts.maxBytesPerRequest ?? 65536;
+    this.entropy = new Uint8Array(Math.max(1, Math.min(this.maxBytes, 65536)));
   }
 
   bind(ctx: VirtioContext): void {
@@ -58,18 +66,27 @@ export class VirtioRng implements VirtioDeviceModel {
         `rng request ${chain.id} has ${chain.readableLength} device-readable bytes`,
       );
     }
-    let left = this.maxBytes;
-    let written = 0;
-    for (const seg of chain.writable) {
-      if (left === 0) break;
-      const n = Math.min(seg.len, left);
-      randomFillSync(this.ctx.mem.slice(seg.addr, n));
-      written += n;
-      left -= n;
+    const written = Math.min(this.maxBytes, chain.writableLength);
+    for (let done = 0; done < written; ) {
+      const piece = this.random(Math.min(this.entropy.length, written - done));
+      writeChain(this.ctx.mem, chain, piece, done);
+      done += piece.length;
     }
     work.spend(Math.max(1, written));
     this.cRequests.add();
     this.cBytes.add(written);
     return written;
+  }
+
+  /** `n` (at most the pool's size) random bytes from the pool, which is refilled when it has fewer left. */
+  private random(n: number): Uint8Array {
+    const pool = this.entropy;
+    if (this.entropyLeft < n) {
+      randomFillSync(pool);
+      this.entropyLeft = pool.length;
+    }
+    const at = pool.length - this.entropyLeft;
+    this.entropyLeft -= n;
+    return pool.subarray(at, at + n);
   }
 }
