@@ -11,6 +11,18 @@
 //   readFd(fd, view) / writeFd(fd, view)
 //                                  read(2)/write(2) returning -errno instead of throwing, so that EAGAIN on a
 //                                  non-blocking TAP or eventfd costs no exception on the packet path
+//   mmapReserve(length, align)     MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE zero pages, `align`-aligned, as a
+//                                  SharedArrayBuffer plus its address: a range other mappings are placed over
+//   mmapFixed(view, fd, offset)    MAP_SHARED|MAP_FIXED of fd at offset over exactly the bytes of `view` (a view
+//                                  of an mmapReserve buffer; address and length page-aligned)
+//   unixListen(path, backlog)      socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC), bind, listen
+//   unixConnect(path)              a blocking, close-on-exec connected AF_UNIX stream socket
+//   accept(fd)                     accept4(SOCK_NONBLOCK|SOCK_CLOEXEC): the new fd, or -errno (-EAGAIN)
+//   socketpair(nonblock)           AF_UNIX SOCK_STREAM pair, close-on-exec
+//   setNonBlocking(fd, on)         fcntl O_NONBLOCK
+//   sendmsg(fd, view, fds?)        one sendmsg(2) with the fds as SCM_RIGHTS (at most 8): bytes sent or -errno
+//   recvmsg(fd, view, maxFds)      one recvmsg(2) (MSG_CMSG_CLOEXEC): {bytes or -errno, fds, truncated}; fds
+//                                  beyond maxFds (at most 8) are not installed by the kernel (MSG_CTRUNC)
 //   threadRegister(immediateExit?) / threadKick(id) / threadKickAfter(id, usec) / threadUnregister(id)
 //                                  a vCPU thread registers itself (with a view of its kvm_run.immediate_exit
 //                                  byte); any thread can then interrupt its KVM_RUN with a real-time signal,
@@ -24,6 +36,7 @@
 #include <v8.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -31,7 +44,9 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -252,6 +267,254 @@ Napi::Value ReadWriteFd(const Napi::CallbackInfo& info, bool write_it) {
 Napi::Value ReadFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, false); }
 Napi::Value WriteFd(const Napi::CallbackInfo& info) { return ReadWriteFd(info, true); }
 
+// A SharedArrayBuffer over [addr, addr + length), unmapped when the last reference to it is collected.
+napi_value WrapMapping(void* addr, size_t length) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      addr, length, [](void* data, size_t len, void*) { munmap(data, len); }, nullptr);
+  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, store);
+  v8::Local<v8::Value> as_value = sab;
+  napi_value buffer;
+  memcpy(&buffer, &as_value, sizeof buffer);
+  return buffer;
+}
+
+Napi::Value MmapReserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t length = 0, align = 0;
+  if (info.Length() < 2 || !ToInt(info[0], &length) || !ToInt(info[1], &align) || length <= 0 || align <= 0 ||
+      (align & (align - 1)) != 0 || align % sysconf(_SC_PAGESIZE) != 0) {
+    Napi::TypeError::New(env, "mmapReserve(length > 0, align: a power of 2, a multiple of the page size)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  size_t len = static_cast<size_t>(length), al = static_cast<size_t>(align);
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  len = (len + page - 1) / page * page;
+  uint8_t* raw = static_cast<uint8_t*>(
+      mmap(nullptr, len + al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  if (raw == MAP_FAILED) {
+    ErrnoError(env, errno, "mmap").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + al - 1) & ~(static_cast<uintptr_t>(al) - 1);
+  uint8_t* aligned = reinterpret_cast<uint8_t*>(start);
+  if (aligned > raw) munmap(raw, static_cast<size_t>(aligned - raw));
+  size_t tail = static_cast<size_t>((raw + len + al) - (aligned + len));
+  if (tail > 0) munmap(aligned + len, tail);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("buffer", Napi::Value(env, WrapMapping(aligned, static_cast<size_t>(length))));
+  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(start)));
+  return result;
+}
+
+Napi::Value MmapFixed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  int64_t fd = -1, offset = 0;
+  if (info.Length() < 3 || !ViewBytes(info[0], &data, &length) || !ToInt(info[1], &fd) || !ToInt(info[2], &offset) ||
+      fd < 0 || offset < 0) {
+    Napi::TypeError::New(env, "mmapFixed(view, fd >= 0, offset >= 0)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (length == 0 || reinterpret_cast<uintptr_t>(data) % page != 0 || length % page != 0) {
+    Napi::RangeError::New(env, "mmapFixed: the view's address and length must be non-zero page multiples")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  void* addr = mmap(data, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, static_cast<int>(fd), offset);
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    // Put the reservation's zero pages back, so the range stays mapped whatever happened.
+    mmap(data, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    ErrnoError(env, err, "mmap").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return env.Undefined();
+}
+
+bool UnixAddress(Napi::Env env, const Napi::Value& v, struct sockaddr_un* addr, const char* usage) {
+  std::string path = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr->sun_path) {
+    Napi::TypeError::New(env, std::string(usage) + ": path must be 1 to 107 bytes").ThrowAsJavaScriptException();
+    return false;
+  }
+  memcpy(addr->sun_path, path.data(), path.size());
+  return true;
+}
+
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct sockaddr_un addr;
+  int64_t backlog = 1;
+  if (info.Length() < 1 || !UnixAddress(env, info[0], &addr, "unixListen(path, backlog?)")) return env.Undefined();
+  if (info.Length() > 1) ToInt(info[1], &backlog);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (bind(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) < 0 ||
+      listen(fd, static_cast<int>(backlog)) < 0) {
+    int err = errno;
+    close(fd);
+    ErrnoError(env, err, "bind/listen").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct sockaddr_un addr;
+  if (info.Length() < 1 || !UnixAddress(env, info[0], &addr, "unixConnect(path)")) return env.Undefined();
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) < 0) {
+    int err = errno;
+    close(fd);
+    ErrnoError(env, err, "connect").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  if (info.Length() < 1 || !ToInt(info[0], &fd) || fd < 0) {
+    Napi::TypeError::New(env, "accept(fd >= 0)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int r = accept4(static_cast<int>(fd), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bool nonblock = info.Length() > 0 && info[0].ToBoolean().Value();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0, sv) < 0) {
+    ErrnoError(env, errno, "socketpair").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(uint32_t{0}, Napi::Number::New(env, sv[0]));
+  out.Set(uint32_t{1}, Napi::Number::New(env, sv[1]));
+  return out;
+}
+
+Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  if (info.Length() < 2 || !ToInt(info[0], &fd) || fd < 0) {
+    Napi::TypeError::New(env, "setNonBlocking(fd >= 0, on)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int flags = fcntl(static_cast<int>(fd), F_GETFL);
+  if (flags < 0 || fcntl(static_cast<int>(fd), F_SETFL,
+                         info[1].ToBoolean().Value() ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0) {
+    ErrnoError(env, errno, "fcntl").ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
+constexpr int kMaxMsgFds = 8;
+
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  void* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 2 || !ToInt(info[0], &fd) || !ViewBytes(info[1], &data, &length)) {
+    Napi::TypeError::New(env, "sendmsg(fd, view, fds?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fds[kMaxMsgFds];
+  size_t nfds = 0;
+  if (info.Length() > 2 && info[2].IsArray()) {
+    Napi::Array a = info[2].As<Napi::Array>();
+    if (a.Length() > kMaxMsgFds) {
+      Napi::RangeError::New(env, "sendmsg: at most 8 fds").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      int64_t v = -1;
+      if (!ToInt(a.Get(i), &v)) {
+        Napi::TypeError::New(env, "sendmsg: fds must be integers").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      fds[nfds++] = static_cast<int>(v);
+    }
+  }
+  struct iovec iov = {data, length};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxMsgFds)];
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 0) {
+    memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t r = sendmsg(static_cast<int>(fd), &msg, MSG_NOSIGNAL);
+  return Napi::Number::New(env, r < 0 ? -errno : static_cast<double>(r));
+}
+
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1, max_fds = kMaxMsgFds;
+  void* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 2 || !ToInt(info[0], &fd) || !ViewBytes(info[1], &data, &length) ||
+      (info.Length() > 2 && (!ToInt(info[2], &max_fds) || max_fds < 0 || max_fds > kMaxMsgFds))) {
+    Napi::TypeError::New(env, "recvmsg(fd, view, maxFds 0..8?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  struct iovec iov = {data, length};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxMsgFds)];
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (max_fds > 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * static_cast<size_t>(max_fds));
+  }
+  ssize_t r = recvmsg(static_cast<int>(fd), &msg, MSG_CMSG_CLOEXEC);
+  Napi::Object result = Napi::Object::New(env);
+  Napi::Array fds = Napi::Array::New(env);
+  uint32_t n = 0;
+  if (r >= 0) {
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; i++) {
+        int v;
+        memcpy(&v, CMSG_DATA(c) + i * sizeof(int), sizeof v);
+        fds.Set(n++, Napi::Number::New(env, v));
+      }
+    }
+  }
+  result.Set("bytes", Napi::Number::New(env, r < 0 ? -errno : static_cast<double>(r)));
+  result.Set("fds", fds);
+  result.Set("truncated", Napi::Boolean::New(env, r >= 0 && (msg.msg_flags & MSG_CTRUNC) != 0));
+  return result;
+}
+
 // ---- vCPU thread kicks ----
 #ifndef sigev_notify_thread_id
 #define sigev_notify_thread_id _sigev_un._tid
@@ -399,6 +662,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
   exports.Set("readFd", Napi::Function::New(env, ReadFd, "readFd"));
   exports.Set("writeFd", Napi::Function::New(env, WriteFd, "writeFd"));
+  exports.Set("mmapReserve", Napi::Function::New(env, MmapReserve, "mmapReserve"));
+  exports.Set("mmapFixed", Napi::Function::New(env, MmapFixed, "mmapFixed"));
+  exports.Set("unixListen", Napi::Function::New(env, UnixListen, "unixListen"));
+  exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
+  exports.Set("accept", Napi::Function::New(env, Accept, "accept"));
+  exports.Set("socketpair", Napi::Function::New(env, SocketPair, "socketpair"));
+  exports.Set("setNonBlocking", Napi::Function::New(env, SetNonBlocking, "setNonBlocking"));
+  exports.Set("sendmsg", Napi::Function::New(env, SendMsg, "sendmsg"));
+  exports.Set("recvmsg", Napi::Function::New(env, RecvMsg, "recvmsg"));
   exports.Set("threadRegister", Napi::Function::New(env, ThreadRegister, "threadRegister"));
   exports.Set("threadKick", Napi::Function::New(env, ThreadKick, "threadKick"));
   exports.Set("threadKickAfter", Napi::Function::New(env, ThreadKickAfter, "threadKickAfter"));

@@ -26,6 +26,33 @@ export interface NativeAddon {
   readFd(fd: number, view: ArrayBufferView): number;
   /** write(2): bytes written, or -errno. */
   writeFd(fd: number, view: ArrayBufferView): number;
+  /**
+   * MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE zero pages at an `align`-aligned address: a range that mmapFixed
+   * places shared mappings over (vhost-user maps a frontend's memory regions at their offsets in one buffer).
+   */
+  mmapReserve(length: number, align: number): { buffer: SharedArrayBuffer; address: bigint };
+  /** MAP_SHARED|MAP_FIXED of `fd` at `offset` over exactly the bytes of `view` (page-aligned address and length). */
+  mmapFixed(view: Uint8Array, fd: number, offset: number): void;
+  /** A non-blocking, close-on-exec AF_UNIX stream socket bound to `path` and listening. */
+  unixListen(path: string, backlog?: number): number;
+  /** A blocking, close-on-exec AF_UNIX stream socket connected to `path`. */
+  unixConnect(path: string): number;
+  /** accept4 (non-blocking, close-on-exec): the connection's fd, or -errno (-EAGAIN when none is waiting). */
+  accept(fd: number): number;
+  /** A connected AF_UNIX stream socket pair (close-on-exec; both non-blocking if asked). */
+  socketpair(nonblock?: boolean): [number, number];
+  setNonBlocking(fd: number, on: boolean): void;
+  /** One sendmsg(2) with `fds` (at most 8) as SCM_RIGHTS: bytes sent, or -errno. */
+  sendmsg(fd: number, view: ArrayBufferView, fds?: number[]): number;
+  /**
+   * One recvmsg(2) taking at most `maxFds` (0..8, default 8) fds, close-on-exec: `bytes` read (0 at end of stream)
+   * or -errno; `truncated` when the sender passed more fds than that (the kernel closed the rest).
+   */
+  recvmsg(
+    fd: number,
+    view: ArrayBufferView,
+    maxFds?: number,
+  ): { bytes: number; fds: number[]; truncated: boolean };
   /** `immediateExit`: a 1-byte view of this thread's kvm_run.immediate_exit, set by every kick. */
   threadRegister(immediateExit?: Uint8Array): number;
   threadKick(id: number): boolean;

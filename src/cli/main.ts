@@ -10,6 +10,7 @@ import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { formatRunSummary } from "./summary.ts";
+import { cmdVhostUser } from "./vhost-user.ts";
 
 const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
 
@@ -19,6 +20,8 @@ Usage:
   vireo demo                                        run the micro guest's tour and show what happened
   vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
+  vireo vhost-user net --socket PATH --sink|--loopback
+                                                    a vhost-user back-end process for virtio-net
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
@@ -337,6 +340,8 @@ export async function main(argv: string[]): Promise<number> {
       return cmdBench(rest);
     case "image":
       return cmdImage(rest);
+    case "vhost-user":
+      return cmdVhostUser(rest);
     case undefined:
     case "help":
     case "-h":

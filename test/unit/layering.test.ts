@@ -25,8 +25,10 @@ const RANK: Record<string, number> = {
   devices: 3,
   net: 3,
   // Where a device's data plane runs besides the vCPU thread (src/vmm/vcpu-worker.ts): a thread of this process
-  // (io-thread). Each place is a thin host around the same src/devices code, at the VMM's layer.
+  // (io-thread), another process over vhost-user (vhost-user). Each place is a thin host around the same
+  // src/devices code, at the VMM's layer.
   "io-thread": 4,
+  "vhost-user": 4,
   vmm: 4,
   bench: 5,
   "emulated-host": 5,

@@ -807,6 +807,29 @@ export class VirtioDevice {
     this.locked(() => this.resetLocked());
   }
 
+  // ---- for hosts that start and stop rings themselves (vhost-user) ------------------------------------------
+
+  /**
+   * Queue q back to its reset values (as 2.6.1 Virtqueue Reset does), whatever the driver negotiated: a host that
+   * stops a ring on the front-end's word (vhost-user GET_VRING_BASE) so it can be configured again.
+   */
+  resetQueue(q: number): void {
+    if (!(Number.isInteger(q) && q >= 0 && q < this.numQueues)) return;
+    this.locked(() => this.resetQueueLocked(q));
+  }
+
+  /**
+   * Queue q's run-time state words (QUEUE_STATE_WORDS; see VirtqueueOptions.state): a host reads a stopped ring's
+   * indices there, or seeds them before enabling it (SplitQueue.seedState). Not for use while q is served.
+   */
+  queueStateWords(q: number): Int32Array {
+    if (!(Number.isInteger(q) && q >= 0 && q < this.numQueues)) {
+      throw new VirtioStateError(`VirtioDevice ${this.name}: no queue ${q}`);
+    }
+    const b = this.qb(q);
+    return this.words.subarray(b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS);
+  }
+
   // ---- queue processing -------------------------------------------------------------------------------------
 
   /**

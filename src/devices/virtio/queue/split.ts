@@ -67,6 +67,26 @@ export class SplitQueue extends QueueBase {
     this.st[4] = v ? 1 : 0;
   }
 
+  /**
+   * Seeds state words (VirtqueueOptions.state) so that queues over them resume a ring the driver has been using:
+   * the next available entry to read is `lastAvail`, the used ring's idx is `usedIdx`. For a host that starts
+   * rings at given indices (vhost-user SET_VRING_BASE; the used idx read from the ring), after the queue is
+   * enabled and before it is served (queue objects read the words live).
+   */
+  static seedState(words: Int32Array, lastAvail: number, usedIdx: number): void {
+    words.fill(0, 0, 8);
+    words[0] = lastAvail & 0xffff;
+    words[1] = usedIdx & 0xffff;
+    words[2] = usedIdx & 0xffff;
+    words[4] = 1; // driver notifications on
+    words[7] = 1; // started
+  }
+
+  /** The indices in state words: the next available entry to read and the used idx last published. */
+  static indices(words: Int32Array): { lastAvail: number; usedIdx: number } {
+    return { lastAvail: (words[0] as number) & 0xffff, usedIdx: (words[1] as number) & 0xffff };
+  }
+
   constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {
     const sizes = splitAreaSizes(config.size);
     checkConfig(opts?.name ?? "unnamed", "split", mem, config, [

@@ -1,0 +1,82 @@
+/** `vireo vhost-user net`: a vhost-user back-end process for virtio-net (src/vhost-user). */
+import { parseArgs } from "node:util";
+import { VirtioNet } from "../devices/virtio/net.ts";
+import { ConfigError } from "../errors.ts";
+import { LoopbackBackend, SinkBackend, zeroCounts } from "../vhost-user/net-backends.ts";
+import { serveVhostUser } from "../vhost-user/server.ts";
+
+export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--sink | --loopback) [--once] [--queue-size N]
+
+A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-net device over a Unix socket, with
+vireo's own virtio-net and virtqueue code. It listens on PATH and serves one front-end at a time (QEMU's
+-netdev vhost-user, DPDK's net_virtio_user, ...): split rings, REPLY_ACK.
+
+Options:
+  --socket PATH      the Unix socket to listen on (a stale socket file there is replaced)
+  --sink             count the frames the guest transmits and drop them
+  --loopback         send every frame the guest transmits back to its receive queue
+  --once             exit when the first connection ends
+  --queue-size N     the largest ring size accepted (a power of 2 up to 32768; default 1024)
+  -h, --help         this help
+
+When a connection ends, one JSON line on stdout gives its counts:
+  {"event":"connection-end","reason":...,"txFrames":N,"txBytes":N,"rxFrames":N,"rxBytes":N,"dropped":N,...}
+Errors the front-end causes are logged on stderr and end its connection (or are NACKed, with REPLY_ACK).`;
+
+export async function cmdVhostUser(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      socket: { type: "string" },
+      sink: { type: "boolean" },
+      loopback: { type: "boolean" },
+      once: { type: "boolean" },
+      "queue-size": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(VHOST_USER_HELP);
+    return 0;
+  }
+  if (positionals[0] !== "net" || positionals.length > 1) {
+    throw new ConfigError("usage: vireo vhost-user net --socket PATH (--sink | --loopback) (see --help)");
+  }
+  const socketPath = values.socket;
+  if (!socketPath) throw new ConfigError("vhost-user net: --socket PATH is required");
+  if (Buffer.byteLength(socketPath) > 107) {
+    throw new ConfigError(
+      `vhost-user net: --socket path is ${Buffer.byteLength(socketPath)} bytes, at most 107`,
+    );
+  }
+  if (values.sink === values.loopback) {
+    throw new ConfigError("vhost-user net: give exactly one of --sink and --loopback");
+  }
+  let queueSize = 1024;
+  if (values["queue-size"] !== undefined) {
+    const q = Number(values["queue-size"]);
+    if (!Number.isInteger(q) || q < 1 || q > 32768 || (q & (q - 1)) !== 0) {
+      throw new ConfigError(
+        `vhost-user net: --queue-size ${values["queue-size"]} is not a power of 2 up to 32768`,
+      );
+    }
+    queueSize = q;
+  }
+  const counts = zeroCounts();
+  const backend = values.sink ? new SinkBackend(counts) : new LoopbackBackend(counts);
+  const log = (m: string) => process.stderr.write(`vireo: ${m}\n`);
+  serveVhostUser({
+    socketPath,
+    once: values.once === true,
+    log,
+    model: () => new VirtioNet({ backend, name: "net0", queueSize }),
+    onListening: () => log(`vhost-user net (${backend.name}) listening on ${socketPath}`),
+    onConnectionEnd: (stats, reason) => {
+      process.stdout.write(`${JSON.stringify({ event: "connection-end", reason, ...counts, ...stats })}\n`);
+      Object.assign(counts, zeroCounts());
+      if (backend instanceof LoopbackBackend) backend.clear();
+    },
+  });
+  return 0;
+}

@@ -1,0 +1,490 @@
+/**
+ * A vhost-user back-end's state machine for one connection (QEMU docs/interop/vhost-user.rst): feature and
+ * protocol-feature negotiation, the memory table, and the rings, driving the same VirtioDevice and device model
+ * (src/devices/virtio) that a vCPU thread or a data-plane thread runs. The device is driven as a driver would
+ * drive it (features, FEATURES_OK, queue configuration, DRIVER_OK), from what the front-end says.
+ *
+ * Requests are handled one at a time (`handle`). A request the back-end refuses (a value out of range, memory
+ * that does not fit, a ring outside the regions) is logged and answered with a non-zero u64 when the front-end
+ * asked for a reply (REPLY_ACK); otherwise `handle` throws and the connection is closed, since the front-end has
+ * no other way to learn it failed ("If back-end detects some error ... it may also close the connection").
+ *
+ * Split rings only in this version: VIRTIO_F_RING_PACKED is not offered.
+ */
+import { hasFeature, TRANSPORT_FEATURES, VIRTIO_F, VIRTIO_STATUS } from "../devices/virtio/constants.ts";
+import { VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.ts";
+import { SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
+import type { Defer, NotifyBudget } from "../devices/virtio/work-budget.ts";
+import { native, signalEventFd } from "../native.ts";
+import { checkRegions, VhostUserMemory } from "./memory.ts";
+import {
+  type Body,
+  encodeReply,
+  PROTOCOL_F,
+  REQ,
+  requestName,
+  statePayload,
+  u64Payload,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  type VhostUserMessage,
+  VhostUserProtocolError,
+  VhostUserRequestError,
+  VRING_INDEX_MASK,
+  VRING_NOFD_MASK,
+} from "./protocol.ts";
+
+const bit = (b: number) => 1n << BigInt(b);
+
+/** Protocol features offered: REPLY_ACK (every request can be acknowledged). */
+export const OFFERED_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
+
+/** Transport features the device core offers that this back-end does not serve yet. */
+const NOT_OFFERED = bit(VIRTIO_F.RING_PACKED) | bit(VIRTIO_F.RING_RESET);
+
+/** The virtio-level feature bits only (what the device sees): vhost-user's own bits 30 (and 26, LOG_ALL) off. */
+const VHOST_ONLY_BITS = bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(26);
+
+export interface VhostUserBackendOptions {
+  /** A fresh device model (the device is rebuilt over the same state for each memory table). */
+  model: () => VirtioDeviceModel;
+  /** Errors and warnings, one line each. */
+  log: (message: string) => void;
+  /** Where the device leaves work for later (a spent work budget); the connection's loop runs it. */
+  defer: Defer;
+  budget?: NotifyBudget;
+  /** Closes fds the back-end received (default: native close). */
+  closeFd?: (fd: number) => void;
+}
+
+interface Ring {
+  num: number;
+  addr: { desc: bigint; used: bigint; avail: bigint } | null;
+  base: number;
+  kick: number;
+  call: number;
+  err: number;
+  enabled: boolean;
+  started: boolean;
+  /** A kick came while the ring was disabled: serve it when enabled. */
+  pendingKick: boolean;
+}
+
+export class VhostUserBackend {
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  /** Virtio features offered in GET_FEATURES (with VHOST_USER_F_PROTOCOL_FEATURES). */
+  readonly offeredFeatures: bigint;
+  private acked: bigint | null = null;
+  private protocolFeatures = 0n;
+  private memory: VhostUserMemory | null = null;
+  private device: VirtioDevice | null = null;
+  private readonly state: SharedArrayBuffer;
+  private readonly rings: Ring[];
+  private readonly opts: VhostUserBackendOptions;
+  private readonly closeFd: (fd: number) => void;
+  private reportedFailure = false;
+  /** Requests handled, refused (NACK or close). */
+  readonly stats = { requests: 0, refused: 0, kicks: 0, calls: 0 };
+
+  constructor(opts: VhostUserBackendOptions) {
+    this.opts = opts;
+    this.closeFd = opts.closeFd ?? ((fd) => native().close(fd));
+    const probe = opts.model();
+    this.numQueues = probe.numQueues;
+    this.maxQueueSize = probe.maxQueueSize;
+    this.offeredFeatures =
+      ((probe.features | TRANSPORT_FEATURES) & ~NOT_OFFERED) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    this.state = VirtioDevice.createState({ numQueues: probe.numQueues, stateBytes: probe.stateBytes });
+    this.rings = Array.from({ length: probe.numQueues }, () => ({
+      num: 0,
+      addr: null,
+      base: 0,
+      kick: -1,
+      call: -1,
+      err: -1,
+      enabled: false,
+      started: false,
+      pendingKick: false,
+    }));
+  }
+
+  /** The started rings' kick fds, for the connection's poll loop. */
+  kickFds(): Array<{ q: number; fd: number }> {
+    const out: Array<{ q: number; fd: number }> = [];
+    this.rings.forEach((r, q) => {
+      if (r.started && r.kick >= 0) out.push({ q, fd: r.kick });
+    });
+    return out;
+  }
+
+  /** The ring's kick fd fired: serve it (once enabled). */
+  kick(q: number): void {
+    const r = this.rings[q];
+    if (!r?.started) return;
+    this.stats.kicks++;
+    if (!r.enabled) {
+      r.pendingKick = true;
+      return;
+    }
+    this.device?.notify(q);
+    this.checkFailed();
+  }
+
+  /**
+   * Handles one request; returns the reply to send, or null. Throws (VhostUserRequestError or
+   * VhostUserProtocolError) when the connection must close. Takes ownership of the message's fds.
+   */
+  handle(msg: VhostUserMessage): Uint8Array | null {
+    this.stats.requests++;
+    const name = requestName(msg.request);
+    const ack = msg.needReply && (this.protocolFeatures & bit(PROTOCOL_F.REPLY_ACK)) !== 0n;
+    let reply: Uint8Array | null;
+    try {
+      reply = this.dispatch(msg);
+    } catch (e) {
+      for (const fd of msg.fds) this.closeQuietly(fd);
+      this.stats.refused++;
+      const why = e instanceof Error ? e.message : String(e);
+      // A request with its own reply body cannot be NACKed; neither can one the front-end expects no answer to.
+      if (ack && !HAS_REPLY.has(msg.request) && !(e instanceof VhostUserProtocolError)) {
+        this.opts.log(`vhost-user: ${name} refused: ${why}`);
+        return encodeReply(msg.request, u64Payload(1n));
+      }
+      throw e instanceof VhostUserRequestError || e instanceof VhostUserProtocolError
+        ? e
+        : new VhostUserRequestError(`${name}: ${why}`);
+    }
+    // REPLY_ACK: "The payload should be set to zero on success ... unless the message already has an explicit
+    // reply body."
+    if (reply === null && ack) return encodeReply(msg.request, u64Payload(0n));
+    return reply;
+  }
+
+  /** Closes every fd the back-end holds and stops the device (the connection ended). */
+  close(): void {
+    for (const r of this.rings) {
+      for (const fd of [r.kick, r.call, r.err]) if (fd >= 0) this.closeQuietly(fd);
+      r.kick = r.call = r.err = -1;
+      r.started = false;
+    }
+    this.device?.reset();
+    this.device = null;
+    this.memory = null;
+  }
+
+  private closeQuietly(fd: number): void {
+    try {
+      this.closeFd(fd);
+    } catch {
+      // already closed: nothing to release
+    }
+  }
+
+  private ring(index: number): Ring {
+    const r = this.rings[index];
+    if (r === undefined) {
+      throw new VhostUserRequestError(`vring index ${index} is not below ${this.numQueues}`);
+    }
+    return r;
+  }
+
+  private stopped(index: number, what: string): Ring {
+    const r = this.ring(index);
+    if (r.started) throw new VhostUserRequestError(`${what} on vring ${index} while it is started`);
+    return r;
+  }
+
+  private dispatch(msg: VhostUserMessage): Uint8Array | null {
+    const b = msg.body;
+    switch (msg.request) {
+      case REQ.GET_FEATURES:
+        return encodeReply(msg.request, u64Payload(this.offeredFeatures));
+      case REQ.SET_FEATURES:
+        this.setFeatures(u64Of(b));
+        return null;
+      case REQ.GET_PROTOCOL_FEATURES:
+        return encodeReply(msg.request, u64Payload(OFFERED_PROTOCOL_FEATURES));
+      case REQ.SET_PROTOCOL_FEATURES: {
+        const v = u64Of(b);
+        const extra = v & ~OFFERED_PROTOCOL_FEATURES;
+        if (extra !== 0n)
+          throw new VhostUserRequestError(`protocol features 0x${extra.toString(16)} not offered`);
+        this.protocolFeatures = v;
+        return null;
+      }
+      case REQ.SET_OWNER:
+        // "Issued when a new connection is established": a session start; nothing to do.
+        return null;
+      case REQ.RESET_OWNER:
+        // Deprecated; "recommended that back-ends either ignore this message, or use it to disable all rings".
+        for (let q = 0; q < this.numQueues; q++) this.stopRing(q);
+        return null;
+      case REQ.SET_MEM_TABLE:
+        this.setMemTable(b, msg.fds);
+        return null;
+      case REQ.SET_VRING_NUM: {
+        const s = stateOf(b);
+        const r = this.stopped(s.index, "SET_VRING_NUM");
+        // 2.7: a split ring's Queue Size is a power of 2; the device offers up to maxQueueSize.
+        if (s.num < 1 || s.num > this.maxQueueSize || (s.num & (s.num - 1)) !== 0) {
+          throw new VhostUserRequestError(
+            `vring ${s.index}: size ${s.num} is not a power of 2 from 1 to ${this.maxQueueSize}`,
+          );
+        }
+        r.num = s.num;
+        return null;
+      }
+      case REQ.SET_VRING_ADDR: {
+        if (b.kind !== "addr") throw new Error("unreachable");
+        const r = this.ring(b.index);
+        const same = r.addr && r.addr.desc === b.desc && r.addr.used === b.used && r.addr.avail === b.avail;
+        // While a ring runs the front-end may resend its addresses (to switch logging); moving it is refused.
+        if (r.started && !same) throw new VhostUserRequestError(`vring ${b.index}: moved while started`);
+        r.addr = { desc: b.desc, used: b.used, avail: b.avail };
+        return null;
+      }
+      case REQ.SET_VRING_BASE: {
+        const s = stateOf(b);
+        const r = this.stopped(s.index, "SET_VRING_BASE");
+        // A split ring's indices are 16-bit free-running counters (2.7.6).
+        if (s.num > 0xffff)
+          throw new VhostUserRequestError(`vring ${s.index}: base ${s.num} is above 0xffff`);
+        r.base = s.num;
+        return null;
+      }
+      case REQ.GET_VRING_BASE: {
+        const s = stateOf(b);
+        this.ring(s.index);
+        // "stop ring upon receiving VHOST_USER_GET_VRING_BASE"; the reply is the next available index to read.
+        const base = this.stopRing(s.index);
+        return encodeReply(msg.request, statePayload(s.index, base));
+      }
+      case REQ.SET_VRING_KICK:
+      case REQ.SET_VRING_CALL:
+      case REQ.SET_VRING_ERR:
+        this.setVringFd(msg.request, u64Of(b), msg.fds);
+        return null;
+      case REQ.SET_VRING_ENABLE: {
+        const s = stateOf(b);
+        const r = this.ring(s.index);
+        if (s.num > 1) throw new VhostUserRequestError(`vring ${s.index}: enable ${s.num} is not 0 or 1`);
+        r.enabled = s.num === 1;
+        if (r.enabled && r.started && r.pendingKick) {
+          r.pendingKick = false;
+          this.device?.notify(s.index);
+          this.checkFailed();
+        }
+        return null;
+      }
+      default:
+        throw new VhostUserRequestError(`${requestName(msg.request)} is not supported by this back-end`);
+    }
+  }
+
+  private setFeatures(v: bigint): void {
+    const extra = v & ~this.offeredFeatures;
+    if (extra !== 0n) throw new VhostUserRequestError(`features 0x${extra.toString(16)} not offered`);
+    const device = v & ~VHOST_ONLY_BITS;
+    if (
+      this.rings.some((r) => r.started) &&
+      this.acked !== null &&
+      (this.acked & ~VHOST_ONLY_BITS) !== device
+    ) {
+      throw new VhostUserRequestError("virtio features changed while rings are started");
+    }
+    this.acked = v;
+  }
+
+  private setMemTable(b: Body, fds: number[]): void {
+    if (b.kind !== "memory") throw new Error("unreachable");
+    const regions = checkRegions(b.regions);
+    const memory = VhostUserMemory.map(regions, fds);
+    // The mappings keep the files; the fds are not needed any more.
+    for (const fd of fds) this.closeQuietly(fd);
+    fds.length = 0;
+    this.memory = memory;
+    // The device is rebuilt over the same state with the new memory: started rings go on at their indices.
+    this.device = new VirtioDevice({
+      state: this.state,
+      model: this.opts.model(),
+      mem: memory.guest,
+      interrupts: {
+        queue: (vector) => this.interrupt(vector),
+        config: () => {},
+      },
+      log: this.opts.log,
+      budget: this.opts.budget,
+      defer: this.opts.defer,
+    });
+  }
+
+  private setVringFd(request: number, v: bigint, fds: number[]): void {
+    const index = Number(v & BigInt(VRING_INDEX_MASK));
+    if (v >> 9n !== 0n) {
+      throw new VhostUserRequestError(
+        `${requestName(request)}: payload 0x${v.toString(16)} sets bits above 8`,
+      );
+    }
+    const noFd = (v & BigInt(VRING_NOFD_MASK)) !== 0n;
+    const r = this.ring(index);
+    const fd = noFd ? -1 : (fds[0] as number);
+    fds.length = 0;
+    if (request === REQ.SET_VRING_KICK) {
+      if (noFd) {
+        this.closeQuietly(fd);
+        throw new VhostUserRequestError(`vring ${index}: polling (no kick fd) is not supported`);
+      }
+      if (r.kick >= 0) this.closeQuietly(r.kick);
+      r.kick = fd;
+      native().setNonBlocking(fd, true);
+      // "The back-end must start ring upon receiving a kick"; the kick fd is what a kick arrives on, so the ring
+      // starts here and serves whatever is already available.
+      if (!r.started) this.startRing(index);
+      return;
+    }
+    if (request === REQ.SET_VRING_CALL) {
+      if (r.call >= 0) this.closeQuietly(r.call);
+      r.call = fd;
+    } else {
+      if (r.err >= 0) this.closeQuietly(r.err);
+      r.err = fd;
+    }
+  }
+
+  private startRing(q: number): void {
+    const r = this.rings[q] as Ring;
+    const mem = this.memory;
+    const dev = this.device;
+    if (mem === null || dev === null)
+      throw new VhostUserRequestError(`vring ${q}: started before SET_MEM_TABLE`);
+    if (this.acked === null) throw new VhostUserRequestError(`vring ${q}: started before SET_FEATURES`);
+    if (r.num === 0 || r.addr === null) {
+      throw new VhostUserRequestError(`vring ${q}: started before SET_VRING_NUM and SET_VRING_ADDR`);
+    }
+    // Ring addresses are front-end user addresses: each part must lie in one region (translated to guest).
+    const sizes = splitAreaSizes(r.num);
+    const desc = mem.userToGuest(r.addr.desc, sizes.desc);
+    const avail = mem.userToGuest(r.addr.avail, sizes.avail);
+    const used = mem.userToGuest(r.addr.used, sizes.used);
+    for (const [what, gpa, ua] of [
+      ["descriptor table", desc, r.addr.desc],
+      ["available ring", avail, r.addr.avail],
+      ["used ring", used, r.addr.used],
+    ] as const) {
+      if (gpa === null) {
+        throw new VhostUserRequestError(
+          `vring ${q}: ${what} at user address 0x${ua.toString(16)} is outside the memory regions`,
+        );
+      }
+    }
+    this.ensureLive(dev);
+    const set = (field: "desc" | "driver" | "device", gpa: number) => {
+      dev.writeQueue(q, `${field}_lo`, gpa % 2 ** 32);
+      dev.writeQueue(q, `${field}_hi`, Math.floor(gpa / 2 ** 32));
+    };
+    dev.writeQueue(q, "size", r.num);
+    set("desc", desc as number);
+    set("driver", avail as number);
+    set("device", used as number);
+    dev.writeQueue(q, "msix_vector", q);
+    dev.writeQueue(q, "enable", 1);
+    if (dev.status & VIRTIO_STATUS.DEVICE_NEEDS_RESET) {
+      throw new VhostUserRequestError(`vring ${q}: the device refused the ring (see the log)`);
+    }
+    // SET_VRING_BASE gives the next available entry; the used idx is whatever the ring says.
+    SplitQueue.seedState(dev.queueStateWords(q), r.base, mem.guest.readU16((used as number) + 2));
+    r.started = true;
+    // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts directly in the enabled state."
+    r.enabled = r.enabled || !hasFeature(this.acked, VHOST_USER_F_PROTOCOL_FEATURES);
+    this.reportedFailure = false;
+    if (r.enabled) {
+      dev.notify(q);
+      this.checkFailed();
+    } else {
+      r.pendingKick = true;
+    }
+  }
+
+  /** Brings the device to DRIVER_OK with the acknowledged features (a fresh reset if it is not live). */
+  private ensureLive(dev: VirtioDevice): void {
+    const s = dev.status;
+    if (s & VIRTIO_STATUS.DEVICE_NEEDS_RESET) {
+      if (this.rings.some((r) => r.started)) {
+        throw new VhostUserRequestError("the device failed; stop every ring (GET_VRING_BASE) to reset it");
+      }
+    } else if (s & VIRTIO_STATUS.DRIVER_OK) {
+      return;
+    }
+    const features = (this.acked as bigint) & ~VHOST_ONLY_BITS;
+    dev.writeStatus(0);
+    dev.writeStatus(VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER);
+    for (const sel of [0, 1]) {
+      dev.driverFeatureSelect = sel;
+      dev.writeDriverFeatures(Number((features >> BigInt(32 * sel)) & 0xffffffffn));
+    }
+    const ok = VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK;
+    dev.writeStatus(ok);
+    if (!(dev.status & VIRTIO_STATUS.FEATURES_OK)) {
+      throw new VhostUserRequestError(`the device refused features 0x${features.toString(16)} (see the log)`);
+    }
+    dev.writeStatus(ok | VIRTIO_STATUS.DRIVER_OK);
+  }
+
+  /** Stops ring q; returns the next available index it would have read (its base for a later start). */
+  private stopRing(q: number): number {
+    const r = this.rings[q] as Ring;
+    if (r.started && this.device) {
+      r.base = SplitQueue.indices(this.device.queueStateWords(q)).lastAvail;
+      this.device.resetQueue(q);
+    }
+    r.started = false;
+    r.pendingKick = false;
+    if (r.kick >= 0) this.closeQuietly(r.kick);
+    r.kick = -1;
+    // With every ring stopped the device goes back to reset, so a failed device can start again.
+    if (!this.rings.some((x) => x.started)) this.device?.reset();
+    return r.base;
+  }
+
+  private interrupt(vector: number): void {
+    const fd = this.rings[vector]?.call ?? -1;
+    if (fd < 0) return;
+    this.stats.calls++;
+    signalEventFd(fd);
+  }
+
+  /** After serving: a device that needs reset tells the front-end through the rings' error fds, once. */
+  private checkFailed(): void {
+    const dev = this.device;
+    if (!dev || this.reportedFailure || !(dev.status & VIRTIO_STATUS.DEVICE_NEEDS_RESET)) return;
+    this.reportedFailure = true;
+    for (const r of this.rings) if (r.started && r.err >= 0) signalEventFd(r.err);
+  }
+
+  /** Runs after deferred slices too (the loop calls it). */
+  afterWork(): void {
+    this.checkFailed();
+  }
+}
+
+/** Requests whose reply carries a body (so REPLY_ACK adds nothing and a refusal closes the connection). */
+const HAS_REPLY = new Set<number>([
+  REQ.GET_FEATURES,
+  REQ.GET_PROTOCOL_FEATURES,
+  REQ.GET_VRING_BASE,
+  REQ.GET_QUEUE_NUM,
+  REQ.GET_CONFIG,
+  REQ.GET_MAX_MEM_SLOTS,
+  REQ.GET_STATUS,
+  REQ.GET_INFLIGHT_FD,
+]);
+
+function u64Of(b: Body): bigint {
+  if (b.kind !== "u64") throw new Error("unreachable: the parser fixed the layout");
+  return b.value;
+}
+
+function stateOf(b: Body): { index: number; num: number } {
+  if (b.kind !== "state") throw new Error("unreachable: the parser fixed the layout");
+  return b;
+}

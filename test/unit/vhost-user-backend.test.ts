@@ -1,0 +1,356 @@
+/**
+ * The vhost-user back-end's state machine in this process (no socket): a front-end built on the virtio test
+ * driver negotiates, hands over a two-region memfd memory table, starts both rings of a virtio-net, and its
+ * frames are counted (sink) or come back (loopback). Then hostile front-ends: every refused request is NACKed
+ * with REPLY_ACK (and the connection goes on), or closes the connection without it; nothing throws out of the
+ * back-end otherwise and no fd it was given is leaked.
+ */
+import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
+import { describe, test } from "node:test";
+import { VirtioNet } from "../../src/devices/virtio/net.ts";
+import { EFD_CLOEXEC, native } from "../../src/native.ts";
+import { LoopbackBackend, SinkBackend, zeroCounts } from "../../src/vhost-user/net-backends.ts";
+import {
+  addrPayload,
+  memoryPayload,
+  PROTOCOL_F,
+  REQ,
+  statePayload,
+  u64Payload,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+} from "../../src/vhost-user/protocol.ts";
+import { DirectChannel, NET_HDR, NetFrontend, REGION1_GPA } from "../helpers/vhost-user-frontend.ts";
+
+function frame(n: number, seed: number): Uint8Array {
+  const f = new Uint8Array(n);
+  for (let i = 0; i < n; i++) f[i] = (seed * 31 + i) & 0xff;
+  return f;
+}
+
+function openFds(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+function rig(mode: "sink" | "loopback" = "sink") {
+  const counts = zeroCounts();
+  const backend = mode === "sink" ? new SinkBackend(counts) : new LoopbackBackend(counts);
+  const channel = new DirectChannel(() => new VirtioNet({ backend, name: "net0", queueSize: 256 }));
+  const fe = new NetFrontend(channel);
+  return { counts, channel, fe };
+}
+
+describe("vhost-user back-end: traffic", () => {
+  test("sink: frames sent on the transmit ring are counted and their buffers used", () => {
+    const { counts, channel, fe } = rig("sink");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    const frames = Array.from({ length: 100 }, (_, i) => frame(60 + i, i));
+    fe.transmit(frames);
+    channel.pump();
+    assert.ok(fe.waitCall(1, 1000), "the transmit ring's call eventfd fired");
+    assert.equal(fe.tx.usedChains().length, 100);
+    assert.equal(counts.txFrames, 100);
+    assert.equal(
+      counts.txBytes,
+      frames.reduce((a, f) => a + f.length, 0),
+    );
+    fe.close();
+  });
+
+  test("loopback: frames come back on the receive ring, in order, with a zeroed header", () => {
+    const { counts, channel, fe } = rig("loopback");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.postReceiveBuffers(32);
+    channel.pump();
+    const frames = Array.from({ length: 20 }, (_, i) => frame(64 + 10 * i, i));
+    fe.transmit(frames);
+    channel.pump();
+    assert.ok(fe.waitCall(0, 1000), "the receive ring's call eventfd fired");
+    const got = fe.rx.usedChains();
+    assert.equal(got.length, 20);
+    got.forEach((u, i) => {
+      const f = frames[i] as Uint8Array;
+      assert.equal(u.len, NET_HDR + f.length);
+      assert.deepEqual(u.written.subarray(NET_HDR), f);
+      assert.deepEqual(
+        u.written.subarray(0, NET_HDR),
+        new Uint8Array(NET_HDR).fill(0, 0).map((_, j) => (j === 10 ? 1 : 0)),
+      );
+    });
+    assert.equal(counts.rxFrames, 20);
+    fe.close();
+  });
+
+  test("loopback without receive buffers keeps frames until the driver posts some", () => {
+    const { counts, channel, fe } = rig("loopback");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.transmit([frame(100, 1), frame(100, 2)]);
+    channel.pump();
+    assert.equal(counts.rxFrames, 0);
+    fe.postReceiveBuffers(4);
+    channel.pump();
+    assert.equal(fe.rx.usedChains().length, 2);
+    fe.close();
+  });
+
+  test("more than one slice of frames is served across turns of the loop (work budget)", () => {
+    const { counts, channel, fe } = rig("sink");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    let sent = 0;
+    // The ring holds 256; the budget serves 256 chains per slice; refill between turns.
+    for (let round = 0; round < 8; round++) {
+      const batch = Array.from({ length: 200 }, (_, i) => frame(60, round + i));
+      fe.transmit(batch);
+      sent += batch.length;
+      for (let turn = 0; turn < 4; turn++) channel.pump();
+      fe.tx.usedChains();
+    }
+    assert.equal(counts.txFrames, sent);
+    fe.close();
+  });
+
+  test("GET_VRING_BASE stops a ring and returns its next index; the ring restarts from there", () => {
+    const { counts, channel, fe } = rig("sink");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.transmit([frame(60, 1), frame(60, 2), frame(60, 3)]);
+    channel.pump();
+    fe.tx.usedChains();
+    const r = fe.request(REQ.GET_VRING_BASE, statePayload(1, 0));
+    assert.ok(r);
+    const v = new DataView(r.payload.buffer, r.payload.byteOffset);
+    assert.equal(v.getUint32(0, true), 1);
+    assert.equal(v.getUint32(4, true), 3);
+    // Stopped: a kick is not served.
+    fe.transmit([frame(60, 4)]);
+    channel.pump();
+    assert.equal(counts.txFrames, 3);
+    // Restart at base 3 (the front-end gives back what it got), with a fresh kick fd.
+    const kick = native().eventfd(0, EFD_CLOEXEC);
+    assert.ok(fe.acked(REQ.SET_VRING_BASE, statePayload(1, 3)));
+    assert.ok(fe.acked(REQ.SET_VRING_KICK, u64Payload(1n), [kick]));
+    channel.pump();
+    assert.equal(counts.txFrames, 4, "the frame queued while stopped is served on restart");
+    native().close(kick);
+    fe.close();
+  });
+
+  test("without protocol features a ring starts enabled", () => {
+    const { counts, channel, fe } = rig("sink");
+    fe.request(REQ.SET_OWNER);
+    fe.request(REQ.SET_FEATURES, u64Payload(1n << 32n));
+    fe.request(REQ.SET_MEM_TABLE, memoryPayload(fe.memory.regions), { fds: [fe.memory.fd, fe.memory.fd] });
+    const c = fe.tx.config;
+    const m = fe.memory;
+    fe.request(REQ.SET_VRING_NUM, statePayload(1, c.size));
+    fe.request(
+      REQ.SET_VRING_ADDR,
+      addrPayload({
+        index: 1,
+        desc: m.user(c.descAddr),
+        used: m.user(c.deviceAddr),
+        avail: m.user(c.driverAddr),
+      }),
+    );
+    fe.request(REQ.SET_VRING_KICK, u64Payload(1n), { fds: [fe.kick[1]] });
+    fe.transmit([frame(60, 9)]);
+    channel.pump();
+    assert.equal(counts.txFrames, 1);
+    assert.equal(channel.closeReason, null);
+    fe.close();
+  });
+});
+
+/** A front-end through negotiation (REPLY_ACK on) and the memory table. */
+function negotiated() {
+  const r = rig("sink");
+  r.fe.setup();
+  return r;
+}
+
+describe("vhost-user back-end: hostile front-ends", () => {
+  test("refused requests are NACKed with REPLY_ACK and the connection goes on", () => {
+    const { channel, fe, counts } = negotiated();
+    const m = fe.memory;
+    const c = fe.tx.config;
+    const nack = (what: string, req: number, payload: Uint8Array, fds: number[] = []) => {
+      assert.equal(fe.acked(req, payload, fds), false, `${what} is refused`);
+      assert.equal(channel.closed, false, `${what}: the connection stays open`);
+    };
+    nack("ring index 2 of 2", REQ.SET_VRING_NUM, statePayload(2, 256));
+    nack("ring index 255", REQ.SET_VRING_ENABLE, statePayload(255, 1));
+    nack("size not a power of 2", REQ.SET_VRING_NUM, statePayload(1, 100));
+    nack("size above the maximum", REQ.SET_VRING_NUM, statePayload(1, 4096));
+    nack("base above 0xffff", REQ.SET_VRING_BASE, statePayload(1, 0x10000));
+    nack("enable 2", REQ.SET_VRING_ENABLE, statePayload(1, 2));
+    nack("features not offered", REQ.SET_FEATURES, u64Payload(1n << 63n));
+    nack("protocol features not offered", REQ.SET_PROTOCOL_FEATURES, u64Payload(1n << BigInt(PROTOCOL_F.MQ)));
+    nack("kick payload with bits above 8", REQ.SET_VRING_KICK, u64Payload(1n | (1n << 12n)), [fe.kick[1]]);
+    nack("kick with no fd (polling)", REQ.SET_VRING_KICK, u64Payload(1n | (1n << 8n)));
+    nack("an unsupported request", REQ.SET_LOG_BASE, new Uint8Array(16));
+    nack(
+      "overlapping regions",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([
+        { guestAddr: 0n, size: 0x200000n, userAddr: 0x1000000n, mmapOffset: 0n },
+        { guestAddr: 0x100000n, size: 0x100000n, userAddr: 0x2000000n, mmapOffset: 0n },
+      ]),
+      [m.fd, m.fd],
+    );
+    nack(
+      "regions overlapping in user addresses",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([
+        { guestAddr: 0n, size: 0x100000n, userAddr: 0x1000000n, mmapOffset: 0n },
+        { guestAddr: 0x200000n, size: 0x100000n, userAddr: 0x10ff000n, mmapOffset: 0n },
+      ]),
+      [m.fd, m.fd],
+    );
+    nack(
+      "a region past the end of its file",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([{ guestAddr: 0n, size: 0x400000n, userAddr: 0n, mmapOffset: 0x200000n }]),
+      [m.fd],
+    );
+    nack(
+      "an empty region",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([{ guestAddr: 0n, size: 0n, userAddr: 0n, mmapOffset: 0n }]),
+      [m.fd],
+    );
+    nack(
+      "a misaligned region",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([{ guestAddr: 0x800n, size: 0x1000n, userAddr: 0n, mmapOffset: 0n }]),
+      [m.fd],
+    );
+    nack(
+      "regions spanning more than 4 GiB",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([
+        { guestAddr: 0n, size: 0x1000n, userAddr: 0n, mmapOffset: 0n },
+        { guestAddr: 0x1_0000_0000n, size: 0x1000n, userAddr: 0x10000n, mmapOffset: 0n },
+      ]),
+      [m.fd, m.fd],
+    );
+    nack(
+      "a guest address above 2^53",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([{ guestAddr: 1n << 60n, size: 0x1000n, userAddr: 0n, mmapOffset: 0n }]),
+      [m.fd],
+    );
+    const ev = native().eventfd(0, EFD_CLOEXEC);
+    nack(
+      "a region whose fd is an eventfd",
+      REQ.SET_MEM_TABLE,
+      memoryPayload([{ guestAddr: 0n, size: 0x1000n, userAddr: 0n, mmapOffset: 0n }]),
+      [ev],
+    );
+    native().close(ev);
+    // A ring whose used ring lies outside every region: refused when it starts (at the kick).
+    assert.ok(fe.acked(REQ.SET_VRING_NUM, statePayload(1, c.size)));
+    assert.ok(
+      fe.acked(
+        REQ.SET_VRING_ADDR,
+        addrPayload({ index: 1, desc: m.user(c.descAddr), used: 0xdead_0000n, avail: m.user(c.driverAddr) }),
+      ),
+    );
+    nack("a ring outside the regions", REQ.SET_VRING_KICK, u64Payload(1n), [fe.kick[1]]);
+    // A descriptor table straddling the end of region 1.
+    assert.ok(
+      fe.acked(
+        REQ.SET_VRING_ADDR,
+        addrPayload({
+          index: 1,
+          desc: m.user(REGION1_GPA + 2 * 1024 * 1024 - 16),
+          used: m.user(c.deviceAddr),
+          avail: m.user(c.driverAddr),
+        }),
+      ),
+    );
+    nack("a descriptor table past its region", REQ.SET_VRING_KICK, u64Payload(1n), [fe.kick[1]]);
+    // After all that, the real configuration still works.
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.transmit([frame(60, 1)]);
+    channel.pump();
+    assert.equal(counts.txFrames, 1);
+    assert.equal(channel.closeReason, null);
+    fe.close();
+  });
+
+  test("without REPLY_ACK a refused request closes the connection", () => {
+    const { channel, fe } = rig("sink");
+    fe.request(REQ.SET_OWNER);
+    fe.request(REQ.SET_VRING_NUM, statePayload(7, 256));
+    assert.equal(channel.closed, true);
+    assert.match(channel.closeReason ?? "", /vring index 7/);
+    fe.close();
+  });
+
+  test("a buffer in the gap between regions breaks the device, not the back-end", () => {
+    const { channel, fe, counts } = negotiated();
+    fe.startRing(0);
+    fe.startRing(1);
+    // Write a descriptor by hand that points at guest address 0x200000 (between region 0 and region 1).
+    fe.tx.writeDesc(255, { addr: 0x20_0000, len: 64, flags: 0 });
+    fe.tx.pushAvail(255);
+    signalTx(fe);
+    channel.pump();
+    assert.equal(counts.txFrames, 0);
+    assert.ok(
+      channel.logged.some((l) => /needs reset/.test(l)),
+      channel.logged.join("\n"),
+    );
+    assert.equal(channel.closeReason, null);
+    fe.close();
+  });
+
+  test("the back-end closes every fd it was given when the connection ends", () => {
+    const before = openFds();
+    const { fe, channel } = negotiated();
+    fe.startRing(0);
+    fe.startRing(1);
+    channel.pump();
+    fe.close();
+    assert.equal(openFds(), before);
+  });
+
+  test("fds handed with a refused request are closed", () => {
+    const before = openFds();
+    const { fe, channel } = negotiated();
+    const m = fe.memory;
+    for (let i = 0; i < 20; i++) {
+      fe.acked(
+        REQ.SET_MEM_TABLE,
+        memoryPayload([{ guestAddr: 0n, size: 0x10_0000_0000n, userAddr: 0n, mmapOffset: 0n }]),
+        [m.fd],
+      );
+    }
+    assert.equal(channel.closed, false);
+    fe.close();
+    assert.equal(openFds(), before);
+  });
+
+  test("GET_FEATURES offers VERSION_1 and the protocol features bit, not packed rings", () => {
+    const { fe } = rig("sink");
+    const f = fe.getU64(REQ.GET_FEATURES);
+    assert.ok(f & (1n << 32n));
+    assert.ok(f & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)));
+    assert.equal(f & (1n << 34n), 0n);
+    fe.close();
+  });
+});
+
+function signalTx(fe: NetFrontend): void {
+  native().writeFd(fe.kick[1], new BigUint64Array([1n]));
+}
