@@ -385,6 +385,12 @@ export class VhostUserParser {
     }
   }
 
+  /** The connection ended: closes fds that came with a message never completed. */
+  dispose(): void {
+    this.failed = true;
+    this.dropFds();
+  }
+
   private dropFds(): void {
     for (const fd of this.fds) this.closeFd(fd);
     this.fds = [];

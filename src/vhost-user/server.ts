@@ -50,6 +50,7 @@ export function serveVhostUser(opts: ServeOptions): void {
 
   const endConnection = (reason: string) => {
     if (conn < 0) return;
+    parser?.dispose();
     backend?.close();
     n.close(conn);
     conn = -1;
