@@ -303,7 +303,8 @@ for (const mib of [4, 1024]) {
         const tdt = (tdh + 3 * perRun) % count;
         seen = 0;
         writes.push(ms(() => drv.w32(REG.TDT, tdt)));
-        assert.ok(seen > 0 && seen <= E1000_TX_SLICE.frames, `one write sent ${seen} segments`);
+        // (The first write of a run reads a context and a header: the 256 KiB payload waits for a fresh slice.)
+        assert.ok(seen <= E1000_TX_SLICE.frames, `one write sent ${seen} segments`);
         assert.notEqual(dev.nextDeadline(), undefined);
         drain(dev, slices);
         assert.equal(seen, perRun * segs, `run ${run}: segments sent`);

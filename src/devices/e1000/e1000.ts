@@ -33,7 +33,7 @@
  * - The link is a 1000 Mb/s full-duplex copper link to a partner that always autonegotiates; `setLinkUp` pulls
  *   the cable. STATUS.LU follows that state regardless of CTRL.SLU (the driver sets SLU anyway).
  * - Transmit starts inside the guest's TDT write (or TCTL.EN) and runs in slices: one entry point does at most
- *   E1000_TX_SLICE of work (descriptors, bytes, frames with TSO segments counted), then leaves TDH where it
+ *   E1000_TX_SLICE of work (descriptors, bytes read, frames with TSO segments counted), then leaves TDH where it
  *   stopped and sets the "transmit pending" deadline (T_TX_PENDING) to now, so a hostile ring (every descriptor
  *   maximal, or TSO with a tiny MSS) costs one exit a bounded time and still gets every frame sent, in order,
  *   exactly once. Who continues it, in each configuration the model runs in:
@@ -273,13 +273,16 @@ const TX_BUFFER_BYTES = MAX_TSO_PAYLOAD + 255;
 
 /**
  * Transmit work one entry point (a register access, `poll`, a received frame) may do before it leaves the rest of
- * the ring for later: descriptors fetched, bytes moved (read from guest buffers plus handed to the backend) and
- * frames sent (TSO segments included). Whichever runs out first ends the slice; the check is made before each
- * descriptor and each segment, so a slice overshoots by at most one descriptor's data (up to 256 KiB) or one
- * non-TSO packet (16 KiB). A slice always does at least one descriptor or segment, so every slice progresses.
- * Linux's default 256-descriptor ring of ordinary packets fits in one slice.
+ * the ring for later: descriptors fetched, bytes of packet data read from guest RAM, and frames sent (TSO segments
+ * included). Whichever runs out first ends the slice. A descriptor whose buffer is longer than the bytes left
+ * waits for the next slice, unless nothing was read yet in this one (so a slice reads at most 256 KiB, or one
+ * descriptor's buffer, at most 256 KiB + 255 for TSO). What is sent is at most what was read in this slice and
+ * the one packet that was in progress (256 KiB and headers), within the frame count. Reading guest RAM is what
+ * may cost most: a page the guest never touched is faulted in on first read, 15-80 µs a page on a PVM host, so a
+ * slice of 64 such pages stays under about 5 ms even there, and costs 0.1 ms warm. A slice always does at least
+ * one descriptor or segment, so every slice progresses; a 64 KiB TSO packet fits in one.
  */
-export const E1000_TX_SLICE = Object.freeze({ descriptors: 256, bytes: 1 << 20, frames: 256 });
+export const E1000_TX_SLICE = Object.freeze({ descriptors: 256, bytes: 256 * 1024, frames: 256 });
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
 
@@ -551,6 +554,16 @@ function hex(n: number): string {
 function isBroadcast(b: Uint8Array): boolean {
   for (let i = 0; i < 6; i++) if (b[i] !== 0xff) return false;
   return true;
+}
+
+/**
+ * The length of the buffer a transmit descriptor names, before any check: 15:0 of a legacy descriptor (SDM
+ * §3.3.3), DTALEN 19:0 of a data descriptor (SDM §3.3.7); a context descriptor has none.
+ */
+function txBufferLength(d: Uint8Array): number {
+  const lower = le32(d, 8);
+  if (!((d[11] as number) & TXD_CMD_DEXT)) return lower & 0xffff;
+  return ((lower >>> 20) & 0xf) === TXD_DTYP_DATA ? lower & 0xfffff : 0;
 }
 
 function describeError(e: unknown): string {
@@ -1300,11 +1313,10 @@ export class E1000 implements BusDevice {
         }
       }
       while (!more && tdh !== tdt) {
-        if (this.txDescLeft <= 0 || this.txBytesLeft <= 0 || this.txFramesLeft <= 0) {
+        if (this.txDescLeft <= 0 || this.txFramesLeft <= 0) {
           more = true;
           break;
         }
-        this.txDescLeft--;
         const at = ring.base + tdh * DESC_SIZE;
         try {
           this.mem.read(at, this.txDesc);
@@ -1313,6 +1325,11 @@ export class E1000 implements BusDevice {
           this.guestError("tx-ring-dma", `transmit descriptor at ${hex(at)} is outside guest RAM`);
           break;
         }
+        if (this.txBytesLeft < E1000_TX_SLICE.bytes && txBufferLength(this.txDesc) > this.txBytesLeft) {
+          more = true; // its buffer would overrun this slice: it is read first thing in the next one
+          break;
+        }
+        this.txDescLeft--;
         if (!this.txDescriptor(this.txDesc, at, ring.count)) {
           more = true; // a TSO packet's segments did not all fit: TDH stays on its EOP descriptor
           break;
@@ -1559,8 +1576,8 @@ export class E1000 implements BusDevice {
   }
 
   /**
-   * Sends the segments of the TSO packet in the TX buffer from W_TXP_SEG_NEXT on while the slice's budget lasts
-   * (each segment counts as a frame and its bytes). True once the last one is sent.
+   * Sends the segments of the TSO packet in the TX buffer from W_TXP_SEG_NEXT on while the slice's frame budget
+   * lasts. True once the last one is sent.
    */
   private txSegments(): boolean {
     const s = this.s;
@@ -1579,7 +1596,7 @@ export class E1000 implements BusDevice {
       (s[W_TXP_FIRST_CMD] as number) & TXD_CMD_VLE && (this.regs[REG.CTRL >> 2] as number) & CTRL_VME;
     const tci = s[W_TXP_FIRST_SPECIAL] as number;
     for (let i = s[W_TXP_SEG_NEXT] as number; i < count; i++) {
-      if (this.txFramesLeft <= 0 || this.txBytesLeft <= 0) {
+      if (this.txFramesLeft <= 0) {
         s[W_TXP_SEG_NEXT] = i;
         return false;
       }
@@ -1621,7 +1638,6 @@ export class E1000 implements BusDevice {
     this.mTxFrames.add();
     this.mTxBytes.add(len);
     this.txFramesLeft--;
-    this.txBytesLeft -= len;
     if (!this.backend.send(f)) this.mTxBackendDropped.add();
   }
 
