@@ -26,6 +26,7 @@ export const families = {
       "test/unit/virtqueue-malformed.test.ts",
       "test/unit/virtqueue-notify.test.ts",
       "test/unit/virtio-queue-state.test.ts",
+      "test/unit/virtqueue-accounting.test.ts",
       "test/unit/virtqueue-fuzz.test.ts",
     ],
   },
