@@ -11,6 +11,7 @@
  *
  * Split rings only in this version: VIRTIO_F_RING_PACKED is not offered.
  */
+import { readlinkSync } from "node:fs";
 import { hasFeature, TRANSPORT_FEATURES, VIRTIO_F, VIRTIO_STATUS } from "../devices/virtio/constants.ts";
 import { VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
@@ -59,6 +60,8 @@ export interface VhostUserBackendOptions {
 interface Ring {
   num: number;
   addr: { desc: bigint; used: bigint; avail: bigint } | null;
+  /** Guest addresses of the ring's parts while it is started. */
+  areas: { desc: number; avail: number; used: number } | null;
   base: number;
   kick: number;
   call: number;
@@ -98,6 +101,7 @@ export class VhostUserBackend {
     this.rings = Array.from({ length: probe.numQueues }, () => ({
       num: 0,
       addr: null,
+      areas: null,
       base: 0,
       kick: -1,
       call: -1,
@@ -299,6 +303,19 @@ export class VhostUserBackend {
     if (b.kind !== "memory") throw new Error("unreachable");
     const regions = checkRegions(b.regions);
     const memory = VhostUserMemory.map(regions, fds);
+    // A started ring keeps its guest addresses: the new table must map its user addresses to the same ones.
+    this.rings.forEach((r, q) => {
+      if (!r.started || r.areas === null || r.addr === null) return;
+      const now = this.translate(memory, r.addr, r.num);
+      if (
+        now === null ||
+        now.desc !== r.areas.desc ||
+        now.avail !== r.areas.avail ||
+        now.used !== r.areas.used
+      ) {
+        throw new VhostUserRequestError(`the new memory table moves or drops started vring ${q}`);
+      }
+    });
     // The mappings keep the files; the fds are not needed any more.
     for (const fd of fds) this.closeQuietly(fd);
     fds.length = 0;
@@ -329,6 +346,13 @@ export class VhostUserBackend {
     const r = this.ring(index);
     const fd = noFd ? -1 : (fds[0] as number);
     fds.length = 0;
+    // Kicks, calls and errors are eventfds (or pipes): anything else (a file is always readable) is refused.
+    if (fd >= 0 && !isEventFdOrPipe(fd)) {
+      this.closeQuietly(fd);
+      throw new VhostUserRequestError(
+        `${requestName(request)}: vring ${index}: the fd is not an eventfd or a pipe`,
+      );
+    }
     if (request === REQ.SET_VRING_KICK) {
       if (noFd) {
         this.closeQuietly(fd);
@@ -361,22 +385,9 @@ export class VhostUserBackend {
     if (r.num === 0 || r.addr === null) {
       throw new VhostUserRequestError(`vring ${q}: started before SET_VRING_NUM and SET_VRING_ADDR`);
     }
-    // Ring addresses are front-end user addresses: each part must lie in one region (translated to guest).
-    const sizes = splitAreaSizes(r.num);
-    const desc = mem.userToGuest(r.addr.desc, sizes.desc);
-    const avail = mem.userToGuest(r.addr.avail, sizes.avail);
-    const used = mem.userToGuest(r.addr.used, sizes.used);
-    for (const [what, gpa, ua] of [
-      ["descriptor table", desc, r.addr.desc],
-      ["available ring", avail, r.addr.avail],
-      ["used ring", used, r.addr.used],
-    ] as const) {
-      if (gpa === null) {
-        throw new VhostUserRequestError(
-          `vring ${q}: ${what} at user address 0x${ua.toString(16)} is outside the memory regions`,
-        );
-      }
-    }
+    const areas = this.translate(mem, r.addr, r.num, q);
+    if (areas === null) throw new Error("unreachable: translate throws with a ring index");
+    const { desc, avail, used } = areas;
     this.ensureLive(dev);
     const set = (field: "desc" | "driver" | "device", gpa: number) => {
       dev.writeQueue(q, `${field}_lo`, gpa % 2 ** 32);
@@ -394,6 +405,7 @@ export class VhostUserBackend {
     // SET_VRING_BASE gives the next available entry; the used idx is whatever the ring says.
     SplitQueue.seedState(dev.queueStateWords(q), r.base, mem.guest.readU16((used as number) + 2));
     r.started = true;
+    r.areas = areas;
     // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts directly in the enabled state."
     r.enabled = r.enabled || !hasFeature(this.acked, VHOST_USER_F_PROTOCOL_FEATURES);
     this.reportedFailure = false;
@@ -403,6 +415,32 @@ export class VhostUserBackend {
     } else {
       r.pendingKick = true;
     }
+  }
+
+  /**
+   * Ring addresses are front-end user addresses: each part of the ring must lie in one region; their guest
+   * addresses. With `q`, a part outside the regions is an error naming it; without, null.
+   */
+  private translate(
+    mem: VhostUserMemory,
+    addr: NonNullable<Ring["addr"]>,
+    num: number,
+    q?: number,
+  ): { desc: number; avail: number; used: number } | null {
+    const sizes = splitAreaSizes(num);
+    const parts = [
+      ["descriptor table", mem.userToGuest(addr.desc, sizes.desc), addr.desc],
+      ["available ring", mem.userToGuest(addr.avail, sizes.avail), addr.avail],
+      ["used ring", mem.userToGuest(addr.used, sizes.used), addr.used],
+    ] as const;
+    for (const [what, gpa, ua] of parts) {
+      if (gpa !== null) continue;
+      if (q === undefined) return null;
+      throw new VhostUserRequestError(
+        `vring ${q}: ${what} at user address 0x${ua.toString(16)} is outside the memory regions`,
+      );
+    }
+    return { desc: parts[0][1] as number, avail: parts[1][1] as number, used: parts[2][1] as number };
   }
 
   /** Brings the device to DRIVER_OK with the acknowledged features (a fresh reset if it is not live). */
@@ -438,6 +476,7 @@ export class VhostUserBackend {
       this.device.resetQueue(q);
     }
     r.started = false;
+    r.areas = null;
     r.pendingKick = false;
     if (r.kick >= 0) this.closeQuietly(r.kick);
     r.kick = -1;
@@ -478,6 +517,15 @@ const HAS_REPLY = new Set<number>([
   REQ.GET_STATUS,
   REQ.GET_INFLIGHT_FD,
 ]);
+
+function isEventFdOrPipe(fd: number): boolean {
+  try {
+    const target = readlinkSync(`/proc/self/fd/${fd}`);
+    return target === "anon_inode:[eventfd]" || target.startsWith("pipe:");
+  } catch {
+    return false;
+  }
+}
 
 function u64Of(b: Body): bigint {
   if (b.kind !== "u64") throw new Error("unreachable: the parser fixed the layout");

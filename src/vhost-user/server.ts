@@ -32,6 +32,9 @@ export interface ServeOptions {
   onConnectionEnd?: (stats: VhostUserBackend["stats"], reason: string) => void;
 }
 
+/** Control messages handled before the loop looks at the rings again. */
+const MESSAGES_PER_TURN = 64;
+
 /** poll(2) takes at most 64 fds: stop, listen, connection, and the kicks. */
 const MAX_POLL = 64;
 
@@ -61,9 +64,12 @@ export function serveVhostUser(opts: ServeOptions): void {
     parser = null;
   };
 
-  /** Reads and handles what the connection has; false once the connection ended. */
+  /**
+   * Reads and handles what the connection has, at most MESSAGES_PER_TURN messages (a front-end that never stops
+   * sending does not keep the rings waiting); false once the connection ended.
+   */
   const readControl = (): boolean => {
-    for (;;) {
+    for (let handled = 0; handled < MESSAGES_PER_TURN; ) {
       const p = parser as VhostUserParser;
       const b = backend as VhostUserBackend;
       const r = n.recvmsg(conn, buf.subarray(0, p.wanted), MAX_MESSAGE_FDS);
@@ -82,6 +88,7 @@ export function serveVhostUser(opts: ServeOptions): void {
       try {
         const msg = p.push(buf.subarray(0, r.bytes), r.fds);
         if (msg === null) continue;
+        handled++;
         const reply = b.handle(msg);
         if (reply !== null) {
           const sent = n.sendmsg(conn, reply);
@@ -97,6 +104,7 @@ export function serveVhostUser(opts: ServeOptions): void {
         return false;
       }
     }
+    return true;
   };
 
   const pollfds = new Int32Array(3 * MAX_POLL);

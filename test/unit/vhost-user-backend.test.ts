@@ -288,6 +288,37 @@ describe("vhost-user back-end: hostile front-ends", () => {
     fe.close();
   });
 
+  test("kick and call fds must be eventfds; a new memory table may not move a started ring", () => {
+    const { channel, fe, counts } = negotiated();
+    const m = fe.memory;
+    const c = fe.tx.config;
+    assert.ok(fe.acked(REQ.SET_VRING_NUM, statePayload(1, c.size)));
+    assert.ok(
+      fe.acked(
+        REQ.SET_VRING_ADDR,
+        addrPayload({
+          index: 1,
+          desc: m.user(c.descAddr),
+          used: m.user(c.deviceAddr),
+          avail: m.user(c.driverAddr),
+        }),
+      ),
+    );
+    assert.equal(fe.acked(REQ.SET_VRING_KICK, u64Payload(1n), [m.fd]), false, "a memfd as kick fd");
+    assert.equal(fe.acked(REQ.SET_VRING_CALL, u64Payload(1n), [m.fd]), false, "a memfd as call fd");
+    fe.startRing(0);
+    fe.startRing(1);
+    // The same table again is fine; one that moves region 1 elsewhere in user addresses is not.
+    assert.ok(fe.acked(REQ.SET_MEM_TABLE, memoryPayload(m.regions), [m.fd, m.fd]));
+    const moved = m.regions.map((r, i) => (i === 1 ? { ...r, userAddr: r.userAddr + 0x1000_0000n } : r));
+    assert.equal(fe.acked(REQ.SET_MEM_TABLE, memoryPayload(moved), [m.fd, m.fd]), false);
+    fe.transmit([frame(60, 1)]);
+    channel.pump();
+    assert.equal(counts.txFrames, 1);
+    assert.equal(channel.closeReason, null);
+    fe.close();
+  });
+
   test("without REPLY_ACK a refused request closes the connection", () => {
     const { channel, fe } = rig("sink");
     fe.request(REQ.SET_OWNER);
