@@ -43,8 +43,12 @@ function prepare(): string | null {
   const free = meminfo("HugePages_Free");
   if (free < HUGEPAGES_NEEDED) {
     const total = meminfo("HugePages_Total");
-    raised = HUGEPAGES_NEEDED - free;
-    writeFileSync(NR_HUGEPAGES, String(total + raised));
+    try {
+      writeFileSync(NR_HUGEPAGES, String(total + HUGEPAGES_NEEDED - free));
+    } catch (e) {
+      return `cannot reserve hugepages: ${(e as Error).message}`;
+    }
+    raised = meminfo("HugePages_Total") - total;
     if (meminfo("HugePages_Free") < HUGEPAGES_NEEDED) return "could not reserve enough hugepages";
   }
   return null;
@@ -55,7 +59,13 @@ const children: ChildProcess[] = [];
 after(() => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
   // Give back only what this test reserved (the kernel frees only pages nobody uses).
-  if (raised > 0) writeFileSync(NR_HUGEPAGES, String(Math.max(0, meminfo("HugePages_Total") - raised)));
+  if (raised > 0) {
+    try {
+      writeFileSync(NR_HUGEPAGES, String(Math.max(0, meminfo("HugePages_Total") - raised)));
+    } catch {
+      // nothing more to give back
+    }
+  }
 });
 
 function run(cmd: string, args: string[], stdin: "pipe" | "ignore") {
