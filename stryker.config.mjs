@@ -82,7 +82,11 @@ if (!family) {
       "(scripts/mutation.sh does)",
   );
 }
-const out = `reports/mutation/${name}`;
+// VIREO_MUTATION_MUTATE narrows a family's run to some lines, as Stryker's mutate patterns with ranges, e.g.
+// "src/devices/virtio/blk.ts:420-436" (comma-separated): to look again at a few mutants, say ones that timed out
+// on a busy machine. Its report goes to reports/mutation/FAMILY-lines/.
+const lines = process.env.VIREO_MUTATION_MUTATE?.split(",").filter((p) => p !== "");
+const out = `reports/mutation/${name}${lines ? "-lines" : ""}`;
 /** The family's test files as the build command compiles them (tsconfig.build.json's layout). */
 const compiled = family.tests.map((t) => `.build/${t.replace(/\.ts$/, ".js")}`);
 // tsc with the options of tsconfig.build.json, given the files (a project would compile every file). No type
@@ -101,11 +105,14 @@ export default {
     testFiles: compiled,
     nodeArgs: ["--test-reporter=tap", "-r", "{{hookFile}}", "{{testFile}}"],
   },
-  mutate: family.mutate,
+  mutate: lines ?? family.mutate,
   // Two cores: one test process per core.
   concurrency: 2,
-  // The slowest test file takes ~4 s; a mutant that hangs a loop is cut off well before a minute.
-  timeoutMS: 10000,
+  // A mutant's time limit is 2 x the covering files' dry-run time + 30 s. Generous because a timeout counts as
+  // detected: with 10 s, on a machine loaded by other work, mutants that end normally were cut off as timeouts.
+  // A mutant that loops is mostly stopped sooner by Stryker's hit limit.
+  timeoutFactor: 2,
+  timeoutMS: 30000,
   reporters: ["clear-text", "progress", "html", "json"],
   htmlReporter: { fileName: `${out}/index.html` },
   jsonReporter: { fileName: `${out}/mutation.json` },
