@@ -33,11 +33,14 @@ summary=()
 for f in "${families[@]}"; do
   echo "== mutation: $f" >&2
   start=$(date +%s)
+  # A run narrowed by VIREO_MUTATION_MUTATE (stryker.config.mjs) reports to reports/mutation/FAMILY-lines/.
+  report=$f
+  [ -n "${VIREO_MUTATION_MUTATE:-}" ] && report="$f-lines"
   if VIREO_MUTATION_FAMILY="$f" node_modules/.bin/stryker run stryker.config.mjs; then
-    summary+=("$f:$(( $(date +%s) - start ))")
+    summary+=("$report:$(( $(date +%s) - start ))")
   else
     echo "mutation.sh: stryker failed for $f" >&2
-    summary+=("$f:$(( $(date +%s) - start )):failed")
+    summary+=("$report:$(( $(date +%s) - start )):failed")
     status=1
   fi
 done
