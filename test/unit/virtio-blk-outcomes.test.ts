@@ -37,8 +37,9 @@ class FaultyBackend implements BlockBackend {
   readonly mem: MemoryBlockBackend;
   /** Operations that throw BlockIoError: read, write, flush, discard, writeZeroes. */
   readonly failing = new Set<string>();
-  /** Reads and writes at or past this disk offset throw (a failure partway through a long request). */
+  /** Reads and writes touching [failFrom, failTo) throw (a failure partway through a long request). */
   failFrom = Number.POSITIVE_INFINITY;
+  failTo = Number.POSITIVE_INFINITY;
   readonly calls: string[] = [];
   readonly canDiscard: boolean;
 
@@ -52,17 +53,19 @@ class FaultyBackend implements BlockBackend {
   get readOnly(): boolean {
     return this.mem.readOnly;
   }
-  private check(op: string, offset = 0): void {
-    if (this.failing.has(op) || offset >= this.failFrom) throw new BlockIoError(`injected ${op} failure`);
+  private check(op: string, offset = 0, length = 0): void {
+    const touches = offset < this.failTo && offset + length > this.failFrom;
+    if (this.failing.has(op) || touches) throw new BlockIoError(`injected ${op} failure`);
   }
+
   read(offset: number, dst: Uint8Array): void {
     this.calls.push(`read ${offset}+${dst.length}`);
-    this.check("read", offset);
+    this.check("read", offset, dst.length);
     this.mem.read(offset, dst);
   }
   write(offset: number, src: Uint8Array): void {
     this.calls.push(`write ${offset}+${src.length}`);
-    this.check("write", offset);
+    this.check("write", offset, src.length);
     this.mem.write(offset, src);
   }
   flush(): void {
@@ -271,6 +274,35 @@ for (const packed of [false, true]) {
       assert.equal(needsReset(blk), false);
     });
 
+    test("a read failing in a middle slice stays IOERR though the slices after it succeed", () => {
+      const backend = new FaultyBackend(8 * MiB, { contents: pattern(8 * MiB, 5) });
+      const blk = start(packed, { backend, memSize: 16 * MiB, queueBytes: 8 * MiB });
+      backend.failFrom = MiB + 512;
+      backend.failTo = MiB + 1024;
+      blk.q.addChain([header(T_IN, 0)], [MiB, MiB, MiB, 1], { fill: 0xee });
+      blk.rig.drv.kick(0);
+      while (blk.rig.transport.device.serveDeferred()) {}
+      const [u] = blk.q.usedChains();
+      assert.ok(u);
+      assert.equal(u.data[3]?.[0], S_IOERR);
+      assert.equal(u.len, 1);
+    });
+
+    test("a read across slices up to the disk's last sector succeeds with every byte", () => {
+      const contents = pattern(3 * MiB, 12);
+      const backend = new FaultyBackend(3 * MiB, { contents });
+      const blk = start(packed, { backend, memSize: 16 * MiB, queueBytes: 8 * MiB });
+      blk.q.addChain([header(T_IN, 0)], [MiB, MiB, MiB, 1], { fill: 0xee });
+      blk.rig.drv.kick(0);
+      while (blk.rig.transport.device.serveDeferred()) {}
+      const [u] = blk.q.usedChains();
+      assert.ok(u);
+      assert.equal(u.data[3]?.[0], S_OK);
+      assert.equal(u.len, 3 * MiB + 1);
+      assert.deepEqual(concat(u.data.slice(0, 3)), contents);
+      assert.equal(blk.rig.logs.length, 0);
+    });
+
     test("a write longer than a slice puts every byte in place, in order", () => {
       const backend = new FaultyBackend(8 * MiB);
       const blk = start(packed, { backend, memSize: 16 * MiB, queueBytes: 8 * MiB });
@@ -332,6 +364,9 @@ for (const packed of [false, true]) {
         long.data.subarray(20).every((b) => b === 0xee),
         "nothing written past the 20 bytes",
       );
+      const split = request(blk, [header(T_GET_ID)], [8, 12, 1]);
+      assert.equal(split.len, 21);
+      assert.deepEqual(split.data, new TextEncoder().encode("0123456789abcdefghij"), "across two buffers");
       const named = start(packed, { name: "disk7" });
       const id = request(named, [header(T_GET_ID)], [20, 1]);
       const expected = new Uint8Array(20);

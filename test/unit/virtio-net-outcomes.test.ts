@@ -376,6 +376,65 @@ for (const packed of [false, true]) {
       assert.equal(counter(net, "rx_dropped"), 7);
     });
 
+    test("vnet-header backend: TSO frames the driver accepted reach it with their GSO type", () => {
+      const net = start(packed, { vnetHdr: true, accept: (f) => f });
+      for (let i = 0; i < 4; i++) net.rx.addChain([], [2048]);
+      net.rig.drv.kick(0);
+      for (const gso of [GSO_TCPV6, GSO_TCPV4 | GSO_ECN]) {
+        const b = new Uint8Array(HDR + 1500);
+        b.set(netHdr({ flags: NEEDS_CSUM, gso, csumStart: 54, csumOffset: 16 }));
+        b.set(frame(1500, gso), HDR);
+        assert.equal(net.backend.deliver(b), true);
+        const used = net.rx.usedChains();
+        assert.equal(used.length, 1, `gso ${gso}`);
+        assert.equal(used[0]?.written[1], gso);
+        assert.deepEqual(used[0]?.written.subarray(HDR), frame(1500, gso));
+      }
+      assert.equal(counter(net, "rx_dropped"), 0);
+    });
+
+    describe("malformed buffers reset the device, and the log says why", () => {
+      const receive = (n: Net, readable: Uint8Array[], writable: number[]) => {
+        n.rx.addChain(readable, writable);
+        n.rig.drv.kick(0);
+        assert.doesNotThrow(() => n.backend.deliver(frame(60, 1)));
+      };
+      const cases: Array<[string, (n: Net) => void, RegExp]> = [
+        [
+          "transmit buffer with a writable part",
+          (n) => {
+            n.tx.addChain([netHdr(), frame(60, 1)], [16]);
+            n.rig.drv.kick(1);
+          },
+          /transmit buffer \d+ has 16 device-writable bytes/,
+        ],
+        [
+          "transmit buffer shorter than the header",
+          (n) => transmit(n, [new Uint8Array(8)]),
+          /transmit buffer \d+ has 8 bytes, shorter than the 12-byte header/,
+        ],
+        [
+          "receive buffer with a readable part",
+          (n) => receive(n, [new Uint8Array(4)], [1526]),
+          /receive buffer \d+ has 4 device-readable bytes/,
+        ],
+        [
+          "receive buffer shorter than the header",
+          (n) => receive(n, [], [11]),
+          /receive buffer \d+ has 11 bytes, less than the 12-byte header/,
+        ],
+      ];
+      for (const [what, make, reason] of cases) {
+        test(what, () => {
+          const net = start(packed);
+          make(net);
+          assert.ok(net.rig.drv.status & 0x40, "DEVICE_NEEDS_RESET");
+          assert.equal(net.rig.logs.length, 1);
+          assert.match(net.rig.logs[0] as string, reason);
+        });
+      }
+    });
+
     test("vnet-header backend: with GUEST_CSUM the header passes through untouched", () => {
       const net = start(packed, { vnetHdr: true, accept: (f) => f & ~F_MRG_RXBUF });
       net.rx.addChain([], [2048]);
@@ -396,11 +455,11 @@ describe("virtio-net features, configuration and link", () => {
   test("feature dependencies (5.1.3.1): every guest offload needs GUEST_CSUM, every host offload CSUM", () => {
     const model = new VirtioNet({ backend: new ScriptedBackend(true), mac: MAC });
     for (const bit of [F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_GUEST_UFO]) {
-      assert.notEqual(model.validateFeatures(bit | F_CSUM), null, `${bit} without GUEST_CSUM`);
+      assert.match(model.validateFeatures(bit | F_CSUM) ?? "", /needs VIRTIO_NET_F_GUEST_CSUM/, `${bit}`);
       assert.equal(model.validateFeatures(bit | F_GUEST_CSUM), null, `${bit} with GUEST_CSUM`);
     }
     for (const bit of [F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_HOST_UFO]) {
-      assert.notEqual(model.validateFeatures(bit | F_GUEST_CSUM), null, `${bit} without CSUM`);
+      assert.match(model.validateFeatures(bit | F_GUEST_CSUM) ?? "", /needs VIRTIO_NET_F_CSUM/, `${bit}`);
       assert.equal(model.validateFeatures(bit | F_CSUM), null, `${bit} with CSUM`);
     }
     assert.equal(model.validateFeatures(0n), null);
@@ -428,6 +487,17 @@ describe("virtio-net features, configuration and link", () => {
       Array.from({ length: 6 }, (_, i) => rig.drv.config(i, 1)),
       [...MAC],
     );
+  });
+
+  test("the MAC is the first 6 bytes given, copied", () => {
+    const given = Uint8Array.of(2, 0, 0, 0, 0, 9, 0xee, 0xee);
+    const rig = makeVirtioPciRig(new VirtioNet({ backend: new ScriptedBackend(), mac: given }));
+    given[5] = 7;
+    assert.deepEqual(
+      Array.from({ length: 6 }, (_, i) => rig.drv.config(i, 1)),
+      [2, 0, 0, 0, 0, 9],
+    );
+    assert.equal(rig.drv.config(6, 2), 1, "the status field after it is untouched");
   });
 
   test("without a MAC given, a random locally administered unicast address", () => {
