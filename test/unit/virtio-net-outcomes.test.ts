@@ -259,6 +259,7 @@ for (const packed of [false, true]) {
       const rig = makeVirtioPciRig(new VirtioNet({ backend, mac: MAC }));
       assert.ok(rig.drv.negotiate((f) => (packed ? f : f & ~F_PACKED)));
       assert.equal(backend.deliver(frame(60, 8)), false, "no receive queue yet");
+      assert.equal(rig.drv.status & 0x40, 0, "which is no error");
       const net = start(packed);
       net.rx.addChain([], [HDR + MAX_FRAME + 10]);
       net.rig.drv.kick(0);
