@@ -27,6 +27,7 @@ export const families = {
       "test/unit/virtqueue-notify.test.ts",
       "test/unit/virtio-queue-state.test.ts",
       "test/unit/virtqueue-accounting.test.ts",
+      "test/unit/virtqueue-chain-io.test.ts",
       "test/unit/virtqueue-fuzz.test.ts",
     ],
   },
