@@ -77,3 +77,64 @@ test("writeChain: an offset that is negative, fractional or past the end is refu
   assert.equal(writeChain(mem, c, Uint8Array.of(5, 6), 2), 2);
   assert.deepEqual(writableBytes(mem, c), [0xee, 0xee, 5, 6]);
 });
+
+test("guest RAM above 4 GiB: rings and buffers at 64-bit addresses round-trip (both layouts)", () => {
+  for (const kind of ["split", "packed"] as const) {
+    const mem = makeTestMemory({ base: 2 ** 32 + 0x10000 });
+    const drv = new VirtioTestDriver(mem, { kind, size: 4 });
+    const q = createVirtqueue(kind, mem, drv.config, drv.features);
+    const id = drv.addChain([Uint8Array.of(1, 2, 3)], [4]);
+    const c = q.pop();
+    assert.ok(c, kind);
+    assert.equal(c.id, id);
+    assert.ok((c.readable[0]?.addr ?? 0) > 2 ** 32, "the address keeps its high word");
+    assert.deepEqual(new ChainReader(mem, c).readExact(3), Uint8Array.of(1, 2, 3));
+    writeChain(mem, c, Uint8Array.of(9, 8, 7, 6));
+    q.pushUsed(c, 4);
+    assert.deepEqual(drv.usedChains()[0]?.written, Uint8Array.of(9, 8, 7, 6), kind);
+  }
+});
+
+test("queue areas at guest-physical 0 and ending exactly at the end of RAM are accepted", () => {
+  const mem = makeTestMemory({ base: 0, size: 0x10000 });
+  const size = 8;
+  const atZero = { size, descAddr: 0, driverAddr: 0x1000, deviceAddr: 0x2000 };
+  assert.doesNotThrow(() => createVirtqueue("split", mem, atZero, { eventIdx: false, indirect: false }));
+  // The descriptor table (16 * size bytes) ends on the last byte of RAM.
+  const atEnd = { size, descAddr: 0x10000 - 16 * size, driverAddr: 0x1000, deviceAddr: 0x2000 };
+  assert.doesNotThrow(() => createVirtqueue("split", mem, atEnd, { eventIdx: false, indirect: false }));
+  const past = { ...atEnd, descAddr: atEnd.descAddr + 16 };
+  assert.throws(
+    () => createVirtqueue("split", mem, past, { eventIdx: false, indirect: false }),
+    VirtqueueError,
+  );
+});
+
+test("misuse of the queue API is refused with a message naming the queue and the chain", () => {
+  const mem = makeTestMemory();
+  const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
+  const usage = (re: RegExp) => (e: unknown) =>
+    e instanceof VirtqueueError && e.code === "VIREO_VIRTQUEUE_USAGE" && re.test(e.message);
+  assert.throws(
+    () => createVirtqueue("split", mem, drv.config, drv.features, { state: new Int32Array(7) }),
+    usage(/^virtq unnamed: state has 7 words, 8 are needed$/),
+  );
+  const q = createVirtqueue("split", mem, drv.config, drv.features);
+  drv.addChain([Uint8Array.of(1)], [2]);
+  drv.addChain([Uint8Array.of(2)], [2]);
+  const a = q.pop();
+  const b = q.pop();
+  assert.ok(a && b);
+  assert.throws(() => q.unpop(a), usage(/^virtq unnamed: unpop: chain 0 is not the last chain popped/));
+  assert.throws(
+    () => q.pushUsed(a, 3),
+    usage(/^virtq unnamed: pushUsed: chain 0 written=3, but its writable part is 2 bytes$/),
+  );
+  q.pushUsed(a, 2);
+  assert.throws(
+    () => q.pushUsed(a, 0),
+    usage(/^virtq unnamed: pushUsed: chain 0 is not in flight on this queue/),
+  );
+  q.unpop(b);
+  assert.equal(q.pop()?.id, b.id, "the last chain popped can be given back");
+});
