@@ -731,23 +731,3 @@ export function mergeReports(parts: FamilyReport[]): FamilyReport[] {
   }
   return [...by.values()];
 }
-
-export function blankResult(seed: number): CaseResult {
-  return {
-    seed,
-    outcome: "ok",
-    events: {},
-    failures: [],
-    slowestUs: 0,
-    slowestCall: "",
-    slowCandidate: false,
-    slowCalls: [],
-    slowestIndex: -1,
-    maxSliceBytes: 0,
-    maxSliceChains: 0,
-    slices: 0,
-    calls: 0,
-  };
-}
-
-export { bump };

@@ -685,6 +685,14 @@ describe("e1000 against a hostile guest: transmit in slices, the rest continued 
     postFlood(b2.drv, b2.mem, 255, 16384);
     b2.drv.kick();
     assert.equal(b2.sent.length, E1000_TX_SLICE.bytes / 16384, "16 KiB frames in one write");
+    // A context descriptor reads no buffer (its PAYLEN is no length to read): it is not held back with the frames.
+    const b3 = txReady(64);
+    postFlood(b3.drv, b3.mem, 26, 10000);
+    const ctxAt = b3.drv.queueContext({ tucmd: TUCMD.TSE | TUCMD.TCP, paylen: 0xfffff, rs: true });
+    postFlood(b3.drv, b3.mem, 1, 10000);
+    b3.drv.kick();
+    assert.equal(b3.sent.length, 26);
+    assert.equal(b3.drv.txDone(ctxAt), true, "the context descriptor was fetched in the same slice");
     // Data descriptors past 64 KiB: the second TSO packet's 200000-byte payload waits for the next slice.
     const e = txReady(16);
     queueTso(e.drv, 200000, 8000);
@@ -709,7 +717,7 @@ describe("e1000 against a hostile guest: transmit in slices, the rest continued 
     for (let k = 0; k < 10; k++) d.drv.queueLegacy([pkt]);
     d.drv.kick();
     assert.equal(d.sent.length, E1000_TX_SLICE.frames, "frames sent by one TDT write");
-    for (const nic of [a, b, b2, c, d, e]) {
+    for (const nic of [a, b, b2, b3, c, d, e]) {
       pollAll(nic.dev);
       assert.equal(nic.drv.r32(REG.TDH), nic.drv.txTail);
     }

@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { rxBufferSize, rxChecksum } from "../../src/devices/e1000/rx.ts";
 import {
   BROADCAST,
   CTRL_VME,
   crc32Slow,
   ethFrame,
   ICR,
+  ipv4Packet,
   ipv4TcpFrame,
+  MEM_SIZE,
   makeNic,
   NIC_MAC,
   PEER_MAC,
@@ -16,6 +19,10 @@ import {
   RXERR,
   RXSTAT,
   STAT,
+  setL4Checksum,
+  sum16,
+  tcpSegment,
+  udpDatagram,
 } from "../helpers/e1000-driver.ts";
 
 function ready(rx: Parameters<ReturnType<typeof makeNic>["drv"]["setupRx"]>[0] = {}) {
@@ -339,5 +346,284 @@ describe("e1000 receive interrupts", () => {
     drv.postRx(1);
     const [r] = drv.receive();
     assert.deepEqual(r?.data, withFcs(f));
+  });
+});
+
+describe("e1000 receive checksum offload (rxChecksum, SDM §3.2.3.1 / RXCSUM)", () => {
+  const IPOFL = 1 << 8;
+  const TUOFL = 1 << 9;
+  const BOTH = IPOFL | TUOFL;
+  const OK4 = { status: RXSTAT.IPCS | RXSTAT.TCPCS, errors: 0 };
+  const NOTHING = { status: 0, errors: 0 };
+
+  function v4(proto: 6 | 17, l4: Uint8Array, fix?: (ip: Uint8Array) => void): Uint8Array {
+    const ip = ipv4Packet({ proto, l4 });
+    fix?.(ip);
+    const f = ethFrame(NIC_MAC, PEER_MAC, 0x0800, ip);
+    setL4Checksum(f, "full");
+    return f;
+  }
+  const tcp4 = (len = 100) => v4(6, tcpSegment({ payload: pattern(len, 3) }));
+  const udp4 = (len = 50) => v4(17, udpDatagram(pattern(len, 4)));
+
+  function v6(proto: number, l4: Uint8Array): Uint8Array {
+    const h = new Uint8Array(40 + l4.length);
+    h[0] = 0x60;
+    h[4] = l4.length >> 8;
+    h[5] = l4.length & 0xff;
+    h[6] = proto;
+    h[7] = 64;
+    for (let i = 0; i < 16; i++) {
+      h[8 + i] = 0x20 + i;
+      h[24 + i] = 0x40 + i;
+    }
+    h.set(l4, 40);
+    const f = ethFrame(NIC_MAC, PEER_MAC, 0x86dd, h);
+    if (proto === 6 || proto === 17) setL4Checksum(f, "full");
+    return f;
+  }
+
+  /** Recomputes the IPv4 header checksum after a test edited the header. */
+  function fixIpSum(f: Uint8Array, l3 = 14): void {
+    const ihl = ((f[l3] as number) & 0xf) * 4;
+    f[l3 + 10] = 0;
+    f[l3 + 11] = 0;
+    const s = ~sum16(f, l3, l3 + ihl) & 0xffff;
+    f[l3 + 10] = s >> 8;
+    f[l3 + 11] = s & 0xff;
+  }
+
+  const flip = (f: Uint8Array, at: number) => {
+    const g = f.slice();
+    g[at] = (g[at] as number) ^ 0x5a;
+    return g;
+  };
+
+  test("neither IPOFL nor TUOFL: IXSM only; either one alone reports only its own check", () => {
+    const f = tcp4();
+    assert.deepEqual(rxChecksum(f, 0), { status: RXSTAT.IXSM, errors: 0 });
+    assert.deepEqual(rxChecksum(f, IPOFL), { status: RXSTAT.IPCS, errors: 0 });
+    assert.deepEqual(rxChecksum(f, TUOFL), { status: RXSTAT.TCPCS, errors: 0 });
+    assert.deepEqual(rxChecksum(f, BOTH), OK4);
+    assert.deepEqual(rxChecksum(flip(f, 22), TUOFL), { status: RXSTAT.TCPCS, errors: 0 }, "IP not checked");
+    assert.deepEqual(rxChecksum(flip(f, 60), IPOFL), { status: RXSTAT.IPCS, errors: 0 }, "TCP not checked");
+  });
+
+  test("IPv4: a wrong header checksum is IPE, a wrong TCP or UDP checksum TCPE", () => {
+    assert.deepEqual(rxChecksum(flip(tcp4(), 22), BOTH), { status: OK4.status, errors: RXERR.IPE });
+    assert.deepEqual(rxChecksum(flip(tcp4(), 70), BOTH), { status: OK4.status, errors: RXERR.TCPE });
+    assert.deepEqual(rxChecksum(udp4(), BOTH), OK4);
+    assert.deepEqual(rxChecksum(flip(udp4(), 50), BOTH), { status: OK4.status, errors: RXERR.TCPE });
+  });
+
+  test("a UDP checksum of 0 over IPv4 means none and passes; over IPv6 it is checked (and wrong)", () => {
+    const u = udp4();
+    u[40] = 0;
+    u[41] = 0;
+    assert.deepEqual(rxChecksum(u, BOTH), OK4);
+    const u6 = v6(17, udpDatagram(pattern(50, 4)));
+    assert.deepEqual(rxChecksum(u6, TUOFL), { status: RXSTAT.TCPCS, errors: 0 });
+    u6[14 + 40 + 6] = 0;
+    u6[14 + 40 + 7] = 0;
+    assert.deepEqual(rxChecksum(u6, TUOFL), { status: RXSTAT.TCPCS, errors: RXERR.TCPE });
+  });
+
+  test("IPv6: TCP and UDP get TCPCS (TCPE when wrong), never IPCS; other next headers nothing", () => {
+    const t6 = v6(6, tcpSegment({ payload: pattern(80, 5) }));
+    assert.deepEqual(rxChecksum(t6, BOTH), { status: RXSTAT.TCPCS, errors: 0 });
+    assert.deepEqual(rxChecksum(flip(t6, 100), BOTH), { status: RXSTAT.TCPCS, errors: RXERR.TCPE });
+    assert.deepEqual(rxChecksum(v6(58, pattern(40)), BOTH), NOTHING, "ICMPv6");
+    assert.deepEqual(rxChecksum(v6(0, pattern(40)), BOTH), NOTHING, "an extension header");
+    // Payload length running past the frame: not parsed. Exactly to the end: parsed.
+    const long = t6.slice();
+    long[19] = (long[19] as number) + 1;
+    assert.deepEqual(rxChecksum(long, BOTH), NOTHING);
+    assert.deepEqual(rxChecksum(t6.subarray(0, t6.length - 1), BOTH), NOTHING);
+    // Not version 6 behind the IPv6 EtherType, or too short for the fixed header: nothing.
+    const v4in6 = t6.slice();
+    v4in6[14] = 0x45;
+    assert.deepEqual(rxChecksum(v4in6, BOTH), NOTHING);
+    assert.deepEqual(rxChecksum(t6.subarray(0, 14 + 39), BOTH), NOTHING);
+  });
+
+  test("an 802.1Q tag left in the frame is skipped; a tag with nothing behind it is not parsed", () => {
+    const f = tcp4();
+    const tagged = new Uint8Array(f.length + 4);
+    tagged.set(f.subarray(0, 12));
+    tagged.set([0x81, 0x00, 0x00, 0x05], 12);
+    tagged.set(f.subarray(12), 16);
+    assert.deepEqual(rxChecksum(tagged, BOTH), OK4);
+    assert.deepEqual(rxChecksum(tagged.subarray(0, 17), BOTH), NOTHING);
+    assert.deepEqual(rxChecksum(tagged.subarray(0, 18), BOTH), NOTHING);
+  });
+
+  test("IPv4 fragments get IPCS only; so do packets whose length does not fit; other protocols IPCS only", () => {
+    const mf = tcp4();
+    mf[20] = 0x20; // MF, DF clear
+    fixIpSum(mf);
+    assert.deepEqual(rxChecksum(mf, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    const offset = tcp4();
+    offset[20] = 0x00;
+    offset[21] = 0x01; // fragment offset 8
+    fixIpSum(offset);
+    assert.deepEqual(rxChecksum(offset, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    const tooLong = tcp4();
+    tooLong[17] = (tooLong[17] as number) + 1; // total length one past the frame
+    fixIpSum(tooLong);
+    assert.deepEqual(rxChecksum(tooLong, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    const belowIhl = tcp4();
+    belowIhl[16] = 0;
+    belowIhl[17] = 19; // total length shorter than the header
+    fixIpSum(belowIhl);
+    assert.deepEqual(rxChecksum(belowIhl, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    const icmp = tcp4();
+    icmp[23] = 1;
+    fixIpSum(icmp);
+    assert.deepEqual(rxChecksum(icmp, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+  });
+
+  test("the checksum covers the IP total length only: padding behind the packet is ignored", () => {
+    const f = tcp4(4);
+    const padded = new Uint8Array(f.length + 6);
+    padded.set(f);
+    padded.fill(0xee, f.length);
+    assert.deepEqual(rxChecksum(padded, BOTH), OK4);
+  });
+
+  test("a TCP segment under 20 bytes or a UDP datagram under 8 is not checked; exactly 20 and 8 are", () => {
+    const t20 = v4(6, tcpSegment({ payload: new Uint8Array(0) }));
+    assert.deepEqual(rxChecksum(t20, BOTH), OK4);
+    const t19 = v4(6, tcpSegment({ payload: new Uint8Array(0) }).subarray(0, 19));
+    assert.deepEqual(rxChecksum(t19, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    const u8 = v4(17, udpDatagram(new Uint8Array(0)));
+    assert.deepEqual(rxChecksum(u8, BOTH), OK4);
+    const u7 = v4(17, udpDatagram(new Uint8Array(0)).subarray(0, 7));
+    assert.deepEqual(rxChecksum(u7, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+  });
+
+  test("malformed IPv4 headers: IHL under 5 or past the frame, version not 4, a truncated header: nothing", () => {
+    const f = tcp4();
+    const ihl4 = f.slice();
+    ihl4[14] = 0x44;
+    assert.deepEqual(rxChecksum(ihl4, BOTH), NOTHING);
+    const ihlPast = f.slice(0, 14 + 24);
+    ihlPast[14] = 0x47; // 28-byte header in a frame with 24 bytes of IP
+    assert.deepEqual(rxChecksum(ihlPast, BOTH), NOTHING);
+    // A 20-byte header that ends exactly at the end of the frame is checked (no L4: total says 20).
+    const bare = f.slice(0, 14 + 20);
+    bare[16] = 0;
+    bare[17] = 20;
+    fixIpSum(bare);
+    assert.deepEqual(rxChecksum(bare, BOTH), { status: RXSTAT.IPCS, errors: 0 });
+    assert.deepEqual(rxChecksum(f.subarray(0, 14 + 19), BOTH), NOTHING);
+    const v6in4 = f.slice();
+    v6in4[14] = 0x65;
+    assert.deepEqual(rxChecksum(v6in4, BOTH), NOTHING);
+    assert.deepEqual(rxChecksum(ethFrame(NIC_MAC, PEER_MAC, 0x0806, pattern(28)), BOTH), NOTHING, "ARP");
+    assert.deepEqual(rxChecksum(f.subarray(0, 13), BOTH), NOTHING);
+  });
+
+  test("BSEX with BSIZE 00 is reserved and read as 2048 bytes", () => {
+    assert.equal(rxBufferSize(RCTL.BSEX), 2048);
+    assert.equal(rxBufferSize(RCTL.BSEX | (3 << 16)), 4096);
+  });
+});
+
+describe("e1000 receive: edges", () => {
+  test("a frame under 14 bytes is a runt (RUC), dropped; 14 bytes is a frame, padded to 60", () => {
+    const { drv, wire } = ready();
+    const header = ethFrame(NIC_MAC, PEER_MAC, 0x88b5, new Uint8Array(0));
+    wire.send(header.subarray(0, 13));
+    assert.equal(drv.receive().length, 0);
+    assert.equal(drv.r32(STAT.RUC), 1);
+    wire.send(header);
+    const got = drv.receive();
+    assert.equal(got.length, 1);
+    assert.equal(got[0]?.data.length, 64);
+    assert.deepEqual(got[0]?.data.subarray(0, 14), header);
+  });
+
+  test("with VET 0 and CTRL.VME, a frame of EtherType 0 is not taken for a tagged one", () => {
+    const { drv, wire } = ready();
+    drv.w32(REG.VET, 0);
+    drv.w32(REG.CTRL, drv.r32(REG.CTRL) | CTRL_VME);
+    const f = ethFrame(NIC_MAC, PEER_MAC, 0x0000, pattern(60, 2));
+    wire.send(f);
+    const [got] = drv.receive();
+    assert.deepEqual(got?.data, withFcs(f));
+    assert.equal((got?.status ?? 0) & RXSTAT.VP, 0);
+  });
+
+  test("a frame needing every buffer but one fits the ring; one needing them all is dropped, not kept waiting", () => {
+    const { drv, wire, dev } = ready({ count: 8, rctl: RCTL.BAM | RCTL.LPE | (3 << 16), bufSize: 256 });
+    const seven = toNic(7 * 256 - 4 - 14, 3); // with its FCS: exactly 7 buffers
+    wire.send(seven);
+    const got = drv.receive();
+    assert.equal(got.length, 1);
+    assert.equal(got[0]?.descriptors, 7);
+    wire.send(toNic(7 * 256 - 4 - 14 + 1, 4)); // 8 buffers: more than an 8-descriptor ring ever offers
+    assert.equal(dev.errorCounts()["rx-frame-exceeds-ring"], 1);
+    assert.equal(wire.peer.stats().queued, 0);
+  });
+
+  test("a last buffer that ends exactly at the end of guest RAM holds the frame's last bytes", () => {
+    const { drv, wire, mem, dev } = ready({ count: 8, rctl: RCTL.BAM | (3 << 16), bufSize: 256 });
+    mem.writeU64(drv.rxDescAddr(1), BigInt(MEM_SIZE - 44)); // 300 - 256 = 44 bytes go there
+    const f = toNic(300 - 4 - 14, 5);
+    wire.send(f);
+    assert.deepEqual(dev.errorCounts(), {});
+    assert.deepEqual(mem.slice(MEM_SIZE - 44, 44), withFcs(f).subarray(256));
+    assert.equal(mem.readU8(drv.rxDescAddr(1) + 12) & (RXSTAT.DD | RXSTAT.EOP), RXSTAT.DD | RXSTAT.EOP);
+  });
+
+  test("the packet checksum from RXCSUM.PCSS is in the first descriptor only; PCSS past the frame gives 0", () => {
+    const { drv, wire, mem } = ready({ count: 8, rctl: RCTL.BAM | (3 << 16), bufSize: 256 });
+    drv.w32(REG.RXCSUM, 14);
+    const f = toNic(600, 6);
+    wire.send(f);
+    const [got] = drv.receive(false);
+    assert.equal(got?.descriptors, 3);
+    assert.equal(got?.csum, sum16(withFcs(f), 14));
+    assert.equal(mem.readU16(drv.rxDescAddr(1) + 10), 0);
+    assert.equal(mem.readU16(drv.rxDescAddr(2) + 10), 0);
+    drv.w32(REG.RXCSUM, 70);
+    wire.send(toNic(46, 7)); // 60 bytes + FCS = 64 < 70
+    assert.equal(drv.receive()[0]?.csum, 0);
+  });
+
+  test("an exact address filter needs both halves: RAL and RAH (with AV) must match", () => {
+    const { drv, wire } = ready();
+    const addr = Uint8Array.of(0x02, 0x11, 0x22, 0x33, 0x44, 0x55);
+    drv.w32(REG.RAL0 + 8, 0x33221102);
+    drv.w32(REG.RAH0 + 8, 0x5544 | (1 << 31));
+    const to = (dst: Uint8Array) => ethFrame(dst, PEER_MAC, 0x88b5, pattern(60, dst[5]));
+    wire.send(to(Uint8Array.of(0x02, 0x11, 0x22, 0x33, 0x44, 0x56))); // RAL matches, RAH does not
+    wire.send(to(Uint8Array.of(0x02, 0x11, 0x22, 0x34, 0x44, 0x55))); // RAH matches, RAL does not
+    wire.send(to(addr));
+    const got = drv.receive();
+    assert.equal(got.length, 1);
+    assert.deepEqual(got[0]?.data.subarray(0, 6), addr);
+  });
+
+  test("after close, frames offered are dropped (not left queued in the backend)", () => {
+    const { wire, dev } = ready();
+    dev.close();
+    wire.send(toNic(100));
+    assert.equal(wire.peer.stats().queued, 0);
+    assert.equal(wire.peer.stats().delivered, 1);
+  });
+
+  test("PRC size buckets count received frames with their FCS, each boundary in its own bucket", () => {
+    const { drv, wire } = ready({ count: 16, rctl: RCTL.BAM | RCTL.LPE });
+    for (const len of [60, 61, 123, 124, 251, 252, 507, 508, 1019, 1020, 1518, 1519]) {
+      wire.send(toNic(len - 14, len));
+      drv.receive();
+    }
+    const buckets = [STAT.PRC64, STAT.PRC127, STAT.PRC255, STAT.PRC511, STAT.PRC1023, STAT.PRC1522];
+    assert.deepEqual(
+      buckets.map((r) => drv.r32(r)),
+      [1, 2, 2, 2, 2, 2],
+    );
+    assert.equal(drv.r32(STAT.GPRC), 12);
   });
 });

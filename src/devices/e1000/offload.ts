@@ -126,7 +126,6 @@ export function insertContextChecksums(
   return error;
 }
 
-export type TsoResult = { frames: Uint8Array[] } | { error: OffloadError };
 /** What `planTso` decides for a packet: the number of segments, or why the context cannot segment it. */
 export type TsoPlan = { count: number } | { error: OffloadError };
 
@@ -206,13 +205,4 @@ export function tsoSegment(
   if (ixsm) insert(f, ipcss, ipEnd, ctx.ipcso, 0, false);
   if (txsm) insert(f, tucss, f.length - 1, ctx.tucso, l4len, !tcp);
   return f;
-}
-
-/** TCP segmentation of a whole packet at once: `planTso`, then every `tsoSegment`. */
-export function segmentTso(pkt: Uint8Array, ctx: TxContext, ixsm: boolean, txsm: boolean): TsoResult {
-  const plan = planTso(pkt, ctx, ixsm, txsm);
-  if ("error" in plan) return plan;
-  const frames: Uint8Array[] = [];
-  for (let i = 0; i < plan.count; i++) frames.push(tsoSegment(pkt, ctx, ixsm, txsm, i, plan.count));
-  return { frames };
 }
