@@ -182,12 +182,15 @@ export class TapBackend implements VirtioNetBackend {
     return !this.closed && this.receiver !== null && this.pendingLength === 0;
   }
 
-  /** Delivers frames from the TAP until it is empty or the guest has no buffer. Returns the frames delivered. */
-  pump(): number {
+  /**
+   * Delivers frames from the TAP until it is empty, the guest has no buffer, or `max` frames were delivered (a
+   * caller with a work budget comes back for the rest). Returns the frames delivered.
+   */
+  pump(max = Number.POSITIVE_INFINITY): number {
     const receiver = this.receiver;
     if (this.closed || receiver === null) return 0;
     let delivered = 0;
-    for (;;) {
+    while (delivered < max) {
       let len = this.pendingLength;
       if (len === 0) {
         const n = native().readFd(this.fd, this.buf);
@@ -207,6 +210,7 @@ export class TapBackend implements VirtioNetBackend {
       this.c.rxPackets.add();
       delivered++;
     }
+    return delivered;
   }
 
   /** Stops using the fd (the owner of the fd closes it). */

@@ -30,12 +30,19 @@ export interface ServeOptions {
   onListening?: () => void;
   /** Called when a connection ends, with what its back-end did. */
   onConnectionEnd?: (stats: VhostUserBackend["stats"], reason: string) => void;
+  /**
+   * A host fd the device reads frames from (a TAP): polled for POLLIN while `wants()` says so (not while a frame
+   * waits for receive buffers, so an idle or full guest does not make the loop spin); `onReadable` does at most
+   * one slice of work and returns true if it left more (it then runs again after the next poll, which does not
+   * sleep).
+   */
+  input?: { fd: number; wants(): boolean; onReadable(): boolean };
 }
 
 /** Control messages handled before the loop looks at the rings again. */
 const MESSAGES_PER_TURN = 64;
 
-/** poll(2) takes at most 64 fds: stop, listen, connection, and the kicks. */
+/** poll(2) takes at most 64 fds: stop, listen, connection, input, and the kicks. */
 const MAX_POLL = 64;
 
 export function serveVhostUser(opts: ServeOptions): void {
@@ -109,8 +116,10 @@ export function serveVhostUser(opts: ServeOptions): void {
 
   const pollfds = new Int32Array(3 * MAX_POLL);
   const kicks: Array<{ q: number; fd: number }> = [];
+  const input = opts.input;
+  let inputOwed = false;
   for (;;) {
-    // [stop, listen (only while no connection), connection, kicks...]
+    // [stop, listen (only while no connection), connection, input, kicks...]
     pollfds.fill(0);
     pollfds[0] = opts.stopFd ?? -1;
     pollfds[1] = POLLIN;
@@ -118,14 +127,16 @@ export function serveVhostUser(opts: ServeOptions): void {
     pollfds[4] = POLLIN;
     pollfds[6] = conn;
     pollfds[7] = POLLIN;
+    pollfds[9] = input && conn >= 0 && !inputOwed && input.wants() ? input.fd : -1;
+    pollfds[10] = POLLIN;
     kicks.length = 0;
-    if (backend) kicks.push(...backend.kickFds().slice(0, MAX_POLL - 3));
+    if (backend) kicks.push(...backend.kickFds().slice(0, MAX_POLL - 4));
     kicks.forEach((k, i) => {
-      pollfds[3 * (3 + i)] = k.fd;
-      pollfds[3 * (3 + i) + 1] = POLLIN;
+      pollfds[3 * (4 + i)] = k.fd;
+      pollfds[3 * (4 + i) + 1] = POLLIN;
     });
-    for (let i = 3 + kicks.length; i < MAX_POLL; i++) pollfds[3 * i] = -1;
-    n.poll(pollfds, later.pending ? 0 : -1);
+    for (let i = 4 + kicks.length; i < MAX_POLL; i++) pollfds[3 * i] = -1;
+    n.poll(pollfds, later.pending || inputOwed ? 0 : -1);
     if (pollfds[2] !== 0) break;
     if (pollfds[5] !== 0) {
       const fd = n.accept(listenFd);
@@ -139,11 +150,21 @@ export function serveVhostUser(opts: ServeOptions): void {
     }
     // Kicks first (they were ready in this poll), then the control socket, then work left from earlier slices.
     kicks.forEach((k, i) => {
-      if (pollfds[3 * (3 + i) + 2] === 0 || backend === null) return;
+      if (pollfds[3 * (4 + i) + 2] === 0 || backend === null) return;
       if (takeEventFd(k.fd) > 0) backend.kick(k.q);
     });
     if (conn >= 0 && (pollfds[8] as number) & (POLLIN | POLLHUP | POLLERR)) {
       if (!readControl() && opts.once && served > 0) break;
+    }
+    if (input && conn >= 0 && (inputOwed || pollfds[11] !== 0)) {
+      try {
+        inputOwed = input.onReadable();
+      } catch (e) {
+        inputOwed = false;
+        opts.log(`vhost-user: ${(e as Error).message}`);
+      }
+    } else if (conn < 0) {
+      inputOwed = false;
     }
     later.runOnce((e) => opts.log(`vhost-user: ${(e as Error).message}`));
     backend?.afterWork();
