@@ -2,10 +2,17 @@
 import { parseArgs } from "node:util";
 import { VirtioNet } from "../devices/virtio/net.ts";
 import { ConfigError } from "../errors.ts";
-import { LoopbackBackend, SinkBackend, zeroCounts } from "../vhost-user/net-backends.ts";
+import {
+  GENERATOR_MAX,
+  GENERATOR_MIN,
+  GeneratorBackend,
+  LoopbackBackend,
+  SinkBackend,
+  zeroCounts,
+} from "../vhost-user/net-backends.ts";
 import { serveVhostUser } from "../vhost-user/server.ts";
 
-export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--sink | --loopback) [--once] [--queue-size N]
+export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--sink | --loopback | --gen SIZE) [--once] [--queue-size N]
 
 A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-net device over a Unix socket, with
 vireo's own virtio-net and virtqueue code. It listens on PATH and serves one front-end at a time (QEMU's
@@ -15,6 +22,8 @@ Options:
   --socket PATH      the Unix socket to listen on (a stale socket file there is replaced)
   --sink             count the frames the guest transmits and drop them
   --loopback         send every frame the guest transmits back to its receive queue
+  --gen SIZE         offer the guest one SIZE-byte UDP frame (42 to 1518) whenever it has a receive buffer, as
+                     fast as buffers allow (a receive-path load generator); what it transmits is counted, dropped
   --once             exit when the first connection ends
   --queue-size N     the largest ring size accepted (a power of 2 up to 32768; default 1024)
   -h, --help         this help
@@ -31,6 +40,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
       socket: { type: "string" },
       sink: { type: "boolean" },
       loopback: { type: "boolean" },
+      gen: { type: "string" },
       once: { type: "boolean" },
       "queue-size": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -41,7 +51,9 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals[0] !== "net" || positionals.length > 1) {
-    throw new ConfigError("usage: vireo vhost-user net --socket PATH (--sink | --loopback) (see --help)");
+    throw new ConfigError(
+      "usage: vireo vhost-user net --socket PATH (--sink | --loopback | --gen SIZE) (see --help)",
+    );
   }
   const socketPath = values.socket;
   if (!socketPath) throw new ConfigError("vhost-user net: --socket PATH is required");
@@ -50,8 +62,17 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
       `vhost-user net: --socket path is ${Buffer.byteLength(socketPath)} bytes, at most 107`,
     );
   }
-  if (values.sink === values.loopback) {
-    throw new ConfigError("vhost-user net: give exactly one of --sink and --loopback");
+  if ([values.sink, values.loopback, values.gen !== undefined].filter(Boolean).length !== 1) {
+    throw new ConfigError("vhost-user net: give exactly one of --sink, --loopback and --gen SIZE");
+  }
+  const genSize = values.gen === undefined ? 0 : Number(values.gen);
+  if (
+    values.gen !== undefined &&
+    !(Number.isInteger(genSize) && genSize >= GENERATOR_MIN && genSize <= GENERATOR_MAX)
+  ) {
+    throw new ConfigError(
+      `vhost-user net: --gen ${values.gen} is not a frame size from ${GENERATOR_MIN} to ${GENERATOR_MAX}`,
+    );
   }
   let queueSize = 1024;
   if (values["queue-size"] !== undefined) {
@@ -64,7 +85,11 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     queueSize = q;
   }
   const counts = zeroCounts();
-  const backend = values.sink ? new SinkBackend(counts) : new LoopbackBackend(counts);
+  const backend = values.sink
+    ? new SinkBackend(counts)
+    : values.loopback
+      ? new LoopbackBackend(counts)
+      : new GeneratorBackend(genSize, counts);
   const log = (m: string) => process.stderr.write(`vireo: ${m}\n`);
   serveVhostUser({
     socketPath,

@@ -88,3 +88,83 @@ export class LoopbackBackend implements NetBackend {
     }
   }
 }
+
+/** Frames one rxReady() offers at most: a driver that refills as fast as it drains cannot hold the loop. */
+const GENERATOR_BURST = 4096;
+
+/**
+ * Offers the guest the same frame (`size` bytes: an Ethernet/IPv4/UDP frame, no FCS) whenever it has receive
+ * buffers, as fast as buffers allow: a load generator for the receive path. Each rxReady() (the driver posted
+ * buffers and kicked) fills what the ring holds, up to GENERATOR_BURST frames; the driver's next kick brings it
+ * back. Never sends what the guest transmits anywhere (counted as in the sink).
+ */
+export class GeneratorBackend implements NetBackend {
+  readonly name = "generator";
+  readonly frame: Uint8Array;
+  private receiver: ((frame: Uint8Array) => boolean) | null = null;
+  constructor(
+    size: number,
+    readonly counts: FrameCounts = zeroCounts(),
+  ) {
+    this.frame = udpFrame(size);
+  }
+
+  send(frame: Uint8Array): boolean {
+    this.counts.txFrames++;
+    this.counts.txBytes += frame.length;
+    return true;
+  }
+
+  attach(receiver: (frame: Uint8Array) => boolean): void {
+    this.receiver = receiver;
+    this.rxReady();
+  }
+
+  rxReady(): void {
+    const rx = this.receiver;
+    if (rx === null) return;
+    const f = this.frame;
+    let n = 0;
+    while (n < GENERATOR_BURST && rx(f)) n++;
+    this.counts.rxFrames += n;
+    this.counts.rxBytes += n * f.length;
+  }
+
+  close(): void {
+    this.receiver = null;
+  }
+}
+
+/** Smallest and largest frame the generator builds (Ethernet + IPv4 + UDP headers; a jumbo-free 1518). */
+export const GENERATOR_MIN = 42;
+export const GENERATOR_MAX = 1518;
+
+/**
+ * A broadcast Ethernet frame carrying IPv4/UDP (10.0.0.1:9 -> 10.0.0.2:9, the discard port) of `size` bytes
+ * in all, payload zeros, IPv4 header checksum set, UDP checksum 0 (none, RFC 768).
+ */
+export function udpFrame(size: number): Uint8Array {
+  if (!Number.isInteger(size) || size < GENERATOR_MIN || size > GENERATOR_MAX) {
+    throw new RangeError(`frame size ${size} is not an integer from ${GENERATOR_MIN} to ${GENERATOR_MAX}`);
+  }
+  const f = new Uint8Array(size);
+  const v = new DataView(f.buffer);
+  f.fill(0xff, 0, 6);
+  f.set([0x02, 0x00, 0x00, 0x00, 0x00, 0x01], 6);
+  v.setUint16(12, 0x0800);
+  const ip = 14;
+  f[ip] = 0x45;
+  v.setUint16(ip + 2, size - ip);
+  f[ip + 8] = 64; // TTL
+  f[ip + 9] = 17; // UDP
+  f.set([10, 0, 0, 1, 10, 0, 0, 2], ip + 12);
+  let sum = 0;
+  for (let i = ip; i < ip + 20; i += 2) sum += v.getUint16(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  v.setUint16(ip + 10, ~sum & 0xffff);
+  const udp = ip + 20;
+  v.setUint16(udp, 9);
+  v.setUint16(udp + 2, 9);
+  v.setUint16(udp + 4, size - udp);
+  return f;
+}
