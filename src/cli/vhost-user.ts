@@ -11,8 +11,9 @@ import {
   zeroCounts,
 } from "../vhost-user/net-backends.ts";
 import { serveVhostUser } from "../vhost-user/server.ts";
+import { openTapNet } from "../vhost-user/tap-net.ts";
 
-export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--sink | --loopback | --gen SIZE) [--once] [--queue-size N]
+export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--tap NAME | --sink | --loopback | --gen SIZE) [--once] [--queue-size N]
 
 A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-net device over a Unix socket, with
 vireo's own virtio-net and virtqueue code. It listens on PATH and serves one front-end at a time (QEMU's
@@ -20,6 +21,9 @@ vireo's own virtio-net and virtqueue code. It listens on PATH and serves one fro
 
 Options:
   --socket PATH      the Unix socket to listen on (a stale socket file there is replaced)
+  --tap NAME         forward the guest's frames to host TAP device NAME and NAME's frames to the guest (the
+                     TAP is created if missing, which needs CAP_NET_ADMIN; virtio-net headers pass through, so
+                     the guest's checksum and TSO offloads reach the host kernel)
   --sink             count the frames the guest transmits and drop them
   --loopback         send every frame the guest transmits back to its receive queue
   --gen SIZE         offer the guest one SIZE-byte UDP frame (42 to 1518) whenever it has a receive buffer, as
@@ -38,6 +42,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       socket: { type: "string" },
+      tap: { type: "string" },
       sink: { type: "boolean" },
       loopback: { type: "boolean" },
       gen: { type: "string" },
@@ -52,7 +57,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   }
   if (positionals[0] !== "net" || positionals.length > 1) {
     throw new ConfigError(
-      "usage: vireo vhost-user net --socket PATH (--sink | --loopback | --gen SIZE) (see --help)",
+      "usage: vireo vhost-user net --socket PATH (--tap NAME | --sink | --loopback | --gen SIZE) (see --help)",
     );
   }
   const socketPath = values.socket;
@@ -62,8 +67,13 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
       `vhost-user net: --socket path is ${Buffer.byteLength(socketPath)} bytes, at most 107`,
     );
   }
-  if ([values.sink, values.loopback, values.gen !== undefined].filter(Boolean).length !== 1) {
-    throw new ConfigError("vhost-user net: give exactly one of --sink, --loopback and --gen SIZE");
+  if (
+    [values.tap !== undefined, values.sink, values.loopback, values.gen !== undefined].filter(Boolean)
+      .length !== 1
+  ) {
+    throw new ConfigError(
+      "vhost-user net: give exactly one of --tap NAME, --sink, --loopback and --gen SIZE",
+    );
   }
   const genSize = values.gen === undefined ? 0 : Number(values.gen);
   if (
@@ -85,16 +95,20 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     queueSize = q;
   }
   const counts = zeroCounts();
-  const backend = values.sink
-    ? new SinkBackend(counts)
-    : values.loopback
-      ? new LoopbackBackend(counts)
-      : new GeneratorBackend(genSize, counts);
+  const tap = values.tap === undefined ? null : openTapNet(values.tap, counts);
+  const backend = tap
+    ? tap.backend
+    : values.sink
+      ? new SinkBackend(counts)
+      : values.loopback
+        ? new LoopbackBackend(counts)
+        : new GeneratorBackend(genSize, counts);
   const log = (m: string) => process.stderr.write(`vireo: ${m}\n`);
   serveVhostUser({
     socketPath,
     once: values.once === true,
     log,
+    input: tap?.backend.input(),
     model: () => new VirtioNet({ backend, name: "net0", queueSize }),
     onListening: () => log(`vhost-user net (${backend.name}) listening on ${socketPath}`),
     onConnectionEnd: (stats, reason) => {
@@ -103,5 +117,6 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
       if (backend instanceof LoopbackBackend) backend.clear();
     },
   });
+  tap?.close();
   return 0;
 }
