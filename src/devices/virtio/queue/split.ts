@@ -14,6 +14,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
+  VirtqueueError,
   type VirtqueueOptions,
 } from "./types.ts";
 
@@ -60,6 +61,13 @@ export class SplitQueue extends QueueBase {
   private set usedSinceCheck(v: number) {
     this.st[3] = v;
   }
+  /**
+   * Heads to hand out again, in this order, before the available ring is read (resubmit): requests a previous
+   * back-end took and never completed (vhost-user.rst, "Inflight I/O tracking"). Per queue object, not shared.
+   */
+  private resubmitHeads: number[] = [];
+  /** The chain the last pop took from resubmitHeads (so unpop puts it back there). */
+  private lastResubmitted: DescriptorChain | null = null;
   private get driverNotifications(): boolean {
     return this.st[4] === 1;
   }
@@ -109,7 +117,35 @@ export class SplitQueue extends QueueBase {
     }
   }
 
-  protected rewindChain(_chain: DescriptorChain): void {
+  /**
+   * Makes pop() return the chains at these heads first, in order, without moving the available ring: for a host
+   * that resubmits requests taken from the ring earlier and never used (their avail entries are behind the ring's
+   * next index). Replaces any list given before. Throws VirtqueueError (usage) for a head not below the size.
+   */
+  resubmit(heads: readonly number[]): void {
+    for (const h of heads) {
+      if (!(Number.isInteger(h) && h >= 0 && h < this.size)) {
+        throw new VirtqueueError(
+          `virtq ${this.name}: resubmit: head ${h} is not below the queue size ${this.size}`,
+          "VIREO_VIRTQUEUE_USAGE",
+        );
+      }
+    }
+    this.resubmitHeads = heads.slice();
+    this.lastResubmitted = null;
+  }
+
+  /** Heads still waiting to be resubmitted. */
+  get resubmitPending(): number {
+    return this.resubmitHeads.length;
+  }
+
+  protected rewindChain(chain: DescriptorChain): void {
+    if (chain === this.lastResubmitted) {
+      this.resubmitHeads.unshift(chain.id);
+      this.lastResubmitted = null;
+      return;
+    }
     this.lastAvail = (this.lastAvail - 1) & 0xffff;
     if (this.features.eventIdx && this.driverNotifications) {
       this.qm.store16Release(this.availEventOff, this.lastAvail);
@@ -117,6 +153,14 @@ export class SplitQueue extends QueueBase {
   }
 
   protected popChain(): DescriptorChain | null {
+    const again = this.resubmitHeads[0];
+    if (again !== undefined) {
+      if (this.isInFlight(again)) throw this.malformed(`resubmitted head ${again} is already in flight`);
+      const chain = this.walk(again);
+      this.resubmitHeads.shift();
+      this.lastResubmitted = chain;
+      return chain;
+    }
     const qm = this.qm;
     const size = this.size;
     const availIdx = qm.load16Acquire(this.availOff + 2);
@@ -142,6 +186,7 @@ export class SplitQueue extends QueueBase {
       );
     }
     const chain = this.walk(head);
+    this.lastResubmitted = null;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     if (this.features.eventIdx && this.driverNotifications) {
       qm.store16Release(this.availEventOff, this.lastAvail);
