@@ -9,6 +9,7 @@ import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
+import { cmdCtl } from "./ctl.ts";
 import { formatRunSummary } from "./summary.ts";
 import { cmdVhostUser } from "./vhost-user.ts";
 
@@ -18,6 +19,7 @@ Usage:
   vireo run --guest micro:NAME [ARG...] [options]   run a built-in micro guest program
   vireo run --kernel FILE.elf [options]             run a freestanding ELF64 guest (docs/guest-abi.md)
   vireo demo                                        run the micro guest's tour and show what happened
+  vireo ctl --api-socket PATH VERB                  control a running VM (info, pause, resume, metrics, shutdown)
   vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
   vireo vhost-user net --socket PATH --sink|--loopback
@@ -53,6 +55,9 @@ Options:
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
+  --api-socket PATH    serve the control API (HTTP/JSON, docs/api/openapi.yaml) on this Unix socket while the
+                       VM runs; vireo ctl is its client. Not with the emulated KVM host (its sockets are inside
+                       that VM)
   --accel MODE         auto (default): this host's /dev/kvm if it has one, else the emulated KVM host; kvm: only
                        /dev/kvm; emulated: inside vireo's emulated KVM host (QEMU TCG with nested KVM, booted
                        for this run: console, exit status, --metrics, --serial file: and --disk work the same;
@@ -135,6 +140,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       net: { type: "string", multiple: true },
       console: { type: "string" },
       accel: { type: "string" },
+      "api-socket": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -175,13 +181,20 @@ async function cmdRun(argv: string[]): Promise<number> {
     rng: values.rng === true,
     nets: (values.net ?? []).map(parseNet),
     console: parseConsole(values.console ?? "serial"),
+    apiSocket: values["api-socket"],
   };
+  if (config.apiSocket !== undefined && Buffer.byteLength(config.apiSocket) > 107)
+    throw new ConfigError(`--api-socket path is ${Buffer.byteLength(config.apiSocket)} bytes, at most 107`);
   const accel = parseAccel(values.accel);
   Machine.check(config);
   if (useEmulatedHost(accel)) {
     if (config.nets?.length)
       throw new ConfigError(
         "--net: a TAP on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+      );
+    if (config.apiSocket !== undefined)
+      throw new ConfigError(
+        "--api-socket: a socket inside the emulated KVM host cannot be reached from this host; run with --accel kvm on a host with KVM",
       );
     return runEmulated({
       argv: ["run", ...withoutAccel(argv), "--accel", "kvm"],
@@ -342,6 +355,8 @@ export async function main(argv: string[]): Promise<number> {
       return cmdImage(rest);
     case "vhost-user":
       return cmdVhostUser(rest);
+    case "ctl":
+      return cmdCtl(rest);
     case undefined:
     case "help":
     case "-h":

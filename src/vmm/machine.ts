@@ -25,6 +25,7 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, guestRamBytes } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
+import { ApiError, type ApiServer, startApiServer, type VmInfo, type VmState } from "./api-server.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -67,6 +68,8 @@ export interface MachineConfig {
   timeoutMs?: number;
   /** Test-device plumbing for benchmarks and tests of KVM's in-kernel paths (docs/guest-abi.md). */
   testDevice?: TestDevicePlumbing;
+  /** Serve the control API (src/vmm/api-server.ts) on this Unix socket while the VM runs. */
+  apiSocket?: string;
 }
 
 export interface TestDevicePlumbing {
@@ -132,8 +135,11 @@ export function validateConfig(config: MachineConfig): void {
 export class Machine {
   private readonly config: MachineConfig;
   private readonly control = new SharedArrayBuffer(CONTROL.slots * 4);
-  private readonly vcpus: Array<{ worker: Worker; thread?: number; run?: Uint8Array }> = [];
+  private readonly vcpus: Array<{ worker: Worker; thread?: number; run?: Uint8Array; exited?: boolean }> = [];
   private stopRequested = false;
+  private paused = false;
+  /** What the control API reads while the VM runs. */
+  private live: { metrics: MetricsRegistry; started: number; devices: string[] } | null = null;
   /** performance.now() at the first requestStop. */
   private stopRequestedAt: number | undefined;
 
@@ -160,13 +166,75 @@ export class Machine {
   requestStop(): void {
     this.stopRequested = true;
     this.stopRequestedAt ??= performance.now();
-    Atomics.store(new Int32Array(this.control), CONTROL.stop, 1);
+    const control = new Int32Array(this.control);
+    Atomics.store(control, CONTROL.stop, 1);
+    // A paused vCPU waits on the pause slot: wake it to see the stop.
+    Atomics.notify(control, CONTROL.pause);
+    this.kickVcpus();
+  }
+
+  /** Makes every vCPU in KVM_RUN leave it now (immediate_exit covers a kick landing just before entry). */
+  private kickVcpus(): void {
     for (const v of this.vcpus) {
       if (v.run && v.thread !== undefined) {
         v.run[RUN.immediate_exit] = 1;
         native().threadKick(v.thread);
       }
     }
+  }
+
+  get state(): VmState {
+    if (this.stopRequested) return "stopping";
+    if (this.live === null) return "starting";
+    return this.paused ? "paused" : "running";
+  }
+
+  /**
+   * Parks every vCPU outside KVM_RUN; resolves when all of them wait. Data-plane threads go on serving what
+   * the guest already queued (a pause stops the guest, not the devices' in-flight work).
+   */
+  async pause(timeoutMs = 5000): Promise<void> {
+    if (this.state !== "running")
+      throw new ApiError(409, "VIREO_API_STATE", `cannot pause a VM that is ${this.state}`);
+    const control = new Int32Array(this.control);
+    this.paused = true;
+    Atomics.store(control, CONTROL.pause, 1);
+    this.kickVcpus();
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const alive = this.vcpus.filter((v) => !v.exited).length;
+      if (Atomics.load(control, CONTROL.paused) >= alive) return;
+      if (this.stopRequested) throw new ApiError(409, "VIREO_API_STATE", "the VM is stopping");
+      if (performance.now() > deadline) {
+        this.resume();
+        throw new ApiError(504, "VIREO_API_PAUSE_TIMEOUT", `the vCPUs did not pause within ${timeoutMs} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  resume(): void {
+    if (this.state === "running") throw new ApiError(409, "VIREO_API_STATE", "the VM is not paused");
+    if (this.state !== "paused")
+      throw new ApiError(409, "VIREO_API_STATE", `cannot resume a VM that is ${this.state}`);
+    const control = new Int32Array(this.control);
+    this.paused = false;
+    Atomics.store(control, CONTROL.pause, 0);
+    Atomics.notify(control, CONTROL.pause);
+  }
+
+  info(): VmInfo {
+    return {
+      state: this.state,
+      cpus: this.config.cpus,
+      memMiB: this.config.memMiB,
+      kernel: this.config.kernel,
+      cmdline: this.config.cmdline,
+      uptimeMs: this.live ? Math.round(performance.now() - this.live.started) : 0,
+      devices: this.live?.devices ?? [],
+      host: KvmSystem.hostKind(),
+      pid: process.pid,
+    };
   }
 
   async run(): Promise<RunResult> {
@@ -288,7 +356,21 @@ export class Machine {
             }, config.timeoutMs)
           : undefined;
       const stats = config.statsIntervalMs ? this.startStats(metrics, config.statsIntervalMs) : undefined;
+      this.live = { metrics, started, devices: describeDevices(devices, pci) };
+      let api: ApiServer | undefined;
+      if (config.apiSocket !== undefined) {
+        try {
+          api = await startApiServer(config.apiSocket, this, (line) => deviceErrors.push(line));
+        } catch (e) {
+          this.requestStop();
+          await stopped;
+          throw e;
+        }
+        const server = api;
+        cleanups.push(() => void server.close());
+      }
       await stopped;
+      await api?.close();
       await io?.stop();
       const stopMs =
         this.stopRequestedAt === undefined ? undefined : performance.now() - this.stopRequestedAt;
@@ -319,6 +401,16 @@ export class Machine {
       vm?.close();
       system?.close();
     }
+  }
+
+  // VmController (src/vmm/api-server.ts): the rest of it.
+  metrics(): Record<string, number> {
+    if (!this.live) throw new ApiError(409, "VIREO_API_STATE", "the VM has not started yet");
+    return this.live.metrics.snapshot();
+  }
+
+  shutdown(): void {
+    this.requestStop();
   }
 
   /** One stderr line per interval: exits per second by reason, interrupts, and totals, read live from shared memory. */
@@ -442,7 +534,7 @@ export class Machine {
         metricsSegment: o.metrics.allocateSegment(),
       };
       const worker = startTsWorker(new URL("./vcpu-worker.ts", import.meta.url), { workerData });
-      const slot: { worker: Worker; thread?: number; run?: Uint8Array } = { worker };
+      const slot: { worker: Worker; thread?: number; run?: Uint8Array; exited?: boolean } = { worker };
       this.vcpus.push(slot);
       worker.on("message", (m: WorkerMessage) => {
         if (m.type === "ready") {
@@ -450,6 +542,7 @@ export class Machine {
           slot.run = new Uint8Array(m.run);
           if (this.stopRequested) this.requestStop();
         }
+        if (m.type === "stopped") slot.exited = true;
         o.onMessage(m);
       });
       exits.push(
@@ -461,9 +554,13 @@ export class Machine {
               reason: "error",
               message: `vCPU ${index} thread failed: ${e.message}`,
             });
+            slot.exited = true;
             resolve();
           });
-          worker.on("exit", () => resolve());
+          worker.on("exit", () => {
+            slot.exited = true;
+            resolve();
+          });
         }),
       );
     }
@@ -585,4 +682,18 @@ export function exitStatus(outcome: Outcome, guestCode?: number): number {
     default:
       return EXIT_STATUS.vmmError;
   }
+}
+
+/** One line per device, for the control API's info. */
+function describeDevices(devices: DeviceSpec[], pci: PciManifest | null): string[] {
+  const out: string[] = [];
+  for (const d of devices) {
+    if (d.kind === "uart16550") out.push(`uart16550 ${d.name} port 0x${d.port.toString(16)} irq ${d.irq}`);
+    else if (d.kind === "debug-exit") out.push(`debug-exit port 0x${d.port.toString(16)}`);
+    else if (d.kind === "test-device") out.push(`test-device pio 0x${d.pioBase.toString(16)}`);
+    else out.push(d.kind);
+  }
+  for (const d of pci?.devices ?? [])
+    out.push(`${d.kind} ${d.name} pci 00:${d.slot.toString(16).padStart(2, "0")}.0`);
+  return out;
 }

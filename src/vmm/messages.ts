@@ -21,5 +21,9 @@ export type WorkerMessage =
   | { type: "io-ready"; name: string }
   | { type: "io-stopped"; name: string; message?: string };
 
-/** Int32 slots of the control SharedArrayBuffer shared by the main thread and every vCPU worker. */
-export const CONTROL = { stop: 0, slots: 4 } as const;
+/**
+ * Int32 slots of the control SharedArrayBuffer shared by the main thread and every vCPU worker.
+ * stop: 1 once a stop is requested. pause: 1 while the VM is to stay paused (vCPUs wait on this slot).
+ * paused: how many vCPUs are parked in their pause wait right now.
+ */
+export const CONTROL = { stop: 0, pause: 1, paused: 2, slots: 4 } as const;

@@ -149,6 +149,15 @@ function main(): void {
       stop = { reason: "stop-requested" };
       break;
     }
+    if (Atomics.load(control, CONTROL.pause) !== 0) {
+      // Paused (the control API): park outside KVM_RUN until resumed or stopped. A stop notifies this slot too.
+      Atomics.add(control, CONTROL.paused, 1);
+      while (Atomics.load(control, CONTROL.pause) !== 0 && Atomics.load(control, CONTROL.stop) === 0) {
+        Atomics.wait(control, CONTROL.pause, 1, 1000);
+      }
+      Atomics.sub(control, CONTROL.paused, 1);
+      continue;
+    }
     if (later.pending) {
       // One slice of each device's leftover work per guest entry, and a kick to come back if the guest makes
       // no exit meanwhile (a guest waiting for the completion of that very work makes none).

@@ -1,0 +1,130 @@
+/** `vireo ctl`: the command-line client of a running VM's control API (src/vmm/api-server.ts). */
+import { request } from "node:http";
+import { parseArgs } from "node:util";
+import { ConfigError, VireoError } from "../errors.ts";
+
+export const CTL_HELP = `Usage: vireo ctl --api-socket PATH VERB [--json]
+
+Talks to a VM started with vireo run --api-socket PATH (HTTP with JSON over a Unix socket; the API is described
+in docs/api/openapi.yaml).
+
+Verbs:
+  info       state (starting, running, paused, stopping), vCPUs, memory, devices, uptime, host kind
+  pause      park every vCPU outside the guest; returns once all of them wait
+  resume     let a paused VM run on
+  metrics    every counter of the VM's metrics registry (exits, interrupts, device counters)
+  shutdown   stop the VM as Ctrl-A x does (vireo run then exits with status 130)
+
+Options:
+  --api-socket PATH   the socket given to vireo run --api-socket
+  --json              print the API's JSON answer as it is
+  -h, --help          this help
+
+Exit status: 0 on success; 1 if the API answered with an error (its message on stderr); 125 if the socket could
+not be reached.`;
+
+const VERBS: Record<string, { method: string; path: string }> = {
+  info: { method: "GET", path: "/v1/vm" },
+  metrics: { method: "GET", path: "/v1/metrics" },
+  pause: { method: "PUT", path: "/v1/vm/pause" },
+  resume: { method: "PUT", path: "/v1/vm/resume" },
+  shutdown: { method: "PUT", path: "/v1/vm/shutdown" },
+};
+
+export interface ApiAnswer {
+  status: number;
+  body: unknown;
+}
+
+/** One request to the API socket; rejects only when the socket cannot be reached or the answer is not JSON. */
+export function callApi(
+  socketPath: string,
+  method: string,
+  path: string,
+  timeoutMs = 30_000,
+): Promise<ApiAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, method, path, headers: { "content-length": 0 } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
+        } catch {
+          reject(
+            new VireoError(
+              "VIREO_API_ANSWER",
+              `the API answered ${res.statusCode} with no JSON: ${text.slice(0, 200)}`,
+            ),
+          );
+        }
+      });
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on("error", (e) =>
+      reject(new VireoError("VIREO_API_UNREACHABLE", `cannot reach the API at ${socketPath}: ${e.message}`)),
+    );
+    req.end();
+  });
+}
+
+function formatHuman(verb: string, body: Record<string, unknown>): string {
+  if (verb === "info") {
+    const lines = [
+      `state    ${body.state}`,
+      `vcpus    ${body.cpus}`,
+      `memory   ${body.memMiB} MiB`,
+      `uptime   ${((Number(body.uptimeMs) || 0) / 1000).toFixed(1)} s`,
+      `host     ${body.host}`,
+      `pid      ${body.pid}`,
+      `kernel   ${body.kernel}${body.cmdline ? ` (${body.cmdline})` : ""}`,
+    ];
+    const devices = Array.isArray(body.devices) ? body.devices : [];
+    for (const [i, d] of devices.entries()) lines.push(`${i === 0 ? "devices " : "        "} ${d}`);
+    return lines.join("\n");
+  }
+  if (verb === "metrics") {
+    const m = (body.metrics ?? {}) as Record<string, number>;
+    const keys = Object.keys(m).sort();
+    const width = Math.max(0, ...keys.map((k) => k.length));
+    return keys.map((k) => `${k.padEnd(width)}  ${m[k]}`).join("\n");
+  }
+  return `${verb}: ${String(body.state ?? "ok")}`;
+}
+
+export async function cmdCtl(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      "api-socket": { type: "string" },
+      json: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(CTL_HELP);
+    return 0;
+  }
+  const socketPath = values["api-socket"];
+  if (!socketPath) throw new ConfigError("vireo ctl: --api-socket PATH is required (see vireo ctl --help)");
+  const [verb, ...extra] = positionals;
+  if (verb === undefined) throw new ConfigError(`vireo ctl: give a verb (${Object.keys(VERBS).join(", ")})`);
+  const route = VERBS[verb];
+  if (!route)
+    throw new ConfigError(`vireo ctl: unknown verb '${verb}' (known: ${Object.keys(VERBS).join(", ")})`);
+  if (extra.length) throw new ConfigError(`vireo ctl: unexpected argument '${extra[0]}'`);
+  const answer = await callApi(socketPath, route.method, route.path);
+  const body = (answer.body ?? {}) as Record<string, unknown>;
+  if (answer.status >= 400) {
+    const err = (body.error ?? {}) as { code?: string; message?: string };
+    if (values.json) console.log(JSON.stringify(body));
+    process.stderr.write(
+      `vireo ctl: ${verb}: ${err.message ?? `HTTP ${answer.status}`} (${err.code ?? answer.status})\n`,
+    );
+    return 1;
+  }
+  console.log(values.json ? JSON.stringify(body) : formatHuman(verb, body));
+  return 0;
+}
