@@ -17,6 +17,8 @@ import { VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.t
 import { SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
 import type { Defer, NotifyBudget } from "../devices/virtio/work-budget.ts";
 import { native, signalEventFd } from "../native.ts";
+import { configReply, readModelConfig, setConfig } from "./config.ts";
+import { decodeInflight, InflightRegion, InflightTracker, inflightPayload } from "./inflight.ts";
 import { checkRegions, VhostUserMemory } from "./memory.ts";
 import {
   type Body,
@@ -36,8 +38,18 @@ import {
 
 const bit = (b: number) => 1n << BigInt(b);
 
-/** Protocol features offered: REPLY_ACK (every request can be acknowledged). */
+/** Protocol features always offered: REPLY_ACK (every request can be acknowledged). */
 export const OFFERED_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
+
+/** Protocol extensions a back-end may offer besides REPLY_ACK. */
+export interface ProtocolExtensions {
+  /** PROTOCOL_F_CONFIG: GET_CONFIG / SET_CONFIG on the device's configuration space (config.ts). */
+  config?: boolean;
+  /** PROTOCOL_F_MQ: GET_QUEUE_NUM answers the device's queue count. */
+  mq?: boolean;
+  /** PROTOCOL_F_INFLIGHT_SHMFD: GET/SET_INFLIGHT_FD and inflight tracking of split rings (inflight.ts). */
+  inflight?: boolean;
+}
 
 /** Transport features the device core offers that this back-end does not serve yet. */
 const NOT_OFFERED = bit(VIRTIO_F.RING_PACKED) | bit(VIRTIO_F.RING_RESET);
@@ -55,6 +67,8 @@ export interface VhostUserBackendOptions {
   budget?: NotifyBudget;
   /** Closes fds the back-end received (default: native close). */
   closeFd?: (fd: number) => void;
+  /** Protocol features offered besides REPLY_ACK. */
+  extensions?: ProtocolExtensions;
 }
 
 interface Ring {
@@ -77,6 +91,7 @@ export class VhostUserBackend {
   readonly maxQueueSize: number;
   /** Virtio features offered in GET_FEATURES (with VHOST_USER_F_PROTOCOL_FEATURES). */
   readonly offeredFeatures: bigint;
+  readonly offeredProtocolFeatures: bigint;
   private acked: bigint | null = null;
   private protocolFeatures = 0n;
   private memory: VhostUserMemory | null = null;
@@ -86,6 +101,11 @@ export class VhostUserBackend {
   private readonly opts: VhostUserBackendOptions;
   private readonly closeFd: (fd: number) => void;
   private reportedFailure = false;
+  /** A model object for the configuration space before any memory table (GET_CONFIG comes first). */
+  private readonly probe: VirtioDeviceModel;
+  private readonly inflight: InflightTracker | null;
+  /** Fds to send with the reply `handle` just returned (GET_INFLIGHT_FD); the caller takes and closes them. */
+  private replyFds: number[] = [];
   /** Requests handled, refused (NACK or close). */
   readonly stats = { requests: 0, refused: 0, kicks: 0, calls: 0 };
 
@@ -93,6 +113,18 @@ export class VhostUserBackend {
     this.opts = opts;
     this.closeFd = opts.closeFd ?? ((fd) => native().close(fd));
     const probe = opts.model();
+    this.probe = probe;
+    const ext = opts.extensions ?? {};
+    this.offeredProtocolFeatures =
+      OFFERED_PROTOCOL_FEATURES |
+      (ext.config ? bit(PROTOCOL_F.CONFIG) : 0n) |
+      (ext.mq ? bit(PROTOCOL_F.MQ) : 0n) |
+      (ext.inflight ? bit(PROTOCOL_F.INFLIGHT_SHMFD) : 0n);
+    this.inflight = ext.inflight
+      ? new InflightTracker(probe.numQueues, (q) =>
+          this.device ? SplitQueue.indices(this.device.queueStateWords(q)).usedIdx : 0,
+        )
+      : null;
     this.numQueues = probe.numQueues;
     this.maxQueueSize = probe.maxQueueSize;
     this.offeredFeatures =
@@ -110,6 +142,13 @@ export class VhostUserBackend {
       started: false,
       pendingKick: false,
     }));
+  }
+
+  /** Fds to send with the last reply (the caller sends, then closes them). */
+  takeReplyFds(): number[] {
+    const fds = this.replyFds;
+    this.replyFds = [];
+    return fds;
   }
 
   /** The started rings' kick fds, for the connection's poll loop. */
@@ -147,6 +186,7 @@ export class VhostUserBackend {
       reply = this.dispatch(msg);
     } catch (e) {
       for (const fd of msg.fds) this.closeQuietly(fd);
+      for (const fd of this.takeReplyFds()) this.closeQuietly(fd);
       this.stats.refused++;
       const why = e instanceof Error ? e.message : String(e);
       // A request with its own reply body cannot be NACKed; neither can one the front-end expects no answer to.
@@ -207,10 +247,10 @@ export class VhostUserBackend {
         this.setFeatures(u64Of(b));
         return null;
       case REQ.GET_PROTOCOL_FEATURES:
-        return encodeReply(msg.request, u64Payload(OFFERED_PROTOCOL_FEATURES));
+        return encodeReply(msg.request, u64Payload(this.offeredProtocolFeatures));
       case REQ.SET_PROTOCOL_FEATURES: {
         const v = u64Of(b);
-        const extra = v & ~OFFERED_PROTOCOL_FEATURES;
+        const extra = v & ~this.offeredProtocolFeatures;
         if (extra !== 0n)
           throw new VhostUserRequestError(`protocol features 0x${extra.toString(16)} not offered`);
         this.protocolFeatures = v;
@@ -280,8 +320,60 @@ export class VhostUserBackend {
         }
         return null;
       }
+      case REQ.GET_QUEUE_NUM:
+        this.need(PROTOCOL_F.MQ, msg.request);
+        return encodeReply(msg.request, u64Payload(BigInt(this.numQueues)));
+      case REQ.GET_CONFIG: {
+        this.need(PROTOCOL_F.CONFIG, msg.request);
+        if (b.kind !== "config") throw new Error("unreachable");
+        const r = configReply(b, (o, d) =>
+          this.device ? this.device.readConfig(o, d) : readModelConfig(this.probe, o, d),
+        );
+        if (r.error !== null) {
+          this.stats.refused++;
+          this.opts.log(`vhost-user: GET_CONFIG refused: ${r.error}`);
+        }
+        return encodeReply(msg.request, r.payload);
+      }
+      case REQ.SET_CONFIG:
+        this.need(PROTOCOL_F.CONFIG, msg.request);
+        if (b.kind !== "config") throw new Error("unreachable");
+        setConfig(b, this.probe, this.device);
+        return null;
+      case REQ.GET_INFLIGHT_FD: {
+        this.need(PROTOCOL_F.INFLIGHT_SHMFD, msg.request);
+        if (b.kind !== "raw") throw new Error("unreachable");
+        const { fd, description } = InflightRegion.create(decodeInflight(b.bytes), this.numQueues);
+        this.replyFds = [fd];
+        return encodeReply(msg.request, inflightPayload(description));
+      }
+      case REQ.SET_INFLIGHT_FD: {
+        this.need(PROTOCOL_F.INFLIGHT_SHMFD, msg.request);
+        if (b.kind !== "raw" || this.inflight === null) throw new Error("unreachable");
+        if (this.rings.some((r) => r.started)) {
+          throw new VhostUserRequestError("SET_INFLIGHT_FD while a vring is started");
+        }
+        const fd = msg.fds[0] as number;
+        msg.fds.length = 0;
+        try {
+          this.inflight.region = InflightRegion.map(fd, decodeInflight(b.bytes), this.numQueues);
+        } finally {
+          // The mapping keeps the file.
+          this.closeQuietly(fd);
+        }
+        return null;
+      }
       default:
         throw new VhostUserRequestError(`${requestName(msg.request)} is not supported by this back-end`);
+    }
+  }
+
+  /** Requests of a protocol extension are refused unless it was negotiated. */
+  private need(feature: number, request: number): void {
+    if ((this.protocolFeatures & bit(feature)) === 0n) {
+      throw new VhostUserRequestError(
+        `${requestName(request)} without its protocol feature (bit ${feature}) negotiated`,
+      );
     }
   }
 
@@ -323,7 +415,7 @@ export class VhostUserBackend {
     // The device is rebuilt over the same state with the new memory: started rings go on at their indices.
     this.device = new VirtioDevice({
       state: this.state,
-      model: this.opts.model(),
+      model: this.inflight ? this.inflight.wrap(this.opts.model()) : this.opts.model(),
       mem: memory.guest,
       interrupts: {
         queue: (vector) => this.interrupt(vector),
@@ -388,6 +480,18 @@ export class VhostUserBackend {
     const areas = this.translate(mem, r.addr, r.num, q);
     if (areas === null) throw new Error("unreachable: translate throws with a ring index");
     const { desc, avail, used } = areas;
+    // SET_VRING_BASE gives the next available entry; the used idx is whatever the ring says. With an inflight
+    // buffer the ring resumes after the requests still in flight, which are resubmitted ("Inflight I/O tracking").
+    const usedIdx = mem.guest.readU16((used as number) + 2);
+    const plan = this.inflight?.start(q, r.num, usedIdx, this.opts.log) ?? null;
+    if (plan !== null && plan.lastAvail !== null) {
+      if (plan.lastAvail !== r.base || plan.resubmit.length > 0 || plan.settled > 0) {
+        this.opts.log(
+          `vhost-user: vring ${q}: inflight: ${plan.resubmit.length} requests resubmitted, ${plan.settled} already used; next available index ${plan.lastAvail} (front-end base ${r.base})`,
+        );
+      }
+      r.base = plan.lastAvail;
+    }
     this.ensureLive(dev);
     const set = (field: "desc" | "driver" | "device", gpa: number) => {
       dev.writeQueue(q, `${field}_lo`, gpa % 2 ** 32);
@@ -402,8 +506,7 @@ export class VhostUserBackend {
     if (dev.status & VIRTIO_STATUS.DEVICE_NEEDS_RESET) {
       throw new VhostUserRequestError(`vring ${q}: the device refused the ring (see the log)`);
     }
-    // SET_VRING_BASE gives the next available entry; the used idx is whatever the ring says.
-    SplitQueue.seedState(dev.queueStateWords(q), r.base, mem.guest.readU16((used as number) + 2));
+    SplitQueue.seedState(dev.queueStateWords(q), r.base, usedIdx);
     r.started = true;
     r.areas = areas;
     // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts directly in the enabled state."
@@ -475,6 +578,7 @@ export class VhostUserBackend {
       r.base = SplitQueue.indices(this.device.queueStateWords(q)).lastAvail;
       this.device.resetQueue(q);
     }
+    this.inflight?.stop(q);
     r.started = false;
     r.areas = null;
     r.pendingKick = false;

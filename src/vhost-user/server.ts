@@ -13,7 +13,7 @@ import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { EAGAIN, EINTR, native, POLLERR, POLLHUP, POLLIN, takeEventFd } from "../native.ts";
 import { DeferredWork } from "../shared/deferred-work.ts";
-import { VhostUserBackend } from "./backend.ts";
+import { type ProtocolExtensions, VhostUserBackend } from "./backend.ts";
 import { MAX_MESSAGE_FDS, MAX_PAYLOAD, VhostUserParser, VhostUserProtocolError } from "./protocol.ts";
 
 export interface ServeOptions {
@@ -22,6 +22,8 @@ export interface ServeOptions {
   /** A fresh device model; called for each memory table of each connection. */
   model: () => VirtioDeviceModel;
   log: (message: string) => void;
+  /** Protocol features offered besides REPLY_ACK (CONFIG, MQ, INFLIGHT_SHMFD). */
+  extensions?: ProtocolExtensions;
   /** Return after the first connection ends. */
   once?: boolean;
   /** An eventfd that ends the loop when signalled (between polls). */
@@ -98,7 +100,10 @@ export function serveVhostUser(opts: ServeOptions): void {
         handled++;
         const reply = b.handle(msg);
         if (reply !== null) {
-          const sent = n.sendmsg(conn, reply);
+          // A reply may carry fds (GET_INFLIGHT_FD); the peer gets its own copies, ours are closed.
+          const fds = b.takeReplyFds();
+          const sent = n.sendmsg(conn, reply, fds);
+          for (const fd of fds) closeFd(fd);
           if (sent !== reply.length) {
             endConnection(`reply not sent at once (${sent < 0 ? `errno ${-sent}` : `${sent} bytes`})`);
             return false;
@@ -143,7 +148,13 @@ export function serveVhostUser(opts: ServeOptions): void {
       if (fd >= 0) {
         conn = fd;
         parser = new VhostUserParser({ closeFd });
-        backend = new VhostUserBackend({ model: opts.model, log: opts.log, defer: later.add, closeFd });
+        backend = new VhostUserBackend({
+          model: opts.model,
+          log: opts.log,
+          defer: later.add,
+          closeFd,
+          extensions: opts.extensions,
+        });
         opts.log("vhost-user: front-end connected");
       }
       continue;
