@@ -12,8 +12,10 @@ import {
 } from "../vhost-user/net-backends.ts";
 import { serveVhostUser } from "../vhost-user/server.ts";
 import { openTapNet } from "../vhost-user/tap-net.ts";
+import { cmdVhostUserBlk } from "./vhost-user-blk.ts";
 
 export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--tap NAME | --sink | --loopback | --gen SIZE) [--once] [--queue-size N]
+       vireo vhost-user blk --socket PATH --file IMG [--readonly] [...]   (see vireo vhost-user blk --help)
 
 A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-net device over a Unix socket, with
 vireo's own virtio-net and virtqueue code. It listens on PATH and serves one front-end at a time (QEMU's
@@ -37,6 +39,7 @@ When a connection ends, one JSON line on stdout gives its counts:
 Errors the front-end causes are logged on stderr and end its connection (or are NACKed, with REPLY_ACK).`;
 
 export async function cmdVhostUser(argv: string[]): Promise<number> {
+  if (argv[0] === "blk") return cmdVhostUserBlk(argv.slice(1));
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
