@@ -7,9 +7,13 @@
  *
  *   node --import tsx test/realkvm/tier.ts emulated|kvm|slow [FILE...]
  * VIREO_TIER_HOST=direct|emulated forces where it runs.
+ *
+ * A test file whose source has the line `vireo-tier: native` needs no KVM (QEMU under TCG is the VMM in it): it
+ * runs directly on this host even when the rest of the tier goes to the emulated host, where it would be
+ * emulation nested in emulation (minutes instead of seconds). Its results count with the tier's.
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import {
   consoleTail,
@@ -56,14 +60,34 @@ const nodeTestArgs = (out: string) => [
 const forced = process.env.VIREO_TIER_HOST;
 const direct = forced ? forced === "direct" : TIERS[tier].canRunDirectly();
 const started = Date.now();
+const nativeFiles = direct
+  ? []
+  : files.filter((f) => /^[\s*/]*vireo-tier: native$/m.test(readFileSync(repoPath(f), "utf8")));
+const kvmFiles = files.filter((f) => !nativeFiles.includes(f));
+const nativeReport = join(reports, `${tier}-native.tap`);
+// A report left by an earlier run must not stand in for one this run failed to write.
+rmSync(report, { force: true });
+rmSync(nativeReport, { force: true });
+let nativeStatus = 0;
+if (nativeFiles.length > 0) {
+  process.stdout.write(`${tier} tier: ${nativeFiles.join(" ")} need no KVM: running directly on this host\n`);
+  const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(nativeReport), ...nativeFiles], {
+    stdio: "inherit",
+    cwd: repoPath(),
+  });
+  nativeStatus = r.status ?? 1;
+}
 let where: string;
 let runnerStatus: number;
-if (direct) {
+if (kvmFiles.length === 0) {
+  where = "directly on this host (no file needs KVM)";
+  runnerStatus = 0;
+} else if (direct) {
   where =
     tier === "emulated"
       ? "on this host (it boots the emulated KVM host itself)"
       : `directly on this host's /dev/kvm (${KvmSystem.isPvm() ? "PVM" : "KVM"})`;
-  const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(report), ...files], {
+  const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(report), ...kvmFiles], {
     stdio: "inherit",
     cwd: repoPath(),
   });
@@ -79,7 +103,7 @@ if (direct) {
   where = "in the emulated KVM host (QEMU TCG -cpu max, kvm_amd)";
   process.stdout.write(`${tier} tier: no usable /dev/kvm here; running it ${where}\n`);
   const runDir = makeRunDir();
-  const compiled = files.map((f) => join(BUILD_DIR_NAME, f.replace(/\.ts$/, ".js")));
+  const compiled = kvmFiles.map((f) => join(BUILD_DIR_NAME, f.replace(/\.ts$/, ".js")));
   const r = await runInEmulatedHost({
     runDir,
     script: `node ${nodeTestArgs(join(runDir, "report.tap")).join(" ")} ${compiled.join(" ")}`,
@@ -100,16 +124,35 @@ if (direct) {
   runnerStatus = r.status ?? 1;
 }
 
-const counts = existsSync(report) ? tapCounts(readFileSync(report, "utf8")) : undefined;
 const seconds = ((Date.now() - started) / 1000).toFixed(0);
-if (!counts) {
-  process.stdout.write(`${tier} tier: no test report (${report}): the tier did not run\n`);
-  process.exit(1);
+const parts: Array<NonNullable<ReturnType<typeof tapCounts>>> = [];
+for (const [ran, file] of [
+  [kvmFiles.length > 0, report],
+  [nativeFiles.length > 0, nativeReport],
+] as const) {
+  if (!ran) continue;
+  const c = existsSync(file) ? tapCounts(readFileSync(file, "utf8")) : undefined;
+  if (!c) {
+    process.stdout.write(`${tier} tier: no test report (${file}): the tier did not run\n`);
+    process.exit(1);
+  }
+  parts.push(c);
 }
+const counts = parts.reduce(
+  (a, c) => ({
+    tests: a.tests + c.tests,
+    pass: a.pass + c.pass,
+    fail: a.fail + c.fail,
+    skipped: a.skipped + c.skipped,
+    skips: [...a.skips, ...c.skips],
+  }),
+  { tests: 0, pass: 0, fail: 0, skipped: 0, skips: [] as string[] },
+);
+if (nativeFiles.length > 0 && kvmFiles.length > 0) where += `, and ${nativeFiles.length} file(s) directly on this host`;
 process.stdout.write(
   `${tier} tier ran ${where} in ${seconds} s: ${counts.tests} tests\n${tier}: ${counts.pass} passed, ${counts.fail} failed, ${counts.skipped} skipped\n`,
 );
-let status = runnerStatus;
+let status = runnerStatus || nativeStatus;
 if (counts.tests === 0) {
   process.stdout.write(`${tier} tier: no test ran\n`);
   status = 1;
