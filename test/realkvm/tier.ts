@@ -148,7 +148,8 @@ const counts = parts.reduce(
   }),
   { tests: 0, pass: 0, fail: 0, skipped: 0, skips: [] as string[] },
 );
-if (nativeFiles.length > 0 && kvmFiles.length > 0) where += `, and ${nativeFiles.length} file(s) directly on this host`;
+if (nativeFiles.length > 0 && kvmFiles.length > 0)
+  where += `, and ${nativeFiles.length} file(s) directly on this host`;
 process.stdout.write(
   `${tier} tier ran ${where} in ${seconds} s: ${counts.tests} tests\n${tier}: ${counts.pass} passed, ${counts.fail} failed, ${counts.skipped} skipped\n`,
 );
