@@ -210,7 +210,8 @@ describe("vireo vhost-user net", () => {
       [["vhost-user", "net", "--socket", join(dir, "x"), "--sink", "--loopback"], /exactly one of/],
       [["vhost-user", "net", "--socket", join(dir, "x"), "--gen", "1519"], /--gen 1519 is not a frame size/],
       [["vhost-user", "net", "--socket", join(dir, "x"), "--gen", "64", "--sink"], /exactly one of/],
-      [["vhost-user", "blk", "--socket", join(dir, "x")], /usage: vireo vhost-user net/],
+      [["vhost-user", "blk", "--socket", join(dir, "x")], /vhost-user blk: --file IMG is required/],
+      [["vhost-user", "disk", "--socket", join(dir, "x")], /usage: vireo vhost-user net/],
       [
         ["vhost-user", "net", "--socket", join(dir, "x"), "--sink", "--queue-size", "100"],
         /--queue-size 100/,
