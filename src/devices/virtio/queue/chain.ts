@@ -108,8 +108,63 @@ export class ChainWriter extends SegmentCursor {
  */
 export function readChain(mem: GuestMemory, chain: DescriptorChain, dst?: Uint8Array): Uint8Array {
   const out = dst ?? new Uint8Array(chain.readableLength);
-  const n = new ChainReader(mem, chain).read(out);
-  return out.subarray(0, n);
+  return out.subarray(0, copyFromChain(mem, chain, 0, out, 0, out.length));
+}
+
+/**
+ * Copies up to `len` device-readable bytes, starting `skip` bytes into the chain, to dst[at, ...); returns how
+ * many (fewer when the chain ends first). No allocation for pieces up to 16 bytes, one view per longer piece.
+ */
+export function copyFromChain(
+  mem: GuestMemory,
+  chain: DescriptorChain,
+  skip: number,
+  dst: Uint8Array,
+  at: number,
+  len: number,
+): number {
+  const segs = chain.readable;
+  let done = 0;
+  for (let i = 0; i < segs.length && done < len; i++) {
+    const s = segs[i] as BufferSegment;
+    if (skip >= s.len) {
+      skip -= s.len;
+      continue;
+    }
+    const take = Math.min(s.len - skip, len - done);
+    mem.readTo(s.addr + skip, dst, at + done, take);
+    done += take;
+    skip = 0;
+  }
+  return done;
+}
+
+/**
+ * Copies src[from, from + len) into the device-writable part, starting `offset` bytes in; returns how many bytes
+ * (fewer when the chain ends first). The caller checks that it fits.
+ */
+export function copyToChain(
+  mem: GuestMemory,
+  chain: DescriptorChain,
+  offset: number,
+  src: Uint8Array,
+  from: number,
+  len: number,
+): number {
+  const segs = chain.writable;
+  let done = 0;
+  for (let i = 0; i < segs.length && done < len; i++) {
+    const s = segs[i] as BufferSegment;
+    if (offset >= s.len) {
+      offset -= s.len;
+      continue;
+    }
+    const take = Math.min(s.len - offset, len - done);
+    mem.writeFrom(s.addr + offset, src, from + done, take);
+    done += take;
+    offset = 0;
+  }
+  return done;
 }
 
 /**
@@ -122,8 +177,6 @@ export function writeChain(mem: GuestMemory, chain: DescriptorChain, src: Uint8A
       `${src.length} bytes at offset ${offset} do not fit the device-writable part (${chain.writableLength} bytes)`,
     );
   }
-  const w = new ChainWriter(mem, chain);
-  w.skip(offset);
-  w.write(src);
+  copyToChain(mem, chain, offset, src, 0, src.length);
   return src.length;
 }

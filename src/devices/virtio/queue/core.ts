@@ -95,13 +95,34 @@ export class QueueMemory {
   }
 }
 
+/** A DescriptorChain a queue fills again and again (see ChainBuilder.begin): one per head id, reused. */
+export class MutableChain implements DescriptorChain {
+  id = 0;
+  readonly readable: BufferSegment[] = [];
+  readonly writable: BufferSegment[] = [];
+  readableLength = 0;
+  writableLength = 0;
+  descriptorCount = 0;
+  descriptorsRead = 0;
+}
+
+interface MutableSegment {
+  addr: number;
+  len: number;
+}
+
 /**
  * Accumulates the elements of one chain and enforces the rules both layouts share. `add` returns null or the
  * reason the element is refused; the caller adds where it was.
+ *
+ * The chain is written into a MutableChain given to `begin`, reusing its segment objects and arrays, so a queue
+ * that hands out one chain object per head id allocates nothing per chain once its chains have their shapes
+ * (a chain in flight keeps its head id, so its object is not refilled before it is used).
  */
 export class ChainBuilder {
-  readonly readable: BufferSegment[] = [];
-  readonly writable: BufferSegment[] = [];
+  private target: MutableChain = new MutableChain();
+  private nReadable = 0;
+  private nWritable = 0;
   readableLength = 0;
   writableLength = 0;
   /** Buffer elements (descriptors that are not indirect-table pointers), including zero-length ones. */
@@ -115,6 +136,18 @@ export class ChainBuilder {
     private readonly maxElements: number,
   ) {}
 
+  /** Starts a chain written into `target` (whatever it held before is overwritten). */
+  begin(target: MutableChain): void {
+    this.target = target;
+    this.nReadable = 0;
+    this.nWritable = 0;
+    this.readableLength = 0;
+    this.writableLength = 0;
+    this.elements = 0;
+    this.tables = 0;
+    this.sawWritable = false;
+  }
+
   add(addr: number, len: number, writable: boolean): string | null {
     // 2.7.5.3.1 / 2.8.17: a chain (counting indirect entries) is no longer than the Queue Size.
     if (++this.elements > this.maxElements) {
@@ -127,33 +160,45 @@ export class ChainBuilder {
     // The specification does not forbid zero-length elements; they carry no bytes, so they are not returned
     // (and their address, which nothing will access, is not checked).
     if (len === 0) return null;
-    const mem = this.qm.mem;
-    if (this.qm.offsetOf(addr, len) < 0) {
+    const qm = this.qm;
+    if (qm.offsetOf(addr, len) < 0) {
+      const mem = qm.mem;
       return `buffer ${hex(addr)}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`;
     }
     // 2.7.5.2 Driver Requirements: The Virtqueue Descriptor Table: no chain longer than 2^32 bytes in total.
     if (this.readableLength + this.writableLength + len > TWO_POW_32)
       return "chain is longer than 2^32 bytes";
     if (writable) {
-      this.writable.push({ addr, len });
+      setSegment(this.target.writable, this.nWritable++, addr, len);
       this.writableLength += len;
     } else {
-      this.readable.push({ addr, len });
+      setSegment(this.target.readable, this.nReadable++, addr, len);
       this.readableLength += len;
     }
     return null;
   }
 
   finish(id: number, descriptorCount: number): DescriptorChain {
-    return {
-      id,
-      readable: this.readable,
-      writable: this.writable,
-      readableLength: this.readableLength,
-      writableLength: this.writableLength,
-      descriptorCount,
-      descriptorsRead: this.elements + this.tables,
-    };
+    const c = this.target;
+    // Segments past this chain's count belong to an earlier, longer chain of the same object.
+    if (c.readable.length > this.nReadable) c.readable.length = this.nReadable;
+    if (c.writable.length > this.nWritable) c.writable.length = this.nWritable;
+    c.id = id;
+    c.readableLength = this.readableLength;
+    c.writableLength = this.writableLength;
+    c.descriptorCount = descriptorCount;
+    c.descriptorsRead = this.elements + this.tables;
+    return c;
+  }
+}
+
+function setSegment(list: BufferSegment[], i: number, addr: number, len: number): void {
+  const seg = list[i] as MutableSegment | undefined;
+  if (seg === undefined) {
+    list.push({ addr, len });
+  } else {
+    seg.addr = addr;
+    seg.len = len;
   }
 }
 
@@ -220,8 +265,13 @@ export abstract class QueueBase implements Virtqueue {
   /** Chains handed out by pop() and not yet used, by id: pushUsed accepts only these exact objects. */
   private readonly inFlightChains: Array<DescriptorChain | undefined>;
   private inFlightCount = 0;
-  /** Chains popped most recently and still in flight, in pop order: the ones unpop() may give back, last first. */
-  private popStack: DescriptorChain[] = [];
+  /**
+   * Chains popped most recently and still in flight, in pop order: the ones unpop() may give back, last first.
+   * The first `popDepth` entries of a fixed array (at most Queue Size chains are in flight), so that popping and
+   * using a chain moves no array.
+   */
+  private readonly popStack: Array<DescriptorChain | undefined>;
+  private popDepth = 0;
   /** Run-time indices (VirtqueueOptions.state); word 7 says whether they have been initialized. */
   protected readonly st: Int32Array;
   protected readonly cPopped: Counter;
@@ -240,6 +290,7 @@ export abstract class QueueBase implements Virtqueue {
     this.qm = new QueueMemory(mem);
     this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
     this.inFlightChains = new Array(config.size);
+    this.popStack = new Array(config.size).fill(undefined);
     const st = opts?.state;
     if (st !== undefined && st.length < QUEUE_STATE_WORDS) {
       throw new VirtqueueError(
@@ -269,15 +320,18 @@ export abstract class QueueBase implements Virtqueue {
     if (chain) {
       this.inFlightChains[chain.id] = chain;
       this.inFlightCount++;
-      this.popStack.push(chain);
+      this.popStack[this.popDepth++] = chain;
       this.cPopped.add();
     }
     return chain;
   }
 
   unpop(chain: DescriptorChain): void {
-    const stack = this.popStack;
-    if (stack[stack.length - 1] !== chain || this.inFlightChains[chain.id] !== chain) {
+    if (
+      this.popDepth === 0 ||
+      this.popStack[this.popDepth - 1] !== chain ||
+      this.inFlightChains[chain.id] !== chain
+    ) {
       throw this.usageError(`unpop: chain ${chain.id} is not the last chain popped (or it was used)`);
     }
     try {
@@ -285,12 +339,12 @@ export abstract class QueueBase implements Virtqueue {
     } catch (e) {
       throw this.asQueueError(e);
     }
-    stack.pop();
+    this.popStack[--this.popDepth] = undefined;
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
   }
 
-  pushUsed(chain: DescriptorChain, written: number): void {
+  pushUsed(chain: DescriptorChain, written: number, publish = true): void {
     if (this.inFlightChains[chain.id] !== chain) {
       throw this.usageError(
         `pushUsed: chain ${chain.id} is not in flight on this queue (never popped, or used twice)`,
@@ -302,21 +356,38 @@ export abstract class QueueBase implements Virtqueue {
       );
     }
     try {
-      this.writeUsed(chain, written);
+      this.writeUsed(chain, written, publish);
     } catch (e) {
       throw this.asQueueError(e);
     }
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
     // Chains popped before this one can no longer be given back: the ring has moved past them.
-    const at = this.popStack.indexOf(chain);
-    if (at >= 0) this.popStack = this.popStack.slice(at + 1);
+    const stack = this.popStack;
+    const depth = this.popDepth;
+    let at = 0;
+    while (at < depth && stack[at] !== chain) at++;
+    if (at < depth) {
+      const keep = depth - at - 1;
+      for (let i = 0; i < keep; i++) stack[i] = stack[at + 1 + i];
+      for (let i = keep; i < depth; i++) stack[i] = undefined;
+      this.popDepth = keep;
+    }
     this.cUsed.add();
+  }
+
+  publishUsed(): void {
+    try {
+      this.publishPending();
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
   }
 
   shouldNotifyDriver(): boolean {
     let decision: NotifyDecision;
     try {
+      this.publishPending();
       decision = this.notifyDecision();
     } catch (e) {
       throw this.asQueueError(e);
@@ -368,7 +439,10 @@ export abstract class QueueBase implements Virtqueue {
 
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
-  protected abstract writeUsed(chain: DescriptorChain, written: number): void;
+  /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
+  protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
+  /** Publishes used elements written with `publish` false (nothing if there are none). */
+  protected abstract publishPending(): void;
   /** Undoes the pop of `chain`, the last chain popped. */
   protected abstract rewindChain(chain: DescriptorChain): void;
   /**

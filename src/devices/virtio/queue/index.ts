@@ -30,7 +30,7 @@ import {
   type VirtqueueOptions,
 } from "./types.ts";
 
-export { ChainReader, ChainWriter, readChain, writeChain } from "./chain.ts";
+export { ChainReader, ChainWriter, copyFromChain, copyToChain, readChain, writeChain } from "./chain.ts";
 export { needEvent } from "./core.ts";
 export { PackedQueue, packedAreaSizes } from "./packed.ts";
 export { SplitQueue, splitAreaSizes } from "./split.ts";

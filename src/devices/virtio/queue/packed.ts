@@ -4,7 +4,7 @@
  * (Device Area).
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
-import { ChainBuilder, checkConfig, hex, type NotifyDecision, QueueBase } from "./core.ts";
+import { ChainBuilder, checkConfig, hex, MutableChain, type NotifyDecision, QueueBase } from "./core.ts";
 import {
   DESC_SIZE,
   type DescriptorChain,
@@ -146,6 +146,8 @@ export class PackedQueue extends QueueBase {
       return null;
     }
     const b = new ChainBuilder(qm, size);
+    // A fresh chain object per pop: packed buffer ids come from the descriptors, not from fixed slots.
+    b.begin(new MutableChain());
     let count = 0;
     let id = 0;
     for (;;) {
@@ -255,7 +257,11 @@ export class PackedQueue extends QueueBase {
    * flags last), then the device skips the slots the list occupied. AVAIL and USED both equal the Device Ring
    * Wrap Counter; WRITE says whether anything was written (2.8.3 Write Flag).
    */
-  protected writeUsed(chain: DescriptorChain, written: number): void {
+  protected publishPending(): void {
+    // Each used descriptor was published as it was written (its flags, last).
+  }
+
+  protected writeUsed(chain: DescriptorChain, written: number, _publish: boolean): void {
     const qm = this.qm;
     const off = this.descOff + DESC_SIZE * this.nextUsed;
     qm.setU32(off + 8, written);

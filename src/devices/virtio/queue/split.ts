@@ -3,7 +3,15 @@
  * Area) and used ring (Device Area).
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
-import { ChainBuilder, checkConfig, hex, type NotifyDecision, needEvent, QueueBase } from "./core.ts";
+import {
+  ChainBuilder,
+  checkConfig,
+  hex,
+  MutableChain,
+  type NotifyDecision,
+  needEvent,
+  QueueBase,
+} from "./core.ts";
 import {
   DESC_SIZE,
   type DescriptorChain,
@@ -32,6 +40,14 @@ export class SplitQueue extends QueueBase {
   private readonly usedOff: number;
   private readonly usedEventOff: number;
   private readonly availEventOff: number;
+  /**
+   * One chain object per head index, refilled at each pop of that head: a head is not popped again while its
+   * chain is in flight (popChain refuses it), so a chain stays as popped until it is used. No allocation per pop.
+   */
+  private readonly chains: Array<MutableChain | undefined>;
+  private readonly builder: ChainBuilder;
+  /** Used elements written and not yet published (pushUsed with publish false). */
+  private unpublished = false;
 
   // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Free-running index of the next available ring entry to read. */
@@ -104,6 +120,8 @@ export class SplitQueue extends QueueBase {
     ]);
     super(mem, config, features, opts);
     this.mask = config.size - 1;
+    this.chains = new Array(config.size).fill(undefined);
+    this.builder = new ChainBuilder(this.qm, config.size);
     this.descOff = config.descAddr - mem.base;
     this.availOff = config.driverAddr - mem.base;
     this.usedOff = config.deviceAddr - mem.base;
@@ -198,7 +216,13 @@ export class SplitQueue extends QueueBase {
   private walk(head: number): DescriptorChain {
     const qm = this.qm;
     const size = this.size;
-    const b = new ChainBuilder(qm, size);
+    const b = this.builder;
+    let target = this.chains[head];
+    if (target === undefined) {
+      target = new MutableChain();
+      this.chains[head] = target;
+    }
+    b.begin(target);
     let i = head;
     let count = 0;
     for (;;) {
@@ -280,15 +304,30 @@ export class SplitQueue extends QueueBase {
     }
   }
 
-  /** 2.7.8.2 Device Requirements: The Virtqueue Used Ring: the element is written before idx moves. */
-  protected writeUsed(chain: DescriptorChain, written: number): void {
+  /**
+   * 2.7.8.2 Device Requirements: The Virtqueue Used Ring: the element is written before idx moves. The state's
+   * usedIdx counts elements written; the ring's idx reaches it when they are published.
+   */
+  protected writeUsed(chain: DescriptorChain, written: number, publish: boolean): void {
     const qm = this.qm;
-    const elem = this.usedOff + 4 + 8 * (this.usedIdx & this.mask);
+    const idx = this.usedIdx;
+    const elem = this.usedOff + 4 + 8 * (idx & this.mask);
     qm.setU32(elem, chain.id);
     qm.setU32(elem + 4, written);
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    qm.store16Release(this.usedOff + 2, this.usedIdx);
+    this.usedIdx = (idx + 1) & 0xffff;
     this.usedSinceCheck++;
+    if (publish) {
+      qm.store16Release(this.usedOff + 2, this.usedIdx);
+      this.unpublished = false;
+    } else {
+      this.unpublished = true;
+    }
+  }
+
+  protected publishPending(): void {
+    if (!this.unpublished) return;
+    this.unpublished = false;
+    this.qm.store16Release(this.usedOff + 2, this.usedIdx);
   }
 
   /** 2.7.7.2 Device Requirements: Used Buffer Notification Suppression. */

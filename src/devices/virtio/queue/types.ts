@@ -75,10 +75,19 @@ export interface Virtqueue {
    */
   pop(): DescriptorChain | null;
   /**
-   * Returns a popped chain to the driver with `written` bytes written to its writable part. Throws VirtqueueError
+   * Returns a popped chain to the driver with `written` bytes written to its writable part; with `publish` false
+   * (default true) the driver sees it only at the next publishUsed() or shouldNotifyDriver(), so that a batch of
+   * used buffers moves the used idx once. Throws VirtqueueError
    * (code VIREO_VIRTQUEUE_USAGE) if the chain is not in flight on this queue or `written` is out of range.
    */
-  pushUsed(chain: DescriptorChain, written: number): void;
+  pushUsed(chain: DescriptorChain, written: number, publish?: boolean): void;
+  /**
+   * Makes used buffers pushed with `publish` false visible to the driver (split: the used idx moves once for all
+   * of them, after their elements, 2.7.8.2). shouldNotifyDriver() publishes first, so a device that pushes a batch
+   * with publish false and then asks about notification needs no other call. No-op when nothing is pending (and
+   * on packed rings, where each used descriptor is published as it is written).
+   */
+  publishUsed(): void;
   /**
    * After pushing used buffers: must the device send a used buffer notification now? Considers the buffers used
    * since the previous call (false if there were none), per 2.7.7 Used Buffer Notification Suppression (split)
