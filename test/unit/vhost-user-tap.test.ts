@@ -5,7 +5,8 @@
  * the kernel's answers come back through the TAP onto the receive ring. Both directions are real: the kernel
  * answers only what reached it, and the answers only reach the ring through the back-end's TAP reads. While an
  * answer waits for receive buffers, and while nothing happens, the back-end must sleep (its CPU time is read
- * from /proc). Then the command-line errors: no /dev/net/tun, a bad or too long name, no permission.
+ * from /proc). A host flooding the TAP is read one work budget (TAP_RX_SLICE frames) per turn of the loop.
+ * Then the command-line errors: no /dev/net/tun, a bad or too long name, no permission.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -14,6 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { zeroCounts } from "../../src/vhost-user/net-backends.ts";
+import { openTapNet, TAP_RX_SLICE } from "../../src/vhost-user/tap-net.ts";
 import { VIREO_BIN, vireo } from "../helpers/cli.ts";
 import { netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
 import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
@@ -215,6 +218,82 @@ describe("vireo vhost-user net --tap", () => {
     assert.equal(end.rxFrames, tapTx, "every frame the host sent on the TAP reached the guest");
     assert.ok((end.rxFrames as number) >= 4, `rxFrames ${end.rxFrames}`);
     assert.equal(end.dropped, 0);
+  });
+
+  test("a flooded TAP is read one slice of frames per turn", { skip: netnsSkip }, () => {
+    // A TAP of this process (so it is in this namespace): no address, IPv6 off, only the test's frames on it.
+    const name = `vub${process.pid % 100000}`;
+    const counts = zeroCounts();
+    const { backend, close } = openTapNet(name, counts);
+    try {
+      for (const args of [
+        ["sysctl", "-qw", `net.ipv6.conf.${name}.disable_ipv6=1`],
+        ["ip", "link", "set", name, "up"],
+      ]) {
+        const r = spawnSync(args[0] as string, args.slice(1), { encoding: "utf8" });
+        assert.equal(r.status, 0, r.stderr);
+      }
+      const total = 2 * TAP_RX_SLICE + 88;
+      // The host sends frames out of the TAP (AF_PACKET), so they wait on the TAP's fd: 60 bytes, numbered.
+      let sent = 0;
+      const inject = (n: number) => {
+        const py = spawnSync(
+          "python3",
+          [
+            "-c",
+            `import socket,sys
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)
+s.bind((sys.argv[1],0))
+for i in range(int(sys.argv[2]),int(sys.argv[3])):
+    s.send(b"\\xff"*6+bytes.fromhex("020000000001")+b"\\x88\\xb5"+i.to_bytes(4,"big")+bytes(42))`,
+            name,
+            String(sent),
+            String(sent + n),
+          ],
+          { encoding: "utf8" },
+        );
+        assert.equal(py.status, 0, py.stderr);
+        sent += n;
+      };
+      inject(total);
+      const got: number[] = [];
+      backend.attach((f) => {
+        // Each frame behind its 12-byte virtio-net header, in order.
+        got.push(new DataView(f.buffer, f.byteOffset).getUint32(NET_HDR + 14));
+        return true;
+      });
+      const input = backend.input();
+      assert.ok(input.wants());
+      assert.equal(input.onReadable(), true, "a full slice: more is owed");
+      assert.equal(got.length, TAP_RX_SLICE);
+      backend.rxReady();
+      assert.equal(got.length, 2 * TAP_RX_SLICE, "rxReady reads one slice too");
+      assert.equal(input.onReadable(), false, "the rest, less than a slice");
+      assert.equal(got.length, total);
+      assert.deepEqual(
+        got,
+        Array.from({ length: total }, (_, i) => i),
+      );
+      assert.equal(counts.rxFrames, total);
+      assert.equal(counts.rxBytes, total * 60);
+      // A guest with no buffers: the frame waits at the back-end and the TAP is not polled meanwhile.
+      let room = false;
+      backend.attach((f) => {
+        if (!room) return false;
+        got.push(new DataView(f.buffer, f.byteOffset).getUint32(NET_HDR + 14));
+        return true;
+      });
+      inject(2);
+      assert.equal(input.onReadable(), false);
+      assert.equal(input.wants(), false, "a frame waits for buffers: the TAP is not polled");
+      room = true;
+      backend.rxReady();
+      assert.deepEqual(got.slice(total), [total, total + 1], "the waiting frame first, then the next");
+      assert.ok(input.wants(), "nothing waits: polled again");
+    } finally {
+      close();
+      spawnSync("ip", ["link", "del", name]);
+    }
   });
 
   test("command-line errors are one clear line", { skip: process.getuid?.() !== 0 && "needs root" }, () => {
