@@ -22,7 +22,7 @@ Usage:
   vireo ctl --api-socket PATH VERB                  control a running VM (info, pause, resume, metrics, shutdown)
   vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
-  vireo vhost-user net --socket PATH --sink|--loopback
+  vireo vhost-user net --socket PATH --tap NAME|--sink|--loopback|--gen SIZE
                                                     a vhost-user back-end process for virtio-net
 
 Run 'vireo COMMAND --help' for a command's options.`;
