@@ -24,6 +24,8 @@ Usage:
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
   vireo vhost-user net --socket PATH --tap NAME|--sink|--loopback|--gen SIZE
                                                     a vhost-user back-end process for virtio-net
+  vireo vhost-user blk --socket PATH --file IMG [--readonly]
+                                                    a vhost-user back-end process for virtio-blk
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
@@ -84,7 +86,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
   initrd-harness.img   busybox + kvm_amd and 9p modules, for the real-KVM test harness (test/realkvm)
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
-const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--force] [--accel auto|kvm|emulated]
+const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -95,6 +97,7 @@ Options:
   --json            print JSON instead of a table
   --rounds N        interleaved rounds per configuration (default 5; medians are reported)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
+  --seconds N       vhost-user: length of each measured window (default 5)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
   --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
                     on (kvm, pvm, emulated): compare figures only within one kind`;
@@ -301,6 +304,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       json: { type: "boolean" },
       rounds: { type: "string" },
       iterations: { type: "string" },
+      seconds: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -316,6 +320,7 @@ async function cmdBench(argv: string[]): Promise<number> {
     throw new ConfigError(`unknown benchmark '${name}' (known: ${Object.keys(BENCHMARKS).join(", ")})`);
   parseCount("--rounds", values.rounds, 5);
   if (values.iterations !== undefined) parseCount("--iterations", values.iterations, 0);
+  if (values.seconds !== undefined) parseCount("--seconds", values.seconds, 0);
   if (useEmulatedHost(parseAccel(values.accel)))
     return runEmulated({
       argv: ["bench", ...withoutAccel(argv), "--accel", "kvm"],
@@ -327,6 +332,7 @@ async function cmdBench(argv: string[]): Promise<number> {
     rounds: parseCount("--rounds", values.rounds, 5),
     iterations:
       values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
+    seconds: values.seconds === undefined ? undefined : parseCount("--seconds", values.seconds, 0),
   });
   return 0;
 }
