@@ -137,6 +137,21 @@ describe("queue configuration checks", () => {
     });
   }
 
+  test("packed: the areas' names and the queue's name (or 'unnamed') in the messages", () => {
+    const mem = makeTestMemory();
+    const size = 8;
+    const good = { size, descAddr: mem.base, driverAddr: mem.base + 0x100, deviceAddr: mem.base + 0x104 };
+    const f: QueueFeatures = { eventIdx: false, indirect: false };
+    assert.throws(
+      () => createVirtqueue("packed", mem, { ...good, driverAddr: good.driverAddr + 2 }, f, { name: "pq" }),
+      /: virtq pq: driver event suppression area at 0x10102 is not 4-byte aligned$/,
+    );
+    assert.throws(
+      () => createVirtqueue("packed", mem, { ...good, deviceAddr: good.deviceAddr + 1 }, f),
+      /: virtq unnamed: device event suppression area at 0x10105 is not 4-byte aligned$/,
+    );
+  });
+
   test("split: queue size must be a power of 2; packed need not be", () => {
     assert.throws(() => createVirtqueue("split", mem, ok(6), features), isMalformed(/not a power of 2/));
     const { drv, q } = setup("packed", { size: 6 });
@@ -410,7 +425,11 @@ describe("packed ring: malformed descriptors", () => {
   test("AVAIL and USED both equal to the wrap counter at the next slot", () => {
     const { drv, q, metrics } = setup("packed");
     drv.writeDesc(0, { addr: drv.alloc(4), len: 4, id: 0, flags: VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED });
-    expectPopFails(q, metrics, /ring slot 0 has AVAIL and USED both 1/);
+    expectPopFails(
+      q,
+      metrics,
+      /ring slot 0 has AVAIL and USED both 1 \(flags 0x8080\): a used descriptor where the next available one is expected$/,
+    );
   });
 
   test("a zeroed or previous-lap descriptor is simply not available", () => {
@@ -508,7 +527,11 @@ describe("packed ring: malformed descriptors", () => {
     assert.ok(q.pop());
     // The driver laps the ring over both lists still in flight.
     drv.makeAvailableRaw([{ addr: buf, len: 4, flags: 0, id: 2 }]);
-    expectPopFails(q, metrics, /reuses ring slots of buffers still in flight \(4 slots outstanding/);
+    expectPopFails(
+      q,
+      metrics,
+      /reuses ring slots of buffers still in flight \(4 slots outstanding, 1 more, queue size 4\)$/,
+    );
   });
 
   test("buffer checks shared with split rings", () => {
@@ -600,6 +623,32 @@ describe("packed ring: malformed descriptors", () => {
         metrics,
         /device-readable descriptor follows a device-writable one \(entry 1 of indirect table/,
       );
+    });
+
+    test("a table at guest-physical 0 is valid; one above 2^53 is refused; Queue Size entries are allowed", () => {
+      const mem = makeTestMemory({ base: 0, size: 0x10000 });
+      const drv = new VirtioTestDriver(mem, { kind: "packed", size: 8, features, base: 0x1000 });
+      const metrics = new MetricsSegment(new ArrayBuffer(SLOTS_PER_SEGMENT * 8), 0);
+      const q = createVirtqueue("packed", mem, drv.config, drv.features, { metrics, name: "bad" });
+      const buf = drv.alloc(4);
+      // A table of exactly Queue Size (8) entries, at address 0 (2.8.5: at most Queue Size descriptors).
+      for (let j = 0; j < 8; j++) {
+        mem.writeU64(16 * j, BigInt(buf));
+        mem.writeU32(16 * j + 8, 4);
+        mem.writeU16(16 * j + 14, 0);
+      }
+      drv.makeAvailableRaw([{ addr: 0, len: 16 * 8, flags: INDIRECT, id: 1 }]);
+      const c = q.pop();
+      assert.equal(c?.id, 1);
+      assert.equal(c?.readable.length, 8);
+      assert.deepEqual(c?.readable[0], { addr: buf, len: 4 });
+      if (c) q.pushUsed(c, 0);
+      drv.makeAvailableRaw([{ addr: 0, len: 20, flags: INDIRECT, id: 2 }]);
+      expectPopFails(q, metrics, /indirect table 0x0 \(ring slot 1\) has length 20/);
+
+      const { drv: d2, q: q2, metrics: m2 } = setup("packed", { features });
+      d2.makeAvailableRaw([{ addr: 0xfffffffffffff000n, len: 32, flags: INDIRECT }]);
+      expectPopFails(q2, m2, /indirect table above 2\^53 \(ring slot 0\)\+32 is outside guest RAM/);
     });
 
     test("a list longer than 2^32 bytes in total", () => {

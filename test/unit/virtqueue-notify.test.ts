@@ -342,3 +342,69 @@ describe("device-written suppression fields", () => {
     }
   });
 });
+
+describe("packed ring: unpop, the used WRITE flag, event slots at the ring's end", () => {
+  test("unpop at slot 0 and across the end of the ring rewinds slot and wrap counter (2.8.1)", () => {
+    for (const eventIdx of [false, true]) {
+      const size = 4;
+      const { mem, drv, q } = setup("packed", eventIdx, size);
+      const deviceDesc = () => mem.readU16(drv.layout.deviceAddr);
+      // The first chain, at slot 0: given back, it is popped again from slot 0, not from a next lap.
+      drv.addChain([Uint8Array.of(7)], []);
+      const first = q.pop();
+      assert.ok(first);
+      if (eventIdx) assert.equal(deviceDesc(), 1 | (1 << 15), "device event: slot 1, wrap 1");
+      q.unpop(first);
+      if (eventIdx) assert.equal(deviceDesc(), 0 | (1 << 15), "device event back on slot 0, wrap 1");
+      const again = q.pop();
+      assert.equal(again?.id, first.id);
+      assert.deepEqual(again?.readable, first.readable);
+      if (again) q.pushUsed(again, 0);
+      drv.usedChains();
+      // Slots 1 and 2, then a chain in the last slot: popping it flips the Driver Ring Wrap Counter.
+      for (let i = 0; i < 2; i++) cycle(drv, q);
+      drv.addChain([Uint8Array.of(9)], []);
+      const last = q.pop();
+      assert.ok(last);
+      if (eventIdx) assert.equal(deviceDesc(), 0, "device event: slot 0, wrap 0");
+      q.unpop(last);
+      if (eventIdx) assert.equal(deviceDesc(), 3 | (1 << 15), "device event back on slot 3, wrap 1");
+      const last2 = q.pop();
+      assert.equal(last2?.id, last.id, `eventIdx ${eventIdx}`);
+      if (last2) q.pushUsed(last2, 0);
+      assert.equal(drv.usedChains().length, 1);
+      // The next lap (wrap counter 0) still works.
+      cycle(drv, q);
+      assert.equal(q.inFlight, 0);
+    }
+  });
+
+  test("a used descriptor has VIRTQ_DESC_F_WRITE only when something was written (2.8.3)", () => {
+    const { drv, q } = setup("packed", false);
+    drv.addChain([Uint8Array.of(1)], [4]);
+    drv.addChain([Uint8Array.of(1)], [4]);
+    const a = q.pop();
+    const b = q.pop();
+    assert.ok(a && b);
+    q.pushUsed(a, 0);
+    q.pushUsed(b, 3);
+    const [ua, ub] = drv.usedChains();
+    assert.equal((ua?.flags ?? -1) & 2, 0, "nothing written: no WRITE flag");
+    assert.equal((ub?.flags ?? 0) & 2, 2, "3 bytes written: WRITE flag");
+  });
+
+  test("a driver event slot equal to the queue size is out of range: notify, never a wrap-aliased slot", () => {
+    const size = 8;
+    const { mem, drv, q, metrics } = setup("packed", true, size);
+    // Slot 8 with wrap 1 would alias slot 0 with wrap 0 (one lap on) if it were taken as a position.
+    mem.writeU16(drv.layout.driverAddr, size | (1 << 15));
+    mem.writeU16(drv.layout.driverAddr + 2, 2);
+    cycle(drv, q);
+    assert.equal(q.shouldNotifyDriver(), true);
+    // A valid event slot not reached yet is suppressed, and counted as such.
+    drv.setUsedEvent(5, 1);
+    cycle(drv, q);
+    assert.equal(q.shouldNotifyDriver(), false);
+    assert.equal(metrics.counter("virtq.n.notify_suppressed").value, 1);
+  });
+});
