@@ -523,6 +523,26 @@ describe("e1000 receive checksum offload (rxChecksum, SDM §3.2.3.1 / RXCSUM)", 
     assert.deepEqual(rxChecksum(f.subarray(0, 13), BOTH), NOTHING);
   });
 
+  test("only the IPv6 EtherType makes an IPv6 header: the same bytes behind another EtherType get nothing", () => {
+    const t6 = v6(6, tcpSegment({ payload: pattern(80, 5) }));
+    assert.deepEqual(rxChecksum(t6, BOTH), { status: RXSTAT.TCPCS, errors: 0 });
+    for (const type of [0x88b5, 0x0806, 0x8100 + 1]) {
+      const other = t6.slice();
+      other[12] = type >> 8;
+      other[13] = type & 0xff;
+      assert.deepEqual(rxChecksum(other, BOTH), NOTHING, `EtherType ${type.toString(16)}`);
+    }
+  });
+
+  test("a TCP segment whose bytes 6-7 are zero is still checked: the zero-checksum rule is UDP's only", () => {
+    // Sequence number 0x12340000: its low half sits where UDP keeps its checksum.
+    const f = v4(6, tcpSegment({ payload: pattern(60, 7), seq: 0x12340000 }));
+    assert.equal(f[14 + 20 + 6], 0);
+    assert.equal(f[14 + 20 + 7], 0);
+    assert.deepEqual(rxChecksum(f, BOTH), OK4);
+    assert.deepEqual(rxChecksum(flip(f, 80), BOTH), { status: OK4.status, errors: RXERR.TCPE });
+  });
+
   test("BSEX with BSIZE 00 is reserved and read as 2048 bytes", () => {
     assert.equal(rxBufferSize(RCTL.BSEX), 2048);
     assert.equal(rxBufferSize(RCTL.BSEX | (3 << 16)), 4096);
