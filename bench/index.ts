@@ -4,6 +4,7 @@ import { type HostKind, KvmSystem } from "../src/kvm/system.ts";
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
 import { benchNic, formatNic } from "./nic.ts";
+import { benchVhostUser, formatVhostUser } from "./vhost-user.ts";
 import { benchVirtio, formatVirtio } from "./virtio.ts";
 
 export interface BenchOptions {
@@ -11,10 +12,14 @@ export interface BenchOptions {
   rounds: number;
   iterations?: number;
   force?: boolean;
+  /** Length of a measured window, for benchmarks that run for a fixed time (vhost-user). */
+  seconds?: number;
 }
 
 interface Benchmark {
   description: string;
+  /** Runs natively, never inside the emulated KVM host (it needs no KVM). */
+  native?: boolean;
   run(opts: BenchOptions): Promise<{ table: string; result: object }>;
 }
 
@@ -22,9 +27,11 @@ function bench<R extends object>(
   description: string,
   measure: (opts: BenchOptions) => Promise<R>,
   format: (r: R) => string,
+  native = false,
 ): Benchmark {
   return {
     description,
+    native,
     async run(opts) {
       const result = await measure(opts);
       return { table: format(result), result };
@@ -47,6 +54,12 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     "the same transmit workload over the emulated e1000 and over virtio-net: exits, interrupts, host µs and packets/s per packet (needs root: a TAP)",
     benchNic,
     formatNic,
+  ),
+  "vhost-user": bench(
+    "vireo vhost-user net vs DPDK's net_vhost, one DPDK virtio_user driver, 64 and 1518-byte frames both ways: Mpps, Gbit/s, ratio (natively; needs root and dpdk-testpmd)",
+    benchVhostUser,
+    formatVhostUser,
+    true,
   ),
   boot: bench(
     "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",

@@ -321,7 +321,8 @@ async function cmdBench(argv: string[]): Promise<number> {
   parseCount("--rounds", values.rounds, 5);
   if (values.iterations !== undefined) parseCount("--iterations", values.iterations, 0);
   if (values.seconds !== undefined) parseCount("--seconds", values.seconds, 0);
-  if (useEmulatedHost(parseAccel(values.accel)))
+  // A benchmark that needs no KVM (vhost-user) runs natively whatever --accel says.
+  if (!BENCHMARKS[name]?.native && useEmulatedHost(parseAccel(values.accel)))
     return runEmulated({
       argv: ["bench", ...withoutAccel(argv), "--accel", "kvm"],
       writes: [],
