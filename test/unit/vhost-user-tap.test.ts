@@ -220,6 +220,49 @@ describe("vireo vhost-user net --tap", () => {
     assert.equal(end.dropped, 0);
   });
 
+  test("a second front-end gets the TAP after the first leaves", { skip: netnsSkip }, async () => {
+    const ns = makeNs();
+    const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.3.1/24", "dev", ns.tap]).slice(1));
+    assert.equal(addr.status, 0, String(addr.stderr));
+    const socket = join(dir, "tap-again.sock");
+    const argv = ns.exec([VIREO_BIN, "vhost-user", "net", "--socket", socket, "--tap", ns.tap]);
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    children.push(child);
+    let out = "";
+    let err = "";
+    child.stdout?.on("data", (d) => (out += d));
+    child.stderr?.on("data", (d) => (err += d));
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(socket)) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not start: ${err}`);
+      await sleep(50);
+    }
+    for (let round = 1; round <= 2; round++) {
+      const fe = new NetFrontend(SocketChannel.connect(socket));
+      fe.setup();
+      fe.startRing(0);
+      fe.startRing(1);
+      fe.postReceiveBuffers(8);
+      fe.transmit([arpRequest()]);
+      const arp = await waitFrames(
+        fe,
+        (f) => f[12] === 0x08 && f[13] === 0x06 && f[21] === 2,
+        `ARP reply ${round}`,
+      );
+      assert.deepEqual([...arp.subarray(28, 32)], HOST_IP, `round ${round}`);
+      fe.close();
+      const deadline2 = Date.now() + 20_000;
+      while (out.split("\n").length <= round) {
+        if (Date.now() > deadline2) throw new Error(`no connection-end line ${round}: ${err}`);
+        await sleep(20);
+      }
+      const end = JSON.parse(out.split("\n")[round - 1] as string) as Record<string, number>;
+      assert.equal(end.txFrames, 1, `round ${round}: ${JSON.stringify(end)}`);
+      assert.equal(end.rxFrames, 1, `round ${round}: ${JSON.stringify(end)}`);
+    }
+    child.kill("SIGTERM");
+  });
+
   test("a flooded TAP is read one slice of frames per turn", { skip: netnsSkip }, () => {
     // A TAP of this process (so it is in this namespace): no address, IPv6 off, only the test's frames on it.
     const name = `vub${process.pid % 100000}`;
