@@ -105,11 +105,22 @@ export class RegionGuestMemory extends GuestMemory {
     this.dv = new DataView(buffer);
   }
 
+  /** The region the last regionOf found: buffers come in runs from the same region, so it is tried first. */
+  private lastRegion = 0;
+
   /** The region holding all of [gpa, gpa + len), or undefined. */
   regionOf(gpa: number, len: number): MemRegion | undefined {
-    for (const r of this.regions) {
+    const regions = this.regions;
+    const last = regions[this.lastRegion] as MemRegion;
+    const o = gpa - last.gpa;
+    if (o >= 0 && len >= 0 && o <= last.size - len) return last;
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i] as MemRegion;
       const off = gpa - r.gpa;
-      if (off >= 0 && len >= 0 && off <= r.size - len) return r;
+      if (off >= 0 && len >= 0 && off <= r.size - len) {
+        this.lastRegion = i;
+        return r;
+      }
     }
     return undefined;
   }

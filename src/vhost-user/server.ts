@@ -41,6 +41,13 @@ export interface ServeOptions {
   input?: { fd: number; wants(): boolean; onReadable(): boolean };
 }
 
+/**
+ * After a turn in which a ring moved, the loop keeps polling the rings without sleeping for this long (busy
+ * polling, as DPDK's back-ends do all the time, and bounded, as the kernel's vhost-net busyloop is): on a loaded
+ * machine a wake-up from poll(2) can cost a millisecond, far more than a ring of frames takes to serve.
+ */
+export const BUSY_POLL_MS = 0.1;
+
 /** Control messages handled before the loop looks at the rings again. */
 const MESSAGES_PER_TURN = 64;
 
@@ -123,6 +130,10 @@ export function serveVhostUser(opts: ServeOptions): void {
   const kicks: Array<{ q: number; fd: number }> = [];
   const input = opts.input;
   let inputOwed = false;
+  /** Until when (performance.now()) the rings are polled without sleeping: traffic moved recently. */
+  let busyUntil = 0;
+  /** ringProgress() at the end of the previous turn. */
+  let lastProgress = 0;
   for (;;) {
     // [stop, listen (only while no connection), connection, input, kicks...]
     pollfds.fill(0);
@@ -141,7 +152,8 @@ export function serveVhostUser(opts: ServeOptions): void {
       pollfds[3 * (4 + i) + 1] = POLLIN;
     });
     for (let i = 4 + kicks.length; i < MAX_POLL; i++) pollfds[3 * i] = -1;
-    n.poll(pollfds, later.pending || inputOwed ? 0 : -1);
+    const busy = backend !== null && performance.now() < busyUntil;
+    n.poll(pollfds, later.pending || inputOwed || busy ? 0 : -1);
     if (pollfds[2] !== 0) break;
     if (pollfds[5] !== 0) {
       const fd = n.accept(listenFd);
@@ -160,9 +172,13 @@ export function serveVhostUser(opts: ServeOptions): void {
       continue;
     }
     // Kicks first (they were ready in this poll), then the control socket, then work left from earlier slices.
+    let kicked = false;
     kicks.forEach((k, i) => {
       if (pollfds[3 * (4 + i) + 2] === 0 || backend === null) return;
-      if (takeEventFd(k.fd) > 0) backend.kick(k.q);
+      if (takeEventFd(k.fd) > 0) {
+        kicked = true;
+        backend.kick(k.q);
+      }
     });
     if (conn >= 0 && (pollfds[8] as number) & (POLLIN | POLLHUP | POLLERR)) {
       if (!readControl() && opts.once && served > 0) break;
@@ -178,7 +194,14 @@ export function serveVhostUser(opts: ServeOptions): void {
       inputOwed = false;
     }
     later.runOnce((e) => opts.log(`vhost-user: ${(e as Error).message}`));
-    backend?.afterWork();
+    if (backend !== null) {
+      // While busy, the rings are served whether or not a kick came (the driver may not kick at all then).
+      if (busy) backend.pollRings();
+      backend.afterWork();
+      const progress = backend.ringProgress();
+      if (progress !== lastProgress || kicked) busyUntil = performance.now() + BUSY_POLL_MS;
+      lastProgress = progress;
+    }
   }
   endConnection("stopped");
   n.close(listenFd);

@@ -325,6 +325,25 @@ export class VirtioNet implements VirtioDeviceModel {
       this.count(this.sendRange(chain, 0, total), frameLen);
       return 0;
     }
+    const first = chain.readable[0] as { addr: number; len: number };
+    if (first.len >= total) {
+      // Header and frame in one segment (as DPDK's virtio_user sends a small frame): one bounds check for both.
+      const off = mem.check(first.addr, total);
+      const bytes = mem.bytes;
+      const fl = bytes[off] as number;
+      if (
+        (fl & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 &&
+        ((bytes[off + 1] as number) & ~VIRTIO_NET_HDR_GSO_ECN) === 0
+      ) {
+        const b = this.backend;
+        const at = off + VIRTIO_NET_HDR_SIZE;
+        this.count(
+          b.sendFrom ? b.sendFrom(bytes, at, frameLen) : b.send(bytes.subarray(at, at + frameLen)),
+          frameLen,
+        );
+        return 0;
+      }
+    }
     const h = this.txHeader;
     copyFromChain(mem, chain, 0, h, 0, VIRTIO_NET_HDR_SIZE);
     const flags = h[0] as number;
