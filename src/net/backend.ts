@@ -14,6 +14,14 @@
  * Frames are not shared: `send` must not keep a reference to its argument after returning (copy it if it needs
  * to be queued), and a receiver must copy what it keeps of the frame it is given.
  */
+/**
+ * Takes one frame for the guest; false when the guest has no buffer for it. `more` says the backend is about to
+ * offer another frame at once: a device may then hold back making this one visible (and interrupting the guest)
+ * until a call without `more`, or one that returns false, so that a burst moves the guest's ring once. A backend
+ * that passes `more` must end every burst with such a call.
+ */
+export type Receiver = (frame: Uint8Array, more?: boolean) => boolean;
+
 export interface NetBackend {
   readonly name: string;
   /** Send one Ethernet frame (no FCS) from the guest out of the backend. Returns false if the backend dropped it (counted). */
@@ -23,7 +31,7 @@ export interface NetBackend {
    * no buffer (the backend keeps the frame queued and retries when `rxReady()` is called — nothing lost up to a
    * bounded queue, drops beyond are counted). Attaching replaces any previous receiver and offers queued frames.
    */
-  attach(receiver: (frame: Uint8Array) => boolean): void;
+  attach(receiver: Receiver): void;
   /** The device has new receive buffers: offer queued frames again. */
   rxReady(): void;
   /** Stop: later sends return false, queued frames are discarded, the receiver is never called again. */

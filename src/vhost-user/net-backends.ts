@@ -3,7 +3,7 @@
  * what the guest transmits and drops it, and a loopback that hands every transmitted frame back to the guest's
  * receive queue. Both implement the NetBackend contract (src/net/backend.ts) that virtio-net drives.
  */
-import type { NetBackend } from "../net/backend.ts";
+import type { NetBackend, Receiver } from "../net/backend.ts";
 
 export interface FrameCounts {
   txFrames: number;
@@ -107,7 +107,7 @@ const GENERATOR_BURST = 4096;
 export class GeneratorBackend implements NetBackend {
   readonly name = "generator";
   readonly frame: Uint8Array;
-  private receiver: ((frame: Uint8Array) => boolean) | null = null;
+  private receiver: Receiver | null = null;
   constructor(
     size: number,
     readonly counts: FrameCounts = zeroCounts(),
@@ -121,7 +121,7 @@ export class GeneratorBackend implements NetBackend {
     return true;
   }
 
-  attach(receiver: (frame: Uint8Array) => boolean): void {
+  attach(receiver: Receiver): void {
     this.receiver = receiver;
     this.rxReady();
   }
@@ -131,7 +131,8 @@ export class GeneratorBackend implements NetBackend {
     if (rx === null) return;
     const f = this.frame;
     let n = 0;
-    while (n < GENERATOR_BURST && rx(f)) n++;
+    // Every frame but the burst's last says another follows; a refused one ends the burst as well.
+    while (n < GENERATOR_BURST && rx(f, n + 1 < GENERATOR_BURST)) n++;
     this.counts.rxFrames += n;
     this.counts.rxBytes += n * f.length;
   }

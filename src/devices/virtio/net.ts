@@ -72,6 +72,9 @@ export const VIRTIO_NET_S_LINK_UP = 1;
 export const NET_RX_QUEUE = 0;
 export const NET_TX_QUEUE = 1;
 
+/** Received frames whose used buffers may wait for the end of a burst (Receiver `more`) before they are published. */
+const RX_HOLD = 64;
+
 /** Largest frame with a GSO header (64 KiB payload plus Ethernet and a VLAN tag), and the TX bound. */
 const MAX_FRAME = 65535 + 14 + 4;
 
@@ -169,6 +172,9 @@ export class VirtioNet implements VirtioDeviceModel {
   private rxChains: DescriptorChain[] = [];
   /** The frame receive() is placing, for the queue callback (bound once, so receiving allocates no closure). */
   private rxFrame: Uint8Array = this.rxHeader;
+  private rxMore = false;
+  /** Frames placed whose used buffers are not yet published (the backend said more were coming). */
+  private rxHeld = 0;
   private readonly placeFrame = (vq: Virtqueue | null): boolean =>
     vq === null ? false : this.place(vq, this.rxFrame);
   private readonly transmitChain = (chain: DescriptorChain, work: WorkBudget): number => {
@@ -232,7 +238,7 @@ export class VirtioNet implements VirtioDeviceModel {
         rxNoBuffers: m.counter(`${p}.rx_no_buffers`),
       };
     }
-    this.backend.attach((frame) => this.receive(frame));
+    this.backend.attach((frame, more) => this.receive(frame, more));
   }
 
   get linkUp(): boolean {
@@ -413,14 +419,30 @@ export class VirtioNet implements VirtioDeviceModel {
   // ---- receive (5.1.6.3, 5.1.6.4) -----------------------------------------------------------------------------
 
   /** The backend's receiver: false when the guest has no buffer for the frame yet (the backend keeps it). */
-  receive(frame: Uint8Array): boolean {
+  receive(frame: Uint8Array, more = false): boolean {
     this.rxFrame = frame;
+    this.rxMore = more;
     const placed = this.ctx.withQueue(NET_RX_QUEUE, this.placeFrame);
     this.rxFrame = this.rxHeader;
+    if (placed === undefined) this.rxHeld = 0; // the device failed: nothing more will be published
     return placed ?? false;
   }
 
+  /**
+   * Places one frame; then publishes the used buffers (and notifies) unless the backend said more frames follow
+   * and fewer than RX_HOLD are held back. A frame that cannot be placed publishes what is held first.
+   */
   private place(vq: Virtqueue, input: Uint8Array): boolean {
+    const r = this.placeOne(vq, input);
+    if (r) this.rxHeld++;
+    if (this.rxHeld > 0 && (!r || !this.rxMore || this.rxHeld >= RX_HOLD)) {
+      this.rxHeld = 0;
+      this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+    }
+    return r;
+  }
+
+  private placeOne(vq: Virtqueue, input: Uint8Array): boolean {
     const header = this.rxHeader;
     let payload: Uint8Array;
     if (this.vnetHdr) {
@@ -504,7 +526,6 @@ export class VirtioNet implements VirtioDeviceModel {
     }
     this.c.rxPackets.add();
     this.c.rxBytes.add(payload.length);
-    this.ctx.notifyUsed(NET_RX_QUEUE, vq);
     return true;
   }
 
