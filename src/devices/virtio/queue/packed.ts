@@ -115,7 +115,8 @@ export class PackedQueue extends QueueBase {
       this.availWrap ^= 1;
     }
     this.nextAvail = slot;
-    if (this.features.eventIdx && this.driverNotifications) this.writeDeviceEventDesc();
+    // The device event stays on the slot the pop left it on (the next one not yet seen): moved back onto a slot
+    // the driver already made available, it would never be notified again (2.8.10; see SplitQueue.rewindChain).
   }
 
   /**

@@ -165,9 +165,10 @@ export class SplitQueue extends QueueBase {
       return;
     }
     this.lastAvail = (this.lastAvail - 1) & 0xffff;
-    if (this.features.eventIdx && this.driverNotifications) {
-      this.qm.store16Release(this.availEventOff, this.lastAvail);
-    }
+    // avail_event stays where the pop left it (the next entry the device has not seen). Moved back onto an entry
+    // the driver has already made available, the driver would not notify again (it notifies only when it writes
+    // the entry at avail_event, 2.7.10): a device that gave chains back because they were too few (virtio-net
+    // receive) would wait forever for the kick that brings more.
   }
 
   protected popChain(): DescriptorChain | null {
