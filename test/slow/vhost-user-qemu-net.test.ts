@@ -54,17 +54,21 @@ function skipReason(): string | false {
 const skip = skipReason();
 const dir = mkdtempSync(join(tmpdir(), "vireo-qemu-net-"));
 const namespaces: string[] = [];
-after(() => {
-  // Whatever a script left running in its namespace (started by this test), then the namespace.
-  for (const ns of namespaces) {
-    const pids = spawnSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).stdout ?? "";
-    for (const pid of pids.split("\n").filter(Boolean)) {
-      try {
-        process.kill(Number(pid), "SIGKILL");
-      } catch {
-        // already gone
-      }
+/** SIGKILL to every process in namespace `ns` (all started by this test's scripts). */
+function killNamespace(ns: string): void {
+  const pids = spawnSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).stdout ?? "";
+  for (const pid of pids.split("\n").filter(Boolean)) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // already gone
     }
+  }
+}
+
+after(() => {
+  for (const ns of namespaces) {
+    killNamespace(ns);
     spawnSync("ip", ["netns", "del", ns]);
   }
   rmSync(dir, { recursive: true, force: true });
@@ -108,7 +112,9 @@ async function runScript(script: string): Promise<ScriptRun> {
   let err = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (err += d));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
+  // On timeout, end everything the script started in the namespace (QEMU, vireo, the servers keep its output
+  // pipes open, so killing bash alone would not end the run).
+  const timer = setTimeout(() => killNamespace(ns), 240_000);
   const status = await new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
   clearTimeout(timer);
   const seconds = (Date.now() - started) / 1000;
