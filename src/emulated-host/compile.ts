@@ -4,7 +4,7 @@
  * from scratch whenever a source file is newer than the last build (so a deleted test does not linger there).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { VireoError } from "../errors.ts";
 import { BUILD_DIR_NAME, repoPath } from "../paths.ts";
@@ -41,6 +41,9 @@ export function ensureCompiled(log: (line: string) => void = (l) => process.stde
   // terminal) loses it only for that moment, not for the whole compile.
   const fresh = repoPath(`${BUILD_DIR_NAME}.new-${process.pid}`);
   rmSync(fresh, { recursive: true, force: true });
+  // The stamp carries the time the compile started: a source saved while tsc runs may not be in this build, and
+  // must make the next check see the build as stale.
+  const startedAt = new Date();
   const tsc = repoPath("node_modules", "typescript", "bin", "tsc");
   const r = spawnSync(process.execPath, [tsc, "-p", repoPath("tsconfig.build.json"), "--outDir", fresh], {
     encoding: "utf8",
@@ -53,7 +56,8 @@ export function ensureCompiled(log: (line: string) => void = (l) => process.stde
       `compiling to .build/ failed (npm run build:js):\n${(r.stdout + r.stderr).trim().split("\n").slice(0, 20).join("\n")}`,
     );
   }
-  writeFileSync(join(fresh, ".stamp"), `${new Date().toISOString()}\n`);
+  writeFileSync(join(fresh, ".stamp"), `${startedAt.toISOString()}\n`);
+  utimesSync(join(fresh, ".stamp"), startedAt, startedAt);
   rmSync(repoPath(BUILD_DIR_NAME), { recursive: true, force: true });
   renameSync(fresh, repoPath(BUILD_DIR_NAME));
 }
