@@ -17,6 +17,7 @@
  * and dpdk-testpmd (scripts/setup.sh installs Debian's dpdk); without them the DPDK rows are skipped, saying why.
  * The in-process figures (bench/net-path.ts: ns per frame of VirtioNet driven from a split-ring driver in the
  * same process) are measured everywhere.
+ * $VIREO_BENCH_VIREO names another vireo to serve the rings (another checkout, to compare versions).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
@@ -77,6 +78,9 @@ export interface VhostUserBenchResult {
 }
 
 const SIZES = [64, 1518] as const;
+
+/** The vireo that serves the rings: this tree's, or $VIREO_BENCH_VIREO (another build, to compare versions). */
+const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
 const HUGEPAGES_NEEDED = 512; // 2 MiB pages: two testpmds of 32768 mbufs each, with room
 const NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages";
 
@@ -221,14 +225,7 @@ async function finish(p: Proc, field: "RX-packets" | "TX-packets"): Promise<numb
 }
 
 async function startVireo(cpu: number | null, socket: string, mode: string[]): Promise<Proc> {
-  const p = start(cpu, repoPath("bin", "vireo"), [
-    "vhost-user",
-    "net",
-    "--socket",
-    socket,
-    ...mode,
-    "--once",
-  ]);
+  const p = start(cpu, VIREO_BIN, ["vhost-user", "net", "--socket", socket, ...mode, "--once"]);
   await until(
     "the vireo vhost-user socket",
     () => existsSync(socket),
