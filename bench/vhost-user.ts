@@ -39,6 +39,8 @@ import { formatTable } from "./stats.ts";
 
 export interface VhostUserBenchOptions {
   json: boolean;
+  /** Rounds; each runs every configuration once, in the same order (A B C ... A B C ...). */
+  rounds?: number;
   /** Length of each measured window. */
   seconds?: number;
 }
@@ -57,9 +59,12 @@ export interface VhostUserBenchRow {
   gbps: number;
   /** Who counted: "vireo sink" or "testpmd net_vhost rxonly" / "testpmd virtio_user rxonly". */
   countedBy: string;
+  /** Every round's Mpps (the row's figures are the round with the median Mpps). */
+  samples: number[];
 }
 
 export interface VhostUserBenchResult {
+  rounds: number;
   cpus: number;
   pinning: string;
   seconds: number;
@@ -314,6 +319,7 @@ async function runOne(
     mpps,
     gbps: (mpps * 1e6 * size * 8) / 1e9,
     countedBy,
+    samples: [mpps],
   };
 }
 
@@ -338,6 +344,7 @@ function processTicks(): Map<number, { command: string; ticks: number }> {
 
 export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<VhostUserBenchResult> {
   const seconds = opts.seconds ?? 5;
+  const rounds = opts.rounds ?? 1;
   const ncpu = cpus().length;
   const [backendCpu, driverCpu] = ncpu >= 2 ? [0, 1] : [null, null];
   const pinning = `${
@@ -358,15 +365,25 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
   } else {
     const dir = mkdtempSync(join(tmpdir(), "vireo-bench-vhost-user-"));
     try {
-      for (const direction of ["guest-tx", "guest-rx"] as const) {
-        for (const size of SIZES) {
-          for (const backend of ["vireo", "dpdk"] as const) {
-            if (!opts.json && process.stderr.isTTY)
-              process.stderr.write(`\r${direction} ${size} B ${backend}    `);
-            rows.push(await runOne(dir, direction, backend, size, seconds, backendCpu, driverCpu));
-            for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
+      const perConfig: VhostUserBenchRow[][] = [];
+      for (let round = 0; round < rounds; round++) {
+        let i = 0;
+        for (const direction of ["guest-tx", "guest-rx"] as const) {
+          for (const size of SIZES) {
+            for (const backend of ["vireo", "dpdk"] as const) {
+              if (!opts.json && process.stderr.isTTY)
+                process.stderr.write(`\rround ${round + 1}/${rounds}: ${direction} ${size} B ${backend}    `);
+              const row = await runOne(dir, direction, backend, size, seconds, backendCpu, driverCpu);
+              (perConfig[i++] ??= []).push(row);
+              for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
+            }
           }
         }
+      }
+      for (const runs of perConfig) {
+        const byMpps = [...runs].sort((a, b) => a.mpps - b.mpps);
+        const mid = byMpps[(byMpps.length - 1) >> 1] as VhostUserBenchRow;
+        rows.push({ ...mid, samples: runs.map((r) => r.mpps) });
       }
       if (!opts.json && process.stderr.isTTY) process.stderr.write("\n");
     } finally {
@@ -401,6 +418,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
     }
   }
   return {
+    rounds,
     cpus: ncpu,
     pinning,
     seconds,
@@ -433,7 +451,7 @@ export function formatVhostUser(r: VhostUserBenchResult): string {
     p.cpuMpps.toFixed(2),
   ]);
   return [
-    `DPDK testpmd net_virtio_user as the driver, ${r.seconds} s per window; ${r.pinning}`,
+    `DPDK testpmd net_virtio_user as the driver, ${r.seconds} s per window, the median of ${r.rounds} interleaved round(s) (all rounds' Mpps in the JSON); ${r.pinning}`,
     formatTable(
       ["direction", "frame B", "back-end", "frames", "Mpps", "Gbit/s", "vireo/DPDK", "counted by"],
       rows,
