@@ -374,7 +374,9 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
               if (!opts.json && process.stderr.isTTY)
                 process.stderr.write(`\rround ${round + 1}/${rounds}: ${direction} ${size} B ${backend}    `);
               const row = await runOne(dir, direction, backend, size, seconds, backendCpu, driverCpu);
-              (perConfig[i++] ??= []).push(row);
+              const runs = perConfig[i] ?? [];
+              runs.push(row);
+              perConfig[i++] = runs;
               for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
             }
           }
