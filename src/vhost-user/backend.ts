@@ -121,9 +121,11 @@ export class VhostUserBackend {
       (ext.mq ? bit(PROTOCOL_F.MQ) : 0n) |
       (ext.inflight ? bit(PROTOCOL_F.INFLIGHT_SHMFD) : 0n);
     this.inflight = ext.inflight
-      ? new InflightTracker(probe.numQueues, (q) =>
-          this.device ? SplitQueue.indices(this.device.queueStateWords(q)).usedIdx : 0,
-        )
+      ? new InflightTracker(probe.numQueues, (q) => {
+          // The used ring's idx as published in guest memory ("Set used_idx to the idx value of used ring").
+          const used = this.rings[q]?.areas?.used;
+          return used !== undefined && this.memory ? this.memory.guest.readU16(used + 2) : 0;
+        })
       : null;
     this.numQueues = probe.numQueues;
     this.maxQueueSize = probe.maxQueueSize;

@@ -195,8 +195,8 @@ export class InflightQueue {
   private readonly descNum: number;
   /** "global counter": orders the requests taken. */
   private counter = 1;
-  /** The head linked as the last batch and not settled yet, or -1. */
-  private linked = -1;
+  /** Heads linked into the last batch and not settled yet, oldest first. */
+  private batch: number[] = [];
   /** Heads still to be resubmitted, in order. */
   readonly pending: number[] = [];
   /** Requests resubmitted at the start of this ring. */
@@ -292,26 +292,32 @@ export class InflightQueue {
   }
 
   /**
-   * "When supplying used buffers", steps 1-3, just before the queue writes the used element and moves idx: the
-   * previous batch is settled first, so at most one linked head is ever unsettled.
+   * "When supplying used buffers", steps 1-3, just before the queue writes the head's used element. A batch is
+   * what the queue publishes with one used idx store (a drain slice's chains): if the ring's idx moved since the
+   * last settle, that batch is settled first, so the list from last_batch_head holds exactly the heads written
+   * since the last settle, newest first, which is what recovery walks.
    */
-  link(head: number, usedIdx: number): void {
-    this.settle(usedIdx);
+  link(head: number, ringIdx: number): void {
+    this.settle(ringIdx);
     const b = this.base;
     this.v.setUint16(this.ds(head) + DS_NEXT, this.v.getUint16(b + QR_LAST_BATCH_HEAD, true), true);
     this.v.setUint16(b + QR_LAST_BATCH_HEAD, head, true);
-    this.linked = head;
+    this.batch.push(head);
   }
 
-  /** After the used idx moved past the linked head: its inflight flag off, then used_idx = the ring's idx. */
-  settle(usedIdx: number): void {
-    if (this.linked < 0) return;
+  /**
+   * Steps 5-6 once the used ring's published idx (`ringIdx`, as the driver and a later back-end see it) has moved
+   * past the batch's heads: their inflight flags off, then used_idx = the ring's idx. Not moved (not yet published,
+   * or the push failed and the device stopped): the heads stay in flight.
+   */
+  settle(ringIdx: number): void {
+    if (this.batch.length === 0) return;
     const b = this.base;
-    // The used ring did not move (the push failed and the device stopped): the request stays in flight.
-    if (this.v.getUint16(b + QR_USED_IDX, true) === usedIdx) return;
-    this.v.setUint8(this.ds(this.linked) + DS_INFLIGHT, 0);
-    this.v.setUint16(b + QR_USED_IDX, usedIdx, true);
-    this.linked = -1;
+    const done = Math.min((ringIdx - this.v.getUint16(b + QR_USED_IDX, true)) & 0xffff, this.batch.length);
+    if (done === 0) return;
+    for (let i = 0; i < done; i++) this.v.setUint8(this.ds(this.batch[i] as number) + DS_INFLIGHT, 0);
+    this.v.setUint16(b + QR_USED_IDX, ringIdx, true);
+    this.batch = this.batch.slice(done);
   }
 
   /** Requests marked in flight now (for tests and logs). */
@@ -332,7 +338,7 @@ export class InflightTracker {
 
   constructor(
     numQueues: number,
-    /** The used idx the queue last published (the device's state words, not guest memory). */
+    /** The idx ring q's used ring holds now (published: what the front-end and a later back-end see). */
     private readonly usedIdx: (q: number) => number,
   ) {
     this.queues = new Array(numQueues).fill(undefined);
