@@ -15,10 +15,11 @@
  * that does not fit is refused, and the worst a corrupt buffer does is resubmit requests the front-end's own
  * ring then describes (each checked as any request is).
  *
- * The device model is not changed: `trackInflight` wraps it so that every chain its handler is given is marked
- * taken, and every chain it finishes is linked as the last batch just before the queue pushes it to the used
- * ring (batches of one, settled before the next link or when the slice ends). Models that complete chains
- * outside VirtioContext.drain are not tracked this way (virtio-blk uses drain only).
+ * The device model is not changed: `InflightTracker.wrap` wraps it so that every chain its handler is given is marked
+ * taken, and every chain it finishes is linked into the last batch just before the queue writes its used element.
+ * A batch is what the queue publishes with one used idx store (a drain slice's chains); its marks are cleared once
+ * the used ring's idx, as the front-end sees it, covers them (checked before each link and when a slice ends).
+ * Models that complete chains outside VirtioContext.drain are not tracked this way (virtio-blk uses drain only).
  */
 import { fstatSync, ftruncateSync } from "node:fs";
 import type { VirtioContext, VirtioDeviceModel } from "../devices/virtio/device.ts";
