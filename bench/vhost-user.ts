@@ -396,7 +396,8 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
   }
   const ticksAfter = processTicks();
   const hz = 100; // USER_HZ on Linux
-  const mine = new Set<number>([process.pid]);
+  // This process and its parent (bin/vireo may run it under a wrapper).
+  const mine = new Set<number>([process.pid, process.ppid]);
   const busiest = [...ticksAfter]
     .filter(([pid]) => !mine.has(pid))
     .map(([pid, a]) => ({
@@ -406,7 +407,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
     .filter(
       (p) =>
         p.cpuSeconds >= 1 &&
-        !/dpdk-testpmd|vhost-user net --socket .*vireo-bench-vhost-user-/.test(p.command),
+        !/dpdk-testpmd|vhost-user net --socket .*vireo-bench-vhost-user-| bench vhost-user/.test(p.command),
     )
     .sort((a, b) => b.cpuSeconds - a.cpuSeconds)
     .slice(0, 6)
