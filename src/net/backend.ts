@@ -20,7 +20,16 @@
  * until a call without `more`, or one that returns false, so that a burst moves the guest's ring once. A backend
  * that passes `more` must end every burst with such a call.
  */
-export type Receiver = (frame: Uint8Array, more?: boolean) => boolean;
+export interface Receiver {
+  (frame: Uint8Array, more?: boolean): boolean;
+  /**
+   * Optional, where the device offers it: places frames while `peek` returns one and the guest has buffers,
+   * calling `take` after each frame placed (the backend then drops it from its queue), up to a bound the device
+   * sets; returns how many it placed. The device's queue is held meanwhile, so one lock and one ring update serve
+   * the burst: `peek` and `take` must not call into the device.
+   */
+  burst?: (peek: () => Uint8Array | null, take: () => void) => number;
+}
 
 export interface NetBackend {
   readonly name: string;

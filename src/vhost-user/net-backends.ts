@@ -126,13 +126,25 @@ export class GeneratorBackend implements NetBackend {
     this.rxReady();
   }
 
+  private readonly peek = (): Uint8Array => this.frame;
+  private readonly take = (): void => {};
+
   rxReady(): void {
     const rx = this.receiver;
     if (rx === null) return;
     const f = this.frame;
     let n = 0;
-    // Every frame but the burst's last says another follows; a refused one ends the burst as well.
-    while (n < GENERATOR_BURST && rx(f, n + 1 < GENERATOR_BURST)) n++;
+    if (rx.burst) {
+      // Bursts while the device takes whole ones (a short one means the guest ran out of buffers).
+      for (;;) {
+        const k = rx.burst(this.peek, this.take);
+        n += k;
+        if (k === 0 || n >= GENERATOR_BURST) break;
+      }
+    } else {
+      // Every frame but the burst's last says another follows; a refused one ends the burst as well.
+      while (n < GENERATOR_BURST && rx(f, n + 1 < GENERATOR_BURST)) n++;
+    }
     this.counts.rxFrames += n;
     this.counts.rxBytes += n * f.length;
   }

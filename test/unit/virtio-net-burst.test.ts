@@ -3,7 +3,7 @@
  * stay invisible to the driver until publishUsed() or shouldNotifyDriver(); chain objects are reused per head
  * without carrying an earlier chain's segments; and virtio-net holds received frames back while its backend says
  * more follow (Receiver `more`), publishing them together, at the latest after 64 frames or when a frame cannot
- * be placed.
+ * be placed; Receiver.burst places a backend's queue under one hold of the ring.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -141,5 +141,40 @@ describe("virtio-net: a burst of received frames moves the ring once", () => {
     assert.equal(rx.usedChains().length, 64);
     assert.equal(offer(bytes(60, 70)), true);
     assert.equal(rx.usedChains().length, 7);
+  });
+});
+
+describe("virtio-net: Receiver.burst", () => {
+  test("places frames while the guest has buffers, takes each one placed, publishes once with one interrupt", () => {
+    const { rig, rx } = startNet(16);
+    const backend = rig.model.backend as ManualBackend;
+    const b = backend.receiver?.burst;
+    assert.ok(b, "virtio-net offers burst");
+    for (let i = 0; i < 5; i++) rx.addChain([], [HDR + 100]);
+    const queue = [0, 1, 2, 3, 4, 5, 6].map((i) => bytes(60 + i, i));
+    const before = rig.msis.length + rig.intx.filter(Boolean).length;
+    const placed = b(
+      () => queue[0] ?? null,
+      () => {
+        queue.shift();
+      },
+    );
+    assert.equal(placed, 5, "five buffers, five frames");
+    assert.equal(queue.length, 2, "the two not placed stay with the backend");
+    assert.deepEqual(
+      rx.usedChains().map((u) => u.written.subarray(HDR)),
+      [0, 1, 2, 3, 4].map((i) => bytes(60 + i, i)),
+    );
+    assert.equal(rig.msis.length + rig.intx.filter(Boolean).length, before + 1);
+    // A backend with nothing left ends the burst at once.
+    rx.addChain([], [HDR + 100]);
+    assert.equal(
+      b(
+        () => null,
+        () => {},
+      ),
+      0,
+    );
+    assert.equal(rx.usedChains().length, 0);
   });
 });

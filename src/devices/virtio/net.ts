@@ -20,7 +20,7 @@
  * that thread (on a vCPU thread, a proxy to the I/O thread that owns the real one).
  */
 import type { Counter } from "../../metrics/registry.ts";
-import type { NetBackend } from "../../net/backend.ts";
+import type { NetBackend, Receiver } from "../../net/backend.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import { copyFromChain, copyToChain, type DescriptorChain, type Virtqueue } from "./queue/index.ts";
@@ -71,6 +71,11 @@ export const VIRTIO_NET_S_LINK_UP = 1;
 
 export const NET_RX_QUEUE = 0;
 export const NET_TX_QUEUE = 1;
+
+/** Frames one Receiver.burst call places at most (the receive queue is held meanwhile). */
+const RX_BURST = 256;
+const NO_PEEK = (): Uint8Array | null => null;
+const NO_TAKE = (): void => {};
 
 /** Received frames whose used buffers may wait for the end of a burst (Receiver `more`) before they are published. */
 const RX_HOLD = 64;
@@ -238,7 +243,9 @@ export class VirtioNet implements VirtioDeviceModel {
         rxNoBuffers: m.counter(`${p}.rx_no_buffers`),
       };
     }
-    this.backend.attach((frame, more) => this.receive(frame, more));
+    const receiver: Receiver = (frame, more) => this.receive(frame, more);
+    receiver.burst = (peek, take) => this.receiveBurst(peek, take);
+    this.backend.attach(receiver);
   }
 
   get linkUp(): boolean {
@@ -427,6 +434,38 @@ export class VirtioNet implements VirtioDeviceModel {
     if (placed === undefined) this.rxHeld = 0; // the device failed: nothing more will be published
     return placed ?? false;
   }
+
+  /**
+   * Receiver.burst: frames from `peek` placed under one hold of the receive queue, at most RX_BURST, published
+   * and notified once at the end (or when a frame finds no buffer).
+   */
+  receiveBurst(peek: () => Uint8Array | null, take: () => void): number {
+    this.rxPeek = peek;
+    this.rxTake = take;
+    const n = this.ctx.withQueue(NET_RX_QUEUE, this.placeBurst);
+    this.rxPeek = NO_PEEK;
+    this.rxTake = NO_TAKE;
+    return n ?? 0;
+  }
+
+  private rxPeek: () => Uint8Array | null = NO_PEEK;
+  private rxTake: () => void = NO_TAKE;
+  private readonly placeBurst = (vq: Virtqueue | null): number => {
+    if (vq === null) return 0;
+    let n = 0;
+    try {
+      while (n < RX_BURST) {
+        const f = this.rxPeek();
+        if (f === null || !this.placeOne(vq, f)) break;
+        this.rxTake();
+        n++;
+      }
+    } finally {
+      // Frames placed are published even if a later one broke the device (as frame by frame they would be).
+      if (n > 0) this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+    }
+    return n;
+  };
 
   /**
    * Places one frame; then publishes the used buffers (and notifies) unless the backend said more frames follow
