@@ -607,6 +607,7 @@ export class VhostUserBackend {
   private stopRing(q: number): number {
     const r = this.rings[q] as Ring;
     if (r.started && this.device) {
+      this.finishInProgress(q, r.num);
       r.base = SplitQueue.indices(this.device.queueStateWords(q)).lastAvail;
       this.device.resetQueue(q);
     }
@@ -619,6 +620,21 @@ export class VhostUserBackend {
     // With every ring stopped the device goes back to reset, so a failed device can start again.
     if (!this.rings.some((x) => x.started)) this.device?.reset();
     return r.base;
+  }
+
+  /**
+   * The base GET_VRING_BASE returns counts every request taken from the ring, so one still in progress (a large
+   * blk request moves in slices) is served to its end before the ring stops: otherwise a front-end without an
+   * inflight buffer would never see it used. A request is at most a ring of size_max segments, so num + 16 slices
+   * finish any; past that (a front-end that keeps adding work meanwhile) it is dropped, and said so.
+   */
+  private finishInProgress(q: number, num: number): void {
+    const dev = this.device;
+    if (dev === null) return;
+    for (let i = 0; i < num + 16 && dev.hasUnfinished(q) && dev.running; i++) dev.notify(q);
+    if (dev.hasUnfinished(q)) {
+      this.opts.log(`vhost-user: vring ${q}: a request still in progress when the ring stopped is dropped`);
+    }
   }
 
   private interrupt(vector: number): void {

@@ -260,32 +260,43 @@ describe("vhost-user blk: inflight I/O tracking", () => {
     image.close();
   });
 
-  test("a clean stop (GET_VRING_BASE) mid-request keeps it in flight; the restarted ring finishes it", () => {
-    const { path, fe, first, image } = rig({ chains: 1, bytes: 4 * KiB });
-    fe.setup();
-    const inf = fe.getInflight();
-    assert.ok(inf);
-    assert.ok(fe.setInflight(inf.fd, inf.description));
-    assert.ok(fe.startRing(0));
-    const d = pattern(256 * KiB, 7);
-    const id = fe.write(0, 0, d);
-    fe.kickRing(0);
-    first.pump();
-    const r = fe.request(REQ.GET_VRING_BASE, new Uint8Array(8));
-    assert.ok(r);
-    const base = new DataView(r.payload.buffer, r.payload.byteOffset).getUint32(4, true);
-    assert.equal(base, 1);
-    assert.ok(fe.startRing(0, base));
-    first.pumpAll();
-    assert.deepEqual(
-      fe.results(0).map((x) => [x.id, x.status]),
-      [[id, 0]],
-    );
-    assert.deepEqual(new Uint8Array(readFileSync(path).subarray(0, d.length)), d);
-    fe.close();
-    native().close(inf.fd);
-    image.close();
-  });
+  for (const withBuffer of [true, false]) {
+    test(`GET_VRING_BASE in the middle of a request finishes it before the ring stops (${withBuffer ? "with" : "without"} an inflight buffer)`, () => {
+      const { path, disk, fe, first, image } = rig({ chains: 1, bytes: 4 * KiB });
+      fe.setup();
+      const inf = withBuffer ? fe.getInflight() : null;
+      if (inf) assert.ok(fe.setInflight(inf.fd, inf.description));
+      assert.ok(fe.startRing(0));
+      const d = pattern(256 * KiB, 7);
+      const id = fe.write(0, 0, d);
+      fe.kickRing(0);
+      first.pump();
+      assert.deepEqual(fe.results(0), [], "in progress after one turn");
+      assert.ok(disk.counts.writtenBytes < d.length);
+      const r = fe.request(REQ.GET_VRING_BASE, new Uint8Array(8));
+      assert.ok(r);
+      const base = new DataView(r.payload.buffer, r.payload.byteOffset).getUint32(4, true);
+      assert.equal(base, 1);
+      assert.deepEqual(
+        fe.results(0).map((x) => [x.id, x.status]),
+        [[id, 0]],
+        "used before GET_VRING_BASE answered",
+      );
+      assert.deepEqual(new Uint8Array(readFileSync(path).subarray(0, d.length)), d);
+      if (inf) assert.deepEqual(regionView(inf.fd, inf.description).inflightHeads(), []);
+      // The ring restarts at the base it was given; nothing is done again, and it goes on.
+      const written = disk.counts.writtenBytes;
+      assert.ok(fe.startRing(0, base));
+      first.pumpAll();
+      assert.deepEqual(fe.results(0), []);
+      assert.equal(disk.counts.writtenBytes, written);
+      fe.write(0, 1024, pattern(512, 8));
+      assert.equal(fe.run(0, 1)[0]?.status, 0);
+      fe.close();
+      if (inf) native().close(inf.fd);
+      image.close();
+    });
+  }
 });
 
 describe("vhost-user blk: hostile inflight buffers", () => {

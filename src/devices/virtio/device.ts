@@ -840,6 +840,14 @@ export class VirtioDevice {
     return this.words.subarray(b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS);
   }
 
+  /**
+   * Whether this object holds a chain of queue q its handler has not finished (it goes on in the next slice): a
+   * host about to stop the ring can serve it to its end first (vhost-user GET_VRING_BASE).
+   */
+  hasUnfinished(q: number): boolean {
+    return this.partial[q] !== undefined;
+  }
+
   // ---- queue processing -------------------------------------------------------------------------------------
 
   /**
