@@ -10,7 +10,7 @@ import {
   SinkBackend,
   zeroCounts,
 } from "../vhost-user/net-backends.ts";
-import { serveVhostUser } from "../vhost-user/server.ts";
+import { BUSY_POLL_MS, serveVhostUser } from "../vhost-user/server.ts";
 import { openTapNet } from "../vhost-user/tap-net.ts";
 import { cmdVhostUserBlk } from "./vhost-user-blk.ts";
 
@@ -111,6 +111,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     socketPath,
     once: values.once === true,
     log,
+    busyPollMs: BUSY_POLL_MS,
     input: tap?.backend.input(),
     model: () => new VirtioNet({ backend, name: "net0", queueSize }),
     onListening: () => log(`vhost-user net (${backend.name}) listening on ${socketPath}`),

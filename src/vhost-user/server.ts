@@ -30,6 +30,12 @@ export interface ServeOptions {
   stopFd?: number;
   /** Called once listening. */
   onListening?: () => void;
+  /**
+   * After a turn that moved a ring, serve the rings without waiting for a kick for this many milliseconds
+   * (default 0: sleep until the next kick). The device may use available buffers whenever it likes; a driver
+   * cannot tell a polling back-end from a fast one.
+   */
+  busyPollMs?: number;
   /** Called when a connection ends, with what its back-end did. */
   onConnectionEnd?: (stats: VhostUserBackend["stats"], reason: string) => void;
   /**
@@ -42,9 +48,10 @@ export interface ServeOptions {
 }
 
 /**
- * After a turn in which a ring moved, the loop keeps polling the rings without sleeping for this long (busy
- * polling, as DPDK's back-ends do all the time, and bounded, as the kernel's vhost-net busyloop is): on a loaded
- * machine a wake-up from poll(2) can cost a millisecond, far more than a ring of frames takes to serve.
+ * A good ServeOptions.busyPollMs for a net back-end: after a turn in which a ring moved, the loop keeps polling the
+ * rings without sleeping for this long (busy polling, as DPDK's back-ends do all the time, and bounded, as the
+ * kernel's vhost-net busyloop is): on a loaded machine a wake-up from poll(2) can cost a millisecond, far more
+ * than a ring of frames takes to serve.
  */
 export const BUSY_POLL_MS = 0.1;
 
@@ -132,6 +139,7 @@ export function serveVhostUser(opts: ServeOptions): void {
   let inputOwed = false;
   /** Until when (performance.now()) the rings are polled without sleeping: traffic moved recently. */
   let busyUntil = 0;
+  const busyPollMs = opts.busyPollMs ?? 0;
   /** ringProgress() at the end of the previous turn. */
   let lastProgress = 0;
   for (;;) {
@@ -199,7 +207,7 @@ export function serveVhostUser(opts: ServeOptions): void {
       if (busy) backend.pollRings();
       backend.afterWork();
       const progress = backend.ringProgress();
-      if (progress !== lastProgress || kicked) busyUntil = performance.now() + BUSY_POLL_MS;
+      if (busyPollMs > 0 && (progress !== lastProgress || kicked)) busyUntil = performance.now() + busyPollMs;
       lastProgress = progress;
     }
   }
