@@ -44,23 +44,28 @@ export function callApi(
   timeoutMs = 30_000,
 ): Promise<ApiAnswer> {
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, method, path, headers: { "content-length": 0 } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
-        } catch {
-          reject(
-            new VireoError(
-              "VIREO_API_ANSWER",
-              `the API answered ${res.statusCode} with no JSON: ${text.slice(0, 200)}`,
-            ),
-          );
-        }
-      });
-    });
+    // A connection per request (agent: false): Node 20's global agent keeps sockets alive, and a socket the server
+    // closed after its 5 s keep-alive timeout would be reused and fail with EPIPE.
+    const req = request(
+      { socketPath, method, path, agent: false, headers: { "content-length": 0, connection: "close" } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          try {
+            resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
+          } catch {
+            reject(
+              new VireoError(
+                "VIREO_API_ANSWER",
+                `the API answered ${res.statusCode} with no JSON: ${text.slice(0, 200)}`,
+              ),
+            );
+          }
+        });
+      },
+    );
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on("error", (e) =>
       reject(new VireoError("VIREO_API_UNREACHABLE", `cannot reach the API at ${socketPath}: ${e.message}`)),
