@@ -763,3 +763,242 @@ describe("e1000 against a hostile guest: transmit in slices, the rest continued 
     assert.equal(sent.length, MAX_TSO_SEGMENTS);
   });
 });
+
+describe("e1000 against a hostile guest: what the log says, and register edges", () => {
+  /** A raw extended data descriptor (SDM §3.3.7): DTALEN, DTYP 1, DCMD, POPTS. */
+  function dataDesc(addr: number, len: number, dcmd: number, popts = 0): Uint8Array {
+    const d = new Uint8Array(16);
+    const v = new DataView(d.buffer);
+    v.setBigUint64(0, BigInt(addr), true);
+    v.setUint32(8, (len & 0xfffff) | (1 << 20) | ((dcmd | 0x20) << 24), true);
+    d[13] = popts;
+    return d;
+  }
+  const tso = {
+    ipcss: 14,
+    ipcso: 24,
+    ipcse: 33,
+    tucss: 34,
+    tucso: 50,
+    hdrlen: 54,
+    paylen: 2000,
+    tucmd: TUCMD.TSE | TUCMD.TCP | TUCMD.IP,
+  };
+
+  // Each scenario on a fresh device: the first log line of the error kind, with the values that explain it.
+  const scenarios: Array<[string, (n: ReturnType<typeof txReady>) => void, RegExp]> = [
+    [
+      "TDLEN",
+      ({ drv }) => drv.w32(REG.TDLEN, 8 * 16 + 5),
+      /^e1000: TDLEN 0x85 is not a multiple of 128 \[tx-ring-len; later occurrences are only counted\]$/,
+    ],
+    [
+      "RDLEN",
+      ({ drv }) => drv.w32(REG.RDLEN, 8 * 16 + 5),
+      /^e1000: RDLEN 0x85 is not a multiple of 128 \[rx-ring-len;/,
+    ],
+    [
+      "TDLEN 0",
+      ({ drv }) => {
+        drv.w32(REG.TDLEN, 0);
+        drv.w32(REG.TDT, 1);
+      },
+      /^e1000: TDLEN is 0 while the unit is enabled \[tx-ring-empty;/,
+    ],
+    [
+      "TDT past the ring",
+      ({ drv }) => drv.w32(REG.TDT, 9),
+      /^e1000: TDH 0 \/ TDT 9 outside a 8-descriptor ring \[/,
+    ],
+    [
+      "a ring above 4 GiB (TDBAH 1)",
+      ({ drv }) => {
+        drv.w32(REG.TDBAH, 1);
+        drv.w32(REG.TDBAL, 0x1000);
+        drv.w32(REG.TDT, 1);
+      },
+      /^e1000: transmit descriptor at 0x100001000 is outside guest RAM \[tx-ring-dma;/,
+    ],
+    [
+      "a reserved descriptor type",
+      ({ drv }) => {
+        const d = new Uint8Array(16);
+        new DataView(d.buffer).setUint32(8, (0xf << 20) | (0x29 << 24), true);
+        drv.putRawTx(d);
+        drv.putRawTx(d);
+        drv.kick();
+      },
+      /^e1000: transmit descriptor at 0x[0-9a-f]+ has reserved type 15 \[tx-desc-type;/,
+    ],
+    [
+      "no EOP",
+      ({ drv }) => {
+        for (let round = 0; round < 2; round++) {
+          for (let k = 0; k < 7; k++) drv.putRawTx(legacyDesc(BigInt(drv.stage(pattern(64))), 64, 0x02));
+          drv.kick();
+        }
+      },
+      /^e1000: a packet ran through all 8 descriptors without EOP; packet dropped \[tx-no-eop;/,
+    ],
+    [
+      "oversize",
+      ({ drv }) =>
+        drv.sendLegacy([pattern(4096), pattern(4096), pattern(4096), pattern(4096), pattern(4096)]),
+      /^e1000: packet grew past 16384 bytes; packet dropped \[tx-oversize;/,
+    ],
+    [
+      "a buffer outside RAM",
+      ({ drv }) => {
+        drv.putRawTx(legacyDesc(BigInt(MEM_SIZE - 10), 100, 0x0b));
+        drv.kick();
+      },
+      /^e1000: transmit buffer 0x3ffff6\+100 is outside guest RAM; packet dropped \[tx-dma;/,
+    ],
+    [
+      "an empty packet",
+      ({ drv }) => {
+        drv.putRawTx(legacyDesc(0n, 0, 0x0b));
+        drv.kick();
+      },
+      /^e1000: end of packet with no data \[tx-empty-packet;/,
+    ],
+    [
+      "TSO without a context",
+      ({ drv }) => {
+        drv.queueData([ipv4TcpFrame(pattern(100))], { tse: true, popts: POPTS.TXSM });
+        drv.kick();
+      },
+      /^e1000: TCP segmentation data without a segmentation context; packet dropped \[tso-no-context;/,
+    ],
+    [
+      "PAYLEN against the data",
+      ({ drv }) => {
+        drv.queueContext({ ...tso, mss: 1000 });
+        drv.queueData([ipv4TcpFrame(pattern(1500))], { tse: true, popts: POPTS.TXSM });
+        drv.kick();
+      },
+      /^e1000: PAYLEN 2000 but 1500 payload bytes \[tso-paylen;/,
+    ],
+    [
+      "MSS 0",
+      ({ drv }) => {
+        drv.queueContext({ ...tso, mss: 0 });
+        drv.queueData([ipv4TcpFrame(pattern(2000))], { tse: true, popts: POPTS.TXSM });
+        drv.kick();
+      },
+      /^e1000: bad segmentation context \(MSS 0, HDRLEN 54, packet 2054\); packet dropped \[tso-mss-zero;/,
+    ],
+    [
+      "a legacy checksum outside the packet",
+      ({ drv }) => drv.sendLegacy([frame()], { ic: { css: 200, cso: 10 } }),
+      /^e1000: legacy checksum CSS 200 \/ CSO 10 outside a 114-byte packet \[tx-csum-range;/,
+    ],
+    [
+      "checksum offload without a context",
+      ({ drv }) => {
+        drv.queueData([frame()], { popts: POPTS.TXSM });
+        drv.kick();
+      },
+      /^e1000: checksum offload requested without a context; sent as is \[tx-no-context;/,
+    ],
+    [
+      "a context checksum outside the packet",
+      ({ drv }) => {
+        drv.queueContext({ ipcss: 14, ipcso: 250, tucss: 34, tucso: 50, tucmd: TUCMD.TCP });
+        drv.queueData([frame()], { popts: POPTS.IXSM | POPTS.TXSM });
+        drv.kick();
+      },
+      /^e1000: checksum context outside a 114-byte packet \[tx-csum-range;/,
+    ],
+  ];
+  for (const [name, act, re] of scenarios) {
+    test(`log: ${name}`, () => {
+      const nic = txReady(8);
+      act(nic);
+      assert.equal(nic.logs.length, 1, nic.logs.join("\n"));
+      assert.match(nic.logs[0] as string, re);
+    });
+  }
+
+  test("log: RDLEN 0 with the receiver on; the write of an unknown register", () => {
+    const { drv, wire, logs } = rxReady({ count: 8 });
+    drv.w32(REG.RDLEN, 0);
+    wire.send(toNic());
+    assert.match(logs[0] ?? "", /^e1000: RDLEN is 0 while the unit is enabled \[rx-ring-empty;/);
+    drv.w32(0x1234, 1);
+    assert.match(logs[1] ?? "", /^e1000: write of unknown register 0x1234 \(reads as 0, writes ignored\)$/);
+    assert.equal(drv.r32(0x1234), 0);
+  });
+
+  test("RDLEN keeps only bits 19:7, as TDLEN does", () => {
+    const { drv, dev } = makeNic();
+    drv.w32(REG.RDLEN, 8 * 16 + 5);
+    assert.equal(drv.r32(REG.RDLEN), 128);
+    drv.w32(REG.RDLEN, 0xffffffff);
+    assert.equal(drv.r32(REG.RDLEN), 0xfff80);
+    assert.equal(dev.errorCounts()["rx-ring-len"], 2);
+  });
+
+  test("enabling TCTL with an empty, unconfigured ring (TDH = TDT, TDLEN 0) is no error", () => {
+    const { drv, dev } = makeNic();
+    drv.reset();
+    drv.w32(REG.TCTL, TCTL_EN | TCTL_PSP);
+    drv.w32(REG.TDT, 0);
+    assert.deepEqual(dev.errorCounts(), {});
+  });
+
+  test("an extended EOP with no data, or TSO data without a context: TDH passes it and DD is written at once", () => {
+    for (const make of [
+      (drv: E1000Driver) => drv.putRawTx(dataDesc(0, 0, 0x01 | 0x08)),
+      (drv: E1000Driver) => drv.queueData([ipv4TcpFrame(pattern(100))], { tse: true, popts: POPTS.TXSM }),
+    ]) {
+      const { drv, dev, sent } = txReady(8);
+      const i = make(drv);
+      drv.kick();
+      assert.equal(drv.r32(REG.TDH), drv.txTail, "TDH reached TDT within the TDT write");
+      assert.equal(drv.txDone(i), true);
+      assert.equal(dev.nextDeadline(), undefined, "no work left for later");
+      assert.equal(sent.length, 0);
+      drv.sendLegacy([frame(5)]);
+      assert.deepEqual(sent, [frame(5)]);
+    }
+  });
+
+  test("a buffer address's high dword counts: the frame's bytes 4 GiB up are outside RAM, not read low", () => {
+    const { drv, dev, sent } = txReady(8);
+    const f = frame(7);
+    drv.putRawTx(legacyDesc(BigInt(2 ** 32 + drv.stage(f)), f.length, 0x0b));
+    drv.kick();
+    assert.equal(sent.length, 0);
+    assert.equal(dev.errorCounts()["tx-dma"], 1);
+  });
+
+  test("an extended data packet with POPTS 0 and no context loaded is sent as is, without an error", () => {
+    const { drv, dev, sent } = txReady(8);
+    drv.queueData([frame(6)], { popts: 0 });
+    drv.kick();
+    assert.deepEqual(sent, [frame(6)]);
+    assert.deepEqual(dev.errorCounts(), {});
+  });
+
+  test("CTRL.PHY_RST resets the PHY when it is set, not on every CTRL write", () => {
+    const { drv } = makeNic();
+    assert.equal(drv.phyWrite(4, 0x0de1), true);
+    const ctrl = drv.r32(REG.CTRL);
+    drv.w32(REG.CTRL, ctrl);
+    assert.equal(drv.phyRead(4).value, 0x0de1, "a CTRL write without PHY_RST");
+    drv.w32(REG.CTRL, ctrl | (1 << 31));
+    assert.equal(drv.phyRead(4).value, 0x01e1, "PHY_RST set: defaults");
+    drv.phyWrite(4, 0x0de1);
+    drv.w32(REG.CTRL, ctrl | (1 << 31));
+    assert.equal(drv.phyRead(4).value, 0x0de1, "PHY_RST still set: no new reset");
+  });
+
+  test("ITR keeps 16 bits; every VFTA entry keeps all 32 (RAH's mask is for RAH only)", () => {
+    const { drv } = makeNic();
+    drv.w32(REG.ITR, 0xffffffff);
+    assert.equal(drv.r32(REG.ITR), 0xffff);
+    for (let k = 0; k < 128; k++) drv.w32(REG.VFTA + 4 * k, 0xffffffff - k);
+    for (let k = 0; k < 128; k++) assert.equal(drv.r32(REG.VFTA + 4 * k), 0xffffffff - k, `VFTA[${k}]`);
+  });
+});
