@@ -930,6 +930,39 @@ describe("e1000 against a hostile guest: what the log says, and register edges",
     assert.equal(drv.r32(0x1234), 0);
   });
 
+  test("log: the receive errors, with the values that explain them", () => {
+    const index = rxReady({ count: 8 });
+    index.drv.w32(REG.RDT, 100);
+    index.wire.send(toNic());
+    assert.match(
+      index.logs[0] ?? "",
+      /^e1000: RDH 0 \/ RDT 100 outside a 8-descriptor ring \[rx-ring-index;/,
+    );
+
+    const big = rxReady({ count: 8, rctl: RCTL.BAM | RCTL.LPE | (3 << 16), bufSize: 256 });
+    big.wire.send(toNic(3000));
+    assert.match(
+      big.logs[0] ?? "",
+      /^e1000: a 3018-byte frame needs 12 buffers of 256 \[rx-frame-exceeds-ring;/,
+    );
+
+    const ring = rxReady({ count: 8 });
+    ring.drv.w32(REG.RDBAL, MEM_SIZE);
+    ring.wire.send(toNic());
+    assert.match(
+      ring.logs[0] ?? "",
+      /^e1000: receive descriptor at 0x400000 is outside guest RAM; frame dropped \[rx-ring-dma;/,
+    );
+
+    const buf = rxReady({ count: 8, rctl: RCTL.BAM | (3 << 16), bufSize: 256 });
+    buf.mem.writeU64(buf.drv.rxDescAddr(1), BigInt(MEM_SIZE - 100));
+    buf.wire.send(toNic(600));
+    assert.match(
+      buf.logs[0] ?? "",
+      /^e1000: receive buffer 0x3fff9c\+256 is outside guest RAM; frame dropped \[rx-dma;/,
+    );
+  });
+
   test("RDLEN keeps only bits 19:7, as TDLEN does", () => {
     const { drv, dev } = makeNic();
     drv.w32(REG.RDLEN, 8 * 16 + 5);
