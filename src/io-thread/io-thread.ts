@@ -7,10 +7,12 @@
  *
  * The device is the same code a vCPU thread would run (src/devices/virtio), built here over the shared state.
  */
+
 import { parentPort, workerData } from "node:worker_threads";
 import { Bus } from "../bus/bus.ts";
 import { monotonicMs } from "../devices/e1000/e1000.ts";
 import { VirtioNet } from "../devices/virtio/net.ts";
+import { DEFAULT_NOTIFY_BUDGET } from "../devices/virtio/work-budget.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
@@ -26,6 +28,9 @@ import {
   transportFor,
 } from "../vmm/pci-devices.ts";
 import { DATA_PLANE } from "./remote-queues.ts";
+
+/** Frames taken from a TAP per turn of the loop (a host flooding the TAP gets a budget's worth, then others run). */
+const TAP_FRAMES_PER_TURN = DEFAULT_NOTIFY_BUDGET.chains;
 
 export interface IoThreadData {
   spec: DataPlaneDeviceSpec;
@@ -86,8 +91,9 @@ function virtioPlane(
         // DRIVER_OK (again): virtio-net's offloads, pending transmits and receive; pending requests for blk.
         transport.device.activate();
       } else {
-        // Another thread saw the driver post receive buffers.
-        backend?.rxReady();
+        // Another thread saw the driver post receive buffers. At most one budget of frames: the rest stays in the
+        // TAP, whose fd poll(2) then reports readable at once.
+        backend?.pump(TAP_FRAMES_PER_TURN);
       }
     },
     kicks: spec.dataPlane.kicks.map((fd, q) => ({
@@ -97,7 +103,11 @@ function virtioPlane(
         transport.notify(q);
       },
     })),
-    input: backend && { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
+    input: backend && {
+      fd: backend.fd,
+      wants: () => backend.wantsInput(),
+      onReadable: () => backend.pump(TAP_FRAMES_PER_TURN),
+    },
     timeoutMs: () => -1,
     onTimer: () => {},
     close: () => backend?.close(),
@@ -111,10 +121,14 @@ function e1000Plane(spec: Extract<DataPlaneDeviceSpec, { kind: "e1000" }>, ctx: 
   return {
     onWake: () => {
       nic.poll();
-      backend.rxReady();
+      backend.pump(TAP_FRAMES_PER_TURN);
     },
     kicks: [],
-    input: { fd: backend.fd, wants: () => backend.wantsInput(), onReadable: () => backend.pump() },
+    input: {
+      fd: backend.fd,
+      wants: () => backend.wantsInput(),
+      onReadable: () => backend.pump(TAP_FRAMES_PER_TURN),
+    },
     timeoutMs: () => {
       const at = nic.nextDeadline();
       return at === undefined ? -1 : Math.max(0, Math.ceil(at - monotonicMs()));
