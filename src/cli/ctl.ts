@@ -21,7 +21,7 @@ Options:
   -h, --help          this help
 
 Exit status: 0 on success; 1 if the API answered with an error (its message on stderr); 125 if the socket could
-not be reached.`;
+not be reached or the command line is wrong.`;
 
 const VERBS: Record<string, { method: string; path: string }> = {
   info: { method: "GET", path: "/v1/vm" },

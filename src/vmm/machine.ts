@@ -366,9 +366,8 @@ export class Machine {
           await stopped;
           throw e;
         }
-        const server = api;
-        cleanups.push(() => void server.close());
       }
+      // `stopped` never rejects, so the server is always closed here, once, when every vCPU has stopped.
       await stopped;
       await api?.close();
       await io?.stop();
