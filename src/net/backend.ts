@@ -29,6 +29,12 @@ export interface Receiver {
    * the burst: `peek` and `take` must not call into the device.
    */
   burst?: (peek: () => Uint8Array | null, take: () => void) => number;
+  /**
+   * Optional, where the device offers it: publishes (and notifies) the frames held back by earlier calls with
+   * `more`, for a backend that only learns a burst has ended after its last frame went in (a switch ends its
+   * batch when the source's slice is done).
+   */
+  flush?: () => void;
 }
 
 export interface NetBackend {

@@ -134,6 +134,26 @@ describe("virtio-net: a burst of received frames moves the ring once", () => {
     assert.equal(rx.usedChains().length, 3);
   });
 
+  test("Receiver.flush publishes the held frames with one interrupt, and does nothing when none is held", () => {
+    const { rig, rx, offer } = startNet(16);
+    for (let i = 0; i < 8; i++) rx.addChain([], [HDR + 100]);
+    const irqs = () => rig.msis.length + rig.intx.filter(Boolean).length;
+    const before = irqs();
+    for (let i = 0; i < 5; i++) assert.equal(offer(bytes(60, i), true), true);
+    assert.equal(rx.usedChains().length, 0, "held while more follow");
+    const receiver = (rig.model.backend as ManualBackend).receiver as Receiver;
+    assert.ok(receiver.flush, "virtio-net offers flush");
+    receiver.flush();
+    assert.deepEqual(
+      rx.usedChains().map((u) => u.written.subarray(HDR)),
+      [0, 1, 2, 3, 4].map((i) => bytes(60, i)),
+    );
+    assert.equal(irqs(), before + 1, "one interrupt for the five");
+    receiver.flush();
+    assert.equal(rx.usedChains().length, 0);
+    assert.equal(irqs(), before + 1, "nothing held: no interrupt");
+  });
+
   test("at most 64 frames are held however long the burst", () => {
     const { rx, offer } = startNet(128);
     for (let i = 0; i < 100; i++) rx.addChain([], [HDR + 100]);

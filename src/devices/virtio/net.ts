@@ -245,6 +245,7 @@ export class VirtioNet implements VirtioDeviceModel {
     }
     const receiver: Receiver = (frame, more) => this.receive(frame, more);
     receiver.burst = (peek, take) => this.receiveBurst(peek, take);
+    receiver.flush = () => this.flushReceived();
     this.backend.attach(receiver);
   }
 
@@ -434,6 +435,18 @@ export class VirtioNet implements VirtioDeviceModel {
     if (placed === undefined) this.rxHeld = 0; // the device failed: nothing more will be published
     return placed ?? false;
   }
+
+  /** Receiver.flush: publishes the used buffers of frames placed with `more` and not yet published. */
+  flushReceived(): void {
+    if (this.rxHeld === 0) return;
+    this.ctx.withQueue(NET_RX_QUEUE, this.publishHeld);
+  }
+
+  private readonly publishHeld = (vq: Virtqueue | null): void => {
+    const held = this.rxHeld;
+    this.rxHeld = 0;
+    if (vq !== null && held > 0) this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+  };
 
   /**
    * Receiver.burst: frames from `peek` placed under one hold of the receive queue, at most RX_BURST, published
