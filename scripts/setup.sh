@@ -9,7 +9,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # Debian packages: compilers for the addon, the micro guest and the reference VMM; Linux headers for <linux/kvm.h>;
 # kmod (depmod) and dpkg-deb for guest images; cpio and acpica-tools (iasl) as independent checkers in tests;
 # QEMU for the real-KVM harness (test/slow); DPDK's testpmd as a vhost-user front-end vireo did not write
-# (test/unit/vhost-user-dpdk.test.ts); tcpdump to read back the switch's pcap captures (test/unit/switch-pcap.test.ts).
+# (test/unit/vhost-user-dpdk.test.ts); tcpdump to read back the switch's pcap captures (test/unit/switch-pcap.test.ts);
+# netsniff-ng's trafgen to load a Linux bridge in `vireo bench switch` (bench/switch.ts).
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
@@ -22,6 +23,7 @@ command -v iasl >/dev/null || need+=(acpica-tools)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v trafgen >/dev/null || need+=(netsniff-ng)
 apt_updated=0
 if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
