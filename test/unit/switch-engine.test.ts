@@ -1,0 +1,300 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import type { FrameInfo } from "../../src/switch/frame.ts";
+import { type PortIo, Switch, SwitchError, type VlanConfig } from "../../src/switch/switch.ts";
+
+/** A port whose peer is an array: what was delivered, and how many flushes. */
+class TestIo implements PortIo {
+  readonly kind = "test";
+  frames: Uint8Array[] = [];
+  flushes = 0;
+  room = Number.POSITIVE_INFINITY;
+  connected = true;
+  closed = false;
+  deliver(frame: Uint8Array, _more: boolean): boolean | null {
+    if (!this.connected) return null;
+    if (this.frames.length >= this.room) return false;
+    this.frames.push(frame.slice());
+    return true;
+  }
+  flush(): void {
+    this.flushes++;
+  }
+  close(): void {
+    this.closed = true;
+  }
+}
+
+function mac(n: number): number[] {
+  return [0x52, 0x54, 0, 0, (n >> 8) & 0xff, n & 0xff];
+}
+const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+function frame(
+  dst: number[],
+  src: number[],
+  opts: { vlan?: number; pcp?: number; len?: number; fill?: number } = {},
+) {
+  const head = [...dst, ...src];
+  if (opts.vlan !== undefined)
+    head.push(0x81, 0x00, ((opts.pcp ?? 0) << 5) | (opts.vlan >> 8), opts.vlan & 0xff);
+  head.push(0x08, 0x00);
+  const f = new Uint8Array(Math.max(opts.len ?? 60, head.length));
+  f.set(head);
+  f.fill(opts.fill ?? 0xab, head.length);
+  return f;
+}
+
+function rig(ports: Array<[string, VlanConfig?]>, now = { t: 0 }) {
+  const sw = new Switch({ now: () => now.t, batchFrames: 8 });
+  const io: Record<string, TestIo> = {};
+  for (const [name, vlan] of ports) {
+    io[name] = new TestIo();
+    sw.addPort(name, io[name] as TestIo, vlan);
+  }
+  const send = (name: string, f: Uint8Array) => {
+    const p = sw.port(name);
+    assert.ok(p);
+    sw.receive(p.index, f, 0, f.length);
+  };
+  return { sw, io, send, now };
+}
+
+describe("vireo switch: learning and flooding", () => {
+  test("unknown unicast and broadcast flood to every other port; learned addresses go to one port", () => {
+    const { sw, io, send } = rig([["a"], ["b"], ["c"]]);
+    send("a", frame(mac(2), mac(1)));
+    sw.endBatch();
+    assert.equal(io.a?.frames.length, 0, "never back to the source");
+    assert.equal(io.b?.frames.length, 1);
+    assert.equal(io.c?.frames.length, 1);
+    send("b", frame(mac(1), mac(2)));
+    sw.endBatch();
+    assert.equal(io.a?.frames.length, 1, "learned: a only");
+    assert.equal(io.c?.frames.length, 1);
+    send("c", frame(BCAST, mac(3)));
+    sw.endBatch();
+    assert.equal(io.a?.frames.length, 2);
+    assert.equal(io.b?.frames.length, 2);
+    // Multicast (group bit) floods too, and a group source address is never learned.
+    send("a", frame([0x01, 0x00, 0x5e, 0, 0, 1], [0x01, 0, 0, 0, 0, 9]));
+    sw.endBatch();
+    assert.equal(io.b?.frames.length, 3);
+    assert.equal(io.c?.frames.length, 2);
+    assert.equal(sw.macs.size, 3);
+  });
+
+  test("a frame is delivered byte for byte, and the source's later rewrite of its buffer does not change it", () => {
+    const { sw, io, send } = rig([["a"], ["b"]]);
+    const f = frame(mac(2), mac(1), { len: 1514, fill: 0x11 });
+    const expect = f.slice();
+    send("a", f);
+    f.fill(0x99); // the guest rewrites its buffer before the batch is forwarded
+    sw.endBatch();
+    assert.deepEqual(io.b?.frames[0], expect);
+  });
+
+  test("a batch is flushed once per destination, and a full batch forwards before the turn ends", () => {
+    const { sw, io, send } = rig([["a"], ["b"], ["c"]]);
+    send("b", frame(BCAST, mac(2)));
+    send("c", frame(BCAST, mac(3)));
+    sw.endBatch();
+    const before = { b: io.b?.flushes, c: io.c?.flushes };
+    for (let i = 0; i < 5; i++) send("a", frame(mac(2), mac(1)));
+    for (let i = 0; i < 2; i++) send("a", frame(mac(3), mac(1)));
+    assert.equal(io.b?.frames.length, 1, "staged, not yet forwarded");
+    sw.endBatch();
+    assert.equal(io.b?.frames.length, 6);
+    assert.equal(io.c?.frames.length, 3);
+    assert.equal(io.b?.flushes, (before.b as number) + 1);
+    assert.equal(io.c?.flushes, (before.c as number) + 1);
+    for (let i = 0; i < 8; i++) send("a", frame(mac(2), mac(1)));
+    assert.equal(io.b?.frames.length, 14, "batchFrames (8) reached: forwarded at once");
+  });
+
+  test("a full destination drops and counts; nothing queues", () => {
+    const { sw, io, send } = rig([["a"], ["b"]]);
+    (io.b as TestIo).room = 3;
+    for (let i = 0; i < 5; i++) send("a", frame(BCAST, mac(1)));
+    sw.endBatch();
+    assert.equal(io.b?.frames.length, 3);
+    const b = sw.port("b")?.counters;
+    assert.equal(b?.drops.noBuffers, 2);
+    assert.equal(b?.txFrames, 3);
+    (io.b as TestIo).room = 100;
+    sw.endBatch();
+    assert.equal(io.b?.frames.length, 3, "the dropped frames are gone");
+  });
+
+  test("runts and oversized frames are dropped as malformed", () => {
+    const { sw, send } = rig([["a"], ["b"]]);
+    send("a", new Uint8Array(13));
+    send("a", new Uint8Array(65535 + 19));
+    send("a", frame(mac(2), mac(1), { vlan: 5 }).subarray(0, 17));
+    sw.endBatch();
+    const a = sw.port("a")?.counters;
+    assert.equal(a?.drops.malformed, 3);
+    assert.equal(sw.port("b")?.counters.txFrames, 0);
+  });
+
+  test("entries age out: after ageMs the station is unknown again and its frames flood", () => {
+    const now = { t: 0 };
+    const sw = new Switch({ now: () => now.t, macTable: { ageMs: 1000 } });
+    const io = [new TestIo(), new TestIo(), new TestIo()];
+    io.forEach((x, i) => sw.addPort(`p${i}`, x));
+    sw.receive(1, frame(BCAST, mac(2)), 0, 60);
+    sw.endBatch();
+    sw.receive(0, frame(mac(2), mac(1)), 0, 60);
+    sw.endBatch();
+    assert.equal(io[2]?.frames.length, 1, "only the broadcast");
+    now.t = 1500;
+    sw.receive(0, frame(mac(2), mac(1)), 0, 60);
+    sw.endBatch();
+    assert.equal(io[2]?.frames.length, 2, "aged out: flooded");
+    assert.equal(sw.macs.entries(now.t).length, 1, "only mac(1), refreshed at 1500");
+  });
+});
+
+describe("vireo switch: VLANs", () => {
+  test("no frame crosses VLANs, tags are added for trunks and stripped for access ports", () => {
+    const { sw, io, send } = rig([
+      ["a10", { mode: "access", vlan: 10 }],
+      ["b10", { mode: "access", vlan: 10 }],
+      ["c20", { mode: "access", vlan: 20 }],
+      ["t", { mode: "trunk", vlans: [10, 20] }],
+    ]);
+    send("a10", frame(BCAST, mac(1), { pcp: 0 }));
+    sw.endBatch();
+    assert.equal(io.b10?.frames.length, 1);
+    assert.equal(io.c20?.frames.length, 0, "VLAN 20 sees nothing of VLAN 10");
+    const tagged = io.t?.frames[0] as Uint8Array;
+    assert.deepEqual(
+      [...tagged.subarray(12, 16)],
+      [0x81, 0x00, 0x00, 10],
+      "trunk gets it tagged with VLAN 10",
+    );
+    assert.equal(tagged.length, 64);
+    assert.deepEqual(tagged.subarray(16), (io.b10?.frames[0] as Uint8Array).subarray(12));
+    // From the trunk, tagged 20, priority 5: only c20 gets it, untagged.
+    send("t", frame(BCAST, mac(9), { vlan: 20, pcp: 5 }));
+    sw.endBatch();
+    assert.equal(io.c20?.frames.length, 1);
+    assert.equal(io.a10?.frames.length, 0);
+    assert.deepEqual([...(io.c20?.frames[0] as Uint8Array).subarray(12, 14)], [0x08, 0x00]);
+    assert.equal(io.c20?.frames[0]?.length, 56, "60 bytes with the tag, 56 without");
+    // A VLAN the trunk does not carry, and an untagged frame on a trunk without a native VLAN: dropped.
+    send("t", frame(BCAST, mac(9), { vlan: 30 }));
+    send("t", frame(BCAST, mac(9)));
+    sw.endBatch();
+    assert.equal(sw.port("t")?.counters.drops.vlan, 2);
+    // An access port's peer cannot pick another VLAN with a tag (VLAN hopping).
+    send("a10", frame(BCAST, mac(1), { vlan: 20 }));
+    sw.endBatch();
+    assert.equal(io.c20?.frames.length, 1);
+    assert.equal(sw.port("a10")?.counters.drops.vlan, 1);
+    // A priority tag (VID 0) on an access port is its own VLAN.
+    send("a10", frame(BCAST, mac(1), { vlan: 0, pcp: 3 }));
+    sw.endBatch();
+    assert.equal(io.b10?.frames.length, 2);
+    assert.deepEqual([...(io.t?.frames.at(-1) as Uint8Array).subarray(12, 16)], [0x81, 0x00, 0x60, 10]);
+  });
+
+  test("the same MAC in two VLANs is two stations", () => {
+    const { sw, io, send } = rig([
+      ["a10", { mode: "access", vlan: 10 }],
+      ["a20", { mode: "access", vlan: 20 }],
+      ["t", { mode: "trunk", vlans: [10, 20] }],
+    ]);
+    send("a10", frame(BCAST, mac(1)));
+    send("a20", frame(BCAST, mac(1)));
+    sw.endBatch();
+    send("t", frame(mac(1), mac(7), { vlan: 20 }));
+    sw.endBatch();
+    assert.equal(io.a20?.frames.length, 1);
+    assert.equal(io.a10?.frames.length, 0);
+  });
+
+  test("bad VLAN ids are refused", () => {
+    const sw = new Switch();
+    assert.throws(() => sw.addPort("x", new TestIo(), { mode: "access", vlan: 4095 }), SwitchError);
+    assert.throws(() => sw.addPort("y", new TestIo(), { mode: "trunk", vlans: [0] }), SwitchError);
+  });
+});
+
+describe("vireo switch: ports and interposition hooks", () => {
+  test("a detached port gets nothing more, even with frames staged for it, and its stations are forgotten", () => {
+    const { sw, io, send } = rig([["a"], ["b"], ["c"]]);
+    send("b", frame(BCAST, mac(2)));
+    sw.endBatch();
+    send("a", frame(mac(2), mac(1)));
+    const removed = sw.removePort("b");
+    assert.equal(io.b?.frames.length, 1, "the staged frame went out before the detach");
+    assert.ok(io.b?.closed);
+    send("a", frame(mac(2), mac(1)));
+    sw.endBatch();
+    assert.equal(io.b?.frames.length, 1);
+    assert.equal(io.c?.frames.length, 2, "unknown again: flooded to the ports left");
+    assert.equal(sw.macs.lookup(1, 0x5254, 2, 0), -1);
+    assert.equal(removed.name, "b");
+    assert.throws(() => sw.removePort("b"), /no port b/);
+  });
+
+  test("a unicast frame to a port whose peer is gone counts noConnection; floods do not", () => {
+    const { sw, io, send } = rig([["a"], ["b"]]);
+    send("b", frame(BCAST, mac(2)));
+    sw.endBatch();
+    (io.b as TestIo).connected = false;
+    send("a", frame(mac(2), mac(1)));
+    send("a", frame(BCAST, mac(1)));
+    sw.endBatch();
+    assert.equal(sw.port("b")?.counters.drops.noConnection, 1);
+  });
+
+  test("ingress and egress filters see the parsed frame with its VLAN; rate limits and capture are applied", () => {
+    const { sw, io, send } = rig([
+      ["a", { mode: "access", vlan: 7 }],
+      ["b", { mode: "access", vlan: 7 }],
+    ]);
+    const seen: Array<[number, number]> = [];
+    const a = sw.port("a");
+    const b = sw.port("b");
+    assert.ok(a && b);
+    a.ingress.filter = {
+      check: (info: FrameInfo) => {
+        seen.push([info.srcLo & 0xffff, info.vlan]);
+        return (info.srcLo & 0xffff) === 1;
+      },
+    };
+    let budget = 2;
+    b.egress.rate = { admit: () => budget-- > 0 };
+    const captured: number[] = [];
+    a.capture = { write: (_b, _o, len) => captured.push(len), flush() {}, close() {} };
+    send("a", frame(BCAST, mac(1)));
+    send("a", frame(BCAST, mac(66)));
+    send("a", frame(BCAST, mac(1), { len: 100 }));
+    send("a", frame(BCAST, mac(1), { len: 70 }));
+    sw.endBatch();
+    assert.deepEqual(seen, [
+      [1, 7],
+      [66, 7],
+      [1, 7],
+      [1, 7],
+    ]);
+    assert.equal(a.counters.drops.filter, 1);
+    assert.equal(io.b?.frames.length, 2);
+    assert.equal(b.counters.drops.rateLimit, 1);
+    assert.deepEqual(captured, [60, 60, 100, 70], "ingress capture sees every frame as received");
+  });
+
+  test("mirroring copies what a port receives and is sent to the mirror port", () => {
+    const { sw, io, send } = rig([["a"], ["b"], ["m", { mode: "access", vlan: 99 }]]);
+    const a = sw.port("a");
+    assert.ok(a);
+    a.mirrorTo = sw.port("m")?.index as number;
+    send("a", frame(BCAST, mac(1)));
+    send("b", frame(mac(1), mac(2)));
+    sw.endBatch();
+    assert.equal(io.m?.frames.length, 2, "one in, one out");
+    assert.equal(io.b?.frames.length, 1);
+  });
+});
