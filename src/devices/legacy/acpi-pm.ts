@@ -43,6 +43,13 @@ import {
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import {
+  checkFields,
+  type DeviceState,
+  type StateField,
+  StateReader,
+  saveFields,
+} from "../../shared/device-state.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { attachSharedState } from "../../shared/shared-state.ts";
 
@@ -123,6 +130,23 @@ const STATE_BYTES = 32;
 const F_SCI_LEVEL = 0x01;
 
 const MAGIC = 0x41504d31; // "APM1"
+
+/**
+ * The shared state for snapshots, but the lock and magic words and the timer's last evaluated half: the PM timer
+ * counts the host's monotonic clock, which does not carry over to another process, so a restored device starts
+ * its TMR_STS tracking afresh (docs/snapshot.md).
+ */
+const STATE_FIELDS: readonly StateField[] = [
+  { name: "status", at: S_STS, type: "u16", max: PM1_STS_MASK },
+  { name: "enable", at: S_EN, type: "u16", max: PM1_EN_MASK },
+  { name: "control", at: S_CNT, type: "u16", max: PM1_CNT_STORED },
+  { name: "flags", at: S_FLAGS, type: "u8", max: F_SCI_LEVEL },
+  { name: "timerBits", at: S_TIMER_BITS, type: "u8", min: 24, max: 32 },
+  { name: "s5SlpTyp", at: S_S5_SLP_TYP, type: "u8", max: 7 },
+  { name: "resetValue", at: S_RESET_VALUE, type: "u8" },
+];
+const STATE_KIND = "acpi-pm";
+const STATE_VERSION = 1;
 
 const NS_PER_SECOND = 1_000_000_000n;
 
@@ -264,6 +288,34 @@ export class AcpiPm implements BusDevice {
   /** Whether the guest has enabled the timer-carry event (TMR_EN), i.e. whether `poll` is worth calling. */
   get timerEventEnabled(): boolean {
     return this.lock.withLock(() => (this.en & PM1_STS_TMR) !== 0);
+  }
+
+  // ---- snapshots ----
+
+  /** The PM1 registers and settings, for a snapshot. */
+  saveState(): DeviceState {
+    return this.lock.withLock(() => ({
+      kind: STATE_KIND,
+      version: STATE_VERSION,
+      data: saveFields(this.d, STATE_FIELDS),
+    }));
+  }
+
+  /** Replaces the state with a saved one (checked first), then drives the SCI as the restored registers say. */
+  restoreState(s: DeviceState): void {
+    const r = StateReader.open(`AcpiPm ${this.name}`, s, STATE_KIND, STATE_VERSION);
+    const write = checkFields(r, STATE_FIELDS);
+    const bits = r.int("timerBits", 24, 32);
+    if (bits !== 24 && bits !== 32) r.fail("timerBits", `is ${bits}, not 24 or 32`);
+    if ((r.int("status", 0, 0xffff) & ~PM1_STS_MASK) !== 0) r.fail("status", "has reserved bits set");
+    if ((r.int("enable", 0, 0xffff) & ~PM1_EN_MASK) !== 0) r.fail("enable", "has reserved bits set");
+    if ((r.int("control", 0, 0xffff) & ~PM1_CNT_STORED) !== 0)
+      r.fail("control", "has bits that are not stored");
+    this.locked(() => {
+      write(this.d);
+      this.d.setBigInt64(S_TMR_HALF, -1n, true);
+      this.d.setUint8(S_FLAGS, this.d.getUint8(S_FLAGS) & ~F_SCI_LEVEL);
+    });
   }
 
   // ---- registers (everything below runs with the lock held) ----

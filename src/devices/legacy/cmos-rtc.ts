@@ -32,6 +32,13 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import {
+  checkFields,
+  type DeviceState,
+  type StateField,
+  StateReader,
+  saveFields,
+} from "../../shared/device-state.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { attachSharedState } from "../../shared/shared-state.ts";
 
@@ -121,6 +128,23 @@ const F_IRQ_LEVEL = 0x01;
 const F_SET_DIRTY = 0x02;
 
 const MAGIC = 0x52544331; // "RTC1"
+
+/**
+ * Everything in the shared state but the lock and magic words, for snapshots. The offset is to the host's wall
+ * clock (Date), which another host shares to within NTP's accuracy, so the guest's clock goes on by the time that
+ * passed between save and restore.
+ */
+const STATE_FIELDS: readonly StateField[] = [
+  { name: "offsetMs", at: S_OFFSET_MS, type: "f64" },
+  { name: "lastEvaluatedMs", at: S_LAST_EVAL_MS, type: "f64" },
+  { name: "index", at: S_INDEX, type: "u8", max: CMOS_SIZE - 1 },
+  { name: "nmiDisabled", at: S_NMI_DISABLED, type: "u8", max: 1 },
+  { name: "flags", at: S_FLAGS, type: "u8", max: F_IRQ_LEVEL | F_SET_DIRTY },
+  { name: "centuryIndex", at: S_CENTURY_INDEX, type: "u8", min: REG_D + 1, max: CMOS_SIZE - 1 },
+  { name: "ram", at: S_RAM, type: "bytes", length: CMOS_SIZE },
+];
+const STATE_KIND = "cmos-rtc";
+const STATE_VERSION = 1;
 
 const MS_PER_SECOND = 1000;
 const SECONDS_PER_DAY = 86400;
@@ -309,6 +333,33 @@ export class CmosRtc implements BusDevice {
   /** Whether the guest's last index write had bit 7 set (NMI disabled). vireo does not gate NMIs on it. */
   get nmiDisabled(): boolean {
     return this.lock.withLock(() => this.d.getUint8(S_NMI_DISABLED) !== 0);
+  }
+
+  // ---- snapshots ----
+
+  /** The device's whole state (CMOS RAM, clock offset, index latch), for a snapshot. */
+  saveState(): DeviceState {
+    return this.lock.withLock(() => ({
+      kind: STATE_KIND,
+      version: STATE_VERSION,
+      data: saveFields(this.d, STATE_FIELDS),
+    }));
+  }
+
+  /** Replaces the state with a saved one (checked first), then drives IRQ 8 as the restored IRQF says. */
+  restoreState(s: DeviceState): void {
+    const write = checkFields(
+      StateReader.open(`CmosRtc ${this.name}`, s, STATE_KIND, STATE_VERSION),
+      STATE_FIELDS,
+    );
+    this.lock.lock();
+    try {
+      write(this.d);
+      this.setFlag(F_IRQ_LEVEL, false);
+      this.update();
+    } finally {
+      this.lock.unlock();
+    }
   }
 
   // ---- registers (everything below runs with the lock held) ----

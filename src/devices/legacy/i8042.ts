@@ -36,6 +36,13 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import {
+  checkFields,
+  type DeviceState,
+  type StateField,
+  StateReader,
+  saveFields,
+} from "../../shared/device-state.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { attachSharedState } from "../../shared/shared-state.ts";
 
@@ -156,6 +163,32 @@ const L_KBD = 0x01;
 const L_AUX = 0x02;
 
 const MAGIC = 0x38303432; // "8042"
+
+/** Everything in the shared state but the lock and magic words, for snapshots. */
+const STATE_FIELDS: readonly StateField[] = [
+  { name: "ram", at: S_RAM, type: "bytes", length: RAM_SIZE },
+  { name: "outputPort", at: S_OUT_PORT, type: "u8" },
+  { name: "pendingCommand", at: S_PENDING, type: "u8" },
+  { name: "status", at: S_STATUS, type: "u8", max: STS_A2 },
+  { name: "outputBuffer", at: S_OBF_DATA, type: "u8" },
+  { name: "outputFlags", at: S_OBF_FLAGS, type: "u8", max: STS_OBF | STS_AUX_OBF | STS_TIMEOUT },
+  { name: "lines", at: S_LINES, type: "u8", max: L_KBD | L_AUX },
+  { name: "kbdPendingCommand", at: S_KBD_PENDING, type: "u8" },
+  { name: "kbdScanning", at: S_KBD_SCANNING, type: "u8", max: 1 },
+  { name: "kbdScanSet", at: S_KBD_SET, type: "u8", min: 1, max: 3 },
+  { name: "kbdLeds", at: S_KBD_LEDS, type: "u8", max: 7 },
+  { name: "kbdTypematic", at: S_KBD_TYPEMATIC, type: "u8" },
+  { name: "kbdLast", at: S_KBD_LAST, type: "u8" },
+  { name: "controllerQueueHead", at: S_CQ_HEAD, type: "u8", max: CQ_SIZE - 1 },
+  { name: "controllerQueueCount", at: S_CQ_COUNT, type: "u8", max: CQ_SIZE },
+  { name: "controllerQueueData", at: S_CQ_DATA, type: "bytes", length: CQ_SIZE },
+  { name: "controllerQueueFlags", at: S_CQ_FLAGS, type: "bytes", length: CQ_SIZE },
+  { name: "kbdQueueHead", at: S_KQ_HEAD, type: "u8", max: KQ_SIZE - 1 },
+  { name: "kbdQueueCount", at: S_KQ_COUNT, type: "u8", max: KQ_SIZE },
+  { name: "kbdQueueData", at: S_KQ_DATA, type: "bytes", length: KQ_SIZE },
+];
+const STATE_KIND = "i8042";
+const STATE_VERSION = 1;
 
 export interface I8042Irq {
   set(level: boolean): void;
@@ -306,6 +339,34 @@ export class I8042 implements BusDevice {
   /** The keyboard LEDs the guest set (bit 0 Scroll Lock, bit 1 Num Lock, bit 2 Caps Lock). */
   get leds(): number {
     return this.lock.withLock(() => this.d.getUint8(S_KBD_LEDS));
+  }
+
+  // ---- snapshots ----
+
+  /** The controller's and keyboard's whole state (command byte, queues, output buffer), for a snapshot. */
+  saveState(): DeviceState {
+    return this.lock.withLock(() => ({
+      kind: STATE_KIND,
+      version: STATE_VERSION,
+      data: saveFields(this.d, STATE_FIELDS),
+    }));
+  }
+
+  /** Replaces the state with a saved one (checked first), then drives IRQ 1 and 12 as the restored state says. */
+  restoreState(s: DeviceState): void {
+    const write = checkFields(
+      StateReader.open(`I8042 ${this.name}`, s, STATE_KIND, STATE_VERSION),
+      STATE_FIELDS,
+    );
+    this.lock.lock();
+    try {
+      write(this.d);
+      // The lines are recomputed, not taken from the file: the new ones start low.
+      this.d.setUint8(S_LINES, 0);
+      this.driveLines();
+    } finally {
+      this.lock.unlock();
+    }
   }
 
   // ---- controller (everything below runs with the lock held) ----

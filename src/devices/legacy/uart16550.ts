@@ -29,6 +29,13 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import { VireoError } from "../../errors.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import {
+  checkFields,
+  type DeviceState,
+  type StateField,
+  StateReader,
+  saveFields,
+} from "../../shared/device-state.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { attachSharedState } from "../../shared/shared-state.ts";
 
@@ -134,6 +141,32 @@ const F_THRI_PENDING = 0x01;
 const F_IRQ_LEVEL = 0x02;
 
 const MAGIC = 0x31363535; // "1655"
+
+/** Everything in the shared state but the lock and magic words, for snapshots (saveState / restoreState). */
+const STATE_FIELDS: readonly StateField[] = [
+  { name: "ringHead", at: S_RING_HEAD, type: "i32", min: 0, max: INPUT_RING_SIZE - 1 },
+  { name: "ringCount", at: S_RING_COUNT, type: "i32", min: 0, max: INPUT_RING_SIZE },
+  { name: "ier", at: S_IER, type: "u8", max: IER_MASK },
+  { name: "lcr", at: S_LCR, type: "u8" },
+  { name: "mcr", at: S_MCR, type: "u8", max: MCR_MASK },
+  { name: "scr", at: S_SCR, type: "u8" },
+  { name: "dll", at: S_DLL, type: "u8" },
+  { name: "dlm", at: S_DLM, type: "u8" },
+  { name: "fcr", at: S_FCR, type: "u8" },
+  { name: "lsrLatched", at: S_LSR_LATCHED, type: "u8" },
+  { name: "msr", at: S_MSR, type: "u8" },
+  { name: "modemInputs", at: S_MODEM_IN, type: "u8" },
+  { name: "flags", at: S_FLAGS, type: "u8", max: 0x03 },
+  { name: "rxHead", at: S_RX_HEAD, type: "u8", max: FIFO_SIZE - 1 },
+  { name: "rxCount", at: S_RX_COUNT, type: "u8", max: FIFO_SIZE },
+  { name: "rbrLast", at: S_RBR_LAST, type: "u8" },
+  { name: "rxData", at: S_RX_DATA, type: "bytes", length: FIFO_SIZE },
+  { name: "rxErrors", at: S_RX_ERR, type: "bytes", length: FIFO_SIZE },
+  { name: "ringData", at: S_RING_DATA, type: "bytes", length: INPUT_RING_SIZE },
+  { name: "ringErrors", at: S_RING_ERR, type: "bytes", length: INPUT_RING_SIZE },
+];
+const STATE_KIND = "uart16550";
+const STATE_VERSION = 1;
 
 /** The divisor for 9600 baud from the PC's 1.8432 MHz clock (DS §8.5: divisor = clock / (16 * baud)). */
 const RESET_DIVISOR = 12;
@@ -294,6 +327,37 @@ export class Uart16550 implements BusDevice {
           (inputs.dcd ? MSR_DCD : 0),
       );
       this.updateMsr();
+      this.update();
+    } finally {
+      this.lock.unlock();
+    }
+  }
+
+  // ---- snapshots ----
+
+  /** The device's whole state (registers, FIFO, pending host input), for a snapshot. */
+  saveState(): DeviceState {
+    return this.lock.withLock(() => ({
+      kind: STATE_KIND,
+      version: STATE_VERSION,
+      data: saveFields(this.d, STATE_FIELDS),
+    }));
+  }
+
+  /**
+   * Replaces the device's state with a saved one (checked first: a refused state changes nothing), then drives
+   * the IRQ line to the level the restored registers call for.
+   */
+  restoreState(s: DeviceState): void {
+    const write = checkFields(
+      StateReader.open(`Uart16550 ${this.name}`, s, STATE_KIND, STATE_VERSION),
+      STATE_FIELDS,
+    );
+    this.lock.lock();
+    try {
+      write(this.d);
+      // The line level is recomputed, not taken from the file: the new line starts low.
+      this.setFlag(F_IRQ_LEVEL, false);
       this.update();
     } finally {
       this.lock.unlock();
