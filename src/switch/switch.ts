@@ -16,6 +16,7 @@
  * A destination without room drops the frame and counts it (`noBuffers`): no queue grows behind a slow port.
  * Nothing here allocates per frame but the view handed to a destination.
  */
+import { VireoError } from "../errors.ts";
 import { FrameInfo, parseFrame } from "./frame.ts";
 import { MacTable, type MacTableOptions } from "./mac-table.ts";
 
@@ -75,15 +76,7 @@ export interface PortCounters {
   drops: Record<DropReason, number>;
 }
 
-export class SwitchError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = "SwitchError";
-  }
-}
+export class SwitchError extends VireoError {}
 
 /** Ethernet without FCS: a 14-byte header at least; at most a 64 KiB payload (no jumbo limit is imposed). */
 const MIN_FRAME = 14;
