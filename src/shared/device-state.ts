@@ -76,6 +76,11 @@ export class StateReader {
     return this.obj[key] as StateValue;
   }
 
+  /** Whether the field is present and null. */
+  isNull(key: string): boolean {
+    return this.get(key) === null;
+  }
+
   /** An integer in [min, max]. */
   int(key: string, min: number, max: number): number {
     const v = this.get(key);
@@ -155,6 +160,11 @@ function describe(v: StateValue | undefined): string {
   if (typeof v === "string") return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
   if (typeof v === "object") return "an object";
   return String(v);
+}
+
+/** A device state as a value inside another's data (a composite device saves its parts so); StateReader.state reads it. */
+export function nested(s: DeviceState): StateObject {
+  return { kind: s.kind, version: s.version, data: s.data };
 }
 
 /** A copy of `length` bytes of `state` at `offset` (state buffers are shared: the copy is the snapshot's own). */

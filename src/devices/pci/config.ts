@@ -27,6 +27,7 @@
  *   stored (RW) but nothing in vireo raises parity or system errors unless a device calls `raiseStatus`.
  */
 import type { BusDevice } from "../../bus/bus.ts";
+import { type DeviceState, DeviceStateError, StateReader } from "../../shared/device-state.ts";
 import type { IrqLine } from "../../shared/irq-line.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { PciBarError, PciCapabilityError, PciLayoutError, PciStateError } from "./errors.ts";
@@ -243,6 +244,8 @@ const S_MAPPED = 48; // 8 Float64 slots (6 used)
 const S_CFG = 128;
 const STATE_BYTES = S_CFG + PCIE_CONFIG_SIZE;
 const MAGIC = 0x50434946; // "PCIF"
+const PCI_FUNCTION_STATE_KIND = "pci-function";
+const PCI_FUNCTION_STATE_VERSION = 1;
 
 const F_INTX_REQUEST = 0x1;
 const F_INTX_SUPPRESSED = 0x2;
@@ -575,6 +578,85 @@ export class PciFunction {
     const took = this.enter();
     try {
       return fn();
+    } finally {
+      this.exit(took);
+    }
+  }
+
+  // ---- snapshots ----------------------------------------------------------------------------------------
+
+  /**
+   * The function's run-time state, for a snapshot: configuration space (so every BAR's address and the COMMAND
+   * bits that make it decode), the INTx request and suppression, and the layout hash, which the restoring
+   * function must share (the same device built the same way). Where BARs decode is derived, not saved.
+   */
+  saveState(): DeviceState {
+    if (!this.isAttached) this.requireAttached("saveState");
+    return this.withLock(() => {
+      const f = Atomics.load(this.words, S_FLAGS / 4);
+      return {
+        kind: PCI_FUNCTION_STATE_KIND,
+        version: PCI_FUNCTION_STATE_VERSION,
+        data: {
+          layout: this.layoutHash,
+          config: this.cfg.slice(),
+          intxRequest: (f & F_INTX_REQUEST) !== 0,
+          intxSuppressed: (f & F_INTX_SUPPRESSED) !== 0,
+        },
+      };
+    });
+  }
+
+  /**
+   * Restores a saved state into this (attached) function. Nothing is trusted: the layout must be this function's,
+   * and every bit the guest cannot write (read-only IDs, BAR type bits, capability contents and links) must hold
+   * the value this function has by construction, as only the guest's writes and the device's own status bits
+   * can have changed since reset. Then the BARs' decode is recomputed (onBarRemap fires for each that decodes),
+   * and INTx# is driven as the restored request says.
+   */
+  restoreState(s: DeviceState): void {
+    if (!this.isAttached) this.requireAttached("restoreState");
+    const r = StateReader.open(
+      `PciFunction ${this.name}`,
+      s,
+      PCI_FUNCTION_STATE_KIND,
+      PCI_FUNCTION_STATE_VERSION,
+    );
+    const layout = r.int("layout", 0, 0xffff_ffff);
+    if (layout !== this.layoutHash) {
+      throw new DeviceStateError(
+        `PciFunction ${this.name}: saved state is of another layout (${hex(layout)}; this function ${hex(this.layoutHash)}): ` +
+          "not the same device, or a device built with other options",
+      );
+    }
+    const config = r.bytes("config", PCIE_CONFIG_SIZE);
+    const intxRequest = r.bool("intxRequest");
+    const intxSuppressed = r.bool("intxSuppressed");
+    for (let o = 0; o < PCIE_CONFIG_SIZE; o++) {
+      let free = (this.wmask[o] as number) | (this.w1cmask[o] as number);
+      // Bits the function itself changes: the interrupt status (PCI §6.2.3) and the multi-function bit PciBus sets.
+      if (o === PCI_REG.STATUS) free |= PCI_STATUS.INTERRUPT;
+      if (o === PCI_REG.HEADER_TYPE) free |= HEADER_TYPE_MULTI_FUNCTION;
+      if (((config[o] as number) ^ (this.image[o] as number)) & ~free) {
+        throw new DeviceStateError(
+          `PciFunction ${this.name}: saved configuration byte ${hex(o)} is ${hex(config[o] as number)}, ` +
+            `but its read-only bits are ${hex((this.image[o] as number) & ~free)} on this device`,
+        );
+      }
+    }
+    const took = this.enter();
+    try {
+      this.cfg.set(config);
+      const w = this.words;
+      const f = (w[S_FLAGS / 4] as number) & ~(F_INTX_REQUEST | F_INTX_SUPPRESSED);
+      Atomics.store(
+        w,
+        S_FLAGS / 4,
+        f | (intxRequest ? F_INTX_REQUEST : 0) | (intxSuppressed ? F_INTX_SUPPRESSED : 0),
+      );
+      this.updateMappings();
+      this.reconcileBars();
+      this.updateIntx();
     } finally {
       this.exit(took);
     }

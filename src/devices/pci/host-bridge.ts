@@ -21,6 +21,7 @@
  * `PciFunction.syncBars`).
  */
 import type { Bus, BusDevice } from "../../bus/bus.ts";
+import { type DeviceState, nested, StateReader } from "../../shared/device-state.ts";
 import { checkStateBuffer, PciFunction, type PciFunctionOptions } from "./config.ts";
 import { PciSlotError, PciStateError } from "./errors.ts";
 
@@ -214,6 +215,35 @@ export class PciBus {
     let any = false;
     for (const fn of this.slots) if (fn?.syncBars()) any = true;
     return any;
+  }
+
+  /**
+   * The bus's own state, for a snapshot: the CONFIG_ADDRESS latch and the host bridge's function. The other
+   * functions are saved by their devices (virtio-pci, e1000), each with its PciFunction.
+   */
+  saveState(): DeviceState {
+    const bridge = this.get(0, 0);
+    return {
+      kind: "pci-bus",
+      version: 1,
+      data: {
+        configAddress: this.configAddressLatch,
+        hostBridge: bridge === undefined ? null : nested(bridge.saveState()),
+      },
+    };
+  }
+
+  restoreState(s: DeviceState): void {
+    const r = StateReader.open("PciBus", s, "pci-bus", 1);
+    const latch = r.int("configAddress", 0, 0xffff_ffff);
+    if ((latch & ~CONFIG_ADDRESS_WRITABLE) >>> 0 !== 0) r.fail("configAddress", "has reserved bits set");
+    const bridge = this.get(0, 0);
+    if (bridge === undefined) {
+      if (r.isNull("hostBridge") === false) r.fail("hostBridge", "is saved, but this bus has none");
+    } else {
+      bridge.restoreState(r.state("hostBridge"));
+    }
+    this.latchConfigAddress(latch);
   }
 
   /** The CONFIG_ADDRESS latch at 0xCF8 (machine-wide). */

@@ -26,6 +26,7 @@
  */
 import type { BusDevice } from "../../bus/bus.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { type DeviceState, DeviceStateError, StateReader } from "../../shared/device-state.ts";
 import { checkStateBuffer, LayoutHash, PCI_CAP_ID, type PciFunction } from "./config.ts";
 import { PciLayoutError, PciMsixError, PciStateError } from "./errors.ts";
 
@@ -102,6 +103,8 @@ const S_VECTORS = 12;
 const S_ENTRIES = 16;
 const ROUTE_SIZE = 16;
 const MAGIC = 0x4d534958; // "MSIX"
+const STATE_KIND = "msix";
+const STATE_VERSION = 1;
 
 function stateBytes(vectors: number): number {
   return S_ENTRIES + vectors * (MSIX_ENTRY_SIZE + ROUTE_SIZE) + Math.ceil(vectors / 64) * 8;
@@ -361,6 +364,54 @@ export class Msix {
         this.control & ~(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK),
       );
       this.resetTable();
+      this.controlChanged();
+    });
+  }
+
+  /**
+   * The vector table and the Pending Bit Array, for a snapshot. Message Control (enable, function mask) is in the
+   * function's configuration space, saved with the PciFunction; the routes last reported are derived.
+   */
+  saveState(): DeviceState {
+    return this.locked(() => ({
+      kind: STATE_KIND,
+      version: STATE_VERSION,
+      data: { vectors: this.vectors, table: this.entries.slice(), pba: this.pending.slice() },
+    }));
+  }
+
+  /**
+   * Restores the table and PBA (restore the PciFunction first: Message Control comes from its configuration
+   * space). Checked first: the table size must be this one's, read-only entry bits 0 (§6.8.2.6-9), no pending
+   * bit past the last vector. Then the routes are reported afresh through onRouteChange (so KVM GSI routes are
+   * set up on the restoring side), INTx suppression follows MSI-X Enable, and a pending vector that is
+   * deliverable is sent.
+   */
+  restoreState(s: DeviceState): void {
+    const name = `Msix ${this.fn.name}`;
+    const r = StateReader.open(name, s, STATE_KIND, STATE_VERSION);
+    r.int("vectors", this.vectors, this.vectors);
+    const table = r.bytes("table", this.tableLength);
+    const pba = r.bytes("pba", this.pbaLength);
+    for (let o = 0; o < table.length; o++) {
+      if ((table[o] as number) & ~(ENTRY_WMASK[o % MSIX_ENTRY_SIZE] as number)) {
+        throw new DeviceStateError(
+          `${name}: saved table entry ${Math.floor(o / MSIX_ENTRY_SIZE)} has read-only bits set at byte ${o % MSIX_ENTRY_SIZE}`,
+        );
+      }
+    }
+    for (let v = this.vectors; v < pba.length * 8; v++) {
+      if ((pba[v >>> 3] as number) & (1 << (v & 7))) {
+        throw new DeviceStateError(
+          `${name}: saved PBA has vector ${v} pending, past the table (${this.vectors})`,
+        );
+      }
+    }
+    this.locked(() => {
+      this.entries.set(table);
+      this.pending.set(pba);
+      // Routes as "none reported yet", so that controlChanged reports every deliverable one to this side.
+      new Uint8Array(this.routeView.buffer, this.routeView.byteOffset, this.routeView.byteLength).fill(0);
       this.controlChanged();
     });
   }
