@@ -19,21 +19,22 @@
  * same process) are measured everywhere.
  * $VIREO_BENCH_VIREO names another vireo to serve the rings (another checkout, to compare versions).
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { VireoError } from "../src/errors.ts";
 import { repoPath } from "../src/paths.ts";
+import {
+  type ForwardMode,
+  forwardCount,
+  IS_ROOT,
+  type Proc,
+  ProcessSet,
+  prepareDpdk,
+  quitTestpmd,
+  startTestpmd,
+  until,
+} from "./dpdk.ts";
 import { measureNetPath, type NetPathResult } from "./net-path.ts";
 import { formatTable } from "./stats.ts";
 
@@ -87,150 +88,30 @@ const SIZES = [64, 1518] as const;
 /** The vireo that serves the rings: this tree's, or $VIREO_BENCH_VIREO (another build, to compare versions). */
 const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
 const HUGEPAGES_NEEDED = 512; // 2 MiB pages: two testpmds of 32768 mbufs each, with room
-const NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages";
 
-function meminfo(field: string): number {
-  const m = readFileSync("/proc/meminfo", "utf8").match(new RegExp(`^${field}:\\s+(\\d+)`, "m"));
-  return m ? Number(m[1]) : 0;
-}
-
-function hasCommand(cmd: string): boolean {
-  return spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
-}
-
-/** Mounts hugetlbfs and reserves hugepages when it can; the reason it cannot, or a release function. */
-function prepareDpdk(): { why: string } | { release: () => void } {
-  if (!hasCommand("dpdk-testpmd"))
-    return { why: "dpdk-testpmd is not installed (scripts/setup.sh installs it)" };
-  if (process.getuid?.() !== 0) return { why: "hugepages need root" };
-  if (!/ \/dev\/hugepages hugetlbfs /.test(readFileSync("/proc/mounts", "utf8"))) {
-    mkdirSync("/dev/hugepages", { recursive: true });
-    const r = spawnSync("mount", ["-t", "hugetlbfs", "nodev", "/dev/hugepages"]);
-    if (r.status !== 0) return { why: `cannot mount hugetlbfs: ${r.stderr}` };
-  }
-  let raised = 0;
-  const free = meminfo("HugePages_Free");
-  if (free < HUGEPAGES_NEEDED) {
-    const total = meminfo("HugePages_Total");
-    try {
-      writeFileSync(NR_HUGEPAGES, String(total + HUGEPAGES_NEEDED - free));
-    } catch (e) {
-      return { why: `cannot reserve hugepages: ${(e as Error).message}` };
-    }
-    raised = meminfo("HugePages_Total") - total;
-  }
-  const release = () => {
-    // Give back only what this run added (the kernel frees only pages nobody uses).
-    if (raised > 0) writeFileSync(NR_HUGEPAGES, String(Math.max(0, meminfo("HugePages_Total") - raised)));
-  };
-  if (meminfo("HugePages_Free") < HUGEPAGES_NEEDED) {
-    release();
-    return { why: "could not reserve enough hugepages" };
-  }
-  return { release };
-}
-
-interface Proc {
-  child: ChildProcess;
-  out: { text: string };
-  exited: Promise<number | null>;
-  send(line: string): void;
-}
-
-const children: Proc[] = [];
-
-/**
- * The measured processes run in sessions of their own (so in autogroups of their own, where the kernel groups by
- * session) at autogroup nice -20 and nice -20, when root may set them: on a machine other work keeps busy (a fuzz
- * campaign here), each then gets nearly all of its CPU instead of a fair share with every other session.
- */
-const ROOT = process.getuid?.() === 0;
-const NICE = ROOT ? ["nice", "-n", "-20"] : [];
-
-function start(cpu: number | null, cmd: string, args: string[]): Proc {
-  const pin = cpu !== null && hasCommand("taskset") ? ["taskset", "-c", String(cpu)] : [];
-  const argv = [...NICE, ...pin, cmd, ...args];
-  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"], detached: true });
-  if (ROOT && child.pid !== undefined) {
-    try {
-      writeFileSync(`/proc/${child.pid}/autogroup`, "-20");
-    } catch {
-      // no autogroups in this kernel: nice alone
-    }
-  }
-  const out = { text: "" };
-  child.stdout?.on("data", (d) => {
-    out.text += d;
-  });
-  child.stderr?.on("data", (d) => {
-    out.text += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const p: Proc = { child, out, exited, send: (line) => child.stdin?.write(`${line}\n`) };
-  children.push(p);
-  return p;
-}
-
-async function until(what: string, cond: () => boolean, ms: number, log: () => string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline)
-      throw new VireoError("VIREO_BENCH_FAILED", `timed out waiting for ${what}:\n${log()}`);
-    await sleep(50);
-  }
-}
+/** Every process of the run; each measured one in its own session at nice -20 when root (bench/dpdk.ts). */
+const children = new ProcessSet();
 
 /** An interactive testpmd on `cpu` with one vdev, in `mode`, sending `size`-byte frames in txonly. */
-async function testpmd(
+function testpmd(
   cpu: number | null,
   name: string,
   vdev: string,
-  mode: string,
+  mode: ForwardMode,
   size: number,
 ): Promise<Proc> {
-  const lcores = cpu === null ? [] : ["--lcores", `0@${cpu},1@${cpu}`];
-  const p = start(cpu, "dpdk-testpmd", [
-    ...lcores,
-    "--no-pci",
-    "--in-memory",
-    "--single-file-segments",
-    `--file-prefix=vireo-bench-${name}`,
-    "--vdev",
-    vdev,
-    "--",
-    "-i",
-    "--total-num-mbufs=32768",
-    `--forward-mode=${mode}`,
-    `--txpkts=${size}`,
-  ]);
-  await until(
-    `testpmd ${name}`,
-    () => p.out.text.includes("testpmd>"),
-    60_000,
-    () => p.out.text,
-  );
-  return p;
+  return startTestpmd(children, { name: `bench-${name}`, cpu, vdevs: [vdev], mode, txpkts: size });
 }
 
 /** Ends a testpmd: stop forwarding (its statistics), quit; its accumulated RX or TX packets. */
-async function finish(p: Proc, field: "RX-packets" | "TX-packets"): Promise<number> {
-  p.send("stop");
-  await sleep(300);
-  p.send("quit");
-  p.child.stdin?.end();
-  const code = await Promise.race([p.exited, sleep(30_000).then(() => "timeout" as const)]);
-  if (code === "timeout") p.child.kill("SIGKILL");
-  const blocks = p.out.text.split("Accumulated forward statistics for all ports");
-  const last = blocks[blocks.length - 1] ?? "";
-  const n = Number(last.match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? Number.NaN);
-  if (blocks.length < 2 || !Number.isFinite(n)) {
-    throw new VireoError("VIREO_BENCH_FAILED", `testpmd gave no ${field}:\n${p.out.text.slice(-3000)}`);
-  }
-  return n;
+async function finish(p: Proc, f: "rxPackets" | "txPackets"): Promise<number> {
+  return forwardCount(p, await quitTestpmd(p), f);
 }
 
 async function startVireo(cpu: number | null, socket: string, mode: string[]): Promise<Proc> {
-  const p = start(cpu, VIREO_BIN, ["vhost-user", "net", "--socket", socket, ...mode, "--once"]);
+  const p = children.start("vireo", VIREO_BIN, ["vhost-user", "net", "--socket", socket, ...mode, "--once"], {
+    cpu,
+  });
   await until(
     "the vireo vhost-user socket",
     () => existsSync(socket),
@@ -282,7 +163,7 @@ async function runOne(
       window = await timed(d);
       // Let the back-end drain the ring before the port stops.
       await sleep(1000);
-      await finish(d, "TX-packets");
+      await finish(d, "txPackets");
       frames = (await vireoEnd(v)).txFrames;
       countedBy = "vireo sink";
     } else {
@@ -291,8 +172,8 @@ async function runOne(
       const d = await testpmd(driverCpu, "drv", driverVdev, "txonly", size);
       window = await timed(d);
       await sleep(1000);
-      frames = await finish(r, "RX-packets");
-      await finish(d, "TX-packets");
+      frames = await finish(r, "rxPackets");
+      await finish(d, "txPackets");
       countedBy = "testpmd net_vhost rxonly";
     }
   } else {
@@ -304,9 +185,9 @@ async function runOne(
     const d = await testpmd(driverCpu, "drv", driverVdev, "rxonly", size);
     window = await timed(d);
     await sleep(300);
-    frames = await finish(d, "RX-packets");
+    frames = await finish(d, "rxPackets");
     if (backend === "vireo") await vireoEnd(src);
-    else await finish(src, "TX-packets");
+    else await finish(src, "txPackets");
     countedBy = "testpmd virtio_user rxonly";
   }
   const mpps = frames / window / 1e6;
@@ -351,7 +232,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
     ncpu >= 2
       ? `${ncpu} CPUs: back-end (vireo or the net_vhost testpmd) on CPU 0, the virtio_user testpmd on CPU 1 (taskset; testpmd --lcores 0@N,1@N)`
       : `${ncpu} CPU: nothing pinned`
-  }${ROOT ? ", each in its own session at nice -20 and autogroup nice -20" : ""}`;
+  }${IS_ROOT ? ", each in its own session at nice -20 and autogroup nice -20" : ""}`;
   const loadavgBefore = readFileSync("/proc/loadavg", "utf8").trim();
   const ticksBefore = processTicks();
   const inProcess: NetPathResult[] = [];
@@ -359,7 +240,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
     for (const size of SIZES) inProcess.push(measureNetPath(dir, size, 1_000_000));
   const rows: VhostUserBenchRow[] = [];
   const skipped: string[] = [];
-  const prep = prepareDpdk();
+  const prep = prepareDpdk(HUGEPAGES_NEEDED);
   if ("why" in prep) {
     skipped.push(`DPDK rows: ${prep.why}`);
   } else {
@@ -377,7 +258,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
               const runs = perConfig[i] ?? [];
               runs.push(row);
               perConfig[i++] = runs;
-              for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
+              children.killAll();
             }
           }
         }
@@ -389,7 +270,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
       }
       if (!opts.json && process.stderr.isTTY) process.stderr.write("\n");
     } finally {
-      for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
+      children.killAll();
       rmSync(dir, { recursive: true, force: true });
       prep.release();
     }
