@@ -299,6 +299,12 @@ export class Switch {
     const slab = this.slab;
     const info = this.info;
     const c = src.counters;
+    let lastSHi = -1;
+    let lastSLo = -1;
+    let lastDHi = -1;
+    let lastDLo = -1;
+    let lastVid = -1;
+    let lastDst = -1;
     // Ingress: admission, interposition, learning, lookup.
     for (let i = 0; i < n; i++) {
       this.fDst[i] = -2;
@@ -360,9 +366,21 @@ export class Switch {
           ((slab[off + 10] as number) << 8) |
           (slab[off + 11] as number)) >>>
         0;
-      // A group address is never a source (IEEE 802.3 3.2.3); such a frame is forwarded but not learned.
-      if ((sHi & 0x0100) === 0) this.macs.learn(vid, sHi, sLo, src.index, now);
-      this.fDst[i] = (dHi & 0x0100) !== 0 ? -1 : this.macs.lookup(vid, dHi, dLo, now);
+      // A group address is never a source (IEEE 802.3 3.2.3); such a frame is forwarded but not learned. A run of
+      // frames from one station to one station (the common case in a batch) learns and looks up once.
+      if (sLo !== lastSLo || sHi !== lastSHi || vid !== lastVid) {
+        if ((sHi & 0x0100) === 0) this.macs.learn(vid, sHi, sLo, src.index, now);
+        lastSLo = sLo;
+        lastSHi = sHi;
+        lastDHi = -1;
+      }
+      if (dLo !== lastDLo || dHi !== lastDHi || vid !== lastVid) {
+        lastDst = (dHi & 0x0100) !== 0 ? -1 : this.macs.lookup(vid, dHi, dLo, now);
+        lastDLo = dLo;
+        lastDHi = dHi;
+      }
+      lastVid = vid;
+      this.fDst[i] = lastDst;
     }
     // Delivery.
     for (let i = 0; i < n; i++) {
