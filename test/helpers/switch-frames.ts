@@ -115,11 +115,16 @@ export class FrameBuilder {
   }
 }
 
-/** Test-side IPv6 text to bytes (full or "::"-compressed hex groups). */
+/** Test-side IPv6 text to bytes (full or "::"-compressed hex groups, an optional dotted IPv4 tail). */
 export function ipv6Bytes(s: string): number[] {
   const [head, tail] = s.includes("::") ? s.split("::") : [s, undefined];
   const h = head ? head.split(":") : [];
   const t = tail ? tail.split(":") : [];
+  const last = (tail === undefined ? h : t).at(-1);
+  if (last?.includes(".")) {
+    const [a, b, c, d] = last.split(".").map(Number) as [number, number, number, number];
+    (tail === undefined ? h : t).splice(-1, 1, ((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
+  }
   const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
   const out: number[] = [];
   for (const g of groups) {
