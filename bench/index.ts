@@ -4,6 +4,7 @@ import { type HostKind, KvmSystem } from "../src/kvm/system.ts";
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
 import { benchNic, formatNic } from "./nic.ts";
+import { benchSwitch, formatSwitch } from "./switch.ts";
 import { benchVhostUser, formatVhostUser } from "./vhost-user.ts";
 import { benchVirtio, formatVirtio } from "./virtio.ts";
 
@@ -12,8 +13,11 @@ export interface BenchOptions {
   rounds: number;
   iterations?: number;
   force?: boolean;
-  /** Length of a measured window, for benchmarks that run for a fixed time (vhost-user). */
+  /** Length of a measured window, for benchmarks that run for a fixed time (vhost-user, switch). */
   seconds?: number;
+  /** switch: frame sizes in bytes and numbers of port pairs. */
+  sizes?: number[];
+  pairs?: number[];
 }
 
 interface Benchmark {
@@ -59,6 +63,12 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     "vireo vhost-user net vs DPDK's net_vhost, one DPDK virtio_user driver, 64 and 1518-byte frames both ways: Mpps, Gbit/s, ratio (natively; needs root and dpdk-testpmd)",
     benchVhostUser,
     formatVhostUser,
+    true,
+  ),
+  switch: bench(
+    "frames/s between vhost-user port pairs through vireo switch vs dpdk-testpmd io forwarding, and a Linux bridge between veths (trafgen); 64 and 1518 B, 1/2/4 pairs, ratios, interposition costs (natively; needs root, dpdk-testpmd, trafgen)",
+    benchSwitch,
+    formatSwitch,
     true,
   ),
   boot: bench(

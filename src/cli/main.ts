@@ -86,7 +86,8 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
   initrd-harness.img   busybox + kvm_amd and 9p modules, for the real-KVM test harness (test/realkvm)
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
-const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--force] [--accel auto|kvm|emulated]
+const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
+                   [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -97,7 +98,9 @@ Options:
   --json            print JSON instead of a table
   --rounds N        interleaved rounds per configuration (default 5; medians are reported)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
-  --seconds N       vhost-user: length of each measured window (default 5)
+  --seconds N       vhost-user, switch: length of each measured window (default 5)
+  --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
+  --pairs N,N...    switch: numbers of port pairs (default 1,2,4)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
   --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
                     on (kvm, pvm, emulated): compare figures only within one kind`;
@@ -305,6 +308,8 @@ async function cmdBench(argv: string[]): Promise<number> {
       rounds: { type: "string" },
       iterations: { type: "string" },
       seconds: { type: "string" },
+      sizes: { type: "string" },
+      pairs: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -334,8 +339,16 @@ async function cmdBench(argv: string[]): Promise<number> {
     iterations:
       values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
     seconds: values.seconds === undefined ? undefined : parseCount("--seconds", values.seconds, 0),
+    sizes: parseList("--sizes", values.sizes, 60),
+    pairs: parseList("--pairs", values.pairs, 1),
   });
   return 0;
+}
+
+/** A comma-separated list of whole numbers of at least `min` (--sizes 64,1518), or undefined when not given. */
+function parseList(flag: string, value: string | undefined, min: number): number[] | undefined {
+  if (value === undefined) return undefined;
+  return value.split(",").map((v) => parseCount(flag, v, 0, min));
 }
 
 /** argv without --accel and its value (the inside of the emulated host gets --accel kvm instead). */

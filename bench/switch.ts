@@ -1,0 +1,660 @@
+/**
+ * `vireo bench switch`: frames per second through a software switch, natively (no KVM), for each frame size and
+ * each number of port pairs, through three switches under the same load:
+ *
+ *   testpmd  DPDK's testpmd, io forwarding between two `net_vhost` ports per pair (the reference: DPDK's own
+ *            vhost-user back-end and the simplest forwarding there is, no lookup);
+ *   vireo    `vireo switch` with two vhost-user ports per pair (each pair in a VLAN of its own, so that a frame
+ *            to a MAC not learned yet floods only to its partner, as testpmd's pairs are wired);
+ *   bridge   a Linux bridge between veth pairs in a network namespace of its own, loaded with netsniff-ng's
+ *            trafgen (the host's networking is untouched; the namespace is deleted however the run ends).
+ *
+ * The vhost-user load: ONE testpmd with two `net_virtio_user` ports per pair, in io forwarding, pinned to CPU 1,
+ * started with `start tx_first 4` (four bursts of 32 frames on every port), so 128 frames per port circulate:
+ * port A sends to B's MAC, the switch delivers to B, testpmd sends what B received out of A again, and the same
+ * the other way. The frames per second are what that testpmd received from the switch over the window (both
+ * directions of every pair, as the issue's "in total"). The switch under test runs alone on CPU 0.
+ *
+ * Why not one txonly and one rxonly testpmd per pair, each its own process: with two CPUs, the sender and the
+ * receiver then share one, and testpmd polls without ever sleeping, so each runs only while the other is
+ * descheduled: measured here (64 B, one pair, testpmd switch) 0.03 Mpps with 256-entry rings and 0.53 Mpps with
+ * 4096, the scheduler's time slice times the ring size, not any switch's speed. A closed loop of busy pollers
+ * needs one CPU for the load and one for the switch. (test/slow/switch-dpdk.test.ts does use a txonly and an
+ * rxonly testpmd: there only the counts matter, not the rate.)
+ *
+ * The bridge cannot be loaded by virtio_user; trafgen sends the same frames (IPv4/UDP, testpmd txonly's
+ * addresses, one direction per pair) from one veth of each pair to the other's MAC, with a static forwarding entry
+ * so nothing floods; the count is the receiving veths' rx_packets. trafgen and the bridge (which runs in the
+ * sender's softirq) share CPU 1: one core, as the issue's reference figure.
+ *
+ * Needs root, dpdk-testpmd (hugepages reserved and given back, bench/dpdk.ts), trafgen (Debian's netsniff-ng,
+ * scripts/setup.sh installs both) and `vireo switch`; a row that cannot run says why instead of a number.
+ *
+ * Interposition costs (capture, 10 and 1000 filter rules, a rate limit) are further vireo rows: VARIANTS below,
+ * one entry each, measured at one pair beside the plain vireo row.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { VireoError } from "../src/errors.ts";
+import { repoPath } from "../src/paths.ts";
+import {
+  forwardCount,
+  hasCommand,
+  IS_ROOT,
+  type Proc,
+  ProcessSet,
+  prepareDpdk,
+  quitTestpmd,
+  startTestpmd,
+  until,
+} from "./dpdk.ts";
+import { formatTable } from "./stats.ts";
+
+export interface SwitchBenchOptions {
+  json: boolean;
+  /** Length of each measured window (default 5). */
+  seconds?: number;
+  /** Frame sizes in bytes, Ethernet header to payload, no FCS (default 64 and 1518). */
+  sizes?: number[];
+  /** Numbers of port pairs (default 1, 2, 4). */
+  pairs?: number[];
+}
+
+export type SwitchPath = "testpmd" | "vireo" | "bridge";
+
+export interface SwitchBenchRow {
+  path: SwitchPath;
+  /** vireo rows: "plain", or the interposition measured (VARIANTS). */
+  variant: string;
+  frameBytes: number;
+  pairs: number;
+  /** False when the row could not run here; `note` says why. */
+  available: boolean;
+  /** Frames the receiving side counted in the window, and the window's length. */
+  frames: number;
+  seconds: number;
+  mpps: number;
+  gbps: number;
+  countedBy: string;
+  note?: string;
+  /** vireo rows: what the switch itself counted (its switch-end line): frames delivered to its ports, drops. */
+  switchCounts?: { delivered: number; received: number; drops: Record<string, number> };
+}
+
+export interface SwitchBenchResult {
+  cpus: number;
+  hostNote: string;
+  load: string;
+  pinning: string;
+  seconds: number;
+  rows: SwitchBenchRow[];
+  /** vireo (plain) over testpmd and over the bridge, per frame size and pair count. */
+  ratios: Array<{
+    frameBytes: number;
+    pairs: number;
+    vireoOverTestpmd: number | null;
+    vireoOverBridge: number | null;
+  }>;
+  /** Interposition rows: their rate as a share of the plain vireo row at the same size and pairs. */
+  interposition: Array<{ variant: string; frameBytes: number; pairs: number; ofPlain: number }>;
+  loadavgBefore: string;
+  loadavgAfter: string;
+}
+
+const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
+const RING = 256; // virtio_user queue_size: vireo's and DPDK's default
+const BURSTS = 4; // `start tx_first 4`: 128 frames per port in flight, half a ring
+const HUGEPAGES = 384; // 2 MiB pages: the load testpmd and the testpmd switch, 16384 mbufs each, with room
+const DUT_CPU = 0;
+const LOAD_CPU = 1;
+
+const mac = (side: "a" | "b", pair: number) => `02:00:00:00:0${side}:${pair.toString(16).padStart(2, "0")}`;
+
+/**
+ * A vireo switch configuration measured against the plain one: more `vireo switch` arguments, and commands run
+ * once its ports are up (rules through the control socket). Add an entry to measure a feature's cost.
+ */
+export interface SwitchVariant {
+  name: string;
+  /** More arguments for `vireo switch NAME` (after the ports). */
+  args(ctx: VariantContext): string[];
+  /** Run after the switch is ready, before the load starts. */
+  setup?(ctx: VariantContext): void;
+}
+
+export interface VariantContext {
+  dir: string;
+  switchName: string;
+  control: string;
+  /** Port names, a0 b0 a1 b1 ... */
+  ports: string[];
+}
+
+function vireoCtl(ctx: VariantContext, args: string[]): void {
+  const r = spawnSync(
+    VIREO_BIN,
+    ["switch", ...args.slice(0, 1), ctx.switchName, ...args.slice(1), "--control", ctx.control],
+    {
+      encoding: "utf8",
+    },
+  );
+  if (r.status !== 0)
+    throw new VireoError("VIREO_BENCH_FAILED", `vireo switch ${args.join(" ")}: ${r.stderr}${r.stdout}`);
+}
+
+/** `n` allow rules that never match the load (other UDP ports), then one that does: every frame walks them all. */
+function rules(n: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < n - 1; i++) out.push(`allow proto=udp dst-port=${10_000 + i}`);
+  out.push("allow ethertype=ipv4 proto=udp");
+  return out;
+}
+
+export const VARIANTS: SwitchVariant[] = [
+  {
+    name: "capture",
+    args: (ctx) => [`--pcap`, `${ctx.ports[0]}=${join(ctx.dir, "capture.pcap")},max=268435456,files=2`],
+  },
+  {
+    name: "10 rules",
+    args: () => [],
+    setup: (ctx) =>
+      vireoCtl(ctx, ["filter", ctx.ports[0] as string, "--in", "--default", "deny", ...rules(10)]),
+  },
+  {
+    name: "1000 rules",
+    args: () => [],
+    setup: (ctx) =>
+      vireoCtl(ctx, ["filter", ctx.ports[0] as string, "--in", "--default", "deny", ...rules(1000)]),
+  },
+  {
+    name: "rate limit",
+    args: () => [],
+    // Far above what the switch moves: the bucket's bookkeeping is measured, not its drops.
+    setup: (ctx) =>
+      vireoCtl(ctx, [
+        "rate",
+        ctx.ports[0] as string,
+        "--in",
+        "--frames-per-sec",
+        "1000000000",
+        "--burst-frames",
+        "1000000",
+      ]),
+  },
+];
+
+/** Whether this vireo has `vireo switch`, or why not. */
+function vireoSwitchMissing(): string | null {
+  const r = spawnSync(VIREO_BIN, ["switch", "--help"], { encoding: "utf8", timeout: 60_000 });
+  if (r.status === 0 && /vhost-user=SOCKET/.test(r.stdout)) return null;
+  return `vireo switch is not available in this build (${VIREO_BIN} switch --help: ${(r.stderr || r.stdout).trim().split("\n")[0] ?? r.status})`;
+}
+
+interface RunContext {
+  set: ProcessSet;
+  dir: string;
+  seconds: number;
+}
+
+/** The load testpmd: two virtio_user ports per pair on `sockets`, io forwarding; resolves once it is up. */
+function startLoad(ctx: RunContext, size: number, pairs: number): Promise<Proc> {
+  const vdevs: string[] = [];
+  const extra: string[] = [`--rxd=${RING}`, `--txd=${RING}`];
+  for (let i = 0; i < pairs; i++) {
+    for (const side of ["a", "b"] as const) {
+      const port = vdevs.length;
+      vdevs.push(
+        `net_virtio_user${port},path=${join(ctx.dir, `${side}${i}.sock`)},queues=1,queue_size=${RING},mac=${mac(side, i)}`,
+      );
+      extra.push(`--eth-peer=${port},${mac(side === "a" ? "b" : "a", i)}`);
+    }
+  }
+  return startTestpmd(ctx.set, {
+    name: `bench-switch-load-${process.pid}`,
+    cpu: LOAD_CPU,
+    vdevs,
+    mode: "io",
+    txpkts: size,
+    mbufs: 8192 + 4 * RING * 2 * pairs,
+    extra,
+  });
+}
+
+/** Runs the load for the window; the frames the load testpmd received and the window's length. */
+async function measureLoad(ctx: RunContext, load: Proc): Promise<{ frames: number; seconds: number }> {
+  const t0 = process.hrtime.bigint();
+  load.send(`start tx_first ${BURSTS}`);
+  await sleep(ctx.seconds * 1000);
+  load.send("stop");
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { frames: forwardCount(load, await quitTestpmd(load), "rxPackets"), seconds };
+}
+
+function row(
+  path: SwitchPath,
+  variant: string,
+  size: number,
+  pairs: number,
+  m: { frames: number; seconds: number },
+  countedBy: string,
+): SwitchBenchRow {
+  const mpps = m.frames / m.seconds / 1e6;
+  return {
+    path,
+    variant,
+    frameBytes: size,
+    pairs,
+    available: true,
+    frames: m.frames,
+    seconds: m.seconds,
+    mpps,
+    gbps: (mpps * 1e6 * size * 8) / 1e9,
+    countedBy,
+  };
+}
+
+function unavailable(
+  path: SwitchPath,
+  variant: string,
+  size: number,
+  pairs: number,
+  why: string,
+): SwitchBenchRow {
+  return {
+    path,
+    variant,
+    frameBytes: size,
+    pairs,
+    available: false,
+    frames: 0,
+    seconds: 0,
+    mpps: Number.NaN,
+    gbps: Number.NaN,
+    countedBy: "",
+    note: why,
+  };
+}
+
+async function runTestpmdSwitch(ctx: RunContext, size: number, pairs: number): Promise<SwitchBenchRow> {
+  const vdevs: string[] = [];
+  for (let i = 0; i < pairs; i++)
+    for (const side of ["a", "b"])
+      vdevs.push(`net_vhost${vdevs.length},iface=${join(ctx.dir, `${side}${i}.sock`)},queues=1`);
+  // Ports 2i and 2i+1 are paired (testpmd's default topology): what one receives, the other sends.
+  const dut = await startTestpmd(ctx.set, {
+    name: `bench-switch-dut-${process.pid}`,
+    cpu: DUT_CPU,
+    vdevs,
+    mode: "io",
+    mbufs: 16384,
+  });
+  dut.send("start");
+  const load = await startLoad(ctx, size, pairs);
+  const m = await measureLoad(ctx, load);
+  await quitTestpmd(dut);
+  return row("testpmd", "plain", size, pairs, m, "load testpmd (virtio_user io) rx");
+}
+
+interface SwitchEndPort {
+  name: string;
+  rx: { frames: number; bytes: number };
+  tx: { frames: number; bytes: number };
+  drops: Record<string, number>;
+}
+
+async function runVireoSwitch(
+  ctx: RunContext,
+  size: number,
+  pairs: number,
+  variant: SwitchVariant | null,
+): Promise<SwitchBenchRow> {
+  const switchName = `bench${process.pid}`;
+  const control = join(ctx.dir, "control.sock");
+  const ports: string[] = [];
+  const args = ["switch", switchName, "--control", control];
+  for (let i = 0; i < pairs; i++) {
+    for (const side of ["a", "b"]) {
+      ports.push(`${side}${i}`);
+      args.push("--port", `vhost-user=${join(ctx.dir, `${side}${i}.sock`)},name=${side}${i},vlan=${i + 1}`);
+    }
+  }
+  const vctx: VariantContext = { dir: ctx.dir, switchName, control, ports };
+  if (variant) args.push(...variant.args(vctx));
+  const sw = ctx.set.start("vireo switch", VIREO_BIN, args, { cpu: DUT_CPU });
+  await until(
+    "vireo switch ready",
+    () => /switch \S+ ready/.test(sw.out.text) || sw.child.exitCode !== null,
+    60_000,
+    () => sw.out.text,
+  );
+  if (sw.child.exitCode !== null)
+    throw new VireoError("VIREO_BENCH_FAILED", `vireo switch exited (${sw.child.exitCode}):\n${sw.out.text}`);
+  variant?.setup?.(vctx);
+  const load = await startLoad(ctx, size, pairs);
+  const m = await measureLoad(ctx, load);
+  sw.child.kill("SIGTERM");
+  await until(
+    "vireo switch's switch-end line",
+    () => sw.out.text.includes('"switch-end"') || sw.child.exitCode !== null,
+    30_000,
+    () => sw.out.text,
+  );
+  const r = row("vireo", variant?.name ?? "plain", size, pairs, m, "load testpmd (virtio_user io) rx");
+  const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
+  if (line) {
+    const end = JSON.parse(line) as { ports: SwitchEndPort[] };
+    const drops: Record<string, number> = {};
+    for (const p of end.ports)
+      for (const [k, v] of Object.entries(p.drops ?? {}))
+        if (typeof v === "number") drops[k] = (drops[k] ?? 0) + v;
+    r.switchCounts = {
+      delivered: end.ports.reduce((s, p) => s + p.tx.frames, 0),
+      received: end.ports.reduce((s, p) => s + p.rx.frames, 0),
+      drops,
+    };
+  }
+  await Promise.race([sw.exited, sleep(10_000)]);
+  return r;
+}
+
+// ---- the Linux bridge ----
+
+function sh(cmd: string[], what: string): string {
+  const r = spawnSync(cmd[0] as string, cmd.slice(1), { encoding: "utf8" });
+  if (r.status !== 0) throw new VireoError("VIREO_BENCH_FAILED", `${what}: ${cmd.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** testpmd txonly's frame (IPv4/UDP 198.18.0.1:9 -> 198.18.0.2:9, zero payload) as `size` bytes. */
+export function udpFrame(size: number, dst: string, src: string): Uint8Array {
+  const f = new Uint8Array(size);
+  const macBytes = (m: string) => m.split(":").map((h) => Number.parseInt(h, 16));
+  f.set(macBytes(dst), 0);
+  f.set(macBytes(src), 6);
+  f[12] = 0x08; // IPv4
+  const ip = 14;
+  const ipLen = size - ip;
+  f.set([0x45, 0, ipLen >> 8, ipLen & 0xff, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2], ip);
+  let sum = 0; // RFC 791: the one's complement sum of the header's 16-bit words
+  for (let i = 0; i < 20; i += 2) sum += ((f[ip + i] as number) << 8) | (f[ip + i + 1] as number);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >> 16);
+  const csum = ~sum & 0xffff;
+  f[ip + 10] = csum >> 8;
+  f[ip + 11] = csum & 0xff;
+  const udp = ip + 20;
+  const udpLen = size - udp;
+  f.set([0, 9, 0, 9, udpLen >> 8, udpLen & 0xff, 0, 0], udp); // checksum 0: none (RFC 768)
+  return f;
+}
+
+function bridgeMissing(): string | null {
+  if (!IS_ROOT) return "a network namespace and veths need root";
+  if (!hasCommand("trafgen"))
+    return "trafgen is not installed (scripts/setup.sh installs Debian's netsniff-ng)";
+  if (!hasCommand("ip")) return "ip (iproute2) is not installed";
+  return null;
+}
+
+async function runBridge(ctx: RunContext, size: number, pairs: number): Promise<SwitchBenchRow> {
+  const ns = `vireo-bench-switch-${process.pid}`;
+  const nsx = (args: string[], what: string) => sh(["ip", "-n", ns, ...args], what);
+  sh(["ip", "netns", "add", ns], "network namespace");
+  try {
+    nsx(["link", "add", "br0", "type", "bridge"], "bridge");
+    const counted: string[] = [];
+    const senders: string[] = [];
+    for (let i = 0; i < pairs; i++) {
+      for (const side of ["a", "b"] as const) {
+        // v<side><i> is the host end (the generator's or the receiver's), s<side><i> the bridge's port.
+        const v = `v${side}${i}`;
+        const s = `s${side}${i}`;
+        nsx(
+          [
+            "link",
+            "add",
+            v,
+            "mtu",
+            "1518",
+            "address",
+            mac(side, i),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            s,
+            "mtu",
+            "1518",
+          ],
+          "veth",
+        );
+        nsx(["link", "set", s, "master", "br0"], "bridge port");
+        nsx(["link", "set", s, "up"], "link up");
+        nsx(["link", "set", v, "up"], "link up");
+        (side === "a" ? senders : counted).push(v);
+      }
+      // The receiver never sends, so the bridge would never learn it and would flood: a static entry.
+      sh(["bridge", "-n", ns, "fdb", "add", mac("b", i), "dev", `sb${i}`, "master", "static"], "fdb entry");
+    }
+    nsx(["link", "set", "br0", "up"], "bridge up");
+    const rxPackets = () =>
+      counted.reduce((sum, dev) => {
+        const j = JSON.parse(nsx(["-s", "-j", "link", "show", "dev", dev], "counters")) as Array<{
+          stats64: { rx: { packets: number } };
+        }>;
+        return sum + (j[0]?.stats64.rx.packets ?? 0);
+      }, 0);
+    const gens: Proc[] = [];
+    for (let i = 0; i < pairs; i++) {
+      const frame = udpFrame(size, mac("b", i), mac("a", i));
+      const conf = join(ctx.dir, `trafgen${i}.cfg`);
+      writeFileSync(
+        conf,
+        `{ ${[...frame].map((b) => `0x${b.toString(16).padStart(2, "0")}`).join(", ")} }\n`,
+      );
+      // -P 1: one process; -C: no CPU statistics; the socket's queue bypass is trafgen's default.
+      gens.push(
+        ctx.set.start(
+          `trafgen ${i}`,
+          "ip",
+          ["netns", "exec", ns, "trafgen", "-o", `va${i}`, "-i", conf, "-P", "1", "-C", "-Q"],
+          {
+            cpu: LOAD_CPU,
+          },
+        ),
+      );
+    }
+    // trafgen spends a moment setting its ring up: the window starts once frames arrive.
+    await until(
+      "trafgen's first frames",
+      () => rxPackets() > 0 || gens.some((g) => g.child.exitCode !== null),
+      30_000,
+      () => gens.map((g) => g.out.text).join("\n"),
+    );
+    const before = rxPackets();
+    const t0 = process.hrtime.bigint();
+    await sleep(ctx.seconds * 1000);
+    const after = rxPackets();
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    for (const g of gens) if (g.child.pid !== undefined) process.kill(-g.child.pid, "SIGINT");
+    await Promise.race([Promise.all(gens.map((g) => g.exited)), sleep(10_000)]);
+    return row(
+      "bridge",
+      "plain",
+      size,
+      pairs,
+      { frames: after - before, seconds },
+      "receiving veths' rx_packets",
+    );
+  } finally {
+    spawnSync("ip", ["netns", "del", ns]);
+  }
+}
+
+// ---- the run ----
+
+/** What kind of machine runs the benchmark: the kernel's "Hypervisor detected" line, or the CPU's hypervisor flag. */
+export function hostMachine(ncpu: number): string {
+  const dmesg = spawnSync("dmesg", [], { encoding: "utf8" });
+  const hv = /Hypervisor detected: (\S+)/.exec(dmesg.stdout ?? "")?.[1];
+  const guest = /^flags\s*:.*\bhypervisor\b/m.test(readFileSync("/proc/cpuinfo", "utf8"));
+  const kind = hv
+    ? `a ${hv} guest`
+    : guest
+      ? "a virtual machine (the CPU's hypervisor flag)"
+      : "no hypervisor seen";
+  return `${kind}, ${ncpu} CPU${ncpu === 1 ? "" : "s"}`;
+}
+
+export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBenchResult> {
+  const seconds = opts.seconds ?? 5;
+  const sizes = opts.sizes ?? [64, 1518];
+  const pairCounts = opts.pairs ?? [1, 2, 4];
+  for (const s of sizes)
+    if (!Number.isInteger(s) || s < 60 || s > 1518)
+      throw new VireoError("VIREO_BENCH_FAILED", `frame size ${s}: from 60 to 1518 bytes`);
+  const ncpu = cpus().length;
+  const loadavgBefore = readFileSync("/proc/loadavg", "utf8").trim();
+  const machine = hostMachine(ncpu);
+  const rows: SwitchBenchRow[] = [];
+  const dpdk = prepareDpdk(HUGEPAGES);
+  const noDpdk = "why" in dpdk ? dpdk.why : null;
+  const noVireo = noDpdk ?? vireoSwitchMissing();
+  const noBridge = bridgeMissing();
+  const set = new ProcessSet();
+  const dir = mkdtempSync(join(tmpdir(), "vireo-bench-switch-"));
+  const progress = (what: string) => {
+    if (!opts.json && process.stderr.isTTY) process.stderr.write(`\r${what}                    `);
+  };
+  const once = async (make: (ctx: RunContext) => Promise<SwitchBenchRow>): Promise<SwitchBenchRow> => {
+    // Each run gets fresh socket names in a directory of its own.
+    const sub = mkdtempSync(join(dir, "run-"));
+    try {
+      return await make({ set, dir: sub, seconds });
+    } finally {
+      set.killAll();
+    }
+  };
+  try {
+    for (const size of sizes) {
+      for (const pairs of pairCounts) {
+        progress(`${size} B, ${pairs} pair(s): testpmd`);
+        rows.push(
+          noDpdk
+            ? unavailable("testpmd", "plain", size, pairs, noDpdk)
+            : await once((c) => runTestpmdSwitch(c, size, pairs)),
+        );
+        progress(`${size} B, ${pairs} pair(s): vireo`);
+        rows.push(
+          noVireo
+            ? unavailable("vireo", "plain", size, pairs, noVireo)
+            : await once((c) => runVireoSwitch(c, size, pairs, null)),
+        );
+        progress(`${size} B, ${pairs} pair(s): bridge`);
+        rows.push(
+          noBridge
+            ? unavailable("bridge", "plain", size, pairs, noBridge)
+            : await once((c) => runBridge(c, size, pairs)),
+        );
+      }
+      // Interposition costs: one pair, beside the plain vireo row.
+      if (noVireo === null && pairCounts.includes(1)) {
+        for (const v of VARIANTS) {
+          progress(`${size} B, 1 pair: vireo with ${v.name}`);
+          try {
+            rows.push(await once((c) => runVireoSwitch(c, size, 1, v)));
+          } catch (e) {
+            rows.push(
+              unavailable("vireo", v.name, size, 1, (e as Error).message.split("\n")[0] ?? String(e)),
+            );
+          }
+        }
+      }
+    }
+    progress("");
+  } finally {
+    set.killAll();
+    rmSync(dir, { recursive: true, force: true });
+    if ("release" in dpdk) dpdk.release();
+  }
+  const find = (path: SwitchPath, size: number, pairs: number, variant = "plain") =>
+    rows.find(
+      (r) =>
+        r.path === path && r.frameBytes === size && r.pairs === pairs && r.variant === variant && r.available,
+    );
+  const ratios = [];
+  const interposition = [];
+  for (const size of sizes) {
+    for (const pairs of pairCounts) {
+      const v = find("vireo", size, pairs);
+      const t = find("testpmd", size, pairs);
+      const b = find("bridge", size, pairs);
+      ratios.push({
+        frameBytes: size,
+        pairs,
+        vireoOverTestpmd: v && t ? v.mpps / t.mpps : null,
+        vireoOverBridge: v && b ? v.mpps / b.mpps : null,
+      });
+      for (const variant of VARIANTS) {
+        const i = find("vireo", size, pairs, variant.name);
+        if (v && i)
+          interposition.push({ variant: variant.name, frameBytes: size, pairs, ofPlain: i.mpps / v.mpps });
+      }
+    }
+  }
+  return {
+    cpus: ncpu,
+    hostNote: `this machine: ${machine}; timing on a shared, loaded guest is noisy: compare only rows of one run`,
+    load: `one testpmd with 2 virtio_user ports per pair in io forwarding, ${BURSTS} bursts of 32 frames per port circulating (start tx_first ${BURSTS}), rings of ${RING}; bridge: one trafgen per pair, one direction`,
+    pinning:
+      ncpu >= 2
+        ? `switch under test on CPU ${DUT_CPU}, the load on CPU ${LOAD_CPU} (taskset, testpmd --lcores); the bridge runs in trafgen's softirq on CPU ${LOAD_CPU}${IS_ROOT ? "; each process in its own session at nice -20" : ""}`
+        : "one CPU: everything shares it (figures mean little)",
+    seconds,
+    rows,
+    ratios,
+    interposition,
+    loadavgBefore,
+    loadavgAfter: readFileSync("/proc/loadavg", "utf8").trim(),
+  };
+}
+
+export function formatSwitch(r: SwitchBenchResult): string {
+  const fmt = (x: number | null | undefined, d = 2) =>
+    x === null || x === undefined || Number.isNaN(x) ? "" : x.toFixed(d);
+  const table = r.rows.map((row) => {
+    const ratio = r.ratios.find((x) => x.frameBytes === row.frameBytes && x.pairs === row.pairs);
+    const plainVireo = row.path === "vireo" && row.variant === "plain";
+    const cost = r.interposition.find(
+      (x) => x.variant === row.variant && x.frameBytes === row.frameBytes && x.pairs === row.pairs,
+    );
+    return [
+      String(row.frameBytes),
+      String(row.pairs),
+      row.path === "vireo" && row.variant !== "plain" ? `vireo + ${row.variant}` : row.path,
+      row.available ? row.frames.toLocaleString("en-US") : "not available",
+      row.available ? fmt(row.mpps) : "",
+      row.available ? fmt(row.gbps, 1) : "",
+      plainVireo && ratio?.vireoOverTestpmd ? `${fmt(ratio.vireoOverTestpmd)}x` : "",
+      plainVireo && ratio?.vireoOverBridge ? `${fmt(ratio.vireoOverBridge)}x` : "",
+      cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
+    ];
+  });
+  const notes = [
+    ...new Set(r.rows.filter((x) => !x.available && x.note).map((x) => `${x.path} ${x.variant}: ${x.note}`)),
+  ];
+  return [
+    `${r.hostNote}`,
+    `load: ${r.load}; ${r.seconds} s per window`,
+    `pinning: ${r.pinning}`,
+    formatTable(
+      ["frame B", "pairs", "switch", "frames", "Mpps", "Gbit/s", "vireo/testpmd", "vireo/bridge", "of plain"],
+      table,
+    ),
+    `load average ${r.loadavgBefore.split(" ").slice(0, 3).join(" ")} before, ${r.loadavgAfter.split(" ").slice(0, 3).join(" ")} after`,
+    ...notes.map((n) => `not available: ${n}`),
+  ].join("\n");
+}
