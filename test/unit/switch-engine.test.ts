@@ -66,22 +66,22 @@ describe("vireo switch: learning and flooding", () => {
     const { sw, io, send } = rig([["a"], ["b"], ["c"]]);
     send("a", frame(mac(2), mac(1)));
     sw.endBatch();
-    assert.equal(io.a?.frames.length, 0, "never back to the source");
-    assert.equal(io.b?.frames.length, 1);
-    assert.equal(io.c?.frames.length, 1);
+    assert.equal((io.a as TestIo).frames.length, 0, "never back to the source");
+    assert.equal((io.b as TestIo).frames.length, 1);
+    assert.equal((io.c as TestIo).frames.length, 1);
     send("b", frame(mac(1), mac(2)));
     sw.endBatch();
-    assert.equal(io.a?.frames.length, 1, "learned: a only");
-    assert.equal(io.c?.frames.length, 1);
+    assert.equal((io.a as TestIo).frames.length, 1, "learned: a only");
+    assert.equal((io.c as TestIo).frames.length, 1);
     send("c", frame(BCAST, mac(3)));
     sw.endBatch();
-    assert.equal(io.a?.frames.length, 2);
-    assert.equal(io.b?.frames.length, 2);
+    assert.equal((io.a as TestIo).frames.length, 2);
+    assert.equal((io.b as TestIo).frames.length, 2);
     // Multicast (group bit) floods too, and a group source address is never learned.
     send("a", frame([0x01, 0x00, 0x5e, 0, 0, 1], [0x01, 0, 0, 0, 0, 9]));
     sw.endBatch();
-    assert.equal(io.b?.frames.length, 3);
-    assert.equal(io.c?.frames.length, 2);
+    assert.equal((io.b as TestIo).frames.length, 3);
+    assert.equal((io.c as TestIo).frames.length, 2);
     assert.equal(sw.macs.size, 3);
   });
 
@@ -92,7 +92,7 @@ describe("vireo switch: learning and flooding", () => {
     send("a", f);
     f.fill(0x99); // the guest rewrites its buffer before the batch is forwarded
     sw.endBatch();
-    assert.deepEqual(io.b?.frames[0], expect);
+    assert.deepEqual((io.b as TestIo).frames[0], expect);
   });
 
   test("a batch is flushed once per destination, and a full batch forwards before the turn ends", () => {
@@ -100,17 +100,17 @@ describe("vireo switch: learning and flooding", () => {
     send("b", frame(BCAST, mac(2)));
     send("c", frame(BCAST, mac(3)));
     sw.endBatch();
-    const before = { b: io.b?.flushes, c: io.c?.flushes };
+    const before = { b: (io.b as TestIo).flushes, c: (io.c as TestIo).flushes };
     for (let i = 0; i < 5; i++) send("a", frame(mac(2), mac(1)));
     for (let i = 0; i < 2; i++) send("a", frame(mac(3), mac(1)));
-    assert.equal(io.b?.frames.length, 1, "staged, not yet forwarded");
+    assert.equal((io.b as TestIo).frames.length, 1, "staged, not yet forwarded");
     sw.endBatch();
-    assert.equal(io.b?.frames.length, 6);
-    assert.equal(io.c?.frames.length, 3);
-    assert.equal(io.b?.flushes, (before.b as number) + 1);
-    assert.equal(io.c?.flushes, (before.c as number) + 1);
+    assert.equal((io.b as TestIo).frames.length, 6);
+    assert.equal((io.c as TestIo).frames.length, 3);
+    assert.equal((io.b as TestIo).flushes, (before.b as number) + 1);
+    assert.equal((io.c as TestIo).flushes, (before.c as number) + 1);
     for (let i = 0; i < 8; i++) send("a", frame(mac(2), mac(1)));
-    assert.equal(io.b?.frames.length, 14, "batchFrames (8) reached: forwarded at once");
+    assert.equal((io.b as TestIo).frames.length, 14, "batchFrames (8) reached: forwarded at once");
   });
 
   test("a full destination drops and counts; nothing queues", () => {
@@ -118,13 +118,13 @@ describe("vireo switch: learning and flooding", () => {
     (io.b as TestIo).room = 3;
     for (let i = 0; i < 5; i++) send("a", frame(BCAST, mac(1)));
     sw.endBatch();
-    assert.equal(io.b?.frames.length, 3);
+    assert.equal((io.b as TestIo).frames.length, 3);
     const b = sw.port("b")?.counters;
     assert.equal(b?.drops.noBuffers, 2);
     assert.equal(b?.txFrames, 3);
     (io.b as TestIo).room = 100;
     sw.endBatch();
-    assert.equal(io.b?.frames.length, 3, "the dropped frames are gone");
+    assert.equal((io.b as TestIo).frames.length, 3, "the dropped frames are gone");
   });
 
   test("runts and oversized frames are dropped as malformed", () => {
@@ -142,7 +142,7 @@ describe("vireo switch: learning and flooding", () => {
     const now = { t: 0 };
     const sw = new Switch({ now: () => now.t, macTable: { ageMs: 1000 } });
     const io = [new TestIo(), new TestIo(), new TestIo()];
-    io.forEach((x, i) => sw.addPort(`p${i}`, x));
+    for (const [i, x] of io.entries()) sw.addPort(`p${i}`, x);
     sw.receive(1, frame(BCAST, mac(2)), 0, 60);
     sw.endBatch();
     sw.receive(0, frame(mac(2), mac(1)), 0, 60);
@@ -166,23 +166,23 @@ describe("vireo switch: VLANs", () => {
     ]);
     send("a10", frame(BCAST, mac(1), { pcp: 0 }));
     sw.endBatch();
-    assert.equal(io.b10?.frames.length, 1);
-    assert.equal(io.c20?.frames.length, 0, "VLAN 20 sees nothing of VLAN 10");
-    const tagged = io.t?.frames[0] as Uint8Array;
+    assert.equal((io.b10 as TestIo).frames.length, 1);
+    assert.equal((io.c20 as TestIo).frames.length, 0, "VLAN 20 sees nothing of VLAN 10");
+    const tagged = (io.t as TestIo).frames[0] as Uint8Array;
     assert.deepEqual(
       [...tagged.subarray(12, 16)],
       [0x81, 0x00, 0x00, 10],
       "trunk gets it tagged with VLAN 10",
     );
     assert.equal(tagged.length, 64);
-    assert.deepEqual(tagged.subarray(16), (io.b10?.frames[0] as Uint8Array).subarray(12));
+    assert.deepEqual(tagged.subarray(16), ((io.b10 as TestIo).frames[0] as Uint8Array).subarray(12));
     // From the trunk, tagged 20, priority 5: only c20 gets it, untagged.
     send("t", frame(BCAST, mac(9), { vlan: 20, pcp: 5 }));
     sw.endBatch();
-    assert.equal(io.c20?.frames.length, 1);
-    assert.equal(io.a10?.frames.length, 0);
-    assert.deepEqual([...(io.c20?.frames[0] as Uint8Array).subarray(12, 14)], [0x08, 0x00]);
-    assert.equal(io.c20?.frames[0]?.length, 56, "60 bytes with the tag, 56 without");
+    assert.equal((io.c20 as TestIo).frames.length, 1);
+    assert.equal((io.a10 as TestIo).frames.length, 0);
+    assert.deepEqual([...((io.c20 as TestIo).frames[0] as Uint8Array).subarray(12, 14)], [0x08, 0x00]);
+    assert.equal((io.c20 as TestIo).frames[0]?.length, 56, "60 bytes with the tag, 56 without");
     // A VLAN the trunk does not carry, and an untagged frame on a trunk without a native VLAN: dropped.
     send("t", frame(BCAST, mac(9), { vlan: 30 }));
     send("t", frame(BCAST, mac(9)));
@@ -191,13 +191,16 @@ describe("vireo switch: VLANs", () => {
     // An access port's peer cannot pick another VLAN with a tag (VLAN hopping).
     send("a10", frame(BCAST, mac(1), { vlan: 20 }));
     sw.endBatch();
-    assert.equal(io.c20?.frames.length, 1);
+    assert.equal((io.c20 as TestIo).frames.length, 1);
     assert.equal(sw.port("a10")?.counters.drops.vlan, 1);
     // A priority tag (VID 0) on an access port is its own VLAN.
     send("a10", frame(BCAST, mac(1), { vlan: 0, pcp: 3 }));
     sw.endBatch();
-    assert.equal(io.b10?.frames.length, 2);
-    assert.deepEqual([...(io.t?.frames.at(-1) as Uint8Array).subarray(12, 16)], [0x81, 0x00, 0x60, 10]);
+    assert.equal((io.b10 as TestIo).frames.length, 2);
+    assert.deepEqual(
+      [...((io.t as TestIo).frames.at(-1) as Uint8Array).subarray(12, 16)],
+      [0x81, 0x00, 0x60, 10],
+    );
   });
 
   test("the same MAC in two VLANs is two stations", () => {
@@ -211,8 +214,8 @@ describe("vireo switch: VLANs", () => {
     sw.endBatch();
     send("t", frame(mac(1), mac(7), { vlan: 20 }));
     sw.endBatch();
-    assert.equal(io.a20?.frames.length, 1);
-    assert.equal(io.a10?.frames.length, 0);
+    assert.equal((io.a20 as TestIo).frames.length, 1);
+    assert.equal((io.a10 as TestIo).frames.length, 0);
   });
 
   test("bad VLAN ids are refused", () => {
@@ -229,12 +232,12 @@ describe("vireo switch: ports and interposition hooks", () => {
     sw.endBatch();
     send("a", frame(mac(2), mac(1)));
     const removed = sw.removePort("b");
-    assert.equal(io.b?.frames.length, 1, "the staged frame went out before the detach");
-    assert.ok(io.b?.closed);
+    assert.equal((io.b as TestIo).frames.length, 1, "the staged frame went out before the detach");
+    assert.ok((io.b as TestIo).closed);
     send("a", frame(mac(2), mac(1)));
     sw.endBatch();
-    assert.equal(io.b?.frames.length, 1);
-    assert.equal(io.c?.frames.length, 2, "unknown again: flooded to the ports left");
+    assert.equal((io.b as TestIo).frames.length, 1);
+    assert.equal((io.c as TestIo).frames.length, 2, "unknown again: flooded to the ports left");
     assert.equal(sw.macs.lookup(1, 0x5254, 2, 0), -1);
     assert.equal(removed.name, "b");
     assert.throws(() => sw.removePort("b"), /no port b/);
@@ -282,7 +285,7 @@ describe("vireo switch: ports and interposition hooks", () => {
       [1, 7],
     ]);
     assert.equal(a.counters.drops.filter, 1);
-    assert.equal(io.b?.frames.length, 2);
+    assert.equal((io.b as TestIo).frames.length, 2);
     assert.equal(b.counters.drops.rateLimit, 1);
     assert.deepEqual(captured, [60, 60, 100, 70], "ingress capture sees every frame as received");
   });
@@ -295,8 +298,8 @@ describe("vireo switch: ports and interposition hooks", () => {
     send("a", frame(BCAST, mac(1)));
     send("b", frame(mac(1), mac(2)));
     sw.endBatch();
-    assert.equal(io.m?.frames.length, 2, "one in, one out");
-    assert.equal(io.b?.frames.length, 1);
+    assert.equal((io.m as TestIo).frames.length, 2, "one in, one out");
+    assert.equal((io.b as TestIo).frames.length, 1);
   });
 });
 
