@@ -70,6 +70,11 @@ export interface VirtioDeviceModel {
   readonly maxQueueSize: number;
   /** Device-type feature bits offered; the core adds the transport features (TRANSPORT_FEATURES). */
   readonly features: bigint;
+  /**
+   * The transport features this model's place can serve, when not all of TRANSPORT_FEATURES (a vhost-user
+   * front-end offers only what its back-end serves). Default TRANSPORT_FEATURES.
+   */
+  readonly transportFeatures?: bigint;
   /** Bytes of device-specific configuration space. */
   readonly configSize: number;
   /** Bytes of shared state the model needs (zeroed when the state is created). */
@@ -352,7 +357,7 @@ export class VirtioDevice {
     this.name = model.name;
     this.numQueues = n;
     this.maxQueueSize = model.maxQueueSize;
-    this.offeredFeatures = model.features | TRANSPORT_FEATURES;
+    this.offeredFeatures = model.features | (model.transportFeatures ?? TRANSPORT_FEATURES);
     this.mem = opts.mem;
     this.interrupts = opts.interrupts;
     this.log = opts.log ?? defaultLog;
