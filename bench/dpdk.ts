@@ -266,7 +266,7 @@ function counts(block: string): PortCounts {
 /** Parses testpmd's output: the forward statistics `stop` prints and the port statistics `show port stats`. */
 export function parseTestpmdStats(text: string): TestpmdStats {
   const stats: TestpmdStats = { forward: null, forwardPorts: new Map(), ports: new Map() };
-  // Each block runs from its banner to the next line of '#' or '-' signs ending it (or the next banner).
+  // Each block runs from its banner to the next banner (or the end).
   const blocks = text.split(/\n(?=\s*[-#+]{4,}\s*(?:Forward statistics|Accumulated forward|NIC statistics))/);
   for (const b of blocks) {
     const fwdPort = b.match(/Forward statistics for port (\d+)/);
@@ -288,7 +288,7 @@ export async function quitTestpmd(p: Proc, opts: { portStats?: boolean } = {}): 
   if (opts.portStats) p.send("show port stats all");
   p.send("quit");
   p.child.stdin?.end();
-  const code = await Promise.race([p.exited, sleep(30_000).then(() => "timeout" as const)]);
+  const code = await Promise.race([p.exited, sleep(30_000, "timeout" as const, { ref: false })]);
   if (code === "timeout") p.child.kill("SIGKILL");
   return parseTestpmdStats(p.out.text);
 }

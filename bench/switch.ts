@@ -357,7 +357,7 @@ async function runVireoSwitch(
       drops,
     };
   }
-  await Promise.race([sw.exited, sleep(10_000)]);
+  await Promise.race([sw.exited, sleep(10_000, undefined, { ref: false })]);
   return r;
 }
 
@@ -480,7 +480,7 @@ async function runBridge(ctx: RunContext, size: number, pairs: number): Promise<
     const after = rxPackets();
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     for (const g of gens) if (g.child.pid !== undefined) process.kill(-g.child.pid, "SIGINT");
-    await Promise.race([Promise.all(gens.map((g) => g.exited)), sleep(10_000)]);
+    await Promise.race([Promise.all(gens.map((g) => g.exited)), sleep(10_000, undefined, { ref: false })]);
     return row(
       "bridge",
       "plain",
