@@ -615,6 +615,14 @@ export class PciFunction {
    * and INTx# is driven as the restored request says.
    */
   restoreState(s: DeviceState): void {
+    this.prepareRestore(s)();
+  }
+
+  /**
+   * restoreState in two steps: checks `s` now (throwing DeviceStateError) and returns what applies it, which
+   * cannot fail; for a composite device that checks all its parts before it changes any.
+   */
+  prepareRestore(s: DeviceState): () => void {
     if (!this.isAttached) this.requireAttached("restoreState");
     const r = StateReader.open(
       `PciFunction ${this.name}`,
@@ -644,22 +652,24 @@ export class PciFunction {
         );
       }
     }
-    const took = this.enter();
-    try {
-      this.cfg.set(config);
-      const w = this.words;
-      const f = (w[S_FLAGS / 4] as number) & ~(F_INTX_REQUEST | F_INTX_SUPPRESSED);
-      Atomics.store(
-        w,
-        S_FLAGS / 4,
-        f | (intxRequest ? F_INTX_REQUEST : 0) | (intxSuppressed ? F_INTX_SUPPRESSED : 0),
-      );
-      this.updateMappings();
-      this.reconcileBars();
-      this.updateIntx();
-    } finally {
-      this.exit(took);
-    }
+    return () => {
+      const took = this.enter();
+      try {
+        this.cfg.set(config);
+        const w = this.words;
+        const f = (w[S_FLAGS / 4] as number) & ~(F_INTX_REQUEST | F_INTX_SUPPRESSED);
+        Atomics.store(
+          w,
+          S_FLAGS / 4,
+          f | (intxRequest ? F_INTX_REQUEST : 0) | (intxSuppressed ? F_INTX_SUPPRESSED : 0),
+        );
+        this.updateMappings();
+        this.reconcileBars();
+        this.updateIntx();
+      } finally {
+        this.exit(took);
+      }
+    };
   }
 
   /** Takes the lock unless this object already holds it; returns whether it did (pass that to exit). */

@@ -388,6 +388,11 @@ export class Msix {
    * deliverable is sent.
    */
   restoreState(s: DeviceState): void {
+    this.prepareRestore(s)();
+  }
+
+  /** restoreState in two steps: checks `s` now, returns what applies it (see PciFunction.prepareRestore). */
+  prepareRestore(s: DeviceState): () => void {
     const name = `Msix ${this.fn.name}`;
     const r = StateReader.open(name, s, STATE_KIND, STATE_VERSION);
     r.int("vectors", this.vectors, this.vectors);
@@ -407,13 +412,14 @@ export class Msix {
         );
       }
     }
-    this.locked(() => {
-      this.entries.set(table);
-      this.pending.set(pba);
-      // Routes as "none reported yet", so that controlChanged reports every deliverable one to this side.
-      new Uint8Array(this.routeView.buffer, this.routeView.byteOffset, this.routeView.byteLength).fill(0);
-      this.controlChanged();
-    });
+    return () =>
+      this.locked(() => {
+        this.entries.set(table);
+        this.pending.set(pba);
+        // Routes as "none reported yet", so that controlChanged reports every deliverable one to this side.
+        new Uint8Array(this.routeView.buffer, this.routeView.byteOffset, this.routeView.byteLength).fill(0);
+        this.controlChanged();
+      });
   }
 
   /** Every vector masked with a zero message, none pending (lock held). Routes are left for refresh to report. */

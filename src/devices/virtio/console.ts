@@ -95,6 +95,25 @@ export class VirtioConsole implements VirtioDeviceModel {
     }
   }
 
+  /** Snapshots: the input ring's head and count must lie in the ring, the size fit its 16-bit fields (5.3.4). */
+  checkState(region: Uint8Array): string | null {
+    const v = new DataView(region.buffer, region.byteOffset, region.byteLength);
+    const head = v.getInt32(4 * W_HEAD, true);
+    const count = v.getInt32(4 * W_COUNT, true);
+    if (head < 0 || head >= this.inputCapacity)
+      return `input ring head ${head} is outside the ring (${this.inputCapacity})`;
+    if (count < 0 || count > this.inputCapacity)
+      return `input ring count ${count} exceeds the ring (${this.inputCapacity})`;
+    for (const [what, w] of [
+      ["cols", W_COLS],
+      ["rows", W_ROWS],
+    ] as const) {
+      const n = v.getInt32(4 * w, true);
+      if (n < 0 || n > 0xffff) return `${what} ${n} does not fit 16 bits`;
+    }
+    return null;
+  }
+
   readConfig(offset: number, data: Uint8Array): void {
     const cfg = new Uint8Array(CONSOLE_CONFIG.SIZE);
     const v = new DataView(cfg.buffer);

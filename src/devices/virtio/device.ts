@@ -23,6 +23,13 @@
 import { VireoError } from "../../errors.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import {
+  DeviceBusyError,
+  type DeviceState,
+  DeviceStateError,
+  type StateObject,
+  StateReader,
+} from "../../shared/device-state.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import {
   hasFeature,
@@ -34,7 +41,9 @@ import {
 import {
   createVirtqueue,
   type DescriptorChain,
+  PackedQueue,
   QUEUE_STATE_WORDS,
+  SplitQueue,
   type Virtqueue,
   VirtqueueError,
 } from "./queue/index.ts";
@@ -96,6 +105,11 @@ export interface VirtioDeviceModel {
   activate?(): void;
   /** The device was reset. Runs under the device lock with every queue idle. */
   reset?(): void;
+  /**
+   * Snapshots: checks a saved copy of the model's shared state region (stateBytes bytes, from a file that may be
+   * hostile) before it is restored; a reason to refuse it, or null. Models without a region need none.
+   */
+  checkState?(region: Uint8Array): string | null;
 }
 
 /** What the core offers a model. */
@@ -177,6 +191,16 @@ const Q_STATE = 16;
 const QUEUE_WORDS = Q_STATE + QUEUE_STATE_WORDS;
 
 const MAGIC = 0x76697274; // "virt"
+const STATE_KIND = "virtio-device";
+const STATE_VERSION = 1;
+/** Status bits a device can hold (2.1). */
+const STATUS_BITS =
+  VIRTIO_STATUS.ACKNOWLEDGE |
+  VIRTIO_STATUS.DRIVER |
+  VIRTIO_STATUS.DRIVER_OK |
+  VIRTIO_STATUS.FEATURES_OK |
+  VIRTIO_STATUS.DEVICE_NEEDS_RESET |
+  VIRTIO_STATUS.FAILED;
 
 /** Per-queue fields of the common configuration, as transports name them (4.1.4.3). */
 export type QueueField =
@@ -851,6 +875,252 @@ export class VirtioDevice {
    */
   hasUnfinished(q: number): boolean {
     return this.partial[q] !== undefined;
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------------------------
+
+  /**
+   * Everything the device keeps, for a snapshot: status, features, selectors, configuration vector and
+   * generation, ISR, each queue's configuration and device-side ring indices, the model's shared region, and the
+   * device configuration as the driver reads it (so a restore into a device with other options is refused).
+   *
+   * Requests in flight (docs/snapshot.md): the caller pauses the guest and lets the device finish what it has
+   * taken from its rings first (serveDeferred / the data-plane thread's slices, the net receiver's flush). A
+   * queue with a chain popped and not yet used, or used and not yet published to the driver, is refused with
+   * DeviceBusyError, so a saved state never has a request both taken off the ring and unanswered: after restore
+   * nothing is lost (every request answered before the snapshot is in the used ring, in guest memory) and
+   * nothing is done twice (last_avail says where the next unanswered request is).
+   */
+  saveState(): DeviceState {
+    return this.locked(() => {
+      for (let q = 0; q < this.numQueues; q++) {
+        if (this.partial[q] !== undefined) {
+          throw new DeviceBusyError(
+            `virtio ${this.name}: queue ${q} has a request in progress; serve it, then save`,
+          );
+        }
+      }
+      const w = this.words;
+      const packed = this.negotiated(VIRTIO_F.RING_PACKED);
+      const queues: StateObject[] = [];
+      for (let q = 0; q < this.numQueues; q++) {
+        const b = this.qb(q);
+        const lock = this.queueLocks[q] as SharedLock;
+        lock.lock();
+        try {
+          const st = w.subarray(b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS);
+          const size = (w[b + Q_SIZE] as number) & 0xffff;
+          const enabled = w[b + Q_ENABLE] !== 0;
+          if (enabled && st[7] === 1 && this.running) this.checkQuiet(q, packed, st, size, b);
+          queues.push({
+            size,
+            enable: enabled,
+            vector: (w[b + Q_VECTOR] as number) & 0xffff,
+            desc: this.addr(b, Q_DESC),
+            driver: this.addr(b, Q_DRIVER),
+            device: this.addr(b, Q_DEVICE),
+            ring: packed ? PackedQueue.saveState(st) : SplitQueue.saveState(st),
+          });
+        } finally {
+          lock.unlock();
+        }
+      }
+      const config = new Uint8Array(this.model.configSize);
+      this.model.readConfig(0, config);
+      return {
+        kind: STATE_KIND,
+        version: STATE_VERSION,
+        data: {
+          model: this.model.name,
+          type: this.model.type,
+          numQueues: this.numQueues,
+          status: this.status,
+          generation: w[H_GENERATION] as number,
+          deviceFeatureSelect: this.deviceFeatureSelect,
+          driverFeatureSelect: this.driverFeatureSelect,
+          driverFeaturesLo: (w[H_DRIVER_FEATURES_LO] as number) >>> 0,
+          driverFeaturesHi: (w[H_DRIVER_FEATURES_HI] as number) >>> 0,
+          queueSelect: this.queueSelect,
+          configVector: this.configVector,
+          isr: this.isr,
+          queues,
+          region: this.regionBytes().slice(),
+          config,
+        },
+      };
+    });
+  }
+
+  /** Refuses to save a queue with a chain taken and not answered (queue lock held). */
+  private checkQuiet(q: number, packed: boolean, st: Int32Array, size: number, b: number): void {
+    const taken = packed ? PackedQueue.inFlight(st, size) : SplitQueue.inFlight(st);
+    if (taken !== 0) {
+      throw new DeviceBusyError(
+        `virtio ${this.name}: queue ${q} has ${taken} ${packed ? "ring slots" : "requests"} taken and not yet answered; ` +
+          "let the device finish them (pause the guest, serve the queues), then save",
+      );
+    }
+    if (!packed) {
+      // Used entries written but not yet published (a batch whose end has not come): the used idx in the ring lags.
+      const ringIdx = this.mem.readU16(this.addr(b, Q_DEVICE) + 2);
+      const usedIdx = SplitQueue.indices(st).usedIdx;
+      if (ringIdx !== usedIdx) {
+        throw new DeviceBusyError(
+          `virtio ${this.name}: queue ${q} has ${(usedIdx - ringIdx) & 0xffff} answers not yet published to the ` +
+            "driver; flush them, then save",
+        );
+      }
+    }
+  }
+
+  private regionBytes(): Uint8Array {
+    const words = this.words;
+    return new Uint8Array(
+      words.buffer,
+      words.byteOffset + layoutBytes(this.numQueues),
+      this.model.stateBytes,
+    );
+  }
+
+  /**
+   * Restores a saved state into this device (a fresh one, or one whose guest is paused: no queue may be being
+   * served). Everything is checked before anything is written, as a hostile driver's register writes would be:
+   * the model, its options (device configuration), status bits, features (offered, and accepted by the device's
+   * rules), each queue's size (offered, a power of 2 for split rings), its ring addresses (inside guest RAM,
+   * aligned: the queue is built over them), vectors, and its indices (in range, nothing in flight). Queue objects
+   * other threads cached are rebuilt (the queues' epochs move). Afterwards the caller resumes the device with
+   * `activate()`, which serves anything the driver made available meanwhile.
+   */
+  restoreState(s: DeviceState): void {
+    const name = `virtio ${this.name}`;
+    const r = StateReader.open(name, s, STATE_KIND, STATE_VERSION);
+    const model = r.string("model");
+    const type = r.int("type", 0, 0xffff);
+    if (model !== this.model.name || type !== this.model.type) {
+      throw new DeviceStateError(`${name}: saved state is of device "${model}" (type ${type}), not this one`);
+    }
+    r.int("numQueues", this.numQueues, this.numQueues);
+    const status = r.int("status", 0, 0xff);
+    if (status & ~STATUS_BITS) r.fail("status", `has undefined bits (0x${status.toString(16)})`);
+    if (status & VIRTIO_STATUS.DRIVER_OK && !(status & VIRTIO_STATUS.FEATURES_OK)) {
+      r.fail("status", "has DRIVER_OK without FEATURES_OK");
+    }
+    const lo = r.int("driverFeaturesLo", 0, 0xffff_ffff);
+    const hi = r.int("driverFeaturesHi", 0, 0xffff_ffff);
+    const features = (BigInt(hi) << 32n) | BigInt(lo);
+    const negotiated = status & VIRTIO_STATUS.FEATURES_OK ? features : 0n;
+    if (status & VIRTIO_STATUS.FEATURES_OK) {
+      const why = this.checkFeatures(features);
+      if (why !== null) r.fail("driverFeatures", `were not acceptable: ${why}`);
+    }
+    const header = {
+      generation: r.int("generation", -0x8000_0000, 0x7fff_ffff),
+      deviceFeatureSelect: r.int("deviceFeatureSelect", 0, 0xffff_ffff),
+      driverFeatureSelect: r.int("driverFeatureSelect", 0, 0xffff_ffff),
+      queueSelect: r.int("queueSelect", 0, 0xffff),
+      configVector: r.int("configVector", 0, 0xffff),
+      isr: r.int("isr", 0, 3),
+    };
+    const packed = hasFeature(negotiated, VIRTIO_F.RING_PACKED);
+    const running =
+      (status & (VIRTIO_STATUS.DRIVER_OK | VIRTIO_STATUS.DEVICE_NEEDS_RESET)) === VIRTIO_STATUS.DRIVER_OK;
+    const queues = r.objects("queues", this.numQueues).map((qr, q) => {
+      const size = qr.int("size", 0, this.maxQueueSize);
+      const enable = qr.bool("enable");
+      const vector = qr.int("vector", 0, 0xffff);
+      const desc = qr.int("desc", 0, Number.MAX_SAFE_INTEGER);
+      const driver = qr.int("driver", 0, Number.MAX_SAFE_INTEGER);
+      const device = qr.int("device", 0, Number.MAX_SAFE_INTEGER);
+      const ring = qr.object("ring");
+      const st = packed ? PackedQueue.restoreState(ring, Math.max(size, 1)) : SplitQueue.restoreState(ring);
+      if (enable && !(status & VIRTIO_STATUS.DEVICE_NEEDS_RESET)) {
+        if (!(status & VIRTIO_STATUS.FEATURES_OK)) qr.fail("enable", "is set before FEATURES_OK");
+        if (size < 1) qr.fail("size", "is 0 on an enabled queue");
+        // The ring's addresses and size as the queue itself checks them (a private copy of the words, marked
+        // started, so that checking writes nothing to guest memory).
+        const probe = st.slice();
+        probe[7] = 1;
+        try {
+          createVirtqueue(
+            packed ? "packed" : "split",
+            this.mem,
+            { size, descAddr: desc, driverAddr: driver, deviceAddr: device },
+            { eventIdx: false, indirect: false },
+            { name: `${this.name}.q${q}`, state: probe },
+          );
+        } catch (e) {
+          qr.fail("size", `and ring addresses are refused: ${describeError(e)}`);
+        }
+        if (running && st[7] === 1) {
+          const taken = packed ? PackedQueue.inFlight(st, size) : SplitQueue.inFlight(st);
+          if (taken !== 0) qr.fail("ring", `has ${taken} taken and unanswered (a state is saved with none)`);
+        }
+      } else if (st[7] === 1 && !enable) {
+        qr.fail("ring", "has indices, but the queue is not enabled");
+      }
+      return { size, enable, vector, desc, driver, device, st };
+    });
+    const region = r.bytes("region", this.model.stateBytes);
+    const why = this.model.checkState?.(region) ?? null;
+    if (why !== null) r.fail("region", why);
+    const config = r.bytes("config", this.model.configSize);
+
+    this.lock.lock();
+    try {
+      for (const l of this.queueLocks) l.lock();
+      try {
+        const w = this.words;
+        const before = new Int32Array(w);
+        const regionBefore = this.regionBytes().slice();
+        w[H_STATUS] = status;
+        w[H_GENERATION] = header.generation;
+        w[H_DEVICE_FEATURE_SELECT] = header.deviceFeatureSelect | 0;
+        w[H_DRIVER_FEATURE_SELECT] = header.driverFeatureSelect | 0;
+        w[H_DRIVER_FEATURES_LO] = lo | 0;
+        w[H_DRIVER_FEATURES_HI] = hi | 0;
+        w[H_QUEUE_SELECT] = header.queueSelect;
+        w[H_CONFIG_VECTOR] = header.configVector;
+        w[H_ISR] = header.isr;
+        for (const [q, sq] of queues.entries()) {
+          const b = this.qb(q);
+          w[b + Q_SIZE] = sq.size;
+          w[b + Q_ENABLE] = sq.enable ? 1 : 0;
+          w[b + Q_VECTOR] = sq.vector;
+          for (const [word, v] of [
+            [Q_DESC, sq.desc],
+            [Q_DRIVER, sq.driver],
+            [Q_DEVICE, sq.device],
+          ] as const) {
+            w[b + word] = (v % 2 ** 32) | 0;
+            w[b + word + 1] = Math.floor(v / 2 ** 32) | 0;
+          }
+          w.set(sq.st, b + Q_STATE);
+          // Other threads' queue objects describe the old configuration: the new epoch makes them rebuild.
+          Atomics.add(w, b + Q_EPOCH, 1);
+          this.queueCache[q] = undefined;
+          this.partial[q] = undefined;
+        }
+        this.regionBytes().set(region);
+        // The options the device was built with must give the same configuration the driver read (capacity,
+        // MAC, ...): a disk of another size under a running driver would be worse than no restore.
+        const now = new Uint8Array(this.model.configSize);
+        this.model.readConfig(0, now);
+        const differs = now.findIndex((b, i) => b !== config[i]);
+        if (differs >= 0) {
+          w.set(before);
+          this.regionBytes().set(regionBefore);
+          throw new DeviceStateError(
+            `${name}: the device configuration differs from the saved one at byte ${differs} ` +
+              `(saved 0x${(config[differs] as number).toString(16)}, here 0x${(now[differs] as number).toString(16)}): ` +
+              "this device was built with other options (disk size, MAC, queue count...)",
+          );
+        }
+      } finally {
+        for (let q = this.queueLocks.length - 1; q >= 0; q--) (this.queueLocks[q] as SharedLock).unlock();
+      }
+    } finally {
+      this.lock.unlock();
+    }
   }
 
   // ---- queue processing -------------------------------------------------------------------------------------

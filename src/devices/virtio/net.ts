@@ -249,6 +249,15 @@ export class VirtioNet implements VirtioDeviceModel {
     this.backend.attach(receiver);
   }
 
+  /** Snapshots: the region is the link word (0: as at start, 1: up, 2: pulled) and a word kept 0. */
+  checkState(region: Uint8Array): string | null {
+    const v = new DataView(region.buffer, region.byteOffset, region.byteLength);
+    const link = v.getInt32(4 * S_LINK, true);
+    if (link < 0 || link > 2) return `link state ${link} is not 0, 1 or 2`;
+    if (v.getInt32(4, true) !== 0) return "the unused word is not 0";
+    return null;
+  }
+
   get linkUp(): boolean {
     const s = Atomics.load(this.link, S_LINK);
     return s === 0 ? this.linkUpAtStart : s === 1;

@@ -21,6 +21,7 @@
 import type { BusDevice } from "../../bus/bus.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { type DeviceState, nested, StateReader } from "../../shared/device-state.ts";
 import type { IrqLine } from "../../shared/irq-line.ts";
 import { BarRegions } from "../pci/bars.ts";
 import { PCI_CAP_ID, PciFunction, type PciFunctionOptions } from "../pci/config.ts";
@@ -484,6 +485,50 @@ export class VirtioPciTransport {
       return;
     }
     this.cBadAccess.add();
+  }
+
+  // ---- snapshots ----------------------------------------------------------------------------------------------
+
+  /**
+   * The whole virtio-pci device, for a snapshot: its PCI function (configuration space, BARs, INTx), MSI-X table
+   * and pending bits, and the virtio device (status, features, queues and their indices, the model's state). See
+   * VirtioDevice.saveState for requests in flight (DeviceBusyError until the device has finished them).
+   */
+  saveState(): DeviceState {
+    return {
+      kind: "virtio-pci",
+      version: 1,
+      data: {
+        pci: nested(this.pci.saveState()),
+        msix: nested(this.msix.saveState()),
+        device: nested(this.device.saveState()),
+      },
+    };
+  }
+
+  /**
+   * Restores a saved device into this transport (built with the same model options; its guest paused). Every
+   * part is checked before any is changed: the PCI function and MSI-X state, every vector the device would
+   * signal (one the table has, or NO_VECTOR), then the virtio device, whose own checks come last since it puts
+   * itself back if its configuration turns out to differ. Then call `device.activate()` to go on.
+   */
+  restoreState(s: DeviceState): void {
+    const r = StateReader.open(`virtio-pci ${this.name}`, s, "virtio-pci", 1);
+    const applyPci = this.pci.prepareRestore(r.state("pci"));
+    const applyMsix = this.msix.prepareRestore(r.state("msix"));
+    const device = r.state("device");
+    const d = new StateReader(`virtio-pci ${this.name}`, device.data, "device.");
+    const vectorOk = (v: number) => v === VIRTIO_MSI_NO_VECTOR || v < this.msix.vectors;
+    const cv = d.int("configVector", 0, 0xffff);
+    if (!vectorOk(cv)) d.fail("configVector", `is ${cv}; the MSI-X table has ${this.msix.vectors} vectors`);
+    for (const [q, qr] of d.objects("queues", this.numQueues).entries()) {
+      const v = qr.int("vector", 0, 0xffff);
+      if (!vectorOk(v))
+        qr.fail("vector", `of queue ${q} is ${v}; the MSI-X table has ${this.msix.vectors} vectors`);
+    }
+    this.device.restoreState(device);
+    applyPci();
+    applyMsix();
   }
 
   /** The model's name (for logs). */

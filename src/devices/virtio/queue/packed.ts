@@ -4,6 +4,7 @@
  * (Device Area).
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import type { StateObject, StateReader } from "../../../shared/device-state.ts";
 import { ChainBuilder, checkConfig, hex, MutableChain, type NotifyDecision, QueueBase } from "./core.ts";
 import {
   DESC_SIZE,
@@ -85,6 +86,49 @@ export class PackedQueue extends QueueBase {
   }
   private set driverNotifications(v: boolean) {
     this.st[6] = v ? 1 : 0;
+  }
+
+  /** The state words as named values, for a snapshot: ring positions and the two wrap counters (2.8.1). */
+  static saveState(words: Int32Array): StateObject {
+    return {
+      nextAvail: words[0] as number,
+      availWrap: words[1] as number,
+      nextUsed: words[2] as number,
+      usedWrap: words[3] as number,
+      usedAtCheck: words[4] as number,
+      slotsSinceCheck: words[5] as number,
+      driverNotifications: words[6] === 1,
+      started: words[7] === 1,
+    };
+  }
+
+  /** Saved positions checked against a ring of `size` slots and turned back into state words. */
+  static restoreState(r: StateReader, size: number): Int32Array {
+    const words = new Int32Array(8);
+    words[0] = r.int("nextAvail", 0, size - 1);
+    words[1] = r.int("availWrap", 0, 1);
+    words[2] = r.int("nextUsed", 0, size - 1);
+    words[3] = r.int("usedWrap", 0, 1);
+    words[4] = r.int("usedAtCheck", 0, 2 * size - 1);
+    words[5] = r.int("slotsSinceCheck", 0, 2 * size);
+    words[6] = r.bool("driverNotifications") ? 1 : 0;
+    words[7] = r.bool("started") ? 1 : 0;
+    if (words[7] === 0 && words.some((w) => w !== 0))
+      r.fail("started", "is false, but the queue has positions");
+    return words;
+  }
+
+  /** Ring slots taken by lists popped and not yet used, from state words. */
+  static inFlight(words: Int32Array, size: number): number {
+    if (words[7] !== 1) return 0;
+    const linear = (slot: number, wrap: number) => (wrap ? slot : size + slot);
+    const span = 2 * size;
+    return (
+      (linear(words[0] as number, words[1] as number) -
+        linear(words[2] as number, words[3] as number) +
+        span) %
+      span
+    );
   }
 
   constructor(mem: GuestMemory, config: QueueConfig, features: QueueFeatures, opts?: VirtqueueOptions) {

@@ -3,6 +3,7 @@
  * Area) and used ring (Device Area).
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
+import type { StateObject, StateReader } from "../../../shared/device-state.ts";
 import {
   ChainBuilder,
   checkConfig,
@@ -104,6 +105,40 @@ export class SplitQueue extends QueueBase {
     words[2] = usedIdx & 0xffff;
     words[4] = 1; // driver notifications on
     words[7] = 1; // started
+  }
+
+  /** The state words as named values, for a snapshot (words 5 and 6 are unused by split rings). */
+  static saveState(words: Int32Array): StateObject {
+    return {
+      lastAvail: (words[0] as number) & 0xffff,
+      usedIdx: (words[1] as number) & 0xffff,
+      usedAtCheck: (words[2] as number) & 0xffff,
+      usedSinceCheck: words[3] as number,
+      driverNotifications: words[4] === 1,
+      started: words[7] === 1,
+    };
+  }
+
+  /**
+   * Saved indices checked (16-bit free-running indices, 2.7.6 / 2.7.8) and turned back into state words. The
+   * count of used entries since the last notification check is at most 2^16 (it is reset at every check).
+   */
+  static restoreState(r: StateReader): Int32Array {
+    const words = new Int32Array(8);
+    words[0] = r.int("lastAvail", 0, 0xffff);
+    words[1] = r.int("usedIdx", 0, 0xffff);
+    words[2] = r.int("usedAtCheck", 0, 0xffff);
+    words[3] = r.int("usedSinceCheck", 0, 0x10000);
+    words[4] = r.bool("driverNotifications") ? 1 : 0;
+    words[7] = r.bool("started") ? 1 : 0;
+    if (words[7] === 0 && words.some((w) => w !== 0))
+      r.fail("started", "is false, but the queue has indices");
+    return words;
+  }
+
+  /** Chains popped and not yet used, from state words (the available entries read minus the used entries written). */
+  static inFlight(words: Int32Array): number {
+    return ((words[0] as number) - (words[1] as number)) & 0xffff;
   }
 
   /** The indices in state words: the next available entry to read and the used idx last published. */
