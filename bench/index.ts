@@ -18,6 +18,8 @@ export interface BenchOptions {
   /** switch: frame sizes in bytes and numbers of port pairs. */
   sizes?: number[];
   pairs?: number[];
+  /** switch: the vhost-user load, a testpmd loop (default) or a txonly and an rxonly testpmd per pair. */
+  load?: "loop" | "open";
 }
 
 interface Benchmark {

@@ -61,6 +61,8 @@ export interface SwitchBenchOptions {
   sizes?: number[];
   /** Numbers of port pairs (default 1, 2, 4). */
   pairs?: number[];
+  /** The vhost-user load (default "loop"). */
+  load?: LoadKind;
 }
 
 export type SwitchPath = "testpmd" | "vireo" | "bridge";
@@ -194,26 +196,46 @@ function vireoSwitchMissing(): string | null {
   return `vireo switch is not available in this build (${VIREO_BIN} switch --help: ${(r.stderr || r.stdout).trim().split("\n")[0] ?? r.status})`;
 }
 
+/**
+ * How the vhost-user rows are loaded: "loop" (the default, above), or "open": per pair, one txonly testpmd (to the
+ * B side's MAC) and one rxonly testpmd, each its own process, all on the load CPU; the count is the rxonly
+ * testpmds' frames. On two CPUs "open" measures the scheduler more than the switch (see the top of this file).
+ */
+export type LoadKind = "loop" | "open";
+
 interface RunContext {
   set: ProcessSet;
   dir: string;
   seconds: number;
+  load: LoadKind;
 }
 
-/** The load testpmd: two virtio_user ports per pair on `sockets`, io forwarding; resolves once it is up. */
-function startLoad(ctx: RunContext, size: number, pairs: number): Promise<Proc> {
+/** A started load: run the window, then the frames its receivers counted and the window's length. */
+interface Load {
+  measure(): Promise<{ frames: number; seconds: number }>;
+  countedBy: string;
+}
+
+const virtioUser = (ctx: RunContext, port: number, side: "a" | "b", pair: number) =>
+  `net_virtio_user${port},path=${join(ctx.dir, `${side}${pair}.sock`)},queues=1,queue_size=${RING},mac=${mac(side, pair)}`;
+
+/** Starts the load on the switch's sockets (the switch must be serving them already). */
+function startLoad(ctx: RunContext, size: number, pairs: number): Promise<Load> {
+  return ctx.load === "open" ? startOpenLoad(ctx, size, pairs) : startLoopLoad(ctx, size, pairs);
+}
+
+/** The loop: one testpmd, two virtio_user ports per pair, io forwarding. */
+async function startLoopLoad(ctx: RunContext, size: number, pairs: number): Promise<Load> {
   const vdevs: string[] = [];
   const extra: string[] = [`--rxd=${RING}`, `--txd=${RING}`];
   for (let i = 0; i < pairs; i++) {
     for (const side of ["a", "b"] as const) {
       const port = vdevs.length;
-      vdevs.push(
-        `net_virtio_user${port},path=${join(ctx.dir, `${side}${i}.sock`)},queues=1,queue_size=${RING},mac=${mac(side, i)}`,
-      );
+      vdevs.push(virtioUser(ctx, port, side, i));
       extra.push(`--eth-peer=${port},${mac(side === "a" ? "b" : "a", i)}`);
     }
   }
-  return startTestpmd(ctx.set, {
+  const load = await startTestpmd(ctx.set, {
     name: `bench-switch-load-${process.pid}`,
     cpu: LOAD_CPU,
     vdevs,
@@ -222,16 +244,61 @@ function startLoad(ctx: RunContext, size: number, pairs: number): Promise<Proc> 
     mbufs: 8192 + 4 * RING * 2 * pairs,
     extra,
   });
+  return {
+    countedBy: "load testpmd (virtio_user io loop) rx",
+    async measure() {
+      const t0 = process.hrtime.bigint();
+      load.send(`start tx_first ${BURSTS}`);
+      await sleep(ctx.seconds * 1000);
+      load.send("stop");
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      return { frames: forwardCount(load, await quitTestpmd(load), "rxPackets"), seconds };
+    },
+  };
 }
 
-/** Runs the load for the window; the frames the load testpmd received and the window's length. */
-async function measureLoad(ctx: RunContext, load: Proc): Promise<{ frames: number; seconds: number }> {
-  const t0 = process.hrtime.bigint();
-  load.send(`start tx_first ${BURSTS}`);
-  await sleep(ctx.seconds * 1000);
-  load.send("stop");
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  return { frames: forwardCount(load, await quitTestpmd(load), "rxPackets"), seconds };
+/** Open: a txonly and an rxonly testpmd per pair, A to B only. */
+async function startOpenLoad(ctx: RunContext, size: number, pairs: number): Promise<Load> {
+  const receivers: Proc[] = [];
+  const senders: Proc[] = [];
+  for (let i = 0; i < pairs; i++) {
+    const common = { cpu: LOAD_CPU, mbufs: 8192, extra: [`--rxd=${RING}`, `--txd=${RING}`] };
+    receivers.push(
+      await startTestpmd(ctx.set, {
+        ...common,
+        name: `bench-switch-rx${i}-${process.pid}`,
+        vdevs: [virtioUser(ctx, 0, "b", i)],
+        mode: "rxonly",
+      }),
+    );
+    senders.push(
+      await startTestpmd(ctx.set, {
+        ...common,
+        name: `bench-switch-tx${i}-${process.pid}`,
+        vdevs: [virtioUser(ctx, 0, "a", i)],
+        mode: "txonly",
+        txpkts: size,
+        extra: [...common.extra, `--eth-peer=0,${mac("b", i)}`],
+      }),
+    );
+  }
+  return {
+    countedBy: "rxonly testpmds (virtio_user) rx",
+    async measure() {
+      for (const r of receivers) r.send("start");
+      await sleep(200);
+      const t0 = process.hrtime.bigint();
+      for (const t of senders) t.send("start");
+      await sleep(ctx.seconds * 1000);
+      for (const t of senders) t.send("stop");
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      await sleep(500); // what the rings still hold
+      let frames = 0;
+      for (const r of receivers) frames += forwardCount(r, await quitTestpmd(r), "rxPackets");
+      for (const t of senders) await quitTestpmd(t);
+      return { frames, seconds };
+    },
+  };
 }
 
 function row(
@@ -294,9 +361,9 @@ async function runTestpmdSwitch(ctx: RunContext, size: number, pairs: number): P
   });
   dut.send("start");
   const load = await startLoad(ctx, size, pairs);
-  const m = await measureLoad(ctx, load);
+  const m = await load.measure();
   await quitTestpmd(dut);
-  return row("testpmd", "plain", size, pairs, m, "load testpmd (virtio_user io) rx");
+  return row("testpmd", "plain", size, pairs, m, load.countedBy);
 }
 
 interface SwitchEndPort {
@@ -335,7 +402,7 @@ async function runVireoSwitch(
     throw new VireoError("VIREO_BENCH_FAILED", `vireo switch exited (${sw.child.exitCode}):\n${sw.out.text}`);
   variant?.setup?.(vctx);
   const load = await startLoad(ctx, size, pairs);
-  const m = await measureLoad(ctx, load);
+  const m = await load.measure();
   sw.child.kill("SIGTERM");
   await until(
     "vireo switch's switch-end line",
@@ -343,7 +410,7 @@ async function runVireoSwitch(
     30_000,
     () => sw.out.text,
   );
-  const r = row("vireo", variant?.name ?? "plain", size, pairs, m, "load testpmd (virtio_user io) rx");
+  const r = row("vireo", variant?.name ?? "plain", size, pairs, m, load.countedBy);
   const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
   if (line) {
     const end = JSON.parse(line) as { ports: SwitchEndPort[] };
@@ -513,6 +580,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
   const seconds = opts.seconds ?? 5;
   const sizes = opts.sizes ?? [64, 1518];
   const pairCounts = opts.pairs ?? [1, 2, 4];
+  const loadKind: LoadKind = opts.load ?? "loop";
   for (const s of sizes)
     if (!Number.isInteger(s) || s < 60 || s > 1518)
       throw new VireoError("VIREO_BENCH_FAILED", `frame size ${s}: from 60 to 1518 bytes`);
@@ -533,7 +601,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
     // Each run gets fresh socket names in a directory of its own.
     const sub = mkdtempSync(join(dir, "run-"));
     try {
-      return await make({ set, dir: sub, seconds });
+      return await make({ set, dir: sub, seconds, load: loadKind });
     } finally {
       set.killAll();
     }
@@ -608,7 +676,11 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
   return {
     cpus: ncpu,
     hostNote: `this machine: ${machine}; timing on a shared, loaded guest is noisy: compare only rows of one run`,
-    load: `one testpmd with 2 virtio_user ports per pair in io forwarding, ${BURSTS} bursts of 32 frames per port circulating (start tx_first ${BURSTS}), rings of ${RING}; bridge: one trafgen per pair, one direction`,
+    load: `${
+      loadKind === "loop"
+        ? `loop: one testpmd with 2 virtio_user ports per pair in io forwarding, ${BURSTS} bursts of 32 frames per port circulating (start tx_first ${BURSTS}), both directions`
+        : "open: a txonly and an rxonly testpmd (virtio_user) per pair, each its own process, one direction"
+    }, rings of ${RING}; bridge: one trafgen per pair, one direction`,
     pinning:
       ncpu >= 2
         ? `switch under test on CPU ${DUT_CPU}, the load on CPU ${LOAD_CPU} (taskset, testpmd --lcores); the bridge runs in trafgen's softirq on CPU ${LOAD_CPU}${IS_ROOT ? "; each process in its own session at nice -20" : ""}`
@@ -643,6 +715,14 @@ export function formatSwitch(r: SwitchBenchResult): string {
       cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
     ];
   });
+  const drops = r.rows.flatMap((x) => {
+    const d = Object.entries(x.switchCounts?.drops ?? {}).filter(([, n]) => n > 0);
+    return d.length
+      ? [
+          `${x.frameBytes} B, ${x.pairs} pair(s), vireo ${x.variant}: the switch dropped ${d.map(([k, n]) => `${n} (${k})`).join(", ")}`,
+        ]
+      : [];
+  });
   const notes = [
     ...new Set(r.rows.filter((x) => !x.available && x.note).map((x) => `${x.path} ${x.variant}: ${x.note}`)),
   ];
@@ -655,6 +735,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
       table,
     ),
     `load average ${r.loadavgBefore.split(" ").slice(0, 3).join(" ")} before, ${r.loadavgAfter.split(" ").slice(0, 3).join(" ")} after`,
+    ...drops,
     ...notes.map((n) => `not available: ${n}`),
   ].join("\n");
 }

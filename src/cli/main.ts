@@ -87,7 +87,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
-                   [--force] [--accel auto|kvm|emulated]
+                   [--load loop|open] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -101,6 +101,8 @@ Options:
   --seconds N       vhost-user, switch: length of each measured window (default 5)
   --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
   --pairs N,N...    switch: numbers of port pairs (default 1,2,4)
+  --load loop|open  switch: the vhost-user load, one testpmd looping frames through every pair (default), or a
+                    txonly and an rxonly testpmd per pair (on 2 CPUs these measure the scheduler; bench/switch.ts)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
   --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
                     on (kvm, pvm, emulated): compare figures only within one kind`;
@@ -310,6 +312,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       seconds: { type: "string" },
       sizes: { type: "string" },
       pairs: { type: "string" },
+      load: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -341,8 +344,14 @@ async function cmdBench(argv: string[]): Promise<number> {
     seconds: values.seconds === undefined ? undefined : parseCount("--seconds", values.seconds, 0),
     sizes: parseList("--sizes", values.sizes, 60),
     pairs: parseList("--pairs", values.pairs, 1),
+    load: parseLoad(values.load),
   });
   return 0;
+}
+
+function parseLoad(value: string | undefined): "loop" | "open" | undefined {
+  if (value === undefined || value === "loop" || value === "open") return value;
+  throw new ConfigError(`--load must be loop or open, got '${value}'`);
 }
 
 /** A comma-separated list of whole numbers of at least `min` (--sizes 64,1518), or undefined when not given. */
