@@ -11,6 +11,7 @@ import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { cmdCtl } from "./ctl.ts";
 import { formatRunSummary } from "./summary.ts";
+import { cmdSwitch } from "./switch.ts";
 import { cmdVhostUser } from "./vhost-user.ts";
 
 const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O virtualization
@@ -26,6 +27,8 @@ Usage:
                                                     a vhost-user back-end process for virtio-net
   vireo vhost-user blk --socket PATH --file IMG [--readonly]
                                                     a vhost-user back-end process for virtio-blk
+  vireo switch NAME --port SPEC...                  a learning Ethernet switch between vhost-user peers and
+                                                    TAP devices, with capture, filters, rate limits, mirroring
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
@@ -386,6 +389,8 @@ export async function main(argv: string[]): Promise<number> {
       return cmdVhostUser(rest);
     case "ctl":
       return cmdCtl(rest);
+    case "switch":
+      return cmdSwitch(rest);
     case undefined:
     case "help":
     case "-h":
