@@ -1,11 +1,19 @@
-/** Starting and stopping the data-plane threads (io-thread.ts) of a machine's devices, on the main thread. */
+/**
+ * Starting and stopping the data-plane threads (io-thread.ts) of a machine's devices, and the threads of its
+ * vhost-user devices (src/vhost-user/frontend-thread.ts: the connection to the back-end), on the main thread.
+ */
 import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
-import { hasDataPlane, type PciManifest } from "../vmm/pci-devices.ts";
+import { hasDataPlane, type PciDeviceSpec, type PciManifest } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
 import type { IoThreadData } from "./io-thread.ts";
+
+/** Both threads take the same data; only the spec's kind differs. */
+type ThreadData = Omit<IoThreadData, "spec"> & {
+  spec: IoThreadData["spec"] | Extract<PciDeviceSpec, { kind: "vhost-user-net" }>;
+};
 
 export interface IoThreads {
   /** Signals every thread to stop and waits until they have. */
@@ -19,14 +27,14 @@ export async function startIoThreads(
   manifest: PciManifest,
   o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
 ): Promise<IoThreads | null> {
-  const specs = manifest.devices.filter(hasDataPlane);
+  const specs = manifest.devices.filter((d) => hasDataPlane(d) || d.kind === "vhost-user-net");
   if (specs.length === 0) return null;
   const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const workers: Worker[] = [];
   const exits: Array<Promise<void>> = [];
   const ready: Array<Promise<void>> = [];
   for (const spec of specs) {
-    const workerData: IoThreadData = {
+    const workerData: ThreadData = {
       spec,
       vmFd: o.vmFd,
       ram: o.ram,
@@ -34,7 +42,11 @@ export async function startIoThreads(
       metricsBuffer: o.metrics.shared,
       metricsSegment: o.metrics.allocateSegment(),
     };
-    const worker = startTsWorker(new URL("./io-thread.ts", import.meta.url), { workerData });
+    const script =
+      spec.kind === "vhost-user-net"
+        ? new URL("../vhost-user/frontend-thread.ts", import.meta.url)
+        : new URL("./io-thread.ts", import.meta.url);
+    const worker = startTsWorker(script, { workerData });
     workers.push(worker);
     let markReady = () => {};
     ready.push(new Promise<void>((resolve) => (markReady = resolve)));

@@ -281,6 +281,7 @@ export class Machine {
             rng: config.rng === true,
             nets: config.nets ?? [],
             console: config.console === "virtio" ? { outputFd: serialFd } : undefined,
+            ram: { fd: ram.fd, size: ram.size, hostAddress: ram.hostAddress },
           },
           {
             mem: ram.memory,

@@ -12,6 +12,7 @@ import { E1000Pci, type E1000PciState } from "../devices/e1000/pci.ts";
 import { assignBars } from "../devices/pci/bar-allocator.ts";
 import { connectBars } from "../devices/pci/bars.ts";
 import { PciBus, PciConfigIo } from "../devices/pci/host-bridge.ts";
+import type { MsixRoute } from "../devices/pci/msix.ts";
 import { VirtioBlk } from "../devices/virtio/blk.ts";
 import { VirtioConsole } from "../devices/virtio/console.ts";
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
@@ -27,6 +28,8 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
+import { type NegotiatedBackend, VhostUserFrontend } from "../vhost-user/frontend.ts";
+import { createFrontendBlock, FRONTEND_WORDS, VhostUserNet } from "../vhost-user/frontend-net.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
 import { FIRST_MSI_GSI, type IrqfdGsi, MsiRouteTable } from "./msi-routes.ts";
@@ -39,9 +42,12 @@ export interface DiskConfig {
   iothread?: boolean;
 }
 
-/** `--net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` */
+/** `--net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=...]` */
 export interface NetConfig {
+  /** The host TAP (empty with vhostUser). */
   tap: string;
+  /** A vhost-user back-end's socket: the rings are served there, not by a TAP of vireo's. */
+  vhostUser?: string;
   mac?: Uint8Array;
   model: "virtio" | "e1000";
 }
@@ -85,6 +91,35 @@ export type PciDeviceSpec =
       tap: Tap;
       dataPlane: DataPlaneSpec;
     }
+  /**
+   * virtio-net served by a vhost-user back-end (src/vhost-user/frontend-net.ts): vireo keeps the transport and
+   * configuration space; the device's vhost-user thread (frontend-thread.ts) owns the connection.
+   */
+  | {
+      kind: "vhost-user-net";
+      name: string;
+      slot: number;
+      state: VirtioPciState;
+      mac: number[];
+      socket: string;
+      /** The connection the main thread opened and negotiated on; the vhost-user thread owns it from then on. */
+      connFd: number;
+      /** The back-end's GET_FEATURES and the protocol features in use on connFd. */
+      backendFeatures: bigint;
+      protocolFeatures: bigint;
+      /** KVM ioeventfds on the queues' notify addresses, handed to the back-end as kick fds. */
+      kicks: number[];
+      /**
+       * Per MSI-X vector: a GSI whose route is the vector's message and an eventfd KVM_IRQFD binds to it while
+       * the vector is deliverable (msix onRouteChange): the back-end's call fd for queues on that vector.
+       */
+      irq: { routes: SharedArrayBuffer; pool: IrqfdGsi[]; assigned: SharedArrayBuffer };
+      /** Per queue: a call fd the vhost-user thread turns into INTx (MSI-X disabled). */
+      relays: number[];
+      wake: number;
+      block: SharedArrayBuffer;
+      ram: { fd: number; size: number; hostAddress: bigint };
+    }
   /** Intel 82540EM: register accesses on the vCPU threads, receive and timers on its data-plane thread. */
   | {
       kind: "e1000";
@@ -117,9 +152,11 @@ export function intxGsi(slot: number): number {
 
 const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
 
-/** `--net tap=NAME[,mac=..][,model=virtio|e1000]` */
+/** `--net tap=NAME[,mac=..][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=..]` */
 export function parseNet(spec: string): NetConfig {
   let tap: string | undefined;
+  let vhostUser: string | undefined;
+  let modelGiven = false;
   let mac: Uint8Array | undefined;
   let model: NetConfig["model"] = "virtio";
   for (const part of spec.split(",")) {
@@ -130,6 +167,11 @@ export function parseNet(spec: string): NetConfig {
       if (!value) throw new ConfigError(`--net ${spec}: tap= needs an interface name`);
       checkTapName(value);
       tap = value;
+    } else if (key === "vhost-user") {
+      if (!value) throw new ConfigError(`--net ${spec}: vhost-user= needs a socket path`);
+      if (Buffer.byteLength(value) > 107)
+        throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
+      vhostUser = value;
     } else if (key === "mac") {
       if (!MAC_RE.test(value))
         throw new ConfigError(`--net ${spec}: bad MAC '${value}' (want xx:xx:xx:xx:xx:xx)`);
@@ -142,13 +184,24 @@ export function parseNet(spec: string): NetConfig {
       if (value !== "virtio" && value !== "e1000")
         throw new ConfigError(`--net ${spec}: unknown model '${value}' (known: virtio, e1000)`);
       model = value;
+      modelGiven = true;
     } else {
       throw new ConfigError(
-        `--net ${spec}: unknown option '${key}' (known: tap=NAME, mac=MAC, model=virtio|e1000)`,
+        `--net ${spec}: unknown option '${key}' (known: tap=NAME, vhost-user=SOCKET, mac=MAC, model=virtio|e1000)`,
       );
     }
   }
-  if (tap === undefined) throw new ConfigError(`--net ${spec}: which backend? (--net tap=NAME)`);
+  if (vhostUser !== undefined) {
+    if (tap !== undefined)
+      throw new ConfigError(`--net ${spec}: give either tap=NAME or vhost-user=SOCKET, not both`);
+    if (modelGiven && model !== "virtio")
+      throw new ConfigError(
+        `--net ${spec}: a vhost-user back-end serves virtio-net only (not model=${model})`,
+      );
+    return { tap: "", vhostUser, mac, model: "virtio" };
+  }
+  if (tap === undefined)
+    throw new ConfigError(`--net ${spec}: which backend? (--net tap=NAME or --net vhost-user=SOCKET)`);
   return { tap, mac, model };
 }
 
@@ -241,7 +294,62 @@ function modelFor(
       const inner = new VirtioNet({ backend: detachedBackend(spec.tap), mac, name: spec.name });
       return new RemoteQueues(inner, dp.kicks, dp.wake, dp.block);
     }
+    case "vhost-user-net":
+      return vhostUserNetModel(spec, role === "io" ? "thread" : "vcpu");
   }
+}
+
+export function vhostUserNetModel(
+  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>,
+  role: "vcpu" | "thread",
+): VhostUserNet {
+  return new VhostUserNet({
+    name: spec.name,
+    mac: Uint8Array.from(spec.mac),
+    backendFeatures: spec.backendFeatures,
+    kicks: spec.kicks,
+    wake: spec.wake,
+    block: spec.block,
+    role,
+  });
+}
+
+/**
+ * A vhost-user device's interrupts are the back-end's writes to irqfds: each MSI-X vector's GSI follows the
+ * vector's route (msix.ts onRouteChange, which runs in whichever thread changed it, under the function's lock),
+ * and its irqfd is bound only while the vector is deliverable. While it is masked the back-end's signals wait in
+ * the eventfd, and KVM delivers them when the irqfd is bound again on unmask (KVM_IRQFD checks for a pending
+ * event on assignment), as a masked MSI-X vector's pending bit would.
+ */
+function vhostUserRoutes(
+  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>,
+  vmFd: number,
+  log: (message: string) => void,
+): (vector: number, route: MsixRoute | null) => void {
+  const vm = Vm.fromFd(vmFd);
+  // Made on first use: the main thread's firmware build runs before the GSIs are allocated.
+  let table: MsiRouteTable | null = null;
+  let assigned: Int32Array | null = null;
+  return (vector, route) => {
+    const g = spec.irq.pool[vector];
+    if (g === undefined) return;
+    table ??= new MsiRouteTable(spec.irq.routes, vm);
+    assigned ??= new Int32Array(spec.irq.assigned);
+    try {
+      if (route !== null) {
+        table.set(g.gsi, route.addressLo, route.addressHi, route.data);
+        if (Atomics.load(assigned, vector) === 0) {
+          vm.irqfd(g.fd, g.gsi);
+          Atomics.store(assigned, vector, 1);
+        }
+      } else if (Atomics.load(assigned, vector) === 1) {
+        vm.irqfd(g.fd, g.gsi, { deassign: true });
+        Atomics.store(assigned, vector, 0);
+      }
+    } catch (e) {
+      log(`${spec.name}: MSI-X vector ${vector}: irqfd: ${(e as Error).message}`);
+    }
+  };
 }
 
 export function transportFor(
@@ -251,7 +359,7 @@ export function transportFor(
   role: "vcpu" | "io" = "vcpu",
 ): VirtioPciTransport {
   const model = modelFor(spec, role, ctx.metrics);
-  return new VirtioPciTransport({
+  const transport = new VirtioPciTransport({
     state: spec.state,
     init,
     model,
@@ -263,6 +371,11 @@ export function transportFor(
     log: ctx.log,
     defer: ctx.defer,
   });
+  if (spec.kind === "vhost-user-net") {
+    const log = ctx.log ?? ((m: string) => process.stderr.write(`vireo: ${m}\n`));
+    transport.msix.onRouteChange = vhostUserRoutes(spec, ctx.vmFd, log);
+  }
+  return transport;
 }
 
 /**
@@ -319,6 +432,8 @@ export function preparePci(
     nets?: readonly NetConfig[];
     /** A virtio-console whose output goes to this fd (null: discarded). */
     console?: { outputFd: number | null };
+    /** Guest RAM's memfd and mapping (a vhost-user back-end maps it: SET_MEM_TABLE). */
+    ram?: { fd: number; size: number; hostAddress: bigint };
   },
   ctx: PciBuildContext,
 ): { manifest: PciManifest; close(): void } {
@@ -360,8 +475,22 @@ export function preparePci(
         : undefined,
     });
   });
+  const vhostUserConns: Array<{ fd: number; block: SharedArrayBuffer }> = [];
+  const closeConns = () => {
+    for (const c of vhostUserConns.splice(0)) {
+      // The vhost-user thread takes the connection over when it starts; until then it is ours to close.
+      if (Atomics.compareExchange(new Int32Array(c.block), FRONTEND_WORDS.connTaken, 0, 1) === 0)
+        native().close(c.fd);
+    }
+  };
   try {
     (devicesWanted.nets ?? []).forEach((net, i) => {
+      if (net.vhostUser !== undefined) {
+        devices.push(
+          vhostUserNetSpec(net, i, 1 + devices.length, devicesWanted.ram, eventFd, vhostUserConns),
+        );
+        return;
+      }
       // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.
       const tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
       fds.push(tap.fd);
@@ -390,6 +519,7 @@ export function preparePci(
     });
   } catch (e) {
     for (const b of backends) b.close();
+    closeConns();
     closeFds();
     throw e;
   }
@@ -426,11 +556,23 @@ export function preparePci(
   let nextGsi = FIRST_MSI_GSI;
   const vectors = manifest.devices.reduce((n, spec, i) => {
     const f = firmware.functions[i];
-    return n + (hasDataPlane(spec) && f instanceof VirtioPciTransport ? f.msix.vectors : 0);
+    const irqfds = hasDataPlane(spec) || spec.kind === "vhost-user-net";
+    return n + (irqfds && f instanceof VirtioPciTransport ? f.msix.vectors : 0);
   }, 0);
   const routes = MsiRouteTable.createState(Math.max(1, vectors));
   manifest.devices.forEach((spec, i) => {
     const f = firmware.functions[i];
+    if (spec.kind === "vhost-user-net" && f instanceof VirtioPciTransport) {
+      // GSIs and eventfds per vector; KVM_IRQFD binds them once the guest makes the vector deliverable.
+      spec.irq.routes = routes;
+      spec.irq.assigned = new SharedArrayBuffer(4 * f.msix.vectors);
+      for (let v = 0; v < f.msix.vectors; v++) spec.irq.pool.push({ gsi: nextGsi++, fd: eventFd() });
+      for (const n of f.notifyAddresses()) {
+        const fd = spec.kicks[n.queue];
+        if (n.address !== null && fd !== undefined) vm.ioeventfd({ addr: n.address, len: 2, fd, pio: false });
+      }
+      return;
+    }
     if (!hasDataPlane(spec) || !(f instanceof VirtioPciTransport)) return;
     const pool: IrqfdGsi[] = [];
     for (let v = 0; v < f.msix.vectors; v++) {
@@ -448,7 +590,60 @@ export function preparePci(
     manifest,
     close: () => {
       for (const b of backends) b.close();
+      closeConns();
       closeFds();
     },
+  };
+}
+
+/**
+ * `--net vhost-user=SOCKET`: connects to the back-end now, so a missing one is an error before the guest starts
+ * and the guest is offered the features this back-end has (GET_FEATURES).
+ */
+function vhostUserNetSpec(
+  net: NetConfig,
+  i: number,
+  slot: number,
+  ram: { fd: number; size: number; hostAddress: bigint } | undefined,
+  eventFd: () => number,
+  conns: Array<{ fd: number; block: SharedArrayBuffer }>,
+): Extract<PciDeviceSpec, { kind: "vhost-user-net" }> {
+  const path = net.vhostUser as string;
+  const what = `--net vhost-user=${path}`;
+  if (ram === undefined) throw new ConfigError(`${what}: guest RAM is not shareable here`);
+  let conn: VhostUserFrontend;
+  try {
+    conn = VhostUserFrontend.connect(path);
+  } catch (e) {
+    throw new ConfigError(`${what}: ${(e as Error).message}`);
+  }
+  let negotiated: NegotiatedBackend;
+  try {
+    negotiated = conn.negotiate();
+  } catch (e) {
+    conn.close();
+    throw new ConfigError(`${what}: ${(e as Error).message}`);
+  }
+  const block = createFrontendBlock();
+  conns.push({ fd: conn.fd, block });
+  const name = `net${i}`;
+  const mac = net.mac ?? defaultMac(i);
+  return {
+    kind: "vhost-user-net",
+    name,
+    slot,
+    state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
+    mac: Array.from(mac),
+    socket: path,
+    connFd: conn.fd,
+    backendFeatures: negotiated.features,
+    protocolFeatures: negotiated.protocolFeatures,
+    kicks: [eventFd(), eventFd()],
+    // Filled in once the MSI-X table size is known (after the transport is built).
+    irq: { routes: new SharedArrayBuffer(0), pool: [], assigned: new SharedArrayBuffer(0) },
+    relays: [eventFd(), eventFd()],
+    wake: eventFd(),
+    block,
+    ram,
   };
 }

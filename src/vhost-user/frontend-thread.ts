@@ -1,0 +1,338 @@
+/**
+ * A vhost-user device's thread in `vireo run` (the front-end's control plane; the data plane is the back-end's):
+ * it owns the connection to the back-end and does the requests the device's life calls for.
+ *
+ * - DRIVER_OK (a vCPU thread bumps `activations` and wakes this thread): SET_FEATURES with the back-end's share
+ *   of what the guest negotiated, SET_MEM_TABLE with guest RAM's memfd, and per enabled queue SET_VRING_NUM,
+ *   BASE, ADDR, CALL (the irqfd of the queue's MSI-X vector), KICK (the KVM ioeventfd of its notify address) and
+ *   ENABLE.
+ * - Reset (a vCPU thread bumps `resets` and waits for `resetsDone`): GET_VRING_BASE stops each started ring.
+ * - The back-end goes away (end of stream, an error, no reply in time): the device stalls and the VM runs on.
+ *   This thread tries the socket again every RECONNECT_MS, for as long as it takes; a back-end that listens
+ *   again gets the session back (features checked: it must serve everything the guest was offered), and a
+ *   running device's rings are restarted from the used index in guest memory (each ring's next available entry
+ *   is the first one the old back-end had not returned: virtio-net completes in order, and a frame taken but
+ *   never used is sent or received again).
+ * - A back-end that refuses a request (REPLY_ACK non-zero): the device is marked DEVICE_NEEDS_RESET with the
+ *   reason logged; the guest's driver sees a broken device, not a silent one.
+ * - MSI-X disabled (INTx): the call fds are eventfds this thread polls, raising INTx with the ISR bit.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { Bus } from "../bus/bus.ts";
+import type { VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
+import { Vm } from "../kvm/vm.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
+import { MetricsSegment } from "../metrics/registry.ts";
+import { native, POLLIN, takeEventFd } from "../native.ts";
+import type { WorkerMessage } from "../vmm/messages.ts";
+import { type PciBuildContext, type PciDeviceSpec, transportFor } from "../vmm/pci-devices.ts";
+import { VhostUserFrontend, VhostUserFrontendError } from "./frontend.ts";
+import { backendAck, FRONTEND_WORDS, guestFeatures } from "./frontend-net.ts";
+import { VHOST_USER_F_PROTOCOL_FEATURES } from "./protocol.ts";
+
+export interface FrontendThreadData {
+  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>;
+  vmFd: number;
+  ram: SharedArrayBuffer;
+  stopFd: number;
+  metricsBuffer: SharedArrayBuffer;
+  metricsSegment: number;
+}
+
+/** How often a lost back-end's socket is tried again. */
+export const RECONNECT_MS = 500;
+
+const ISR_QUEUE = 1;
+const VIRTIO_MSI_NO_VECTOR = 0xffff;
+
+const data = workerData as FrontendThreadData;
+const port = parentPort;
+if (!port) throw new Error("the vhost-user thread must run as a worker thread");
+const post = (m: WorkerMessage) => port.postMessage(m);
+const spec = data.spec;
+const metrics = new MetricsSegment(data.metricsBuffer, data.metricsSegment);
+const flushMetricNames = () => {
+  const names = metrics.drainNewNames();
+  if (names.length) post({ type: "metric-names", segment: data.metricsSegment, names });
+};
+/** Live status lines (connection lost, back again) and errors, on stderr as they happen. */
+const say = (m: string) => process.stderr.write(`vireo: ${spec.name}: vhost-user: ${m}\n`);
+const reportError = (message: string) => {
+  say(message);
+  post({ type: "device-error", vcpu: -1, device: spec.name, message: `vhost-user: ${message}` });
+};
+
+class FrontendPlane {
+  private conn: VhostUserFrontend | null;
+  private protocolFeatures: bigint;
+  private backendFeatures: bigint;
+  /** Rings the back-end serves now (started and not stopped). */
+  private started: number[] = [];
+  /** The activations count last served. */
+  private activations = 0;
+  private readonly words: Int32Array;
+  private readonly transport: VirtioPciTransport;
+  private readonly mem: GuestMemory;
+  private nextTry = 0;
+  private lastRefusal = "";
+  private readonly cConnects = metrics.counter(`vhost-user.${spec.name}.connects`);
+  private readonly cDisconnects = metrics.counter(`vhost-user.${spec.name}.disconnects`);
+  private readonly cRingStarts = metrics.counter(`vhost-user.${spec.name}.ring_starts`);
+  private readonly cRelayed = metrics.counter(`vhost-user.${spec.name}.intx_relayed`);
+
+  constructor() {
+    this.words = new Int32Array(spec.block);
+    // The first connection, opened and negotiated by the main thread, is this thread's from now on.
+    const taken = Atomics.compareExchange(this.words, FRONTEND_WORDS.connTaken, 0, 1) === 0;
+    this.conn = taken ? new VhostUserFrontend(spec.connFd, { name: spec.socket }) : null;
+    this.conn?.adopt(spec.protocolFeatures);
+    this.protocolFeatures = spec.protocolFeatures;
+    this.backendFeatures = spec.backendFeatures;
+    Atomics.store(this.words, FRONTEND_WORDS.connected, this.conn ? 1 : 0);
+    this.mem = new GuestMemory(data.ram);
+    const vm = Vm.fromFd(data.vmFd);
+    const ctx: PciBuildContext = {
+      mem: this.mem,
+      vmFd: data.vmFd,
+      metrics,
+      pio: new Bus("pio"),
+      mmio: new Bus("mmio"),
+      signalMsi: (lo, hi, value) => {
+        vm.signalMsi(lo, hi, value);
+      },
+      log: reportError,
+    };
+    this.transport = transportFor(spec, ctx, false, "io");
+  }
+
+  get connFd(): number {
+    return this.conn?.fd ?? -1;
+  }
+
+  /** Timeout for the next poll: the next reconnect attempt while there is no back-end. */
+  timeoutMs(): number {
+    if (this.conn) return -1;
+    return Math.max(0, Math.ceil(this.nextTry - performance.now()));
+  }
+
+  /** The wake eventfd fired: resets first (a reset after DRIVER_OK cancels it), then activation. */
+  onWake(): void {
+    const w = this.words;
+    const resets = Atomics.load(w, FRONTEND_WORDS.resets);
+    if (resets !== Atomics.load(w, FRONTEND_WORDS.resetsDone)) {
+      this.stopRings();
+      Atomics.store(w, FRONTEND_WORDS.resetsDone, resets);
+      Atomics.notify(w, FRONTEND_WORDS.resetsDone);
+    }
+    const act = Atomics.load(w, FRONTEND_WORDS.activations);
+    if (act !== this.activations) {
+      this.activations = act;
+      this.startRings();
+    }
+  }
+
+  /** The connection is readable or hung up: the back-end sends nothing unasked, so this is its end. */
+  onConnEvent(): void {
+    const conn = this.conn;
+    if (!conn) return;
+    const buf = new Uint8Array(64);
+    const r = native().recvmsg(conn.fd, buf, 8);
+    for (const fd of r.fds) native().close(fd);
+    if (r.bytes > 0) this.lost(`the back-end sent ${r.bytes} bytes nobody asked for`);
+    else this.lost("the back-end closed the connection");
+  }
+
+  /** A relay call fd fired (MSI-X off): the queue's interrupt as INTx with the ISR bit (4.1.4.5). */
+  onRelay(q: number): void {
+    if (takeEventFd(spec.relays[q] as number) === 0) return;
+    this.cRelayed.add();
+    const t = this.transport;
+    if (t.msix.enabled) return;
+    t.device.isrOr(ISR_QUEUE);
+    t.pci.setIntx(true);
+  }
+
+  /** No back-end: try the socket again if it is time. */
+  onTimer(): void {
+    if (this.conn || performance.now() < this.nextTry) return;
+    this.nextTry = performance.now() + RECONNECT_MS;
+    let conn: VhostUserFrontend;
+    try {
+      conn = VhostUserFrontend.connect(spec.socket);
+    } catch {
+      return; // nobody listens yet: the device stays stalled, and this thread tries again
+    }
+    try {
+      const n = conn.negotiate();
+      // The guest was offered features from the first back-end: a new one must serve all of them.
+      const offered = this.offeredFromBackend();
+      const missing = offered & ~n.features;
+      if (missing !== 0n) {
+        throw new VhostUserFrontendError(
+          "VHOST_USER_INCOMPATIBLE",
+          `${spec.socket}: the back-end lacks features the guest was offered (0x${missing.toString(16)})`,
+        );
+      }
+      this.conn = conn;
+      this.backendFeatures = n.features;
+      this.protocolFeatures = n.protocolFeatures;
+      this.lastRefusal = "";
+    } catch (e) {
+      conn.close();
+      const msg = (e as Error).message;
+      // Said once per kind of refusal, not every RECONNECT_MS.
+      if (msg !== this.lastRefusal) reportError(`reconnect refused: ${msg}`);
+      this.lastRefusal = msg;
+      return;
+    }
+    this.cConnects.add();
+    Atomics.store(this.words, FRONTEND_WORDS.connected, 1);
+    say(`reconnected to ${spec.socket}`);
+    if (this.transport.device.running) this.startRings();
+  }
+
+  close(): void {
+    this.conn?.close();
+    this.conn = null;
+  }
+
+  /** The features from the back-end the guest was offered (what a replacement must serve). */
+  private offeredFromBackend(): bigint {
+    const f = guestFeatures(spec.backendFeatures);
+    return ((f.device | f.transport) & spec.backendFeatures) | (spec.backendFeatures & (1n << 30n));
+  }
+
+  private lost(why: string): void {
+    if (!this.conn) return;
+    this.conn.close();
+    this.conn = null;
+    this.started = [];
+    this.cDisconnects.add();
+    Atomics.store(this.words, FRONTEND_WORDS.connected, 0);
+    say(`${why}; the device waits for a back-end on ${spec.socket} (tried every ${RECONNECT_MS} ms)`);
+    this.nextTry = performance.now() + RECONNECT_MS;
+  }
+
+  /** Runs a conversation; a failure of the back-end ends the connection, a refusal breaks the device. */
+  private talk(what: string, f: (conn: VhostUserFrontend) => void): boolean {
+    const conn = this.conn;
+    if (!conn) return false;
+    try {
+      f(conn);
+      return true;
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (e instanceof VhostUserFrontendError && e.code === "VHOST_USER_REFUSED") {
+        reportError(`${what}: ${msg}`);
+        this.transport.device.needsReset(`vhost-user back-end: ${msg}`);
+        return false;
+      }
+      this.lost(`${what}: ${msg}`);
+      return false;
+    }
+  }
+
+  private startRings(): void {
+    const dev = this.transport.device;
+    if (!dev.running || this.conn === null || this.started.length > 0) return;
+    const ram = spec.ram;
+    const user = (gpa: number) => ram.hostAddress + BigInt(gpa);
+    const msix = this.transport.msix;
+    const queues: number[] = [];
+    for (let q = 0; q < dev.numQueues; q++) if (dev.readQueue(q, "enable") === 1) queues.push(q);
+    const withProtocol = (this.backendFeatures & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) !== 0n;
+    const ok = this.talk("starting the rings", (conn) => {
+      conn.setFeatures(backendAck(dev.negotiatedFeatures, this.backendFeatures));
+      conn.setMemTable(
+        [{ guestAddr: 0n, size: BigInt(ram.size), userAddr: ram.hostAddress, mmapOffset: 0n }],
+        [ram.fd],
+      );
+      for (const q of queues) {
+        const addr = (lo: "desc_lo" | "driver_lo" | "device_lo", hi: "desc_hi" | "driver_hi" | "device_hi") =>
+          dev.readQueue(q, hi) * 2 ** 32 + dev.readQueue(q, lo);
+        const used = addr("device_lo", "device_hi");
+        // The next available entry to serve: the first one not yet in the used ring (0 on a fresh ring).
+        const base = used + 4 <= this.mem.size ? this.mem.readU16(used + 2) : 0;
+        const vector = dev.readQueue(q, "msix_vector");
+        const callFd = !msix.enabled
+          ? (spec.relays[q] as number)
+          : vector === VIRTIO_MSI_NO_VECTOR
+            ? -1
+            : (spec.irq.pool[vector]?.fd ?? -1);
+        conn.startRing(
+          q,
+          {
+            num: dev.readQueue(q, "size"),
+            base,
+            desc: user(addr("desc_lo", "desc_hi")),
+            avail: user(addr("driver_lo", "driver_hi")),
+            used: user(used),
+            kickFd: spec.kicks[q] as number,
+            callFd,
+          },
+          withProtocol,
+        );
+      }
+      conn.sync();
+    });
+    if (ok) {
+      this.started = queues;
+      this.cRingStarts.add(queues.length);
+    }
+  }
+
+  private stopRings(): void {
+    const rings = this.started;
+    this.started = [];
+    if (rings.length === 0) return;
+    this.talk("stopping the rings", (conn) => {
+      for (const q of rings) conn.stopRing(q);
+    });
+  }
+}
+
+function main(): void {
+  const plane = new FrontendPlane();
+  flushMetricNames();
+  post({ type: "io-ready", name: spec.name });
+  const nRelay = spec.relays.length;
+  // [stop, wake, connection, relay 0..n-1]
+  const pollfds = new Int32Array(3 * (3 + nRelay));
+  const set = (slot: number, fd: number) => {
+    pollfds[3 * slot] = fd;
+    pollfds[3 * slot + 1] = POLLIN;
+  };
+  set(0, data.stopFd);
+  set(1, spec.wake);
+  for (const [q, fd] of spec.relays.entries()) set(3 + q, fd);
+  // Whatever the vCPUs asked before this thread ran (DRIVER_OK, a reset).
+  plane.onWake();
+  for (;;) {
+    set(2, plane.connFd); // poll ignores -1
+    for (let i = 0; i < pollfds.length; i += 3) pollfds[i + 2] = 0;
+    native().poll(pollfds, plane.timeoutMs());
+    if (pollfds[2] !== 0) break;
+    try {
+      if (pollfds[5] !== 0) {
+        takeEventFd(spec.wake);
+        plane.onWake();
+      }
+      if (pollfds[8] !== 0) plane.onConnEvent();
+      for (let q = 0; q < nRelay; q++) if (pollfds[3 * (3 + q) + 2] !== 0) plane.onRelay(q);
+      plane.onTimer();
+    } catch (e) {
+      reportError((e as Error).message);
+    }
+    flushMetricNames();
+  }
+  plane.close();
+  flushMetricNames();
+}
+
+try {
+  main();
+  post({ type: "io-stopped", name: spec.name });
+} catch (e) {
+  flushMetricNames();
+  post({ type: "io-stopped", name: spec.name, message: (e as Error).message });
+}
