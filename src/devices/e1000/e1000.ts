@@ -76,6 +76,11 @@ import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { ETH_HEADER_LEN, ETH_MIN_FRAME, type NetBackend } from "../../net/backend.ts";
 import { crc32, foldSum, onesSum } from "../../net/checksum.ts";
+import {
+  type DeviceState,
+  type StateObject,
+  StateReader,
+} from "../../shared/device-state.ts";
 import type { IrqLine } from "../../shared/irq-line.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { buildEepromImage, EEPROM_STATE_WORDS, EEPROM_WORDS, MicrowireEeprom } from "./eeprom.ts";
@@ -83,6 +88,7 @@ import {
   insertContextChecksums,
   insertLegacyChecksum,
   MAX_TSO_PAYLOAD,
+  MAX_TSO_SEGMENTS,
   MAX_TX_FRAME,
   planTso,
   type TxContext,
@@ -361,6 +367,79 @@ const CTX_FIELDS = [
 ] as const satisfies readonly (keyof TxContext)[];
 
 const MAGIC = 0x65316b30; // "e1k0"
+
+// ---- snapshots ----
+
+const STATE_KIND = "e1000";
+const STATE_VERSION = 1;
+
+/** Header words a snapshot saves by name, with the values the device itself can give them. */
+const SAVED_WORDS: ReadonlyArray<readonly [name: string, word: number, min: number, max: number]> = [
+  ["icr", W_ICR, 0, 0xffff_ffff],
+  ["ims", W_IMS, 0, 0xffff_ffff],
+  ["line", W_LINE, 0, 1],
+  ["link", W_LINK, 0, 1],
+  ["closed", W_CLOSED, 0, 1],
+  ["ioaddr", W_IOADDR, 0, 0xffff_ffff],
+  ["csumContextValid", W_CSUM_CTX_VALID, 0, 1],
+  ["tsoContextValid", W_TSO_CTX_VALID, 0, 1],
+  ["txPacketActive", W_TXP_ACTIVE, 0, 1],
+  ["txPacketSize", W_TXP_SIZE, 0, TX_BUFFER_BYTES],
+  ["txPacketDescriptors", W_TXP_DESCS, 0, 0x7fff_ffff],
+  ["txPacketExtended", W_TXP_EXTENDED, 0, 1],
+  ["txPacketTse", W_TXP_TSE, 0, 1],
+  ["txPacketPopts", W_TXP_POPTS, 0, 0xff],
+  ["txPacketFirstCmd", W_TXP_FIRST_CMD, 0, 0xff],
+  ["txPacketFirstSpecial", W_TXP_FIRST_SPECIAL, 0, 0xffff],
+  ["txPacketPoisoned", W_TXP_POISONED, 0, 1],
+  ["txSegmenting", W_TXP_SEGMENTING, 0, 1],
+  ["txSegmentNext", W_TXP_SEG_NEXT, 0, MAX_TSO_SEGMENTS],
+  ["txSegmentCount", W_TXP_SEG_COUNT, 0, MAX_TSO_SEGMENTS],
+  ["txEopCmd", W_TXP_EOP_CMD, 0, 0xff],
+  ["txEopStatus", W_TXP_EOP_STA, 0, 0xff],
+  ["txEopLo", W_TXP_EOP_LO, 0, 0xffff_ffff],
+  ["txEopHi", W_TXP_EOP_HI, 0, 0xf_ffff],
+];
+
+/** The EEPROM's Microwire interface words (eeprom.ts), with their ranges. */
+const EEPROM_WORD_RANGES: ReadonlyArray<readonly [name: string, max: number]> = [
+  ["phase", 5],
+  ["shift", 0xffff],
+  ["count", 16],
+  ["opcode", 3],
+  ["address", EEPROM_WORDS - 1],
+  ["writeEnabled", 1],
+  ["cs", 1],
+  ["sk", 1],
+  ["dout", 1],
+  ["readWord", 0xffff],
+  ["readBits", 16],
+];
+
+/** A transmit context's fields as a context descriptor can load them (SDM §3.3.6). */
+const CTX_FIELD_MAX: Record<(typeof CTX_FIELDS)[number], number> = {
+  ipcss: 0xff,
+  ipcso: 0xff,
+  ipcse: 0xffff,
+  tucss: 0xff,
+  tucso: 0xff,
+  tucse: 0xffff,
+  paylen: 0xf_ffff,
+  tucmd: 0xff,
+  hdrlen: 0xff,
+  mss: 0xffff,
+};
+
+/** Deadlines and the last assertion time, by name; saved relative to the saving host's clock. */
+const SAVED_TIMES: ReadonlyArray<readonly [name: string, slot: number]> = [
+  ["itr", T_ITR],
+  ["rxPacketTimer", T_RX_PACKET],
+  ["rxAbsoluteTimer", T_RX_ABS],
+  ["txDelayTimer", T_TX_DELAY],
+  ["txAbsoluteTimer", T_TX_ABS],
+  ["lastAssert", T_LAST_ASSERT],
+  ["txPending", T_TX_PENDING],
+];
 
 /** Byte offsets of each part of the state, 8-aligned. */
 const LAYOUT = (() => {
@@ -738,6 +817,151 @@ export class E1000 implements BusDevice {
     } catch (e) {
       this.guestError("internal", `internal error: ${describeError(e)}`);
     }
+  }
+
+  // ---- Snapshots ----
+
+  /**
+   * The device's whole state, for a snapshot: the register file, EEPROM (contents and Microwire interface), PHY,
+   * statistics, error counts, interrupt cause and mask, the link, both transmit contexts, a transmit packet half
+   * assembled (its descriptors' data so far) or half segmented (TSO: the segment to send next), and the timers.
+   * Timers run on the monotonic clock of this host, which does not carry over: they are saved as milliseconds
+   * from now and restored as that much from the restoring host's now. Transmit work left for later stays
+   * pending across the snapshot and is continued by the restored device (nothing sent twice: TDH and the segment
+   * index say what was sent).
+   */
+  saveState(): DeviceState {
+    const took = !this.lock.isHeld;
+    if (took) this.lock.lock();
+    try {
+      const s = this.s;
+      const now = this.now();
+      const words: StateObject = {};
+      for (const [name, w] of SAVED_WORDS) words[name] = (s[w] as number) >>> 0;
+      const eeprom: StateObject = {};
+      EEPROM_WORD_RANGES.forEach(([name], i) => {
+        eeprom[name] = s[W_EEPROM + i] as number;
+      });
+      const ctx = (base: number): StateObject => {
+        const o: StateObject = {};
+        CTX_FIELDS.forEach((f, i) => {
+          o[f] = s[base + i] as number;
+        });
+        return o;
+      };
+      const times: StateObject = {};
+      for (const [name, slot] of SAVED_TIMES) {
+        const t = this.times[slot] as number;
+        times[name] = Number.isFinite(t) ? t - now : null;
+      }
+      const v = this.views;
+      const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
+      const txData = s[W_TXP_ACTIVE] || s[W_TXP_SEGMENTING] ? (s[W_TXP_SIZE] as number) : 0;
+      return {
+        kind: STATE_KIND,
+        version: STATE_VERSION,
+        data: {
+          words,
+          eepromInterface: eeprom,
+          checksumContext: ctx(W_CSUM_CTX),
+          segmentationContext: ctx(W_TSO_CTX),
+          times,
+          stats: bytesOf(v.stats),
+          errors: bytesOf(v.errors),
+          eeprom: bytesOf(v.eeprom),
+          phy: bytesOf(v.phy),
+          regs: bytesOf(v.regs),
+          txBuffer: this.txBuffer.slice(0, txData),
+        },
+      };
+    } finally {
+      if (took) this.lock.unlock();
+    }
+  }
+
+  /**
+   * Restores a saved state into this device (checked first: a refused state changes nothing). The registers a
+   * guest writes through masks must hold values the masks allow (ring bases 16-byte aligned, lengths multiples of
+   * 128, indices 16 bits, heads and tails inside their rings), internal words their ranges, counters finite.
+   * Then the interrupt line is driven as the restored state says, and transmit work left pending is continued
+   * at the restored deadline (call `poll()` when `nextDeadline()` comes, as always).
+   */
+  restoreState(saved: DeviceState): void {
+    const r = StateReader.open(`E1000 ${this.name}`, saved, STATE_KIND, STATE_VERSION);
+    const wr = r.object("words");
+    const words = SAVED_WORDS.map(([name, w, min, max]) => [w, wr.int(name, min, max)] as const);
+    const get = (name: string) => wr.int(name, 0, 0xffff_ffff);
+    if (get("txSegmentNext") > get("txSegmentCount")) wr.fail("txSegmentNext", "is past txSegmentCount");
+    if (get("txPacketActive") && get("txSegmenting")) wr.fail("txSegmenting", "is set with txPacketActive");
+    const er = r.object("eepromInterface");
+    const eeprom = EEPROM_WORD_RANGES.map(([name, max]) => er.int(name, 0, max));
+    const ctx = (key: string) => {
+      const cr = r.object(key);
+      return CTX_FIELDS.map((f) => cr.int(f, 0, CTX_FIELD_MAX[f]));
+    };
+    const csum = ctx("checksumContext");
+    const tso = ctx("segmentationContext");
+    const tr = r.object("times");
+    const times = SAVED_TIMES.map(([name, slot]) => [slot, tr.numberOrNull(name)] as const);
+    const v = this.views;
+    const stats = r.bytes("stats", v.stats.byteLength);
+    const statValues = new Float64Array(stats.slice().buffer);
+    const badStat = statValues.findIndex((x) => !Number.isSafeInteger(x) || x < 0);
+    if (badStat >= 0) r.fail("stats", `counter ${badStat} is ${statValues[badStat]}, not a count`);
+    const errors = r.bytes("errors", v.errors.byteLength);
+    const eepromWords = r.bytes("eeprom", v.eeprom.byteLength);
+    const phy = r.bytes("phy", v.phy.byteLength);
+    const regsBytes = r.bytes("regs", v.regs.byteLength);
+    const regs = new Uint32Array(regsBytes.slice().buffer);
+    const reg = (o: number) => regs[o >> 2] as number;
+    for (const [what, base, len, head, tail] of [
+      ["receive", REG.RDBAL, REG.RDLEN, REG.RDH, REG.RDT],
+      ["transmit", REG.TDBAL, REG.TDLEN, REG.TDH, REG.TDT],
+    ] as const) {
+      const fail = (m: string) => r.fail("regs", `${what} ring: ${m}`);
+      if (reg(base) & 0xf) fail(`base 0x${reg(base).toString(16)} is not 16-byte aligned`);
+      if (reg(len) & ~0xfff80) fail(`length 0x${reg(len).toString(16)} is not a multiple of 128 below 1 MiB`);
+      const count = reg(len) / DESC_SIZE;
+      for (const [name, o] of [
+        ["head", head],
+        ["tail", tail],
+      ] as const) {
+        if (reg(o) > 0xffff) fail(`${name} ${reg(o)} is wider than 16 bits`);
+        if (count > 0 && reg(o) >= count) fail(`${name} ${reg(o)} is outside the ${count}-descriptor ring`);
+      }
+    }
+    const txLength = get("txPacketActive") || get("txSegmenting") ? get("txPacketSize") : 0;
+    const txBuffer = r.bytes("txBuffer", txLength);
+
+    const took = !this.lock.isHeld;
+    if (took) this.lock.lock();
+    try {
+      const s = this.s;
+      for (const [w, value] of words) s[w] = value | 0;
+      eeprom.forEach((value, i) => {
+        s[W_EEPROM + i] = value;
+      });
+      csum.forEach((value, i) => {
+        s[W_CSUM_CTX + i] = value;
+      });
+      tso.forEach((value, i) => {
+        s[W_TSO_CTX + i] = value;
+      });
+      const now = this.now();
+      for (const [slot, rel] of times) this.times[slot] = rel === null ? Number.NaN : now + rel;
+      new Uint8Array(v.stats.buffer, v.stats.byteOffset, v.stats.byteLength).set(stats);
+      new Uint8Array(v.errors.buffer, v.errors.byteOffset, v.errors.byteLength).set(errors);
+      new Uint8Array(v.eeprom.buffer, v.eeprom.byteOffset, v.eeprom.byteLength).set(eepromWords);
+      new Uint8Array(v.phy.buffer, v.phy.byteOffset, v.phy.byteLength).set(phy);
+      this.regs.set(regs);
+      this.txBuffer.fill(0);
+      this.txBuffer.set(txBuffer);
+      // The line as saved (through a PCI function, its INTx request is restored with the function too).
+      if (s[W_LINE]) this.irq.set(true);
+    } finally {
+      if (took) this.lock.unlock();
+    }
+    if (this.onDeadlineChanged !== undefined) this.callOut(this.onDeadlineChanged);
   }
 
   // ---- BusDevice (BAR0) ----

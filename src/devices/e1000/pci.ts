@@ -16,6 +16,7 @@ import type { BusDevice } from "../../bus/bus.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { MetricsSink } from "../../metrics/registry.ts";
 import type { NetBackend } from "../../net/backend.ts";
+import { type DeviceState, nested, StateReader } from "../../shared/device-state.ts";
 import type { IrqLine } from "../../shared/irq-line.ts";
 import { PciFunction } from "../pci/config.ts";
 import { E1000, type E1000StateOptions } from "./e1000.ts";
@@ -106,5 +107,22 @@ export class E1000Pci {
       now: opts.now,
       onDeadlineChanged: opts.onDeadlineChanged,
     });
+  }
+
+  /** The PCI function (configuration space, BARs, INTx) and the NIC, for a snapshot. */
+  saveState(): DeviceState {
+    return {
+      kind: "e1000-pci",
+      version: 1,
+      data: { pci: nested(this.pci.saveState()), nic: nested(this.nic.saveState()) },
+    };
+  }
+
+  /** Restores both parts, each checked before either changes (see PciFunction.prepareRestore, E1000.restoreState). */
+  restoreState(s: DeviceState): void {
+    const r = StateReader.open(`E1000Pci ${this.name}`, s, "e1000-pci", 1);
+    const applyPci = this.pci.prepareRestore(r.state("pci"));
+    this.nic.restoreState(r.state("nic"));
+    applyPci();
   }
 }
