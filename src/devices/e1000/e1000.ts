@@ -76,11 +76,7 @@ import type { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Counter, MetricsSink } from "../../metrics/registry.ts";
 import { ETH_HEADER_LEN, ETH_MIN_FRAME, type NetBackend } from "../../net/backend.ts";
 import { crc32, foldSum, onesSum } from "../../net/checksum.ts";
-import {
-  type DeviceState,
-  type StateObject,
-  StateReader,
-} from "../../shared/device-state.ts";
+import { type DeviceState, type StateObject, StateReader } from "../../shared/device-state.ts";
 import type { IrqLine } from "../../shared/irq-line.ts";
 import { SharedLock } from "../../shared/shared-lock.ts";
 import { buildEepromImage, EEPROM_STATE_WORDS, EEPROM_WORDS, MicrowireEeprom } from "./eeprom.ts";
