@@ -57,6 +57,13 @@ Options:
                        virtio-net, its queues served by a data-plane thread woken by ioeventfds; model=e1000: an
                        emulated Intel 82540EM (every register access exits; receive and timers on its own
                        thread). Repeat for more cards
+  --net vhost-user=SOCKET[,mac=xx:xx:xx:xx:xx:xx]
+                       a virtio-net card whose rings another process serves over the vhost-user protocol (e.g.
+                       vireo vhost-user net, vireo switch, DPDK's net_vhost); vireo connects at start (nothing
+                       listening there is an error), shares guest RAM with it, and hands it the guest's doorbells
+                       (KVM ioeventfds) and interrupts (irqfds), so no frame passes through vireo. Split rings.
+                       If the back-end goes away the card stalls and the VM runs on; vireo reconnects when a
+                       back-end listens on SOCKET again and the rings go on from where the guest left them
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -201,7 +208,7 @@ async function cmdRun(argv: string[]): Promise<number> {
   if (useEmulatedHost(accel)) {
     if (config.nets?.length)
       throw new ConfigError(
-        "--net: a TAP on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+        "--net: a TAP or vhost-user socket on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
       );
     if (config.apiSocket !== undefined)
       throw new ConfigError(
