@@ -121,7 +121,7 @@ describe("E1000 snapshot", () => {
     // Timers at the same distance from now (to float precision: now + d - now on another clock).
     const times = (st: DeviceState) => st.data.times as Record<string, number | null>;
     for (const [name, d] of Object.entries(times(saved))) {
-      const got = times(again)[name] ?? null;
+      const got: number | null = times(again)[name] ?? null;
       if (d === null) assert.equal(got, null, name);
       else assert.ok(got !== null && Math.abs(got - d) < 1e-6, `${name}: ${got} vs ${d}`);
     }

@@ -13,6 +13,12 @@ import { AcpiPm } from "../../src/devices/legacy/acpi-pm.ts";
 import { CmosRtc } from "../../src/devices/legacy/cmos-rtc.ts";
 import { I8042 } from "../../src/devices/legacy/i8042.ts";
 import { Uart16550 } from "../../src/devices/legacy/uart16550.ts";
+import { VirtioRng } from "../../src/devices/virtio/rng.ts";
+import {
+  restoreComponents,
+  SnapshotRestoreError,
+  saveComponents,
+} from "../../src/vmm/snapshot/components.ts";
 import {
   decodeStateFile,
   encodeStateFile,
@@ -24,6 +30,8 @@ import {
   vireoVersion,
   writeStateFile,
 } from "../../src/vmm/snapshot/state-file.ts";
+import { makeNic } from "../helpers/e1000-driver.ts";
+import { makeVirtioPciRig } from "../helpers/virtio-driver.ts";
 
 /** A small deterministic PRNG (xorshift32), so a failure can be replayed from its seed. */
 function rng(seed: number): () => number {
@@ -51,7 +59,18 @@ function realSections(): StateSection[] {
   });
   kbc.pushKeyboardInput(Uint8Array.of(0x1c, 0xf0, 0x1c));
   const pm = new AcpiPm({ state: AcpiPm.createState(), irq: { set() {} }, onPowerOff() {}, onReset() {} });
+  const rng = makeVirtioPciRig(new VirtioRng(), { memSize: 1 << 20 });
+  rng.drv.negotiate();
+  const q = rng.drv.setupQueue(0, { size: 8, memBytes: 0x10000 });
+  rng.drv.driverOk();
+  q.addChain([], [16]);
+  rng.drv.kick(0);
+  const nic = makeNic();
+  nic.drv.reset();
+  nic.drv.setupTx(16);
   return [
+    { name: "virtio-rng0", ...rng.transport.saveState() },
+    { name: "e1000", ...nic.dev.saveState() },
     { name: "com1", ...uart.saveState() },
     { name: "rtc", ...rtc.saveState() },
     { name: "i8042", ...kbc.saveState() },
@@ -249,5 +268,35 @@ test("property: every single and multiple bit flip of a real state file is refus
     JSON.stringify([...seen]),
   );
   // The untouched file still reads.
-  assert.equal(decodeStateFile(good).sections.length, 4);
+  assert.equal(decodeStateFile(good).sections.length, 6);
+});
+
+test("a machine's components: saved into sections, restored by name; a file of another machine is refused", () => {
+  const make = () => ({
+    com1: new Uart16550({ state: Uart16550.createState(), irq: { set() {} }, output() {} }),
+    rtc: new CmosRtc({ state: CmosRtc.createState(), irq: { set() {} } }),
+  });
+  const a = make();
+  a.com1.write(7, Uint8Array.of(0x42));
+  const file = decodeStateFile(encodeStateFile({ sections: saveComponents(a) }));
+  const b = make();
+  restoreComponents(file, b);
+  assert.deepEqual(b.com1.saveState(), a.com1.saveState());
+  assert.deepEqual(b.rtc.saveState(), a.rtc.saveState());
+  const { rtc: _rtc, ...onlyUart } = make();
+  assert.throws(() => restoreComponents(file, onlyUart), {
+    code: "VIREO_SNAPSHOT_MISMATCH",
+    message: /has state for rtc, which this machine does not have/,
+  });
+  assert.throws(() => restoreComponents(file, { ...make(), kbd: make().com1 }), /has no state for kbd/);
+  // A device's refusal keeps its code and names the section.
+  const swapped = { com1: make().rtc, rtc: make().com1 } as unknown as ReturnType<typeof make>;
+  assert.throws(
+    () => restoreComponents(file, swapped),
+    (e: unknown) =>
+      e instanceof SnapshotRestoreError &&
+      e.code === "VIREO_DEVICE_STATE" &&
+      e.section === "com1" &&
+      /section "com1"/.test(e.message),
+  );
 });
