@@ -471,6 +471,164 @@ function prefix6(a: Uint8Array, p: Uint8Array, len: number): boolean {
   return (((a[full] as number) ^ (p[full] as number)) & m) === 0;
 }
 
+/** Whether every field the rule gives matches the frame. */
+function matchRule(r: CompiledRule, info: FrameInfo): boolean {
+  const f = r.fields;
+  if (f & F_SRC_MAC && (info.srcLo !== r.srcLo || info.srcHi !== r.srcHi)) return false;
+  if (f & F_DST_MAC && (info.dstLo !== r.dstLo || info.dstHi !== r.dstHi)) return false;
+  if (f & F_ETHERTYPE && info.ethertype !== r.ethertype) return false;
+  if (f & F_VLAN && info.vlan !== r.vlan) return false;
+  if (f & (F_SRC4 | F_DST4)) {
+    // IPv4 packets, and ARP by its protocol addresses (frame.ts puts them in src4/dst4).
+    if (info.l3 !== 4 && info.arpOp < 0) return false;
+    if (f & F_SRC4 && (info.src4 & r.src4Mask) >>> 0 !== r.src4Value) return false;
+    if (f & F_DST4 && (info.dst4 & r.dst4Mask) >>> 0 !== r.dst4Value) return false;
+  }
+  if (f & (F_SRC6 | F_DST6)) {
+    if (info.l3 !== 6) return false;
+    if (f & F_SRC6 && !prefix6(info.src6, r.src6, r.src6Len)) return false;
+    if (f & F_DST6 && !prefix6(info.dst6, r.dst6, r.dst6Len)) return false;
+  }
+  if (f & F_PROTO && info.ipProto !== r.proto) return false;
+  if (f & F_SRC_PORT && (info.srcPort < r.srcPortLo || info.srcPort > r.srcPortHi)) return false;
+  if (f & F_DST_PORT && (info.dstPort < r.dstPortLo || info.dstPort > r.dstPortHi)) return false;
+  return true;
+}
+
+// A long rule list is indexed by one field that many rules pin to a single value (a MAC, an IPv4 /32, an
+// ethertype, a VLAN, a protocol, a port): the frame's value of that field picks, in rule order, the rules that
+// pin it to that value plus every rule that does not pin it, and only those are checked. Rules that pin it to
+// another value cannot match, so the first match, and every counter, is the same as a scan of the whole list.
+// Keys are hashed to small integers (Map.get then boxes nothing); two values sharing a key only add candidates.
+const IX_NONE = 0;
+const IX_SRC_MAC = 1;
+const IX_DST_MAC = 2;
+const IX_ETHERTYPE = 3;
+const IX_VLAN = 4;
+const IX_SRC4 = 5;
+const IX_DST4 = 6;
+const IX_PROTO = 7;
+const IX_SRC_PORT = 8;
+const IX_DST_PORT = 9;
+const INDEX_NAMES = [
+  "none",
+  "src-mac",
+  "dst-mac",
+  "ethertype",
+  "vlan",
+  "src",
+  "dst",
+  "proto",
+  "src-port",
+  "dst-port",
+];
+/** Below this many rules a scan is as quick as an index lookup. */
+const INDEX_MIN_RULES = 16;
+
+function macKey(hi: number, lo: number): number {
+  return (Math.imul(hi, 0x9e3779b1) ^ lo) & 0x3fffffff;
+}
+
+function u32Key(v: number): number {
+  return (v ^ (v >>> 30)) & 0x3fffffff;
+}
+
+/** The rule's key for index kind `kind`, or -1 when the rule does not pin that field to one value. */
+function ruleKey(kind: number, r: CompiledRule): number {
+  const f = r.fields;
+  switch (kind) {
+    case IX_SRC_MAC:
+      return f & F_SRC_MAC ? macKey(r.srcHi, r.srcLo) : -1;
+    case IX_DST_MAC:
+      return f & F_DST_MAC ? macKey(r.dstHi, r.dstLo) : -1;
+    case IX_ETHERTYPE:
+      return f & F_ETHERTYPE ? r.ethertype : -1;
+    case IX_VLAN:
+      return f & F_VLAN ? r.vlan : -1;
+    case IX_SRC4:
+      return f & F_SRC4 && r.src4Mask === 0xffffffff ? u32Key(r.src4Value) : -1;
+    case IX_DST4:
+      return f & F_DST4 && r.dst4Mask === 0xffffffff ? u32Key(r.dst4Value) : -1;
+    case IX_PROTO:
+      return f & F_PROTO ? r.proto : -1;
+    case IX_SRC_PORT:
+      return f & F_SRC_PORT && r.srcPortLo === r.srcPortHi ? r.srcPortLo : -1;
+    case IX_DST_PORT:
+      return f & F_DST_PORT && r.dstPortLo === r.dstPortHi ? r.dstPortLo : -1;
+  }
+  return -1;
+}
+
+/** The frame's key for index kind `kind`, or -1 when the frame has no such field (no pinned rule can match). */
+function frameKey(kind: number, info: FrameInfo): number {
+  switch (kind) {
+    case IX_SRC_MAC:
+      return macKey(info.srcHi, info.srcLo);
+    case IX_DST_MAC:
+      return macKey(info.dstHi, info.dstLo);
+    case IX_ETHERTYPE:
+      return info.ethertype;
+    case IX_VLAN:
+      return info.vlan;
+    case IX_SRC4:
+      return info.l3 === 4 || info.arpOp >= 0 ? u32Key(info.src4) : -1;
+    case IX_DST4:
+      return info.l3 === 4 || info.arpOp >= 0 ? u32Key(info.dst4) : -1;
+    case IX_PROTO:
+      return info.ipProto;
+    case IX_SRC_PORT:
+      return info.srcPort;
+    case IX_DST_PORT:
+      return info.dstPort;
+  }
+  return -1;
+}
+
+interface RuleIndex {
+  kind: number;
+  index: Map<number, Int32Array>;
+  unpinned: Int32Array;
+}
+
+/**
+ * Picks the field whose index leaves the fewest rules to check for the worst frame, if that is at most half the
+ * list (and the lists stay small in memory); else no index.
+ */
+function buildIndex(rules: CompiledRule[]): RuleIndex {
+  const none: RuleIndex = { kind: IX_NONE, index: new Map(), unpinned: new Int32Array(0) };
+  if (rules.length < INDEX_MIN_RULES) return none;
+  let best = none;
+  let bestWorst = rules.length / 2;
+  for (let kind = IX_SRC_MAC; kind <= IX_DST_PORT; kind++) {
+    const byKey = new Map<number, number[]>();
+    const unpinned: number[] = [];
+    for (let i = 0; i < rules.length; i++) {
+      const k = ruleKey(kind, rules[i] as CompiledRule);
+      if (k < 0) unpinned.push(i);
+      else {
+        const l = byKey.get(k);
+        if (l) l.push(i);
+        else byKey.set(k, [i]);
+      }
+    }
+    if (byKey.size === 0) continue;
+    let worst = 0;
+    let total = 0;
+    for (const l of byKey.values()) {
+      worst = Math.max(worst, l.length);
+      total += l.length + unpinned.length;
+    }
+    worst += unpinned.length;
+    if (worst > bestWorst || total > 16 * rules.length + 4096) continue;
+    // Each key's list: its pinned rules and the unpinned ones, merged back into rule order.
+    const index = new Map<number, Int32Array>();
+    for (const [k, l] of byKey) index.set(k, Int32Array.from([...l, ...unpinned].sort((a, b) => a - b)));
+    best = { kind, index, unpinned: Int32Array.from(unpinned) };
+    bestWorst = worst;
+  }
+  return best;
+}
+
 export interface FilterStats {
   rules: Array<{ rule: string; matches: number }>;
   defaultMatches: number;
@@ -486,8 +644,14 @@ export class PortFilter {
   private readonly matches: Float64Array;
   private defaultMatches = 0;
   private readonly defaultAllow: boolean;
+  /** Every rule, in order (the list checked when there is no index). */
+  private readonly all: Int32Array;
+  private readonly indexKind: number;
+  private readonly index: Map<number, Int32Array>;
+  private readonly unpinned: Int32Array;
 
-  constructor(rules: FilterRule[], defaultAction: FilterAction) {
+  /** `opts.index: false` checks every rule in turn (the reference the index is tested against). */
+  constructor(rules: FilterRule[], defaultAction: FilterAction, opts: { index?: boolean } = {}) {
     if (defaultAction !== "allow" && defaultAction !== "deny")
       throw new FilterRuleError(
         "default",
@@ -506,37 +670,35 @@ export class PortFilter {
     this.matches = new Float64Array(rules.length);
     this.defaultAction = defaultAction;
     this.defaultAllow = defaultAction === "allow";
+    this.all = Int32Array.from(this.compiled.keys());
+    const ix = opts.index === false ? buildIndex([]) : buildIndex(this.compiled);
+    this.indexKind = ix.kind;
+    this.index = ix.index;
+    this.unpinned = ix.unpinned;
   }
 
   /** Whether the frame passes: the first rule that matches decides, else the default. Counts the decider. */
   check(info: FrameInfo): boolean {
     const rules = this.compiled;
-    for (let i = 0; i < rules.length; i++) {
+    let list = this.all;
+    if (this.indexKind !== IX_NONE) {
+      const k = frameKey(this.indexKind, info);
+      list = (k >= 0 ? this.index.get(k) : undefined) ?? this.unpinned;
+    }
+    for (let j = 0; j < list.length; j++) {
+      const i = list[j] as number;
       const r = rules[i] as CompiledRule;
-      const f = r.fields;
-      if (f & F_SRC_MAC && (info.srcLo !== r.srcLo || info.srcHi !== r.srcHi)) continue;
-      if (f & F_DST_MAC && (info.dstLo !== r.dstLo || info.dstHi !== r.dstHi)) continue;
-      if (f & F_ETHERTYPE && info.ethertype !== r.ethertype) continue;
-      if (f & F_VLAN && info.vlan !== r.vlan) continue;
-      if (f & (F_SRC4 | F_DST4)) {
-        // IPv4 packets, and ARP by its protocol addresses (frame.ts puts them in src4/dst4).
-        if (info.l3 !== 4 && info.arpOp < 0) continue;
-        if (f & F_SRC4 && (info.src4 & r.src4Mask) >>> 0 !== r.src4Value) continue;
-        if (f & F_DST4 && (info.dst4 & r.dst4Mask) >>> 0 !== r.dst4Value) continue;
-      }
-      if (f & (F_SRC6 | F_DST6)) {
-        if (info.l3 !== 6) continue;
-        if (f & F_SRC6 && !prefix6(info.src6, r.src6, r.src6Len)) continue;
-        if (f & F_DST6 && !prefix6(info.dst6, r.dst6, r.dst6Len)) continue;
-      }
-      if (f & F_PROTO && info.ipProto !== r.proto) continue;
-      if (f & F_SRC_PORT && (info.srcPort < r.srcPortLo || info.srcPort > r.srcPortHi)) continue;
-      if (f & F_DST_PORT && (info.dstPort < r.dstPortLo || info.dstPort > r.dstPortHi)) continue;
+      if (!matchRule(r, info)) continue;
       this.matches[i] = (this.matches[i] as number) + 1;
       return r.allow;
     }
     this.defaultMatches++;
     return this.defaultAllow;
+  }
+
+  /** Which field the rules are indexed by (none for short or unsuitable lists); for tests and `switch show`. */
+  get indexedBy(): string {
+    return INDEX_NAMES[this.indexKind] as string;
   }
 
   stats(): FilterStats {

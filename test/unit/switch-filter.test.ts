@@ -437,6 +437,109 @@ describe("default-deny port: anti-spoofing", () => {
   });
 });
 
+describe("PortFilter: the index over long rule lists decides exactly as a scan", () => {
+  /** xorshift32, so that every run draws the same rules and frames. */
+  function prng(seed: number): (n: number) => number {
+    let x = seed >>> 0 || 1;
+    return (n) => {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      return x % n;
+    };
+  }
+  const MACS = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:01:02", "02:00:00:00:00:09"];
+  const IPS = ["10.0.0.1", "10.0.0.2", "10.0.1.2", "192.168.0.9"];
+
+  function randomRule(rnd: (n: number) => number, pin: number): FilterRule {
+    const r: FilterRule = { action: rnd(2) ? "allow" : "deny" };
+    // `pin` makes one field present in most rules, so that an index on it is chosen.
+    const has = (field: number) => (field === pin ? rnd(10) < 9 : rnd(4) === 0);
+    if (has(0)) r.srcMac = MACS[rnd(4)];
+    if (has(1)) r.dstMac = MACS[rnd(4)];
+    if (has(2)) r.ethertype = [0x0800, 0x0806, 0x86dd][rnd(3)];
+    if (has(3)) r.vlan = rnd(3);
+    if (has(4)) r.src = rnd(3) ? IPS[rnd(4)] : "10.0.0.0/24";
+    if (has(5)) r.dst = rnd(3) ? IPS[rnd(4)] : "10.0.0.0/16";
+    if (has(6)) r.proto = (["tcp", "udp", "icmp"] as const)[rnd(3)];
+    if (has(7)) r.srcPort = rnd(3) ? 1000 + rnd(4) : [1000, 1001 + rnd(3)];
+    if (has(8)) r.dstPort = rnd(3) ? 53 + rnd(3) : [53, 54 + rnd(3)];
+    return r;
+  }
+
+  function randomFrame(rnd: (n: number) => number): FrameInfo {
+    const mac = MACS[rnd(4)] as string;
+    const src = IPS[rnd(4)] as string;
+    const dst = IPS[rnd(4)] as string;
+    const b = new FrameBuilder();
+    switch (rnd(5)) {
+      case 0:
+        b.eth(MACS[rnd(4)] as string, mac, 0x0800)
+          .ipv4(src, dst, 17, 12)
+          .udp(1000 + rnd(4), 53 + rnd(3), 4);
+        break;
+      case 1:
+        b.eth(MACS[rnd(4)] as string, mac, 0x0800)
+          .ipv4(src, dst, 6, 20)
+          .tcp(1000 + rnd(4), 53 + rnd(3));
+        break;
+      case 2:
+        b.eth(BCAST, mac, 0x0806).u16(1).u16(0x0800).u8(6, 4).u16(1).mac(mac).ip4(src).zeros(6).ip4(dst);
+        break;
+      case 3:
+        b.eth(MACS[rnd(4)] as string, mac, 0x86dd)
+          .ipv6("fd00::1", "fd00::2", 17, 8)
+          .udp(1000 + rnd(4), 53);
+        break;
+      default:
+        b.eth(MACS[rnd(4)] as string, mac, 0x0800)
+          .ipv4(src, dst, 1, 8)
+          .u8(8, 0)
+          .zeros(6);
+    }
+    const i = info(b.build());
+    i.vlan = rnd(3);
+    return i;
+  }
+
+  test("random rule lists (200 rules, each field in turn pinned by most rules) and 2000 random frames", () => {
+    const rnd = prng(20261202);
+    const kinds = new Set<string>();
+    for (let trial = 0; trial < 30; trial++) {
+      const rules: FilterRule[] = [];
+      for (let i = 0; i < 200; i++) rules.push(randomRule(rnd, trial % 10));
+      const indexed = new PortFilter(rules, trial % 2 ? "allow" : "deny");
+      const scan = new PortFilter(rules, trial % 2 ? "allow" : "deny", { index: false });
+      assert.equal(scan.indexedBy, "none");
+      kinds.add(indexed.indexedBy);
+      for (let n = 0; n < 2000; n++) {
+        const f = randomFrame(rnd);
+        assert.equal(indexed.check(f), scan.check(f), `trial ${trial} frame ${n}`);
+      }
+      assert.deepEqual(indexed.stats(), scan.stats(), `trial ${trial} counters (index ${indexed.indexedBy})`);
+    }
+    // The trials did exercise indexes on several fields (and some lists had none worth making).
+    assert.ok(kinds.size >= 5, [...kinds].join(","));
+  });
+
+  test("1000 rules each for one MAC are indexed: a frame checks its own rule, not the list", () => {
+    const rules: FilterRule[] = [];
+    for (let i = 0; i < 1000; i++)
+      rules.push({
+        action: "allow",
+        srcMac: `52:54:00:00:${(i >> 8).toString(16).padStart(2, "0")}:${(i & 0xff).toString(16).padStart(2, "0")}`,
+      });
+    const pf = new PortFilter(rules, "deny");
+    assert.equal(pf.indexedBy, "src-mac");
+    assert.equal(pf.check(udp4("10.0.0.2", "10.0.0.1", 1, 2, { mac: "52:54:00:00:03:e7" })), true);
+    assert.equal(pf.check(udp4("10.0.0.2", "10.0.0.1", 1, 2, { mac: "52:54:00:00:03:e8" })), false);
+    assert.equal(pf.stats().rules[999]?.matches, 1);
+    assert.equal(pf.stats().defaultMatches, 1);
+  });
+});
+
 describe("PortFilter.check cost", () => {
   test("allocates nothing, with 1000 rules that all need looking at", async () => {
     const rules: FilterRule[] = [];
