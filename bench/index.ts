@@ -26,6 +26,8 @@ interface Benchmark {
   description: string;
   /** Runs natively, never inside the emulated KVM host (it needs no KVM). */
   native?: boolean;
+  /** Rounds when --rounds is not given (5 unless it says otherwise). */
+  defaultRounds?: number;
   run(opts: BenchOptions): Promise<{ table: string; result: object }>;
 }
 
@@ -34,10 +36,12 @@ function bench<R extends object>(
   measure: (opts: BenchOptions) => Promise<R>,
   format: (r: R) => string,
   native = false,
+  defaultRounds?: number,
 ): Benchmark {
   return {
     description,
     native,
+    defaultRounds,
     async run(opts) {
       const result = await measure(opts);
       return { table: format(result), result };
@@ -72,6 +76,7 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     benchSwitch,
     formatSwitch,
     true,
+    1, // 20-odd configurations of 5 s and a few seconds' start each: one round is minutes already
   ),
   boot: bench(
     "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",

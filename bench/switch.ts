@@ -63,6 +63,8 @@ export interface SwitchBenchOptions {
   pairs?: number[];
   /** The vhost-user load (default "loop"). */
   load?: LoadKind;
+  /** Rounds, each running every configuration once in the same order; each row is the median round (default 1). */
+  rounds?: number;
 }
 
 export type SwitchPath = "testpmd" | "vireo" | "bridge";
@@ -82,8 +84,16 @@ export interface SwitchBenchRow {
   gbps: number;
   countedBy: string;
   note?: string;
+  /** Every round's Mpps (the row's figures are the median round's). */
+  samples?: number[];
   /** vireo rows: what the switch itself counted (its switch-end line): frames delivered to its ports, drops. */
-  switchCounts?: { delivered: number; received: number; drops: Record<string, number> };
+  switchCounts?: {
+    delivered: number;
+    received: number;
+    drops: Record<string, number>;
+    /** Frames the interposition features handled (filter decisions, rate-limit admissions, captured frames). */
+    interposed: number;
+  };
 }
 
 export interface SwitchBenchResult {
@@ -92,6 +102,7 @@ export interface SwitchBenchResult {
   load: string;
   pinning: string;
   seconds: number;
+  rounds: number;
   rows: SwitchBenchRow[];
   /** vireo (plain) over testpmd and over the bridge, per frame size and pair count. */
   ratios: Array<{
@@ -155,6 +166,10 @@ function rules(n: number): string[] {
   return out;
 }
 
+/**
+ * Each applies to every frame once: capture on the first port, both directions (the pair's A side: every frame of
+ * the loop enters or leaves there); filters and rate limits on every port's ingress.
+ */
 export const VARIANTS: SwitchVariant[] = [
   {
     name: "capture",
@@ -163,29 +178,25 @@ export const VARIANTS: SwitchVariant[] = [
   {
     name: "10 rules",
     args: () => [],
-    setup: (ctx) =>
-      vireoCtl(ctx, ["filter", ctx.ports[0] as string, "--in", "--default", "deny", ...rules(10)]),
+    setup: (ctx) => {
+      for (const p of ctx.ports) vireoCtl(ctx, ["filter", p, "--in", "--default", "deny", ...rules(10)]);
+    },
   },
   {
     name: "1000 rules",
     args: () => [],
-    setup: (ctx) =>
-      vireoCtl(ctx, ["filter", ctx.ports[0] as string, "--in", "--default", "deny", ...rules(1000)]),
+    setup: (ctx) => {
+      for (const p of ctx.ports) vireoCtl(ctx, ["filter", p, "--in", "--default", "deny", ...rules(1000)]);
+    },
   },
   {
     name: "rate limit",
     args: () => [],
     // Far above what the switch moves: the bucket's bookkeeping is measured, not its drops.
-    setup: (ctx) =>
-      vireoCtl(ctx, [
-        "rate",
-        ctx.ports[0] as string,
-        "--in",
-        "--frames-per-sec",
-        "1000000000",
-        "--burst-frames",
-        "1000000",
-      ]),
+    setup: (ctx) => {
+      for (const p of ctx.ports)
+        vireoCtl(ctx, ["rate", p, "--in", "--frames-per-sec", "1000000000", "--burst-frames", "1000000"]);
+    },
   },
 ];
 
@@ -366,11 +377,30 @@ async function runTestpmdSwitch(ctx: RunContext, size: number, pairs: number): P
   return row("testpmd", "plain", size, pairs, m, load.countedBy);
 }
 
+interface FilterStats {
+  rules: Array<{ matches: number }>;
+  defaultMatches: number;
+}
+
 interface SwitchEndPort {
   name: string;
   rx: { frames: number; bytes: number };
   tx: { frames: number; bytes: number };
   drops: Record<string, number>;
+  filters?: { in: FilterStats | null; out: FilterStats | null };
+  rates?: {
+    in: { admitted: number; dropped: number } | null;
+    out: { admitted: number; dropped: number } | null;
+  };
+  pcap?: { frames: number } | null;
+}
+
+/** Frames an interposition feature handled on a port (filter decisions, bucket admissions, captured frames). */
+function interposed(p: SwitchEndPort): number {
+  const f = (x: FilterStats | null | undefined) =>
+    x ? x.defaultMatches + x.rules.reduce((s, r) => s + r.matches, 0) : 0;
+  const b = (x: { admitted: number; dropped: number } | null | undefined) => (x ? x.admitted + x.dropped : 0);
+  return f(p.filters?.in) + f(p.filters?.out) + b(p.rates?.in) + b(p.rates?.out) + (p.pcap?.frames ?? 0);
 }
 
 async function runVireoSwitch(
@@ -422,6 +452,7 @@ async function runVireoSwitch(
       delivered: end.ports.reduce((s, p) => s + p.tx.frames, 0),
       received: end.ports.reduce((s, p) => s + p.rx.frames, 0),
       drops,
+      interposed: end.ports.reduce((s, p) => s + interposed(p), 0),
     };
   }
   await Promise.race([sw.exited, sleep(10_000, undefined, { ref: false })]);
@@ -581,6 +612,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
   const sizes = opts.sizes ?? [64, 1518];
   const pairCounts = opts.pairs ?? [1, 2, 4];
   const loadKind: LoadKind = opts.load ?? "loop";
+  const rounds = opts.rounds ?? 1;
   for (const s of sizes)
     if (!Number.isInteger(s) || s < 60 || s > 1518)
       throw new VireoError("VIREO_BENCH_FAILED", `frame size ${s}: from 60 to 1518 bytes`);
@@ -595,50 +627,79 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
   const set = new ProcessSet();
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-switch-"));
   const progress = (what: string) => {
-    if (!opts.json && process.stderr.isTTY) process.stderr.write(`\r${what}                    `);
+    if (!opts.json && process.stderr.isTTY) process.stderr.write(`\r${what.padEnd(70)}`);
   };
-  const once = async (make: (ctx: RunContext) => Promise<SwitchBenchRow>): Promise<SwitchBenchRow> => {
-    // Each run gets fresh socket names in a directory of its own.
-    const sub = mkdtempSync(join(dir, "run-"));
-    try {
-      return await make({ set, dir: sub, seconds, load: loadKind });
-    } finally {
-      set.killAll();
+  // Every configuration, in the order each round runs them (A B C ... A B C ...: slow drifts in what else runs
+  // spread over all of them). The interposition rows are at one pair, right after their plain row's size.
+  interface Config {
+    path: SwitchPath;
+    variant: string;
+    size: number;
+    pairs: number;
+    why: string | null;
+    make: (ctx: RunContext) => Promise<SwitchBenchRow>;
+  }
+  const configs: Config[] = [];
+  for (const size of sizes) {
+    for (const pairs of pairCounts) {
+      configs.push({
+        path: "testpmd",
+        variant: "plain",
+        size,
+        pairs,
+        why: noDpdk,
+        make: (c) => runTestpmdSwitch(c, size, pairs),
+      });
+      configs.push({
+        path: "vireo",
+        variant: "plain",
+        size,
+        pairs,
+        why: noVireo,
+        make: (c) => runVireoSwitch(c, size, pairs, null),
+      });
+      configs.push({
+        path: "bridge",
+        variant: "plain",
+        size,
+        pairs,
+        why: noBridge,
+        make: (c) => runBridge(c, size, pairs),
+      });
     }
-  };
+    if (noVireo === null && pairCounts.includes(1))
+      for (const v of VARIANTS)
+        configs.push({
+          path: "vireo",
+          variant: v.name,
+          size,
+          pairs: 1,
+          why: null,
+          make: (c) => runVireoSwitch(c, size, 1, v),
+        });
+  }
+  const runs: SwitchBenchRow[][] = configs.map(() => []);
   try {
-    for (const size of sizes) {
-      for (const pairs of pairCounts) {
-        progress(`${size} B, ${pairs} pair(s): testpmd`);
-        rows.push(
-          noDpdk
-            ? unavailable("testpmd", "plain", size, pairs, noDpdk)
-            : await once((c) => runTestpmdSwitch(c, size, pairs)),
+    for (let round = 0; round < rounds; round++) {
+      for (const [i, cfg] of configs.entries()) {
+        const { path, variant, size, pairs, why } = cfg;
+        if (why !== null) {
+          if (round === 0) runs[i]?.push(unavailable(path, variant, size, pairs, why));
+          continue;
+        }
+        progress(
+          `round ${round + 1}/${rounds}: ${size} B, ${pairs} pair(s): ${path}${variant === "plain" ? "" : ` with ${variant}`}`,
         );
-        progress(`${size} B, ${pairs} pair(s): vireo`);
-        rows.push(
-          noVireo
-            ? unavailable("vireo", "plain", size, pairs, noVireo)
-            : await once((c) => runVireoSwitch(c, size, pairs, null)),
-        );
-        progress(`${size} B, ${pairs} pair(s): bridge`);
-        rows.push(
-          noBridge
-            ? unavailable("bridge", "plain", size, pairs, noBridge)
-            : await once((c) => runBridge(c, size, pairs)),
-        );
-      }
-      // Interposition costs: one pair, beside the plain vireo row.
-      if (noVireo === null && pairCounts.includes(1)) {
-        for (const v of VARIANTS) {
-          progress(`${size} B, 1 pair: vireo with ${v.name}`);
-          try {
-            rows.push(await once((c) => runVireoSwitch(c, size, 1, v)));
-          } catch (e) {
-            rows.push(
-              unavailable("vireo", v.name, size, 1, (e as Error).message.split("\n")[0] ?? String(e)),
-            );
-          }
+        // Fresh socket names in a directory of its own, every process ended after it. A run that fails becomes
+        // a row saying so (the first lines of the error), and the benchmark goes on.
+        const sub = mkdtempSync(join(dir, "run-"));
+        try {
+          runs[i]?.push(await cfg.make({ set, dir: sub, seconds, load: loadKind }));
+        } catch (e) {
+          const msg = (e as Error).message.split("\n").slice(0, 3).join(" / ");
+          runs[i]?.push(unavailable(path, variant, size, pairs, `failed: ${msg}`));
+        } finally {
+          set.killAll();
         }
       }
     }
@@ -647,6 +708,12 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
     set.killAll();
     rmSync(dir, { recursive: true, force: true });
     if ("release" in dpdk) dpdk.release();
+  }
+  // Each configuration's row is its median round by Mpps (the failed rounds left out; all failed: the first).
+  for (const r of runs) {
+    const ok = r.filter((x) => x.available).sort((a, b) => a.mpps - b.mpps);
+    const mid = ok[(ok.length - 1) >> 1] ?? r[0];
+    if (mid) rows.push({ ...mid, samples: r.filter((x) => x.available).map((x) => x.mpps) });
   }
   const find = (path: SwitchPath, size: number, pairs: number, variant = "plain") =>
     rows.find(
@@ -686,6 +753,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         ? `switch under test on CPU ${DUT_CPU}, the load on CPU ${LOAD_CPU} (taskset, testpmd --lcores); the bridge runs in trafgen's softirq on CPU ${LOAD_CPU}${IS_ROOT ? "; each process in its own session at nice -20" : ""}`
         : "one CPU: everything shares it (figures mean little)",
     seconds,
+    rounds,
     rows,
     ratios,
     interposition,
@@ -723,12 +791,17 @@ export function formatSwitch(r: SwitchBenchResult): string {
         ]
       : [];
   });
+  for (const x of r.rows)
+    if (x.variant !== "plain" && x.switchCounts && x.switchCounts.interposed === 0)
+      drops.push(
+        `${x.frameBytes} B, vireo ${x.variant}: the switch reports no frame handled by it (not in effect?)`,
+      );
   const notes = [
     ...new Set(r.rows.filter((x) => !x.available && x.note).map((x) => `${x.path} ${x.variant}: ${x.note}`)),
   ];
   return [
     `${r.hostNote}`,
-    `load: ${r.load}; ${r.seconds} s per window`,
+    `load: ${r.load}; ${r.seconds} s per window; ${r.rounds === 1 ? "one round" : `the median of ${r.rounds} interleaved rounds (every round's Mpps in the JSON)`}`,
     `pinning: ${r.pinning}`,
     formatTable(
       ["frame B", "pairs", "switch", "frames", "Mpps", "Gbit/s", "vireo/testpmd", "vireo/bridge", "of plain"],

@@ -106,7 +106,7 @@ ${Object.entries(BENCHMARKS)
 
 Options:
   --json            print JSON instead of a table
-  --rounds N        interleaved rounds per configuration (default 5; medians are reported)
+  --rounds N        interleaved rounds per configuration (default 5, switch 1; medians are reported)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
   --seconds N       vhost-user, switch: length of each measured window (default 5)
   --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
@@ -348,7 +348,7 @@ async function cmdBench(argv: string[]): Promise<number> {
     });
   await runBenchmark(name, {
     json: values.json === true,
-    rounds: parseCount("--rounds", values.rounds, 5),
+    rounds: parseCount("--rounds", values.rounds, BENCHMARKS[name]?.defaultRounds ?? 5),
     iterations:
       values.iterations === undefined ? undefined : parseCount("--iterations", values.iterations, 0),
     seconds: values.seconds === undefined ? undefined : parseCount("--seconds", values.seconds, 0),
