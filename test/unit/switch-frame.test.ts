@@ -361,6 +361,59 @@ describe("parseFrame: bounds and allocation", () => {
     }
   });
 
+  test("random frames (biased to tags, IP versions and extension headers): no throw, fields in range, nothing read past len", () => {
+    let x = 12345;
+    const rnd = (n: number) => {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      return x % n;
+    };
+    const info = new FrameInfo();
+    const buf = new Uint8Array(256);
+    for (let n = 0; n < 20_000; n++) {
+      const len = rnd(200);
+      for (let i = 0; i < buf.length; i++) buf[i] = rnd(256);
+      // Steer the random bytes into the parser's branches.
+      let p = 12;
+      if (rnd(2)) {
+        buf[p] = 0x81;
+        buf[p + 1] = 0;
+        p += 4;
+      }
+      const et = [0x0800, 0x86dd, 0x0806, rnd(0x10000)][rnd(4)] as number;
+      buf[p] = et >> 8;
+      buf[p + 1] = et & 0xff;
+      p += 2;
+      if (et === 0x0800) buf[p] = 0x40 | rnd(16);
+      if (et === 0x86dd) {
+        buf[p] = 0x60;
+        buf[p + 6] = [0, 43, 44, 60, 6, 17][rnd(6)] as number;
+        for (let q = p + 40; q < 200; q += 8) if (rnd(2)) buf[q] = [0, 43, 44, 60, 6, 17][rnd(6)] as number;
+      }
+      if (et === 0x0806) buf.set([0, 1, 8, 0, 6, 4], p);
+      parseFrame(buf, 0, len, info);
+      const want = snap(info);
+      const exact = buf.slice(0, len);
+      assert.deepEqual(snap(parse(exact)), want, `frame ${n}`);
+      assert.ok(info.vlan >= 0 && info.vlan <= 4095 && info.pcp >= 0 && info.pcp <= 7, `frame ${n} tag`);
+      assert.ok(info.ethertype >= -1 && info.ethertype <= 0xffff, `frame ${n} ethertype`);
+      assert.ok(info.ipProto >= -1 && info.ipProto <= 255, `frame ${n} proto`);
+      assert.ok(
+        info.srcPort >= -1 && info.srcPort <= 0xffff && info.dstPort >= -1 && info.dstPort <= 0xffff,
+        `frame ${n} ports`,
+      );
+      assert.ok(
+        info.src4 >= 0 && info.src4 <= 0xffffffff && info.dstLo >= 0 && info.srcLo <= 0xffffffff,
+        `frame ${n} u32`,
+      );
+      if (info.srcPort >= 0)
+        assert.ok(info.ipProto === 6 || info.ipProto === 17, `frame ${n} ports without TCP/UDP`);
+    }
+  });
+
   test("parsing allocates nothing (no heap growth, no collection over 200k frames)", async () => {
     const info = new FrameInfo();
     const { gcs, heapGrowth } = await allocationsDuring((i) => {
