@@ -497,8 +497,10 @@ function bridgeMissing(): string | null {
   return null;
 }
 
+const bridgeNamespace = () => `vireo-bench-switch-${process.pid}`;
+
 async function runBridge(ctx: RunContext, size: number, pairs: number): Promise<SwitchBenchRow> {
-  const ns = `vireo-bench-switch-${process.pid}`;
+  const ns = bridgeNamespace();
   const nsx = (args: string[], what: string) => sh(["ip", "-n", ns, ...args], what);
   sh(["ip", "netns", "add", ns], "network namespace");
   try {
@@ -626,6 +628,19 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
   const noBridge = bridgeMissing();
   const set = new ProcessSet();
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-switch-"));
+  const cleanup = () => {
+    set.killAll();
+    spawnSync("ip", ["netns", "del", bridgeNamespace()], { stdio: "ignore" });
+    rmSync(dir, { recursive: true, force: true });
+    if ("release" in dpdk) dpdk.release();
+  };
+  // Interrupted (Ctrl-C, a time-out's SIGTERM): the finally below would never run; end everything, then exit.
+  const onSignal = (sig: NodeJS.Signals) => {
+    cleanup();
+    process.exit(sig === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   const progress = (what: string) => {
     if (!opts.json && process.stderr.isTTY) process.stderr.write(`\r${what.padEnd(70)}`);
   };
@@ -705,9 +720,9 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
     }
     progress("");
   } finally {
-    set.killAll();
-    rmSync(dir, { recursive: true, force: true });
-    if ("release" in dpdk) dpdk.release();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    cleanup();
   }
   // Each configuration's row is its median round by Mpps (the failed rounds left out; all failed: the first).
   for (const r of runs) {
