@@ -12,6 +12,7 @@ import { describe, test } from "node:test";
 import { E1000 } from "../../src/devices/e1000/e1000.ts";
 import { MAX_TSO_PAYLOAD, MAX_TSO_SEGMENTS } from "../../src/devices/e1000/offload.ts";
 import { E1000Pci } from "../../src/devices/e1000/pci.ts";
+import { PCI_REG } from "../../src/devices/pci/config.ts";
 import { createPair } from "../../src/net/pair.ts";
 import type { DeviceState } from "../../src/shared/device-state.ts";
 import {
@@ -198,7 +199,7 @@ describe("E1000 snapshot", () => {
       return { nic, levels };
     };
     const a = make();
-    a.nic.pci.configWrite(REG.CTRL + 0x04, 2, 0x0007); // COMMAND: I/O, memory, bus master
+    a.nic.pci.configWrite(PCI_REG.COMMAND, 2, 0x0007); // I/O, memory, bus master
     a.nic.pci.setBarAddress(0, 0xfebc_0000);
     const drv = new E1000Driver(a.nic.nic, mem);
     drv.w32(REG.IMS, ICR.LSC);
