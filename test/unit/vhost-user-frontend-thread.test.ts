@@ -1,0 +1,210 @@
+/**
+ * The vhost-user thread of `vireo run` (src/vhost-user/frontend-thread.ts) without KVM: the test builds the
+ * device spec preparePci would (guest RAM in a memfd, kick eventfds, the first connection negotiated here), plays
+ * the vCPU side through the device's own transport (features, queues, DRIVER_OK, reset) and the guest's driver
+ * (split rings with interrupts suppressed, polled), against `vireo vhost-user net --loopback` as a process. The
+ * back-end is then killed with SIGKILL and started again: the thread reconnects by itself and frames go round
+ * again from where the rings were; a reset waits until the thread has stopped the rings.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, ftruncateSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Bus } from "../../src/bus/bus.ts";
+import { VIRTIO_STATUS } from "../../src/devices/virtio/constants.ts";
+import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
+import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import { MetricsRegistry } from "../../src/metrics/registry.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../../src/native.ts";
+import { VhostUserFrontend } from "../../src/vhost-user/frontend.ts";
+import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-net.ts";
+import type { WorkerMessage } from "../../src/vmm/messages.ts";
+import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
+import { type PciDeviceSpec, transportFor } from "../../src/vmm/pci-devices.ts";
+import { startTsWorker } from "../../src/vmm/ts-worker.ts";
+import { VIREO_BIN } from "../helpers/cli.ts";
+import { NET_HDR } from "../helpers/vhost-user-frontend.ts";
+import { VirtioTestDriver } from "../helpers/virtio-driver.ts";
+
+const MiB = 1 << 20;
+const dir = mkdtempSync(join(tmpdir(), "vireo-vu-thread-"));
+const children: ChildProcess[] = [];
+after(() => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+});
+
+async function until(what: string, ok: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
+    await sleep(20);
+  }
+}
+
+async function startBackend(socket: string) {
+  const child = spawn(VIREO_BIN, ["vhost-user", "net", "--socket", socket, "--loopback", "--once"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(child);
+  let err = "";
+  child.stderr?.on("data", (d) => {
+    err += d;
+  });
+  const exited = new Promise((r) => child.on("exit", r));
+  await until("the back-end listening", () => existsSync(socket) && /listening on/.test(err), 60_000);
+  return { child, exited, err: () => err };
+}
+
+function frame(n: number, seed: number): Uint8Array {
+  const f = new Uint8Array(n);
+  for (let i = 0; i < n; i++) f[i] = (seed * 11 + i) & 0xff;
+  return f;
+}
+
+test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a restarted back-end, stops on reset", async () => {
+  const socket = join(dir, "net.sock");
+  let backend = await startBackend(socket);
+  const n = native();
+  const ramSize = 4 * MiB;
+  const ramFd = n.memfdCreate("vireo-test-ram", MFD_CLOEXEC);
+  ftruncateSync(ramFd, ramSize);
+  const { buffer: ram, address: hostAddress } = n.mmap(ramFd, ramSize, 0);
+  const ev = () => n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  const conn = VhostUserFrontend.connect(socket);
+  const negotiated = conn.negotiate();
+  const block = createFrontendBlock();
+  const spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }> = {
+    kind: "vhost-user-net",
+    name: "net0",
+    slot: 1,
+    state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
+    mac: [2, 0x76, 0x69, 0, 0, 1],
+    socket,
+    connFd: conn.fd,
+    backendFeatures: negotiated.features,
+    protocolFeatures: negotiated.protocolFeatures,
+    kicks: [ev(), ev()],
+    irq: { routes: MsiRouteTable.createState(3), pool: [], assigned: new SharedArrayBuffer(12) },
+    relays: [ev(), ev()],
+    wake: ev(),
+    block,
+    ram: { fd: ramFd, size: ramSize, hostAddress },
+  };
+  const mem = new GuestMemory(ram);
+  // The vCPU side: no KVM is touched while MSI-X stays off and the rings ask for no interrupts.
+  const transport = transportFor(
+    spec,
+    { mem, vmFd: -1, pio: new Bus("pio"), mmio: new Bus("mmio"), signalMsi: () => {} },
+    true,
+  );
+  const metrics = new MetricsRegistry();
+  const stopFd = ev();
+  const worker = startTsWorker(new URL("../../src/vhost-user/frontend-thread.ts", import.meta.url), {
+    workerData: {
+      spec,
+      vmFd: -1,
+      ram,
+      stopFd,
+      metricsBuffer: metrics.shared,
+      metricsSegment: metrics.allocateSegment(),
+    },
+  });
+  const workerExit = new Promise((r) => worker.on("exit", r));
+  const messages: string[] = [];
+  worker.on("message", (m: WorkerMessage) => {
+    if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+    else if (m.type === "device-error" || (m.type === "io-stopped" && m.message))
+      messages.push(String(m.message));
+  });
+  const words = new Int32Array(block);
+  try {
+    // The driver's side of 3.1.1, as a vCPU thread would see it.
+    const d = transport.device;
+    d.writeStatus(VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER);
+    d.driverFeatureSelect = 1;
+    d.writeDriverFeatures(1); // VERSION_1
+    d.writeStatus(VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK);
+    assert.ok(d.status & VIRTIO_STATUS.FEATURES_OK);
+    const rings = [0, 1].map(
+      (q) =>
+        new VirtioTestDriver(mem, {
+          kind: "split",
+          size: 256,
+          base: MiB + q * MiB,
+          limit: 2 * MiB + q * MiB,
+        }),
+    );
+    const [rx, tx] = rings as [VirtioTestDriver, VirtioTestDriver];
+    for (const [q, r] of rings.entries()) {
+      r.setUsedNotifications(false);
+      const c = r.config;
+      d.writeQueue(q, "size", c.size);
+      d.writeQueue(q, "desc_lo", c.descAddr);
+      d.writeQueue(q, "driver_lo", c.driverAddr);
+      d.writeQueue(q, "device_lo", c.deviceAddr);
+      d.writeQueue(q, "enable", 1);
+    }
+    for (let i = 0; i < 64; i++) rx.addChain([], [2048]);
+    d.writeStatus(
+      VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK | VIRTIO_STATUS.DRIVER_OK,
+    );
+    d.activate();
+
+    let seq = 0;
+    let back = 0;
+    /** Sends `count` frames and waits until each came back, in order. */
+    const roundTrip = async (count: number) => {
+      const want = back + count;
+      for (let k = 0; k < count; k++) {
+        const f = frame(100 + (seq % 900), seq);
+        const b = new Uint8Array(NET_HDR + f.length);
+        b.set(f, NET_HDR);
+        tx.addChain([b], []);
+        seq++;
+      }
+      signalEventFd(spec.kicks[1] as number);
+      signalEventFd(spec.kicks[0] as number);
+      await until(
+        `frames ${back}..${want} back`,
+        () => {
+          tx.usedChains();
+          const got = rx.usedChains();
+          for (const u of got) {
+            assert.deepEqual(u.written.subarray(NET_HDR), frame(100 + (back % 900), back), `frame ${back}`);
+            back++;
+            rx.addChain([], [2048]);
+          }
+          if (got.length > 0) signalEventFd(spec.kicks[0] as number);
+          return back === want;
+        },
+        20_000,
+      );
+    };
+    await roundTrip(40);
+    assert.equal(Atomics.load(words, FRONTEND_WORDS.connected), 1);
+
+    // The back-end dies; the device stalls; a new one on the same socket gets the rings back.
+    backend.child.kill("SIGKILL");
+    await backend.exited;
+    await until("the thread noticing", () => Atomics.load(words, FRONTEND_WORDS.connected) === 0, 10_000);
+    backend = await startBackend(socket);
+    await until("the reconnect", () => Atomics.load(words, FRONTEND_WORDS.connected) === 1, 20_000);
+    await roundTrip(40);
+
+    // A reset returns once the thread has stopped the rings (GET_VRING_BASE).
+    const before = Atomics.load(words, FRONTEND_WORDS.resetsDone);
+    d.writeStatus(0);
+    assert.equal(Atomics.load(words, FRONTEND_WORDS.resetsDone), before + 1, "the reset waited for the stop");
+    assert.deepEqual(messages, []);
+  } finally {
+    signalEventFd(stopFd);
+    await workerExit;
+  }
+  const m = metrics.snapshot();
+  assert.equal(m["vhost-user.net0.disconnects"], 1);
+  assert.equal(m["vhost-user.net0.connects"], 1);
+  assert.equal(m["vhost-user.net0.ring_starts"], 4, "two rings at DRIVER_OK, two again after the reconnect");
+});
