@@ -278,6 +278,18 @@ class FrontendPlane {
     if (ok) {
       this.started = queues;
       this.cRingStarts.add(queues.length);
+      return;
+    }
+    // Refused part way: rings the back-end did start are stopped again, so the next DRIVER_OK starts clean.
+    const conn = this.conn;
+    if (conn === null) return;
+    for (const q of queues) {
+      try {
+        conn.stopRing(q);
+      } catch (e) {
+        this.lost(`stopping vring ${q} after a refusal: ${(e as Error).message}`);
+        return;
+      }
     }
   }
 
