@@ -231,6 +231,62 @@ describe("vireo switch (process)", () => {
     b.close();
   });
 
+  test("an ingress rate limit set while traffic flows holds the rate within 5% over 10 s", async (t) => {
+    const s = await startSwitch("t3", [
+      `vhost-user=${join(dir, "t3a.sock")},name=a`,
+      `vhost-user=${join(dir, "t3b.sock")},name=b`,
+    ]);
+    const a = plug(join(dir, "t3a.sock"));
+    const b = plug(join(dir, "t3b.sock"));
+    const size = 1000;
+    const bytesPerSec = 400_000; // 400 frames/s of 1000 bytes
+    await controlRequest(s.control, { op: "rate", port: "a", dir: "in", bytesPerSec });
+    b.postReceiveBuffers(256);
+    const f = frame(mac(2), mac(1), size, 1);
+    let received = 0;
+    let offered = 0;
+    const start = Date.now();
+    // Offer far more than the rate (the sender is limited only by its ring) for 10 s, counting what reaches b.
+    while (Date.now() - start < 10_000) {
+      const room = Math.min(a.tx.freeSlots, 64);
+      if (room > 0) {
+        a.transmit(Array.from({ length: room }, () => f));
+        offered += room;
+      }
+      a.waitCall(1, 2);
+      a.tx.usedChains();
+      const got = b.rx.usedChains().length;
+      if (got > 0) {
+        received += got;
+        b.postReceiveBuffers(got);
+      }
+      await sleep(0);
+    }
+    const elapsed = (Date.now() - start) / 1000;
+    await sleep(200);
+    received += b.rx.usedChains().length;
+    const show = (await controlRequest(s.control, { op: "show" })) as {
+      ports: Array<PortShow & { rates: { in: { admitted: number; dropped: number } } }>;
+    };
+    const pa = show.ports.find((p) => p.name === "a") as PortShow & { rates: { in: { dropped: number } } };
+    const rate = (received * size) / elapsed;
+    t.diagnostic(
+      `offered ${offered} frames (${((offered * size) / elapsed / 1e3).toFixed(0)} kB/s), delivered ${received} ` +
+        `(${(rate / 1e3).toFixed(1)} kB/s against ${bytesPerSec / 1e3} kB/s), rate-limited ${pa.drops.rateLimit}`,
+    );
+    assert.ok(offered * size > 3 * bytesPerSec * elapsed, "the sender offered well over the rate");
+    assert.ok(Math.abs(rate - bytesPerSec) <= 0.05 * bytesPerSec, `delivered ${rate.toFixed(0)} B/s`);
+    assert.equal(
+      pa.drops.rateLimit + received,
+      pa.rx.frames,
+      "every frame delivered or counted as rate-limited",
+    );
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0, s.stderr());
+    a.close();
+    b.close();
+  });
+
   test("command-line and control mistakes get one clear line", () => {
     const r1 = vireo(["switch", "x", "--port", "vhost-user=/tmp/x.sock,vlan=5000"]);
     assert.equal(r1.status, 125);
