@@ -285,7 +285,7 @@ describe("vireo switch (process)", () => {
     assert.ok(offered * size > 3 * bytesPerSec * elapsed, "the sender offered well over the rate");
     assert.ok(Math.abs(rate - bytesPerSec) <= 0.05 * bytesPerSec, `delivered ${rate.toFixed(0)} B/s`);
     assert.equal(
-      pa.drops.rateLimit + received,
+      (pa.drops.rateLimit ?? Number.NaN) + received,
       pa.rx.frames,
       "every frame delivered or counted as rate-limited",
     );
