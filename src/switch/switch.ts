@@ -339,10 +339,6 @@ export class Switch {
       }
       this.fVlan[i] = vid;
       this.fPcp[i] = pcp;
-      if (src.ingress.rate && !src.ingress.rate.admit(len, now)) {
-        c.drops.rateLimit++;
-        continue;
-      }
       if (src.ingress.filter) {
         parseFrame(slab, off, len, info);
         info.vlan = vid;
@@ -351,6 +347,11 @@ export class Switch {
           c.drops.filter++;
           continue;
         }
+      }
+      // After the filter: a frame the filter denies uses up no tokens.
+      if (src.ingress.rate && !src.ingress.rate.admit(len, now)) {
+        c.drops.rateLimit++;
+        continue;
       }
       const dHi = ((slab[off] as number) << 8) | (slab[off + 1] as number);
       const dLo =
@@ -422,10 +423,6 @@ export class Switch {
     }
     const e = p.egress;
     const c = p.counters;
-    if (e.rate && !e.rate.admit(len, now)) {
-      c.drops.rateLimit++;
-      return;
-    }
     if (e.filter) {
       parseFrame(this.slab, off, len, this.info);
       this.info.vlan = this.fVlan[i] as number;
@@ -433,6 +430,10 @@ export class Switch {
         c.drops.filter++;
         return;
       }
+    }
+    if (e.rate && !e.rate.admit(len, now)) {
+      c.drops.rateLimit++;
+      return;
     }
     const r = p.io.deliver(this.slab.subarray(off, off + len), true);
     if (r === true) {
