@@ -17,6 +17,7 @@
  *   reason logged; the guest's driver sees a broken device, not a silent one.
  * - MSI-X disabled (INTx): the call fds are eventfds this thread polls, raising INTx with the ISR bit.
  */
+import { writeSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { Bus } from "../bus/bus.ts";
 import type { VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
@@ -55,8 +56,18 @@ const flushMetricNames = () => {
   const names = metrics.drainNewNames();
   if (names.length) post({ type: "metric-names", segment: data.metricsSegment, names });
 };
-/** Live status lines (connection lost, back again) and errors, on stderr as they happen. */
-const say = (m: string) => process.stderr.write(`vireo: ${spec.name}: vhost-user: ${m}\n`);
+/**
+ * Live status lines (connection lost, back again) and errors, on stderr as they happen: written to fd 2 directly,
+ * since a worker's process.stderr sends its next chunk only after its own event loop runs, which this thread's
+ * never does.
+ */
+const say = (m: string) => {
+  try {
+    writeSync(2, `vireo: ${spec.name}: vhost-user: ${m}\n`);
+  } catch {
+    // stderr closed: nothing to tell
+  }
+};
 const reportError = (message: string) => {
   say(message);
   post({ type: "device-error", vcpu: -1, device: spec.name, message: `vhost-user: ${message}` });
