@@ -25,8 +25,7 @@ after(() => {
   for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
 });
 
-/** `vireo vhost-user net --socket SOCK --tap TAP --once` in the namespace, once its socket exists. */
-async function startBackend(argv: string[], socket: string) {
+function start(argv: string[]) {
   const [cmd, ...args] = argv as [string, ...string[]];
   const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
   children.push(child);
@@ -35,12 +34,27 @@ async function startBackend(argv: string[], socket: string) {
   child.stdout?.on("data", (d) => (out += d));
   child.stderr?.on("data", (d) => (err += d));
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  const deadline = Date.now() + 120_000;
-  while (!existsSync(socket)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not start: ${err}`);
+  return { child, exited, out: () => out, err: () => err };
+}
+
+async function waitFor(ok: () => boolean, ms: number, why: () => string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(why());
     await sleep(50);
   }
-  return { child, exited, out: () => out, err: () => err };
+}
+
+/** `vireo vhost-user net --socket SOCK --tap TAP --once` in the namespace, once its socket exists. */
+async function startBackend(argv: string[], socket: string) {
+  const b = start(argv);
+  await waitFor(
+    () => existsSync(socket) || b.child.exitCode !== null,
+    120_000,
+    () => `back-end did not start: ${b.err()}`,
+  );
+  if (!existsSync(socket)) throw new Error(`back-end did not start: ${b.err()}`);
+  return b;
 }
 
 test("the micro guest's virtio-net exchanges 2,000 frames each way through a vhost-user back-end", {
@@ -94,6 +108,57 @@ test("the micro guest's virtio-net exchanges 2,000 frames each way through a vho
   assert.ok((end.txFrames ?? 0) >= 2 * count, `back-end txFrames ${end.txFrames}`);
   assert.ok((end.rxFrames ?? 0) >= count, `back-end rxFrames ${end.rxFrames}`);
   process.stderr.write(`vhost-user net exchange: ${seconds} s (vireo run with the back-end)\n`);
+});
+
+test("the micro guest's frames cross vireo switch (a vhost-user port and a TAP port) both ways", {
+  skip: netSkip,
+}, async () => {
+  const ns = netns();
+  const socket = join(dir, "switch-port.sock");
+  const sw = start(
+    ns.exec([
+      VIREO_BIN,
+      "switch",
+      "sw0",
+      "--control",
+      join(dir, "sw0.ctl"),
+      "--port",
+      `vhost-user=${socket}`,
+      "--port",
+      `tap=${ns.tap}`,
+    ]),
+  );
+  await waitFor(
+    () => existsSync(socket),
+    120_000,
+    () => `the switch did not start: ${sw.err()}`,
+  );
+  const count = 500;
+  const size = 600;
+  const mac = "02:76:69:aa:bb:08";
+  const r = await exchangeFrames(
+    ns,
+    [
+      "--guest",
+      "micro:virtio-net-test",
+      String(count),
+      String(size),
+      "--net",
+      `vhost-user=${socket},mac=${mac}`,
+      "--timeout",
+      "240",
+    ],
+    { count, size },
+    300_000,
+  );
+  sw.child.kill("SIGTERM");
+  await sw.exited;
+  assertFramesExchanged(r, count, mac, "the guest used the MAC given with --net");
+  const end = JSON.parse(sw.out().trim().split("\n").pop() as string) as {
+    ports: Array<{ name: string; rx: { frames: number } }>;
+  };
+  const p0 = end.ports.find((p) => p.name === "p0");
+  assert.ok((p0?.rx.frames ?? 0) >= 2 * count, `the switch received the guest's frames: ${sw.out()}`);
 });
 
 test("--net vhost-user= with no back-end on the socket is one clear line, status 125", {
