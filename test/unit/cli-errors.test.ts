@@ -60,7 +60,7 @@ test("--accel: a bad value, and --net refused for the emulated host before it bo
   const started = Date.now();
   assertOneLineError(
     vireo(["run", "--guest", "micro:hello", "--accel", "emulated", "--net", "tap=vt0"]),
-    /--net: a TAP on this host cannot reach a VM inside the emulated KVM host/,
+    /--net: a TAP or vhost-user socket on this host cannot reach a VM inside the emulated KVM host/,
   );
   assert.ok(Date.now() - started < 20_000, "refused without booting anything");
 });
@@ -109,7 +109,13 @@ test("bad --net and --console values", () => {
     /unknown model 'rtl8139' \(known: virtio, e1000\)/,
   );
   assertOneLineError(run("--net", "vt0"), /unknown option 'vt0'/);
-  assertOneLineError(run("--net", "mac=02:00:00:00:00:01"), /which backend\? \(--net tap=NAME\)/);
+  assertOneLineError(
+    run("--net", "mac=02:00:00:00:00:01"),
+    /which backend\? \(--net tap=NAME or --net vhost-user=SOCKET\)/,
+  );
+  assertOneLineError(run("--net", "tap=vt0,vhost-user=/tmp/x.sock"), /either tap=NAME or vhost-user=SOCKET/);
+  assertOneLineError(run("--net", "vhost-user=/tmp/x.sock,model=e1000"), /serves virtio-net only/);
+  assertOneLineError(run("--net", "vhost-user="), /vhost-user= needs a socket path/);
   assertOneLineError(run("--net", "tap=this-name-is-too-long"), /1 to 15 letters/);
   assertOneLineError(run("--console", "hvc"), /--console must be serial or virtio/);
 });
