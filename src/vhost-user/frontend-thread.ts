@@ -90,6 +90,7 @@ class FrontendPlane {
   private readonly cDisconnects = metrics.counter(`vhost-user.${spec.name}.disconnects`);
   private readonly cRingStarts = metrics.counter(`vhost-user.${spec.name}.ring_starts`);
   private readonly cRelayed = metrics.counter(`vhost-user.${spec.name}.intx_relayed`);
+  private readonly cAttempts = metrics.counter(`vhost-user.${spec.name}.reconnect_attempts`);
 
   constructor() {
     this.words = new Int32Array(spec.block);
@@ -168,10 +169,15 @@ class FrontendPlane {
     if (this.conn || performance.now() < this.nextTry) return;
     this.nextTry = performance.now() + RECONNECT_MS;
     let conn: VhostUserFrontend;
+    this.cAttempts.add();
     try {
       conn = VhostUserFrontend.connect(spec.socket);
-    } catch {
-      return; // nobody listens yet: the device stays stalled, and this thread tries again
+    } catch (e) {
+      // Nobody listens yet: the device stays stalled, and this thread tries again. Each new reason is said once.
+      const msg = (e as Error).message;
+      if (msg !== this.lastRefusal) say(`not yet: ${msg}`);
+      this.lastRefusal = msg;
+      return;
     }
     try {
       const n = conn.negotiate();

@@ -152,7 +152,7 @@ test("the back-end killed and started again: vireo reconnects and the guest's pi
     "the reconnect",
     () => /reconnected/.test(vm.err()),
     120_000,
-    () => `${vm.err()}\nback-end: ${second.err()}`,
+    () => `${vm.err()}\nback-end: ${second.err()}\nguest: ${vm.out().slice(-1500)}`,
   );
   const status = await vm.exited;
   const seconds = ((performance.now() - t0) / 1000).toFixed(0);
