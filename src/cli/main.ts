@@ -10,6 +10,7 @@ import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { cmdCtl } from "./ctl.ts";
+import { attachSwitchNet, detachSwitchNet, isSwitchNet, type SwitchNet } from "./net-switch.ts";
 import { formatRunSummary } from "./summary.ts";
 import { cmdSwitch } from "./switch.ts";
 import { cmdVhostUser } from "./vhost-user.ts";
@@ -64,6 +65,10 @@ Options:
                        (KVM ioeventfds) and interrupts (irqfds), so no frame passes through vireo. Split rings.
                        If the back-end goes away the card stalls and the VM runs on; vireo reconnects when a
                        back-end listens on SOCKET again and the rings go on from where the guest left them
+  --net switch=NAME[,vlan=N|,trunk=N+M[,native=N]][,mac=xx:xx:xx:xx:xx:xx]
+                       a virtio-net card on a running vireo switch NAME: vireo attaches a vhost-user port for it
+                       through the switch's control socket (at its default path, $VIREO_RUN_DIR/switch/NAME.sock),
+                       runs the card as --net vhost-user= on it, and detaches the port when the VM ends
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -184,60 +189,82 @@ async function cmdRun(argv: string[]): Promise<number> {
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
   if (timeout !== undefined && !(timeout > 0))
     throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
-  const config: MachineConfig = {
-    kernel,
-    cmdline,
-    memMiB: parseCount("--mem", values.mem, fileLooksLikeBzImage(kernel) ? 512 : 64),
-    cpus: parseCount("--cpus", values.cpus, 1),
-    initrd: values.initrd,
-    force: values.force === true,
-    serial: parseSerial(values.serial ?? "stdio"),
-    stdin: true,
-    timeoutMs: timeout === undefined ? undefined : timeout * 1000,
-    statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
-    disks: (values.disk ?? []).map(parseDisk),
-    rng: values.rng === true,
-    nets: (values.net ?? []).map(parseNet),
-    console: parseConsole(values.console ?? "serial"),
-    apiSocket: values["api-socket"],
+  // --net switch=NAME: a port on the running switch for this VM, used as --net vhost-user= (src/cli/net-switch.ts);
+  // detached again however the run ends.
+  const netSpecs = [...(values.net ?? [])];
+  if (netSpecs.some(isSwitchNet) && useEmulatedHost(parseAccel(values.accel)))
+    throw new ConfigError(
+      "--net switch=: a switch on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+    );
+  const attached: SwitchNet[] = [];
+  const run = async (): Promise<number> => {
+    const config: MachineConfig = {
+      kernel,
+      cmdline,
+      memMiB: parseCount("--mem", values.mem, fileLooksLikeBzImage(kernel) ? 512 : 64),
+      cpus: parseCount("--cpus", values.cpus, 1),
+      initrd: values.initrd,
+      force: values.force === true,
+      serial: parseSerial(values.serial ?? "stdio"),
+      stdin: true,
+      timeoutMs: timeout === undefined ? undefined : timeout * 1000,
+      statsIntervalMs: values.stats === undefined ? undefined : parseCount("--stats", values.stats, 1) * 1000,
+      disks: (values.disk ?? []).map(parseDisk),
+      rng: values.rng === true,
+      nets: netSpecs.map(parseNet),
+      console: parseConsole(values.console ?? "serial"),
+      apiSocket: values["api-socket"],
+    };
+    if (config.apiSocket !== undefined && Buffer.byteLength(config.apiSocket) > 107)
+      throw new ConfigError(`--api-socket path is ${Buffer.byteLength(config.apiSocket)} bytes, at most 107`);
+    const accel = parseAccel(values.accel);
+    Machine.check(config);
+    if (useEmulatedHost(accel)) {
+      if (config.nets?.length)
+        throw new ConfigError(
+          "--net: a TAP or vhost-user socket on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+        );
+      if (config.apiSocket !== undefined)
+        throw new ConfigError(
+          "--api-socket: a socket inside the emulated KVM host cannot be reached from this host; run with --accel kvm on a host with KVM",
+        );
+      return runEmulated({
+        argv: ["run", ...withoutAccel(argv), "--accel", "kvm"],
+        writes: [
+          ...(values.metrics ? [values.metrics] : []),
+          ...(config.serial.kind === "file" ? [config.serial.path] : []),
+          ...(config.disks ?? []).filter((d) => !d.readOnly).map((d) => d.path),
+        ],
+        console: config.serial.kind === "stdio",
+      });
+    }
+    const machine = new Machine(config);
+    const onSignal = () => machine.requestStop();
+    process.once("SIGINT", onSignal);
+    process.once("SIGTERM", onSignal);
+    let result: RunResult;
+    try {
+      result = await machine.run();
+    } finally {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    }
+    if (values.metrics)
+      writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
+    reportOutcome(result);
+    return result.status;
   };
-  if (config.apiSocket !== undefined && Buffer.byteLength(config.apiSocket) > 107)
-    throw new ConfigError(`--api-socket path is ${Buffer.byteLength(config.apiSocket)} bytes, at most 107`);
-  const accel = parseAccel(values.accel);
-  Machine.check(config);
-  if (useEmulatedHost(accel)) {
-    if (config.nets?.length)
-      throw new ConfigError(
-        "--net: a TAP or vhost-user socket on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
-      );
-    if (config.apiSocket !== undefined)
-      throw new ConfigError(
-        "--api-socket: a socket inside the emulated KVM host cannot be reached from this host; run with --accel kvm on a host with KVM",
-      );
-    return runEmulated({
-      argv: ["run", ...withoutAccel(argv), "--accel", "kvm"],
-      writes: [
-        ...(values.metrics ? [values.metrics] : []),
-        ...(config.serial.kind === "file" ? [config.serial.path] : []),
-        ...(config.disks ?? []).filter((d) => !d.readOnly).map((d) => d.path),
-      ],
-      console: config.serial.kind === "stdio",
-    });
-  }
-  const machine = new Machine(config);
-  const onSignal = () => machine.requestStop();
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  let result: RunResult;
   try {
-    result = await machine.run();
+    for (const [i, spec] of netSpecs.entries()) {
+      if (!isSwitchNet(spec)) continue;
+      const n = await attachSwitchNet(spec, i);
+      attached.push(n);
+      netSpecs[i] = n.net;
+    }
+    return await run();
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    for (const n of attached) await detachSwitchNet(n);
   }
-  if (values.metrics) writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
-  reportOutcome(result);
-  return result.status;
 }
 
 function metricsDocument(result: RunResult) {
