@@ -119,7 +119,6 @@ export class SwitchControl {
   }
 
   handle(req: ControlRequest): unknown {
-    const sw = this.runner.sw;
     switch (req.op) {
       case "show":
         return this.show();
@@ -204,7 +203,6 @@ export class SwitchControl {
         return { port: req.port, mirror: req.to };
       }
     }
-    return sw;
   }
 
   show(): unknown {
