@@ -32,11 +32,22 @@ export const SIZEOF = {
   kvm_pit_config: 64,
   kvm_mp_state: 4,
   kvm_msrs: 8,
+  kvm_msr_entry: 16,
+  kvm_msr_list: 4,
+  kvm_fpu: 416,
+  kvm_xsave: 4096,
+  kvm_xcrs: 392,
+  kvm_lapic_state: 1024,
+  kvm_vcpu_events: 64,
+  kvm_irqchip: 520,
+  kvm_pit_state2: 112,
+  kvm_clock_data: 48,
 } as const;
 
 export const KVM = {
   GET_API_VERSION: io(0x00),
   CREATE_VM: io(0x01),
+  GET_MSR_INDEX_LIST: iowr(0x02, SIZEOF.kvm_msr_list),
   CHECK_EXTENSION: io(0x03),
   GET_VCPU_MMAP_SIZE: io(0x04),
   GET_SUPPORTED_CPUID: iowr(0x05, SIZEOF.kvm_cpuid2),
@@ -46,7 +57,14 @@ export const KVM = {
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, SIZEOF.kvm_irq_level),
+  GET_IRQCHIP: iowr(0x62, SIZEOF.kvm_irqchip),
+  // The kernel declares KVM_SET_IRQCHIP with _IOR although userspace writes the struct (kvm.h keeps it for ABI).
+  SET_IRQCHIP: ior(0x63, SIZEOF.kvm_irqchip),
   SET_GSI_ROUTING: iow(0x6a, SIZEOF.kvm_irq_routing),
+  SET_CLOCK: iow(0x7b, SIZEOF.kvm_clock_data),
+  GET_CLOCK: ior(0x7c, SIZEOF.kvm_clock_data),
+  GET_PIT2: ior(0x9f, SIZEOF.kvm_pit_state2),
+  SET_PIT2: iow(0xa0, SIZEOF.kvm_pit_state2),
   IRQFD: iow(0x76, SIZEOF.kvm_irqfd),
   CREATE_PIT2: iow(0x77, SIZEOF.kvm_pit_config),
   IOEVENTFD: iow(0x79, SIZEOF.kvm_ioeventfd),
@@ -56,10 +74,21 @@ export const KVM = {
   SET_REGS: iow(0x82, SIZEOF.kvm_regs),
   GET_SREGS: ior(0x83, SIZEOF.kvm_sregs),
   SET_SREGS: iow(0x84, SIZEOF.kvm_sregs),
+  GET_MSRS: iowr(0x88, SIZEOF.kvm_msrs),
   SET_MSRS: iow(0x89, SIZEOF.kvm_msrs),
+  GET_FPU: ior(0x8c, SIZEOF.kvm_fpu),
+  SET_FPU: iow(0x8d, SIZEOF.kvm_fpu),
+  GET_LAPIC: ior(0x8e, SIZEOF.kvm_lapic_state),
+  SET_LAPIC: iow(0x8f, SIZEOF.kvm_lapic_state),
   SET_CPUID2: iow(0x90, SIZEOF.kvm_cpuid2),
   GET_MP_STATE: ior(0x98, SIZEOF.kvm_mp_state),
   SET_MP_STATE: iow(0x99, SIZEOF.kvm_mp_state),
+  GET_VCPU_EVENTS: ior(0x9f, SIZEOF.kvm_vcpu_events),
+  SET_VCPU_EVENTS: iow(0xa0, SIZEOF.kvm_vcpu_events),
+  GET_XSAVE: ior(0xa4, SIZEOF.kvm_xsave),
+  SET_XSAVE: iow(0xa5, SIZEOF.kvm_xsave),
+  GET_XCRS: ior(0xa6, SIZEOF.kvm_xcrs),
+  SET_XCRS: iow(0xa7, SIZEOF.kvm_xcrs),
 } as const;
 
 export const KVM_API_VERSION = 12;
@@ -70,6 +99,10 @@ export const CAP = {
   NR_MEMSLOTS: 10,
   IRQ_ROUTING: 25,
   IRQFD: 32,
+  ADJUST_CLOCK: 39,
+  VCPU_EVENTS: 41,
+  XSAVE: 55,
+  XCRS: 56,
   PIT2: 33,
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
@@ -143,3 +176,9 @@ export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const KVM_IRQFD_FLAG_DEASSIGN = 1 << 0;
 export const KVM_MP_STATE_RUNNABLE = 0;
 export const KVM_MP_STATE_UNINITIALIZED = 1;
+/** struct kvm_vcpu_events.flags: which optional parts KVM_SET_VCPU_EVENTS takes from the struct. */
+export const KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0;
+export const KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 1;
+export const VCPU_EVENTS_FLAGS_OFFSET = 20;
+/** struct kvm_irqchip.chip_id values. */
+export const IRQCHIP = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;

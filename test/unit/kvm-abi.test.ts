@@ -4,7 +4,18 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { CAP, EXIT, KVM, RUN, SIZEOF, SREGS } from "../../src/kvm/abi.ts";
+import {
+  CAP,
+  EXIT,
+  IRQCHIP,
+  KVM,
+  KVM_VCPUEVENT_VALID_NMI_PENDING,
+  KVM_VCPUEVENT_VALID_SIPI_VECTOR,
+  RUN,
+  SIZEOF,
+  SREGS,
+  VCPU_EVENTS_FLAGS_OFFSET,
+} from "../../src/kvm/abi.ts";
 import { repoPath } from "../../src/paths.ts";
 
 // Compile native/abi-check.c against this system's <linux/kvm.h> and compare every constant vireo encodes.
@@ -25,6 +36,18 @@ test("ioctl request numbers match <linux/kvm.h>", () => {
 
 test("struct sizes match", () => {
   const names = [
+    "kvm_msr_entry",
+    "kvm_msr_list",
+    "kvm_msrs",
+    "kvm_mp_state",
+    "kvm_fpu",
+    "kvm_xsave",
+    "kvm_xcrs",
+    "kvm_lapic_state",
+    "kvm_vcpu_events",
+    "kvm_irqchip",
+    "kvm_pit_state2",
+    "kvm_clock_data",
     "kvm_regs",
     "kvm_sregs",
     "kvm_segment",
@@ -62,6 +85,7 @@ test("kvm_run and kvm_sregs offsets match", () => {
     [SREGS.cr0, "kvm_sregs.cr0"],
     [SREGS.efer, "kvm_sregs.efer"],
     [SREGS.apic_base, "kvm_sregs.apic_base"],
+    [VCPU_EVENTS_FLAGS_OFFSET, "kvm_vcpu_events.flags"],
   ];
   for (const [value, name] of pairs) assert.equal(value, fact(`offset.${name}`), name);
 });
@@ -79,4 +103,7 @@ test("exit reasons and capabilities match", () => {
   ] as const;
   for (const name of exits) assert.equal(EXIT[name], fact(`KVM_EXIT_${name}`), name);
   for (const [name, value] of Object.entries(CAP)) assert.equal(value, fact(`KVM_CAP_${name}`), name);
+  assert.equal(KVM_VCPUEVENT_VALID_NMI_PENDING, fact("KVM_VCPUEVENT_VALID_NMI_PENDING"));
+  assert.equal(KVM_VCPUEVENT_VALID_SIPI_VECTOR, fact("KVM_VCPUEVENT_VALID_SIPI_VECTOR"));
+  assert.equal(IRQCHIP.IOAPIC, fact("KVM_IRQCHIP_IOAPIC"));
 });
