@@ -13,7 +13,17 @@
  * emulation nested in emulation (minutes instead of seconds). Its results count with the tier's.
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { availableParallelism } from "node:os";
 import { join, relative } from "node:path";
 import {
   consoleTail,
@@ -79,6 +89,8 @@ if (nativeFiles.length > 0) {
 }
 let where: string;
 let runnerStatus: number;
+/** With several emulated hosts: one TAP report per test file, in the order of kvmFiles. */
+const shardReports: string[] = [];
 if (kvmFiles.length === 0) {
   where = "directly on this host (no file needs KVM)";
   runnerStatus = 0;
@@ -100,36 +112,37 @@ if (kvmFiles.length === 0) {
     );
     process.exit(1);
   }
-  where = "in the emulated KVM host (QEMU TCG -cpu max, kvm_amd)";
+  const shards = Math.min(shardCount(), kvmFiles.length);
+  where = `in the emulated KVM host (QEMU TCG -cpu max, kvm_amd)${shards > 1 ? `, ${shards} of them side by side` : ""}`;
   process.stdout.write(`${tier} tier: no usable /dev/kvm here; running it ${where}\n`);
-  const runDir = makeRunDir();
   const compiled = kvmFiles.map((f) => join(BUILD_DIR_NAME, f.replace(/\.ts$/, ".js")));
-  const r = await runInEmulatedHost({
-    runDir,
-    script: `node ${nodeTestArgs(join(runDir, "report.tap")).join(" ")} ${compiled.join(" ")}`,
-    cwd: repoPath(),
-    env: passThroughEnv(),
-    onStdout: (d) => process.stdout.write(d),
-    onStderr: (d) => process.stderr.write(d),
-  });
-  if (existsSync(join(runDir, "report.tap"))) copyFileSync(join(runDir, "report.tap"), report);
-  r.cleanup();
-  if (r.status === null)
-    process.stderr.write(
-      `${tier} tier: ${r.failure}; the emulated host's console ended with:\n${consoleTail(r.console)}\n`,
-    );
-  process.stdout.write(
-    `${tier} tier: emulated host booted in ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, ran ${(r.wallMs / 1000).toFixed(0)} s in all\n`,
-  );
-  runnerStatus = r.status ?? 1;
+  if (shards === 1) {
+    const runDir = makeRunDir();
+    const r = await runInEmulatedHost({
+      runDir,
+      script: `node ${nodeTestArgs(join(runDir, "report.tap")).join(" ")} ${compiled.join(" ")}`,
+      cwd: repoPath(),
+      env: passThroughEnv(),
+      onStdout: (d) => process.stdout.write(d),
+      onStderr: (d) => process.stderr.write(d),
+    });
+    if (existsSync(join(runDir, "report.tap"))) copyFileSync(join(runDir, "report.tap"), report);
+    r.cleanup();
+    reportHost(r);
+    runnerStatus = r.status ?? 1;
+  } else {
+    runnerStatus = await runSharded(compiled, shards);
+  }
 }
 
 const seconds = ((Date.now() - started) / 1000).toFixed(0);
 const parts: Array<NonNullable<ReturnType<typeof tapCounts>>> = [];
 for (const [ran, file] of [
-  [kvmFiles.length > 0, report],
-  [nativeFiles.length > 0, nativeReport],
-] as const) {
+  ...(shardReports.length > 0
+    ? shardReports.map((f) => [true, f] as const)
+    : [[kvmFiles.length > 0, report] as const]),
+  [nativeFiles.length > 0, nativeReport] as const,
+]) {
   if (!ran) continue;
   const c = existsSync(file) ? tapCounts(readFileSync(file, "utf8")) : undefined;
   if (!c) {
@@ -185,4 +198,106 @@ function passThroughEnv(): Record<string, string> {
       (e): e is [string, string] => /^(VIREO_(?!JS$|TIER_HOST$)|CI$)/.test(e[0]) && e[1] !== undefined,
     ),
   );
+}
+
+/**
+ * How many emulated hosts run a tier side by side: VIREO_TIER_SHARDS, else one per CPU of this host (at most 4).
+ * Each host has one vCPU (see emulatedCpus), which is one TCG thread: a second host is the only way a tier uses
+ * a second core here.
+ */
+function shardCount(): number {
+  const n = Number(process.env.VIREO_TIER_SHARDS ?? Math.min(availableParallelism(), 4));
+  return Number.isInteger(n) && n >= 1 && n <= 8 ? n : 1;
+}
+
+/**
+ * Runs the files over `shards` emulated hosts. The files form one queue, largest first (a rough guess at the
+ * longest): each host takes the next file not yet taken (an atomic mkdir in a directory they all share) and runs
+ * it with its own TAP report, until none is left, so a host that drew short files takes more of them.
+ */
+async function runSharded(compiled: string[], shards: number): Promise<number> {
+  const queue = makeRunDir();
+  const order = compiled
+    .map((f, i) => ({ f, i, size: statSync(repoPath(kvmFiles[i] as string)).size }))
+    .sort((a, b) => b.size - a.size);
+  const script = [
+    "status=0",
+    ...order.map(
+      ({ f, i }) =>
+        `if mkdir ${queue}/taken-${i} 2>/dev/null; then echo '== ${kvmFiles[i]}'; node ${nodeTestArgs(`${queue}/report-${i}.tap`).join(" ")} ${f} || status=1; fi`,
+    ),
+    "exit $status",
+  ].join("\n");
+  const results = await Promise.all(
+    Array.from({ length: shards }, (_, host) => {
+      const tag = `[host ${host + 1}] `;
+      const prefix = linePrefixer(tag);
+      return runInEmulatedHost({
+        script,
+        cwd: repoPath(),
+        env: passThroughEnv(),
+        writable: [queue],
+        onStdout: (d) => process.stdout.write(prefix.out(d)),
+        onStderr: (d) => process.stderr.write(prefix.err(d)),
+      }).then((r) => {
+        process.stdout.write(prefix.flush());
+        process.stdout.write(tag);
+        reportHost(r);
+        r.cleanup();
+        return r.status ?? 1;
+      });
+    }),
+  );
+  const tap: string[] = [];
+  for (let i = 0; i < compiled.length; i++) {
+    const file = join(queue, `report-${i}.tap`);
+    const kept = join(reports, `${tier}-${i}.tap`);
+    rmSync(kept, { force: true });
+    if (existsSync(file)) {
+      copyFileSync(file, kept);
+      tap.push(readFileSync(file, "utf8"));
+    } else process.stdout.write(`${tier} tier: ${kvmFiles[i]} left no report\n`);
+    // A missing report makes the count below fail, as it should: that file did not run.
+    shardReports.push(kept);
+  }
+  writeFileSync(report, tap.join("\n"));
+  rmSync(queue, { recursive: true, force: true });
+  return results.some((s) => s !== 0) ? 1 : 0;
+}
+
+function reportHost(r: Awaited<ReturnType<typeof runInEmulatedHost>>): void {
+  if (r.status === null)
+    process.stderr.write(
+      `${tier} tier: ${r.failure}; the emulated host's console ended with:\n${consoleTail(r.console)}\n`,
+    );
+  process.stdout.write(
+    `${tier} tier: emulated host booted in ${((r.bootMs ?? 0) / 1000).toFixed(1)} s, ran ${(r.wallMs / 1000).toFixed(0)} s in all\n`,
+  );
+}
+
+/** Prefixes every whole line of two output streams with `tag`, so the hosts' output can be told apart. */
+function linePrefixer(tag: string) {
+  const partial = { out: "", err: "" };
+  const take = (which: "out" | "err", d: Buffer) => {
+    const text = partial[which] + d.toString("utf8");
+    const cut = text.lastIndexOf("\n") + 1;
+    partial[which] = text.slice(cut);
+    return text
+      .slice(0, cut)
+      .split(/(?<=\n)/)
+      .map((l) => (l ? tag + l : l))
+      .join("");
+  };
+  return {
+    out: (d: Buffer) => take("out", d),
+    err: (d: Buffer) => take("err", d),
+    flush: () => {
+      const rest = [partial.out, partial.err]
+        .filter((x) => x)
+        .map((x) => `${tag}${x}\n`)
+        .join("");
+      partial.out = partial.err = "";
+      return rest;
+    },
+  };
 }
