@@ -1,0 +1,151 @@
+/**
+ * The KVM sections of a state file and the memory file, without KVM: struct bytes round-trip through a state file,
+ * a hand-made section that is wrong anywhere is refused by name, and the memory file keeps zero pages as holes.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { VireoError } from "../../src/errors.ts";
+import { SIZEOF } from "../../src/kvm/abi.ts";
+import { decodeMsrs, encodeMsrs, snapshotMsrs, type VcpuState } from "../../src/kvm/state.ts";
+import {
+  machineSection,
+  memorySection,
+  readMachineSection,
+  readMemorySection,
+  readVcpuSection,
+  readVmSection,
+  vcpuSection,
+  vmSection,
+} from "../../src/vmm/snapshot/kvm-sections.ts";
+import { dataExtents, readMemoryFile, writeMemoryFile } from "../../src/vmm/snapshot/memory-file.ts";
+import { decodeStateFile, encodeStateFile } from "../../src/vmm/snapshot/state-file.ts";
+
+const random = (n: number) => Uint8Array.from({ length: n }, (_, i) => (i * 37 + 11) & 0xff);
+
+function vcpu(): VcpuState {
+  return {
+    regs: random(SIZEOF.kvm_regs),
+    sregs: random(SIZEOF.kvm_sregs),
+    fpu: random(SIZEOF.kvm_fpu),
+    xsave: random(SIZEOF.kvm_xsave),
+    xcrs: null,
+    msrs: [
+      { index: 0x10, value: 0x123456789abcdefn },
+      { index: 0xc0000082, value: 0xffffffff81000000n },
+    ],
+    lapic: random(SIZEOF.kvm_lapic_state),
+    events: random(SIZEOF.kvm_vcpu_events),
+    mpState: 0,
+  };
+}
+
+function chip(id: number): Uint8Array {
+  const b = random(SIZEOF.kvm_irqchip);
+  new DataView(b.buffer).setUint32(0, id, true);
+  return b;
+}
+
+const throughFile = (name: string, s: ReturnType<typeof vcpuSection>) =>
+  decodeStateFile(encodeStateFile({ sections: [{ name, ...s }] })).sections[0] as ReturnType<
+    typeof vcpuSection
+  >;
+
+test("kvm_msrs encoding: nmsrs, then 16-byte entries of index, reserved, value", () => {
+  const b = encodeMsrs([{ index: 0xc0000082, value: 0x1122334455667788n }]);
+  assert.equal(b.length, SIZEOF.kvm_msrs + SIZEOF.kvm_msr_entry);
+  assert.deepEqual([...b.subarray(0, 8)], [1, 0, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual([...b.subarray(8, 12)], [0x82, 0, 0, 0xc0]);
+  assert.deepEqual([...b.subarray(16, 24)], [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
+  assert.deepEqual(decodeMsrs(b, 1), [{ index: 0xc0000082, value: 0x1122334455667788n }]);
+  assert.deepEqual(snapshotMsrs([0x3b, 0x10, 0xdead]), [0x10, 0x3b], "only known MSRs, TSC first");
+});
+
+test("vCPU, VM, machine and memory sections round-trip through a state file", () => {
+  const v = vcpu();
+  assert.deepEqual(readVcpuSection("vcpu-0", throughFile("vcpu-0", vcpuSection(v))), v);
+  const vm = { picMaster: chip(0), picSlave: chip(1), ioapic: chip(2), pit: random(112), clock: random(48) };
+  assert.deepEqual(readVmSection("kvm", throughFile("kvm", vmSection(vm))), vm);
+  const m = { memMiB: 64, cpus: 2, kernel: "/k.elf", cmdline: "count", platform: "micro" as const };
+  assert.deepEqual(readMachineSection("machine", throughFile("machine", machineSection(m)), 64), m);
+  const ext: Array<[number, number]> = [
+    [0, 8192],
+    [65536, 4096],
+  ];
+  assert.deepEqual(
+    readMemorySection("memory", throughFile("memory", memorySection(1 << 21, ext)), 1 << 21),
+    ext,
+  );
+});
+
+test("a section wrong anywhere is refused with the field named", () => {
+  const refuse = (f: () => unknown, field: RegExp) =>
+    assert.throws(f, (e: unknown) => e instanceof VireoError && field.test(e.message), field.source);
+  const good = vcpuSection(vcpu());
+  refuse(() => readVcpuSection("vcpu-0", { ...good, data: { ...good.data, regs: random(100) } }), /regs/);
+  refuse(() => readVcpuSection("vcpu-0", { ...good, version: 2 }), /version/);
+  refuse(() => readVcpuSection("vcpu-0", { ...good, data: { ...good.data, msrCount: 3 } }), /msrs/);
+  const unknown = encodeMsrs([{ index: 0xc0000080, value: 0n }]).slice(8); // EFER: carried in sregs only
+  refuse(
+    () => readVcpuSection("vcpu-0", { ...good, data: { ...good.data, msrCount: 1, msrs: unknown } }),
+    /0xc0000080/,
+  );
+  refuse(() => readVcpuSection("vcpu-0", { ...good, data: { ...good.data, mpState: 99 } }), /mpState/);
+  const vm = vmSection({
+    picMaster: chip(0),
+    picSlave: chip(2),
+    ioapic: chip(2),
+    pit: random(112),
+    clock: random(48),
+  });
+  refuse(() => readVmSection("kvm", vm), /picSlave/);
+  const m = machineSection({ memMiB: 64, cpus: 1, kernel: "k", cmdline: "", platform: "micro" });
+  refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, memMiB: 1 << 20 } }, 64), /memMiB/);
+  refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, platform: "arm" } }, 64), /platform/);
+  for (const ext of [
+    [
+      [4096, 4096],
+      [0, 4096],
+    ],
+    [[0, 100]],
+    [[0, 1 << 22]],
+    [[1 << 20, 0]],
+    ["x"],
+  ]) {
+    refuse(
+      () => readMemorySection("memory", memorySection(1 << 21, ext as Array<[number, number]>), 1 << 21),
+      /memory/,
+    );
+  }
+  refuse(() => readMemorySection("memory", memorySection(1 << 20, []), 1 << 21), /size/);
+});
+
+test("the memory file: zero pages are holes, data pages read back, a file of another size is refused", () => {
+  const size = 8 << 20;
+  const ram = new Uint8Array(new SharedArrayBuffer(size));
+  ram[1] = 1;
+  ram[4096 * 300 + 5] = 2;
+  ram[4096 * 301] = 3;
+  ram[size - 1] = 4;
+  assert.deepEqual(dataExtents(ram), [
+    [0, 4096],
+    [4096 * 300, 8192],
+    [size - 4096, 4096],
+  ]);
+  const dir = mkdtempSync(join(tmpdir(), "vireo-memfile-"));
+  const path = join(dir, "memory");
+  const w = writeMemoryFile(path, ram);
+  assert.equal(w.bytesWritten, 4 * 4096);
+  const st = statSync(path);
+  assert.equal(st.size, size);
+  assert.ok(st.blocks * 512 < size / 4, `the file takes ${st.blocks * 512} bytes of disk for ${size}`);
+  const back = new Uint8Array(new SharedArrayBuffer(size));
+  assert.equal(readMemoryFile(path, back, w.extents), 4 * 4096);
+  assert.ok(Buffer.from(back).equals(Buffer.from(ram)));
+  assert.throws(
+    () => readMemoryFile(path, new Uint8Array(size * 2), w.extents),
+    (e: unknown) => e instanceof VireoError && e.code === "VIREO_SNAPSHOT_MEMORY",
+  );
+});
