@@ -33,6 +33,7 @@ static const struct program {
 	{ "e1000-test", prog_e1000_test },
 	{ "e1000-irq", prog_e1000_irq },
 	{ "bench-e1000", prog_bench_e1000 },
+	{ "count", prog_count },
 };
 
 static int prog_tour(int argc, char **argv)

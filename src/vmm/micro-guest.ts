@@ -29,6 +29,7 @@ export const MICRO_PROGRAMS = [
   "e1000-irq",
   "bench-e1000",
   "virtio-blk-hammer",
+  "count",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
