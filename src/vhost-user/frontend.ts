@@ -10,6 +10,7 @@
  * fit, the end of the stream, no reply in time — is a VhostUserFrontendError with a stable code. After one the
  * connection cannot be trusted and the caller closes it (a refusal leaves the stream in step: it may go on).
  */
+import { fstatSync } from "node:fs";
 import { VireoError } from "../errors.ts";
 import { EAGAIN, EINTR, isErrno, native, POLLIN } from "../native.ts";
 import {
@@ -54,11 +55,33 @@ export class VhostUserFrontendError extends VireoError {
 
 const bit = (b: number) => 1n << BigInt(b);
 
-/** Protocol features this front-end uses when the back-end offers them: REPLY_ACK (refusals reach us). */
-export const FRONTEND_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
+/**
+ * Protocol features this front-end knows: REPLY_ACK (refusals reach us), CONFIG (GET_CONFIG: a device's
+ * configuration space read from the back-end) and INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD). A device asks for the
+ * ones it uses (negotiate's `wanted`).
+ */
+export const FRONTEND_PROTOCOL_FEATURES =
+  bit(PROTOCOL_F.REPLY_ACK) | bit(PROTOCOL_F.CONFIG) | bit(PROTOCOL_F.INFLIGHT_SHMFD);
 
-/** Largest reply payload accepted: the u64, vring state and config replies are all far smaller. */
+/** What a device asks for when it names nothing: REPLY_ACK only. */
+export const DEFAULT_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
+
+/** Largest reply payload accepted: a config reply (12 + 256 bytes) is the largest this front-end asks for. */
 const MAX_REPLY = 256 + 12;
+
+/** "Inflight description": mmap_size u64, mmap_offset u64, num_queues u16, queue_size u16 (padded to 24). */
+const INFLIGHT_DESCRIPTION_BYTES = 24;
+/** The most an inflight buffer may take (a QueueRegionSplit of 32768 entries is ~512 KiB; 64 queues of it). */
+const MAX_INFLIGHT_BYTES = 64n << 20n;
+
+export interface InflightBuffer {
+  /** The shared memory the back-end keeps its inflight state in (the front-end keeps it across back-ends). */
+  fd: number;
+  mmapSize: bigint;
+  mmapOffset: bigint;
+  numQueues: number;
+  queueSize: number;
+}
 
 /** Default wait for a reply: long enough for a loaded machine, short enough that a stuck back-end is noticed. */
 export const DEFAULT_REPLY_TIMEOUT_MS = 5000;
@@ -148,11 +171,17 @@ export class VhostUserFrontend {
     return (this.protocolFeatures & bit(PROTOCOL_F.REPLY_ACK)) !== 0n;
   }
 
+  /** Whether a protocol feature is in use on this connection. */
+  hasProtocol(feature: number): boolean {
+    return (this.protocolFeatures & bit(feature)) !== 0n;
+  }
+
   /**
-   * Session start: SET_OWNER, GET_FEATURES and, when the back-end speaks them, the protocol features (this
-   * front-end asks only for REPLY_ACK). The back-end must offer VIRTIO_F_VERSION_1 (vireo's transport is modern).
+   * Session start: SET_OWNER, GET_FEATURES and, when the back-end speaks them, the protocol features (`wanted`
+   * those the back-end also offers; by default REPLY_ACK only). The back-end must offer VIRTIO_F_VERSION_1
+   * (vireo's transport is modern).
    */
-  negotiate(): NegotiatedBackend {
+  negotiate(wanted: bigint = DEFAULT_PROTOCOL_FEATURES): NegotiatedBackend {
     this.send(REQ.SET_OWNER);
     const features = this.getU64(REQ.GET_FEATURES);
     if ((features & bit(32)) === 0n) {
@@ -164,7 +193,7 @@ export class VhostUserFrontend {
     let protocol = 0n;
     if (features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
       const offered = this.getU64(REQ.GET_PROTOCOL_FEATURES);
-      protocol = offered & FRONTEND_PROTOCOL_FEATURES;
+      protocol = offered & wanted & FRONTEND_PROTOCOL_FEATURES;
       this.send(REQ.SET_PROTOCOL_FEATURES, u64Payload(protocol));
       this.protocolFeatures = protocol;
     }
@@ -193,6 +222,96 @@ export class VhostUserFrontend {
     else this.command(REQ.SET_VRING_CALL, u64Payload(BigInt(q | VRING_NOFD_MASK)));
     this.command(REQ.SET_VRING_KICK, u64Payload(BigInt(q)), [r.kickFd]);
     if (enable) this.command(REQ.SET_VRING_ENABLE, statePayload(q, 1));
+  }
+
+  /**
+   * GET_CONFIG (PROTOCOL_F_CONFIG): `size` bytes of the device's configuration space from offset 0. "vhost-user
+   * back-end uses zero length of payload to indicate an error": a refusal; a reply that echoes another offset,
+   * size or flags breaks the protocol.
+   */
+  getConfig(size: number): Uint8Array {
+    const req = new Uint8Array(12 + size);
+    const v = new DataView(req.buffer);
+    v.setUint32(4, size, true);
+    this.send(REQ.GET_CONFIG, req);
+    const p = this.receive(REQ.GET_CONFIG, [0, 12 + size]);
+    if (p.length === 0) {
+      throw new VhostUserFrontendError(
+        "VHOST_USER_REFUSED",
+        `${this.name}: the back-end refused GET_CONFIG of ${size} bytes (an empty reply; see its log)`,
+      );
+    }
+    const r = new DataView(p.buffer, p.byteOffset, 12);
+    const [offset, got, flags] = [r.getUint32(0, true), r.getUint32(4, true), r.getUint32(8, true)];
+    if (offset !== 0 || got !== size || flags !== 0) {
+      throw new VhostUserFrontendError(
+        "VHOST_USER_BAD_REPLY",
+        `${this.name}: GET_CONFIG for offset 0, size ${size}, flags 0 answered offset ${offset}, size ${got}, flags ${flags}`,
+      );
+    }
+    return p.slice(12);
+  }
+
+  /**
+   * GET_INFLIGHT_FD (PROTOCOL_F_INFLIGHT_SHMFD): the back-end makes the shared buffer it tracks requests in, for
+   * `numQueues` rings of up to `queueSize`; the front-end keeps the fd and hands it to every later back-end
+   * (SET_INFLIGHT_FD). The reply must carry exactly one fd, a regular file (a memfd) that holds mmap_offset +
+   * mmap_size bytes, described for the queues asked for.
+   */
+  getInflightFd(numQueues: number, queueSize: number): InflightBuffer {
+    const req = new Uint8Array(INFLIGHT_DESCRIPTION_BYTES);
+    const v = new DataView(req.buffer);
+    v.setUint16(16, numQueues, true);
+    v.setUint16(18, queueSize, true);
+    this.send(REQ.GET_INFLIGHT_FD, req);
+    const fds: number[] = [];
+    let p: Uint8Array;
+    try {
+      p = this.receive(REQ.GET_INFLIGHT_FD, [INFLIGHT_DESCRIPTION_BYTES, INFLIGHT_DESCRIPTION_BYTES], fds);
+    } catch (e) {
+      for (const fd of fds) this.n.close(fd);
+      throw e;
+    }
+    const r = new DataView(p.buffer, p.byteOffset, p.byteLength);
+    const d = {
+      mmapSize: r.getBigUint64(0, true),
+      mmapOffset: r.getBigUint64(8, true),
+      numQueues: r.getUint16(16, true),
+      queueSize: r.getUint16(18, true),
+    };
+    const bad = (why: string): never => {
+      for (const fd of fds) this.n.close(fd);
+      throw new VhostUserFrontendError("VHOST_USER_BAD_REPLY", `${this.name}: GET_INFLIGHT_FD: ${why}`);
+    };
+    if (fds.length !== 1) bad(`the reply carried ${fds.length} fds, not 1`);
+    if (d.numQueues !== numQueues || d.queueSize !== queueSize)
+      bad(`asked for ${numQueues} queues of ${queueSize}, described ${d.numQueues} of ${d.queueSize}`);
+    if (d.mmapSize === 0n || d.mmapSize > MAX_INFLIGHT_BYTES || d.mmapOffset > MAX_INFLIGHT_BYTES)
+      bad(`mmap size ${d.mmapSize} at offset ${d.mmapOffset} is not a buffer this front-end keeps`);
+    const fd = fds[0] as number;
+    let size: number;
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) bad("the fd is not a regular file (a memfd)");
+      size = st.size;
+    } catch (e) {
+      if (e instanceof VhostUserFrontendError) throw e;
+      return bad(`fstat: ${(e as Error).message}`);
+    }
+    if (BigInt(size) < d.mmapOffset + d.mmapSize)
+      bad(`the file has ${size} bytes, the buffer ends at ${d.mmapOffset + d.mmapSize}`);
+    return { fd, ...d };
+  }
+
+  /** SET_INFLIGHT_FD: hands the buffer back (to the back-end that made it, or to a new one after a reconnect). */
+  setInflightFd(b: InflightBuffer): void {
+    const p = new Uint8Array(INFLIGHT_DESCRIPTION_BYTES);
+    const v = new DataView(p.buffer);
+    v.setBigUint64(0, b.mmapSize, true);
+    v.setBigUint64(8, b.mmapOffset, true);
+    v.setUint16(16, b.numQueues, true);
+    v.setUint16(18, b.queueSize, true);
+    this.command(REQ.SET_INFLIGHT_FD, p, [b.fd]);
   }
 
   /** Points ring q's interrupts at another fd (or none) while it runs. */
@@ -249,7 +368,7 @@ export class VhostUserFrontend {
       return;
     }
     this.send(request, payload, fds, true);
-    const p = this.receive(request, 8);
+    const p = this.receive(request, [8, 8]);
     const status = new DataView(p.buffer, p.byteOffset, 8).getBigUint64(0, true);
     if (status !== 0n) {
       throw new VhostUserFrontendError(
@@ -267,7 +386,7 @@ export class VhostUserFrontend {
   /** A request with a reply body of exactly `size` bytes. */
   private call(request: number, payload: Uint8Array | undefined, size: number): Uint8Array {
     this.send(request, payload);
-    return this.receive(request, size);
+    return this.receive(request, [size, size]);
   }
 
   private send(request: number, payload?: Uint8Array, fds: number[] = [], needReply = false): void {
@@ -288,10 +407,13 @@ export class VhostUserFrontend {
     }
   }
 
-  /** The reply to `request`: header checked, then exactly `size` payload bytes. */
-  private receive(request: number, size: number): Uint8Array {
+  /**
+   * The reply to `request`: header checked, then its payload, of `sizes[0]` to `sizes[1]` bytes. Fds that come
+   * with it go to `fds` when given, else they are closed.
+   */
+  private receive(request: number, sizes: [number, number], fds?: number[]): Uint8Array {
     const deadline = performance.now() + this.timeoutMs;
-    this.readExactly(this.header, deadline, request);
+    this.readExactly(this.header, deadline, request, fds);
     const h = decodeHeader(this.header);
     const name = requestName(request);
     if ((h.flags & VHOST_USER_VERSION_MASK) !== VHOST_USER_VERSION || !(h.flags & VHOST_USER_REPLY_MASK)) {
@@ -306,18 +428,19 @@ export class VhostUserFrontend {
         `${this.name}: expected the reply to ${name}, got one to ${requestName(h.request)}`,
       );
     }
-    if (h.size !== size || h.size > MAX_REPLY) {
+    if (h.size < sizes[0] || h.size > sizes[1] || h.size > MAX_REPLY) {
+      const want = sizes[0] === sizes[1] ? `${sizes[0]}` : `${sizes[0]} to ${sizes[1]}`;
       throw new VhostUserFrontendError(
         "VHOST_USER_BAD_REPLY",
-        `${this.name}: reply to ${name} has ${h.size} payload bytes, expected ${size}`,
+        `${this.name}: reply to ${name} has ${h.size} payload bytes, expected ${want}`,
       );
     }
-    const p = new Uint8Array(size);
-    this.readExactly(p, deadline, request);
+    const p = new Uint8Array(h.size);
+    this.readExactly(p, deadline, request, fds);
     return p;
   }
 
-  private readExactly(into: Uint8Array, deadline: number, request: number): void {
+  private readExactly(into: Uint8Array, deadline: number, request: number, keep?: number[]): void {
     const pfd = this.pollfd;
     let have = 0;
     while (have < into.length) {
@@ -333,9 +456,12 @@ export class VhostUserFrontend {
           `${this.name}: no reply to ${requestName(request)} within ${this.timeoutMs} ms`,
         );
       }
-      // No fds are expected in a reply this front-end asks for: any that come are closed at once.
+      // Only GET_INFLIGHT_FD's reply carries an fd (kept for the caller to check); others are closed at once.
       const r = this.n.recvmsg(this.fd, into.subarray(have), 8);
-      for (const fd of r.fds) this.n.close(fd);
+      for (const fd of r.fds) {
+        if (keep) keep.push(fd);
+        else this.n.close(fd);
+      }
       if (r.bytes === -EINTR || r.bytes === -EAGAIN) continue;
       if (r.bytes <= 0) {
         throw new VhostUserFrontendError(
