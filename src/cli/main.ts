@@ -49,6 +49,15 @@ Options:
   --disk PATH[,readonly][,direct][,iothread]
                        a virtio-blk disk (raw image file) on the PCI bus; repeat for more disks. iothread:
                        its queues are served by a data-plane thread woken by ioeventfds, not in the vCPU's exit
+  --disk vhost-user=SOCKET[,readonly]
+                       a virtio-blk disk whose requests another process serves over the vhost-user protocol (e.g.
+                       vireo vhost-user blk, qemu-storage-daemon --export type=vhost-user-blk); vireo connects at
+                       start, reads the disk's configuration (capacity, seg_max, ...) with GET_CONFIG, shares guest
+                       RAM and hands the back-end the guest's doorbells (ioeventfds) and interrupts (irqfds). With
+                       INFLIGHT_SHMFD vireo keeps the back-end's inflight buffer: if the back-end dies the disk
+                       stalls, vireo reconnects every 500 ms, and the next back-end resubmits the requests the
+                       dead one had not completed. readonly: the guest is offered VIRTIO_BLK_F_RO (the back-end,
+                       which does the I/O, must refuse writes itself: vireo vhost-user blk --readonly)
   --rng                a virtio-rng device on the PCI bus (fed by the host's getrandom)
   --console MODE       where terminal input goes: serial (COM1, default) or virtio (a virtio-console on the PCI
                        bus). Output of both goes where --serial says
@@ -220,6 +229,10 @@ async function cmdRun(argv: string[]): Promise<number> {
     const accel = parseAccel(values.accel);
     Machine.check(config);
     if (useEmulatedHost(accel)) {
+      if (config.disks?.some((d) => d.vhostUser))
+        throw new ConfigError(
+          "--disk vhost-user=: a socket on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+        );
       if (config.nets?.length)
         throw new ConfigError(
           "--net: a TAP or vhost-user socket on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",

@@ -6,13 +6,13 @@ import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
-import { hasDataPlane, type PciDeviceSpec, type PciManifest } from "../vmm/pci-devices.ts";
+import { hasDataPlane, isVhostUser, type PciManifest, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
 import type { IoThreadData } from "./io-thread.ts";
 
 /** Both threads take the same data; only the spec's kind differs. */
 type ThreadData = Omit<IoThreadData, "spec"> & {
-  spec: IoThreadData["spec"] | Extract<PciDeviceSpec, { kind: "vhost-user-net" }>;
+  spec: IoThreadData["spec"] | VhostUserSpec;
 };
 
 export interface IoThreads {
@@ -27,7 +27,7 @@ export async function startIoThreads(
   manifest: PciManifest,
   o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
 ): Promise<IoThreads | null> {
-  const specs = manifest.devices.filter((d) => hasDataPlane(d) || d.kind === "vhost-user-net");
+  const specs = manifest.devices.filter((d) => hasDataPlane(d) || isVhostUser(d));
   if (specs.length === 0) return null;
   const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const workers: Worker[] = [];
@@ -42,10 +42,9 @@ export async function startIoThreads(
       metricsBuffer: o.metrics.shared,
       metricsSegment: o.metrics.allocateSegment(),
     };
-    const script =
-      spec.kind === "vhost-user-net"
-        ? new URL("../vhost-user/frontend-thread.ts", import.meta.url)
-        : new URL("./io-thread.ts", import.meta.url);
+    const script = isVhostUser(spec)
+      ? new URL("../vhost-user/frontend-thread.ts", import.meta.url)
+      : new URL("./io-thread.ts", import.meta.url);
     const worker = startTsWorker(script, { workerData });
     workers.push(worker);
     let markReady = () => {};

@@ -2,19 +2,23 @@
  * A vhost-user device's thread in `vireo run` (the front-end's control plane; the data plane is the back-end's):
  * it owns the connection to the back-end and does the requests the device's life calls for.
  *
- * - DRIVER_OK (a vCPU thread bumps `activations` and wakes this thread): SET_FEATURES with the back-end's share
+ * - DRIVER_OK (a vCPU thread bumps `activations` and wakes this thread): with PROTOCOL_F_INFLIGHT_SHMFD (blk),
+ *   GET_INFLIGHT_FD once and SET_INFLIGHT_FD; then SET_FEATURES with the back-end's share
  *   of what the guest negotiated, SET_MEM_TABLE with guest RAM's memfd, and per enabled queue SET_VRING_NUM,
  *   BASE, ADDR, CALL (the irqfd of the queue's MSI-X vector), KICK (the KVM ioeventfd of its notify address) and
  *   ENABLE.
- * - Reset (a vCPU thread bumps `resets` and waits for `resetsDone`): GET_VRING_BASE stops each started ring.
+ * - Reset (a vCPU thread bumps `resets` and waits for `resetsDone`): GET_VRING_BASE stops each started ring, and
+ *   the inflight buffer is dropped (the next DRIVER_OK gets a fresh one).
  * - The back-end goes away (end of stream, an error, no reply in time): the device stalls and the VM runs on.
  *   This thread tries the socket again every RECONNECT_MS, for as long as it takes; a back-end that listens
  *   again gets the session back (features checked: it must serve everything the guest was offered), and a
  *   running device's rings are restarted from the used index in guest memory (each ring's next available entry
  *   is the first one the old back-end had not returned: virtio-net completes in order, and a frame taken but
- *   never used is sent or received again).
- * - A back-end that refuses a request (REPLY_ACK non-zero): the device is marked DEVICE_NEEDS_RESET with the
- *   reason logged; the guest's driver sees a broken device, not a silent one.
+ *   never used is sent or received again). A blk back-end is first handed the inflight buffer the old one kept
+ *   its requests in (SET_INFLIGHT_FD): it resubmits the requests taken and not completed, so no write the guest
+ *   is waiting for is lost, and starts each ring after them.
+ * - A back-end that refuses a request (REPLY_ACK non-zero) or sends a malformed reply: the device is marked
+ *   DEVICE_NEEDS_RESET with the reason logged; the guest's driver sees a broken device, not a silent one.
  * - MSI-X disabled (INTx): the call fds are eventfds this thread polls, raising INTx with the ISR bit.
  */
 import { writeSync } from "node:fs";
@@ -26,13 +30,13 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN, takeEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
-import { type PciBuildContext, type PciDeviceSpec, transportFor } from "../vmm/pci-devices.ts";
-import { VhostUserFrontend, VhostUserFrontendError } from "./frontend.ts";
-import { backendAck, FRONTEND_WORDS, guestFeatures } from "./frontend-net.ts";
-import { VHOST_USER_F_PROTOCOL_FEATURES } from "./protocol.ts";
+import { type PciBuildContext, transportFor, type VhostUserSpec } from "../vmm/pci-devices.ts";
+import { type InflightBuffer, VhostUserFrontend, VhostUserFrontendError } from "./frontend.ts";
+import { backendAck, FRONTEND_WORDS, offeredFromBackend } from "./frontend-device.ts";
+import { PROTOCOL_F, VHOST_USER_F_PROTOCOL_FEATURES } from "./protocol.ts";
 
 export interface FrontendThreadData {
-  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>;
+  spec: VhostUserSpec;
   vmFd: number;
   ram: SharedArrayBuffer;
   stopFd: number;
@@ -86,6 +90,12 @@ class FrontendPlane {
   private readonly mem: GuestMemory;
   private nextTry = 0;
   private lastRefusal = "";
+  /**
+   * The inflight buffer (PROTOCOL_F_INFLIGHT_SHMFD) the first back-end made, kept across back-ends: a new one is
+   * handed it before its rings start, and resubmits what the old one had taken and not completed. A device reset
+   * drops it (the driver has given up on every request).
+   */
+  private inflight: InflightBuffer | null = null;
   private readonly cConnects = metrics.counter(`vhost-user.${spec.name}.connects`);
   private readonly cDisconnects = metrics.counter(`vhost-user.${spec.name}.disconnects`);
   private readonly cRingStarts = metrics.counter(`vhost-user.${spec.name}.ring_starts`);
@@ -180,14 +190,22 @@ class FrontendPlane {
       return;
     }
     try {
-      const n = conn.negotiate();
-      // The guest was offered features from the first back-end: a new one must serve all of them.
-      const offered = this.offeredFromBackend();
+      const n = conn.negotiate(spec.protocolFeatures);
+      // The guest was offered features from the first back-end: a new one must serve all of them, and speak the
+      // protocol features the first did (an inflight buffer handed to one that cannot take it would be lost).
+      const offered = offeredFromBackend(spec.offered, spec.backendFeatures);
       const missing = offered & ~n.features;
       if (missing !== 0n) {
         throw new VhostUserFrontendError(
           "VHOST_USER_INCOMPATIBLE",
           `${spec.socket}: the back-end lacks features the guest was offered (0x${missing.toString(16)})`,
+        );
+      }
+      const missingProtocol = spec.protocolFeatures & ~n.protocolFeatures;
+      if (missingProtocol !== 0n) {
+        throw new VhostUserFrontendError(
+          "VHOST_USER_INCOMPATIBLE",
+          `${spec.socket}: the back-end lacks protocol features the first one had (0x${missingProtocol.toString(16)})`,
         );
       }
       this.conn = conn;
@@ -211,12 +229,12 @@ class FrontendPlane {
   close(): void {
     this.conn?.close();
     this.conn = null;
+    this.dropInflight();
   }
 
-  /** The features from the back-end the guest was offered (what a replacement must serve). */
-  private offeredFromBackend(): bigint {
-    const f = guestFeatures(spec.backendFeatures);
-    return ((f.device | f.transport) & spec.backendFeatures) | (spec.backendFeatures & (1n << 30n));
+  private dropInflight(): void {
+    if (this.inflight) native().close(this.inflight.fd);
+    this.inflight = null;
   }
 
   private lost(why: string): void {
@@ -230,7 +248,12 @@ class FrontendPlane {
     this.nextTry = performance.now() + RECONNECT_MS;
   }
 
-  /** Runs a conversation; a failure of the back-end ends the connection, a refusal breaks the device. */
+  /**
+   * Runs a conversation. A back-end that goes away (closed, no reply in time) ends the connection and the device
+   * waits for the next one. One that refuses a request, or answers with a reply that breaks the protocol, breaks
+   * the device (DEVICE_NEEDS_RESET, with the reason logged): after a malformed reply the stream cannot be trusted,
+   * so the connection is closed too, and the next DRIVER_OK goes to whatever back-end listens then.
+   */
   private talk(what: string, f: (conn: VhostUserFrontend) => void): boolean {
     const conn = this.conn;
     if (!conn) return false;
@@ -239,9 +262,15 @@ class FrontendPlane {
       return true;
     } catch (e) {
       const msg = (e as Error).message;
-      if (e instanceof VhostUserFrontendError && e.code === "VHOST_USER_REFUSED") {
+      const code = e instanceof VhostUserFrontendError ? e.code : "";
+      if (
+        code === "VHOST_USER_REFUSED" ||
+        code === "VHOST_USER_BAD_REPLY" ||
+        code === "VHOST_USER_INCOMPATIBLE"
+      ) {
         reportError(`${what}: ${msg}`);
         this.transport.device.needsReset(`vhost-user back-end: ${msg}`);
+        if (code !== "VHOST_USER_REFUSED") this.lost(`${what}: a broken reply`);
         return false;
       }
       this.lost(`${what}: ${msg}`);
@@ -259,6 +288,15 @@ class FrontendPlane {
     for (let q = 0; q < dev.numQueues; q++) if (dev.readQueue(q, "enable") === 1) queues.push(q);
     const withProtocol = (this.backendFeatures & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) !== 0n;
     const ok = this.talk("starting the rings", (conn) => {
+      // The inflight buffer goes first: a back-end takes it only while no ring is started.
+      if (conn.hasProtocol(PROTOCOL_F.INFLIGHT_SHMFD)) {
+        if (this.inflight === null) {
+          let size = 1;
+          for (let q = 0; q < dev.numQueues; q++) size = Math.max(size, dev.readQueue(q, "size"));
+          this.inflight = conn.getInflightFd(dev.numQueues, size);
+        }
+        conn.setInflightFd(this.inflight);
+      }
       conn.setFeatures(backendAck(dev.negotiatedFeatures, this.backendFeatures));
       conn.setMemTable(
         [{ guestAddr: 0n, size: BigInt(ram.size), userAddr: ram.hostAddress, mmapOffset: 0n }],
@@ -310,7 +348,9 @@ class FrontendPlane {
     }
   }
 
+  /** The device is reset: the rings stop, and the requests the inflight buffer holds are the driver's no more. */
   private stopRings(): void {
+    this.dropInflight();
     const rings = this.started;
     this.started = [];
     if (rings.length === 0) return;

@@ -120,6 +120,8 @@ export function validateConfig(config: MachineConfig): void {
   if (!statSync(config.kernel).isFile())
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel is not a file: ${config.kernel}`);
   for (const disk of config.disks ?? []) {
+    // A vhost-user disk's path is the back-end's socket: preparePci connects to it.
+    if (disk.vhostUser) continue;
     if (!existsSync(disk.path)) throw new ConfigError(`--disk ${disk.path}: no such file`);
     if (!statSync(disk.path).isFile())
       throw new ConfigError(`--disk ${disk.path}: not a regular file (raw images only)`);

@@ -28,14 +28,36 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
-import { type NegotiatedBackend, VhostUserFrontend } from "../vhost-user/frontend.ts";
-import { createFrontendBlock, FRONTEND_WORDS, VhostUserNet } from "../vhost-user/frontend-net.ts";
+import {
+  DEFAULT_PROTOCOL_FEATURES,
+  type NegotiatedBackend,
+  VhostUserFrontend,
+  VhostUserFrontendError,
+} from "../vhost-user/frontend.ts";
+import {
+  BLK_CONFIG_BYTES,
+  BLK_PROTOCOL_FEATURES,
+  blkFace,
+  blkGuestFeatures,
+  blkQueues,
+} from "../vhost-user/frontend-blk.ts";
+import {
+  createFrontendBlock,
+  FRONTEND_WORDS,
+  type OfferedFeatures,
+  VhostUserDevice,
+} from "../vhost-user/frontend-device.ts";
+import { guestFeatures, netFace } from "../vhost-user/frontend-net.ts";
+import { PROTOCOL_F } from "../vhost-user/protocol.ts";
 import { writeAll } from "./device-manifest.ts";
 import { kvmIrqLine, pciIntxGsi } from "./irq.ts";
 import { FIRST_MSI_GSI, type IrqfdGsi, MsiRouteTable } from "./msi-routes.ts";
 
 export interface DiskConfig {
+  /** The image file, or with vhostUser the back-end's socket. */
   path: string;
+  /** `--disk vhost-user=SOCKET`: a vhost-user back-end serves the disk (src/vhost-user/frontend-blk.ts). */
+  vhostUser?: boolean;
   readOnly: boolean;
   direct: boolean;
   /** Serve the queues on a data-plane thread woken by ioeventfds instead of in the vCPU's notify exit. */
@@ -91,35 +113,8 @@ export type PciDeviceSpec =
       tap: Tap;
       dataPlane: DataPlaneSpec;
     }
-  /**
-   * virtio-net served by a vhost-user back-end (src/vhost-user/frontend-net.ts): vireo keeps the transport and
-   * configuration space; the device's vhost-user thread (frontend-thread.ts) owns the connection.
-   */
-  | {
-      kind: "vhost-user-net";
-      name: string;
-      slot: number;
-      state: VirtioPciState;
-      mac: number[];
-      socket: string;
-      /** The connection the main thread opened and negotiated on; the vhost-user thread owns it from then on. */
-      connFd: number;
-      /** The back-end's GET_FEATURES and the protocol features in use on connFd. */
-      backendFeatures: bigint;
-      protocolFeatures: bigint;
-      /** KVM ioeventfds on the queues' notify addresses, handed to the back-end as kick fds. */
-      kicks: number[];
-      /**
-       * Per MSI-X vector: a GSI whose route is the vector's message and an eventfd KVM_IRQFD binds to it while
-       * the vector is deliverable (msix onRouteChange): the back-end's call fd for queues on that vector.
-       */
-      irq: { routes: SharedArrayBuffer; pool: IrqfdGsi[]; assigned: SharedArrayBuffer };
-      /** Per queue: a call fd the vhost-user thread turns into INTx (MSI-X disabled). */
-      relays: number[];
-      wake: number;
-      block: SharedArrayBuffer;
-      ram: { fd: number; size: number; hostAddress: bigint };
-    }
+  /** A virtio device served by a vhost-user back-end (src/vhost-user/frontend-device.ts). */
+  | VhostUserSpec
   /** Intel 82540EM: register accesses on the vCPU threads, receive and timers on its data-plane thread. */
   | {
       kind: "e1000";
@@ -130,6 +125,44 @@ export type PciDeviceSpec =
       /** kicks is empty: the e1000 has no doorbell to spare its exit (TDT writes are served in the exit). */
       dataPlane: DataPlaneSpec;
     };
+
+/**
+ * A virtio device served by a vhost-user back-end (src/vhost-user/frontend-device.ts): vireo keeps the transport
+ * and the configuration space; the device's vhost-user thread (frontend-thread.ts) owns the connection.
+ */
+export type VhostUserSpec = {
+  name: string;
+  slot: number;
+  state: VirtioPciState;
+  socket: string;
+  /** The connection the main thread opened and negotiated on; the vhost-user thread owns it from then on. */
+  connFd: number;
+  /** The back-end's GET_FEATURES and the protocol features in use on connFd. */
+  backendFeatures: bigint;
+  protocolFeatures: bigint;
+  /** What the guest is offered (from the back-end's features and vireo's own). */
+  offered: OfferedFeatures;
+  /** KVM ioeventfds on the queues' notify addresses, handed to the back-end as kick fds. */
+  kicks: number[];
+  /**
+   * Per MSI-X vector: a GSI whose route is the vector's message and an eventfd KVM_IRQFD binds to it while
+   * the vector is deliverable (msix onRouteChange): the back-end's call fd for queues on that vector.
+   */
+  irq: { routes: SharedArrayBuffer; pool: IrqfdGsi[]; assigned: SharedArrayBuffer };
+  /** Per queue: a call fd the vhost-user thread turns into INTx (MSI-X disabled). */
+  relays: number[];
+  wake: number;
+  block: SharedArrayBuffer;
+  ram: { fd: number; size: number; hostAddress: bigint };
+} & (
+  | { kind: "vhost-user-net"; mac: number[] }
+  /** config: the back-end's configuration space (GET_CONFIG at connect time); numQueues request queues. */
+  | { kind: "vhost-user-blk"; config: number[]; numQueues: number; readOnly: boolean }
+);
+
+export function isVhostUser(spec: PciDeviceSpec): spec is VhostUserSpec {
+  return spec.kind === "vhost-user-net" || spec.kind === "vhost-user-blk";
+}
 
 /** Devices whose queues or receive side are served by a data-plane thread of their own. */
 export type DataPlaneDeviceSpec =
@@ -212,10 +245,25 @@ export function defaultMac(n: number): Uint8Array {
   return Uint8Array.from([0x02, 0x76, 0x69, r[0] as number, r[1] as number, n & 0xff]);
 }
 
-/** `--disk PATH[,readonly][,direct]` */
+/** `--disk PATH[,readonly][,direct][,iothread]` or `--disk vhost-user=SOCKET[,readonly]` */
 export function parseDisk(spec: string): DiskConfig {
   const [path, ...flags] = spec.split(",");
   if (!path) throw new ConfigError(`--disk needs a file path, got '${spec}'`);
+  if (path.startsWith("vhost-user=")) {
+    const socket = path.slice("vhost-user=".length);
+    if (!socket) throw new ConfigError(`--disk ${spec}: vhost-user= needs a socket path`);
+    if (Buffer.byteLength(socket) > 107)
+      throw new ConfigError(`--disk ${spec}: socket path is ${Buffer.byteLength(socket)} bytes, at most 107`);
+    const disk: DiskConfig = { path: socket, vhostUser: true, readOnly: false, direct: false };
+    for (const f of flags) {
+      if (f === "readonly" || f === "ro") disk.readOnly = true;
+      else
+        throw new ConfigError(
+          `--disk ${spec}: unknown option '${f}' (known with vhost-user=: readonly; the back-end does the I/O)`,
+        );
+    }
+    return disk;
+  }
   const disk: DiskConfig = { path, readOnly: false, direct: false };
   for (const f of flags) {
     if (f === "readonly" || f === "ro") disk.readOnly = true;
@@ -295,18 +343,19 @@ function modelFor(
       return new RemoteQueues(inner, dp.kicks, dp.wake, dp.block);
     }
     case "vhost-user-net":
-      return vhostUserNetModel(spec, role === "io" ? "thread" : "vcpu");
+    case "vhost-user-blk":
+      return vhostUserModel(spec, role === "io" ? "thread" : "vcpu");
   }
 }
 
-export function vhostUserNetModel(
-  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>,
-  role: "vcpu" | "thread",
-): VhostUserNet {
-  return new VhostUserNet({
+export function vhostUserModel(spec: VhostUserSpec, role: "vcpu" | "thread"): VhostUserDevice {
+  return new VhostUserDevice({
     name: spec.name,
-    mac: Uint8Array.from(spec.mac),
-    backendFeatures: spec.backendFeatures,
+    face:
+      spec.kind === "vhost-user-net"
+        ? netFace(spec.name, Uint8Array.from(spec.mac))
+        : blkFace(spec.config, spec.numQueues),
+    offered: spec.offered,
     kicks: spec.kicks,
     wake: spec.wake,
     block: spec.block,
@@ -322,7 +371,7 @@ export function vhostUserNetModel(
  * event on assignment), as a masked MSI-X vector's pending bit would.
  */
 function vhostUserRoutes(
-  spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }>,
+  spec: VhostUserSpec,
   vmFd: number,
   log: (message: string) => void,
 ): (vector: number, route: MsixRoute | null) => void {
@@ -371,7 +420,7 @@ export function transportFor(
     log: ctx.log,
     defer: ctx.defer,
   });
-  if (spec.kind === "vhost-user-net") {
+  if (isVhostUser(spec)) {
     const log = ctx.log ?? ((m: string) => process.stderr.write(`vireo: ${m}\n`));
     transport.msix.onRouteChange = vhostUserRoutes(spec, ctx.vmFd, log);
   }
@@ -449,12 +498,46 @@ export function preparePci(
     return fd;
   };
   const backends: FileBlockBackend[] = [];
+  const vhostUserConns: Array<{ fd: number; block: SharedArrayBuffer }> = [];
+  const closeConns = () => {
+    for (const c of vhostUserConns.splice(0)) {
+      // The vhost-user thread takes the connection over when it starts; until then it is ours to close.
+      if (Atomics.compareExchange(new Int32Array(c.block), FRONTEND_WORDS.connTaken, 0, 1) === 0)
+        native().close(c.fd);
+    }
+  };
+  const failed = (e: unknown): never => {
+    for (const b of backends) b.close();
+    closeConns();
+    closeFds();
+    throw e;
+  };
   disks.forEach((disk, i) => {
+    if (disk.vhostUser) {
+      const at = { name: `blk${i}`, slot: 1 + devices.length, ram: devicesWanted.ram };
+      try {
+        devices.push(
+          vhostUserSpec(
+            `--disk vhost-user=${disk.path}`,
+            disk.path,
+            at,
+            BLK_PROTOCOL_FEATURES,
+            (conn, n) => vhostUserBlkPart(disk, conn, n),
+            eventFd,
+            vhostUserConns,
+          ),
+        );
+      } catch (e) {
+        failed(e);
+      }
+      return;
+    }
     let backend: FileBlockBackend;
     try {
       backend = FileBlockBackend.open(disk.path, { readOnly: disk.readOnly, direct: disk.direct });
     } catch (e) {
-      throw new ConfigError(`--disk ${disk.path}: ${(e as Error).message}`);
+      failed(new ConfigError(`--disk ${disk.path}: ${(e as Error).message}`));
+      return;
     }
     backends.push(backend);
     const model = new VirtioBlk({ backend, name: `blk${i}` });
@@ -475,19 +558,20 @@ export function preparePci(
         : undefined,
     });
   });
-  const vhostUserConns: Array<{ fd: number; block: SharedArrayBuffer }> = [];
-  const closeConns = () => {
-    for (const c of vhostUserConns.splice(0)) {
-      // The vhost-user thread takes the connection over when it starts; until then it is ours to close.
-      if (Atomics.compareExchange(new Int32Array(c.block), FRONTEND_WORDS.connTaken, 0, 1) === 0)
-        native().close(c.fd);
-    }
-  };
   try {
     (devicesWanted.nets ?? []).forEach((net, i) => {
       if (net.vhostUser !== undefined) {
+        const at = { name: `net${i}`, slot: 1 + devices.length, ram: devicesWanted.ram };
         devices.push(
-          vhostUserNetSpec(net, i, 1 + devices.length, devicesWanted.ram, eventFd, vhostUserConns),
+          vhostUserSpec(
+            `--net vhost-user=${net.vhostUser}`,
+            net.vhostUser,
+            at,
+            DEFAULT_PROTOCOL_FEATURES,
+            (_conn, n) => vhostUserNetPart(net, i, n),
+            eventFd,
+            vhostUserConns,
+          ),
         );
         return;
       }
@@ -518,10 +602,7 @@ export function preparePci(
       });
     });
   } catch (e) {
-    for (const b of backends) b.close();
-    closeConns();
-    closeFds();
-    throw e;
+    failed(e);
   }
   if (devicesWanted.console) {
     const model = new VirtioConsole({ name: "console0", output: () => {} });
@@ -556,13 +637,13 @@ export function preparePci(
   let nextGsi = FIRST_MSI_GSI;
   const vectors = manifest.devices.reduce((n, spec, i) => {
     const f = firmware.functions[i];
-    const irqfds = hasDataPlane(spec) || spec.kind === "vhost-user-net";
+    const irqfds = hasDataPlane(spec) || isVhostUser(spec);
     return n + (irqfds && f instanceof VirtioPciTransport ? f.msix.vectors : 0);
   }, 0);
   const routes = MsiRouteTable.createState(Math.max(1, vectors));
   manifest.devices.forEach((spec, i) => {
     const f = firmware.functions[i];
-    if (spec.kind === "vhost-user-net" && f instanceof VirtioPciTransport) {
+    if (isVhostUser(spec) && f instanceof VirtioPciTransport) {
       // GSIs and eventfds per vector; KVM_IRQFD binds them once the guest makes the vector deliverable.
       spec.irq.routes = routes;
       spec.irq.assigned = new SharedArrayBuffer(4 * f.msix.vectors);
@@ -596,20 +677,37 @@ export function preparePci(
   };
 }
 
+type Ram = { fd: number; size: number; hostAddress: bigint };
+
+/** What a vhost-user device kind adds to the spec, worked out on the negotiated connection. */
+interface VhostUserPart {
+  part:
+    | { kind: "vhost-user-net"; mac: number[] }
+    | {
+        kind: "vhost-user-blk";
+        config: number[];
+        numQueues: number;
+        readOnly: boolean;
+      };
+  offered: OfferedFeatures;
+  numQueues: number;
+  stateBytes: number;
+}
+
 /**
- * `--net vhost-user=SOCKET`: connects to the back-end now, so a missing one is an error before the guest starts
- * and the guest is offered the features this back-end has (GET_FEATURES).
+ * A vhost-user device: connects to the back-end now, so a missing one is an error before the guest starts, and
+ * the guest is offered what this back-end has (GET_FEATURES, and what `describe` asks it).
  */
-function vhostUserNetSpec(
-  net: NetConfig,
-  i: number,
-  slot: number,
-  ram: { fd: number; size: number; hostAddress: bigint } | undefined,
+function vhostUserSpec(
+  what: string,
+  path: string,
+  at: { name: string; slot: number; ram: Ram | undefined },
+  wanted: bigint,
+  describe: (conn: VhostUserFrontend, n: NegotiatedBackend) => VhostUserPart,
   eventFd: () => number,
   conns: Array<{ fd: number; block: SharedArrayBuffer }>,
-): Extract<PciDeviceSpec, { kind: "vhost-user-net" }> {
-  const path = net.vhostUser as string;
-  const what = `--net vhost-user=${path}`;
+): VhostUserSpec {
+  const ram = at.ram;
   if (ram === undefined) throw new ConfigError(`${what}: guest RAM is not shareable here`);
   let conn: VhostUserFrontend;
   try {
@@ -618,32 +716,68 @@ function vhostUserNetSpec(
     throw new ConfigError(`${what}: ${(e as Error).message}`);
   }
   let negotiated: NegotiatedBackend;
+  let d: VhostUserPart;
   try {
-    negotiated = conn.negotiate();
+    negotiated = conn.negotiate(wanted);
+    d = describe(conn, negotiated);
   } catch (e) {
     conn.close();
     throw new ConfigError(`${what}: ${(e as Error).message}`);
   }
   const block = createFrontendBlock();
   conns.push({ fd: conn.fd, block });
-  const name = `net${i}`;
-  const mac = net.mac ?? defaultMac(i);
+  const perQueue = () => Array.from({ length: d.numQueues }, eventFd);
   return {
-    kind: "vhost-user-net",
-    name,
-    slot,
-    state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
-    mac: Array.from(mac),
+    ...d.part,
+    name: at.name,
+    slot: at.slot,
+    state: VirtioPciTransport.createState({ numQueues: d.numQueues, stateBytes: d.stateBytes }),
     socket: path,
     connFd: conn.fd,
     backendFeatures: negotiated.features,
     protocolFeatures: negotiated.protocolFeatures,
-    kicks: [eventFd(), eventFd()],
+    offered: d.offered,
+    kicks: perQueue(),
     // Filled in once the MSI-X table size is known (after the transport is built).
     irq: { routes: new SharedArrayBuffer(0), pool: [], assigned: new SharedArrayBuffer(0) },
-    relays: [eventFd(), eventFd()],
+    relays: perQueue(),
     wake: eventFd(),
     block,
     ram,
+  };
+}
+
+/** `--net vhost-user=SOCKET`: the MAC is vireo's (its configuration space). */
+function vhostUserNetPart(net: NetConfig, i: number, n: NegotiatedBackend): VhostUserPart {
+  const mac = net.mac ?? defaultMac(i);
+  return {
+    part: { kind: "vhost-user-net", mac: Array.from(mac) },
+    offered: guestFeatures(n.features),
+    numQueues: 2,
+    stateBytes: 8,
+  };
+}
+
+/**
+ * `--disk vhost-user=SOCKET[,readonly]`: the configuration space is the back-end's (GET_CONFIG, which vireo needs:
+ * only the back-end knows the capacity), and so is the number of request queues.
+ */
+function vhostUserBlkPart(disk: DiskConfig, conn: VhostUserFrontend, n: NegotiatedBackend): VhostUserPart {
+  if (!conn.hasProtocol(PROTOCOL_F.CONFIG)) {
+    throw new VhostUserFrontendError(
+      "VHOST_USER_INCOMPATIBLE",
+      `${disk.path}: the back-end does not offer VHOST_USER_PROTOCOL_F_CONFIG (vireo reads the disk's capacity with GET_CONFIG)`,
+    );
+  }
+  const config = conn.getConfig(BLK_CONFIG_BYTES);
+  const queues = blkQueues(config, n.features);
+  if (typeof queues === "string") {
+    throw new VhostUserFrontendError("VHOST_USER_BAD_REPLY", `${disk.path}: GET_CONFIG: ${queues}`);
+  }
+  return {
+    part: { kind: "vhost-user-blk", config: Array.from(config), numQueues: queues, readOnly: disk.readOnly },
+    offered: blkGuestFeatures(n.features, disk.readOnly),
+    numQueues: queues,
+    stateBytes: 0,
   };
 }

@@ -20,7 +20,8 @@ import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../../src/native.ts";
 import { VhostUserFrontend } from "../../src/vhost-user/frontend.ts";
-import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-net.ts";
+import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
+import { guestFeatures } from "../../src/vhost-user/frontend-net.ts";
 import type { WorkerMessage } from "../../src/vmm/messages.ts";
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
 import { type PciDeviceSpec, transportFor } from "../../src/vmm/pci-devices.ts";
@@ -86,6 +87,7 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     connFd: conn.fd,
     backendFeatures: negotiated.features,
     protocolFeatures: negotiated.protocolFeatures,
+    offered: guestFeatures(negotiated.features),
     kicks: [ev(), ev()],
     irq: { routes: MsiRouteTable.createState(3), pool: [], assigned: new SharedArrayBuffer(12) },
     relays: [ev(), ev()],
