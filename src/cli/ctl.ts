@@ -1,9 +1,10 @@
 /** `vireo ctl`: the command-line client of a running VM's control API (src/vmm/api-server.ts). */
 import { request } from "node:http";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, VireoError } from "../errors.ts";
 
-export const CTL_HELP = `Usage: vireo ctl --api-socket PATH VERB [--json]
+export const CTL_HELP = `Usage: vireo ctl --api-socket PATH VERB [ARG] [--json] [--paused]
 
 Talks to a VM started with vireo run --api-socket PATH (HTTP with JSON over a Unix socket; the API is described
 in docs/api/openapi.yaml).
@@ -14,10 +15,15 @@ Verbs:
   resume     let a paused VM run on
   metrics    every counter of the VM's metrics registry (exits, interrupts, device counters)
   shutdown   stop the VM as Ctrl-A x does (vireo run then exits with status 130)
+  snapshot DIR
+             pause the VM, write DIR/state (vCPUs, irqchip, PIT, clock, devices) and DIR/memory (guest RAM,
+             zero pages left as holes), and resume it (--paused: leave it paused). vireo run --restore DIR
+             resumes it in a new process. Machines with PCI devices cannot be snapshotted yet
 
 Options:
   --api-socket PATH   the socket given to vireo run --api-socket
   --json              print the API's JSON answer as it is
+  --paused            snapshot: the VM stays paused afterwards
   -h, --help          this help
 
 Exit status: 0 on success; 1 if the API answered with an error (its message on stderr); 125 if the socket could
@@ -29,6 +35,7 @@ const VERBS: Record<string, { method: string; path: string }> = {
   pause: { method: "PUT", path: "/v1/vm/pause" },
   resume: { method: "PUT", path: "/v1/vm/resume" },
   shutdown: { method: "PUT", path: "/v1/vm/shutdown" },
+  snapshot: { method: "PUT", path: "/v1/vm/snapshot" },
 };
 
 export interface ApiAnswer {
@@ -42,12 +49,24 @@ export function callApi(
   method: string,
   path: string,
   timeoutMs = 30_000,
+  body?: Record<string, unknown>,
 ): Promise<ApiAnswer> {
+  const payload = body === undefined ? "" : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     // A connection per request (agent: false): Node 20's global agent keeps sockets alive, and a socket the server
     // closed after its 5 s keep-alive timeout would be reused and fail with EPIPE.
     const req = request(
-      { socketPath, method, path, agent: false, headers: { "content-length": 0, connection: "close" } },
+      {
+        socketPath,
+        method,
+        path,
+        agent: false,
+        headers: {
+          "content-length": Buffer.byteLength(payload),
+          connection: "close",
+          ...(payload ? { "content-type": "application/json" } : {}),
+        },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
@@ -70,7 +89,7 @@ export function callApi(
     req.on("error", (e) =>
       reject(new VireoError("VIREO_API_UNREACHABLE", `cannot reach the API at ${socketPath}: ${e.message}`)),
     );
-    req.end();
+    req.end(payload);
   });
 }
 
@@ -89,6 +108,15 @@ function formatHuman(verb: string, body: Record<string, unknown>): string {
     for (const [i, d] of devices.entries()) lines.push(`${i === 0 ? "devices " : "        "} ${d}`);
     return lines.join("\n");
   }
+  if (verb === "snapshot") {
+    const mib = (n: unknown) => `${(Number(n) / 2 ** 20).toFixed(1)} MiB`;
+    return [
+      `snapshot: ${body.path} (VM ${body.state})`,
+      `state file   ${body.stateFileBytes} bytes`,
+      `memory file  ${mib(body.memoryBytesWritten)} written of ${mib(body.ramBytes)} RAM (${body.memoryExtents} runs; the rest are holes)`,
+      `took         ${body.totalMs} ms (pause ${body.pauseMs}, vCPU state ${body.vcpuStateMs}, memory ${body.memoryMs})`,
+    ].join("\n");
+  }
   if (verb === "metrics") {
     const m = (body.metrics ?? {}) as Record<string, number>;
     const keys = Object.keys(m).sort();
@@ -105,6 +133,7 @@ export async function cmdCtl(argv: string[]): Promise<number> {
     options: {
       "api-socket": { type: "string" },
       json: { type: "boolean" },
+      paused: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -119,17 +148,31 @@ export async function cmdCtl(argv: string[]): Promise<number> {
   const route = VERBS[verb];
   if (!route)
     throw new ConfigError(`vireo ctl: unknown verb '${verb}' (known: ${Object.keys(VERBS).join(", ")})`);
+  let body: Record<string, unknown> | undefined;
+  if (verb === "snapshot") {
+    const dir = extra.shift();
+    if (dir === undefined) throw new ConfigError("vireo ctl: snapshot needs a directory (snapshot DIR)");
+    // The VMM resolves nothing: it gets an absolute path, relative to this command's directory.
+    body = { path: resolve(dir), ...(values.paused ? { paused: true } : {}) };
+  } else if (values.paused) throw new ConfigError("vireo ctl: --paused goes with snapshot");
   if (extra.length) throw new ConfigError(`vireo ctl: unexpected argument '${extra[0]}'`);
-  const answer = await callApi(socketPath, route.method, route.path);
-  const body = (answer.body ?? {}) as Record<string, unknown>;
+  // A snapshot writes all of guest RAM: give it time (minutes for GiBs on a slow disk).
+  const answer = await callApi(
+    socketPath,
+    route.method,
+    route.path,
+    verb === "snapshot" ? 600_000 : 30_000,
+    body,
+  );
+  const answerBody = (answer.body ?? {}) as Record<string, unknown>;
   if (answer.status >= 400) {
-    const err = (body.error ?? {}) as { code?: string; message?: string };
-    if (values.json) console.log(JSON.stringify(body));
+    const err = (answerBody.error ?? {}) as { code?: string; message?: string };
+    if (values.json) console.log(JSON.stringify(answerBody));
     process.stderr.write(
       `vireo ctl: ${verb}: ${err.message ?? `HTTP ${answer.status}`} (${err.code ?? answer.status})\n`,
     );
     return 1;
   }
-  console.log(values.json ? JSON.stringify(body) : formatHuman(verb, body));
+  console.log(values.json ? JSON.stringify(answerBody) : formatHuman(verb, answerBody));
   return 0;
 }

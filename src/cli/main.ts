@@ -5,9 +5,10 @@ import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
 import { fileLooksLikeBzImage } from "../arch/x86/linux-loader.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
-import { Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
+import { MAX_CPUS, Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
+import { loadSnapshot, type RestorePlan } from "../vmm/snapshot/snapshot.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { cmdCtl } from "./ctl.ts";
 import { attachSwitchNet, detachSwitchNet, isSwitchNet, type SwitchNet } from "./net-switch.ts";
@@ -20,8 +21,10 @@ const MAIN_HELP = `vireo — a VMM in TypeScript on Linux KVM, built around I/O 
 Usage:
   vireo run --guest micro:NAME [ARG...] [options]   run a built-in micro guest program
   vireo run --kernel FILE.elf [options]             run a freestanding ELF64 guest (docs/guest-abi.md)
+  vireo run --restore DIR [options]                 resume a snapshot taken with vireo ctl snapshot DIR
   vireo demo                                        run the micro guest's tour and show what happened
-  vireo ctl --api-socket PATH VERB                  control a running VM (info, pause, resume, metrics, shutdown)
+  vireo ctl --api-socket PATH VERB                  control a running VM (info, pause, resume, metrics, shutdown,
+                                                    snapshot)
   vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
   vireo vhost-user net --socket PATH --tap NAME|--sink|--loopback|--gen SIZE
@@ -33,7 +36,7 @@ Usage:
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
-const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...]) [options]
+const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...] | --restore DIR) [options]
 
 Options:
   --kernel FILE        a Linux bzImage (64-bit boot protocol, ACPI tables built by vireo), or a freestanding
@@ -78,6 +81,11 @@ Options:
                        a virtio-net card on a running vireo switch NAME: vireo attaches a vhost-user port for it
                        through the switch's control socket (at its default path, $VIREO_RUN_DIR/switch/NAME.sock),
                        runs the card as --net vhost-user= on it, and detaches the port when the VM ends
+  --restore DIR        resume the snapshot in DIR (vireo ctl snapshot DIR): the machine (memory, vCPUs, devices)
+                       is the one recorded there, so --kernel, --guest, --mem, --cpus and the device options
+                       are refused with it; --serial, --timeout, --api-socket, --metrics, --stats apply. A state
+                       file of another format version, corrupted, or not fitting is refused (its code in the
+                       message) before any vCPU runs. Not with the emulated KVM host
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -173,6 +181,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       console: { type: "string" },
       accel: { type: "string" },
       "api-socket": { type: "string" },
+      restore: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -180,6 +189,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     console.log(RUN_HELP);
     return 0;
   }
+  if (values.restore !== undefined) return cmdRestore(values.restore, values, positionals);
   if ((values.kernel === undefined) === (values.guest === undefined))
     throw new ConfigError("give exactly one of --kernel FILE or --guest micro:NAME (see vireo run --help)");
   let kernel: string;
@@ -278,6 +288,85 @@ async function cmdRun(argv: string[]): Promise<number> {
   } finally {
     for (const n of attached) await detachSwitchNet(n);
   }
+}
+
+/** vireo run --restore DIR: the machine from the snapshot, run-time options from the command line. */
+async function cmdRestore(
+  dir: string,
+  values: Record<string, string | boolean | string[] | undefined>,
+  positionals: string[],
+): Promise<number> {
+  const machineOptions = [
+    "kernel",
+    "guest",
+    "cmdline",
+    "initrd",
+    "force",
+    "mem",
+    "cpus",
+    "disk",
+    "rng",
+    "net",
+    "console",
+  ];
+  const clash = machineOptions.find((o) => values[o] !== undefined);
+  if (clash) throw new ConfigError(`--restore: the machine is the snapshot's; --${clash} cannot go with it`);
+  if (positionals.length) throw new ConfigError(`unexpected argument '${positionals[0]}'`);
+  const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
+  if (timeout !== undefined && !(timeout > 0))
+    throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
+  let plan: RestorePlan;
+  try {
+    plan = loadSnapshot(dir, MAX_CPUS);
+  } catch (e) {
+    if (e instanceof VireoError)
+      throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
+    throw e;
+  }
+  // Checked before choosing the host, so a bad snapshot gets its refusal on any host.
+  if (useEmulatedHost(parseAccel(values.accel as string | undefined)))
+    throw new ConfigError(
+      "--restore: a snapshot on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
+    );
+  const apiSocket = values["api-socket"] as string | undefined;
+  const config: MachineConfig = {
+    kernel: plan.machine.kernel,
+    cmdline: plan.machine.cmdline,
+    memMiB: plan.machine.memMiB,
+    cpus: plan.machine.cpus,
+    serial: parseSerial((values.serial as string | undefined) ?? "stdio"),
+    stdin: true,
+    timeoutMs: timeout === undefined ? undefined : timeout * 1000,
+    statsIntervalMs:
+      values.stats === undefined ? undefined : parseCount("--stats", values.stats as string, 1) * 1000,
+    apiSocket,
+    restore: plan,
+  };
+  if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
+    throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);
+  const machine = new Machine(config);
+  const onSignal = () => machine.requestStop();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let result: RunResult;
+  try {
+    result = await machine.run();
+  } catch (e) {
+    if (e instanceof VireoError && !e.message.includes(e.code))
+      throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
+    throw e;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  if (result.restoreMs !== undefined)
+    process.stderr.write(
+      `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${result.restoreBytesRead} bytes of RAM read)\n`,
+    );
+  if (typeof values.metrics === "string")
+    writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
+  reportOutcome(result);
+  return result.status;
 }
 
 function metricsDocument(result: RunResult) {

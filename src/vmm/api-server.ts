@@ -9,6 +9,8 @@
  */
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { isAbsolute } from "node:path";
+import { z } from "zod";
 import { VireoError } from "../errors.ts";
 
 export const API_VERSION = "v1";
@@ -43,6 +45,37 @@ export interface VmController {
   metrics(): Record<string, number>;
   /** Asks the VM to stop (as Ctrl-A x); the run ends and the socket closes shortly after. */
   shutdown(): void;
+  /** Writes a snapshot directory (docs/snapshot.md); rejects with an ApiError if it cannot. */
+  snapshot(req: SnapshotRequest): Promise<SnapshotResult>;
+}
+
+/** PUT /v1/vm/snapshot's body: an absolute directory, and whether the VM stays paused after. */
+export const snapshotRequestSchema = z
+  .object({
+    path: z
+      .string()
+      .min(1)
+      .max(4096)
+      .refine((p) => isAbsolute(p) && !p.includes("\0"), "path must be an absolute directory path"),
+    paused: z.boolean().optional(),
+  })
+  .strict();
+export type SnapshotRequest = z.infer<typeof snapshotRequestSchema>;
+
+/** What the snapshot verb answers (docs/api/openapi.yaml, SnapshotResult). */
+export interface SnapshotResult {
+  path: string;
+  state: VmState;
+  stateFileBytes: number;
+  ramBytes: number;
+  /** Bytes of the memory file that hold data; the rest of its ramBytes are holes. */
+  memoryBytesWritten: number;
+  memoryExtents: number;
+  /** Milliseconds: pausing the vCPUs, reading their state, writing the memory file, and all of it. */
+  pauseMs: number;
+  vcpuStateMs: number;
+  memoryMs: number;
+  totalMs: number;
 }
 
 /** An error answered to the client: an HTTP status and a stable code. */
@@ -75,6 +108,20 @@ function routes(vm: VmController): Map<string, Map<string, Handler>> {
       async () => {
         vm.resume();
         return ok({ state: vm.info().state });
+      },
+    ],
+    [
+      "PUT",
+      "/v1/vm/snapshot",
+      async (body) => {
+        const parsed = snapshotRequestSchema.safeParse(body);
+        if (!parsed.success)
+          throw new ApiError(
+            400,
+            "VIREO_API_BAD_REQUEST",
+            `snapshot: ${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")}`,
+          );
+        return ok(await vm.snapshot(parsed.data));
       },
     ],
     [

@@ -2,7 +2,8 @@
  * A machine's lifecycle, on the main thread: create the VM and its RAM, load the guest, start one worker per
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync } from "node:fs";
+import { join } from "node:path";
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
@@ -14,18 +15,36 @@ import {
 } from "../arch/x86/linux-loader.ts";
 import { BOOT_INFO_ADDR, SELECTOR, writeLongModeTables } from "../arch/x86/long-mode.ts";
 import { Bus } from "../bus/bus.ts";
+import { ACPI_SCI_IRQ, AcpiPm } from "../devices/legacy/acpi-pm.ts";
+import { CmosRtc, RTC_IRQ } from "../devices/legacy/cmos-rtc.ts";
+import { I8042, I8042_AUX_IRQ, I8042_KBD_IRQ } from "../devices/legacy/i8042.ts";
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import type { VirtioConsole } from "../devices/virtio/console.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { startIoThreads } from "../io-thread/io-threads.ts";
 import { RUN } from "../kvm/abi.ts";
+import {
+  msrIndexList,
+  restoreVmState,
+  saveVmState,
+  snapshotMsrs,
+  type VcpuState,
+  vcpuStateCaps,
+} from "../kvm/state.ts";
 import { KvmSystem } from "../kvm/system.ts";
 import { Vm } from "../kvm/vm.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, guestRamBytes } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
-import { ApiError, type ApiServer, startApiServer, type VmInfo, type VmState } from "./api-server.ts";
+import {
+  ApiError,
+  type ApiServer,
+  type SnapshotResult,
+  startApiServer,
+  type VmInfo,
+  type VmState,
+} from "./api-server.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -37,6 +56,17 @@ import {
   transportFor,
 } from "./pci-devices.ts";
 import { platformAcpi } from "./platform.ts";
+import { restoreComponents, type Snapshottable, saveComponents } from "./snapshot/components.ts";
+import { machineSection, memorySection, vcpuSection, vmSection } from "./snapshot/kvm-sections.ts";
+import { readMemoryFile, writeMemoryFile } from "./snapshot/memory-file.ts";
+import {
+  MEMORY_FILE_NAME,
+  type RestorePlan,
+  SECTION,
+  STATE_FILE_NAME,
+  vcpuSectionName,
+} from "./snapshot/snapshot.ts";
+import { writeStateFile } from "./snapshot/state-file.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
 
@@ -70,6 +100,11 @@ export interface MachineConfig {
   testDevice?: TestDevicePlumbing;
   /** Serve the control API (src/vmm/api-server.ts) on this Unix socket while the VM runs. */
   apiSocket?: string;
+  /**
+   * Resume a snapshot (vireo run --restore) instead of loading `kernel`: memory, devices, irqchip, PIT, clock and
+   * vCPUs from the plan, which loadSnapshot checked whole. memMiB and cpus must be the plan's.
+   */
+  restore?: RestorePlan;
 }
 
 export interface TestDevicePlumbing {
@@ -97,6 +132,9 @@ export interface RunResult {
   vcpuStartNs?: number;
   deviceErrors: string[];
   wallMs: number;
+  /** With --restore: milliseconds from the start of run() until the restored vCPUs were let go, and RAM bytes read. */
+  restoreMs?: number;
+  restoreBytesRead?: number;
   /**
    * Milliseconds from the first stop request (Ctrl-A x, --timeout, a signal, or a vCPU that stopped) until every
    * vCPU and data-plane thread had stopped. Device work is bounded per slice, so this stays short whatever the
@@ -115,6 +153,8 @@ export const MAX_CPUS = 64;
 export function validateConfig(config: MachineConfig): void {
   if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS)
     throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_CPUS}, got ${config.cpus}`);
+  // A restored machine's image is in its memory file; the kernel path is only recorded.
+  if (config.restore !== undefined) return;
   if (!existsSync(config.kernel))
     throw new GuestImageError("VIREO_KERNEL_MISSING", `kernel not found: ${config.kernel}`);
   if (!statSync(config.kernel).isFile())
@@ -144,6 +184,23 @@ export class Machine {
   private live: { metrics: MetricsRegistry; started: number; devices: string[] } | null = null;
   /** performance.now() at the first requestStop. */
   private stopRequestedAt: number | undefined;
+  /** What a snapshot needs of the running machine (set by run once the VM is built). */
+  private snap: {
+    vm: Vm;
+    ram: Uint8Array;
+    platform: "micro" | "pc";
+    devices: Record<string, Snapshottable>;
+    hasPci: boolean;
+  } | null = null;
+  private snapshotting = false;
+  /** The vCPU states of a save request in progress (CONTROL.save). */
+  private saveWait: {
+    seq: number;
+    states: Array<VcpuState | undefined>;
+    got: number;
+    resolve(states: VcpuState[]): void;
+    reject(e: Error): void;
+  } | null = null;
 
   constructor(config: MachineConfig) {
     this.config = config;
@@ -243,7 +300,7 @@ export class Machine {
     const started = performance.now();
     const config = this.config;
     validateConfig(config);
-    const image = readFileSync(config.kernel);
+    const image = config.restore ? null : readFileSync(config.kernel);
     const metrics = new MetricsRegistry();
     const mainSegment = metrics.allocateSegment();
     const mainMetrics = new MetricsSegment(metrics.shared, mainSegment);
@@ -256,7 +313,17 @@ export class Machine {
       // The guest is loaded before /dev/kvm is opened, so a bad image gets its own error on any host.
       const ram = allocateGuestRam(config.memMiB);
       cleanups.push(() => closeSync(ram.fd));
-      const boot = this.loadGuest(ram.memory, image, ram.size);
+      const plan = config.restore;
+      let restoreBytesRead: number | undefined;
+      if (plan) {
+        restoreBytesRead = readMemoryFile(
+          join(plan.dir, MEMORY_FILE_NAME),
+          new Uint8Array(ram.buffer),
+          plan.extents,
+        );
+      }
+      const boot = plan ? null : this.loadGuest(ram.memory, image as Buffer, ram.size);
+      const platform = plan ? plan.machine.platform : (boot as { platform: "micro" | "pc" }).platform;
 
       system = KvmSystem.open();
       vm = Vm.create(system);
@@ -272,7 +339,7 @@ export class Machine {
         serialFd = openSync(config.serial.path, "w");
         closeSerial = true;
       }
-      const devices = defaultDevices({ outputFd: serialFd, platform: boot.platform, memSize: ram.size });
+      const devices = defaultDevices({ outputFd: serialFd, platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       let pci: PciManifest | null = null;
       if (hasPci(config)) {
@@ -300,6 +367,27 @@ export class Machine {
       }
       const supported = system.supportedCpuid();
       const mmapSize = system.vcpuMmapSize();
+      const msrIndices = snapshotMsrs(msrIndexList(system.fd));
+      const stateCaps = vcpuStateCaps(system.fd);
+      const components = legacyComponents(devices, vm, mainMetrics);
+      this.snap = {
+        vm,
+        ram: new Uint8Array(ram.buffer),
+        platform,
+        devices: components,
+        hasPci: pci !== null,
+      };
+      if (plan) {
+        // docs/snapshot.md, restore order: memory (above), devices, then the in-kernel irqchip, PIT and clock
+        // (which take the devices' line levels as saved), then each vCPU on its own thread before its first entry.
+        restoreComponents(plan.devices, components);
+        restoreVmState(vm.fd, plan.vm);
+        // The vCPUs start parked and are let go together once every one has set its state (ready).
+        this.paused = true;
+        Atomics.store(new Int32Array(this.control), CONTROL.pause, 1);
+      }
+      let readyCount = 0;
+      let restoreMs: number | undefined;
 
       const markers = new Map<number, number>();
       const markerValues = new Map<number, Float64Array>();
@@ -327,12 +415,23 @@ export class Machine {
         mmapSize,
         supported,
         boot,
+        restore: plan?.vcpus ?? null,
+        msrIndices,
+        stateCaps,
         pci,
         ram: ram.buffer,
         metrics,
         onMessage: (m) => {
-          if (m.type === "ready" && m.vcpu === 0) vcpuStartNs = m.ns;
-          else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+          if (m.type === "ready") {
+            if (m.vcpu === 0) vcpuStartNs = m.ns;
+            if (++readyCount === config.cpus && plan && !this.stopRequested) {
+              restoreMs = performance.now() - started;
+              this.paused = false;
+              const control = new Int32Array(this.control);
+              Atomics.store(control, CONTROL.pause, 0);
+              Atomics.notify(control, CONTROL.pause);
+            }
+          } else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
           else if (m.type === "marker") {
             markers.set(m.id, m.ns);
             markerValues.set(m.id, m.values);
@@ -396,8 +495,12 @@ export class Machine {
         deviceErrors,
         wallMs: performance.now() - started,
         stopMs,
+        restoreMs,
+        restoreBytesRead,
       };
     } finally {
+      this.snap = null;
+      this.saveWait?.reject(new Error("the VM stopped"));
       for (const c of cleanups.reverse()) c();
       if (closeSerial && serialFd !== null) closeSync(serialFd);
       vm?.close();
@@ -413,6 +516,133 @@ export class Machine {
 
   shutdown(): void {
     this.requestStop();
+  }
+
+  /**
+   * Writes a snapshot to `path` (a directory, created if missing): DIR/memory, guest RAM with its zero pages as
+   * holes, then DIR/state (written to a temporary name and renamed, so a state file is whole or absent). The
+   * vCPUs are paused for all of it and resumed after, unless the VM was paused before or `paused` asks to stay.
+   */
+  async snapshot(req: { path: string; paused?: boolean }): Promise<SnapshotResult> {
+    const snap = this.snap;
+    if (snap === null || this.live === null)
+      throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
+    if (this.state !== "running" && this.state !== "paused")
+      throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
+    if (snap.hasPci)
+      throw new ApiError(
+        409,
+        "VIREO_SNAPSHOT_UNSUPPORTED",
+        "snapshots of a machine with PCI devices (--disk, --net, --rng, --console virtio) are not built yet (docs/snapshot.md)",
+      );
+    if (this.snapshotting) throw new ApiError(409, "VIREO_API_BUSY", "a snapshot is being taken already");
+    this.snapshotting = true;
+    const t0 = performance.now();
+    const wasPaused = this.paused;
+    try {
+      if (!wasPaused) await this.pause();
+      const tPaused = performance.now();
+      const vcpus = await this.collectVcpuStates();
+      const tVcpus = performance.now();
+      let devices: ReturnType<typeof saveComponents>;
+      try {
+        devices = saveComponents(snap.devices);
+      } catch (e) {
+        // Legacy devices are never busy; a device that is (a virtio request half done) says so by its code.
+        if (e instanceof VireoError && e.code === "VIREO_DEVICE_BUSY")
+          throw new ApiError(409, e.code, `a device is busy, try again: ${e.message}`);
+        throw e;
+      }
+      const vmState = saveVmState(snap.vm.fd);
+      mkdirSync(req.path, { recursive: true });
+      const memory = writeMemoryFile(join(req.path, MEMORY_FILE_NAME), snap.ram);
+      const tMemory = performance.now();
+      const statePath = join(req.path, STATE_FILE_NAME);
+      const stateFileBytes = writeStateFile(`${statePath}.tmp`, {
+        sections: [
+          {
+            name: SECTION.machine,
+            ...machineSection({
+              memMiB: this.config.memMiB,
+              cpus: this.config.cpus,
+              kernel: this.config.kernel,
+              cmdline: this.config.cmdline,
+              platform: snap.platform,
+            }),
+          },
+          { name: SECTION.memory, ...memorySection(snap.ram.byteLength, memory.extents) },
+          { name: SECTION.kvm, ...vmSection(vmState) },
+          ...vcpus.map((v, i) => ({ name: vcpuSectionName(i), ...vcpuSection(v) })),
+          ...devices,
+        ],
+      });
+      renameSync(`${statePath}.tmp`, statePath);
+      const done = performance.now();
+      return {
+        path: req.path,
+        state: wasPaused || req.paused ? "paused" : "running",
+        stateFileBytes,
+        ramBytes: snap.ram.byteLength,
+        memoryBytesWritten: memory.bytesWritten,
+        memoryExtents: memory.extents.length,
+        pauseMs: round(tPaused - t0),
+        vcpuStateMs: round(tVcpus - tPaused),
+        memoryMs: round(tMemory - tVcpus),
+        totalMs: round(done - t0),
+      };
+    } catch (e) {
+      if (e instanceof ApiError) throw e;
+      const code = e instanceof VireoError ? e.code : "VIREO_SNAPSHOT_FAILED";
+      throw new ApiError(500, code, `snapshot to ${req.path} failed: ${(e as Error).message}`);
+    } finally {
+      this.snapshotting = false;
+      if (!wasPaused && !req.paused && this.state === "paused") this.resume();
+    }
+  }
+
+  /** Asks every parked vCPU for its KVM state (CONTROL.save); resolves with them in vCPU order. */
+  private collectVcpuStates(timeoutMs = 60_000): Promise<VcpuState[]> {
+    const control = new Int32Array(this.control);
+    if (this.vcpus.some((v) => v.exited))
+      return Promise.reject(new ApiError(409, "VIREO_API_STATE", "a vCPU has stopped"));
+    return new Promise<VcpuState[]>((resolve, reject) => {
+      const timer = setTimeout(
+        () =>
+          fail(
+            new ApiError(504, "VIREO_API_TIMEOUT", `the vCPUs' state did not come within ${timeoutMs} ms`),
+          ),
+        timeoutMs,
+      );
+      const fail = (e: Error) => {
+        clearTimeout(timer);
+        this.saveWait = null;
+        reject(e);
+      };
+      this.saveWait = {
+        seq: Atomics.add(control, CONTROL.save, 1) + 1,
+        states: new Array(this.vcpus.length),
+        got: 0,
+        resolve: (states) => {
+          clearTimeout(timer);
+          this.saveWait = null;
+          resolve(states);
+        },
+        reject: fail,
+      };
+      Atomics.notify(control, CONTROL.pause);
+    });
+  }
+
+  private takeVcpuState(m: Extract<WorkerMessage, { type: "vcpu-state" }>): void {
+    const w = this.saveWait;
+    if (w === null || m.seq !== w.seq) return;
+    if (m.error !== undefined || m.state === undefined) {
+      w.reject(new VireoError("VIREO_SNAPSHOT_VCPU", `vCPU ${m.vcpu}: ${m.error ?? "no state"}`));
+      return;
+    }
+    if (w.states[m.vcpu] === undefined) w.got++;
+    w.states[m.vcpu] = m.state;
+    if (w.got === w.states.length) w.resolve(w.states as VcpuState[]);
   }
 
   /** One stderr line per interval: exits per second by reason, interrupts, and totals, read live from shared memory. */
@@ -512,7 +742,10 @@ export class Machine {
     devices: DeviceSpec[];
     mmapSize: number;
     supported: ReturnType<KvmSystem["supportedCpuid"]>;
-    boot: BootState;
+    boot: BootState | null;
+    restore: VcpuState[] | null;
+    msrIndices: number[];
+    stateCaps: ReturnType<typeof vcpuStateCaps>;
     pci: PciManifest | null;
     ram: SharedArrayBuffer;
     metrics: MetricsRegistry;
@@ -528,6 +761,9 @@ export class Machine {
         mmapSize: o.mmapSize,
         cpuid: vcpuCpuid(o.supported, index, this.config.cpus, policy),
         boot: index === 0 ? o.boot : null,
+        restore: o.restore?.[index] ?? null,
+        msrIndices: o.msrIndices,
+        stateCaps: o.stateCaps,
         devices: o.devices,
         pci: o.pci,
         ram: o.ram,
@@ -545,7 +781,8 @@ export class Machine {
           if (this.stopRequested) this.requestStop();
         }
         if (m.type === "stopped") slot.exited = true;
-        o.onMessage(m);
+        if (m.type === "vcpu-state") this.takeVcpuState(m);
+        else o.onMessage(m);
       });
       exits.push(
         new Promise<void>((resolve) => {
@@ -684,6 +921,51 @@ export function exitStatus(outcome: Outcome, guestCode?: number): number {
     default:
       return EXIT_STATUS.vmmError;
   }
+}
+
+const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/**
+ * The main thread's own objects over the legacy devices' shared state, by section name, for snapshots: saving
+ * reads the state the vCPU threads' objects share; restoring writes it before any vCPU thread exists and drives
+ * the devices' interrupt lines from what it restored. Stateless devices (debug-exit, debugcon, the test device)
+ * have no section.
+ */
+function legacyComponents(
+  devices: DeviceSpec[],
+  vm: Vm,
+  metrics: MetricsSegment,
+): Record<string, Snapshottable> {
+  const out: Record<string, Snapshottable> = {};
+  const line = (irq: number) => kvmIrqLine(vm.fd, irq, metrics);
+  for (const d of devices) {
+    if (d.kind === "uart16550")
+      out[d.name] = new Uart16550({
+        state: d.state,
+        name: d.name,
+        irq: line(d.irq),
+        output: () => {},
+        metrics,
+      });
+    else if (d.kind === "cmos-rtc") out.rtc = new CmosRtc({ state: d.state, irq: line(RTC_IRQ), metrics });
+    else if (d.kind === "i8042")
+      out.i8042 = new I8042({
+        state: d.state,
+        kbdIrq: line(I8042_KBD_IRQ),
+        auxIrq: line(I8042_AUX_IRQ),
+        onReset: () => {},
+        metrics,
+      });
+    else if (d.kind === "acpi-pm")
+      out["acpi-pm"] = new AcpiPm({
+        state: d.state,
+        irq: line(ACPI_SCI_IRQ),
+        onPowerOff: () => {},
+        onReset: () => {},
+        metrics,
+      });
+  }
+  return out;
 }
 
 /** One line per device, for the control API's info. */

@@ -6,6 +6,13 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { type EntrySelectors, longModeSregs } from "../arch/x86/long-mode.ts";
 import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
+import {
+  completeExit,
+  restoreVcpuState,
+  saveVcpuState,
+  type VcpuState,
+  type VcpuStateCaps,
+} from "../kvm/state.ts";
 import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, EXIT_RETRY, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
 import { Vm } from "../kvm/vm.ts";
@@ -33,6 +40,11 @@ export interface VcpuWorkerData {
   cpuid: CpuidEntry[];
   /** Entry state for the boot vCPU; application processors wait for INIT/SIPI. */
   boot: BootState | null;
+  /** A snapshot's state for this vCPU (vireo run --restore): set before the first KVM_RUN instead of `boot`. */
+  restore: VcpuState | null;
+  /** MSRs a snapshot saves (those of SNAPSHOT_MSRS this KVM lists), and which optional state KVM has. */
+  msrIndices: number[];
+  stateCaps: VcpuStateCaps;
   devices: DeviceSpec[];
   /** PCI devices (virtio), when the machine has any. */
   pci: PciManifest | null;
@@ -66,7 +78,8 @@ function flushMetricNames(): void {
 function main(): void {
   const vcpu = Vcpu.create(data.vmFd, data.index, data.mmapSize);
   vcpu.setCpuid(data.cpuid);
-  if (data.boot) enterLongMode(vcpu, data.boot);
+  if (data.restore) restoreVcpuState(vcpu.fd, data.restore);
+  else if (data.boot) enterLongMode(vcpu, data.boot);
 
   const { pio, mmio } = buildBuses(data.devices, {
     vmFd: data.vmFd,
@@ -144,6 +157,26 @@ function main(): void {
     return `${name} (${kind} 0x${addr.toString(16)})`;
   };
 
+  // A save request (CONTROL.save bumped) is answered while parked: KVM's state is only consistent outside
+  // KVM_RUN, and this thread is the one that runs the vCPU.
+  let saveSeq = Atomics.load(control, CONTROL.save);
+  const answerSave = () => {
+    const seq = Atomics.load(control, CONTROL.save);
+    if (seq === saveSeq) return;
+    saveSeq = seq;
+    try {
+      completeExit(vcpu.fd, bytes, RUN.immediate_exit);
+      post({
+        type: "vcpu-state",
+        vcpu: data.index,
+        seq,
+        state: saveVcpuState(vcpu.fd, data.msrIndices, data.stateCaps),
+      });
+    } catch (e) {
+      post({ type: "vcpu-state", vcpu: data.index, seq, error: (e as Error).message });
+    }
+  };
+
   while (stop === null) {
     if (Atomics.load(control, CONTROL.stop) !== 0) {
       stop = { reason: "stop-requested" };
@@ -153,6 +186,7 @@ function main(): void {
       // Paused (the control API): park outside KVM_RUN until resumed or stopped. A stop notifies this slot too.
       Atomics.add(control, CONTROL.paused, 1);
       while (Atomics.load(control, CONTROL.pause) !== 0 && Atomics.load(control, CONTROL.stop) === 0) {
+        answerSave();
         Atomics.wait(control, CONTROL.pause, 1, 1000);
       }
       Atomics.sub(control, CONTROL.paused, 1);

@@ -16,6 +16,8 @@ import {
   API_MAX_BODY,
   ApiError,
   type ApiServer,
+  type SnapshotRequest,
+  type SnapshotResult,
   startApiServer,
   type VmController,
   type VmInfo,
@@ -62,6 +64,21 @@ class FakeVm implements VmController {
   shutdown(): void {
     this.calls.push("shutdown");
     this.state = "stopping";
+  }
+  async snapshot(req: SnapshotRequest): Promise<SnapshotResult> {
+    this.calls.push(`snapshot ${req.path}${req.paused ? " paused" : ""}`);
+    return {
+      path: req.path,
+      state: req.paused ? "paused" : "running",
+      stateFileBytes: 1,
+      ramBytes: 2,
+      memoryBytesWritten: 3,
+      memoryExtents: 4,
+      pauseMs: 0,
+      vcpuStateMs: 0,
+      memoryMs: 0,
+      totalMs: 0,
+    };
   }
 }
 
@@ -131,6 +148,26 @@ describe("control API routes", () => {
       vm.calls.filter((c) => c !== "info"),
       ["metrics", "metrics", "pause", "pause", "resume", "resume", "shutdown"],
     );
+  });
+
+  test("snapshot: the body is checked (an absolute path, paused a boolean, nothing else) before the VM sees it", async () => {
+    const vm = new FakeVm();
+    const { path } = await serve("snapshot.sock", vm);
+    const ok = await callApi(path, "PUT", "/v1/vm/snapshot", 5000, { path: "/tmp/snap", paused: true });
+    assert.equal(ok.status, 200);
+    assert.equal((ok.body as SnapshotResult).memoryBytesWritten, 3);
+    for (const body of [
+      {},
+      { path: "relative/dir" },
+      { path: 7 },
+      { path: "/x", paused: "yes" },
+      { path: "/x", extra: 1 },
+    ]) {
+      const r = await callApi(path, "PUT", "/v1/vm/snapshot", 5000, body);
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal((r.body as { error: { code: string } }).error.code, "VIREO_API_BAD_REQUEST");
+    }
+    assert.deepEqual(vm.calls, ["snapshot /tmp/snap paused"]);
   });
 
   test("an unknown path is 404, a wrong method 405 with Allow; neither reaches the VM", async () => {
@@ -293,7 +330,10 @@ describe("vireo ctl", () => {
     assert.match(none.stderr, /--api-socket PATH is required/);
     const verb = await vireoAsync(["ctl", "--api-socket", "/nope", "explode"]);
     assert.equal(verb.status, 125);
-    assert.match(verb.stderr, /unknown verb 'explode' \(known: info, metrics, pause, resume, shutdown\)/);
+    assert.match(
+      verb.stderr,
+      /unknown verb 'explode' \(known: info, metrics, pause, resume, shutdown, snapshot\)/,
+    );
     const gone = await vireoAsync(["ctl", "--api-socket", join(dir, "gone.sock"), "info"]);
     assert.equal(gone.status, 125);
     assert.match(gone.stderr, /cannot reach the API at/);
