@@ -119,7 +119,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
-                   [--load loop|open] [--force] [--accel auto|kvm|emulated]
+                   [--depths N,N...] [--load loop|open] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -128,11 +128,12 @@ ${Object.entries(BENCHMARKS)
 
 Options:
   --json            print JSON instead of a table
-  --rounds N        interleaved rounds per configuration (default 5, switch 1; medians are reported)
+  --rounds N        interleaved rounds per configuration (default 5, switch and vhost-user-blk 1; medians)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
-  --seconds N       vhost-user, switch: length of each measured window (default 5)
+  --seconds N       vhost-user, vhost-user-blk, switch: length of each measured window (default 5)
   --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
   --pairs N,N...    switch: numbers of port pairs (default 1,2,4)
+  --depths N,N...   vhost-user-blk: queue depths, requests in flight, 1 to 42 (default 1,32)
   --load loop|open  switch: the vhost-user load, one testpmd looping frames through every pair (default), or a
                     txonly and an rxonly testpmd per pair (on 2 CPUs these measure the scheduler; bench/switch.ts)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
@@ -451,6 +452,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       seconds: { type: "string" },
       sizes: { type: "string" },
       pairs: { type: "string" },
+      depths: { type: "string" },
       load: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
@@ -483,6 +485,7 @@ async function cmdBench(argv: string[]): Promise<number> {
     seconds: values.seconds === undefined ? undefined : parseCount("--seconds", values.seconds, 0),
     sizes: parseList("--sizes", values.sizes, 60),
     pairs: parseList("--pairs", values.pairs, 1),
+    depths: parseList("--depths", values.depths, 1),
     load: parseLoad(values.load),
   });
   return 0;
