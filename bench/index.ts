@@ -6,6 +6,7 @@ import { benchExits, formatExits } from "./exits.ts";
 import { benchNic, formatNic } from "./nic.ts";
 import { benchSwitch, formatSwitch } from "./switch.ts";
 import { benchVhostUser, formatVhostUser } from "./vhost-user.ts";
+import { benchVhostUserBlk, formatVhostUserBlk } from "./vhost-user-blk.ts";
 import { benchVirtio, formatVirtio } from "./virtio.ts";
 
 export interface BenchOptions {
@@ -18,6 +19,8 @@ export interface BenchOptions {
   /** switch: frame sizes in bytes and numbers of port pairs. */
   sizes?: number[];
   pairs?: number[];
+  /** vhost-user-blk: queue depths (requests in flight). */
+  depths?: number[];
   /** switch: the vhost-user load, a testpmd loop (default) or a txonly and an rxonly testpmd per pair. */
   load?: "loop" | "open";
 }
@@ -70,6 +73,13 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     benchVhostUser,
     formatVhostUser,
     true,
+  ),
+  "vhost-user-blk": bench(
+    "vireo vhost-user blk vs qemu-storage-daemon's vhost-user-blk export of the same file, one C driver (bench/ref/vub-driver.c): 4 KiB random reads and writes at queue depth 1 and 32, IOPS, latency percentiles, ratios (natively)",
+    benchVhostUserBlk,
+    formatVhostUserBlk,
+    true,
+    1,
   ),
   switch: bench(
     "frames/s between vhost-user port pairs through vireo switch vs dpdk-testpmd io forwarding, and a Linux bridge between veths (trafgen); 64 and 1518 B, 1/2/4 pairs, ratios, interposition costs (natively; needs root, dpdk-testpmd, trafgen)",

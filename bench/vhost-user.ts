@@ -205,7 +205,7 @@ async function runOne(
 }
 
 /** CPU ticks (utime + stime) and command of every process, from /proc. */
-function processTicks(): Map<number, { command: string; ticks: number }> {
+export function processTicks(): Map<number, { command: string; ticks: number }> {
   const out = new Map<number, { command: string; ticks: number }>();
   for (const d of readdirSync("/proc")) {
     if (!/^\d+$/.test(d)) continue;
