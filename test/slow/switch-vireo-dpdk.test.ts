@@ -135,6 +135,8 @@ test("Linux's virtio_net in a vireo VM pings a DPDK peer through vireo switch (-
       "stdbuf",
       "-oL",
       "dpdk-testpmd",
+      // The emulated host has one CPU, and testpmd needs a forwarding lcore besides its main one: both on CPU 0.
+      "--lcores=0@0,1@0",
       "--no-pci",
       "--in-memory",
       "--single-file-segments",
