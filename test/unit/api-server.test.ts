@@ -324,6 +324,23 @@ describe("vireo ctl", () => {
     assert.equal(p.stdout.trim(), "pause: paused");
   });
 
+  test("snapshot DIR: sent as an absolute path, --paused passed on, the answer summarised", async () => {
+    const vm = new FakeVm();
+    const { path } = await serve("ctl-snap.sock", vm);
+    const r = await vireoAsync(["ctl", "--api-socket", path, "snapshot", "rel/snap", "--paused"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^snapshot: \/.*\/rel\/snap \(VM paused\)$/m);
+    assert.match(r.stdout, /memory file .* written of .* RAM \(4 runs/);
+    assert.equal(vm.calls.length, 1);
+    assert.match(vm.calls[0] ?? "", /^snapshot \/.+\/rel\/snap paused$/);
+    const none = await vireoAsync(["ctl", "--api-socket", path, "snapshot"]);
+    assert.equal(none.status, 125);
+    assert.match(none.stderr, /snapshot needs a directory/);
+    const stray = await vireoAsync(["ctl", "--api-socket", path, "info", "--paused"]);
+    assert.equal(stray.status, 125);
+    assert.match(stray.stderr, /--paused goes with snapshot/);
+  });
+
   test("usage errors and an unreachable socket", async () => {
     const none = await vireoAsync(["ctl", "info"]);
     assert.equal(none.status, 125);
