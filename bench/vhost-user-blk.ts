@@ -121,13 +121,13 @@ export interface VhostUserBlkBenchResult {
 }
 
 const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
-const DRIVER = repoPath("bench", "ref", "build", "vub-driver");
+export const DRIVER = repoPath("bench", "ref", "build", "vub-driver");
 const QUEUE_SIZE = 128;
 
 const children = new ProcessSet();
 
 /** Builds the driver if it is missing or older than its source (make does both checks). */
-function buildDriver(): void {
+export function buildDriver(): void {
   execFileSync("make", ["-s", "-C", repoPath("bench", "ref"), "build/vub-driver"], { stdio: "pipe" });
   if (!existsSync(DRIVER)) throw new Error(`${DRIVER} was not built`);
 }
