@@ -10,7 +10,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # kmod (depmod) and dpkg-deb for guest images; cpio and acpica-tools (iasl) as independent checkers in tests;
 # QEMU for the real-KVM harness (test/slow); DPDK's testpmd as a vhost-user front-end vireo did not write
 # (test/unit/vhost-user-dpdk.test.ts); tcpdump to read back the switch's pcap captures (test/unit/switch-pcap.test.ts);
-# netsniff-ng's trafgen to load a Linux bridge in `vireo bench switch` (bench/switch.ts).
+# netsniff-ng's trafgen to load a Linux bridge in `vireo bench switch` (bench/switch.ts); qemu-storage-daemon
+# (qemu-system-common) as the reference back-end of `vireo bench vhost-user-blk` (bench/vhost-user-blk.ts).
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
@@ -21,6 +22,7 @@ command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 command -v iasl >/dev/null || need+=(acpica-tools)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v trafgen >/dev/null || need+=(netsniff-ng)
