@@ -269,8 +269,8 @@ class FrontendPlane {
         code === "VHOST_USER_INCOMPATIBLE"
       ) {
         reportError(`${what}: ${msg}`);
-        this.transport.device.needsReset(`vhost-user back-end: ${msg}`);
         if (code !== "VHOST_USER_REFUSED") this.lost(`${what}: a broken reply`);
+        this.transport.device.needsReset(`vhost-user back-end: ${msg}`);
         return false;
       }
       this.lost(`${what}: ${msg}`);
@@ -374,8 +374,13 @@ function main(): void {
   set(0, data.stopFd);
   set(1, spec.wake);
   for (const [q, fd] of spec.relays.entries()) set(3 + q, fd);
-  // Whatever the vCPUs asked before this thread ran (DRIVER_OK, a reset).
-  plane.onWake();
+  // Whatever the vCPUs asked before this thread ran (DRIVER_OK, a reset); an error here is reported like one in
+  // the loop, not the end of the thread.
+  try {
+    plane.onWake();
+  } catch (e) {
+    reportError((e as Error).message);
+  }
   for (;;) {
     set(2, plane.connFd); // poll ignores -1
     for (let i = 0; i < pollfds.length; i += 3) pollfds[i + 2] = 0;

@@ -241,6 +241,12 @@ export class VhostUserFrontend {
         `${this.name}: the back-end refused GET_CONFIG of ${size} bytes (an empty reply; see its log)`,
       );
     }
+    if (p.length !== 12 + size) {
+      throw new VhostUserFrontendError(
+        "VHOST_USER_BAD_REPLY",
+        `${this.name}: reply to GET_CONFIG has ${p.length} payload bytes, expected ${12 + size} (or 0 to refuse)`,
+      );
+    }
     const r = new DataView(p.buffer, p.byteOffset, 12);
     const [offset, got, flags] = [r.getUint32(0, true), r.getUint32(4, true), r.getUint32(8, true)];
     if (offset !== 0 || got !== size || flags !== 0) {
