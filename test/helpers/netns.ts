@@ -10,6 +10,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
 import { repoPath } from "../../src/paths.ts";
+
+/** Inside the emulated KVM host (QEMU TCG), where a process start alone can take seconds. */
+const EMULATED = process.env.VIREO_EMULATED_HOST === "1";
+
 import { VIREO_BIN } from "./cli.ts";
 
 export const NETPEER = repoPath("test", "helpers", "netpeer.py");
@@ -136,7 +140,9 @@ export async function exchangeFrames(
         "--window",
         String(peer.window ?? 32),
         "--timeout",
-        "30",
+        // Seconds of silence before the peer gives up: it starts before vireo, whose start and the guest's setup
+        // take tens of seconds in the emulated KVM host when the machine's cores are shared with other hosts.
+        EMULATED ? "150" : "30",
         "--ready-file",
         ready,
       ]),
@@ -144,7 +150,7 @@ export async function exchangeFrames(
     );
     const started = Date.now();
     while (!existsSync(ready)) {
-      if (Date.now() - started > 10_000) {
+      if (Date.now() - started > (EMULATED ? 90_000 : 10_000)) {
         peerProc.kill();
         const p = await peerProc.done;
         throw new Error(`netpeer.py did not start: ${p.stderr}`);
