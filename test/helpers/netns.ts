@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { after } from "node:test";
 import { repoPath } from "../../src/paths.ts";
 
+import { VIREO_BIN } from "./cli.ts";
+
 /** Inside the emulated KVM host (QEMU TCG), where a process start alone can take seconds. */
 const EMULATED = process.env.VIREO_EMULATED_HOST === "1";
-
-import { VIREO_BIN } from "./cli.ts";
 
 export const NETPEER = repoPath("test", "helpers", "netpeer.py");
 
