@@ -29,13 +29,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Bus } from "../../src/bus/bus.ts";
 import { BLK_CONFIG } from "../../src/devices/virtio/blk.ts";
 import { VIRTIO_STATUS } from "../../src/devices/virtio/constants.ts";
 import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
-import { GuestMemory } from "../../src/memory/guest-memory.ts";
-import { MetricsRegistry } from "../../src/metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../../src/native.ts";
+import type { GuestMemory } from "../../src/memory/guest-memory.ts";
+import type { MetricsRegistry } from "../../src/metrics/registry.ts";
+import { EFD_CLOEXEC, MFD_CLOEXEC, native, signalEventFd } from "../../src/native.ts";
 import { VhostUserFrontend, VhostUserFrontendError } from "../../src/vhost-user/frontend.ts";
 import {
   BLK_CONFIG_BYTES,
@@ -45,11 +44,10 @@ import {
 } from "../../src/vhost-user/frontend-blk.ts";
 import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
 import { encodeReply, PROTOCOL_F, REQ, VHOST_USER_NEED_REPLY_MASK } from "../../src/vhost-user/protocol.ts";
-import type { WorkerMessage } from "../../src/vmm/messages.ts";
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
-import { transportFor, type VhostUserSpec } from "../../src/vmm/pci-devices.ts";
-import { startTsWorker } from "../../src/vmm/ts-worker.ts";
+import type { VhostUserSpec } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
+import { makeThreadRam, startFrontendThread, testEventFd } from "../helpers/vhost-user-thread.ts";
 import { VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const MiB = 1 << 20;
@@ -274,12 +272,8 @@ interface Harness {
 
 /** What preparePci builds for `--disk vhost-user=SOCKET`, and the device's thread started on it. */
 function startThread(socket: string): Harness {
-  const n = native();
-  const ramSize = 4 * MiB;
-  const ramFd = n.memfdCreate("vireo-test-ram", MFD_CLOEXEC);
-  ftruncateSync(ramFd, ramSize);
-  const { buffer: ram, address: hostAddress } = n.mmap(ramFd, ramSize, 0);
-  const ev = () => n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  const { ram: ramSpec, buffer: ram, mem } = makeThreadRam(4 * MiB);
+  const ev = testEventFd;
   const conn = VhostUserFrontend.connect(socket);
   const negotiated = conn.negotiate(BLK_PROTOCOL_FEATURES);
   const config = conn.getConfig(BLK_CONFIG_BYTES);
@@ -302,33 +296,9 @@ function startThread(socket: string): Harness {
     relays: [ev()],
     wake: ev(),
     block,
-    ram: { fd: ramFd, size: ramSize, hostAddress },
+    ram: ramSpec,
   };
-  const mem = new GuestMemory(ram);
-  const transport = transportFor(
-    spec,
-    { mem, vmFd: -1, pio: new Bus("pio"), mmio: new Bus("mmio"), signalMsi: () => {} },
-    true,
-  );
-  const metrics = new MetricsRegistry();
-  const stopFd = ev();
-  const worker = startTsWorker(new URL("../../src/vhost-user/frontend-thread.ts", import.meta.url), {
-    workerData: {
-      spec,
-      vmFd: -1,
-      ram,
-      stopFd,
-      metricsBuffer: metrics.shared,
-      metricsSegment: metrics.allocateSegment(),
-    },
-  });
-  const workerExit = new Promise((r) => worker.on("exit", r));
-  const messages: string[] = [];
-  worker.on("message", (m: WorkerMessage) => {
-    if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
-    else if (m.type === "device-error" || (m.type === "io-stopped" && m.message))
-      messages.push(String(m.message));
-  });
+  const { transport, messages, metrics, stop } = startFrontendThread(spec, ram, mem);
   // The driver's side of 3.1.1, as a vCPU thread would see it: VERSION_1 only, one ring of 128, polled.
   const d = transport.device;
   d.writeStatus(VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER);
@@ -356,10 +326,7 @@ function startThread(socket: string): Harness {
     words: new Int32Array(block),
     messages,
     metrics,
-    stop: async () => {
-      signalEventFd(stopFd);
-      await workerExit;
-    },
+    stop,
   };
 }
 

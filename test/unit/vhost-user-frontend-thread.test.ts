@@ -8,26 +8,22 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, ftruncateSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Bus } from "../../src/bus/bus.ts";
 import { VIRTIO_STATUS } from "../../src/devices/virtio/constants.ts";
 import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
-import { GuestMemory } from "../../src/memory/guest-memory.ts";
-import { MetricsRegistry } from "../../src/metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../../src/native.ts";
+import { signalEventFd } from "../../src/native.ts";
 import { VhostUserFrontend } from "../../src/vhost-user/frontend.ts";
 import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
 import { guestFeatures } from "../../src/vhost-user/frontend-net.ts";
-import type { WorkerMessage } from "../../src/vmm/messages.ts";
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
-import { type PciDeviceSpec, transportFor } from "../../src/vmm/pci-devices.ts";
-import { startTsWorker } from "../../src/vmm/ts-worker.ts";
+import type { PciDeviceSpec } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import { NET_HDR } from "../helpers/vhost-user-frontend.ts";
+import { makeThreadRam, startFrontendThread, testEventFd } from "../helpers/vhost-user-thread.ts";
 import { VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const MiB = 1 << 20;
@@ -68,12 +64,8 @@ function frame(n: number, seed: number): Uint8Array {
 test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a restarted back-end, stops on reset", async () => {
   const socket = join(dir, "net.sock");
   let backend = await startBackend(socket);
-  const n = native();
-  const ramSize = 4 * MiB;
-  const ramFd = n.memfdCreate("vireo-test-ram", MFD_CLOEXEC);
-  ftruncateSync(ramFd, ramSize);
-  const { buffer: ram, address: hostAddress } = n.mmap(ramFd, ramSize, 0);
-  const ev = () => n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  const { ram: ramSpec, buffer: ram, mem } = makeThreadRam(4 * MiB);
+  const ev = testEventFd;
   const conn = VhostUserFrontend.connect(socket);
   const negotiated = conn.negotiate();
   const block = createFrontendBlock();
@@ -93,34 +85,9 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     relays: [ev(), ev()],
     wake: ev(),
     block,
-    ram: { fd: ramFd, size: ramSize, hostAddress },
+    ram: ramSpec,
   };
-  const mem = new GuestMemory(ram);
-  // The vCPU side: no KVM is touched while MSI-X stays off and the rings ask for no interrupts.
-  const transport = transportFor(
-    spec,
-    { mem, vmFd: -1, pio: new Bus("pio"), mmio: new Bus("mmio"), signalMsi: () => {} },
-    true,
-  );
-  const metrics = new MetricsRegistry();
-  const stopFd = ev();
-  const worker = startTsWorker(new URL("../../src/vhost-user/frontend-thread.ts", import.meta.url), {
-    workerData: {
-      spec,
-      vmFd: -1,
-      ram,
-      stopFd,
-      metricsBuffer: metrics.shared,
-      metricsSegment: metrics.allocateSegment(),
-    },
-  });
-  const workerExit = new Promise((r) => worker.on("exit", r));
-  const messages: string[] = [];
-  worker.on("message", (m: WorkerMessage) => {
-    if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
-    else if (m.type === "device-error" || (m.type === "io-stopped" && m.message))
-      messages.push(String(m.message));
-  });
+  const { transport, messages, metrics, stop } = startFrontendThread(spec, ram, mem);
   const words = new Int32Array(block);
   try {
     // The driver's side of 3.1.1, as a vCPU thread would see it.
@@ -202,8 +169,7 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     assert.equal(Atomics.load(words, FRONTEND_WORDS.resetsDone), before + 1, "the reset waited for the stop");
     assert.deepEqual(messages, []);
   } finally {
-    signalEventFd(stopFd);
-    await workerExit;
+    await stop();
   }
   const m = metrics.snapshot();
   assert.equal(m["vhost-user.net0.disconnects"], 1);
