@@ -183,6 +183,11 @@ describe("vireo vhost-user blk", () => {
       [["--socket", `/${"x".repeat(120)}`, "--file", img], /at most 107/],
       [["--socket", sock, "--file", img, "extra"], /unexpected argument 'extra'/],
       [["--socket", sock, "--file", img, "--tap", "t0"], /Unknown option '--tap'/],
+      [
+        ["--socket", sock, "--file", img, "--busy-poll-us", "10001"],
+        /--busy-poll-us is not 0 to 10000: 10001/,
+      ],
+      [["--socket", sock, "--file", img, "--busy-poll-us", "-1"], /busy-poll-us/],
     ];
     for (const [args, re] of cases) {
       const r = vireo(["vhost-user", "blk", ...args]);
