@@ -117,6 +117,15 @@ test("bad --net and --console values", () => {
   assertOneLineError(run("--net", "vhost-user=/tmp/x.sock,model=e1000"), /serves virtio-net only/);
   assertOneLineError(run("--net", "vhost-user="), /vhost-user= needs a socket path/);
   assertOneLineError(run("--net", "tap=this-name-is-too-long"), /1 to 15 letters/);
+  assertOneLineError(run("--disk", "vhost-user="), /--disk vhost-user=: vhost-user= needs a socket path/);
+  assertOneLineError(
+    run("--disk", "vhost-user=/tmp/x.sock,direct"),
+    /unknown option 'direct' \(known with vhost-user=: readonly/,
+  );
+  assertOneLineError(
+    run("--disk", "vhost-user=/tmp/x.sock", "--accel", "emulated"),
+    /--disk vhost-user=: a socket on this host cannot reach a VM inside the emulated KVM host/,
+  );
   assertOneLineError(run("--console", "hvc"), /--console must be serial or virtio/);
 });
 
