@@ -11,13 +11,17 @@
  *
  * Both back-ends serve the same file (random bytes, in a fresh directory under the system's temporary
  * directory) through the host page cache: vireo's FileBlockBackend opens it without O_DIRECT, and qsd gets
- * cache.direct=off (its default aio=threads); one request queue of 128 entries each. The back-end runs on CPU 0
+ * cache.direct=off (its default aio=threads); one request queue of 128 entries each. Two modes: "event", both
+ * back-ends sleep until kicked (vireo's default; qsd's main loop, which does not poll); "poll", both poll the
+ * rings for a while after work before sleeping (vireo --busy-poll-us 100; qsd in an iothread with
+ * poll-max-ns=100000, QEMU's adaptive polling, which stops polling when it does not pay). The back-end runs on CPU 0
  * and the driver on CPU 1 when there are two CPUs. Rounds interleave (vireo, qsd, vireo, qsd, ...); each row
  * reports the round with the median IOPS. The machine is shared: ratios from one run are the result, and the load
  * average before and after is reported with them.
  *
- * $VIREO_BENCH_VIREO names another vireo to serve the rings (another checkout, to compare versions), and
- * $VIREO_BENCH_NODE_OPTIONS is given to vireo's Node as NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR").
+ * $VIREO_BENCH_VIREO names another vireo to serve the rings: another checkout, to compare versions, or a script
+ * running `node --cpu-prof --import .../tsx/dist/loader.mjs src/cli/main.ts "$@"` for a CPU profile of the back-end
+ * (Node refuses --cpu-prof in NODE_OPTIONS; the profile is written when vireo exits after the connection, --once).
  */
 import { execFileSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
@@ -44,10 +48,14 @@ export interface VhostUserBlkBenchOptions {
   fileBytes?: number;
   /** Back-ends to run; default both (qsd is skipped, saying why, when it is not installed). */
   backends?: Backend[];
+  /** Modes to run; default both. */
+  modes?: Mode[];
 }
 
 export type Backend = "vireo" | "qsd";
 export type Rw = "read" | "write";
+/** event: the back-end sleeps until kicked; poll: it polls the rings for a while after work (see above). */
+export type Mode = "event" | "poll";
 
 /** One row as the driver reports it (bench/ref/vub-driver.c). */
 export interface DriverRow {
@@ -68,6 +76,9 @@ export interface DriverRow {
   kicksPerRequest: number;
   /** Times the driver slept on the call eventfd, per request. */
   waitsPerRequest: number;
+  /** The back-end process's CPU time (all threads, /proc/PID/stat, 10 ms ticks) per request, and its share. */
+  backendCpuNsPerRequest: number;
+  backendCpuShare: number;
   /** Reads of blocks written in this connection that were compared with the data written, and how many differed. */
   verified: number;
   mismatches: number;
@@ -76,6 +87,7 @@ export interface DriverRow {
 
 export interface VhostUserBlkRow extends DriverRow {
   backend: Backend;
+  mode: Mode;
   /** Every round's IOPS (the row's figures are the round with the median). */
   samples: number[];
 }
@@ -94,6 +106,7 @@ export interface VhostUserBlkBenchResult {
   seconds: number;
   warmupSeconds: number;
   depths: number[];
+  modes: Mode[];
   cpus: number;
   pinning: string;
   setup: {
@@ -103,13 +116,13 @@ export interface VhostUserBlkBenchResult {
     queues: number;
     queueSize: number;
     qsd: string | null;
-    qsdCommand: string | null;
-    vireoCommand: string;
+    qsdCommand: Record<Mode, string> | null;
+    vireoCommand: Record<Mode, string>;
   };
   negotiated: Negotiated[];
   rows: VhostUserBlkRow[];
   /** vireo / qsd: IOPS (above 1: vireo faster) and p50/p99 latency (below 1: vireo faster). */
-  ratios: Array<{ rw: Rw; depth: number; iops: number; p50: number; p99: number }>;
+  ratios: Array<{ mode: Mode; rw: Rw; depth: number; iops: number; p50: number; p99: number }>;
   /** Rows whose driver used more than 80% of a CPU in the window: the driver may have limited them. */
   driverLimited: string[];
   otherLoad: {
@@ -123,6 +136,8 @@ export interface VhostUserBlkBenchResult {
 const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
 export const DRIVER = repoPath("bench", "ref", "build", "vub-driver");
 const QUEUE_SIZE = 128;
+/** poll mode: how long each back-end polls after work (vireo fixed, qsd at most: it adapts). */
+const POLL_US = 100;
 
 const children = new ProcessSet();
 
@@ -154,16 +169,17 @@ function qsdVersion(): string | null {
   }
 }
 
-function qsdArgs(img: string, socket: string): string[] {
+function qsdArgs(img: string, socket: string, mode: Mode): string[] {
   return [
+    ...(mode === "poll" ? ["--object", `iothread,id=io0,poll-max-ns=${POLL_US * 1000}`] : []),
     "--blockdev",
     `driver=file,node-name=f,filename=${img},cache.direct=off`,
     "--export",
-    `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${socket},writable=on,num-queues=1`,
+    `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${socket},writable=on,num-queues=1${mode === "poll" ? ",iothread=io0" : ""}`,
   ];
 }
 
-function vireoArgs(img: string, socket: string): string[] {
+function vireoArgs(img: string, socket: string, mode: Mode): string[] {
   return [
     "vhost-user",
     "blk",
@@ -176,24 +192,22 @@ function vireoArgs(img: string, socket: string): string[] {
     String(QUEUE_SIZE),
     "--num-queues",
     "1",
+    ...(mode === "poll" ? ["--busy-poll-us", String(POLL_US)] : []),
   ];
 }
 
 async function startBackend(
   backend: Backend,
+  mode: Mode,
   img: string,
   socket: string,
   cpu: number | null,
 ): Promise<Proc> {
   let p: Proc;
   if (backend === "vireo") {
-    const nodeOptions = process.env.VIREO_BENCH_NODE_OPTIONS;
-    p = children.start("vireo", VIREO_BIN, vireoArgs(img, socket), {
-      cpu,
-      prefix: nodeOptions ? ["env", `NODE_OPTIONS=${nodeOptions}`] : [],
-    });
+    p = children.start("vireo", VIREO_BIN, vireoArgs(img, socket, mode), { cpu });
   } else {
-    p = children.start("qsd", "qemu-storage-daemon", qsdArgs(img, socket), { cpu });
+    p = children.start("qsd", "qemu-storage-daemon", qsdArgs(img, socket, mode), { cpu });
   }
   await until(
     `the ${backend} vhost-user-blk socket`,
@@ -213,6 +227,7 @@ async function runDriver(
   warmup: number,
   seed: number,
   cpu: number | null,
+  backendPid: number | undefined,
 ): Promise<{ negotiated: Omit<Negotiated, "backend">; rows: DriverRow[] }> {
   const d = children.start(
     "vub-driver",
@@ -232,6 +247,7 @@ async function runDriver(
       String(seed),
       "--queue-size",
       String(QUEUE_SIZE),
+      ...(backendPid === undefined ? [] : ["--backend-pid", String(backendPid)]),
     ],
     { cpu },
   );
@@ -268,6 +284,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
   const seconds = opts.seconds ?? 5;
   const rounds = opts.rounds ?? 1;
   const depths = opts.depths ?? [1, 32];
+  const modes = opts.modes ?? ["event", "poll"];
   const warmup = opts.warmupSeconds ?? Math.min(1, seconds / 5);
   const fileBytes = opts.fileBytes ?? 256 << 20;
   const ncpu = cpus().length;
@@ -305,41 +322,51 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
   try {
     makeImage(img, fileBytes);
     for (let round = 0; round < rounds; round++) {
-      for (const backend of backends) {
-        if (!opts.json && process.stderr.isTTY)
-          process.stderr.write(`\rround ${round + 1}/${rounds}: ${backend}    `);
-        const socket = join(dir, `${backend}-${round}.sock`);
-        const p = await startBackend(backend, img, socket, backendCpu);
-        try {
-          const r = await runDriver(socket, fileBytes, rowSpec, seconds, warmup, round + 1, driverCpu);
-          if (round === 0) negotiated.push({ backend, ...r.negotiated });
-          for (const row of r.rows) {
-            const key = `${backend}:${row.rw}:${row.depth}`;
-            const list = perConfig.get(key) ?? [];
-            list.push({ backend, ...row, samples: [] });
-            perConfig.set(key, list);
-          }
-          if (backend === "vireo") {
-            // --once: vireo prints its connection-end line and exits (a profile is written then).
-            await until(
-              "vireo's exit",
-              () => p.child.exitCode !== null,
-              30_000,
-              () => p.out.text,
+      for (const mode of modes)
+        for (const backend of backends) {
+          if (!opts.json && process.stderr.isTTY)
+            process.stderr.write(`\rround ${round + 1}/${rounds}: ${mode} ${backend}    `);
+          const socket = join(dir, `${backend}-${mode}-${round}.sock`);
+          const p = await startBackend(backend, mode, img, socket, backendCpu);
+          try {
+            const r = await runDriver(
+              socket,
+              fileBytes,
+              rowSpec,
+              seconds,
+              warmup,
+              round + 1,
+              driverCpu,
+              p.child.pid,
             );
-          }
-        } finally {
-          if (backend === "qsd" && p.child.pid !== undefined) {
-            try {
-              process.kill(-p.child.pid, "SIGTERM");
-            } catch {
-              // gone
+            if (round === 0 && mode === modes[0]) negotiated.push({ backend, ...r.negotiated });
+            for (const row of r.rows) {
+              const key = `${mode}:${backend}:${row.rw}:${row.depth}`;
+              const list = perConfig.get(key) ?? [];
+              list.push({ backend, mode, ...row, samples: [] });
+              perConfig.set(key, list);
             }
-            await Promise.race([p.exited, new Promise((r) => setTimeout(r, 5000))]);
+            if (backend === "vireo") {
+              // --once: vireo prints its connection-end line and exits (a profile is written then).
+              await until(
+                "vireo's exit",
+                () => p.child.exitCode !== null,
+                30_000,
+                () => p.out.text,
+              );
+            }
+          } finally {
+            if (backend === "qsd" && p.child.pid !== undefined) {
+              try {
+                process.kill(-p.child.pid, "SIGTERM");
+              } catch {
+                // gone
+              }
+              await Promise.race([p.exited, new Promise((r) => setTimeout(r, 5000))]);
+            }
+            children.killAll();
           }
-          children.killAll();
         }
-      }
     }
     if (!opts.json && process.stderr.isTTY) process.stderr.write("\n");
   } finally {
@@ -347,23 +374,36 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
     rmSync(dir, { recursive: true, force: true });
   }
   const rows: VhostUserBlkRow[] = [];
-  for (const backend of backends)
+  for (const mode of modes)
+    for (const backend of backends)
+      for (const rw of ["write", "read"] as const)
+        for (const depth of depths) {
+          const runs = perConfig.get(`${mode}:${backend}:${rw}:${depth}`) ?? [];
+          if (runs.length === 0) continue;
+          const sorted = [...runs].sort((a, b) => a.iops - b.iops);
+          const mid = sorted[(sorted.length - 1) >> 1] as VhostUserBlkRow;
+          rows.push({ ...mid, samples: runs.map((r) => r.iops) });
+        }
+  const ratios: VhostUserBlkBenchResult["ratios"] = [];
+  for (const mode of modes)
     for (const rw of ["write", "read"] as const)
       for (const depth of depths) {
-        const runs = perConfig.get(`${backend}:${rw}:${depth}`) ?? [];
-        if (runs.length === 0) continue;
-        const sorted = [...runs].sort((a, b) => a.iops - b.iops);
-        const mid = sorted[(sorted.length - 1) >> 1] as VhostUserBlkRow;
-        rows.push({ ...mid, samples: runs.map((r) => r.iops) });
+        const v = rows.find(
+          (r) => r.mode === mode && r.backend === "vireo" && r.rw === rw && r.depth === depth,
+        );
+        const q = rows.find(
+          (r) => r.mode === mode && r.backend === "qsd" && r.rw === rw && r.depth === depth,
+        );
+        if (v && q)
+          ratios.push({
+            mode,
+            rw,
+            depth,
+            iops: v.iops / q.iops,
+            p50: v.p50Us / q.p50Us,
+            p99: v.p99Us / q.p99Us,
+          });
       }
-  const ratios: VhostUserBlkBenchResult["ratios"] = [];
-  for (const rw of ["write", "read"] as const)
-    for (const depth of depths) {
-      const v = rows.find((r) => r.backend === "vireo" && r.rw === rw && r.depth === depth);
-      const q = rows.find((r) => r.backend === "qsd" && r.rw === rw && r.depth === depth);
-      if (v && q)
-        ratios.push({ rw, depth, iops: v.iops / q.iops, p50: v.p50Us / q.p50Us, p99: v.p99Us / q.p99Us });
-    }
   const ticksAfter = processTicks();
   const mine = new Set<number>([process.pid, process.ppid]);
   const busiest = [...ticksAfter]
@@ -381,6 +421,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
     seconds,
     warmupSeconds: warmup,
     depths,
+    modes,
     cpus: ncpu,
     pinning,
     setup: {
@@ -391,8 +432,17 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
       queues: 1,
       queueSize: QUEUE_SIZE,
       qsd,
-      qsdCommand: qsd === null ? null : `qemu-storage-daemon ${qsdArgs("IMG", "SOCK").join(" ")}`,
-      vireoCommand: `vireo ${vireoArgs("IMG", "SOCK").join(" ")}`,
+      qsdCommand:
+        qsd === null
+          ? null
+          : {
+              event: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "event").join(" ")}`,
+              poll: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "poll").join(" ")}`,
+            },
+      vireoCommand: {
+        event: `vireo ${vireoArgs("IMG", "SOCK", "event").join(" ")}`,
+        poll: `vireo ${vireoArgs("IMG", "SOCK", "poll").join(" ")}`,
+      },
     },
     negotiated,
     rows,
@@ -401,7 +451,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
       .filter((r) => r.driverCpuShare > 0.8)
       .map(
         (r) =>
-          `${r.backend} ${r.rw} depth ${r.depth}: driver ${(100 * r.driverCpuShare).toFixed(0)}% of a CPU`,
+          `${r.mode} ${r.backend} ${r.rw} depth ${r.depth}: driver ${(100 * r.driverCpuShare).toFixed(0)}% of a CPU`,
       ),
     otherLoad: { loadavgBefore, loadavgAfter: readFileSync("/proc/loadavg", "utf8").trim(), busiest },
     skipped,
@@ -410,8 +460,9 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
 
 export function formatVhostUserBlk(r: VhostUserBlkBenchResult): string {
   const rows = r.rows.map((row) => {
-    const ratio = r.ratios.find((x) => x.rw === row.rw && x.depth === row.depth);
+    const ratio = r.ratios.find((x) => x.mode === row.mode && x.rw === row.rw && x.depth === row.depth);
     return [
+      row.mode,
       row.rw,
       String(row.depth),
       row.backend,
@@ -422,6 +473,7 @@ export function formatVhostUserBlk(r: VhostUserBlkBenchResult): string {
       row.p999Us.toFixed(1),
       row.backend === "vireo" && ratio ? `${ratio.iops.toFixed(2)}x` : "",
       row.backend === "vireo" && ratio ? `${ratio.p99.toFixed(2)}x` : "",
+      (row.backendCpuNsPerRequest / 1000).toFixed(1),
       (row.driverCpuNsPerRequest / 1000).toFixed(1),
       `${row.verified}/${row.mismatches}`,
     ];
@@ -433,8 +485,10 @@ export function formatVhostUserBlk(r: VhostUserBlkBenchResult): string {
     `bench/ref/vub-driver (C) as the driver for both, 4 KiB random I/O, ${r.seconds} s per row after ${r.warmupSeconds} s warm-up, the median of ${r.rounds} interleaved round(s) (all rounds' IOPS in the JSON); ${r.pinning}`,
     `file: ${(r.setup.fileBytes / (1 << 20)).toFixed(0)} MiB on ${r.setup.filesystem}; ${r.setup.cache}; ${r.setup.queues} queue of ${r.setup.queueSize}; ${r.setup.qsd ?? "no qsd"}`,
     ...neg,
+    `modes: event = both sleep until kicked; poll = vireo --busy-poll-us ${POLL_US}, qsd in an iothread with poll-max-ns=${POLL_US * 1000} (adaptive)`,
     formatTable(
       [
+        "mode",
         "rw",
         "depth",
         "back-end",
@@ -445,6 +499,7 @@ export function formatVhostUserBlk(r: VhostUserBlkBenchResult): string {
         "p99.9 µs",
         "IOPS v/q",
         "p99 v/q",
+        "back-end µs CPU/req",
         "driver µs CPU/req",
         "verified/bad",
       ],

@@ -16,6 +16,7 @@
  *
  * Usage: vub-driver --socket PATH --size BYTES [--rows write:1,write:32,read:1,read:32] [--seconds S]
  *                   [--warmup S] [--seed N] [--queue-size N] [--verify-every N] [--no-event-idx]
+ *                   [--backend-pid PID]   (the back-end's CPU per request, all threads, from /proc/PID/stat)
  * Output: one JSON object per line on stdout: {"event":"negotiated",...}, then one {"event":"row",...} per row.
  * Exit status: 0, or 1 with a message on stderr (protocol refusal, I/O error status, timeout).
  */
@@ -122,6 +123,26 @@ static uint64_t thread_cpu_ns(void) {
   if (n <= 0) return 0;
   b[n] = 0;
   return strtoull(b, NULL, 10);
+}
+
+/* The back-end's CPU time, all its threads (utime + stime of /proc/PID/stat, in ns), or 0 without --backend-pid. */
+static int backend_pid;
+static uint64_t backend_cpu_ns(void) {
+  if (backend_pid <= 0) return 0;
+  char path[64], b[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", backend_pid);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, b, sizeof b - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  b[n] = 0;
+  char *p = strrchr(b, ')'); /* the command may hold spaces; fields after it are fixed */
+  if (!p) return 0;
+  unsigned long long ut = 0, stt = 0;
+  /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+  if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &stt) != 2) return 0;
+  return (ut + stt) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
 }
 
 /* ---- control messages ---- */
@@ -309,7 +330,7 @@ static void run_row(int write, unsigned depth, double warmup, double seconds, un
   uint64_t measure_at = start + (uint64_t)(warmup * 1e9);
   uint64_t end_at = measure_at + (uint64_t)(seconds * 1e9);
   int measuring = warmup <= 0;
-  uint64_t cpu0 = thread_cpu_ns(), kicks0 = kicks, window_t0 = start, sleeps = 0;
+  uint64_t cpu0 = thread_cpu_ns(), bcpu0 = backend_cpu_ns(), kicks0 = kicks, window_t0 = start, sleeps = 0;
   unsigned inflight = 0;
   uint64_t reads = 0;
   uint16_t old = avail_idx;
@@ -343,6 +364,7 @@ static void run_row(int write, unsigned depth, double warmup, double seconds, un
       measuring = 1;
       window_t0 = t;
       cpu0 = thread_cpu_ns();
+      bcpu0 = backend_cpu_ns();
       kicks0 = kicks;
       sleeps = 0;
     }
@@ -391,6 +413,7 @@ static void run_row(int write, unsigned depth, double warmup, double seconds, un
   }
   uint64_t t1 = now_ns();
   uint64_t cpu = thread_cpu_ns() - cpu0;
+  uint64_t bcpu = backend_pid > 0 ? backend_cpu_ns() - bcpu0 : 0;
   double window = (double)(t1 - window_t0) / 1e9;
   qsort(st.lat, st.nlat, sizeof *st.lat, cmp_u32);
   double sum = 0;
@@ -398,12 +421,13 @@ static void run_row(int write, unsigned depth, double warmup, double seconds, un
   printf("{\"event\":\"row\",\"rw\":\"%s\",\"depth\":%u,\"requests\":%" PRIu64 ",\"seconds\":%.4f,\"iops\":%.1f,"
          "\"meanUs\":%.2f,\"p50Us\":%.2f,\"p90Us\":%.2f,\"p99Us\":%.2f,\"p999Us\":%.2f,\"maxUs\":%.2f,"
          "\"driverCpuNsPerRequest\":%.0f,\"driverCpuShare\":%.3f,\"kicksPerRequest\":%.3f,"
-         "\"waitsPerRequest\":%.3f,\"verified\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"errors\":%" PRIu64 "}\n",
+         "\"waitsPerRequest\":%.3f,\"backendCpuNsPerRequest\":%.0f,\"backendCpuShare\":%.3f,\"verified\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"errors\":%" PRIu64 "}\n",
          write ? "write" : "read", depth, st.done, window, st.done / window, st.nlat ? sum / st.nlat / 1000 : 0,
          pct(st.lat, st.nlat, 50), pct(st.lat, st.nlat, 90), pct(st.lat, st.nlat, 99), pct(st.lat, st.nlat, 99.9),
          st.nlat ? st.lat[st.nlat - 1] / 1000.0 : 0, st.done ? (double)cpu / st.done : 0,
          window > 0 ? cpu / 1e9 / window : 0, st.done ? (double)(kicks - kicks0) / st.done : 0,
-         st.done ? (double)sleeps / st.done : 0, st.verified, st.mismatches, st.errors);
+         st.done ? (double)sleeps / st.done : 0, st.done ? (double)bcpu / st.done : 0,
+         window > 0 ? bcpu / 1e9 / window : 0, st.verified, st.mismatches, st.errors);
   fflush(stdout);
   free(st.lat);
 }
@@ -431,6 +455,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--queue-size")) qsize = (unsigned)atoi(arg_value(&i, argc, argv));
     else if (!strcmp(a, "--verify-every")) verify_every = (unsigned)atoi(arg_value(&i, argc, argv));
     else if (!strcmp(a, "--no-event-idx")) no_event_idx = 1;
+    else if (!strcmp(a, "--backend-pid")) backend_pid = atoi(arg_value(&i, argc, argv));
     else die("unknown argument %s (see the comment at the top of bench/ref/vub-driver.c)", a);
   }
   if (!path || size < BLOCK) die("--socket PATH and --size BYTES (at least 4096) are required");

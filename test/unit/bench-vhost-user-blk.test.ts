@@ -1,5 +1,5 @@
 /**
- * `vireo bench vhost-user-blk`, briefly (0.5 s rows at depths 1 and 4, a 4 MiB file): the JSON's shape, every row
+ * `vireo bench vhost-user-blk`, briefly (0.5 s rows at depths 1 and 4, both modes, a 4 MiB file): the JSON's shape, every row
  * did requests without errors, the driver's reads of blocks it wrote were checked and all matched, for vireo's
  * back-end and, when installed, qemu-storage-daemon's. And the check can fail: when the image is overwritten
  * behind the back-end's back between the write rows and the read rows, the driver reports mismatches.
@@ -34,18 +34,27 @@ describe("vireo bench vhost-user-blk", () => {
       fileBytes: 4 * MiB,
     });
     const backends = qsd ? ["vireo", "qsd"] : ["vireo"];
+    assert.deepEqual(r.modes, ["event", "poll"]);
     assert.deepEqual(
-      r.rows.map((x) => `${x.backend} ${x.rw} ${x.depth}`),
-      backends.flatMap((b) => [`${b} write 1`, `${b} write 4`, `${b} read 1`, `${b} read 4`]),
+      r.rows.map((x) => `${x.mode} ${x.backend} ${x.rw} ${x.depth}`),
+      r.modes.flatMap((m) =>
+        backends.flatMap((b) => [
+          `${m} ${b} write 1`,
+          `${m} ${b} write 4`,
+          `${m} ${b} read 1`,
+          `${m} ${b} read 4`,
+        ]),
+      ),
     );
     for (const row of r.rows) {
-      const what = `${row.backend} ${row.rw} ${row.depth}`;
+      const what = `${row.mode} ${row.backend} ${row.rw} ${row.depth}`;
       assert.ok(row.requests > 0, `${what}: requests`);
       assert.ok(row.seconds > 0.3 && row.seconds < 5, `${what}: window ${row.seconds}`);
-      assert.ok(Math.abs(row.iops - row.requests / row.seconds) < 1, `${what}: iops`);
+      assert.ok(Math.abs(row.iops / (row.requests / row.seconds) - 1) < 1e-3, `${what}: iops`);
       assert.ok(row.p50Us > 0 && row.p50Us <= row.p90Us && row.p90Us <= row.p99Us, `${what}: percentiles`);
       assert.ok(row.p99Us <= row.p999Us && row.p999Us <= row.maxUs, `${what}: percentiles`);
       assert.ok(row.driverCpuNsPerRequest > 0, `${what}: driver CPU measured`);
+      assert.ok(row.backendCpuNsPerRequest >= 0 && row.backendCpuShare <= 1.5, `${what}: back-end CPU`);
       assert.equal(row.errors, 0, what);
       assert.equal(row.mismatches, 0, `${what}: a read differed from the data written`);
       if (row.rw === "read") assert.ok(row.verified > 0, `${what}: reads of written blocks were checked`);
@@ -57,10 +66,12 @@ describe("vireo bench vhost-user-blk", () => {
     );
     for (const n of r.negotiated) assert.equal(typeof n.eventIdx, "boolean");
     if (qsd) {
-      assert.equal(r.ratios.length, 4);
+      assert.equal(r.ratios.length, 8);
       for (const x of r.ratios) {
-        const v = r.rows.find((y) => y.backend === "vireo" && y.rw === x.rw && y.depth === x.depth);
-        const q = r.rows.find((y) => y.backend === "qsd" && y.rw === x.rw && y.depth === x.depth);
+        const same = (y: (typeof r.rows)[number]) =>
+          y.mode === x.mode && y.rw === x.rw && y.depth === x.depth;
+        const v = r.rows.find((y) => y.backend === "vireo" && same(y));
+        const q = r.rows.find((y) => y.backend === "qsd" && same(y));
         assert.ok(v && q);
         assert.ok(Math.abs(x.iops - v.iops / q.iops) < 1e-9);
       }
