@@ -3,11 +3,12 @@
  * export of the same file, with one driver for both, natively (no KVM): bench/ref/vub-driver.c, a small C
  * vhost-user-blk front-end (memfd guest memory, one split ring, EVENT_IDX when offered, kick and call eventfds).
  *
- * Per back-end, one connection runs every row: 4 KiB random writes, then reads, at each queue depth (default 1
- * and 32), each a warm-up and a fixed window (`--seconds`); the driver reports IOPS, latency percentiles (submit
- * to used), its own CPU per request (/proc/thread-self/schedstat: whether the driver could have limited a row),
- * and checks a sample of reads of blocks it wrote against what it wrote. Writes come first so that reads find
- * the driver's data.
+ * For each mode and queue depth (default 1 and 32), each back-end in turn gets a fresh process and one
+ * connection that runs two rows, 4 KiB random writes then reads, each a warm-up and a fixed window (`--seconds`),
+ * so the two back-ends' rows are close in time on a machine whose load changes. The driver reports IOPS, latency
+ * percentiles (submit to used), its own CPU per request (/proc/thread-self/schedstat: whether the driver could
+ * have limited a row) and the back-end's (all its threads, /proc/PID/stat), and checks a sample of reads of blocks
+ * it wrote against what it wrote (writes come first so that reads find the driver's data).
  *
  * Both back-ends serve the same file (random bytes, in a fresh directory under the system's temporary
  * directory) through the host page cache: vireo's FileBlockBackend opens it without O_DIRECT, and qsd gets
@@ -316,57 +317,58 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
   const ticksBefore = processTicks();
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-vub-"));
   const img = join(dir, "disk.img");
-  const rowSpec = [...depths.map((d) => `write:${d}`), ...depths.map((d) => `read:${d}`)].join(",");
   const negotiated: Negotiated[] = [];
   const perConfig = new Map<string, VhostUserBlkRow[]>();
   try {
     makeImage(img, fileBytes);
     for (let round = 0; round < rounds; round++) {
       for (const mode of modes)
-        for (const backend of backends) {
-          if (!opts.json && process.stderr.isTTY)
-            process.stderr.write(`\rround ${round + 1}/${rounds}: ${mode} ${backend}    `);
-          const socket = join(dir, `${backend}-${mode}-${round}.sock`);
-          const p = await startBackend(backend, mode, img, socket, backendCpu);
-          try {
-            const r = await runDriver(
-              socket,
-              fileBytes,
-              rowSpec,
-              seconds,
-              warmup,
-              round + 1,
-              driverCpu,
-              p.child.pid,
-            );
-            if (round === 0 && mode === modes[0]) negotiated.push({ backend, ...r.negotiated });
-            for (const row of r.rows) {
-              const key = `${mode}:${backend}:${row.rw}:${row.depth}`;
-              const list = perConfig.get(key) ?? [];
-              list.push({ backend, mode, ...row, samples: [] });
-              perConfig.set(key, list);
-            }
-            if (backend === "vireo") {
-              // --once: vireo prints its connection-end line and exits (a profile is written then).
-              await until(
-                "vireo's exit",
-                () => p.child.exitCode !== null,
-                30_000,
-                () => p.out.text,
+        for (const depth of depths)
+          for (const backend of backends) {
+            if (!opts.json && process.stderr.isTTY)
+              process.stderr.write(`\rround ${round + 1}/${rounds}: ${mode} depth ${depth} ${backend}    `);
+            const socket = join(dir, `${backend}-${mode}-${depth}-${round}.sock`);
+            const p = await startBackend(backend, mode, img, socket, backendCpu);
+            try {
+              const r = await runDriver(
+                socket,
+                fileBytes,
+                `write:${depth},read:${depth}`,
+                seconds,
+                warmup,
+                round + 1,
+                driverCpu,
+                p.child.pid,
               );
-            }
-          } finally {
-            if (backend === "qsd" && p.child.pid !== undefined) {
-              try {
-                process.kill(-p.child.pid, "SIGTERM");
-              } catch {
-                // gone
+              if (round === 0 && mode === modes[0] && depth === depths[0])
+                negotiated.push({ backend, ...r.negotiated });
+              for (const row of r.rows) {
+                const key = `${mode}:${backend}:${row.rw}:${row.depth}`;
+                const list = perConfig.get(key) ?? [];
+                list.push({ backend, mode, ...row, samples: [] });
+                perConfig.set(key, list);
               }
-              await Promise.race([p.exited, new Promise((r) => setTimeout(r, 5000))]);
+              if (backend === "vireo") {
+                // --once: vireo prints its connection-end line and exits (a profile is written then).
+                await until(
+                  "vireo's exit",
+                  () => p.child.exitCode !== null,
+                  30_000,
+                  () => p.out.text,
+                );
+              }
+            } finally {
+              if (backend === "qsd" && p.child.pid !== undefined) {
+                try {
+                  process.kill(-p.child.pid, "SIGTERM");
+                } catch {
+                  // gone
+                }
+                await Promise.race([p.exited, new Promise((r) => setTimeout(r, 5000))]);
+              }
+              children.killAll();
             }
-            children.killAll();
           }
-        }
     }
     if (!opts.json && process.stderr.isTTY) process.stderr.write("\n");
   } finally {
