@@ -21,7 +21,8 @@ import {
   vmSection,
 } from "../../src/vmm/snapshot/kvm-sections.ts";
 import { dataExtents, readMemoryFile, writeMemoryFile } from "../../src/vmm/snapshot/memory-file.ts";
-import { decodeStateFile, encodeStateFile } from "../../src/vmm/snapshot/state-file.ts";
+import { loadSnapshot } from "../../src/vmm/snapshot/snapshot.ts";
+import { decodeStateFile, encodeStateFile, writeStateFile } from "../../src/vmm/snapshot/state-file.ts";
 
 const random = (n: number) => Uint8Array.from({ length: n }, (_, i) => (i * 37 + 11) & 0xff);
 
@@ -147,5 +148,54 @@ test("the memory file: zero pages are holes, data pages read back, a file of ano
   assert.throws(
     () => readMemoryFile(path, new Uint8Array(size * 2), w.extents),
     (e: unknown) => e instanceof VireoError && e.code === "VIREO_SNAPSHOT_MEMORY",
+  );
+});
+
+test("loadSnapshot: a whole directory loads; a missing, stray or other-version section is refused with its code", () => {
+  const machine = { memMiB: 2, cpus: 1, kernel: "k", cmdline: "count", platform: "micro" as const };
+  const vm = { picMaster: chip(0), picSlave: chip(1), ioapic: chip(2), pit: random(112), clock: random(48) };
+  const base = [
+    { name: "machine", ...machineSection(machine) },
+    { name: "memory", ...memorySection(2 << 20, [[0, 4096]]) },
+    { name: "kvm", ...vmSection(vm) },
+    { name: "vcpu-0", ...vcpuSection(vcpu()) },
+    { name: "com1", kind: "uart16550", version: 1, data: {} },
+  ];
+  const load = (sections: typeof base) => {
+    const dir = mkdtempSync(join(tmpdir(), "vireo-snapdir-"));
+    writeStateFile(join(dir, "state"), { sections });
+    return loadSnapshot(dir, 64);
+  };
+  const plan = load(base);
+  assert.deepEqual(plan.machine, machine);
+  assert.deepEqual(plan.extents, [[0, 4096]]);
+  assert.equal(plan.vcpus.length, 1);
+  assert.deepEqual(
+    plan.devices.sections.map((s) => s.name),
+    ["com1"],
+    "only device sections go to restoreComponents",
+  );
+  const code = (sections: typeof base, c: string) =>
+    assert.throws(
+      () => load(sections),
+      (e: unknown) => e instanceof VireoError && e.code === c,
+      c,
+    );
+  code(
+    base.filter((s) => s.name !== "vcpu-0"),
+    "VIREO_SNAPSHOT_MALFORMED",
+  );
+  code([...base, { name: "vcpu-1", ...vcpuSection(vcpu()) }], "VIREO_SNAPSHOT_MISMATCH");
+  code(
+    base.map((s) => (s.name === "kvm" ? { ...s, version: 9 } : s)),
+    "VIREO_DEVICE_STATE_VERSION",
+  );
+  code(
+    base.map((s) => (s.name === "machine" ? { ...s, data: { ...s.data, cpus: 0 } } : s)),
+    "VIREO_DEVICE_STATE",
+  );
+  assert.throws(
+    () => loadSnapshot(mkdtempSync(join(tmpdir(), "vireo-snapdir-")), 64),
+    (e: unknown) => e instanceof VireoError && e.code === "VIREO_SNAPSHOT_MISSING",
   );
 });
