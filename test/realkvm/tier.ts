@@ -12,7 +12,7 @@
  * runs directly on this host even when the rest of the tier goes to the emulated host, where it would be
  * emulation nested in emulation (minutes instead of seconds). Its results count with the tier's.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import {
   copyFileSync,
   existsSync,
@@ -78,14 +78,31 @@ const nativeReport = join(reports, `${tier}-native.tap`);
 // A report left by an earlier run must not stand in for one this run failed to write.
 rmSync(report, { force: true });
 rmSync(nativeReport, { force: true });
-let nativeStatus = 0;
+const streams = shardCount();
+// With more than one CPU, the native files run beside the emulated hosts (one CPU each), not before them.
+const nativeBeside = streams > 1 && kvmFiles.length > 0 && !direct;
+let nativeDone: Promise<number> = Promise.resolve(0);
 if (nativeFiles.length > 0) {
-  process.stdout.write(`${tier} tier: ${nativeFiles.join(" ")} need no KVM: running directly on this host\n`);
-  const r = spawnSync(process.execPath, ["--import", "tsx", ...nodeTestArgs(nativeReport), ...nativeFiles], {
-    stdio: "inherit",
-    cwd: repoPath(),
-  });
-  nativeStatus = r.status ?? 1;
+  process.stdout.write(
+    `${tier} tier: ${nativeFiles.join(" ")} need no KVM: running directly on this host${nativeBeside ? ", beside the emulated hosts" : ""}\n`,
+  );
+  const argv = ["--import", "tsx", ...nodeTestArgs(nativeReport), ...nativeFiles];
+  if (nativeBeside) {
+    const prefix = linePrefixer("[native] ");
+    const child = spawn(process.execPath, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: repoPath() });
+    child.stdout.on("data", (d: Buffer) => process.stdout.write(prefix.out(d)));
+    child.stderr.on("data", (d: Buffer) => process.stderr.write(prefix.err(d)));
+    nativeDone = new Promise((done) =>
+      child.on("close", (code) => {
+        process.stdout.write(prefix.flush());
+        done(code ?? 1);
+      }),
+    );
+  } else {
+    nativeDone = Promise.resolve(
+      spawnSync(process.execPath, argv, { stdio: "inherit", cwd: repoPath() }).status ?? 1,
+    );
+  }
 }
 let where: string;
 let runnerStatus: number;
@@ -112,11 +129,14 @@ if (kvmFiles.length === 0) {
     );
     process.exit(1);
   }
-  const shards = Math.min(shardCount(), kvmFiles.length);
+  // One emulated host per CPU, less one while native files run beside them (it starts once they are done).
+  const shards = Math.min(streams, kvmFiles.length);
+  const late = nativeBeside && nativeFiles.length > 0 ? Math.min(1, shards - 1) : 0;
   where = `in the emulated KVM host (QEMU TCG -cpu max, kvm_amd)${shards > 1 ? `, ${shards} of them side by side` : ""}`;
+  if (late > 0) where += ` (the last once the native files were done)`;
   process.stdout.write(`${tier} tier: no usable /dev/kvm here; running it ${where}\n`);
   const compiled = kvmFiles.map((f) => join(BUILD_DIR_NAME, f.replace(/\.ts$/, ".js")));
-  if (shards === 1) {
+  if (shards === 1 && !nativeBeside) {
     const runDir = makeRunDir();
     const r = await runInEmulatedHost({
       runDir,
@@ -131,10 +151,11 @@ if (kvmFiles.length === 0) {
     reportHost(r);
     runnerStatus = r.status ?? 1;
   } else {
-    runnerStatus = await runSharded(compiled, shards);
+    runnerStatus = await runSharded(compiled, shards - late, late, nativeDone);
   }
 }
 
+const nativeStatus = await nativeDone;
 const seconds = ((Date.now() - started) / 1000).toFixed(0);
 const parts: Array<NonNullable<ReturnType<typeof tapCounts>>> = [];
 for (const [ran, file] of [
@@ -215,7 +236,12 @@ function shardCount(): number {
  * longest): each host takes the next file not yet taken (an atomic mkdir in a directory they all share) and runs
  * it with its own TAP report, until none is left, so a host that drew short files takes more of them.
  */
-async function runSharded(compiled: string[], shards: number): Promise<number> {
+async function runSharded(
+  compiled: string[],
+  shards: number,
+  late: number,
+  gate: Promise<unknown>,
+): Promise<number> {
   const queue = makeRunDir();
   const order = compiled
     .map((f, i) => ({ f, i, size: statSync(repoPath(kvmFiles[i] as string)).size }))
@@ -228,10 +254,17 @@ async function runSharded(compiled: string[], shards: number): Promise<number> {
     ),
     "exit $status",
   ].join("\n");
+  const untaken = () => readdirSync(queue).filter((f) => f.startsWith("taken-")).length < compiled.length;
   const results = await Promise.all(
-    Array.from({ length: shards }, (_, host) => {
+    Array.from({ length: shards + late }, async (_, host) => {
       const tag = `[host ${host + 1}] `;
       const prefix = linePrefixer(tag);
+      if (host >= shards) {
+        // A late host: it would only boot to find the queue empty.
+        await gate;
+        if (!untaken()) return 0;
+        process.stdout.write(`${tag}starting: the native files are done and test files are left\n`);
+      }
       return runInEmulatedHost({
         script,
         cwd: repoPath(),
