@@ -61,6 +61,9 @@ test("a counting guest snapshotted, killed and restored in a new process goes on
     String(PERIOD_MS),
     "--serial",
     `file:${out1}`,
+    // Two vCPUs: the second waits for a SIPI that never comes, and is saved and restored in that state too.
+    "--cpus",
+    "2",
     "--timeout",
     "600",
     "--api-socket",
