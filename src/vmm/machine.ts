@@ -928,8 +928,8 @@ const round = (ms: number) => Math.round(ms * 10) / 10;
 /**
  * The main thread's own objects over the legacy devices' shared state, by section name, for snapshots: saving
  * reads the state the vCPU threads' objects share; restoring writes it before any vCPU thread exists and drives
- * the devices' interrupt lines from what it restored. Stateless devices (debug-exit, debugcon, the test device)
- * have no section.
+ * the devices' interrupt lines from what it restored. debug-exit and debugcon keep no state; the test device's
+ * scratch registers and counts live in each vCPU thread's own object (a test fixture) and are not saved.
  */
 function legacyComponents(
   devices: DeviceSpec[],
