@@ -66,7 +66,9 @@ export const GUEST_MODULES = [
 ] as const;
 
 /** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, 9p over virtio for the host root, tun for
- * TAPs, and virtio_console for the ports that carry the script's stdin, stdout and stderr. */
+ * TAPs, virtio_console for the ports that carry the script's stdin, stdout and stderr, and vhost_net (with vhost,
+ * vhost_iotlb and tap from modules.dep) for `--net tap=NAME,vhost=on`. A module that fails to load is reported by
+ * init and skipped. */
 export const HARNESS_MODULES = [
   "kvm_amd",
   "virtio_pci",
@@ -74,6 +76,7 @@ export const HARNESS_MODULES = [
   "9p",
   "tun",
   "virtio_console",
+  "vhost_net",
 ] as const;
 
 /**
