@@ -118,6 +118,20 @@ describe("vhost-user-blk front-end, protocol", () => {
     }
   });
 
+  test("num_queues from a back-end's configuration: 1 without MQ, checked with it", () => {
+    const cfg = (n: number) => {
+      const c = new Uint8Array(BLK_CONFIG_BYTES);
+      new DataView(c.buffer).setUint16(BLK_CONFIG.NUM_QUEUES, n, true);
+      return c;
+    };
+    const mq = bit(12);
+    assert.equal(blkQueues(cfg(0), 0n), 1, "without VIRTIO_BLK_F_MQ num_queues is not read");
+    assert.equal(blkQueues(cfg(4), mq), 4);
+    assert.match(String(blkQueues(cfg(0), mq)), /num_queues 0 is not 1 to 16/);
+    assert.match(String(blkQueues(cfg(17), mq)), /num_queues 17 is not 1 to 16/);
+    assert.match(String(blkQueues(new Uint8Array(8), mq)), /configuration space has 8 bytes/);
+  });
+
   /** A front-end on one end of a socketpair; the test writes the "back-end's" replies to the other end first. */
   function hostile(protocol: bigint) {
     const [a, z] = native().socketpair(false);
