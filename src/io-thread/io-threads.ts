@@ -5,6 +5,7 @@
 import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
+import type { VhostNetSpec } from "../vhost-net/device.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { hasDataPlane, isVhostUser, type PciManifest, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
@@ -12,7 +13,7 @@ import type { IoThreadData } from "./io-thread.ts";
 
 /** Both threads take the same data; only the spec's kind differs. */
 type ThreadData = Omit<IoThreadData, "spec"> & {
-  spec: IoThreadData["spec"] | VhostUserSpec;
+  spec: IoThreadData["spec"] | VhostUserSpec | VhostNetSpec;
 };
 
 export interface IoThreads {
@@ -27,7 +28,7 @@ export async function startIoThreads(
   manifest: PciManifest,
   o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
 ): Promise<IoThreads | null> {
-  const specs = manifest.devices.filter((d) => hasDataPlane(d) || isVhostUser(d));
+  const specs = manifest.devices.filter((d) => hasDataPlane(d) || isVhostUser(d) || d.kind === "vhost-net");
   if (specs.length === 0) return null;
   const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const workers: Worker[] = [];
@@ -44,7 +45,9 @@ export async function startIoThreads(
     };
     const script = isVhostUser(spec)
       ? new URL("../vhost-user/frontend-thread.ts", import.meta.url)
-      : new URL("./io-thread.ts", import.meta.url);
+      : spec.kind === "vhost-net"
+        ? new URL("../vhost-net/thread.ts", import.meta.url)
+        : new URL("./io-thread.ts", import.meta.url);
     const worker = startTsWorker(script, { workerData });
     workers.push(worker);
     let markReady = () => {};

@@ -28,6 +28,7 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
+import { prepareVhostNet, type VhostNetSpec, vhostNetModel } from "../vhost-net/device.ts";
 import {
   DEFAULT_PROTOCOL_FEATURES,
   type NegotiatedBackend,
@@ -64,7 +65,7 @@ export interface DiskConfig {
   iothread?: boolean;
 }
 
-/** `--net tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=...]` */
+/** `--net tap=NAME[,vhost=on][,mac=xx:xx:xx:xx:xx:xx][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=...]` */
 export interface NetConfig {
   /** The host TAP (empty with vhostUser). */
   tap: string;
@@ -72,6 +73,8 @@ export interface NetConfig {
   vhostUser?: string;
   mac?: Uint8Array;
   model: "virtio" | "e1000";
+  /** `vhost=on`: the host kernel serves the rings (/dev/vhost-net, src/vhost-net/). */
+  vhost?: boolean;
 }
 
 /** What a data-plane thread (src/io-thread/io-thread.ts) needs besides the device: its wake-up eventfds. */
@@ -115,6 +118,8 @@ export type PciDeviceSpec =
     }
   /** A virtio device served by a vhost-user back-end (src/vhost-user/frontend-device.ts). */
   | VhostUserSpec
+  /** A virtio-net card whose rings the host kernel serves (src/vhost-net/device.ts). */
+  | VhostNetSpec
   /** Intel 82540EM: register accesses on the vCPU threads, receive and timers on its data-plane thread. */
   | {
       kind: "e1000";
@@ -188,6 +193,7 @@ const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
 /** `--net tap=NAME[,mac=..][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=..]` */
 export function parseNet(spec: string): NetConfig {
   let tap: string | undefined;
+  let vhost = false;
   let vhostUser: string | undefined;
   let modelGiven = false;
   let mac: Uint8Array | undefined;
@@ -205,6 +211,10 @@ export function parseNet(spec: string): NetConfig {
       if (Buffer.byteLength(value) > 107)
         throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
       vhostUser = value;
+    } else if (key === "vhost") {
+      if (value !== "on" && value !== "off")
+        throw new ConfigError(`--net ${spec}: vhost=${value}: want vhost=on or vhost=off`);
+      vhost = value === "on";
     } else if (key === "mac") {
       if (!MAC_RE.test(value))
         throw new ConfigError(`--net ${spec}: bad MAC '${value}' (want xx:xx:xx:xx:xx:xx)`);
@@ -220,11 +230,12 @@ export function parseNet(spec: string): NetConfig {
       modelGiven = true;
     } else {
       throw new ConfigError(
-        `--net ${spec}: unknown option '${key}' (known: tap=NAME, vhost-user=SOCKET, mac=MAC, model=virtio|e1000)`,
+        `--net ${spec}: unknown option '${key}' (known: tap=NAME, vhost=on|off, vhost-user=SOCKET, mac=MAC, model=virtio|e1000)`,
       );
     }
   }
   if (vhostUser !== undefined) {
+    if (vhost) throw new ConfigError(`--net ${spec}: vhost=on goes with tap=NAME, not vhost-user=`);
     if (tap !== undefined)
       throw new ConfigError(`--net ${spec}: give either tap=NAME or vhost-user=SOCKET, not both`);
     if (modelGiven && model !== "virtio")
@@ -235,7 +246,9 @@ export function parseNet(spec: string): NetConfig {
   }
   if (tap === undefined)
     throw new ConfigError(`--net ${spec}: which backend? (--net tap=NAME or --net vhost-user=SOCKET)`);
-  return { tap, mac, model };
+  if (vhost && model !== "virtio")
+    throw new ConfigError(`--net ${spec}: vhost=on serves virtio-net only (not model=${model})`);
+  return vhost ? { tap, mac, model, vhost } : { tap, mac, model };
 }
 
 /** A locally administered unicast MAC for NIC n of this machine: 52:54:00 is taken by QEMU, vireo uses 02:76:69. */
@@ -345,6 +358,8 @@ function modelFor(
     case "vhost-user-net":
     case "vhost-user-blk":
       return vhostUserModel(spec, role === "io" ? "thread" : "vcpu");
+    case "vhost-net":
+      return vhostNetModel(spec, role === "io" ? "thread" : "vcpu");
   }
 }
 
@@ -371,7 +386,7 @@ export function vhostUserModel(spec: VhostUserSpec, role: "vcpu" | "thread"): Vh
  * event on assignment), as a masked MSI-X vector's pending bit would.
  */
 function vhostUserRoutes(
-  spec: VhostUserSpec,
+  spec: Pick<VhostUserSpec, "name" | "irq">,
   vmFd: number,
   log: (message: string) => void,
 ): (vector: number, route: MsixRoute | null) => void {
@@ -420,7 +435,7 @@ export function transportFor(
     log: ctx.log,
     defer: ctx.defer,
   });
-  if (isVhostUser(spec)) {
+  if (isVhostUser(spec) || spec.kind === "vhost-net") {
     const log = ctx.log ?? ((m: string) => process.stderr.write(`vireo: ${m}\n`));
     transport.msix.onRouteChange = vhostUserRoutes(spec, ctx.vmFd, log);
   }
@@ -575,6 +590,11 @@ export function preparePci(
         );
         return;
       }
+      if (net.vhost) {
+        const at = { name: `net${i}`, slot: 1 + devices.length, ram: devicesWanted.ram };
+        devices.push(prepareVhostNet({ ...at, tap: net.tap, mac: net.mac ?? defaultMac(i) }, eventFd, fds));
+        return;
+      }
       // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.
       const tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
       fds.push(tap.fd);
@@ -637,13 +657,13 @@ export function preparePci(
   let nextGsi = FIRST_MSI_GSI;
   const vectors = manifest.devices.reduce((n, spec, i) => {
     const f = firmware.functions[i];
-    const irqfds = hasDataPlane(spec) || isVhostUser(spec);
+    const irqfds = hasDataPlane(spec) || isVhostUser(spec) || spec.kind === "vhost-net";
     return n + (irqfds && f instanceof VirtioPciTransport ? f.msix.vectors : 0);
   }, 0);
   const routes = MsiRouteTable.createState(Math.max(1, vectors));
   manifest.devices.forEach((spec, i) => {
     const f = firmware.functions[i];
-    if (isVhostUser(spec) && f instanceof VirtioPciTransport) {
+    if ((isVhostUser(spec) || spec.kind === "vhost-net") && f instanceof VirtioPciTransport) {
       // GSIs and eventfds per vector; KVM_IRQFD binds them once the guest makes the vector deliverable.
       spec.irq.routes = routes;
       spec.irq.assigned = new SharedArrayBuffer(4 * f.msix.vectors);

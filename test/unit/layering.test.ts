@@ -29,6 +29,8 @@ const RANK: Record<string, number> = {
   // src/devices code, at the VMM's layer.
   "io-thread": 4,
   "vhost-user": 4,
+  // The host kernel (/dev/vhost-net) serving a virtio-net card's rings.
+  "vhost-net": 4,
   // The software switch (vireo switch): a process of its own, serving vhost-user ports with the same devices.
   switch: 4,
   vmm: 4,
