@@ -21,6 +21,8 @@ export interface BenchOptions {
   pairs?: number[];
   /** vhost-user-blk: queue depths (requests in flight). */
   depths?: number[];
+  /** vhost-user-blk: both back-ends through the page cache, or both with O_DIRECT. */
+  cache?: "page" | "direct";
   /** switch: the vhost-user load, a testpmd loop (default) or a txonly and an rxonly testpmd per pair. */
   load?: "loop" | "open";
 }

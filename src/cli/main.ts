@@ -119,7 +119,7 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
-                   [--depths N,N...] [--load loop|open] [--force] [--accel auto|kvm|emulated]
+                   [--depths N,N...] [--cache page|direct] [--load loop|open] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -134,6 +134,8 @@ Options:
   --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
   --pairs N,N...    switch: numbers of port pairs (default 1,2,4)
   --depths N,N...   vhost-user-blk: queue depths, requests in flight, 1 to 42 (default 1,32)
+  --cache MODE      vhost-user-blk: page (both back-ends through the host page cache, default) or direct (both
+                    with O_DIRECT: vireo --direct, qsd cache.direct=on)
   --load loop|open  switch: the vhost-user load, one testpmd looping frames through every pair (default), or a
                     txonly and an rxonly testpmd per pair (on 2 CPUs these measure the scheduler; bench/switch.ts)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
@@ -453,6 +455,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       sizes: { type: "string" },
       pairs: { type: "string" },
       depths: { type: "string" },
+      cache: { type: "string" },
       load: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
@@ -486,9 +489,15 @@ async function cmdBench(argv: string[]): Promise<number> {
     sizes: parseList("--sizes", values.sizes, 60),
     pairs: parseList("--pairs", values.pairs, 1),
     depths: parseList("--depths", values.depths, 1),
+    cache: parseCache(values.cache),
     load: parseLoad(values.load),
   });
   return 0;
+}
+
+function parseCache(value: string | undefined): "page" | "direct" | undefined {
+  if (value === undefined || value === "page" || value === "direct") return value;
+  throw new ConfigError(`--cache must be page or direct, got '${value}'`);
 }
 
 function parseLoad(value: string | undefined): "loop" | "open" | undefined {
