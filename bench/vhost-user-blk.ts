@@ -11,8 +11,9 @@
  * it wrote against what it wrote (writes come first so that reads find the driver's data).
  *
  * Both back-ends serve the same file (random bytes, in a fresh directory under the system's temporary
- * directory) through the host page cache: vireo's FileBlockBackend opens it without O_DIRECT, and qsd gets
- * cache.direct=off (its default aio=threads); one request queue of 128 entries each. Two modes: "event", both
+ * directory) with the same cache mode (`cache`): through the host page cache (default: vireo without --direct,
+ * qsd cache.direct=off) or not (vireo --direct, qsd cache.direct=on); qsd with its default aio=threads; one
+ * request queue of 128 entries each. Two modes: "event", both
  * back-ends sleep until kicked (vireo's default; qsd's main loop, which does not poll); "poll", both poll the
  * rings for a while after work before sleeping (vireo --busy-poll-us 100; qsd in an iothread with
  * poll-max-ns=100000, QEMU's adaptive polling, which stops polling when it does not pay). The back-end runs on CPU 0
@@ -51,12 +52,15 @@ export interface VhostUserBlkBenchOptions {
   backends?: Backend[];
   /** Modes to run; default both. */
   modes?: Mode[];
+  /** page: both through the host page cache (default); direct: both with O_DIRECT. */
+  cache?: Cache;
 }
 
 export type Backend = "vireo" | "qsd";
 export type Rw = "read" | "write";
 /** event: the back-end sleeps until kicked; poll: it polls the rings for a while after work (see above). */
 export type Mode = "event" | "poll";
+export type Cache = "page" | "direct";
 
 /** One row as the driver reports it (bench/ref/vub-driver.c). */
 export interface DriverRow {
@@ -113,7 +117,8 @@ export interface VhostUserBlkBenchResult {
   setup: {
     fileBytes: number;
     filesystem: string;
-    cache: string;
+    cache: Cache;
+    cacheDetail: string;
     queues: number;
     queueSize: number;
     qsd: string | null;
@@ -170,17 +175,17 @@ function qsdVersion(): string | null {
   }
 }
 
-function qsdArgs(img: string, socket: string, mode: Mode): string[] {
+function qsdArgs(img: string, socket: string, mode: Mode, cache: Cache): string[] {
   return [
     ...(mode === "poll" ? ["--object", `iothread,id=io0,poll-max-ns=${POLL_US * 1000}`] : []),
     "--blockdev",
-    `driver=file,node-name=f,filename=${img},cache.direct=off`,
+    `driver=file,node-name=f,filename=${img},cache.direct=${cache === "direct" ? "on" : "off"}`,
     "--export",
     `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${socket},writable=on,num-queues=1${mode === "poll" ? ",iothread=io0" : ""}`,
   ];
 }
 
-function vireoArgs(img: string, socket: string, mode: Mode): string[] {
+function vireoArgs(img: string, socket: string, mode: Mode, cache: Cache): string[] {
   return [
     "vhost-user",
     "blk",
@@ -194,21 +199,23 @@ function vireoArgs(img: string, socket: string, mode: Mode): string[] {
     "--num-queues",
     "1",
     ...(mode === "poll" ? ["--busy-poll-us", String(POLL_US)] : []),
+    ...(cache === "direct" ? ["--direct"] : []),
   ];
 }
 
 async function startBackend(
   backend: Backend,
   mode: Mode,
+  cache: Cache,
   img: string,
   socket: string,
   cpu: number | null,
 ): Promise<Proc> {
   let p: Proc;
   if (backend === "vireo") {
-    p = children.start("vireo", VIREO_BIN, vireoArgs(img, socket, mode), { cpu });
+    p = children.start("vireo", VIREO_BIN, vireoArgs(img, socket, mode, cache), { cpu });
   } else {
-    p = children.start("qsd", "qemu-storage-daemon", qsdArgs(img, socket, mode), { cpu });
+    p = children.start("qsd", "qemu-storage-daemon", qsdArgs(img, socket, mode, cache), { cpu });
   }
   await until(
     `the ${backend} vhost-user-blk socket`,
@@ -288,6 +295,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
   const modes = opts.modes ?? ["event", "poll"];
   const warmup = opts.warmupSeconds ?? Math.min(1, seconds / 5);
   const fileBytes = opts.fileBytes ?? 256 << 20;
+  const cache = opts.cache ?? "page";
   const ncpu = cpus().length;
   const [backendCpu, driverCpu] = ncpu >= 2 ? [0, 1] : [null, null];
   const pinning = `${
@@ -318,6 +326,8 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-vub-"));
   const img = join(dir, "disk.img");
   const negotiated: Negotiated[] = [];
+  /** With cache "direct": whether vireo's listening line said O_DIRECT (a file system may refuse it). */
+  let vireoDirect: boolean | null = null;
   const perConfig = new Map<string, VhostUserBlkRow[]>();
   try {
     makeImage(img, fileBytes);
@@ -328,7 +338,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
             if (!opts.json && process.stderr.isTTY)
               process.stderr.write(`\rround ${round + 1}/${rounds}: ${mode} depth ${depth} ${backend}    `);
             const socket = join(dir, `${backend}-${mode}-${depth}-${round}.sock`);
-            const p = await startBackend(backend, mode, img, socket, backendCpu);
+            const p = await startBackend(backend, mode, cache, img, socket, backendCpu);
             try {
               const r = await runDriver(
                 socket,
@@ -356,6 +366,7 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
                   30_000,
                   () => p.out.text,
                 );
+                if (cache === "direct") vireoDirect = /, O_DIRECT/.test(p.out.text);
               }
             } finally {
               if (backend === "qsd" && p.child.pid !== undefined) {
@@ -429,8 +440,11 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
     setup: {
       fileBytes,
       filesystem: filesystemOf(tmpdir()),
-      cache:
-        "host page cache for both: vireo's FileBlockBackend without O_DIRECT, qsd cache.direct=off (aio=threads, its default)",
+      cache,
+      cacheDetail:
+        cache === "page"
+          ? "host page cache for both: vireo without --direct, qsd cache.direct=off (aio=threads, its default)"
+          : `O_DIRECT for both: vireo --direct (${vireoDirect === false ? "REFUSED by the file system: buffered" : "O_DIRECT"}), qsd cache.direct=on (aio=threads, its default)`,
       queues: 1,
       queueSize: QUEUE_SIZE,
       qsd,
@@ -438,12 +452,12 @@ export async function benchVhostUserBlk(opts: VhostUserBlkBenchOptions): Promise
         qsd === null
           ? null
           : {
-              event: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "event").join(" ")}`,
-              poll: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "poll").join(" ")}`,
+              event: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "event", cache).join(" ")}`,
+              poll: `qemu-storage-daemon ${qsdArgs("IMG", "SOCK", "poll", cache).join(" ")}`,
             },
       vireoCommand: {
-        event: `vireo ${vireoArgs("IMG", "SOCK", "event").join(" ")}`,
-        poll: `vireo ${vireoArgs("IMG", "SOCK", "poll").join(" ")}`,
+        event: `vireo ${vireoArgs("IMG", "SOCK", "event", cache).join(" ")}`,
+        poll: `vireo ${vireoArgs("IMG", "SOCK", "poll", cache).join(" ")}`,
       },
     },
     negotiated,
@@ -485,7 +499,7 @@ export function formatVhostUserBlk(r: VhostUserBlkBenchResult): string {
   );
   return [
     `bench/ref/vub-driver (C) as the driver for both, 4 KiB random I/O, ${r.seconds} s per row after ${r.warmupSeconds} s warm-up, the median of ${r.rounds} interleaved round(s) (all rounds' IOPS in the JSON); ${r.pinning}`,
-    `file: ${(r.setup.fileBytes / (1 << 20)).toFixed(0)} MiB on ${r.setup.filesystem}; ${r.setup.cache}; ${r.setup.queues} queue of ${r.setup.queueSize}; ${r.setup.qsd ?? "no qsd"}`,
+    `file: ${(r.setup.fileBytes / (1 << 20)).toFixed(0)} MiB on ${r.setup.filesystem}; ${r.setup.cacheDetail}; ${r.setup.queues} queue of ${r.setup.queueSize}; ${r.setup.qsd ?? "no qsd"}`,
     ...neg,
     `modes: event = both sleep until kicked; poll = vireo --busy-poll-us ${POLL_US}, qsd in an iothread with poll-max-ns=${POLL_US * 1000} (adaptive)`,
     formatTable(

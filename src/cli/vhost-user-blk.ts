@@ -10,7 +10,7 @@ import { serveVhostUser } from "../vhost-user/server.ts";
 /** Request queues at most (the loop polls every ring's kick fd in one poll(2) of at most 64). */
 export const MAX_BLK_QUEUES = 16;
 
-export const VHOST_USER_BLK_HELP = `Usage: vireo vhost-user blk --socket PATH --file IMG [--readonly] [--once] [--queue-size N]
+export const VHOST_USER_BLK_HELP = `Usage: vireo vhost-user blk --socket PATH --file IMG [--readonly] [--direct] [--once] [--queue-size N]
                             [--num-queues N] [--serial ID] [--busy-poll-us N]
 
 A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-blk device over a Unix socket, with
@@ -25,6 +25,9 @@ Options:
   --file IMG         the raw image file (it must exist; its size, in whole 512-byte sectors, is the capacity)
   --readonly         open IMG read-only and offer VIRTIO_BLK_F_RO: writes, discards and write-zeroes fail
                      with IOERR
+  --direct           open IMG with O_DIRECT, bypassing the host page cache (as QEMU's cache.direct=on); an access
+                     the kernel refuses unaligned goes through a buffered descriptor, and a file system that
+                     refuses O_DIRECT (tmpfs) gets buffered I/O, said in the listening line
   --once             exit when the first connection ends
   --queue-size N     the largest ring size accepted (a power of 2 up to 32768; default 128, QEMU's default for
                      vhost-user-blk-pci queue-size: give the same value to both, since seg_max is N - 2)
@@ -62,6 +65,7 @@ export async function cmdVhostUserBlk(argv: string[]): Promise<number> {
       socket: { type: "string" },
       file: { type: "string" },
       readonly: { type: "boolean" },
+      direct: { type: "boolean" },
       once: { type: "boolean" },
       "queue-size": { type: "string" },
       "num-queues": { type: "string" },
@@ -112,7 +116,10 @@ export async function cmdVhostUserBlk(argv: string[]): Promise<number> {
   }
   let image: FileBlockBackend;
   try {
-    image = FileBlockBackend.open(file, { readOnly: values.readonly === true });
+    image = FileBlockBackend.open(file, {
+      readOnly: values.readonly === true,
+      direct: values.direct === true,
+    });
   } catch (e) {
     throw new ConfigError(
       `vhost-user blk: ${e instanceof BlockIoError ? e.message : `cannot open ${file}: ${String(e)}`}`,
@@ -135,7 +142,7 @@ export async function cmdVhostUserBlk(argv: string[]): Promise<number> {
       model: () => new VirtioBlk({ backend, name: "blk0", numQueues, queueSize, serial }),
       onListening: () =>
         log(
-          `vhost-user blk listening on ${socketPath}: ${file}, ${image.size} bytes${image.readOnly ? ", read-only" : ""}, ${numQueues} queue(s) of up to ${queueSize}${busyPollUs > 0 ? `, busy polling ${busyPollUs} µs` : ""}`,
+          `vhost-user blk listening on ${socketPath}: ${file}, ${image.size} bytes${image.readOnly ? ", read-only" : ""}${image.direct ? ", O_DIRECT" : values.direct ? ", buffered (O_DIRECT refused)" : ""}, ${numQueues} queue(s) of up to ${queueSize}${busyPollUs > 0 ? `, busy polling ${busyPollUs} µs` : ""}`,
         ),
       onConnectionEnd: (stats, reason) => {
         process.stdout.write(`${JSON.stringify({ event: "connection-end", reason, ...counts, ...stats })}\n`);
