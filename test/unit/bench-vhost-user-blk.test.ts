@@ -1,8 +1,9 @@
 /**
- * `vireo bench vhost-user-blk`, briefly (0.5 s rows at depths 1 and 4, both modes, a 1 MiB file): the JSON's shape, every row
- * did requests without errors, the driver's reads of blocks it wrote were checked and all matched, for vireo's
- * back-end and, when installed, qemu-storage-daemon's. And the check can fail: when the image is overwritten
- * behind the back-end's back between the write rows and the read rows, the driver reports mismatches.
+ * `vireo bench vhost-user-blk`, briefly (0.5 s rows at depths 1 and 4, both modes, a 1 MiB file): the JSON's
+ * shape, every row did requests without errors, the driver's reads of blocks it wrote were checked and all
+ * matched, for vireo's back-end and, when installed, qemu-storage-daemon's; the same with --cache direct. And the
+ * check can fail: when the image is overwritten behind the back-end's back between the write rows and the read
+ * rows, the driver reports mismatches.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
