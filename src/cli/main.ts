@@ -70,6 +70,11 @@ Options:
                        virtio-net, its queues served by a data-plane thread woken by ioeventfds; model=e1000: an
                        emulated Intel 82540EM (every register access exits; receive and timers on its own
                        thread). Repeat for more cards
+  --net tap=NAME,vhost=on[,mac=xx:xx:xx:xx:xx:xx]
+                       a virtio-net card whose rings the host kernel serves (/dev/vhost-net): vireo hands it
+                       guest memory, the rings, the TAP, the guest's doorbells (KVM ioeventfds) and interrupts
+                       (irqfds), so no frame passes through vireo. Needs the vhost_net module (modprobe
+                       vhost_net; without /dev/vhost-net it is a one-line error). Split rings
   --net vhost-user=SOCKET[,mac=xx:xx:xx:xx:xx:xx]
                        a virtio-net card whose rings another process serves over the vhost-user protocol (e.g.
                        vireo vhost-user net, vireo switch, DPDK's net_vhost); vireo connects at start (nothing
