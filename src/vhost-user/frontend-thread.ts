@@ -252,9 +252,10 @@ class FrontendPlane {
    * Runs a conversation. A back-end that goes away (closed, no reply in time) ends the connection and the device
    * waits for the next one. One that refuses a request, or answers with a reply that breaks the protocol, breaks
    * the device (DEVICE_NEEDS_RESET, with the reason logged): after a malformed reply the stream cannot be trusted,
-   * so the connection is closed too, and the next DRIVER_OK goes to whatever back-end listens then.
+   * so the connection is closed too, and the next DRIVER_OK goes to whatever back-end listens then. While the
+   * device is being reset (`breaks` false) there is nothing to break: the connection is only closed.
    */
-  private talk(what: string, f: (conn: VhostUserFrontend) => void): boolean {
+  private talk(what: string, f: (conn: VhostUserFrontend) => void, breaks = true): boolean {
     const conn = this.conn;
     if (!conn) return false;
     try {
@@ -264,9 +265,10 @@ class FrontendPlane {
       const msg = (e as Error).message;
       const code = e instanceof VhostUserFrontendError ? e.code : "";
       if (
-        code === "VHOST_USER_REFUSED" ||
-        code === "VHOST_USER_BAD_REPLY" ||
-        code === "VHOST_USER_INCOMPATIBLE"
+        breaks &&
+        (code === "VHOST_USER_REFUSED" ||
+          code === "VHOST_USER_BAD_REPLY" ||
+          code === "VHOST_USER_INCOMPATIBLE")
       ) {
         reportError(`${what}: ${msg}`);
         if (code !== "VHOST_USER_REFUSED") this.lost(`${what}: a broken reply`);
@@ -354,9 +356,13 @@ class FrontendPlane {
     const rings = this.started;
     this.started = [];
     if (rings.length === 0) return;
-    this.talk("stopping the rings", (conn) => {
-      for (const q of rings) conn.stopRing(q);
-    });
+    this.talk(
+      "stopping the rings",
+      (conn) => {
+        for (const q of rings) conn.stopRing(q);
+      },
+      false,
+    );
   }
 }
 
