@@ -5,9 +5,11 @@
  * a TAP, in two shapes: one frame per doorbell (BURST 1: a TDT write, or a notification unless suppressed, per
  * frame, as a driver under light load does) and the ring kept full (BURST 0: one doorbell for up to a ring of
  * frames). Per packet: vCPU exits, interrupts, host microseconds, and packets per second; plus the e1000/virtio
- * ratio of each shape, rounds interleaved.
+ * ratio of each shape, rounds interleaved. Where the host has /dev/vhost-net, virtio-net once more with its rings
+ * served by the kernel (`--net tap=NAME,vhost=on`): the same guest program, no frame through vireo.
  */
 
+import { existsSync } from "node:fs";
 import { VireoError } from "../src/errors.ts";
 import { type PerOp, runWorkload, scratchTap, type WorkloadSpec } from "./io-workload.ts";
 import { formatTable, median } from "./stats.ts";
@@ -19,7 +21,7 @@ export interface NicBenchOptions {
 }
 
 export interface NicBenchRow {
-  nic: "e1000" | "virtio-net";
+  nic: "e1000" | "virtio-net" | "vhost-net";
   /** Frames per doorbell at most; 0: as many as the ring holds. */
   burst: number;
   frameBytes: number;
@@ -63,6 +65,18 @@ export async function benchNic(opts: NicBenchOptions): Promise<NicBenchResult> {
         net: { tap: tap.name, model: "virtio" },
       },
     });
+    if (existsSync("/dev/vhost-net")) {
+      configs.push({
+        nic: "vhost-net",
+        burst,
+        spec: {
+          program: "bench-virtio-net",
+          args: [String(frameBytes), String(burst), "event-idx"],
+          iterations: n,
+          net: { tap: tap.name, model: "virtio", vhost: true },
+        },
+      });
+    }
   }
   try {
     const samples = configs.map(() => [] as PerOp[]);
