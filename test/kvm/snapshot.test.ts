@@ -5,7 +5,8 @@
  * and resumes the snapshot with `vireo run --restore` in a new process. The two outputs put together must be
  * exactly count 1..TOTAL and "count done" (each line once: nothing lost, nothing repeated), the restored part must
  * not start from 1, and the restored guest exits 0. Then a state file with one flipped bit is refused with its
- * code before any vCPU runs (no serial output file is even created).
+ * code before any vCPU runs (no serial output file is even created), and a well-formed one with an impossible
+ * CR0 is refused by KVM_SET_SREGS before any vCPU is let go.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -14,8 +15,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
+import { SREGS } from "../../src/kvm/abi.ts";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import type { SnapshotResult } from "../../src/vmm/api-server.ts";
+import { decodeStateFile, writeStateFile } from "../../src/vmm/snapshot/state-file.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
@@ -146,4 +149,24 @@ test("a counting guest snapshotted, killed and restored in a new process goes on
   assert.match(refused.stderr(), /VIREO_SNAPSHOT_CHECKSUM/);
   assert.equal(existsSync(out3), false, "nothing ran: the serial output was never opened");
   step("corrupted state file refused");
+
+  // A well-formed file (valid checksum) whose vCPU 0 has CR0.PG without CR0.PE: KVM_SET_SREGS refuses it on the
+  // vCPU's thread, before that vCPU's first entry, and no vCPU is let go: the guest prints nothing.
+  const forged = join(dir, "forged");
+  cpSync(snap, forged, { recursive: true });
+  const file = decodeStateFile(readFileSync(join(forged, "state")));
+  const sregs = file.sections.find((x) => x.name === "vcpu-0")?.data.sregs;
+  assert.ok(sregs instanceof Uint8Array);
+  new DataView(sregs.buffer, sregs.byteOffset, sregs.byteLength).setBigUint64(SREGS.cr0, 0x80000000n, true);
+  writeStateFile(join(forged, "state"), { sections: file.sections });
+  const out4 = join(dir, "out4.txt");
+  const kvmRefused = start(["run", "--restore", forged, "--serial", `file:${out4}`, "--timeout", "120"]);
+  assert.equal(await kvmRefused.exited, 125, kvmRefused.stderr());
+  assert.match(kvmRefused.stderr(), /KVM_SET_SREGS/);
+  assert.equal(
+    existsSync(out4) ? readFileSync(out4, "utf8") : "",
+    "",
+    "the guest ran no instruction that printed",
+  );
+  step("forged vCPU state refused by KVM before any vCPU ran");
 });
