@@ -8,26 +8,21 @@
  * it the inflight buffer, and every write the guest was acknowledged is in the file.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, readSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import { Machine } from "../../src/vmm/machine.ts";
 import { microGuest } from "../../src/vmm/micro-guest.ts";
 import type { DiskConfig } from "../../src/vmm/pci-devices.ts";
 import { expectedSector, fnv1a64 } from "../helpers/blk-pattern.ts";
 import { metricsPath, readMetrics, VIREO_BIN, vireo } from "../helpers/cli.ts";
+import { startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const dir = mkdtempSync(join(tmpdir(), "vireo-vu-blk-"));
 const MiB = 1 << 20;
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
 
 function image(name: string, mib: number): string {
   const path = join(dir, name);
@@ -35,29 +30,9 @@ function image(name: string, mib: number): string {
   return path;
 }
 
-function start(argv: string[]) {
-  const [cmd, ...args] = argv as [string, ...string[]];
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (err += d));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  return { child, exited, out: () => out, err: () => err };
-}
-
-async function waitFor(ok: () => boolean, ms: number, why: () => string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(why());
-    await sleep(50);
-  }
-}
-
 /** `vireo vhost-user blk --socket SOCK --file IMG ...`, once it says it listens. */
 async function startBackend(socket: string, file: string, extra: string[] = []) {
-  const b = start([VIREO_BIN, "vhost-user", "blk", "--socket", socket, "--file", file, ...extra]);
+  const b = startProcess([VIREO_BIN, "vhost-user", "blk", "--socket", socket, "--file", file, ...extra]);
   await waitFor(
     () => /listening on/.test(b.err()) || b.child.exitCode !== null,
     120_000,
@@ -211,7 +186,7 @@ test("the back-end SIGKILLed while the guest writes, another started on the sock
   // waits it out.
   const spare = join(dir, "rc-next.sock");
   const second = await startBackend(spare, path);
-  const vm = start([
+  const vm = startProcess([
     VIREO_BIN,
     "run",
     "--guest",

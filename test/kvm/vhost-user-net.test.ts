@@ -6,48 +6,23 @@
  * missing socket is a one-line error naming --net.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import { metricsPath, readMetrics, VIREO_BIN, vireo } from "../helpers/cli.ts";
 import { assertFramesExchanged, exchangeFrames, netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
+import { startProcess, waitFor } from "../helpers/processes.ts";
 
 const kvmSkip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const netSkip = kvmSkip || (netnsUnavailable() ?? false);
 const netns = netnsMaker();
 const dir = mkdtempSync(join(tmpdir(), "vireo-vu-run-"));
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-});
-
-function start(argv: string[]) {
-  const [cmd, ...args] = argv as [string, ...string[]];
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (err += d));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  return { child, exited, out: () => out, err: () => err };
-}
-
-async function waitFor(ok: () => boolean, ms: number, why: () => string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(why());
-    await sleep(50);
-  }
-}
 
 /** `vireo vhost-user net --socket SOCK --tap TAP --once` in the namespace, once its socket exists. */
 async function startBackend(argv: string[], socket: string) {
-  const b = start(argv);
+  const b = startProcess(argv);
   await waitFor(
     () => existsSync(socket) || b.child.exitCode !== null,
     120_000,
@@ -115,7 +90,7 @@ test("the micro guest's frames cross vireo switch (a vhost-user port and a TAP p
 }, async () => {
   const ns = netns();
   const socket = join(dir, "switch-port.sock");
-  const sw = start(
+  const sw = startProcess(
     ns.exec([
       VIREO_BIN,
       "switch",

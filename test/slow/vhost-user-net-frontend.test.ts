@@ -6,44 +6,22 @@
  * guest memory, and the guest's pings get answers again.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { findGuestImage } from "../../src/image/guest-image.ts";
 import { FAST_BOOT_CMDLINE } from "../../src/image/init-scripts.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip } from "../helpers/linux-guest.ts";
 import { type NetNs, netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
+import { type Proc, startProcess } from "../helpers/processes.ts";
 
 const skip = linuxGuestSkip() || (netnsUnavailable() ?? false);
 const makeNs = netnsMaker();
 const dir = mkdtempSync(join(tmpdir(), "vireo-vu-linux-"));
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-});
-
-interface Proc {
-  child: ChildProcess;
-  exited: Promise<number | null>;
-  out(): string;
-  err(): string;
-}
-
-function start(argv: string[]): Proc {
-  const [cmd, ...args] = argv as [string, ...string[]];
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (err += d));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  return { child, exited, out: () => out, err: () => err };
-}
 
 async function until(what: string, ok: () => boolean, ms: number, why: () => string): Promise<void> {
   const deadline = Date.now() + ms;
@@ -55,7 +33,9 @@ async function until(what: string, ok: () => boolean, ms: number, why: () => str
 
 /** The back-end, once it says it listens (a dead one's socket file may still be there). */
 async function startBackend(ns: NetNs, socket: string): Promise<Proc> {
-  const b = start(ns.exec([VIREO_BIN, "vhost-user", "net", "--socket", socket, "--tap", ns.tap, "--once"]));
+  const b = startProcess(
+    ns.exec([VIREO_BIN, "vhost-user", "net", "--socket", socket, "--tap", ns.tap, "--once"]),
+  );
   await until(
     "the back-end listening",
     () => existsSync(socket) && /listening on/.test(b.err()),
@@ -77,7 +57,7 @@ function setupNs(): NetNs {
 function runGuest(ns: NetNs, socket: string, run: string): Proc {
   const image = findGuestImage();
   if (!image) throw new Error("no guest image");
-  return start(
+  return startProcess(
     ns.exec([
       VIREO_BIN,
       "run",
