@@ -67,6 +67,12 @@ const nodeTestArgs = (out: string) => [
   `--test-reporter-destination=${out}`,
 ];
 
+/**
+ * How long a tier's emulated host may print nothing before it is killed. node's spec reporter prints a test only
+ * when it ends, so this must exceed the longest test's own time-out (LINUX_TEST_TIMEOUT_MS, 600 s): a stuck test
+ * is then reported by itself, with its output, instead of the whole host being killed without a word.
+ */
+const TIER_SILENCE_MS = 720_000;
 const forced = process.env.VIREO_TIER_HOST;
 const direct = forced ? forced === "direct" : TIERS[tier].canRunDirectly();
 const started = Date.now();
@@ -143,6 +149,7 @@ if (kvmFiles.length === 0) {
       script: `node ${nodeTestArgs(join(runDir, "report.tap")).join(" ")} ${compiled.join(" ")}`,
       cwd: repoPath(),
       env: passThroughEnv(),
+      idleTimeoutMs: TIER_SILENCE_MS,
       onStdout: (d) => process.stdout.write(d),
       onStderr: (d) => process.stderr.write(d),
     });
@@ -269,6 +276,7 @@ async function runSharded(
         script,
         cwd: repoPath(),
         env: passThroughEnv(),
+        idleTimeoutMs: TIER_SILENCE_MS,
         writable: [queue],
         onStdout: (d) => process.stdout.write(prefix.out(d)),
         onStderr: (d) => process.stderr.write(prefix.err(d)),
