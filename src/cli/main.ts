@@ -1,5 +1,5 @@
 /** vireo's command line. Control only: parse, validate, start a machine or a benchmark, report. */
-import { writeFileSync } from "node:fs";
+import { closeSync, openSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
 import { fileLooksLikeBzImage } from "../arch/x86/linux-loader.ts";
@@ -246,6 +246,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       throw new ConfigError(`--api-socket path is ${Buffer.byteLength(config.apiSocket)} bytes, at most 107`);
     const accel = parseAccel(values.accel);
     Machine.check(config);
+    if (values.metrics) checkWritable("--metrics", values.metrics);
     if (useEmulatedHost(accel)) {
       if (config.disks?.some((d) => d.vhostUser))
         throw new ConfigError(
@@ -352,6 +353,7 @@ async function cmdRestore(
   };
   if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
     throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);
+  if (typeof values.metrics === "string") checkWritable("--metrics", values.metrics);
   const machine = new Machine(config);
   const onSignal = () => machine.requestStop();
   process.once("SIGINT", onSignal);
@@ -375,6 +377,20 @@ async function cmdRestore(
     writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
   reportOutcome(result);
   return result.status;
+}
+
+/**
+ * Refuses an output file vireo could not write, before the run rather than after it (the run's figures would be
+ * lost). The file is created, or truncated, now; the run fills it at the end.
+ */
+function checkWritable(option: string, path: string): void {
+  try {
+    closeSync(openSync(path, "w"));
+  } catch (e) {
+    throw new ConfigError(
+      `${option} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
 }
 
 function metricsDocument(result: RunResult) {

@@ -129,6 +129,13 @@ test("bad --net and --console values", () => {
   assertOneLineError(run("--console", "hvc"), /--console must be serial or virtio/);
 });
 
+test("--metrics to a file vireo cannot write is refused before the run, with the reason", () => {
+  const r = vireo(["run", "--guest", "micro:hello", "--metrics", "/proc/vireo-metrics.json"]);
+  assert.equal(r.status, 125, r.stderr);
+  assert.match(r.stderr, /^vireo: --metrics \/proc\/vireo-metrics\.json: cannot write it \(E[A-Z]+\)$/m);
+  assert.doesNotMatch(r.stderr, /internal error/);
+});
+
 test("--help works for every command and names every option the code accepts", () => {
   for (const cmd of [[], ["run"], ["demo"], ["bench"]]) {
     const r = vireo([...cmd, "--help"]);
