@@ -270,19 +270,8 @@ async function cmdRun(argv: string[]): Promise<number> {
         console: config.serial.kind === "stdio",
       });
     }
-    const machine = new Machine(config);
-    const onSignal = () => machine.requestStop();
-    process.once("SIGINT", onSignal);
-    process.once("SIGTERM", onSignal);
-    let result: RunResult;
-    try {
-      result = await machine.run();
-    } finally {
-      process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
-    }
-    if (values.metrics)
-      writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
+    const result = await runUntilStopped(new Machine(config));
+    if (values.metrics) writeMetrics(values.metrics, result);
     reportOutcome(result);
     return result.status;
   };
@@ -354,29 +343,38 @@ async function cmdRestore(
   if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
     throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);
   if (typeof values.metrics === "string") checkWritable("--metrics", values.metrics);
-  const machine = new Machine(config);
-  const onSignal = () => machine.requestStop();
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
   let result: RunResult;
   try {
-    result = await machine.run();
+    result = await runUntilStopped(new Machine(config));
   } catch (e) {
     if (e instanceof VireoError && !e.message.includes(e.code))
       throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
     throw e;
-  } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
   }
   if (result.restoreMs !== undefined)
     process.stderr.write(
       `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${result.restoreBytesRead} bytes of RAM read)\n`,
     );
-  if (typeof values.metrics === "string")
-    writeFileSync(values.metrics, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
+  if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
   reportOutcome(result);
   return result.status;
+}
+
+/** Runs the machine to its end; SIGINT and SIGTERM meanwhile ask it to stop. */
+async function runUntilStopped(machine: Machine): Promise<RunResult> {
+  const onSignal = () => machine.requestStop();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    return await machine.run();
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+function writeMetrics(path: string, result: RunResult): void {
+  writeFileSync(path, `${JSON.stringify(metricsDocument(result), null, 2)}\n`);
 }
 
 /**
