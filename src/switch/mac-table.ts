@@ -5,9 +5,11 @@
  * - Fixed memory: `capacity` entries in typed arrays, set-associative (WAYS entries per bucket), so a lookup or
  *   a learn looks at WAYS entries whatever the table holds. The bucket hash is keyed with a random seed per
  *   table, so a guest cannot aim its addresses at one bucket.
- * - A live entry is never evicted by a new address: when a bucket (or the table) is full, or the source port has
- *   as many live entries as `perPortLimit`, the new address is not learned (counted), and frames to it are
- *   flooded, as to any unknown address. A flooding port thus fills at most its own quota.
+ * - A live entry is not evicted by a new address, with one exception: when the source port has as many live
+ *   entries as `perPortLimit`, or its address's bucket is full, the new address is not learned (counted), and
+ *   frames to it are flooded, as to any unknown address. A flooding port thus fills at most its own quota. The
+ *   exception keeps a flood from holding the buckets it hashes to: a full bucket gives up the oldest entry of a
+ *   heavy port (one holding at least half its quota and more than twice the learner's entries) to the learner.
  * - Ageing: an entry not refreshed for `ageMs` no longer answers lookups, and its slot is free for reuse;
  *   `sweep` reclaims expired entries in bulk and corrects the per-port counts (the switch runs it about once a
  *   second).
@@ -25,6 +27,8 @@ export interface MacTableOptions {
   ageMs?: number;
   /** Ports the table may see (port indices are 0 to maxPorts - 1). Default 64. */
   maxPorts?: number;
+  /** The bucket hash's key. Default random per table; tests fix it to be repeatable. */
+  seed?: number;
 }
 
 export interface MacEntry {
@@ -54,7 +58,7 @@ export class MacTable {
   private readonly perPort: Int32Array;
   private readonly seed: number;
   private used = 0;
-  readonly stats = { learned: 0, moved: 0, aged: 0, refusedPortLimit: 0, refusedFull: 0 };
+  readonly stats = { learned: 0, moved: 0, aged: 0, refusedPortLimit: 0, refusedFull: 0, evictedFlooder: 0 };
 
   constructor(opts: MacTableOptions = {}) {
     let cap = WAYS;
@@ -68,7 +72,7 @@ export class MacTable {
     this.port = new Int32Array(cap);
     this.seen = new Float64Array(cap);
     this.perPort = new Int32Array(opts.maxPorts ?? 64);
-    this.seed = (Math.random() * 0x7fffffff) | 1;
+    this.seed = (opts.seed ?? Math.random() * 0x7fffffff) | 1;
   }
 
   /** Entries in use (live, or expired and not yet reclaimed). */
@@ -126,13 +130,18 @@ export class MacTable {
       }
       if (free < 0 && (k === FREE || now - (this.seen[i] as number) > this.ageMs)) free = i;
     }
-    if (free < 0) {
-      this.stats.refusedFull++;
-      return;
-    }
     if ((this.perPort[p] as number) >= this.perPortLimit) {
       this.stats.refusedPortLimit++;
       return;
+    }
+    if (free < 0) {
+      free = this.flooderVictim(b, p);
+      if (free < 0) {
+        this.stats.refusedFull++;
+        return;
+      }
+      this.stats.evictedFlooder++;
+      this.free(free);
     }
     if (this.keyHi[free] !== FREE) {
       // Reusing an expired entry.
@@ -148,6 +157,18 @@ export class MacTable {
     this.perPort[p] = (this.perPort[p] as number) + 1;
     this.used++;
     this.stats.learned++;
+  }
+
+  /** In the full bucket at `b`, the oldest entry of a heavy port (see the top of the file) for port `p`, or -1. */
+  private flooderVictim(b: number, p: number): number {
+    const mine = this.perPort[p] as number;
+    let victim = -1;
+    for (let i = b; i < b + WAYS; i++) {
+      const n = this.perPort[this.port[i] as number] as number;
+      if (n * 2 < this.perPortLimit || n <= 2 * mine) continue;
+      if (victim < 0 || (this.seen[i] as number) < (this.seen[victim] as number)) victim = i;
+    }
+    return victim;
   }
 
   /** Frees every expired entry; returns how many. */

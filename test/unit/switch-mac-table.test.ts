@@ -43,19 +43,59 @@ describe("switch MAC table", () => {
   });
 
   test("a random-MAC flood fills only the flooding port's quota; other ports' stations stay and still learn", () => {
-    const t = new MacTable({ capacity: 1024, perPortLimit: 100 });
-    for (let i = 0; i < 10; i++) t.learn(1, 0x0200, i, 1, 0);
-    let x = 12345;
-    for (let i = 0; i < 100_000; i++) {
-      x = (Math.imul(x, 1103515245) + 12345) | 0;
-      t.learn(1, x & 0xffff, Math.imul(x, 7) ^ i, 0, i / 100);
+    // Every seed (the bucket hash's key): the bound must not depend on where the flood's addresses happen to land.
+    for (let seed = 1; seed <= 200; seed++) {
+      const t = new MacTable({ capacity: 1024, perPortLimit: 100, seed });
+      for (let i = 0; i < 10; i++) t.learn(1, 0x0200, i, 1, 0);
+      let x = 12345 + seed;
+      for (let i = 0; i < 20_000; i++) {
+        x = (Math.imul(x, 1103515245) + 12345) | 0;
+        t.learn(1, x & 0xffff, Math.imul(x, 7) ^ i, 0, i / 20);
+      }
+      assert.ok(t.portEntries(0) <= 100, `seed ${seed}: flooder holds ${t.portEntries(0)}`);
+      assert.ok(t.size <= 110, `seed ${seed}: size ${t.size}`);
+      for (let i = 0; i < 10; i++)
+        assert.equal(t.lookup(1, 0x0200, i, 1000), 1, `seed ${seed}: station ${i} kept`);
+      // A port under its quota learns during the flood whatever the flood filled: every address it learns in a
+      // table without the flood (the same seed, so the same buckets) it learns here too.
+      const calm = new MacTable({ capacity: 1024, perPortLimit: 100, seed });
+      for (let i = 0; i < 10; i++) calm.learn(1, 0x0200, i, 1, 0);
+      for (let i = 0; i < 20; i++) {
+        t.learn(1, 0x0200, 100 + i, 2, 1000);
+        calm.learn(1, 0x0200, 100 + i, 2, 1000);
+      }
+      for (let i = 0; i < 20; i++)
+        if (calm.lookup(1, 0x0200, 100 + i, 1000) === 2)
+          assert.equal(t.lookup(1, 0x0200, 100 + i, 1000), 2, `seed ${seed}: port 2 learns during the flood`);
+      assert.ok(t.stats.refusedPortLimit + t.stats.refusedFull > 19_800, `seed ${seed}`);
     }
-    assert.ok(t.portEntries(0) <= 100, `flooder holds ${t.portEntries(0)}`);
-    assert.ok(t.size <= 110);
-    for (let i = 0; i < 10; i++) assert.equal(t.lookup(1, 0x0200, i, 1000), 1, `station ${i} kept`);
-    t.learn(1, 0x0200, 99, 2, 1000);
-    assert.equal(t.lookup(1, 0x0200, 99, 1000), 2, "a well-behaved port still learns during the flood");
-    assert.ok(t.stats.refusedPortLimit > 99_000);
+  });
+
+  test("a full bucket gives the oldest entry of a heavy port to a light one, and nothing else", () => {
+    // capacity 4 = one bucket of 4 ways: every address lands in it. Heavy: at least 3 entries (half of 6) and
+    // more than twice the learner's.
+    const t = new MacTable({ capacity: 4, perPortLimit: 6, seed: 7 });
+    t.learn(1, 0, 1, 0, 10);
+    t.learn(1, 0, 2, 0, 5); // oldest of port 0
+    t.learn(1, 0, 3, 0, 20);
+    t.learn(1, 0, 4, 1, 30); // port 1: one entry
+    assert.equal(t.size, 4);
+    t.learn(1, 0, 5, 1, 35); // port 0 (3) is heavy against port 1 (1)
+    assert.equal(t.lookup(1, 0, 5, 35), 1, "port 1 takes a slot from port 0");
+    assert.equal(t.lookup(1, 0, 2, 35), -1, "port 0's oldest entry was given up");
+    assert.equal(t.stats.evictedFlooder, 1);
+    t.learn(1, 0, 6, 2, 50); // port 0 holds 2, port 1 holds 2: neither is heavy, so refused
+    assert.equal(t.lookup(1, 0, 6, 50), -1);
+    assert.equal(t.stats.refusedFull, 1);
+    for (const [mac, port] of [
+      [1, 0],
+      [3, 0],
+      [4, 1],
+      [5, 1],
+    ] as const)
+      assert.equal(t.lookup(1, 0, mac, 50), port);
+    assert.equal(t.portEntries(0), 2);
+    assert.equal(t.size, 4);
   });
 
   test("the table never holds more than its capacity and a full bucket refuses rather than evicts", () => {
