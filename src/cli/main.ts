@@ -339,6 +339,20 @@ async function cmdRestore(
       values.stats === undefined ? undefined : parseCount("--stats", values.stats as string, 1) * 1000,
     apiSocket,
     restore: plan,
+    // The devices the snapshot's machine had, with the options they had (disks on shared storage, TAPs by name).
+    disks: plan.machine.devices.disks.map((d) => ({
+      path: d.path,
+      readOnly: d.readOnly,
+      direct: d.direct,
+      iothread: d.iothread,
+    })),
+    nets: plan.machine.devices.nets.map((n) => ({
+      tap: n.tap,
+      model: n.model,
+      mac: Uint8Array.from(n.mac.split(":").map((h) => Number.parseInt(h, 16))),
+    })),
+    rng: plan.machine.devices.rng,
+    console: plan.machine.devices.console,
   };
   if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
     throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);

@@ -181,24 +181,40 @@ function main(): void {
   const inputSlot = 3 * (nk + 2);
   pollfds[inputSlot] = plane.input?.fd ?? -1; // poll ignores negative fds
 
+  const control = new Int32Array(spec.dataPlane.block);
+  // A wake that came while quiesced: served once the quiesce ends (its signal was taken from the eventfd).
+  let wakeOwed = false;
   for (;;) {
-    pollfds[inputSlot + 1] = plane.input?.wants() ? POLLIN : 0;
+    // Quiesced for a snapshot (DATA_PLANE.quiesce): only the stop and wake eventfds are polled, so kicks stay in
+    // their eventfds and frames in the TAP; slices already started are finished first, then the thread says so.
+    const quiet = Atomics.load(control, DATA_PLANE.quiesce) !== 0;
     const owed = later.pending;
-    const ready = native().poll(pollfds, owed ? 0 : plane.timeoutMs());
+    if (quiet !== (Atomics.load(control, DATA_PLANE.quiesced) !== 0) && (!quiet || !owed)) {
+      Atomics.store(control, DATA_PLANE.quiesced, quiet ? 1 : 0);
+      Atomics.notify(control, DATA_PLANE.quiesced);
+    }
+    for (let i = 0; i < nk; i++) pollfds[3 * (i + 2) + 1] = quiet ? 0 : POLLIN;
+    pollfds[inputSlot + 1] = !quiet && plane.input?.wants() ? POLLIN : 0;
+    const timeout = owed || (!quiet && wakeOwed) ? 0 : quiet ? -1 : plane.timeoutMs();
+    const ready = native().poll(pollfds, timeout);
     if (pollfds[2] !== 0) break;
     wakeups.add();
     try {
-      if (ready === 0 && !owed) plane.onTimer();
+      if (ready === 0 && !owed && !quiet && !wakeOwed) plane.onTimer();
       if (pollfds[5] !== 0) {
         takeEventFd(wake);
+        wakeOwed = true;
+      }
+      if (wakeOwed && !quiet) {
+        wakeOwed = false;
         plane.onWake();
       }
-      for (let i = 0; i < nk; i++) {
+      for (let i = 0; i < nk && !quiet; i++) {
         if (pollfds[3 * (i + 2) + 2] === 0) continue;
         const signals = takeEventFd(plane.kicks[i]?.fd as number);
         if (signals > 0) plane.kicks[i]?.onKick(signals);
       }
-      if (pollfds[inputSlot + 2] !== 0) plane.input?.onReadable();
+      if (!quiet && pollfds[inputSlot + 2] !== 0) plane.input?.onReadable();
       later.runOnce((e) => reportError((e as Error).message));
     } catch (e) {
       // The device contains guest-caused failures itself (DEVICE_NEEDS_RESET, logged e1000 errors); this is a

@@ -10,6 +10,7 @@ import type { WorkerMessage } from "../vmm/messages.ts";
 import { hasDataPlane, isVhostUser, type PciManifest, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
 import type { IoThreadData } from "./io-thread.ts";
+import { DATA_PLANE } from "./remote-queues.ts";
 
 /** Both threads take the same data; only the spec's kind differs. */
 type ThreadData = Omit<IoThreadData, "spec"> & {
@@ -21,6 +22,14 @@ export interface IoThreads {
   stop(): Promise<void>;
   /** Frees the stop eventfd (after stop). */
   close(): void;
+  /**
+   * Quiesces every data-plane thread for a snapshot (remote-queues.ts DATA_PLANE.quiesce): resolves once each has
+   * finished the work it had started and takes no more; rejects if one has not within `timeoutMs` (the threads
+   * are released again then). Only for io-thread.ts threads: vhost-user and vhost-net threads are not quiesced.
+   */
+  quiesce(timeoutMs: number): Promise<void>;
+  /** Lets quiesced threads take work again. */
+  release(): void;
 }
 
 /** Starts one thread per data-plane device and resolves once each is waiting for work. */
@@ -72,7 +81,37 @@ export async function startIoThreads(
   }
   await Promise.all(ready);
   let closed = false;
+  const planes = specs.filter(hasDataPlane).map((s) => ({
+    words: new Int32Array(s.dataPlane.block),
+    wake: s.dataPlane.wake,
+    name: s.name,
+  }));
+  const release = () => {
+    for (const p of planes) {
+      Atomics.store(p.words, DATA_PLANE.quiesce, 0);
+      signalEventFd(p.wake);
+    }
+  };
   return {
+    quiesce: async (timeoutMs) => {
+      for (const p of planes) {
+        Atomics.store(p.words, DATA_PLANE.quiesce, 1);
+        signalEventFd(p.wake);
+      }
+      const deadline = performance.now() + timeoutMs;
+      for (const p of planes) {
+        while (Atomics.load(p.words, DATA_PLANE.quiesced) === 0) {
+          if (performance.now() > deadline) {
+            release();
+            throw new Error(
+              `the data-plane thread of ${p.name} did not finish its work within ${timeoutMs} ms`,
+            );
+          }
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      }
+    },
+    release,
     stop: async () => {
       signalEventFd(stopFd);
       await Promise.all(exits);

@@ -13,7 +13,14 @@ import { signalEventFd } from "../native.ts";
 export const DATA_PLANE = {
   /** Bumped on every DRIVER_OK: the data-plane thread runs the model's activation when it sees a new value. */
   activations: 0,
-  words: 2,
+  /**
+   * Set by the main thread to quiesce the data plane for a snapshot: the thread stops taking work (kicks, TAP
+   * input, timers), finishes the slices it has left for later, then sets `quiesced` and waits until `quiesce` is
+   * cleared. Both changes come with a signal of the wake eventfd.
+   */
+  quiesce: 1,
+  quiesced: 2,
+  words: 4,
 } as const;
 
 export function createDataPlaneBlock(): SharedArrayBuffer {

@@ -3,7 +3,7 @@
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
 import { loadElf } from "../arch/x86/elf.ts";
@@ -21,7 +21,7 @@ import { I8042, I8042_AUX_IRQ, I8042_KBD_IRQ } from "../devices/legacy/i8042.ts"
 import { Uart16550 } from "../devices/legacy/uart16550.ts";
 import type { VirtioConsole } from "../devices/virtio/console.ts";
 import { ConfigError, VireoError } from "../errors.ts";
-import { startIoThreads } from "../io-thread/io-threads.ts";
+import { type IoThreads, startIoThreads } from "../io-thread/io-threads.ts";
 import { RUN } from "../kvm/abi.ts";
 import {
   msrIndexList,
@@ -49,7 +49,10 @@ import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
 import {
+  type BuiltPci,
   type DiskConfig,
+  defaultMac,
+  isVhostUser,
   type NetConfig,
   type PciManifest,
   preparePci,
@@ -57,7 +60,13 @@ import {
 } from "./pci-devices.ts";
 import { platformAcpi } from "./platform.ts";
 import { restoreComponents, type Snapshottable, saveComponents } from "./snapshot/components.ts";
-import { machineSection, memorySection, vcpuSection, vmSection } from "./snapshot/kvm-sections.ts";
+import {
+  machineSection,
+  memorySection,
+  type SavedDevices,
+  vcpuSection,
+  vmSection,
+} from "./snapshot/kvm-sections.ts";
 import { readMemoryFile, writeMemoryFile } from "./snapshot/memory-file.ts";
 import {
   MEMORY_FILE_NAME,
@@ -66,7 +75,7 @@ import {
   STATE_FILE_NAME,
   vcpuSectionName,
 } from "./snapshot/snapshot.ts";
-import { writeStateFile } from "./snapshot/state-file.ts";
+import { type StateSection, writeStateFile } from "./snapshot/state-file.ts";
 import { startTsWorker } from "./ts-worker.ts";
 import type { BootState, VcpuWorkerData } from "./vcpu-worker.ts";
 
@@ -190,7 +199,12 @@ export class Machine {
     ram: Uint8Array;
     platform: "micro" | "pc";
     devices: Record<string, Snapshottable>;
-    hasPci: boolean;
+    /** The PCI devices as `vireo run --restore` builds them again. */
+    saved: SavedDevices;
+    /** Devices a snapshot cannot take yet (vhost-user, vhost-net: their rings are served outside vireo). */
+    unsupported: string[];
+    /** The data-plane threads, quiesced while a snapshot is taken. */
+    io: IoThreads | null;
   } | null = null;
   private snapshotting = false;
   /** The vCPU states of a save request in progress (CONTROL.save). */
@@ -342,13 +356,18 @@ export class Machine {
       const devices = defaultDevices({ outputFd: serialFd, platform, memSize: ram.size });
       const readDoorbells = this.plumbTestDevice(vm, devices, cleanups);
       let pci: PciManifest | null = null;
+      let firmware: BuiltPci | null = null;
+      // A NIC's MAC is chosen here when not given, so that a snapshot records the one the guest sees.
+      const nets = (config.nets ?? []).map((n, i) =>
+        n.vhostUser !== undefined || n.mac !== undefined ? n : { ...n, mac: defaultMac(i) },
+      );
       if (hasPci(config)) {
         const vmForMsi = vm;
         const prepared = preparePci(
           {
             disks: config.disks ?? [],
             rng: config.rng === true,
-            nets: config.nets ?? [],
+            nets,
             console: config.console === "virtio" ? { outputFd: serialFd } : undefined,
             ram: { fd: ram.fd, size: ram.size, hostAddress: ram.hostAddress },
           },
@@ -364,18 +383,44 @@ export class Machine {
         );
         cleanups.push(prepared.close);
         pci = prepared.manifest;
+        firmware = prepared.firmware;
       }
       const supported = system.supportedCpuid();
       const mmapSize = system.vcpuMmapSize();
       const msrIndices = snapshotMsrs(msrIndexList(system.fd));
       const stateCaps = vcpuStateCaps(system.fd);
       const components = legacyComponents(devices, vm, mainMetrics);
+      if (pci !== null && firmware !== null) {
+        // The main thread's objects over the devices' shared state (the firmware's): saved and restored here.
+        components.pci = firmware.bus;
+        pci.devices.forEach((spec, i) => {
+          components[spec.name] = firmware.functions[i] as Snapshottable;
+        });
+      }
       this.snap = {
         vm,
         ram: new Uint8Array(ram.buffer),
         platform,
         devices: components,
-        hasPci: pci !== null,
+        saved: {
+          disks: (config.disks ?? [])
+            .filter((d) => !d.vhostUser)
+            .map((d) => ({
+              path: resolve(d.path),
+              readOnly: d.readOnly,
+              direct: d.direct,
+              iothread: d.iothread === true,
+            })),
+          nets: nets
+            .filter((n) => n.vhostUser === undefined && !n.vhost)
+            .map((n) => ({ tap: n.tap, mac: macText(n.mac as Uint8Array), model: n.model })),
+          rng: config.rng === true,
+          console: config.console === "virtio" ? "virtio" : "serial",
+        },
+        unsupported: (pci?.devices ?? [])
+          .filter((d) => isVhostUser(d) || d.kind === "vhost-net")
+          .map((d) => `${d.name} (${d.kind})`),
+        io: null,
       };
       if (plan) {
         // docs/snapshot.md, restore order: memory (above), devices, then the in-kernel irqchip, PIT and clock
@@ -408,6 +453,7 @@ export class Machine {
         ? await startIoThreads(pci, { vmFd: vm.fd, ram: ram.buffer, metrics, onMessage: onIoMessage })
         : null;
       if (io) cleanups.push(() => io.close());
+      this.snap.io = io;
 
       const stopped = this.startVcpus({
         vm,
@@ -529,30 +575,38 @@ export class Machine {
       throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
     if (this.state !== "running" && this.state !== "paused")
       throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
-    if (snap.hasPci)
+    if (snap.unsupported.length > 0)
       throw new ApiError(
         409,
         "VIREO_SNAPSHOT_UNSUPPORTED",
-        "snapshots of a machine with PCI devices (--disk, --net, --rng, --console virtio) are not built yet (docs/snapshot.md)",
+        `snapshots of vhost-user and vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
       );
     if (this.snapshotting) throw new ApiError(409, "VIREO_API_BUSY", "a snapshot is being taken already");
     this.snapshotting = true;
     const t0 = performance.now();
     const wasPaused = this.paused;
+    let quiesced = false;
     try {
       if (!wasPaused) await this.pause();
+      // docs/snapshot.md, requests in flight: the vCPU threads finished their devices' leftover slices before they
+      // parked; the data-plane threads finish theirs and then take no more work (kicks wait in their eventfds,
+      // frames in the TAP) until released below.
+      if (snap.io) {
+        try {
+          await snap.io.quiesce(QUIESCE_TIMEOUT_MS);
+          quiesced = true;
+        } catch (e) {
+          throw new ApiError(
+            409,
+            "VIREO_DEVICE_BUSY",
+            `a device is busy, try again: ${(e as Error).message}`,
+          );
+        }
+      }
       const tPaused = performance.now();
       const vcpus = await this.collectVcpuStates();
       const tVcpus = performance.now();
-      let devices: ReturnType<typeof saveComponents>;
-      try {
-        devices = saveComponents(snap.devices);
-      } catch (e) {
-        // Legacy devices are never busy; a device that is (a virtio request half done) says so by its code.
-        if (e instanceof VireoError && e.code === "VIREO_DEVICE_BUSY")
-          throw new ApiError(409, e.code, `a device is busy, try again: ${e.message}`);
-        throw e;
-      }
+      const devices = await saveWhenQuiet(snap.devices);
       const vmState = saveVmState(snap.vm.fd);
       mkdirSync(req.path, { recursive: true });
       const memory = writeMemoryFile(join(req.path, MEMORY_FILE_NAME), snap.ram);
@@ -568,6 +622,7 @@ export class Machine {
               kernel: this.config.kernel,
               cmdline: this.config.cmdline,
               platform: snap.platform,
+              devices: snap.saved,
             }),
           },
           { name: SECTION.memory, ...memorySection(snap.ram.byteLength, memory.extents) },
@@ -596,6 +651,7 @@ export class Machine {
       throw new ApiError(500, code, `snapshot to ${req.path} failed: ${(e as Error).message}`);
     } finally {
       this.snapshotting = false;
+      if (quiesced) snap.io?.release();
       if (!wasPaused && !req.paused && this.state === "paused") this.resume();
     }
   }
@@ -892,6 +948,33 @@ export class Machine {
       if (retry) clearTimeout(retry);
     };
   }
+}
+
+/** How long a snapshot waits for the data-plane threads to finish the work they had started. */
+const QUIESCE_TIMEOUT_MS = 5000;
+/** How long a snapshot retries a device that says it is busy (a request another thread is finishing). */
+const BUSY_RETRY_MS = 2000;
+
+/**
+ * Saves every component; a device with a request still half done (VIREO_DEVICE_BUSY: a thread is finishing it)
+ * is asked again every few milliseconds for up to BUSY_RETRY_MS, then the snapshot is refused with 409.
+ */
+async function saveWhenQuiet(components: Record<string, Snapshottable>): Promise<StateSection[]> {
+  const deadline = performance.now() + BUSY_RETRY_MS;
+  for (;;) {
+    try {
+      return saveComponents(components);
+    } catch (e) {
+      if (!(e instanceof VireoError) || e.code !== "VIREO_DEVICE_BUSY") throw e;
+      if (performance.now() > deadline)
+        throw new ApiError(409, e.code, `a device is busy, try again: ${e.message}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
+function macText(mac: Uint8Array): string {
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join(":");
 }
 
 function hasPci(config: MachineConfig): boolean {

@@ -500,7 +500,7 @@ export function preparePci(
     ram?: { fd: number; size: number; hostAddress: bigint };
   },
   ctx: PciBuildContext,
-): { manifest: PciManifest; close(): void } {
+): { manifest: PciManifest; firmware: BuiltPci; close(): void } {
   const fds: number[] = [];
   const closeFds = () => {
     for (const fd of fds.splice(0)) native().close(fd);
@@ -689,6 +689,7 @@ export function preparePci(
   });
   return {
     manifest,
+    firmware,
     close: () => {
       for (const b of backends) b.close();
       closeConns();

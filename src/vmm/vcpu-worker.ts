@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { type EntrySelectors, longModeSregs } from "../arch/x86/long-mode.ts";
+import { VirtioPciTransport } from "../devices/virtio/pci-transport.ts";
 import { EXIT, EXIT_NAMES, KVM_EXIT_IO_OUT, RUN, SREGS, SYSTEM_EVENT } from "../kvm/abi.ts";
 import {
   completeExit,
@@ -117,6 +118,13 @@ function main(): void {
       })
     : null;
 
+  if (data.restore !== null && data.index === 0 && pci !== null) {
+    // A restored machine's virtio devices go on (docs/snapshot.md): each serves what its driver made available and
+    // notified while the snapshot was taken (a kick still in an eventfd of the old process), here for devices served
+    // on vCPU threads, and by a wake of its data-plane thread for the others (RemoteQueues.activate).
+    for (const f of pci.functions) if (f instanceof VirtioPciTransport) f.device.activate();
+  }
+
   const thread = native().threadRegister(vcpu.runBytes.subarray(RUN.immediate_exit, RUN.immediate_exit + 1));
   flushMetricNames();
   post({ type: "ready", vcpu: data.index, thread, run: vcpu.runBuffer, ns: Number(process.hrtime.bigint()) });
@@ -183,7 +191,17 @@ function main(): void {
       break;
     }
     if (Atomics.load(control, CONTROL.pause) !== 0) {
-      // Paused (the control API): park outside KVM_RUN until resumed or stopped. A stop notifies this slot too.
+      // Paused (the control API): first finish the device work this thread left for later (a request served in
+      // slices), so a snapshot finds no request half done, then park outside KVM_RUN until resumed or stopped.
+      // Each slice is bounded and the guest adds nothing meanwhile; a stop ends the draining too.
+      while (later.pending && Atomics.load(control, CONTROL.stop) === 0) {
+        later.runOnce((e) => {
+          metrics.counter("vmm.device_errors").add();
+          post({ type: "device-error", vcpu: data.index, device: "deferred", message: (e as Error).message });
+        });
+      }
+      if (Atomics.load(control, CONTROL.stop) !== 0) continue;
+      // A stop notifies this slot too.
       Atomics.add(control, CONTROL.paused, 1);
       while (Atomics.load(control, CONTROL.pause) !== 0 && Atomics.load(control, CONTROL.stop) === 0) {
         answerSave();

@@ -54,6 +54,8 @@ const throughFile = (name: string, s: ReturnType<typeof vcpuSection>) =>
     typeof vcpuSection
   >;
 
+const NO_DEVICES = { disks: [], nets: [], rng: false, console: "serial" as const };
+
 test("kvm_msrs encoding: nmsrs, then 16-byte entries of index, reserved, value", () => {
   const b = encodeMsrs([{ index: 0xc0000082, value: 0x1122334455667788n }]);
   assert.equal(b.length, SIZEOF.kvm_msrs + SIZEOF.kvm_msr_entry);
@@ -69,7 +71,22 @@ test("vCPU, VM, machine and memory sections round-trip through a state file", ()
   assert.deepEqual(readVcpuSection("vcpu-0", throughFile("vcpu-0", vcpuSection(v))), v);
   const vm = { picMaster: chip(0), picSlave: chip(1), ioapic: chip(2), pit: random(112), clock: random(48) };
   assert.deepEqual(readVmSection("kvm", throughFile("kvm", vmSection(vm))), vm);
-  const m = { memMiB: 64, cpus: 2, kernel: "/k.elf", cmdline: "count", platform: "micro" as const };
+  const m = {
+    memMiB: 64,
+    cpus: 2,
+    kernel: "/k.elf",
+    cmdline: "count",
+    platform: "micro" as const,
+    devices: {
+      disks: [{ path: "/srv/d.img", readOnly: false, direct: true, iothread: true }],
+      nets: [
+        { tap: "vireo0", mac: "02:76:69:0a:0b:00", model: "virtio" as const },
+        { tap: "tap-e", mac: "02:76:69:0a:0b:01", model: "e1000" as const },
+      ],
+      rng: true,
+      console: "virtio" as const,
+    },
+  };
   assert.deepEqual(readMachineSection("machine", throughFile("machine", machineSection(m)), 64), m);
   const ext: Array<[number, number]> = [
     [0, 8192],
@@ -102,9 +119,42 @@ test("a section wrong anywhere is refused with the field named", () => {
     clock: random(48),
   });
   refuse(() => readVmSection("kvm", vm), /picSlave/);
-  const m = machineSection({ memMiB: 64, cpus: 1, kernel: "k", cmdline: "", platform: "micro" });
+  const m = machineSection({
+    memMiB: 64,
+    cpus: 1,
+    kernel: "k",
+    cmdline: "",
+    platform: "micro",
+    devices: NO_DEVICES,
+  });
   refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, memMiB: 1 << 20 } }, 64), /memMiB/);
   refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, platform: "arm" } }, 64), /platform/);
+  const withDevices = (d: object) => ({ ...m, data: { ...m.data, devices: { ...NO_DEVICES, ...d } } });
+  const disk = { path: "/d.img", readOnly: false, direct: false, iothread: false };
+  const net = { tap: "t0", mac: "02:00:00:00:00:01", model: "virtio" };
+  refuse(
+    () => readMachineSection("machine", withDevices({ disks: [{ ...disk, path: "d.img" }] }), 64),
+    /path/,
+  );
+  refuse(() => readMachineSection("machine", withDevices({ disks: [{ ...disk, direct: 1 }] }), 64), /direct/);
+  refuse(() => readMachineSection("machine", withDevices({ disks: "x" }), 64), /disks/);
+  refuse(() => readMachineSection("machine", withDevices({ disks: Array(32).fill(disk) }), 64), /disks/);
+  refuse(() => readMachineSection("machine", withDevices({ nets: [{ ...net, tap: "a/b" }] }), 64), /tap/);
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...net, tap: "x".repeat(16) }] }), 64),
+    /tap/,
+  );
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...net, mac: "02:00:00:00:00" }] }), 64),
+    /mac/,
+  );
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...net, model: "rtl8139" }] }), 64),
+    /model/,
+  );
+  refuse(() => readMachineSection("machine", withDevices({ console: "tty" }), 64), /console/);
+  refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, devices: null } }, 64), /devices/);
+  refuse(() => readMachineSection("machine", { ...m, version: 1 }, 64), /version/);
   for (const ext of [
     [
       [4096, 4096],
@@ -152,7 +202,14 @@ test("the memory file: zero pages are holes, data pages read back, a file of ano
 });
 
 test("loadSnapshot: a whole directory loads; a missing, stray or other-version section is refused with its code", () => {
-  const machine = { memMiB: 2, cpus: 1, kernel: "k", cmdline: "count", platform: "micro" as const };
+  const machine = {
+    memMiB: 2,
+    cpus: 1,
+    kernel: "k",
+    cmdline: "count",
+    platform: "micro" as const,
+    devices: NO_DEVICES,
+  };
   const vm = { picMaster: chip(0), picSlave: chip(1), ioapic: chip(2), pit: random(112), clock: random(48) };
   const base = [
     { name: "machine", ...machineSection(machine) },

@@ -20,7 +20,8 @@ export const VCPU_VERSION = 1;
 export const VM_KIND = "kvm-vm-x86";
 export const VM_VERSION = 1;
 export const MACHINE_KIND = "vireo-machine";
-export const MACHINE_VERSION = 1;
+/** 2: the PCI devices (disks, NICs, rng, console) the machine was built with. */
+export const MACHINE_VERSION = 2;
 export const MEMORY_KIND = "guest-memory";
 export const MEMORY_VERSION = 1;
 export const PAGE = 4096;
@@ -102,6 +103,18 @@ export function readVmSection(name: string, ds: DeviceState): VmState {
   };
 }
 
+/**
+ * The PCI devices `vireo run --restore` builds again, with the options they had: disks by path (shared storage:
+ * the restoring host must reach the same file, absolute paths), NICs by TAP name (a TAP reattaches by name) and
+ * MAC (the guest's driver knows it).
+ */
+export interface SavedDevices {
+  disks: Array<{ path: string; readOnly: boolean; direct: boolean; iothread: boolean }>;
+  nets: Array<{ tap: string; mac: string; model: "virtio" | "e1000" }>;
+  rng: boolean;
+  console: "serial" | "virtio";
+}
+
 /** What `vireo run --restore` rebuilds: the machine the snapshot was taken of. */
 export interface SavedMachine {
   memMiB: number;
@@ -110,22 +123,67 @@ export interface SavedMachine {
   kernel: string;
   cmdline: string;
   platform: "micro" | "pc";
+  devices: SavedDevices;
 }
 
+/** At most this many disks and NICs each (the PCI bus has 31 slots for all of them). */
+const MAX_SAVED_DEVICES = 31;
+const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+
 export function machineSection(m: SavedMachine): DeviceState {
-  return { kind: MACHINE_KIND, version: MACHINE_VERSION, data: { ...m } };
+  const d = m.devices;
+  return {
+    kind: MACHINE_KIND,
+    version: MACHINE_VERSION,
+    data: {
+      ...m,
+      devices: {
+        disks: d.disks.map((x) => ({ ...x })),
+        nets: d.nets.map((x) => ({ ...x })),
+        rng: d.rng,
+        console: d.console,
+      },
+    },
+  };
+}
+
+function savedList(r: StateReader, raw: unknown, key: string): StateReader[] {
+  if (!Array.isArray(raw) || raw.length > MAX_SAVED_DEVICES)
+    r.fail(key, `is not a list of at most ${MAX_SAVED_DEVICES} devices`);
+  return r.objects(key, raw.length);
 }
 
 export function readMachineSection(name: string, ds: DeviceState, maxCpus: number): SavedMachine {
   const r = StateReader.open(name, ds, MACHINE_KIND, MACHINE_VERSION);
   const platform = r.string("platform");
   if (platform !== "micro" && platform !== "pc") r.fail("platform", `"${platform}", not micro or pc`);
+  const dr = r.object("devices");
+  const rawDevices = ds.data.devices as Record<string, unknown>;
+  const disks = savedList(dr, rawDevices.disks, "disks").map((d) => {
+    const path = d.string("path");
+    if (!path.startsWith("/") || path.includes("\0")) d.fail("path", "is not an absolute path");
+    return { path, readOnly: d.bool("readOnly"), direct: d.bool("direct"), iothread: d.bool("iothread") };
+  });
+  const nets = savedList(dr, rawDevices.nets, "nets").map((n) => {
+    const tap = n.string("tap");
+    if (tap.length < 1 || tap.length > 15 || !/^[A-Za-z0-9_.:-]+$/.test(tap))
+      n.fail("tap", "is not an interface name");
+    const mac = n.string("mac");
+    if (!MAC_RE.test(mac)) n.fail("mac", "is not a MAC address (xx:xx:xx:xx:xx:xx, lower case)");
+    const model = n.string("model");
+    if (model !== "virtio" && model !== "e1000") n.fail("model", `is "${model}", not virtio or e1000`);
+    return { tap, mac, model: model as "virtio" | "e1000" };
+  });
+  const console = dr.string("console");
+  if (console !== "serial" && console !== "virtio")
+    dr.fail("console", `is "${console}", not serial or virtio`);
   return {
     memMiB: r.int("memMiB", MIN_MEM_MIB, MAX_MEM_MIB),
     cpus: r.int("cpus", 1, maxCpus),
     kernel: r.string("kernel"),
     cmdline: r.string("cmdline"),
     platform: platform as SavedMachine["platform"],
+    devices: { disks, nets, rng: dr.bool("rng"), console: console as SavedDevices["console"] },
   };
 }
 
