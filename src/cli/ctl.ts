@@ -18,7 +18,8 @@ Verbs:
   snapshot DIR
              pause the VM, write DIR/state (vCPUs, irqchip, PIT, clock, devices) and DIR/memory (guest RAM,
              zero pages left as holes), and resume it (--paused: leave it paused). vireo run --restore DIR
-             resumes it in a new process. Machines with PCI devices cannot be snapshotted yet
+             resumes it in a new process, with the same disks (by path) and TAPs (by name). Machines with
+             vhost-user or vhost-net devices cannot be snapshotted yet
 
 Options:
   --api-socket PATH   the socket given to vireo run --api-socket
