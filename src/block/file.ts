@@ -104,6 +104,11 @@ export class FileBlockBackend implements BlockBackend {
     return this.fd;
   }
 
+  /** With O_DIRECT, the buffered descriptor for accesses O_DIRECT refuses (else null). */
+  get bufferedDescriptor(): number | null {
+    return this.bufferedFd;
+  }
+
   read(offset: number, dst: Uint8Array): void {
     checkRange("read", offset, dst.length, this.size);
     this.io("read", offset, dst, (fd, at, buf) => readSync(fd, buf, 0, buf.length, at));

@@ -238,6 +238,8 @@ export class VhostUserBackend {
 
   /** Closes every fd the back-end holds and stops the device (the connection ended). */
   close(): void {
+    // Requests with other threads (an I/O pool) end first: they write guest memory.
+    this.settleAll();
     for (const r of this.rings) {
       for (const fd of [r.kick, r.call, r.err]) if (fd >= 0) this.closeQuietly(fd);
       r.kick = r.call = r.err = -1;
@@ -427,6 +429,8 @@ export class VhostUserBackend {
     if (b.kind !== "memory") throw new Error("unreachable");
     const regions = checkRegions(b.regions);
     const memory = VhostUserMemory.map(regions, fds);
+    // Requests still with other threads end on the device and memory they were taken with.
+    this.settleAll();
     // A started ring keeps its guest addresses: the new table must map its user addresses to the same ones.
     this.rings.forEach((r, q) => {
       if (!r.started || r.areas === null || r.addr === null) return;
@@ -624,17 +628,28 @@ export class VhostUserBackend {
 
   /**
    * The base GET_VRING_BASE returns counts every request taken from the ring, so one still in progress (a large
-   * blk request moves in slices) is served to its end before the ring stops: otherwise a front-end without an
-   * inflight buffer would never see it used. A request is at most a ring of size_max segments, so num + 16 slices
-   * finish any; past that (a front-end that keeps adding work meanwhile) it is dropped, and said so.
+   * blk request moves in slices, or requests out with an I/O pool's threads) is served to its end before the
+   * ring stops: otherwise a front-end without an inflight buffer would never see it used (and a pool's thread
+   * could write guest memory after the front-end took the ring back). Requests with other threads are waited
+   * for; a request is at most a ring of size_max segments, so num + 16 slices finish any sliced one; past that
+   * (a front-end that keeps adding work meanwhile) it is dropped, and said so.
    */
   private finishInProgress(q: number, num: number): void {
     const dev = this.device;
     if (dev === null) return;
-    for (let i = 0; i < num + 16 && dev.hasUnfinished(q) && dev.running; i++) dev.notify(q);
-    if (dev.hasUnfinished(q)) {
-      this.opts.log(`vhost-user: vring ${q}: a request still in progress when the ring stopped is dropped`);
+    if (dev.finishUnfinished(q, num + 16)) {
+      dev.settleDetached(q);
+      if (dev.hasUnfinished(q)) {
+        this.opts.log(`vhost-user: vring ${q}: a request still in progress when the ring stopped is dropped`);
+      }
     }
+  }
+
+  /** Waits for every request out with other threads (an I/O pool), on every ring. */
+  private settleAll(): void {
+    const dev = this.device;
+    if (dev === null) return;
+    for (let q = 0; q < this.numQueues; q++) dev.settleDetached(q);
   }
 
   private interrupt(vector: number): void {

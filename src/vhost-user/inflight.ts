@@ -19,12 +19,15 @@
  * taken, and every chain it finishes is linked into the last batch just before the queue writes its used element.
  * A batch is what the queue publishes with one used idx store (a drain slice's chains); its marks are cleared once
  * the used ring's idx, as the front-end sees it, covers them (checked before each link and when a slice ends).
- * Models that complete chains outside VirtioContext.drain are not tracked this way (virtio-blk uses drain only).
+ * Chains a handler detaches (DETACHED: virtio-blk with an I/O pool) stay marked while they are out, and are
+ * linked when they come back through VirtioContext.completeDetached, in whatever order they end: each
+ * completeDetached call is one batch (one used idx store), linked, published and settled as a slice's chains
+ * are. Models that push used buffers any other way outside VirtioContext.drain are not tracked.
  */
 import { fstatSync, ftruncateSync } from "node:fs";
 import type { VirtioContext, VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { type DescriptorChain, SplitQueue } from "../devices/virtio/queue/index.ts";
-import { type ChainResult, IN_PROGRESS, type WorkBudget } from "../devices/virtio/work-budget.ts";
+import { type ChainResult, DETACHED, IN_PROGRESS, type WorkBudget } from "../devices/virtio/work-budget.ts";
 import { MFD_CLOEXEC, native } from "../native.ts";
 import { VhostUserRequestError } from "./protocol.ts";
 
@@ -391,6 +394,7 @@ class InflightModel implements VirtioDeviceModel {
   validateFeatures?: (accepted: bigint) => string | null;
   activate?: () => void;
   reset?: () => void;
+  settleDetached?: (q: number) => void;
 
   constructor(
     private readonly inner: VirtioDeviceModel,
@@ -408,6 +412,7 @@ class InflightModel implements VirtioDeviceModel {
     if (inner.validateFeatures) this.validateFeatures = (a) => inner.validateFeatures?.(a) ?? null;
     if (inner.activate) this.activate = () => inner.activate?.();
     if (inner.reset) this.reset = () => inner.reset?.();
+    if (inner.settleDetached) this.settleDetached = (q) => inner.settleDetached?.(q);
   }
 
   bind(ctx: VirtioContext): void {
@@ -426,12 +431,22 @@ class InflightModel implements VirtioDeviceModel {
       ctx.drain(q, (chain, work) => {
         iq.take(chain.id);
         const r = handle(chain, work);
-        if (r !== IN_PROGRESS) iq.link(chain.id, this.usedIdx(q));
+        if (r !== IN_PROGRESS && r !== DETACHED) iq.link(chain.id, this.usedIdx(q));
         return r;
       });
       iq.settle(this.usedIdx(q));
     };
-    this.inner.bind(Object.assign(Object.create(ctx) as VirtioContext, { drain }));
+    const completeDetached: VirtioContext["completeDetached"] = (q, done, beforePush) => {
+      const iq = this.tracker.queue(q);
+      if (iq === undefined) return ctx.completeDetached(q, done, beforePush);
+      const pushed = ctx.completeDetached(q, done, (chain) => {
+        beforePush?.(chain);
+        iq.link(chain.id, this.usedIdx(q));
+      });
+      iq.settle(this.usedIdx(q));
+      return pushed;
+    };
+    this.inner.bind(Object.assign(Object.create(ctx) as VirtioContext, { drain, completeDetached }));
   }
 
   readConfig(offset: number, data: Uint8Array): void {

@@ -9,6 +9,14 @@
  * blocking call. With VIRTIO_BLK_F_MQ every queue has its own lock, so several threads can serve several queues
  * at once.
  *
+ * With an I/O pool (`io`, src/block/io-pool.ts: worker threads doing preadv/pwritev on guest memory) reads,
+ * writes and flushes are handed to the pool instead (DETACHED) and many are at the disk at once; each is used
+ * when it ends, in whatever order they end (2.7.8 / 2.7.13: the device may use buffers in any order). The
+ * guest ranges are checked here before a job names them. A FLUSH waits for every write in flight when it
+ * arrives, then runs fdatasync: a flush covers at least every write completed before it. A request the pool
+ * cannot take (every slot busy, more segments than a job holds, a range outside guest memory) is served on this
+ * thread as without a pool. The host waits for the pool's requests before it stops a ring (settleDetached).
+ *
  * What the driver got wrong decides the outcome:
  * - a request the device can answer (unknown type, sector beyond capacity, length not a multiple of 512, a
  *   write to a read-only disk, bad discard segments) completes with VIRTIO_BLK_S_IOERR or _UNSUPP (5.2.6.2);
@@ -16,11 +24,12 @@
  *   wrong direction for its type) is a broken driver: the device sets DEVICE_NEEDS_RESET.
  */
 import type { BlockBackend } from "../../block/backend.ts";
+import type { BlockIoOwner, BlockIoPool } from "../../block/io-pool.ts";
 import type { Counter } from "../../metrics/registry.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import type { BufferSegment, DescriptorChain } from "./queue/index.ts";
-import { type ChainResult, IN_PROGRESS, type WorkBudget } from "./work-budget.ts";
+import { type ChainResult, DETACHED, IN_PROGRESS, type WorkBudget } from "./work-budget.ts";
 
 /** Feature bits (5.2.3). */
 export const VIRTIO_BLK_F = {
@@ -106,6 +115,21 @@ export interface VirtioBlkOptions {
   /** max_discard_seg / max_write_zeroes_seg; default 1. */
   maxDiscardSegments?: number;
   maxWriteZeroesSegments?: number;
+  /**
+   * Worker threads for reads, writes and flushes (only over a SharedArrayBuffer guest memory): the completions
+   * arrive through the pool's completionFd, which the host polls and reaps (BlockIoPool.reap). Only for one
+   * thread serving every queue (the pool's owner).
+   */
+  io?: BlockIoPool;
+}
+
+/** A FLUSH waiting for the writes in flight when it arrived. */
+interface WaitingFlush {
+  q: number;
+  chain: DescriptorChain;
+  status: Segments;
+  /** The newest write sequence number it must wait for. */
+  upTo: number;
 }
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
@@ -128,7 +152,7 @@ interface Transfer {
   status: Segments;
 }
 
-export class VirtioBlk implements VirtioDeviceModel {
+export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
   readonly type = VIRTIO_ID.BLOCK;
   readonly name: string;
   readonly numQueues: number;
@@ -149,6 +173,16 @@ export class VirtioBlk implements VirtioDeviceModel {
   private ctx!: VirtioContext;
   /** Requests continued across slices; a request dropped with its queue (reset) is collected with its chain. */
   private readonly transfers = new WeakMap<DescriptorChain, Transfer>();
+  private readonly io: BlockIoPool | undefined;
+  /** The guest memory's id in the pool (-1: no pool, or memory the workers cannot share). */
+  private memId = -1;
+  /** Per queue: requests with the pool, and finished ones to return at the end of the reap. */
+  private readonly outstanding: number[];
+  private readonly finished: Array<Array<{ chain: DescriptorChain; written: number }>>;
+  /** Writes with the pool, by sequence number (ascending: a Set keeps insertion order). */
+  private writeSeq = 0;
+  private readonly writesInFlight = new Set<number>();
+  private readonly waitingFlushes: WaitingFlush[] = [];
   private c = {
     requests: NO_COUNTER,
     readBytes: NO_COUNTER,
@@ -170,6 +204,9 @@ export class VirtioBlk implements VirtioDeviceModel {
     this.maxWriteZeroesSectors = opts.maxWriteZeroesSectors ?? 2048;
     this.maxDiscardSeg = opts.maxDiscardSegments ?? 1;
     this.maxWriteZeroesSeg = opts.maxWriteZeroesSegments ?? 1;
+    this.io = opts.io;
+    this.outstanding = new Array(this.numQueues).fill(0);
+    this.finished = Array.from({ length: this.numQueues }, () => []);
     this.serial = new Uint8Array(ID_BYTES);
     const id = new TextEncoder().encode(opts.serial ?? this.name);
     this.serial.set(id.subarray(0, ID_BYTES));
@@ -206,6 +243,8 @@ export class VirtioBlk implements VirtioDeviceModel {
 
   bind(ctx: VirtioContext): void {
     this.ctx = ctx;
+    const buffer = ctx.mem.bytes.buffer;
+    if (this.io !== undefined && buffer instanceof SharedArrayBuffer) this.memId = this.io.memoryId(buffer);
     const m = ctx.metrics;
     const p = `virtio.${this.name}`;
     if (m) {
@@ -226,14 +265,62 @@ export class VirtioBlk implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q < 0 || q >= this.numQueues) return;
-    this.ctx.drain(q, (chain, work) => this.handle(chain, work));
+    const io = this.memId >= 0 ? this.io : undefined;
+    if (io === undefined) {
+      this.ctx.drain(q, (chain, work) => this.handle(q, chain, work));
+      return;
+    }
+    // The pass's requests go to the pool together when it ends (a lone one runs here: see BlockIoPool.plug).
+    io.plug();
+    try {
+      this.ctx.drain(q, (chain, work) => this.handle(q, chain, work));
+    } finally {
+      io.unplug();
+    }
+  }
+
+  /** Waits for queue q's requests with the pool and returns them (a host about to stop the ring). */
+  settleDetached(q: number): void {
+    const io = this.io;
+    if (io === undefined) return;
+    io.waitFor(() => this.outstanding[q] === 0);
+  }
+
+  /** BlockIoOwner: after a reap, the queues' finished requests go to their used rings, one batch per queue. */
+  completionsDone(): void {
+    // Flushes whose writes have all ended start now (each may end at once, on this thread, if the pool is full).
+    while (this.waitingFlushes.length > 0) {
+      const f = this.waitingFlushes[0] as WaitingFlush;
+      const oldest = this.writesInFlight.values().next();
+      if (!oldest.done && oldest.value <= f.upTo) break;
+      this.waitingFlushes.shift();
+      this.bump(f.q, -1);
+      if (!this.queueFlush(f)) {
+        this.bump(f.q, 1);
+        this.finish(
+          f.q,
+          f.chain,
+          this.complete(
+            f.status,
+            this.attempt(() => this.backend.flush()),
+            0,
+          ),
+        );
+      }
+    }
+    for (let q = 0; q < this.numQueues; q++) {
+      const done = this.finished[q] as Array<{ chain: DescriptorChain; written: number }>;
+      if (done.length === 0) continue;
+      this.finished[q] = [];
+      this.ctx.completeDetached(q, done);
+    }
   }
 
   /**
    * Serves one request, or the next part of one (IN_PROGRESS until its data has all moved); returns the bytes
    * written to the device-writable part (data and status).
    */
-  private handle(chain: DescriptorChain, work: WorkBudget): ChainResult {
+  private handle(q: number, chain: DescriptorChain, work: WorkBudget): ChainResult {
     const going = this.transfers.get(chain);
     if (going !== undefined) return this.advance(chain, going, work);
     const mem = this.ctx.mem;
@@ -298,12 +385,25 @@ export class VirtioBlk implements VirtioDeviceModel {
           skip: isRead ? 0 : HEADER_SIZE,
           status: writable,
         };
+        if (this.memId >= 0 && length > 0 && this.submit(q, chain, t)) {
+          work.spend(length);
+          return DETACHED;
+        }
         this.transfers.set(chain, t);
         return this.advance(chain, t, work);
       }
       case VIRTIO_BLK_T.FLUSH:
-        status = this.attempt(() => this.backend.flush());
         this.c.flushes.add();
+        if (this.memId >= 0) {
+          const f: WaitingFlush = { q, chain, status: writable, upTo: this.writeSeq };
+          if (this.writesInFlight.size > 0) {
+            this.bump(q, 1);
+            this.waitingFlushes.push(f);
+            return DETACHED;
+          }
+          if (this.queueFlush(f)) return DETACHED;
+        }
+        status = this.attempt(() => this.backend.flush());
         break;
       case VIRTIO_BLK_T.GET_ID: {
         this.expect(chain, type, inData === 0, "the id buffer must be device-writable");
@@ -324,6 +424,73 @@ export class VirtioBlk implements VirtioDeviceModel {
         status = VIRTIO_BLK_S.UNSUPP;
     }
     return this.complete(writable, status, written);
+  }
+
+  /**
+   * Hands an IN or OUT to the pool: every guest range checked (as a synchronous transfer checks it); false if
+   * the pool cannot take it (the caller serves it on this thread).
+   */
+  private submit(q: number, chain: DescriptorChain, t: Transfer): boolean {
+    const io = this.io as BlockIoPool;
+    const mem = this.ctx.mem;
+    if (!io.begin(t.isRead ? "read" : "write", this.memId, t.disk)) return false;
+    for (const seg of t.data.range(t.skip, t.length)) {
+      let at: number;
+      try {
+        at = mem.check(seg.addr, seg.len);
+      } catch {
+        io.abandon();
+        return false;
+      }
+      if (!io.segment(at, seg.len)) {
+        io.abandon();
+        return false;
+      }
+    }
+    const seq = t.isRead ? 0 : ++this.writeSeq;
+    if (!t.isRead) this.writesInFlight.add(seq);
+    this.bump(q, 1);
+    io.submit(
+      (result) => {
+        if (!t.isRead) this.writesInFlight.delete(seq);
+        let status: number = VIRTIO_BLK_S.OK;
+        if (result !== t.length) {
+          status = VIRTIO_BLK_S.IOERR;
+          const why = result < 0 ? `errno ${-result}` : `${result} of ${t.length} bytes`;
+          this.ctx.warn(`${this.name}: ${t.isRead ? "read" : "write"} at ${t.disk}: ${why}`);
+        } else if (t.isRead) {
+          this.c.readBytes.add(t.length);
+        } else {
+          this.c.writtenBytes.add(t.length);
+        }
+        const ok = status === VIRTIO_BLK_S.OK;
+        this.finish(q, chain, this.complete(t.status, status, ok && t.isRead ? t.length : 0));
+      },
+      this,
+      t.length,
+    );
+    return true;
+  }
+
+  /** A FLUSH whose writes have ended: fdatasync in the pool; false if the pool is full (the caller does it). */
+  private queueFlush(f: WaitingFlush): boolean {
+    const io = this.io as BlockIoPool;
+    const queued = io.flush((result) => {
+      if (result < 0) this.ctx.warn(`${this.name}: flush: errno ${-result}`);
+      const status = result < 0 ? VIRTIO_BLK_S.IOERR : VIRTIO_BLK_S.OK;
+      this.finish(f.q, f.chain, this.complete(f.status, status, 0));
+    }, this);
+    if (queued) this.bump(f.q, 1);
+    return queued;
+  }
+
+  private bump(q: number, by: number): void {
+    this.outstanding[q] = (this.outstanding[q] ?? 0) + by;
+  }
+
+  private finish(q: number, chain: DescriptorChain, written: number): void {
+    this.bump(q, -1);
+    this.finished[q]?.push({ chain, written });
   }
 
   /** Writes the status byte, last, after the data (5.2.6: "The final status byte is written by the device"). */

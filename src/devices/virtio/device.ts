@@ -51,6 +51,7 @@ import {
   type ChainResult,
   checkBudget,
   DEFAULT_NOTIFY_BUDGET,
+  DETACHED,
   type Defer,
   IN_PROGRESS,
   type NotifyBudget,
@@ -106,6 +107,12 @@ export interface VirtioDeviceModel {
   /** The device was reset. Runs under the device lock with every queue idle. */
   reset?(): void;
   /**
+   * Models that detach chains (DETACHED): blocks until every chain of queue q handed to other threads is back and
+   * returned with completeDetached (a host about to stop the ring: vhost-user GET_VRING_BASE). Called with no lock
+   * held.
+   */
+  settleDetached?(q: number): void;
+  /**
    * Snapshots: checks a saved copy of the model's shared state region (stateBytes bytes, from a file that may be
    * hostile) before it is restored; a reason to refuse it, or null. Models without a region need none.
    */
@@ -142,6 +149,17 @@ export interface VirtioContext {
   drain(q: number, handle: (chain: DescriptorChain, work: WorkBudget) => ChainResult): void;
   /** After pushing used buffers on `vq` outside drain: notify the driver if it asked to be. */
   notifyUsed(q: number, vq: Virtqueue): void;
+  /**
+   * Returns chains of queue q whose handler returned DETACHED, in any order, as one used batch: each is pushed
+   * with its `written` bytes (`beforePush` first: inflight tracking links it), the used idx moves once, and the
+   * driver is notified if it asked to be. A chain whose queue was reset since it was taken is dropped (its ring
+   * is gone). Returns the chains pushed.
+   */
+  completeDetached(
+    q: number,
+    done: ReadonlyArray<{ chain: DescriptorChain; written: number }>,
+    beforePush?: (chain: DescriptorChain) => void,
+  ): number;
   /** The device changed its configuration space: bump config_generation and notify the driver (2.5). */
   configChanged(): void;
   /** The device cannot go on: set DEVICE_NEEDS_RESET and tell the driver (2.1.2). */
@@ -326,6 +344,8 @@ export class VirtioDevice {
   /** Per queue: a slice is already scheduled on this thread. */
   private readonly resumeScheduled: boolean[];
   private readonly partial: Array<PartialChain | undefined>;
+  /** Per queue, the chains handed to other threads (DETACHED) and the queue object that popped each. */
+  private readonly detached: Array<Map<DescriptorChain, Virtqueue>>;
   private readonly cSlicesCut: Counter;
   /** The cost of this object's slices of queue work so far. */
   readonly sliceStats: SliceStats = { slices: 0, maxBytes: 0, maxChains: 0, maxDescriptors: 0 };
@@ -391,6 +411,7 @@ export class VirtioDevice {
     for (let q = 0; q < n; q++) this.queueLocks.push(new SharedLock(state, 4 * (this.qb(q) + Q_LOCK)));
     this.queueCache = new Array(n).fill(undefined);
     this.partial = new Array(n).fill(undefined);
+    this.detached = Array.from({ length: n }, () => new Map());
     this.resumeScheduled = new Array(n).fill(false);
     const budget = opts.budget ?? DEFAULT_NOTIFY_BUDGET;
     const bad = checkBudget(budget);
@@ -426,6 +447,7 @@ export class VirtioDevice {
       notifyUsed: (q, vq) => {
         if (vq.shouldNotifyDriver()) this.raiseQueue(q);
       },
+      completeDetached: (q, done, beforePush) => this.completeDetached(q, done, beforePush),
       configChanged: () => this.configChanged(),
       needsReset: (reason) => this.needsReset(reason),
       warn: (message) => this.log(`virtio ${this.name}: ${message}`),
@@ -874,7 +896,33 @@ export class VirtioDevice {
    * host about to stop the ring can serve it to its end first (vhost-user GET_VRING_BASE).
    */
   hasUnfinished(q: number): boolean {
-    return this.partial[q] !== undefined;
+    return this.partial[q] !== undefined || (this.detached[q]?.size ?? 0) > 0;
+  }
+
+  /** Waits for queue q's detached chains (the model's settleDetached), leaving the ring as it is. */
+  settleDetached(q: number): void {
+    if (this.detachedCount(q) > 0) this.guard(`queue ${q}`, () => this.model.settleDetached?.(q));
+  }
+
+  /** Chains of queue q handed to other threads (DETACHED) and not returned yet. */
+  detachedCount(q: number): number {
+    return this.detached[q]?.size ?? 0;
+  }
+
+  /**
+   * Serves queue q's unfinished work to its end, as far as `rounds` slices go: detached chains are waited for
+   * (the model's settleDetached), a chain kept across slices gets more slices. Returns whether anything is left.
+   */
+  finishUnfinished(q: number, rounds: number): boolean {
+    for (let i = 0; i < rounds && this.hasUnfinished(q); i++) {
+      // Waited for even on a failed device: the other threads may still be writing guest memory.
+      this.settleDetached(q);
+      if (this.partial[q] !== undefined) {
+        if (!this.running) break;
+        this.notify(q);
+      }
+    }
+    return this.hasUnfinished(q);
   }
 
   // ---- snapshots --------------------------------------------------------------------------------------------
@@ -894,7 +942,7 @@ export class VirtioDevice {
   saveState(): DeviceState {
     return this.locked(() => {
       for (let q = 0; q < this.numQueues; q++) {
-        if (this.partial[q] !== undefined) {
+        if (this.partial[q] !== undefined || (this.detached[q]?.size ?? 0) > 0) {
           throw new DeviceBusyError(
             `virtio ${this.name}: queue ${q} has a request in progress; serve it, then save`,
           );
@@ -1192,6 +1240,11 @@ export class VirtioDevice {
           this.partial[q] = { vq, chain: c };
           return false;
         }
+        if (r === DETACHED) {
+          (this.detached[q] as Map<DescriptorChain, Virtqueue>).set(c, vq);
+          if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
+          return true;
+        }
         // A handler that does not account its work is charged what the chain declares.
         if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
         // The slice's used buffers are published together, when it ends (below): one used idx store per slice.
@@ -1215,6 +1268,34 @@ export class VirtioDevice {
       this.cSlicesCut.add();
       this.scheduleResume(q);
     }
+  }
+
+  private completeDetached(
+    q: number,
+    done: ReadonlyArray<{ chain: DescriptorChain; written: number }>,
+    beforePush?: (chain: DescriptorChain) => void,
+  ): number {
+    const mine = this.detached[q];
+    if (mine === undefined) return 0;
+    let pushed = 0;
+    this.withQueue(q, (vq) => {
+      try {
+        for (const { chain, written } of done) {
+          const from = mine.get(chain);
+          if (from === undefined) continue;
+          mine.delete(chain);
+          // Taken from a ring that was reset (or a device no longer running): nowhere to return it.
+          if (vq === null || from !== vq) continue;
+          beforePush?.(chain);
+          vq.pushUsed(chain, written, false);
+          pushed++;
+        }
+      } finally {
+        vq?.publishUsed();
+      }
+      if (pushed > 0 && vq?.shouldNotifyDriver()) this.raiseQueue(q);
+    });
+    return pushed;
   }
 
   /** One slice of queue q: the kept chain first, then the ring, within `work` (see drain). */

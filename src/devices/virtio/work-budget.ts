@@ -89,7 +89,13 @@ export class WorkBudget {
 
 /** Returned by a chain handler that has not finished the chain: the device keeps it and continues next slice. */
 export const IN_PROGRESS: unique symbol = Symbol("virtio chain in progress");
-export type ChainResult = number | typeof IN_PROGRESS;
+/**
+ * Returned by a chain handler that handed the chain to other threads (a block I/O pool): the device leaves it in
+ * flight, goes on with the ring, and the model returns it later, in any order (2.7.8: the device may use buffers
+ * in a different order than they were made available), with VirtioContext.completeDetached.
+ */
+export const DETACHED: unique symbol = Symbol("virtio chain detached");
+export type ChainResult = number | typeof IN_PROGRESS | typeof DETACHED;
 
 /**
  * Where a device hands work it must come back to: "run this again on this thread soon, after others have had a
