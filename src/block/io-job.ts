@@ -68,19 +68,24 @@ function transfer(fd: number, write: boolean, views: Uint8Array[], position: num
   return done;
 }
 
+/** A job's guest memory: the whole buffer as bytes (offsets in the job are into it). */
+export type JobMemory = (id: number) => Uint8Array | undefined;
+
 /**
  * Runs the job in `slot`: the bytes moved (0 for a flush), or -errno. `fd` is the image (O_DIRECT or not),
- * `bufferedFd` a buffered descriptor for what O_DIRECT refuses (EINVAL), or -1.
+ * `bufferedFd` a buffered descriptor for what O_DIRECT refuses (EINVAL), or -1. `u32` views the same words as
+ * `ctl`.
  */
 export function runJob(
   ctl: Int32Array,
+  u32: Uint32Array,
   slot: number,
-  memory: (id: number) => SharedArrayBuffer | undefined,
+  memory: JobMemory,
   fd: number,
   bufferedFd: number,
 ): number {
   try {
-    return run(ctl, slot, memory, fd, bufferedFd);
+    return run(ctl, u32, slot, memory, fd, bufferedFd);
   } catch (e) {
     return -errnoOf(e);
   }
@@ -88,12 +93,12 @@ export function runJob(
 
 function run(
   ctl: Int32Array,
+  u32: Uint32Array,
   slot: number,
-  memory: (id: number) => SharedArrayBuffer | undefined,
+  memory: JobMemory,
   fd: number,
   bufferedFd: number,
 ): number {
-  const u32 = new Uint32Array(ctl.buffer);
   const s = SLOTS_AT + slot * SLOT_WORDS;
   const op = ctl[s + S_OP] as number;
   if (op === OP_FLUSH) {
@@ -101,26 +106,62 @@ function run(
     if (bufferedFd >= 0) fdatasyncSync(bufferedFd);
     return 0;
   }
-  const buffer = memory(ctl[s + S_MEM] as number);
-  if (buffer === undefined) return -EFAULT;
+  const write = op === OP_WRITE;
+  if (!write && op !== OP_READ) return -EIO;
+  const bytes = memory(ctl[s + S_MEM] as number);
+  if (bytes === undefined) return -EFAULT;
   const n = ctl[s + S_NSEGS] as number;
+  const position = (u32[s + S_OFFSET_LO] as number) + (u32[s + S_OFFSET_HI] as number) * 2 ** 32;
+  if (n === 1) {
+    // One piece (the common 4 KiB request): a call on the whole buffer at its offset, no view made.
+    const off = u32[s + S_SEGS] as number;
+    const len = u32[s + S_SEGS + 1] as number;
+    if (off + len > bytes.length) return -EFAULT;
+    try {
+      return single(fd, write, bytes, off, len, position);
+    } catch (e) {
+      // O_DIRECT refuses buffers or offsets not aligned to the file system's block: the buffered descriptor.
+      if (isEinval(e) && bufferedFd >= 0) return single(bufferedFd, write, bytes, off, len, position);
+      throw e;
+    }
+  }
   const views: Uint8Array[] = [];
   let total = 0;
   for (let i = 0; i < n; i++) {
     const off = u32[s + S_SEGS + 2 * i] as number;
     const len = u32[s + S_SEGS + 2 * i + 1] as number;
-    if (off + len > buffer.byteLength) return -EFAULT;
-    views.push(new Uint8Array(buffer, off, len));
+    if (off + len > bytes.length) return -EFAULT;
+    views.push(bytes.subarray(off, off + len));
     total += len;
   }
-  const position = (u32[s + S_OFFSET_LO] as number) + (u32[s + S_OFFSET_HI] as number) * 2 ** 32;
-  const write = op === OP_WRITE;
-  if (!write && op !== OP_READ) return -EIO;
   try {
     return transfer(fd, write, views, position, total);
   } catch (e) {
-    // O_DIRECT refuses buffers or offsets not aligned to the file system's block: the buffered descriptor.
     if (isEinval(e) && bufferedFd >= 0) return transfer(bufferedFd, write, views, position, total);
     throw e;
   }
+}
+
+/** One piece: pread/pwrite until all of it moved (a read past the end of the file reads zeroes). */
+function single(
+  fd: number,
+  write: boolean,
+  bytes: Uint8Array,
+  off: number,
+  len: number,
+  position: number,
+): number {
+  let done = 0;
+  while (done < len) {
+    const k = write
+      ? writeSync(fd, bytes, off + done, len - done, position + done)
+      : readSync(fd, bytes, off + done, len - done, position + done);
+    if (k <= 0) {
+      if (write) throw Object.assign(new Error("no progress"), { errno: EIO });
+      bytes.fill(0, off + done, off + len);
+      return len;
+    }
+    done += k;
+  }
+  return done;
 }

@@ -112,6 +112,8 @@ export class BlockIoPool {
   private readonly memIds = new Map<SharedArrayBuffer, number>();
   private readonly memJobs = new Map<number, number>();
   private readonly memById = new Map<number, SharedArrayBuffer>();
+  private readonly memBytes = new Map<number, Uint8Array>();
+  private readonly jobMemory = (id: number) => this.memBytes.get(id);
   private readonly fd: number;
   private readonly bufferedFd: number;
   private plugged = false;
@@ -182,6 +184,7 @@ export class BlockIoPool {
     this.memIds.set(buffer, id);
     this.memJobs.set(id, 0);
     this.memById.set(id, buffer);
+    this.memBytes.set(id, new Uint8Array(buffer));
     this.post({ kind: "memory", id, buffer });
     this.latestMem = id;
     for (const [b, other] of this.memIds)
@@ -262,7 +265,7 @@ export class BlockIoPool {
     if (held.length === 1 && this.inFlightJobs === 1) {
       const slot = held[0] as number;
       this.inlineJobs++;
-      const result = runJob(this.ctl, slot, (id) => this.memById.get(id), this.fd, this.bufferedFd);
+      const result = runJob(this.ctl, this.u32, slot, this.jobMemory, this.fd, this.bufferedFd);
       this.finishSlot(slot, result);
       this.tellOwners();
       return;
@@ -291,10 +294,7 @@ export class BlockIoPool {
     });
     for (const slot of slots) this.queued.splice(this.queued.indexOf(slot), 1);
     for (const slot of slots) {
-      this.finishSlot(
-        slot,
-        runJob(this.ctl, slot, (id) => this.memById.get(id), this.fd, this.bufferedFd),
-      );
+      this.finishSlot(slot, runJob(this.ctl, this.u32, slot, this.jobMemory, this.fd, this.bufferedFd));
     }
     this.tellOwners();
   }
@@ -436,6 +436,7 @@ export class BlockIoPool {
     this.memIds.delete(buffer);
     this.memJobs.delete(id);
     this.memById.delete(id);
+    this.memBytes.delete(id);
     this.post({ kind: "drop", id });
   }
 }

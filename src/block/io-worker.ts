@@ -30,7 +30,8 @@ import {
 const data = workerData as IoWorkerData;
 const ctl = new Int32Array(data.control);
 const port = data.port;
-const memories = new Map<number, SharedArrayBuffer>();
+const u32 = new Uint32Array(data.control);
+const memories = new Map<number, Uint8Array>();
 let memGen = -1;
 const ONE = new Uint8Array(8);
 ONE[0] = 1;
@@ -40,13 +41,13 @@ function takeMessages(): void {
     const m = receiveMessageOnPort(port);
     if (m === undefined) return;
     const msg = m.message as MemoryMessage;
-    if (msg.kind === "memory") memories.set(msg.id, msg.buffer);
+    if (msg.kind === "memory") memories.set(msg.id, new Uint8Array(msg.buffer));
     else memories.delete(msg.id);
   }
 }
 
 /** The buffer of memory `id`: its message is posted before any job naming it, so it is on the port by now. */
-function memory(id: number): SharedArrayBuffer | undefined {
+function memory(id: number): Uint8Array | undefined {
   const gen = Atomics.load(ctl, C_MEM_GEN);
   if (gen !== memGen) {
     memGen = gen;
@@ -88,6 +89,6 @@ for (;;) {
   }
   if (Atomics.compareExchange(ctl, C_SQ_HEAD, head, (head + 1) | 0) !== head) continue;
   const slot = Atomics.load(ctl, SQ_AT + (head & (RING - 1)));
-  complete(slot, runJob(ctl, slot, memory, data.fd, data.bufferedFd));
+  complete(slot, runJob(ctl, u32, slot, memory, data.fd, data.bufferedFd));
 }
 port.close();

@@ -13,7 +13,7 @@ import { startTsWorker } from "../vmm/ts-worker.ts";
 export const MAX_BLK_QUEUES = 16;
 
 /** I/O threads with --direct when --io-threads is not given (without --direct: 0, synchronous). */
-export const DEFAULT_DIRECT_IO_THREADS = 16;
+export const DEFAULT_DIRECT_IO_THREADS = 8;
 
 export const VHOST_USER_BLK_HELP = `Usage: vireo vhost-user blk --socket PATH --file IMG [--readonly] [--direct] [--once] [--queue-size N]
                             [--num-queues N] [--serial ID] [--busy-poll-us N] [--io-threads N]

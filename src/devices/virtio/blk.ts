@@ -434,18 +434,18 @@ export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
     const io = this.io as BlockIoPool;
     const mem = this.ctx.mem;
     if (!io.begin(t.isRead ? "read" : "write", this.memId, t.disk)) return false;
-    for (const seg of t.data.range(t.skip, t.length)) {
+    const fits = t.data.every(t.skip, t.length, (addr, len) => {
       let at: number;
       try {
-        at = mem.check(seg.addr, seg.len);
+        at = mem.check(addr, len);
       } catch {
-        io.abandon();
         return false;
       }
-      if (!io.segment(at, seg.len)) {
-        io.abandon();
-        return false;
-      }
+      return io.segment(at, len);
+    });
+    if (!fits) {
+      io.abandon();
+      return false;
     }
     const seq = t.isRead ? 0 : ++this.writeSeq;
     if (!t.isRead) this.writesInFlight.add(seq);
@@ -632,6 +632,24 @@ class Segments {
       left -= len;
       skip = 0;
     }
+  }
+
+  /** `visit` for each piece of [from, from + length) in order, while it returns true; whether all were visited. */
+  every(from: number, length: number, visit: (addr: number, len: number) => boolean): boolean {
+    let skip = from;
+    let left = length;
+    for (const s of this.segs) {
+      if (left === 0) return true;
+      if (skip >= s.len) {
+        skip -= s.len;
+        continue;
+      }
+      const len = Math.min(s.len - skip, left);
+      if (!visit(s.addr + skip, len)) return false;
+      left -= len;
+      skip = 0;
+    }
+    return true;
   }
 
   copyOut(mem: VirtioContext["mem"], from: number, dst: Uint8Array): void {
