@@ -4,7 +4,8 @@
  * were given once (per memory table) through their message ports.
  *
  *   header (HEADER_WORDS): stop flag, submission head/tail, completion tail, "completion signalled" flag,
- *                          memory generation (bumped when a memory buffer is added or dropped), workers ready
+ *                          memory generation (bumped when a memory buffer is added or dropped), workers ready,
+ *                          workers idle
  *   submission ring (RING words): slot numbers; the main thread writes at tail, workers take at head (CAS)
  *   completion ring (RING words): slot number + 1 (0 = not written yet); workers reserve at the completion tail
  *                          (Atomics.add), the main thread reads from its own head and clears each entry
@@ -21,6 +22,8 @@ export const C_SIGNALLED = 4;
 export const C_MEM_GEN = 5;
 /** Workers that have started and wait for jobs. */
 export const C_READY = 6;
+/** Workers asleep (or about to sleep) in Atomics.wait on the submission tail: the main thread wakes only these. */
+export const C_IDLE = 7;
 export const HEADER_WORDS = 16;
 
 /** Jobs in flight at most (a power of 2: the rings index with & (RING - 1)). */

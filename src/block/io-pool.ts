@@ -23,6 +23,7 @@ import { EFD_CLOEXEC, EFD_NONBLOCK, native, POLLIN, takeEventFd } from "../nativ
 import type { BlockCounts } from "./counting.ts";
 import { runJob } from "./io-job.ts";
 import {
+  C_IDLE,
   C_MEM_GEN,
   C_READY,
   C_SIGNALLED,
@@ -271,6 +272,7 @@ export class BlockIoPool {
       return;
     }
     for (const slot of held) this.push(slot);
+    this.wake(held.length);
   }
 
   /** Without threads: the jobs waiting, oldest first (their kinds). */
@@ -317,8 +319,22 @@ export class BlockIoPool {
   private enqueue(slot: number, job: Job): void {
     this.jobs[slot] = job;
     this.inFlightJobs++;
-    if (this.plugged) this.held.push(slot);
-    else this.push(slot);
+    if (this.plugged) {
+      this.held.push(slot);
+    } else {
+      this.push(slot);
+      this.wake(1);
+    }
+  }
+
+  /**
+   * Wakes up to `jobs` idle workers with one Atomics.notify (a notify costs a lock and a futex call each: one per
+   * job was the main thread's largest cost at queue depth 32); busy workers take the new jobs when they finish.
+   */
+  private wake(jobs: number): void {
+    if (this.threads === 0) return;
+    const idle = Atomics.load(this.ctl, C_IDLE);
+    if (idle > 0) Atomics.notify(this.ctl, C_SQ_TAIL, Math.min(idle, jobs));
   }
 
   private push(slot: number): void {
@@ -329,7 +345,6 @@ export class BlockIoPool {
     Atomics.store(this.ctl, SQ_AT + (this.sqTail & (RING - 1)), slot);
     this.sqTail = (this.sqTail + 1) | 0;
     Atomics.store(this.ctl, C_SQ_TAIL, this.sqTail);
-    Atomics.notify(this.ctl, C_SQ_TAIL, 1);
   }
 
   /** Runs the ended jobs' `done`, then their owners' `completionsDone`; returns the jobs reaped. */

@@ -11,6 +11,7 @@ import { receiveMessageOnPort, workerData } from "node:worker_threads";
 import { runJob } from "./io-job.ts";
 import {
   C_CQ_TAIL,
+  C_IDLE,
   C_MEM_GEN,
   C_READY,
   C_SIGNALLED,
@@ -84,7 +85,11 @@ for (;;) {
   const head = Atomics.load(ctl, C_SQ_HEAD);
   const tail = Atomics.load(ctl, C_SQ_TAIL);
   if (head === tail) {
+    // Counted idle before the wait: a submission after `tail` was read either sees the count and wakes this
+    // thread, or changed the tail first, and then the wait returns at once.
+    Atomics.add(ctl, C_IDLE, 1);
     Atomics.wait(ctl, C_SQ_TAIL, tail);
+    Atomics.sub(ctl, C_IDLE, 1);
     continue;
   }
   if (Atomics.compareExchange(ctl, C_SQ_HEAD, head, (head + 1) | 0) !== head) continue;
