@@ -14,6 +14,7 @@ int main(void) {
   P("KVM_GET_SUPPORTED_CPUID", KVM_GET_SUPPORTED_CPUID);
   P("KVM_CREATE_VCPU", KVM_CREATE_VCPU);
   P("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION);
+  P("KVM_GET_DIRTY_LOG", KVM_GET_DIRTY_LOG);
   P("KVM_SET_TSS_ADDR", KVM_SET_TSS_ADDR);
   P("KVM_SET_IDENTITY_MAP_ADDR", KVM_SET_IDENTITY_MAP_ADDR);
   P("KVM_CREATE_IRQCHIP", KVM_CREATE_IRQCHIP);
@@ -70,6 +71,7 @@ int main(void) {
   P("sizeof.kvm_irqchip", sizeof(struct kvm_irqchip));
   P("sizeof.kvm_pit_state2", sizeof(struct kvm_pit_state2));
   P("sizeof.kvm_clock_data", sizeof(struct kvm_clock_data));
+  P("sizeof.kvm_dirty_log", sizeof(struct kvm_dirty_log));
   P("sizeof.kvm_msrs", sizeof(struct kvm_msrs));
   P("sizeof.kvm_mp_state", sizeof(struct kvm_mp_state));
   P("offset.kvm_vcpu_events.flags", offsetof(struct kvm_vcpu_events, flags));

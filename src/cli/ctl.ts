@@ -4,7 +4,7 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, VireoError } from "../errors.ts";
 
-export const CTL_HELP = `Usage: vireo ctl --api-socket PATH VERB [ARG] [--json] [--paused]
+export const CTL_HELP = `Usage: vireo ctl --api-socket PATH VERB [ARG] [--json] [--paused] [--downtime-ms N] [--verify]
 
 Talks to a VM started with vireo run --api-socket PATH (HTTP with JSON over a Unix socket; the API is described
 in docs/api/openapi.yaml).
@@ -20,11 +20,20 @@ Verbs:
              zero pages left as holes), and resume it (--paused: leave it paused). vireo run --restore DIR
              resumes it in a new process, with the same disks (by path) and TAPs (by name). Machines with
              vhost-user or vhost-net devices cannot be snapshotted yet
+  migrate tcp:HOST:PORT|unix:PATH
+             live-migrate the VM to a vireo run --incoming listening there: guest RAM is copied in rounds while
+             the guest runs (KVM's dirty log and the devices' own), then the guest stops, the last pages and
+             its state go over, and the destination runs it; this VM's vireo run then exits 0. On a failure
+             before that the VM runs on here. Disks must be on storage both hosts reach, at the same path.
+             Answers rounds, pages and bytes sent, downtime and total time
 
 Options:
   --api-socket PATH   the socket given to vireo run --api-socket
   --json              print the API's JSON answer as it is
   --paused            snapshot: the VM stays paused afterwards
+  --downtime-ms N     migrate: stop the guest once a round's pages would take at most N ms (default 300)
+  --max-rounds N      migrate: stop the guest after N rounds whatever remains (default 30)
+  --verify            migrate: the destination checks a SHA-256 of all guest RAM before it runs the guest
   -h, --help          this help
 
 Exit status: 0 on success; 1 if the API answered with an error (its message on stderr); 125 if the socket could
@@ -37,6 +46,7 @@ const VERBS: Record<string, { method: string; path: string }> = {
   resume: { method: "PUT", path: "/v1/vm/resume" },
   shutdown: { method: "PUT", path: "/v1/vm/shutdown" },
   snapshot: { method: "PUT", path: "/v1/vm/snapshot" },
+  migrate: { method: "PUT", path: "/v1/vm/migrate" },
 };
 
 export interface ApiAnswer {
@@ -118,6 +128,15 @@ function formatHuman(verb: string, body: Record<string, unknown>): string {
       `took         ${body.totalMs} ms (pause ${body.pauseMs}, vCPU state ${body.vcpuStateMs}, memory ${body.memoryMs})`,
     ].join("\n");
   }
+  if (verb === "migrate") {
+    const rounds = Array.isArray(body.rounds) ? (body.rounds as Array<{ pages: number }>) : [];
+    return [
+      `migrated to ${body.to}${body.converged ? "" : " (the dirty set did not shrink below the downtime limit)"}`,
+      `rounds       ${rounds.length} (${rounds.map((r) => r.pages).join(", ")} pages), then ${body.finalPages} pages with the guest stopped`,
+      `sent         ${body.pagesSent} pages, ${(Number(body.bytesSent) / 2 ** 20).toFixed(1)} MiB in all${body.verified ? ", RAM checked by SHA-256" : ""}`,
+      `downtime     ${body.downtimeMs} ms, ${body.totalMs} ms in all`,
+    ].join("\n");
+  }
   if (verb === "metrics") {
     const m = (body.metrics ?? {}) as Record<string, number>;
     const keys = Object.keys(m).sort();
@@ -135,6 +154,9 @@ export async function cmdCtl(argv: string[]): Promise<number> {
       "api-socket": { type: "string" },
       json: { type: "boolean" },
       paused: { type: "boolean" },
+      "downtime-ms": { type: "string" },
+      "max-rounds": { type: "string" },
+      verify: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -156,13 +178,34 @@ export async function cmdCtl(argv: string[]): Promise<number> {
     // The VMM resolves nothing: it gets an absolute path, relative to this command's directory.
     body = { path: resolve(dir), ...(values.paused ? { paused: true } : {}) };
   } else if (values.paused) throw new ConfigError("vireo ctl: --paused goes with snapshot");
+  if (verb === "migrate") {
+    const to = extra.shift();
+    if (to === undefined)
+      throw new ConfigError("vireo ctl: migrate needs a destination (migrate tcp:HOST:PORT or unix:PATH)");
+    const count = (flag: string, v: string | undefined) => {
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1)
+        throw new ConfigError(`vireo ctl: --${flag} must be a positive whole number, got '${v}'`);
+      return n;
+    };
+    body = {
+      to,
+      ...(values["downtime-ms"] !== undefined
+        ? { downtimeMs: count("downtime-ms", values["downtime-ms"]) }
+        : {}),
+      ...(values["max-rounds"] !== undefined ? { maxRounds: count("max-rounds", values["max-rounds"]) } : {}),
+      ...(values.verify ? { verify: true } : {}),
+    };
+  } else if (values["downtime-ms"] !== undefined || values["max-rounds"] !== undefined || values.verify)
+    throw new ConfigError("vireo ctl: --downtime-ms, --max-rounds and --verify go with migrate");
   if (extra.length) throw new ConfigError(`vireo ctl: unexpected argument '${extra[0]}'`);
   // A snapshot writes all of guest RAM: give it time (minutes for GiBs on a slow disk).
   const answer = await callApi(
     socketPath,
     route.method,
     route.path,
-    verb === "snapshot" ? 600_000 : 30_000,
+    verb === "snapshot" || verb === "migrate" ? 900_000 : 30_000,
     body,
   );
   const answerBody = (answer.body ?? {}) as Record<string, unknown>;

@@ -7,10 +7,12 @@ import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
 import { MAX_CPUS, Machine, type MachineConfig, type RunResult, type SerialConfig } from "../vmm/machine.ts";
 import { MICRO_PROGRAMS, microGuest } from "../vmm/micro-guest.ts";
+import { parseEndpoint } from "../vmm/migration/endpoint.ts";
 import { parseDisk, parseNet } from "../vmm/pci-devices.ts";
 import { loadSnapshot, type RestorePlan } from "../vmm/snapshot/snapshot.ts";
 import { parseAccel, runEmulated, useEmulatedHost } from "./accel.ts";
 import { cmdCtl } from "./ctl.ts";
+import { receiveMigration } from "./incoming.ts";
 import { attachSwitchNet, detachSwitchNet, isSwitchNet, type SwitchNet } from "./net-switch.ts";
 import { formatRunSummary } from "./summary.ts";
 import { cmdSwitch } from "./switch.ts";
@@ -22,9 +24,10 @@ Usage:
   vireo run --guest micro:NAME [ARG...] [options]   run a built-in micro guest program
   vireo run --kernel FILE.elf [options]             run a freestanding ELF64 guest (docs/guest-abi.md)
   vireo run --restore DIR [options]                 resume a snapshot taken with vireo ctl snapshot DIR
+  vireo run --incoming tcp:HOST:PORT|unix:PATH      wait for a VM that vireo ctl migrate sends, then run it
   vireo demo                                        run the micro guest's tour and show what happened
   vireo ctl --api-socket PATH VERB                  control a running VM (info, pause, resume, metrics, shutdown,
-                                                    snapshot)
+                                                    snapshot, migrate)
   vireo image build [--out DIR] [--force]           fetch Debian's kernel and busybox, build initramfs images
   vireo bench NAME [--json]                         run a benchmark (${Object.keys(BENCHMARKS).join(", ")})
   vireo vhost-user net --socket PATH --tap NAME|--sink|--loopback|--gen SIZE
@@ -36,7 +39,7 @@ Usage:
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
-const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...] | --restore DIR) [options]
+const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...] | --restore DIR | --incoming WHERE) [options]
 
 Options:
   --kernel FILE        a Linux bzImage (64-bit boot protocol, ACPI tables built by vireo), or a freestanding
@@ -91,6 +94,12 @@ Options:
                        are refused with it; --serial, --timeout, --api-socket, --metrics, --stats apply. A state
                        file of another format version, corrupted, or not fitting is refused (its code in the
                        message) before any vCPU runs. Not with the emulated KVM host
+  --incoming tcp:HOST:PORT|unix:PATH
+                       listen there for one live migration (vireo ctl migrate on the source), receive the guest's
+                       RAM and state, and run it: the machine is the source's, with the same disks (same paths:
+                       shared storage) and TAPs (by name on this host); run-time options as with --restore. A cut,
+                       malformed or mismatched stream is refused and the source runs on. Not with the emulated
+                       KVM host
   --metrics FILE       write the metrics registry as JSON to FILE at exit
   --timeout SECONDS    stop the guest after this long (exit status 124)
   --stats SECONDS      print exit and interrupt rates to stderr every SECONDS while the guest runs
@@ -133,10 +142,11 @@ ${Object.entries(BENCHMARKS)
 
 Options:
   --json            print JSON instead of a table
-  --rounds N        interleaved rounds per configuration (default 5, switch and vhost-user-blk 1; medians)
+  --rounds N        interleaved rounds per configuration (default 5; switch, vhost-user-blk, snapshot 1; medians)
   --iterations N    guest loop iterations per round (default depends on the benchmark)
   --seconds N       vhost-user, vhost-user-blk, switch: length of each measured window (default 5)
-  --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518)
+  --sizes B,B...    switch: frame sizes in bytes, no FCS, 60 to 1518 (default 64,1518); snapshot: guest RAM in
+                    MiB, at least 64 (default 128,1024)
   --pairs N,N...    switch: numbers of port pairs (default 1,2,4)
   --depths N,N...   vhost-user-blk: queue depths, requests in flight, 1 to 42 (default 1,32)
   --cache MODE      vhost-user-blk: page (both back-ends through the host page cache, default) or direct (both
@@ -190,6 +200,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       accel: { type: "string" },
       "api-socket": { type: "string" },
       restore: { type: "string" },
+      incoming: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -197,7 +208,12 @@ async function cmdRun(argv: string[]): Promise<number> {
     console.log(RUN_HELP);
     return 0;
   }
+  if (values.restore !== undefined && values.incoming !== undefined)
+    throw new ConfigError(
+      "--restore and --incoming: give one (a snapshot directory, or a migration to wait for)",
+    );
   if (values.restore !== undefined) return cmdRestore(values.restore, values, positionals);
+  if (values.incoming !== undefined) return cmdIncoming(values.incoming, values, positionals);
   if ((values.kernel === undefined) === (values.guest === undefined))
     throw new ConfigError("give exactly one of --kernel FILE or --guest micro:NAME (see vireo run --help)");
   let kernel: string;
@@ -288,55 +304,47 @@ async function cmdRun(argv: string[]): Promise<number> {
   }
 }
 
-/** vireo run --restore DIR: the machine from the snapshot, run-time options from the command line. */
-async function cmdRestore(
-  dir: string,
-  values: Record<string, string | boolean | string[] | undefined>,
-  positionals: string[],
-): Promise<number> {
-  const machineOptions = [
-    "kernel",
-    "guest",
-    "cmdline",
-    "initrd",
-    "force",
-    "mem",
-    "cpus",
-    "disk",
-    "rng",
-    "net",
-    "console",
-  ];
-  const clash = machineOptions.find((o) => values[o] !== undefined);
-  if (clash) throw new ConfigError(`--restore: the machine is the snapshot's; --${clash} cannot go with it`);
+/** Options that describe the machine: a restored or incoming machine is the saved one, so they are refused. */
+const MACHINE_OPTIONS = [
+  "kernel",
+  "guest",
+  "cmdline",
+  "initrd",
+  "force",
+  "mem",
+  "cpus",
+  "disk",
+  "rng",
+  "net",
+  "console",
+] as const;
+
+type RunValues = Record<string, string | boolean | string[] | undefined>;
+
+/** The run-time options of a restored (or incoming) machine, checked before anything starts. */
+function restoredRunOptions(flag: string, values: RunValues, positionals: string[]) {
+  const clash = MACHINE_OPTIONS.find((o) => values[o] !== undefined);
+  if (clash) throw new ConfigError(`${flag}: the machine is the snapshot's; --${clash} cannot go with it`);
   if (positionals.length) throw new ConfigError(`unexpected argument '${positionals[0]}'`);
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
   if (timeout !== undefined && !(timeout > 0))
     throw new ConfigError(`--timeout must be a positive number of seconds, got '${values.timeout}'`);
-  let plan: RestorePlan;
-  try {
-    plan = loadSnapshot(dir, MAX_CPUS);
-  } catch (e) {
-    if (e instanceof VireoError)
-      throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
-    throw e;
-  }
-  // Checked before choosing the host, so a bad snapshot gets its refusal on any host.
-  if (useEmulatedHost(parseAccel(values.accel as string | undefined)))
-    throw new ConfigError(
-      "--restore: a snapshot on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM",
-    );
   const apiSocket = values["api-socket"] as string | undefined;
-  const config: MachineConfig = {
+  if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
+    throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);
+  if (typeof values.metrics === "string") checkWritable("--metrics", values.metrics);
+  const serial = parseSerial((values.serial as string | undefined) ?? "stdio");
+  const statsIntervalMs =
+    values.stats === undefined ? undefined : parseCount("--stats", values.stats as string, 1) * 1000;
+  return (plan: RestorePlan): MachineConfig => ({
     kernel: plan.machine.kernel,
     cmdline: plan.machine.cmdline,
     memMiB: plan.machine.memMiB,
     cpus: plan.machine.cpus,
-    serial: parseSerial((values.serial as string | undefined) ?? "stdio"),
+    serial,
     stdin: true,
     timeoutMs: timeout === undefined ? undefined : timeout * 1000,
-    statsIntervalMs:
-      values.stats === undefined ? undefined : parseCount("--stats", values.stats as string, 1) * 1000,
+    statsIntervalMs,
     apiSocket,
     restore: plan,
     // The devices the snapshot's machine had, with the options they had (disks on shared storage, TAPs by name).
@@ -353,13 +361,33 @@ async function cmdRestore(
     })),
     rng: plan.machine.devices.rng,
     console: plan.machine.devices.console,
-  };
-  if (apiSocket !== undefined && Buffer.byteLength(apiSocket) > 107)
-    throw new ConfigError(`--api-socket path is ${Buffer.byteLength(apiSocket)} bytes, at most 107`);
-  if (typeof values.metrics === "string") checkWritable("--metrics", values.metrics);
+  });
+}
+
+/** A restored or incoming VM runs on this host's KVM: the emulated KVM host is another machine. */
+function refuseEmulatedHost(flag: string, values: RunValues): void {
+  if (useEmulatedHost(parseAccel(values.accel as string | undefined)))
+    throw new ConfigError(
+      `${flag}: a snapshot or migration on this host cannot reach a VM inside the emulated KVM host; run with --accel kvm on a host with KVM`,
+    );
+}
+
+/** vireo run --restore DIR: the machine from the snapshot, run-time options from the command line. */
+async function cmdRestore(dir: string, values: RunValues, positionals: string[]): Promise<number> {
+  const configFor = restoredRunOptions("--restore", values, positionals);
+  let plan: RestorePlan;
+  try {
+    plan = loadSnapshot(dir, MAX_CPUS);
+  } catch (e) {
+    if (e instanceof VireoError)
+      throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
+    throw e;
+  }
+  // After the snapshot's checks, so a bad snapshot gets its refusal on any host.
+  refuseEmulatedHost("--restore", values);
   let result: RunResult;
   try {
-    result = await runUntilStopped(new Machine(config));
+    result = await runUntilStopped(new Machine(configFor(plan)));
   } catch (e) {
     if (e instanceof VireoError && !e.message.includes(e.code))
       throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
@@ -368,6 +396,43 @@ async function cmdRestore(
   if (result.restoreMs !== undefined)
     process.stderr.write(
       `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${result.restoreBytesRead} bytes of RAM read)\n`,
+    );
+  if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
+  reportOutcome(result);
+  return result.status;
+}
+
+/**
+ * vireo run --incoming tcp:HOST:PORT|unix:PATH: waits for one migration (src/cli/incoming.ts), then runs the
+ * machine it brought; run-time options from the command line.
+ */
+async function cmdIncoming(spec: string, values: RunValues, positionals: string[]): Promise<number> {
+  const configFor = restoredRunOptions("--incoming", values, positionals);
+  const endpoint = parseEndpoint(spec, "--incoming");
+  refuseEmulatedHost("--incoming", values);
+  const incoming = await receiveMigration(endpoint, {
+    maxCpus: MAX_CPUS,
+    log: (line) => process.stderr.write(`vireo: ${line}\n`),
+  });
+  let result: RunResult;
+  try {
+    result = await runUntilStopped(
+      new Machine({
+        ...configFor(incoming.plan),
+        incoming: { ram: incoming.ram, onStarted: incoming.accept },
+      }),
+    );
+  } catch (e) {
+    incoming.refuse((e as Error).message);
+    if (e instanceof VireoError && !e.message.includes(e.code))
+      throw new VireoError(e.code, `--incoming: ${e.message} (${e.code})`, { cause: e });
+    throw e;
+  }
+  // A run that ended before its vCPUs were let go never said ok: the source runs the guest on.
+  incoming.refuse(result.message ?? `the machine ended before it ran (${result.outcome})`);
+  if (result.restoreMs !== undefined)
+    process.stderr.write(
+      `vireo: took the migration from ${incoming.from} (${incoming.stats.pages} pages in ${incoming.stats.records} records); running ${result.restoreMs.toFixed(1)} ms after the stream ended\n`,
     );
   if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
   reportOutcome(result);

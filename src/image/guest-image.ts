@@ -29,7 +29,7 @@ import { GUEST_MODULES, guestInit, HARNESS_MODULES, harnessInit } from "./init-s
 import { parseModulesDep, resolveModules } from "./kernel-modules.ts";
 
 /** Bump when what the builder writes changes, so caches are rebuilt. */
-const BUILDER_VERSION = 7;
+const BUILDER_VERSION = 8;
 
 export const DEFAULT_IMAGE_DIR = process.env.VIREO_IMAGE_DIR ?? repoPath(".cache", "images", "debian");
 

@@ -67,8 +67,8 @@ export const GUEST_MODULES = [
 
 /** Modules the harness flavour loads: SVM KVM inside QEMU's `-cpu max`, 9p over virtio for the host root, tun for
  * TAPs, virtio_console for the ports that carry the script's stdin, stdout and stderr, and vhost_net (with vhost,
- * vhost_iotlb and tap from modules.dep) for `--net tap=NAME,vhost=on`. A module that fails to load is reported by
- * init and skipped. */
+ * vhost_iotlb and tap from modules.dep) for `--net tap=NAME,vhost=on`, and veth, which joins the network namespaces
+ * that stand for two hosts in the migration tests. A module that fails to load is reported by init and skipped. */
 export const HARNESS_MODULES = [
   "kvm_amd",
   "virtio_pci",
@@ -77,6 +77,7 @@ export const HARNESS_MODULES = [
   "tun",
   "virtio_console",
   "vhost_net",
+  "veth",
 ] as const;
 
 /**

@@ -14,6 +14,7 @@ import { monotonicMs } from "../devices/e1000/e1000.ts";
 import { VirtioNet } from "../devices/virtio/net.ts";
 import { DEFAULT_NOTIFY_BUDGET } from "../devices/virtio/work-budget.ts";
 import { Vm } from "../kvm/vm.ts";
+import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN, takeEventFd } from "../native.ts";
@@ -36,6 +37,8 @@ export interface IoThreadData {
   spec: DataPlaneDeviceSpec;
   vmFd: number;
   ram: SharedArrayBuffer;
+  /** Where the devices' writes to guest RAM are logged during a migration (src/memory/device-page-log.ts). */
+  pageLog: SharedArrayBuffer;
   /** Signalled by the main thread to end the thread. */
   stopFd: number;
   metricsBuffer: SharedArrayBuffer;
@@ -148,8 +151,10 @@ function main(): void {
   // would; KVM_SIGNAL_MSI only where the machine gave it none.
   const msi = spec.dataPlane.msi;
   const sink = msi ? new IrqfdMsiSink(new MsiRouteTable(msi.routes, vm), msi.pool, metrics, spec.name) : null;
+  const mem = new GuestMemory(data.ram);
+  mem.pageLog = new DevicePageLog(data.pageLog);
   const ctx: PciBuildContext = {
-    mem: new GuestMemory(data.ram),
+    mem,
     vmFd: data.vmFd,
     metrics,
     pio: new Bus("pio"),

@@ -35,7 +35,14 @@ export interface IoThreads {
 /** Starts one thread per data-plane device and resolves once each is waiting for work. */
 export async function startIoThreads(
   manifest: PciManifest,
-  o: { vmFd: number; ram: SharedArrayBuffer; metrics: MetricsRegistry; onMessage(m: WorkerMessage): void },
+  o: {
+    vmFd: number;
+    ram: SharedArrayBuffer;
+    /** The log of the devices' writes to guest RAM (src/memory/device-page-log.ts). */
+    pageLog: SharedArrayBuffer;
+    metrics: MetricsRegistry;
+    onMessage(m: WorkerMessage): void;
+  },
 ): Promise<IoThreads | null> {
   const specs = manifest.devices.filter((d) => hasDataPlane(d) || isVhostUser(d) || d.kind === "vhost-net");
   if (specs.length === 0) return null;
@@ -48,6 +55,7 @@ export async function startIoThreads(
       spec,
       vmFd: o.vmFd,
       ram: o.ram,
+      pageLog: o.pageLog,
       stopFd,
       metricsBuffer: o.metrics.shared,
       metricsSegment: o.metrics.allocateSegment(),

@@ -42,6 +42,7 @@ export const SIZEOF = {
   kvm_irqchip: 520,
   kvm_pit_state2: 112,
   kvm_clock_data: 48,
+  kvm_dirty_log: 16,
 } as const;
 
 export const KVM = {
@@ -53,6 +54,7 @@ export const KVM = {
   GET_SUPPORTED_CPUID: iowr(0x05, SIZEOF.kvm_cpuid2),
   CREATE_VCPU: io(0x41),
   SET_USER_MEMORY_REGION: iow(0x46, SIZEOF.kvm_userspace_memory_region),
+  GET_DIRTY_LOG: iow(0x42, SIZEOF.kvm_dirty_log),
   SET_TSS_ADDR: io(0x47),
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),

@@ -1,5 +1,6 @@
 /** A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, interrupt lines, ioeventfd and irqfd. */
 import { closeSync } from "node:fs";
+import { native } from "../native.ts";
 import {
   KVM,
   KVM_IOEVENTFD_FLAG_DATAMATCH,
@@ -21,6 +22,8 @@ export interface MemorySlot {
   size: number;
   userspaceAddr: bigint;
   readonly?: boolean;
+  /** Log the pages the vCPUs write (KVM_MEM_LOG_DIRTY_PAGES), read with getDirtyLog. */
+  logDirty?: boolean;
 }
 
 export interface IoEventFdSpec {
@@ -61,11 +64,25 @@ export class Vm {
   setUserMemoryRegion(region: MemorySlot): void {
     const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_userspace_memory_region));
     buf.setUint32(0, region.slot, true);
-    buf.setUint32(4, region.readonly ? 2 : 0, true); // KVM_MEM_READONLY
+    // KVM_MEM_LOG_DIRTY_PAGES (bit 0), KVM_MEM_READONLY (bit 1). api.rst 4.35: a slot's flags may change by
+    // setting it again with the same address and size.
+    buf.setUint32(4, (region.readonly ? 2 : 0) | (region.logDirty ? 1 : 0), true);
     buf.setBigUint64(8, BigInt(region.guestPhysAddr), true);
     buf.setBigUint64(16, BigInt(region.size), true);
     buf.setBigUint64(24, region.userspaceAddr, true);
     kvmIoctl(this.fd, KVM.SET_USER_MEMORY_REGION, buf, "KVM_SET_USER_MEMORY_REGION");
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG (api.rst 4.8): the pages of `slot` the vCPUs wrote since the last call (or since dirty
+   * logging was turned on), one bit per page in `bitmap` (64-bit words, bit i of the slot = page i), which KVM
+   * then clears and write-protects again. Writes by this process (devices) are not in it.
+   */
+  getDirtyLog(slot: number, bitmap: BigUint64Array): void {
+    const buf = new DataView(new ArrayBuffer(SIZEOF.kvm_dirty_log));
+    buf.setUint32(0, slot, true);
+    buf.setBigUint64(8, native().addressOf(bitmap), true);
+    kvmIoctl(this.fd, KVM.GET_DIRTY_LOG, buf, "KVM_GET_DIRTY_LOG");
   }
 
   /** In-kernel PIC pair, IOAPIC and per-vCPU LAPICs. */

@@ -1,4 +1,5 @@
 import { GuestMemoryError } from "../errors.ts";
+import type { DevicePageLog } from "./device-page-log.ts";
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -48,6 +49,12 @@ export class GuestMemory {
   /** The whole region as bytes; index 0 is GPA `base`. */
   readonly bytes: Uint8Array;
   private readonly view: DataView;
+  /**
+   * Where this thread's device writes are logged for live migration (device-page-log.ts), or null. Every write
+   * method below marks its pages while the log is on; code that writes through `bytes` or `slice` marks its own
+   * (the virtio queue layer marks each answered chain's writable buffers).
+   */
+  pageLog: DevicePageLog | null = null;
 
   constructor(buffer: SharedArrayBuffer | ArrayBuffer, base = 0) {
     const size = buffer.byteLength;
@@ -115,19 +122,27 @@ export class GuestMemory {
   }
 
   writeU8(gpa: number, value: number): void {
-    this.bytes[this.at(gpa, 1)] = value;
+    const off = this.at(gpa, 1);
+    this.bytes[off] = value;
+    this.pageLog?.mark(off, 1);
   }
 
   writeU16(gpa: number, value: number): void {
-    this.view.setUint16(this.at(gpa, 2), value, true);
+    const off = this.at(gpa, 2);
+    this.view.setUint16(off, value, true);
+    this.pageLog?.mark(off, 2);
   }
 
   writeU32(gpa: number, value: number): void {
-    this.view.setUint32(this.at(gpa, 4), value, true);
+    const off = this.at(gpa, 4);
+    this.view.setUint32(off, value, true);
+    this.pageLog?.mark(off, 4);
   }
 
   writeU64(gpa: number, value: bigint): void {
-    this.view.setBigUint64(this.at(gpa, 8), value, true);
+    const off = this.at(gpa, 8);
+    this.view.setBigUint64(off, value, true);
+    this.pageLog?.mark(off, 8);
   }
 
   /** Copies guest memory into `dst` (dst.length bytes). */
@@ -154,6 +169,7 @@ export class GuestMemory {
     } else {
       bytes.set(src, off);
     }
+    this.pageLog?.mark(off, len);
   }
 
   /**
@@ -185,11 +201,13 @@ export class GuestMemory {
     } else {
       bytes.set(src.subarray(from, from + len), off);
     }
+    this.pageLog?.mark(off, len);
   }
 
   fill(gpa: number, len: number, byte: number): void {
     const off = this.check(gpa, len);
     this.bytes.fill(byte, off, off + len);
+    this.pageLog?.mark(off, len);
   }
 
   /** A live view of [gpa, gpa + len): writes through it reach the guest, and guest writes show in it. */

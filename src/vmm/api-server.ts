@@ -12,10 +12,14 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { isAbsolute } from "node:path";
 import { z } from "zod";
 import { VireoError } from "../errors.ts";
+import { parseEndpoint } from "./migration/endpoint.ts";
+import type { MigrationResult } from "./migration/source.ts";
 
 export const API_VERSION = "v1";
 export const API_MAX_BODY = 64 * 1024;
 export const API_REQUEST_TIMEOUT_MS = 5000;
+/** How long closing the API waits for answers being written before it cuts their connections. */
+const API_CLOSE_GRACE_MS = 2000;
 /** Connections served at once; more are closed at once (a client cannot exhaust the main thread's fds). */
 export const API_MAX_CONNECTIONS = 32;
 
@@ -47,7 +51,20 @@ export interface VmController {
   shutdown(): void;
   /** Writes a snapshot directory (docs/snapshot.md); rejects with an ApiError if it cannot. */
   snapshot(req: SnapshotRequest): Promise<SnapshotResult>;
+  /** Live migration to a vireo run --incoming (docs/migration.md); rejects with an ApiError if it fails. */
+  migrate(req: MigrateRequest): Promise<MigrationResult>;
 }
+
+/** PUT /v1/vm/migrate's body: where to (tcp:HOST:PORT or unix:PATH), the downtime limit, rounds, RAM check. */
+export const migrateRequestSchema = z
+  .object({
+    to: z.string().min(1).max(4096),
+    downtimeMs: z.number().int().min(1).max(600_000).optional(),
+    maxRounds: z.number().int().min(1).max(1000).optional(),
+    verify: z.boolean().optional(),
+  })
+  .strict();
+export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
 
 /** PUT /v1/vm/snapshot's body: an absolute directory, and whether the VM stays paused after. */
 export const snapshotRequestSchema = z
@@ -122,6 +139,25 @@ function routes(vm: VmController): Map<string, Map<string, Handler>> {
             `snapshot: ${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")}`,
           );
         return ok(await vm.snapshot(parsed.data));
+      },
+    ],
+    [
+      "PUT",
+      "/v1/vm/migrate",
+      async (body) => {
+        const parsed = migrateRequestSchema.safeParse(body);
+        if (!parsed.success)
+          throw new ApiError(
+            400,
+            "VIREO_API_BAD_REQUEST",
+            `migrate: ${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")}`,
+          );
+        try {
+          parseEndpoint(parsed.data.to, "migrate: to");
+        } catch (e) {
+          throw new ApiError(400, "VIREO_API_BAD_REQUEST", (e as Error).message);
+        }
+        return ok(await vm.migrate(parsed.data));
       },
     ],
     [
@@ -281,7 +317,9 @@ export async function startApiServer(
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeAllConnections();
+        server.closeIdleConnections();
+        // An answer still being written (a migrate's, sent as the VM stops) gets a moment; then the rest is cut.
+        setTimeout(() => server.closeAllConnections(), API_CLOSE_GRACE_MS).unref();
         try {
           unlinkSync(path);
         } catch {}

@@ -32,14 +32,16 @@ import {
   vcpuStateCaps,
 } from "../kvm/state.ts";
 import { KvmSystem } from "../kvm/system.ts";
-import { Vm } from "../kvm/vm.ts";
+import { type MemorySlot, Vm } from "../kvm/vm.ts";
+import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
-import { allocateGuestRam, guestRamBytes } from "../memory/guest-ram.ts";
+import { allocateGuestRam, type GuestRam, guestRamBytes } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
 import {
   ApiError,
   type ApiServer,
+  type MigrateRequest,
   type SnapshotResult,
   startApiServer,
   type VmInfo,
@@ -48,6 +50,14 @@ import {
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
+import { parseEndpoint } from "./migration/endpoint.ts";
+import { ringPages } from "./migration/ring-pages.ts";
+import {
+  DEFAULT_DOWNTIME_MS,
+  DEFAULT_MAX_ROUNDS,
+  type MigrationResult,
+  migrate,
+} from "./migration/source.ts";
 import {
   type BuiltPci,
   type DiskConfig,
@@ -114,6 +124,11 @@ export interface MachineConfig {
    * vCPUs from the plan, which loadSnapshot checked whole. memMiB and cpus must be the plan's.
    */
   restore?: RestorePlan;
+  /**
+   * With `restore`: the plan came over a migration stream (vireo run --incoming), and guest RAM is already filled
+   * (the stream's pages); it is used as it is, no memory file is read.
+   */
+  incoming?: { ram: GuestRam; onStarted(): void };
 }
 
 export interface TestDevicePlumbing {
@@ -123,7 +138,8 @@ export interface TestDevicePlumbing {
   irqfd?: boolean;
 }
 
-export type Outcome = StopReason | "timeout";
+/** "migrated": the VM went to another vireo (Machine.migrate), which runs it now. */
+export type Outcome = StopReason | "timeout" | "migrated";
 
 export interface RunResult {
   outcome: Outcome;
@@ -205,7 +221,12 @@ export class Machine {
     unsupported: string[];
     /** The data-plane threads, quiesced while a snapshot is taken. */
     io: IoThreads | null;
+    /** Guest RAM's memory slot, and the log of the devices' writes to it (live migration). */
+    slot: MemorySlot;
+    pageLog: DevicePageLog;
   } | null = null;
+  /** Where the VM went (a migration the destination took): the run then ends with outcome "migrated". */
+  private migratedTo: string | null = null;
   private snapshotting = false;
   /** The vCPU states of a save request in progress (CONTROL.save). */
   private saveWait: {
@@ -325,11 +346,15 @@ export class Machine {
     const cleanups: Array<() => void> = [];
     try {
       // The guest is loaded before /dev/kvm is opened, so a bad image gets its own error on any host.
-      const ram = allocateGuestRam(config.memMiB);
+      const ram = config.incoming?.ram ?? allocateGuestRam(config.memMiB);
       cleanups.push(() => closeSync(ram.fd));
+      // The devices' writes to guest RAM, logged while a migration runs (every thread's GuestMemory marks here).
+      const pageLogBuffer = DevicePageLog.create(ram.size);
+      const pageLog = new DevicePageLog(pageLogBuffer);
+      ram.memory.pageLog = pageLog;
       const plan = config.restore;
       let restoreBytesRead: number | undefined;
-      if (plan) {
+      if (plan && !config.incoming) {
         restoreBytesRead = readMemoryFile(
           join(plan.dir, MEMORY_FILE_NAME),
           new Uint8Array(ram.buffer),
@@ -346,7 +371,8 @@ export class Machine {
       vm.createIrqchip();
       vm.createPit();
       vm.setGsiRouting(Vm.pcIrqchipRoutes(), []);
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, size: ram.size, userspaceAddr: ram.hostAddress });
+      const slot = { slot: 0, guestPhysAddr: 0, size: ram.size, userspaceAddr: ram.hostAddress };
+      vm.setUserMemoryRegion(slot);
 
       if (config.serial.kind === "stdio") serialFd = 1;
       else if (config.serial.kind === "file") {
@@ -421,6 +447,8 @@ export class Machine {
           .filter((d) => isVhostUser(d) || d.kind === "vhost-net")
           .map((d) => `${d.name} (${d.kind})`),
         io: null,
+        slot,
+        pageLog,
       };
       if (plan) {
         // docs/snapshot.md, restore order: memory (above), devices, then the in-kernel irqchip, PIT and clock
@@ -450,7 +478,13 @@ export class Machine {
         }
       };
       const io = pci
-        ? await startIoThreads(pci, { vmFd: vm.fd, ram: ram.buffer, metrics, onMessage: onIoMessage })
+        ? await startIoThreads(pci, {
+            vmFd: vm.fd,
+            ram: ram.buffer,
+            pageLog: pageLogBuffer,
+            metrics,
+            onMessage: onIoMessage,
+          })
         : null;
       if (io) cleanups.push(() => io.close());
       this.snap.io = io;
@@ -466,12 +500,14 @@ export class Machine {
         stateCaps,
         pci,
         ram: ram.buffer,
+        pageLog: pageLogBuffer,
         metrics,
         onMessage: (m) => {
           if (m.type === "ready") {
             if (m.vcpu === 0) vcpuStartNs = m.ns;
             if (++readyCount === config.cpus && plan && !this.stopRequested) {
               restoreMs = performance.now() - started;
+              config.incoming?.onStarted();
               this.paused = false;
               const control = new Int32Array(this.control);
               Atomics.store(control, CONTROL.pause, 0);
@@ -526,14 +562,19 @@ export class Machine {
       for (const [name, count] of readDoorbells()) mainMetrics.counter(name).add(count);
       metrics.addNames(mainSegment, mainMetrics.names());
 
-      const outcome: Outcome = first?.reason ?? (timedOut ? "timeout" : "stop-requested");
+      const outcome: Outcome =
+        first?.reason ?? (timedOut ? "timeout" : this.migratedTo !== null ? "migrated" : "stop-requested");
       const status = exitStatus(outcome, first?.code);
       return {
         outcome,
         status,
         guestCode: outcome === "guest-exit" ? first?.code : undefined,
         message:
-          outcome === "timeout" ? `the guest did not finish within ${config.timeoutMs} ms` : first?.message,
+          outcome === "timeout"
+            ? `the guest did not finish within ${config.timeoutMs} ms`
+            : outcome === "migrated"
+              ? `the VM migrated to ${this.migratedTo}`
+              : first?.message,
         metrics: metrics.snapshot(),
         markers,
         markerMetrics: new Map([...markerValues].map(([id, values]) => [id, metrics.snapshot(values)])),
@@ -569,28 +610,45 @@ export class Machine {
    * holes, then DIR/state (written to a temporary name and renamed, so a state file is whole or absent). The
    * vCPUs are paused for all of it and resumed after, unless the VM was paused before or `paused` asks to stay.
    */
-  async snapshot(req: { path: string; paused?: boolean }): Promise<SnapshotResult> {
+  /** Refuses a snapshot or migration the VM cannot take now (409), or returns what it needs. */
+  private saveable(what: string): NonNullable<Machine["snap"]> {
     const snap = this.snap;
-    if (snap === null || this.live === null)
-      throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
-    if (this.state !== "running" && this.state !== "paused")
-      throw new ApiError(409, "VIREO_API_STATE", `cannot snapshot a VM that is ${this.state}`);
+    if (snap === null || this.live === null || (this.state !== "running" && this.state !== "paused"))
+      throw new ApiError(409, "VIREO_API_STATE", `cannot ${what} a VM that is ${this.state}`);
     if (snap.unsupported.length > 0)
       throw new ApiError(
         409,
         "VIREO_SNAPSHOT_UNSUPPORTED",
-        `snapshots of vhost-user and vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
+        `snapshots and migration of vhost-user and vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
       );
-    if (this.snapshotting) throw new ApiError(409, "VIREO_API_BUSY", "a snapshot is being taken already");
-    this.snapshotting = true;
+    if (this.snapshotting)
+      throw new ApiError(409, "VIREO_API_BUSY", "a snapshot or migration is in progress already");
+    return snap;
+  }
+
+  /**
+   * Stops the guest and its devices and saves the machine (docs/snapshot.md, requests in flight): the vCPUs
+   * pause (finishing their devices' leftover slices first), the data-plane threads finish theirs and take no more
+   * work (kicks wait in their eventfds, frames in the TAP), then every vCPU's state, the devices (a busy one asked
+   * again for a while) and the irqchip, PIT and clock. `thaw` undoes it; call it whatever happens.
+   */
+  private async freeze(snap: NonNullable<Machine["snap"]>): Promise<{
+    sections: (memory: StateSection) => StateSection[];
+    devices: StateSection[];
+    pauseMs: number;
+    vcpuStateMs: number;
+    thaw(resume: boolean): void;
+  }> {
     const t0 = performance.now();
     const wasPaused = this.paused;
     let quiesced = false;
+    const thaw = (resume: boolean) => {
+      if (quiesced) snap.io?.release();
+      quiesced = false;
+      if (!wasPaused && resume && this.state === "paused") this.resume();
+    };
     try {
       if (!wasPaused) await this.pause();
-      // docs/snapshot.md, requests in flight: the vCPU threads finished their devices' leftover slices before they
-      // parked; the data-plane threads finish theirs and then take no more work (kicks wait in their eventfds,
-      // frames in the TAP) until released below.
       if (snap.io) {
         try {
           await snap.io.quiesce(QUIESCE_TIMEOUT_MS);
@@ -608,28 +666,55 @@ export class Machine {
       const tVcpus = performance.now();
       const devices = await saveWhenQuiet(snap.devices);
       const vmState = saveVmState(snap.vm.fd);
+      const machine: StateSection = {
+        name: SECTION.machine,
+        ...machineSection({
+          memMiB: this.config.memMiB,
+          cpus: this.config.cpus,
+          kernel: this.config.kernel,
+          cmdline: this.config.cmdline,
+          platform: snap.platform,
+          devices: snap.saved,
+        }),
+      };
+      return {
+        sections: (memory) => [
+          machine,
+          memory,
+          { name: SECTION.kvm, ...vmSection(vmState) },
+          ...vcpus.map((v, i) => ({ name: vcpuSectionName(i), ...vcpuSection(v) })),
+          ...devices,
+        ],
+        devices,
+        pauseMs: round(tPaused - t0),
+        vcpuStateMs: round(tVcpus - tPaused),
+        thaw,
+      };
+    } catch (e) {
+      thaw(true);
+      throw e;
+    }
+  }
+
+  async snapshot(req: { path: string; paused?: boolean }): Promise<SnapshotResult> {
+    const snap = this.saveable("snapshot");
+    this.snapshotting = true;
+    const t0 = performance.now();
+    const wasPaused = this.paused;
+    let thaw = (_resume: boolean) => {};
+    try {
+      const frozen = await this.freeze(snap);
+      thaw = frozen.thaw;
+      const tSaved = performance.now();
       mkdirSync(req.path, { recursive: true });
       const memory = writeMemoryFile(join(req.path, MEMORY_FILE_NAME), snap.ram);
       const tMemory = performance.now();
       const statePath = join(req.path, STATE_FILE_NAME);
       const stateFileBytes = writeStateFile(`${statePath}.tmp`, {
-        sections: [
-          {
-            name: SECTION.machine,
-            ...machineSection({
-              memMiB: this.config.memMiB,
-              cpus: this.config.cpus,
-              kernel: this.config.kernel,
-              cmdline: this.config.cmdline,
-              platform: snap.platform,
-              devices: snap.saved,
-            }),
-          },
-          { name: SECTION.memory, ...memorySection(snap.ram.byteLength, memory.extents) },
-          { name: SECTION.kvm, ...vmSection(vmState) },
-          ...vcpus.map((v, i) => ({ name: vcpuSectionName(i), ...vcpuSection(v) })),
-          ...devices,
-        ],
+        sections: frozen.sections({
+          name: SECTION.memory,
+          ...memorySection(snap.ram.byteLength, memory.extents),
+        }),
       });
       renameSync(`${statePath}.tmp`, statePath);
       const done = performance.now();
@@ -640,9 +725,9 @@ export class Machine {
         ramBytes: snap.ram.byteLength,
         memoryBytesWritten: memory.bytesWritten,
         memoryExtents: memory.extents.length,
-        pauseMs: round(tPaused - t0),
-        vcpuStateMs: round(tVcpus - tPaused),
-        memoryMs: round(tMemory - tVcpus),
+        pauseMs: frozen.pauseMs,
+        vcpuStateMs: frozen.vcpuStateMs,
+        memoryMs: round(tMemory - tSaved),
         totalMs: round(done - t0),
       };
     } catch (e) {
@@ -651,8 +736,57 @@ export class Machine {
       throw new ApiError(500, code, `snapshot to ${req.path} failed: ${(e as Error).message}`);
     } finally {
       this.snapshotting = false;
-      if (quiesced) snap.io?.release();
-      if (!wasPaused && !req.paused && this.state === "paused") this.resume();
+      thaw(!req.paused);
+    }
+  }
+
+  /**
+   * Live migration to a vireo started with `--incoming` (docs/migration.md): pre-copy rounds while the guest
+   * runs, then the guest stopped, the last pages and the state sent; once the destination answers ok this VM
+   * stops (vireo run exits 0, outcome "migrated"). On any failure before that the guest runs on here.
+   */
+  async migrate(req: MigrateRequest): Promise<MigrationResult> {
+    const snap = this.saveable("migrate");
+    const to = parseEndpoint(req.to);
+    this.snapshotting = true;
+    let thaw = (_resume: boolean) => {};
+    try {
+      const result = await migrate(
+        to,
+        {
+          downtimeMs: req.downtimeMs ?? DEFAULT_DOWNTIME_MS,
+          maxRounds: req.maxRounds ?? DEFAULT_MAX_ROUNDS,
+          verify: req.verify === true,
+          replyTimeoutMs: MIGRATION_REPLY_TIMEOUT_MS,
+          log: (line) => process.stderr.write(`vireo: migration to ${req.to}: ${line}\n`),
+        },
+        {
+          ram: snap.ram,
+          vm: snap.vm,
+          slot: snap.slot,
+          pageLog: snap.pageLog,
+          cpus: this.config.cpus,
+          stop: async () => {
+            const frozen = await this.freeze(snap);
+            thaw = frozen.thaw;
+            return {
+              sections: frozen.sections({ name: SECTION.memory, ...memorySection(snap.ram.byteLength, []) }),
+              ringPages: ringPages(frozen.devices, snap.ram.byteLength),
+            };
+          },
+          resume: () => thaw(true),
+        },
+      );
+      this.migratedTo = result.to;
+      // The destination runs the guest now. Stop once this answer is on its way to the client.
+      setImmediate(() => this.requestStop());
+      return result;
+    } catch (e) {
+      if (e instanceof ApiError) throw e;
+      const code = e instanceof VireoError ? e.code : "VIREO_MIGRATION_FAILED";
+      throw new ApiError(502, code, (e as Error).message);
+    } finally {
+      this.snapshotting = false;
     }
   }
 
@@ -804,6 +938,7 @@ export class Machine {
     stateCaps: ReturnType<typeof vcpuStateCaps>;
     pci: PciManifest | null;
     ram: SharedArrayBuffer;
+    pageLog: SharedArrayBuffer;
     metrics: MetricsRegistry;
     onMessage(m: WorkerMessage): void;
   }): Promise<void> {
@@ -823,6 +958,7 @@ export class Machine {
         devices: o.devices,
         pci: o.pci,
         ram: o.ram,
+        pageLog: o.pageLog,
         control: this.control,
         metricsBuffer: o.metrics.shared,
         metricsSegment: o.metrics.allocateSegment(),
@@ -952,6 +1088,8 @@ export class Machine {
 
 /** How long a snapshot waits for the data-plane threads to finish the work they had started. */
 const QUIESCE_TIMEOUT_MS = 5000;
+/** How long a migration's source waits for the destination to build the machine and answer (TCG hosts are slow). */
+const MIGRATION_REPLY_TIMEOUT_MS = 300_000;
 /** How long a snapshot retries a device that says it is busy (a request another thread is finishing). */
 const BUSY_RETRY_MS = 2000;
 
@@ -993,6 +1131,7 @@ export function exitStatus(outcome: Outcome, guestCode?: number): number {
       return guestCode ?? 0;
     case "poweroff":
     case "reset":
+    case "migrated":
       return 0;
     case "timeout":
       return EXIT_STATUS.timeout;

@@ -17,6 +17,7 @@ import {
 import type { CpuidEntry } from "../kvm/system.ts";
 import { EXIT_KICKED, EXIT_RETRY, putDtable, putSegment, Vcpu } from "../kvm/vcpu.ts";
 import { Vm } from "../kvm/vm.ts";
+import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { type Counter, copyValues, MetricsSegment } from "../metrics/registry.ts";
 import { native } from "../native.ts";
@@ -51,6 +52,8 @@ export interface VcpuWorkerData {
   pci: PciManifest | null;
   /** Guest RAM, shared: devices doing DMA (virtio) read and write it from this thread. */
   ram: SharedArrayBuffer;
+  /** Where the devices' writes to guest RAM are logged during a migration (src/memory/device-page-log.ts). */
+  pageLog: SharedArrayBuffer;
   control: SharedArrayBuffer;
   metricsBuffer: SharedArrayBuffer;
   metricsSegment: number;
@@ -101,6 +104,7 @@ function main(): void {
   });
 
   const mem = new GuestMemory(data.ram);
+  mem.pageLog = new DevicePageLog(data.pageLog);
   const vm = Vm.fromFd(data.vmFd);
   const later = new DeferredWork();
   const pci = data.pci

@@ -16,6 +16,7 @@ import {
   API_MAX_BODY,
   ApiError,
   type ApiServer,
+  type MigrateRequest,
   type SnapshotRequest,
   type SnapshotResult,
   startApiServer,
@@ -23,6 +24,7 @@ import {
   type VmInfo,
   type VmState,
 } from "../../src/vmm/api-server.ts";
+import type { MigrationResult } from "../../src/vmm/migration/source.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-api-"));
@@ -64,6 +66,26 @@ class FakeVm implements VmController {
   shutdown(): void {
     this.calls.push("shutdown");
     this.state = "stopping";
+  }
+  async migrate(req: MigrateRequest): Promise<MigrationResult> {
+    this.calls.push(
+      `migrate ${req.to} ${req.downtimeMs ?? "-"} ${req.maxRounds ?? "-"} ${req.verify ?? "-"}`,
+    );
+    return {
+      to: req.to,
+      ramBytes: 64 << 20,
+      rounds: [
+        { pages: 300, ms: 10 },
+        { pages: 12, ms: 1 },
+      ],
+      pagesSent: 320,
+      bytesSent: 320 * 4100,
+      finalPages: 8,
+      converged: true,
+      verified: req.verify === true,
+      downtimeMs: 42,
+      totalMs: 77,
+    };
   }
   async snapshot(req: SnapshotRequest): Promise<SnapshotResult> {
     this.calls.push(`snapshot ${req.path}${req.paused ? " paused" : ""}`);
@@ -168,6 +190,54 @@ describe("control API routes", () => {
       assert.equal((r.body as { error: { code: string } }).error.code, "VIREO_API_BAD_REQUEST");
     }
     assert.deepEqual(vm.calls, ["snapshot /tmp/snap paused"]);
+  });
+
+  test("migrate: the body is checked (a tcp: or unix: destination, numbers in range, nothing else) before the VM sees it", async () => {
+    const vm = new FakeVm();
+    const { path } = await serve("migrate.sock", vm);
+    const ok = await callApi(path, "PUT", "/v1/vm/migrate", 5000, {
+      to: "tcp:10.0.0.2:4444",
+      downtimeMs: 100,
+    });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    assert.equal((ok.body as MigrationResult).downtimeMs, 42);
+    for (const body of [
+      {},
+      { to: "10.0.0.2:4444" },
+      { to: "tcp:10.0.0.2" },
+      { to: "tcp:host:70000" },
+      { to: "unix:" },
+      { to: "tcp:h:1", downtimeMs: 0 },
+      { to: "tcp:h:1", downtimeMs: 1.5 },
+      { to: "tcp:h:1", maxRounds: "3" },
+      { to: "tcp:h:1", verify: 1 },
+      { to: "tcp:h:1", extra: true },
+    ]) {
+      const r = await callApi(path, "PUT", "/v1/vm/migrate", 5000, body);
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal((r.body as { error: { code: string } }).error.code, "VIREO_API_BAD_REQUEST");
+    }
+    assert.deepEqual(vm.calls, ["migrate tcp:10.0.0.2:4444 100 - -"]);
+    const cli = await vireoAsync([
+      "ctl",
+      "--api-socket",
+      path,
+      "migrate",
+      "unix:/tmp/in.sock",
+      "--max-rounds",
+      "5",
+      "--verify",
+    ]);
+    assert.equal(cli.status, 0, cli.stderr);
+    assert.match(cli.stdout, /^migrated to unix:\/tmp\/in.sock$/m);
+    assert.match(cli.stdout, /downtime +42 ms, 77 ms in all/);
+    assert.equal(vm.calls.at(-1), "migrate unix:/tmp/in.sock - 5 true");
+    const stray = await vireoAsync(["ctl", "--api-socket", path, "info", "--verify"]);
+    assert.equal(stray.status, 125);
+    assert.match(stray.stderr, /go with migrate/);
+    const none = await vireoAsync(["ctl", "--api-socket", path, "migrate"]);
+    assert.equal(none.status, 125);
+    assert.match(none.stderr, /migrate needs a destination/);
   });
 
   test("an unknown path is 404, a wrong method 405 with Allow; neither reaches the VM", async () => {
@@ -349,7 +419,7 @@ describe("vireo ctl", () => {
     assert.equal(verb.status, 125);
     assert.match(
       verb.stderr,
-      /unknown verb 'explode' \(known: info, metrics, pause, resume, shutdown, snapshot\)/,
+      /unknown verb 'explode' \(known: info, metrics, pause, resume, shutdown, snapshot, migrate\)/,
     );
     const gone = await vireoAsync(["ctl", "--api-socket", join(dir, "gone.sock"), "info"]);
     assert.equal(gone.status, 125);

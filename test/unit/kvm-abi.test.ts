@@ -48,6 +48,7 @@ test("struct sizes match", () => {
     "kvm_irqchip",
     "kvm_pit_state2",
     "kvm_clock_data",
+    "kvm_dirty_log",
     "kvm_regs",
     "kvm_sregs",
     "kvm_segment",

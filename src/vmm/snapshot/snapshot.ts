@@ -48,6 +48,14 @@ export function loadSnapshot(dir: string, maxCpus: number): RestorePlan {
       `cannot read the state file in ${dir}: ${(e as Error).message}`,
     );
   }
+  return planFromStateFile(file, dir, maxCpus);
+}
+
+/**
+ * Checks every machine section of a decoded state file (a snapshot's, or one that came over a migration stream)
+ * and splits it into what Machine.run restores. `dir` is where the memory file is (unused for a migration).
+ */
+export function planFromStateFile(file: StateFile, dir: string, maxCpus: number): RestorePlan {
   const read = <T>(s: StateSection, f: (s: StateSection) => T): T => {
     try {
       return f(s);

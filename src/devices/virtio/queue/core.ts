@@ -360,6 +360,14 @@ export abstract class QueueBase implements Virtqueue {
     } catch (e) {
       throw this.asQueueError(e);
     }
+    // Live migration (src/memory/device-page-log.ts): devices write a chain's buffers through views of guest
+    // memory, which no write method sees; every writable buffer of an answered chain is marked, whatever was
+    // written (an IOERR read may have filled part of it).
+    const log = this.qm.mem.pageLog;
+    if (log?.on) {
+      const base = this.qm.mem.base;
+      for (const seg of chain.writable) log.mark(seg.addr - base, seg.len);
+    }
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
     // Chains popped before this one can no longer be given back: the ring has moved past them.
