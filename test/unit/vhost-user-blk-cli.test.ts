@@ -105,6 +105,37 @@ describe("vireo vhost-user blk", () => {
     assert.equal(await b.exited, 0, "--once: exits after the first connection");
   });
 
+  test("--io-threads 3: requests at the threads, each used once; FLUSH after them; the line says so", async () => {
+    const img = image(2 << 20);
+    const b = await startBackend(["--file", img, "--once", "--io-threads", "3"]);
+    const fe = new BlkFrontend(BlkSocketChannel.connect(b.socket));
+    fe.setup();
+    assert.ok(fe.startRing(0));
+    const data = Array.from({ length: 24 }, (_, i) => pattern(4096, 40 + i));
+    for (const [i, d] of data.entries()) fe.write(0, i * 8, d);
+    fe.flush(0);
+    const done = fe.run(0, 25);
+    assert.equal(done.length, 25);
+    assert.ok(done.every((r) => r.status === 0));
+    const file = readFileSync(img);
+    for (const [i, d] of data.entries()) {
+      assert.deepEqual(new Uint8Array(file.subarray(i * 4096, (i + 1) * 4096)), d, `block ${i}`);
+    }
+    const asked = new Map([0, 7, 23].map((i) => [fe.read(0, i * 8, 4096), data[i]]));
+    const reads = fe.run(0, 3);
+    assert.equal(reads.length, 3);
+    // In whatever order they ended.
+    for (const r of reads) assert.deepEqual(r.data, asked.get(r.id), `request ${r.id}`);
+    fe.close();
+    const end = await connectionEnd(b);
+    assert.equal(end.writes, 24);
+    assert.equal(end.writtenBytes, 24 * 4096);
+    assert.equal(end.flushes, 1);
+    assert.equal(end.readBytes, 3 * 4096);
+    assert.match(b.stderr(), /, 3 I\/O threads/);
+    assert.equal(await b.exited, 0);
+  });
+
   test("after SIGKILL, a new back-end given the same inflight buffer resubmits what was in flight, once", async () => {
     const img = image(2 << 20);
     const a = await startBackend(["--file", img]);
@@ -188,6 +219,8 @@ describe("vireo vhost-user blk", () => {
         /--busy-poll-us is not 0 to 10000: 10001/,
       ],
       [["--socket", sock, "--file", img, "--busy-poll-us", "-1"], /busy-poll-us/],
+      [["--socket", sock, "--file", img, "--io-threads", "65"], /--io-threads is not 0 to 64: 65/],
+      [["--socket", sock, "--file", img, "--io-threads", "two"], /--io-threads/],
     ];
     for (const [args, re] of cases) {
       const r = vireo(["vhost-user", "blk", ...args]);
@@ -199,6 +232,7 @@ describe("vireo vhost-user blk", () => {
     assert.match(help.stdout, /--file IMG/);
     assert.match(help.stdout, /INFLIGHT_SHMFD/);
     assert.match(help.stdout, /vhost-user-blk-pci/);
+    assert.match(help.stdout, /--io-threads N/);
     const top = vireo(["vhost-user", "--help"]);
     assert.match(top.stdout, /vireo vhost-user blk --socket PATH --file IMG/);
   });
