@@ -4,6 +4,7 @@ import { type HostKind, KvmSystem } from "../src/kvm/system.ts";
 import { benchBoot, formatBoot } from "./boot.ts";
 import { benchExits, formatExits } from "./exits.ts";
 import { benchNic, formatNic } from "./nic.ts";
+import { benchSnapshot, formatSnapshot } from "./snapshot.ts";
 import { benchSwitch, formatSwitch } from "./switch.ts";
 import { benchVhostUser, formatVhostUser } from "./vhost-user.ts";
 import { benchVhostUserBlk, formatVhostUserBlk } from "./vhost-user-blk.ts";
@@ -89,6 +90,13 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     formatSwitch,
     true,
     1, // 20-odd configurations of 5 s and a few seconds' start each: one round is minutes already
+  ),
+  snapshot: bench(
+    "snapshot, restore (to the first guest instruction) and live migration (idle and busy guest) of 128 MiB and 1 GiB guests with half their RAM in use: times, file sizes, rounds, pages, bytes, downtime (--sizes MIB,MIB for other guests)",
+    benchSnapshot,
+    formatSnapshot,
+    false,
+    1,
   ),
   boot: bench(
     "stock Debian kernel, vCPU start to init: vireo vs qemu-system-x86_64 -enable-kvm (needs real KVM)",

@@ -34,6 +34,7 @@ static const struct program {
 	{ "e1000-irq", prog_e1000_irq },
 	{ "bench-e1000", prog_bench_e1000 },
 	{ "count", prog_count },
+	{ "dirty", prog_dirty },
 };
 
 static int prog_tour(int argc, char **argv)

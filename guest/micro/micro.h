@@ -199,6 +199,7 @@ int prog_e1000_test(int argc, char **argv);
 int prog_e1000_irq(int argc, char **argv);
 int prog_bench_e1000(int argc, char **argv);
 int prog_count(int argc, char **argv);
+int prog_dirty(int argc, char **argv);
 
 /* ---- pci.c: configuration mechanism #1 on bus 0 (ports 0xCF8 address, 0xCFC data) ---- */
 #define PCI_BDF(bus, dev, fn) (((unsigned)(bus) << 8) | ((unsigned)(dev) << 3) | (unsigned)(fn))

@@ -30,6 +30,7 @@ export const MICRO_PROGRAMS = [
   "bench-e1000",
   "virtio-blk-hammer",
   "count",
+  "dirty",
   "tour",
 ] as const;
 export type MicroProgram = (typeof MICRO_PROGRAMS)[number];
