@@ -5,7 +5,8 @@
  * the memory file and the migration have something to carry. Each size:
  * - snapshot (paused) through the control API: its time, the state file's size, the memory file's bytes written;
  * - restore of that snapshot in a new process: the time from the start of `Machine.run` until the vCPUs are let
- *   go (vireo's "restored DIR in N ms": the first guest instruction follows), and the RAM bytes read;
+ *   go (vireo's "restored DIR in N ms": the first guest instruction follows), and the RAM bytes read; then the
+ *   same with `--lazy` (the memory file mapped private, pages read as touched);
  * - live migration over a Unix socket to `vireo run --incoming` on the same host, once with the guest idle (it
  *   filled its memory and rewrites nothing) and once busy (rewriting 16 MiB/s, `dirty ... 16`): rounds, pages and
  *   bytes sent, downtime (guest stopped until the destination runs it) and total time; the destination checks a
@@ -14,8 +15,8 @@
  * Anchors (from their documentation, not measured here): Firecracker's restore target is under 8 ms (p90 5 ms) for
  * a 2-vCPU, 512 MiB guest with memory mapped lazily; Cloud Hypervisor restores 1 GiB in about 6 ms on demand and
  * 730 ms copying; QEMU's and Cloud Hypervisor's default migration downtime limit is 300 ms. vireo restores by
- * copying the memory file's data (lazy restore is not built), so its restore time grows with the RAM that holds
- * data. In the emulated KVM host every time is TCG-distorted: compare sizes, pages, bytes and rounds, not times.
+ * copying the memory file's data by default, so that restore time grows with the RAM that holds data; --lazy
+ * does not. In the emulated KVM host every time is TCG-distorted: compare sizes, pages, bytes and rounds, not times.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -96,6 +97,8 @@ export interface SnapshotBenchRow {
   snapshot: SnapshotResult;
   restoreMs: number;
   restoreBytesRead: number;
+  /** --restore --lazy: the memory file mapped, nothing read before the first instruction. */
+  lazyRestoreMs: number;
   idle: MigrationResult;
   busy: MigrationResult & { busyKibPerMs: number };
 }
@@ -117,6 +120,10 @@ async function measure(mib: number): Promise<SnapshotBenchRow> {
     await r.exited;
     const restored = /restored .* in ([\d.]+) ms \((\d+) bytes of RAM read\)/.exec(r.err());
     if (!restored) throw new VireoError("VIREO_BENCH_FAILED", `restore: ${r.err()}`);
+    const l = start(["run", "--restore", snapDir, "--lazy", "--serial", "none", "--timeout", "2"]);
+    await l.exited;
+    const lazy = /restored .* in ([\d.]+) ms \(memory mapped lazily\)/.exec(l.err());
+    if (!lazy) throw new VireoError("VIREO_BENCH_FAILED", `lazy restore: ${l.err()}`);
 
     const migrateOnce = async (tag: string, kibPerMs: number) => {
       const src = await dirtyGuest(dir, `${tag}-src`, mib, kibPerMs);
@@ -149,6 +156,7 @@ async function measure(mib: number): Promise<SnapshotBenchRow> {
       snapshot,
       restoreMs: Number(restored[1]),
       restoreBytesRead: Number(restored[2]),
+      lazyRestoreMs: Number(lazy[1]),
       idle,
       busy: { ...busy, busyKibPerMs: BUSY_KIB_PER_MS },
     };
@@ -206,6 +214,7 @@ export function formatSnapshot(r: SnapshotBench): string {
         mib(x.snapshot.memoryBytesWritten),
         x.restoreMs.toFixed(0),
         mib(x.restoreBytesRead),
+        x.lazyRestoreMs.toFixed(0),
         "idle",
         rounds(x.idle),
         mib(x.idle.bytesSent),

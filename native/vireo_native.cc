@@ -1,7 +1,8 @@
 // vireo's native layer: only the syscalls Node lacks, no policy.
 //
 //   ioctl(fd, request, arg)        arg: integer, bigint, or a TypedArray/DataView whose bytes are the struct
-//   mmap(fd, length, offset)       MAP_SHARED mapping as a SharedArrayBuffer, plus its host address (bigint)
+//   mmap(fd, length, offset, priv) MAP_SHARED (MAP_PRIVATE with priv) mapping as a SharedArrayBuffer, plus its
+//                                  host address (bigint)
 //   memfdCreate(name, flags)       memfd_create(2)
 //   eventfd(initval, flags)        eventfd(2)
 //   close(fd)                      close(2) for fds Node did not open (vCPU fds in worker threads)
@@ -140,11 +141,14 @@ struct Mapping {
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd = -1, length = 0, offset = 0;
-  if (info.Length() < 3 || !ToInt(info[0], &fd) || !ToInt(info[1], &length) || !ToInt(info[2], &offset) || length <= 0) {
-    Napi::TypeError::New(env, "mmap(fd, length > 0, offset)").ThrowAsJavaScriptException();
+  if (info.Length() < 3 || !ToInt(info[0], &fd) || !ToInt(info[1], &length) || !ToInt(info[2], &offset) || length <= 0 ||
+      (info.Length() > 3 && !info[3].IsBoolean() && !info[3].IsUndefined())) {
+    Napi::TypeError::New(env, "mmap(fd, length > 0, offset, private?)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  int flags = MAP_SHARED | (fd < 0 ? MAP_ANONYMOUS : 0);
+  // private: MAP_PRIVATE, pages read from fd as they are first touched, writes copied on write (a lazy restore).
+  bool priv = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  int flags = (priv ? MAP_PRIVATE : MAP_SHARED) | (fd < 0 ? MAP_ANONYMOUS : 0);
   void* addr = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE, flags, static_cast<int>(fd), offset);
   if (addr == MAP_FAILED) {
     ErrnoError(env, errno, "mmap").ThrowAsJavaScriptException();

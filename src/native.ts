@@ -15,7 +15,13 @@ export interface NativeErrnoError extends Error {
 
 export interface NativeAddon {
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView, name?: string): number;
-  mmap(fd: number, length: number, offset: number): { buffer: SharedArrayBuffer; address: bigint };
+  /** MAP_SHARED, or with `priv` MAP_PRIVATE: a file's pages read as first touched, writes kept in this process. */
+  mmap(
+    fd: number,
+    length: number,
+    offset: number,
+    priv?: boolean,
+  ): { buffer: SharedArrayBuffer; address: bigint };
   memfdCreate(name: string, flags?: number): number;
   eventfd(initval?: number, flags?: number): number;
   addressOf(view: ArrayBufferView): bigint;

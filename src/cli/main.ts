@@ -39,7 +39,7 @@ Usage:
 
 Run 'vireo COMMAND --help' for a command's options.`;
 
-const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...] | --restore DIR | --incoming WHERE) [options]
+const RUN_HELP = `Usage: vireo run (--kernel FILE | --guest micro:NAME [ARG...] | --restore DIR [--lazy] | --incoming WHERE) [options]
 
 Options:
   --kernel FILE        a Linux bzImage (64-bit boot protocol, ACPI tables built by vireo), or a freestanding
@@ -94,6 +94,8 @@ Options:
                        are refused with it; --serial, --timeout, --api-socket, --metrics, --stats apply. A state
                        file of another format version, corrupted, or not fitting is refused (its code in the
                        message) before any vCPU runs. Not with the emulated KVM host
+  --lazy               with --restore: map the memory file instead of reading it, so the guest starts at once and
+                       each page is read when first touched (the file must stay as it is while the VM runs)
   --incoming tcp:HOST:PORT|unix:PATH
                        listen there for one live migration (vireo ctl migrate on the source), receive the guest's
                        RAM and state, and run it: the machine is the source's, with the same disks (same paths:
@@ -201,6 +203,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       "api-socket": { type: "string" },
       restore: { type: "string" },
       incoming: { type: "string" },
+      lazy: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -212,6 +215,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     throw new ConfigError(
       "--restore and --incoming: give one (a snapshot directory, or a migration to wait for)",
     );
+  if (values.lazy && values.restore === undefined) throw new ConfigError("--lazy goes with --restore DIR");
   if (values.restore !== undefined) return cmdRestore(values.restore, values, positionals);
   if (values.incoming !== undefined) return cmdIncoming(values.incoming, values, positionals);
   if ((values.kernel === undefined) === (values.guest === undefined))
@@ -387,7 +391,7 @@ async function cmdRestore(dir: string, values: RunValues, positionals: string[])
   refuseEmulatedHost("--restore", values);
   let result: RunResult;
   try {
-    result = await runUntilStopped(new Machine(configFor(plan)));
+    result = await runUntilStopped(new Machine({ ...configFor(plan), lazyRestore: values.lazy === true }));
   } catch (e) {
     if (e instanceof VireoError && !e.message.includes(e.code))
       throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
@@ -395,7 +399,7 @@ async function cmdRestore(dir: string, values: RunValues, positionals: string[])
   }
   if (result.restoreMs !== undefined)
     process.stderr.write(
-      `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${result.restoreBytesRead} bytes of RAM read)\n`,
+      `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${values.lazy ? "memory mapped lazily" : `${result.restoreBytesRead} bytes of RAM read`})\n`,
     );
   if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
   reportOutcome(result);

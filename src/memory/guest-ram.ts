@@ -37,3 +37,16 @@ export function allocateGuestRam(mib: number): GuestRam {
   const { buffer, address } = native().mmap(fd, size, 0);
   return { memory: new GuestMemory(buffer), buffer, hostAddress: address, fd, size };
 }
+
+/**
+ * Guest RAM as a private mapping of a snapshot's memory file (a lazy restore): nothing is read now; each page is
+ * read from the file when the guest, KVM or a device first touches it, and writes stay in this process (copy on
+ * write), so the file is never changed. The file must keep its contents and size while the VM runs (a truncated
+ * file would make the next touch of a page past its end fail with SIGBUS). `fd` is the file's, not a memfd: such
+ * RAM cannot be shared with another process (vhost-user).
+ */
+export function mapGuestRamFromFile(fd: number, mib: number): GuestRam {
+  const size = guestRamBytes(mib);
+  const { buffer, address } = native().mmap(fd, size, 0, true);
+  return { memory: new GuestMemory(buffer), buffer, hostAddress: address, fd, size };
+}

@@ -35,7 +35,7 @@ import { KvmSystem } from "../kvm/system.ts";
 import { type MemorySlot, Vm } from "../kvm/vm.ts";
 import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
-import { allocateGuestRam, type GuestRam, guestRamBytes } from "../memory/guest-ram.ts";
+import { allocateGuestRam, type GuestRam, guestRamBytes, mapGuestRamFromFile } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
 import {
@@ -77,7 +77,7 @@ import {
   vcpuSection,
   vmSection,
 } from "./snapshot/kvm-sections.ts";
-import { readMemoryFile, writeMemoryFile } from "./snapshot/memory-file.ts";
+import { openMemoryFile, readMemoryFile, writeMemoryFile } from "./snapshot/memory-file.ts";
 import {
   MEMORY_FILE_NAME,
   type RestorePlan,
@@ -129,6 +129,11 @@ export interface MachineConfig {
    * (the stream's pages); it is used as it is, no memory file is read.
    */
   incoming?: { ram: GuestRam; onStarted(): void };
+  /**
+   * With `restore`: map the memory file private instead of reading it (vireo run --restore DIR --lazy), so the
+   * restore does not wait for RAM; the file must stay as it is while the VM runs.
+   */
+  lazyRestore?: boolean;
 }
 
 export interface TestDevicePlumbing {
@@ -346,15 +351,24 @@ export class Machine {
     const cleanups: Array<() => void> = [];
     try {
       // The guest is loaded before /dev/kvm is opened, so a bad image gets its own error on any host.
-      const ram = config.incoming?.ram ?? allocateGuestRam(config.memMiB);
+      const plan = config.restore;
+      // A lazy restore maps the memory file private: pages come in as they are touched, nothing is read now.
+      const lazy = plan !== undefined && config.incoming === undefined && config.lazyRestore === true;
+      const ram =
+        config.incoming?.ram ??
+        (lazy
+          ? mapGuestRamFromFile(
+              openMemoryFile(join((plan as RestorePlan).dir, MEMORY_FILE_NAME), guestRamBytes(config.memMiB)),
+              config.memMiB,
+            )
+          : allocateGuestRam(config.memMiB));
       cleanups.push(() => closeSync(ram.fd));
       // The devices' writes to guest RAM, logged while a migration runs (every thread's GuestMemory marks here).
       const pageLogBuffer = DevicePageLog.create(ram.size);
       const pageLog = new DevicePageLog(pageLogBuffer);
       ram.memory.pageLog = pageLog;
-      const plan = config.restore;
-      let restoreBytesRead: number | undefined;
-      if (plan && !config.incoming) {
+      let restoreBytesRead: number | undefined = lazy ? 0 : undefined;
+      if (plan && !config.incoming && !lazy) {
         restoreBytesRead = readMemoryFile(
           join(plan.dir, MEMORY_FILE_NAME),
           new Uint8Array(ram.buffer),

@@ -137,6 +137,18 @@ test("a counting guest snapshotted, killed and restored in a new process goes on
   assert.ok(resumedAt !== undefined && resumedAt > 1, `the restored guest went on from ${resumedAt}, not 1`);
   t.diagnostic(`counted to ${counts(text1).at(-1)} before, went on from ${resumedAt} after restore`);
 
+  // The same snapshot again, its memory file mapped (--lazy): the same continuation, and the file unchanged by
+  // the guest's writes (the mapping is private).
+  const memoryBefore = readFileSync(join(snap, "memory"));
+  const out2b = join(dir, "out2b.txt");
+  const lazy = start(["run", "--restore", snap, "--lazy", "--serial", `file:${out2b}`, "--timeout", "600"]);
+  assert.equal(await lazy.exited, 0, lazy.stderr());
+  assert.match(lazy.stderr(), /restored .* in [\d.]+ ms \(memory mapped lazily\)/);
+  assert.equal(readFileSync(out2b, "utf8"), text2, "a lazy restore goes on exactly as the copying one");
+  assert.ok(readFileSync(join(snap, "memory")).equals(memoryBefore), "the memory file is not written");
+  step(`lazy restore: ${lazy.stderr().trim()}`);
+  t.diagnostic(`lazy restore run: ${lazy.stderr().trim()}`);
+
   // One flipped bit in the state file's body: refused by its checksum, before the machine is built.
   const bad = join(dir, "bad");
   cpSync(snap, bad, { recursive: true });

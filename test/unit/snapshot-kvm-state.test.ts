@@ -3,13 +3,14 @@
  * a hand-made section that is wrong anywhere is refused by name, and the memory file keeps zero pages as holes.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, statSync } from "node:fs";
+import { closeSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { VireoError } from "../../src/errors.ts";
 import { SIZEOF } from "../../src/kvm/abi.ts";
 import { decodeMsrs, encodeMsrs, snapshotMsrs, type VcpuState } from "../../src/kvm/state.ts";
+import { mapGuestRamFromFile } from "../../src/memory/guest-ram.ts";
 import {
   machineSection,
   memorySection,
@@ -20,7 +21,12 @@ import {
   vcpuSection,
   vmSection,
 } from "../../src/vmm/snapshot/kvm-sections.ts";
-import { dataExtents, readMemoryFile, writeMemoryFile } from "../../src/vmm/snapshot/memory-file.ts";
+import {
+  dataExtents,
+  openMemoryFile,
+  readMemoryFile,
+  writeMemoryFile,
+} from "../../src/vmm/snapshot/memory-file.ts";
 import { loadSnapshot } from "../../src/vmm/snapshot/snapshot.ts";
 import { decodeStateFile, encodeStateFile, writeStateFile } from "../../src/vmm/snapshot/state-file.ts";
 
@@ -199,6 +205,33 @@ test("the memory file: zero pages are holes, data pages read back, a file of ano
     () => readMemoryFile(path, new Uint8Array(size * 2), w.extents),
     (e: unknown) => e instanceof VireoError && e.code === "VIREO_SNAPSHOT_MEMORY",
   );
+});
+
+test("a lazy restore's RAM: the memory file mapped private reads the file's pages; guest writes never reach the file, and a new snapshot into the same place leaves the mapped file whole", () => {
+  const size = 4 << 20;
+  const ram = new Uint8Array(new SharedArrayBuffer(size));
+  for (let i = 0; i < size; i += 4096 * 3) ram[i + 7] = (i / 4096) & 0xff;
+  const dir = mkdtempSync(join(tmpdir(), "vireo-lazy-"));
+  const path = join(dir, "memory");
+  writeMemoryFile(path, ram);
+  const fd = openMemoryFile(path, size);
+  const lazy = mapGuestRamFromFile(fd, 4);
+  const view = new Uint8Array(lazy.buffer);
+  assert.ok(Buffer.from(view).equals(Buffer.from(ram)), "the mapping shows the file");
+  view[7] = 0xaa; // a guest write
+  view[size - 1] = 0xbb;
+  assert.equal(readFileSync(path)[7], 0, "the file is not written");
+  // A snapshot of the lazily restored VM into the same place: a new file takes the name; the mapping keeps the old.
+  writeMemoryFile(path, view);
+  const again = readFileSync(path);
+  assert.equal(again[7], 0xaa);
+  assert.equal(again[size - 1], 0xbb);
+  assert.equal(view[4096 * 3 + 7], 3, "pages not yet touched still come from the file that was mapped");
+  assert.throws(
+    () => openMemoryFile(path, size * 2),
+    (e: unknown) => e instanceof VireoError && e.code === "VIREO_SNAPSHOT_MEMORY",
+  );
+  closeSync(fd);
 });
 
 test("loadSnapshot: a whole directory loads; a missing, stray or other-version section is refused with its code", () => {

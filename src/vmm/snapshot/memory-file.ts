@@ -5,7 +5,17 @@
  * so a restore reads exactly those runs and nothing else, the same extents SEEK_DATA/SEEK_HOLE would find, without
  * a system call Node lacks. docs/snapshot.md says why restore reads instead of mapping the file.
  */
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  fdatasyncSync,
+  fstatSync,
+  ftruncateSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
 import { VireoError } from "../../errors.ts";
 import { type Extents, PAGE } from "./kvm-sections.ts";
 
@@ -48,9 +58,16 @@ export function dataExtents(ram: Uint8Array): Extents {
   return out;
 }
 
+/**
+ * Writes `path` as a new file (a temporary name renamed over it when whole): a VM lazily restored from the file
+ * that was at `path` keeps reading its pages from it (its mapping holds the old file), so a snapshot into the same
+ * directory cannot change or truncate the memory under it.
+ */
 export function writeMemoryFile(path: string, ram: Uint8Array): MemoryFileWritten {
   const extents = dataExtents(ram);
-  const fd = openSync(path, "w", 0o600);
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, "w", 0o600);
+  let ok = false;
   try {
     let bytesWritten = 0;
     for (const [offset, length] of extents) {
@@ -60,10 +77,29 @@ export function writeMemoryFile(path: string, ram: Uint8Array): MemoryFileWritte
     }
     ftruncateSync(fd, ram.byteLength);
     fdatasyncSync(fd);
+    ok = true;
     return { extents, bytesWritten };
   } finally {
     closeSync(fd);
+    if (ok) renameSync(tmp, path);
+    else rmSync(tmp, { force: true });
   }
+}
+
+/** Opens the memory file for a lazy restore (read only; mapped private), checking its size against the RAM. */
+export function openMemoryFile(path: string, ramBytes: number): number {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw new MemoryFileError(`memory file ${path}: ${(e as Error).message}`);
+  }
+  const size = fstatSync(fd).size;
+  if (size !== ramBytes) {
+    closeSync(fd);
+    throw new MemoryFileError(`memory file ${path} is ${size} bytes, the snapshot's RAM ${ramBytes}`);
+  }
+  return fd;
 }
 
 /** The memory file does not fit the state file (another size, or shorter than its extents). */
