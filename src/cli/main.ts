@@ -328,7 +328,10 @@ type RunValues = Record<string, string | boolean | string[] | undefined>;
 /** The run-time options of a restored (or incoming) machine, checked before anything starts. */
 function restoredRunOptions(flag: string, values: RunValues, positionals: string[]) {
   const clash = MACHINE_OPTIONS.find((o) => values[o] !== undefined);
-  if (clash) throw new ConfigError(`${flag}: the machine is the snapshot's; --${clash} cannot go with it`);
+  if (clash) {
+    const whose = flag === "--restore" ? "the snapshot's" : "the one the source sends";
+    throw new ConfigError(`${flag}: the machine is ${whose}; --${clash} cannot go with it`);
+  }
   if (positionals.length) throw new ConfigError(`unexpected argument '${positionals[0]}'`);
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
   if (timeout !== undefined && !(timeout > 0))

@@ -157,3 +157,17 @@ test("--help works for every command and names every option the code accepts", (
     assert.ok(run.includes(flag), `run --help mentions ${flag}`);
   }
 });
+
+test("--restore, --lazy and --incoming: wrong combinations and endpoints are one line each, before anything runs", () => {
+  assertOneLineError(vireo(["run", "--guest", "micro:hello", "--lazy"]), /--lazy goes with --restore DIR/);
+  assertOneLineError(
+    vireo(["run", "--restore", dir, "--incoming", "tcp:127.0.0.1:1"]),
+    /--restore and --incoming: give one/,
+  );
+  assertOneLineError(vireo(["run", "--incoming", "127.0.0.1:4444"]), /want tcp:HOST:PORT or unix:PATH/);
+  assertOneLineError(vireo(["run", "--incoming", "tcp:127.0.0.1:99999"]), /port from 1 to 65535/);
+  assertOneLineError(
+    vireo(["run", "--incoming", "tcp:127.0.0.1:4444", "--mem", "64"]),
+    /--incoming: the machine is the one the source sends; --mem cannot go with it/,
+  );
+});
