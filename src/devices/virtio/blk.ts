@@ -183,6 +183,10 @@ export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
   private writeSeq = 0;
   private readonly writesInFlight = new Set<number>();
   private readonly waitingFlushes: WaitingFlush[] = [];
+  /** Scratch for each request's header and status byte (copied at once; a model object serves one thread). */
+  private readonly header = new Uint8Array(HEADER_SIZE);
+  private readonly headerView = new DataView(this.header.buffer);
+  private readonly statusByte = new Uint8Array(1);
   private c = {
     requests: NO_COUNTER,
     readBytes: NO_COUNTER,
@@ -338,9 +342,9 @@ export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
     work.spend(HEADER_SIZE);
     const readable = new Segments(chain.readable);
     const writable = new Segments(chain.writable);
-    const header = new Uint8Array(HEADER_SIZE);
+    const header = this.header;
     readable.copyOut(mem, 0, header);
-    const hv = new DataView(header.buffer);
+    const hv = this.headerView;
     const type = hv.getUint32(0, true);
     const sector = hv.getBigUint64(8, true);
     const inData = readable.length - HEADER_SIZE; // driver-to-device data after the header
@@ -496,7 +500,9 @@ export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
   /** Writes the status byte, last, after the data (5.2.6: "The final status byte is written by the device"). */
   private complete(writable: Segments, status: number, written: number): number {
     if (status === VIRTIO_BLK_S.IOERR) this.c.ioErrors.add();
-    writable.copyIn(this.ctx.mem, writable.length - 1, Uint8Array.of(status));
+    const b = this.statusByte;
+    b[0] = status;
+    writable.copyIn(this.ctx.mem, writable.length - 1, b);
     return written + 1;
   }
 
@@ -652,19 +658,22 @@ class Segments {
     return true;
   }
 
+  /** Copies [from, from + dst.length) out of guest memory (a piece that is all of dst is copied without a view). */
   copyOut(mem: VirtioContext["mem"], from: number, dst: Uint8Array): void {
     let at = 0;
-    for (const s of this.range(from, dst.length)) {
-      mem.read(s.addr, dst.subarray(at, at + s.len));
-      at += s.len;
-    }
+    this.every(from, dst.length, (addr, len) => {
+      mem.read(addr, len === dst.length ? dst : dst.subarray(at, at + len));
+      at += len;
+      return true;
+    });
   }
 
   copyIn(mem: VirtioContext["mem"], from: number, src: Uint8Array): void {
     let at = 0;
-    for (const s of this.range(from, src.length)) {
-      mem.write(s.addr, src.subarray(at, at + s.len));
-      at += s.len;
-    }
+    this.every(from, src.length, (addr, len) => {
+      mem.write(addr, len === src.length ? src : src.subarray(at, at + len));
+      at += len;
+      return true;
+    });
   }
 }
