@@ -394,16 +394,22 @@ async function cmdRestore(dir: string, values: RunValues, positionals: string[])
   refuseEmulatedHost("--restore", values);
   let result: RunResult;
   try {
-    result = await runUntilStopped(new Machine({ ...configFor(plan), lazyRestore: values.lazy === true }));
+    result = await runUntilStopped(
+      new Machine({
+        ...configFor(plan),
+        lazyRestore: values.lazy === true,
+        // Said when it happens, not at the end: the restored guest may run for long.
+        onRestored: (ms, bytesRead) =>
+          process.stderr.write(
+            `vireo: restored ${dir} in ${ms.toFixed(1)} ms (${values.lazy ? "memory mapped lazily" : `${bytesRead} bytes of RAM read`})\n`,
+          ),
+      }),
+    );
   } catch (e) {
     if (e instanceof VireoError && !e.message.includes(e.code))
       throw new VireoError(e.code, `--restore ${dir}: ${e.message} (${e.code})`, { cause: e });
     throw e;
   }
-  if (result.restoreMs !== undefined)
-    process.stderr.write(
-      `vireo: restored ${dir} in ${result.restoreMs.toFixed(1)} ms (${values.lazy ? "memory mapped lazily" : `${result.restoreBytesRead} bytes of RAM read`})\n`,
-    );
   if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
   reportOutcome(result);
   return result.status;
@@ -427,6 +433,10 @@ async function cmdIncoming(spec: string, values: RunValues, positionals: string[
       new Machine({
         ...configFor(incoming.plan),
         incoming: { ram: incoming.ram, onStarted: incoming.accept },
+        onRestored: (ms) =>
+          process.stderr.write(
+            `vireo: took the migration from ${incoming.from} (${incoming.stats.pages} pages in ${incoming.stats.records} records); running ${ms.toFixed(1)} ms after the stream ended\n`,
+          ),
       }),
     );
   } catch (e) {
@@ -437,10 +447,6 @@ async function cmdIncoming(spec: string, values: RunValues, positionals: string[
   }
   // A run that ended before its vCPUs were let go never said ok: the source runs the guest on.
   incoming.refuse(result.message ?? `the machine ended before it ran (${result.outcome})`);
-  if (result.restoreMs !== undefined)
-    process.stderr.write(
-      `vireo: took the migration from ${incoming.from} (${incoming.stats.pages} pages in ${incoming.stats.records} records); running ${result.restoreMs.toFixed(1)} ms after the stream ended\n`,
-    );
   if (typeof values.metrics === "string") writeMetrics(values.metrics, result);
   reportOutcome(result);
   return result.status;

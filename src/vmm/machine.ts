@@ -134,6 +134,8 @@ export interface MachineConfig {
    * restore does not wait for RAM; the file must stay as it is while the VM runs.
    */
   lazyRestore?: boolean;
+  /** With `restore`: called when the restored vCPUs are let go (ms since run() began, RAM bytes read). */
+  onRestored?(restoreMs: number, bytesRead: number | undefined): void;
 }
 
 export interface TestDevicePlumbing {
@@ -522,6 +524,7 @@ export class Machine {
             if (++readyCount === config.cpus && plan && !this.stopRequested) {
               restoreMs = performance.now() - started;
               config.incoming?.onStarted();
+              config.onRestored?.(restoreMs, restoreBytesRead);
               this.paused = false;
               const control = new Int32Array(this.control);
               Atomics.store(control, CONTROL.pause, 0);

@@ -1,0 +1,168 @@
+/**
+ * Slow tier, issue 12: a Debian guest live-migrated between two "hosts" (network namespaces A and B joined by a
+ * veth pair that carries the migration stream) while it writes to its virtio-blk disk and has a virtio-net NIC on
+ * a TAP. Each host has a TAP of the same name with the same host address, as two hypervisor hosts on one network
+ * segment would: the NIC reattaches by name on the destination. The disk is "shared storage" (the same file). The
+ * guest writes 64 KiB chunks of random data, printing each one's SHA-256, one a second; after a few the test
+ * migrates it (the destination checks a SHA-256 of all of RAM); the guest must go on on B, every chunk must be on
+ * the disk with the hash the guest printed, and ping must answer through B's TAP.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { callApi } from "../../src/cli/ctl.ts";
+import { findGuestImage } from "../../src/image/guest-image.ts";
+import { FAST_BOOT_CMDLINE } from "../../src/image/init-scripts.ts";
+import type { MigrationResult } from "../../src/vmm/migration/source.ts";
+import { VIREO_BIN } from "../helpers/cli.ts";
+import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip } from "../helpers/linux-guest.ts";
+import { netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
+import { startProcess, waitFor } from "../helpers/processes.ts";
+
+const skip = linuxGuestSkip() || (netnsUnavailable() ?? false);
+const makeNs = netnsMaker();
+const CHUNKS = 16;
+const t0 = Date.now();
+const step = (m: string) =>
+  process.stderr.write(`linux-migration: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${m}\n`);
+
+function sh(args: string[]): void {
+  const r = spawnSync(args[0] as string, args.slice(1), { encoding: "utf8" });
+  assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
+}
+
+const chunkLines = (text: string) =>
+  [...text.replace(/\r/g, "").matchAll(/^chunk (\d+) ([0-9a-f]{64}) /gm)].map((m) => ({
+    i: Number(m[1]),
+    sha: m[2] as string,
+  }));
+
+test("a Linux guest writing to virtio-blk and on virtio-net migrates to another host and goes on: every chunk on the disk, ping answers there", {
+  skip,
+  timeout: LINUX_TEST_TIMEOUT_MS,
+}, async () => {
+  const image = findGuestImage();
+  assert.ok(image);
+  const a = makeNs();
+  const b = makeNs();
+  for (const ns of [a, b]) sh(ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]));
+  const tag = String(process.pid % 100000);
+  sh([
+    "ip",
+    "link",
+    "add",
+    `lmA${tag}`,
+    "netns",
+    a.name,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    `lmB${tag}`,
+    "netns",
+    b.name,
+  ]);
+  sh(a.exec(["ip", "addr", "add", "10.78.0.1/24", "dev", `lmA${tag}`]));
+  sh(b.exec(["ip", "addr", "add", "10.78.0.2/24", "dev", `lmB${tag}`]));
+  sh(a.exec(["ip", "link", "set", `lmA${tag}`, "up"]));
+  sh(b.exec(["ip", "link", "set", `lmB${tag}`, "up"]));
+
+  const dir = mkdtempSync(join(tmpdir(), "vireo-linux-mig-"));
+  const disk = join(dir, "vda.img");
+  writeFileSync(disk, "");
+  truncateSync(disk, 16 << 20);
+  const sock = join(dir, "api.sock");
+  const out1 = join(dir, "out1.txt");
+  const out2 = join(dir, "out2.txt");
+  const run = [
+    "ip link set eth0 up",
+    "ip addr add 10.0.2.15/24 dev eth0",
+    "ping -c 1 -W 60 10.0.2.1 >/dev/null && echo net up",
+    "i=0",
+    `while [ $i -lt ${CHUNKS} ]; do head -c 65536 /dev/urandom > /tmp/c; dd if=/tmp/c of=/dev/vda bs=65536 seek=$i conv=fsync 2>/dev/null; echo chunk $i $(sha256sum /tmp/c); i=$((i+1)); sleep 1; done`,
+    "ping -c 3 -W 30 10.0.2.1",
+  ].join("; ");
+  const dest = startProcess([
+    ...b.exec([]),
+    VIREO_BIN,
+    "run",
+    "--incoming",
+    "tcp:10.78.0.2:7072",
+    "--serial",
+    `file:${out2}`,
+    "--timeout",
+    String(LINUX_TEST_TIMEOUT_MS / 1000 - 60),
+  ]);
+  const src = startProcess([
+    ...a.exec([]),
+    VIREO_BIN,
+    "run",
+    "--kernel",
+    image.kernel,
+    "--initrd",
+    image.guestInitrd,
+    "--disk",
+    disk,
+    "--net",
+    `tap=${a.tap},model=virtio,mac=02:76:69:00:00:0f`,
+    "--serial",
+    `file:${out1}`,
+    "--api-socket",
+    sock,
+    "--timeout",
+    String(LINUX_TEST_TIMEOUT_MS / 1000 - 60),
+    "--cmdline",
+    `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
+  ]);
+  const printed = () => (existsSync(out1) ? readFileSync(out1, "utf8") : "");
+  await waitFor(
+    () => chunkLines(printed()).length >= 3 || src.child.exitCode !== null,
+    LINUX_TEST_TIMEOUT_MS / 2,
+    () => `the guest did not write 3 chunks: ${src.err()}\n--- serial:\n${printed()}`,
+  );
+  assert.equal(src.child.exitCode, null, `vireo ended early: ${src.err()}\n--- serial:\n${printed()}`);
+  assert.match(dest.err(), /waiting for a migration/, dest.err());
+  const answer = await callApi(sock, "PUT", "/v1/vm/migrate", 600_000, {
+    to: "tcp:10.78.0.2:7072",
+    verify: true,
+    maxRounds: 10,
+  });
+  assert.equal(
+    answer.status,
+    200,
+    `${JSON.stringify(answer.body)}\n--- source:\n${src.err()}\n--- destination:\n${dest.err()}`,
+  );
+  step(
+    `migrated after chunk ${chunkLines(printed()).at(-1)?.i}: ${JSON.stringify(answer.body as MigrationResult)}`,
+  );
+  assert.equal(await src.exited, 0, src.err());
+  const status = await dest.exited;
+  const text1 = printed();
+  const text2 = existsSync(out2) ? readFileSync(out2, "utf8") : "";
+  step(`destination exited ${status}: ${dest.err().trim()}`);
+  assert.equal(status, 0, `${dest.err()}\n--- before:\n${text1}\n--- after:\n${text2}`);
+  assert.match(dest.err(), /guest RAM matches the source's SHA-256/);
+  const chunks = chunkLines(text1 + text2);
+  assert.deepEqual(
+    chunks.map((c) => c.i),
+    Array.from({ length: CHUNKS }, (_, i) => i),
+    `every chunk once, in order:\n${text1}\n---\n${text2}`,
+  );
+  assert.ok(chunkLines(text2).length > 0, "the guest went on writing on the destination");
+  assert.match(
+    text2,
+    /3 packets transmitted, 3 packets received/,
+    "ping answers through the destination's TAP",
+  );
+  const img = readFileSync(disk);
+  for (const c of chunks) {
+    const sha = createHash("sha256")
+      .update(img.subarray(c.i * 65536, (c.i + 1) * 65536))
+      .digest("hex");
+    assert.equal(sha, c.sha, `chunk ${c.i} on the disk is what the guest wrote`);
+  }
+});
