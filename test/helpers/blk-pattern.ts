@@ -1,4 +1,6 @@
 /** What the micro guest's virtio-blk-rw writes (guest/micro/virtio_blk.c), and the checksum it prints. */
+import assert from "node:assert/strict";
+import { closeSync, openSync, readFileSync, readSync } from "node:fs";
 
 /** Per sector, 128 words of a 32-bit LCG seeded with the sector number. */
 export function expectedSector(sector: number): Buffer {
@@ -16,4 +18,34 @@ export function fnv1a64(bytes: Uint8Array): string {
   let h = 0xcbf29ce484222325n;
   for (const b of bytes) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
   return h.toString(16);
+}
+
+/** Sector `s` (512 bytes) of an image file as it is now. */
+export function sectorOf(path: string, s: number): Buffer {
+  const fd = openSync(path, "r");
+  try {
+    const buf = Buffer.alloc(512);
+    readSync(fd, buf, 0, 512, s * 512);
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Checks that the first `kib` KiB of the image hold exactly virtio-blk-rw's pattern and that the guest's printed
+ * checksum (`fnv1a64=HEX` in `guestOutput`) is the image's.
+ */
+export function assertImageHoldsPattern(path: string, kib: number, guestOutput: string): void {
+  const image = readFileSync(path).subarray(0, kib * 1024);
+  for (let s = 0; s < (kib * 1024) / 512; s++) {
+    if (!image.subarray(s * 512, (s + 1) * 512).equals(expectedSector(s)))
+      assert.fail(`sector ${s} does not hold the guest's pattern`);
+  }
+  const printed = /fnv1a64=([0-9a-f]+)/.exec(guestOutput)?.[1];
+  assert.equal(
+    printed?.padStart(16, "0"),
+    fnv1a64(image).padStart(16, "0"),
+    "the guest's checksum is the image's",
+  );
 }

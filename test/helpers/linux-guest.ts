@@ -23,11 +23,11 @@ export function linuxGuestSkip(): string | false {
  */
 export const LINUX_TEST_TIMEOUT_MS = 600_000;
 
-/** `vireo run` on the guest image with `run` as the guest's command; `argv` adds options (devices). */
-export function runLinux(run: string, argv: string[] = [], opts: { prefix?: string[] } = {}): CliResult {
+/** `vireo run`'s arguments for the guest image with `run` as the guest's command; `argv` adds options (devices). */
+export function linuxRunArgs(run: string, argv: string[] = []): string[] {
   const image = findGuestImage();
   if (!image) throw new Error("no guest image");
-  const args = [
+  return [
     "run",
     "--kernel",
     image.kernel,
@@ -39,5 +39,9 @@ export function runLinux(run: string, argv: string[] = [], opts: { prefix?: stri
     "--cmdline",
     `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
   ];
-  return vireo(args, { timeoutMs: LINUX_TEST_TIMEOUT_MS - 30_000, prefix: opts.prefix });
+}
+
+/** `vireo run` on the guest image with `run` as the guest's command; `argv` adds options (devices). */
+export function runLinux(run: string, argv: string[] = [], opts: { prefix?: string[] } = {}): CliResult {
+  return vireo(linuxRunArgs(run, argv), { timeoutMs: LINUX_TEST_TIMEOUT_MS - 30_000, prefix: opts.prefix });
 }

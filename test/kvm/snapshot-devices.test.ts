@@ -8,23 +8,14 @@
  * done twice out of order. Then a restore whose disk file is gone is refused before any vCPU runs.
  */
 import assert from "node:assert/strict";
-import {
-  closeSync,
-  existsSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  readSync,
-  renameSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import type { SnapshotResult } from "../../src/vmm/api-server.ts";
-import { expectedSector, fnv1a64 } from "../helpers/blk-pattern.ts";
+import { assertImageHoldsPattern, expectedSector, sectorOf } from "../helpers/blk-pattern.ts";
 import { metricsPath, readMetrics, VIREO_BIN } from "../helpers/cli.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
 
@@ -33,17 +24,6 @@ const MiB = 1 << 20;
 const t0 = Date.now();
 function step(message: string): void {
   process.stderr.write(`snapshot-devices: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${message}\n`);
-}
-
-function sectorOf(path: string, s: number): Buffer {
-  const fd = openSync(path, "r");
-  try {
-    const buf = Buffer.alloc(512);
-    readSync(fd, buf, 0, 512, s * 512);
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 test("a guest writing to its virtio-blk disk (data-plane thread) is snapshotted mid-write, killed, restored, and every byte is on the disk", {
@@ -122,13 +102,7 @@ test("a guest writing to its virtio-blk disk (data-plane thread) is snapshotted 
   assert.equal(status, 0, `the restored guest exits 0\n${second.err()}\n--- output:\n${text2}`);
   assert.match(text2, /virtio-blk-rw ok/, "the guest's own read-back check passed after the restore");
   assert.doesNotMatch(readFileSync(out1, "utf8"), /virtio-blk-rw ok/);
-  const image = readFileSync(disk).subarray(0, kib * 1024);
-  for (let s = 0; s < sectors; s++) {
-    if (!image.subarray(s * 512, (s + 1) * 512).equals(expectedSector(s)))
-      assert.fail(`sector ${s} does not hold the guest's pattern`);
-  }
-  const printed = /fnv1a64=([0-9a-f]+)/.exec(text2)?.[1];
-  assert.equal(printed?.padStart(16, "0"), fnv1a64(image).padStart(16, "0"));
+  assertImageHoldsPattern(disk, kib, text2);
   const m = readMetrics(metrics);
   const kicks = m["vhost.blk0.kicks"] ?? 0;
   assert.ok(kicks > 0, `the restored disk was served by its data-plane thread (kicks ${kicks})`);

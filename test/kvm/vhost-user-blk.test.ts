@@ -8,7 +8,7 @@
  * it the inflight buffer, and every write the guest was acknowledged is in the file.
  */
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, renameSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -16,7 +16,7 @@ import { KvmSystem } from "../../src/kvm/system.ts";
 import { Machine } from "../../src/vmm/machine.ts";
 import { microGuest } from "../../src/vmm/micro-guest.ts";
 import type { DiskConfig } from "../../src/vmm/pci-devices.ts";
-import { expectedSector, fnv1a64 } from "../helpers/blk-pattern.ts";
+import { expectedSector, fnv1a64, sectorOf } from "../helpers/blk-pattern.ts";
 import { metricsPath, readMetrics, VIREO_BIN, vireo } from "../helpers/cli.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
 
@@ -161,17 +161,6 @@ test("bench-virtio-blk: 4 KiB reads at queue depth 1, vhost-user against in-proc
 });
 
 /** The first 512 bytes at sector `s` of `path`. */
-function sectorOf(path: string, s: number): Buffer {
-  const fd = openSync(path, "r");
-  try {
-    const buf = Buffer.alloc(512);
-    readSync(fd, buf, 0, 512, s * 512);
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 test("the back-end SIGKILLed while the guest writes, another started on the socket: every write is in the file", {
   skip,
 }, async () => {

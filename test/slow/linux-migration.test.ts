@@ -9,23 +9,20 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
-import { findGuestImage } from "../../src/image/guest-image.ts";
-import { FAST_BOOT_CMDLINE } from "../../src/image/init-scripts.ts";
 import type { MigrationResult } from "../../src/vmm/migration/source.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
-import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip } from "../helpers/linux-guest.ts";
+import { assertChunksWhole, CHUNK_WRITER, chunkLines } from "../helpers/linux-chunks.ts";
+import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip, linuxRunArgs } from "../helpers/linux-guest.ts";
 import { netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = linuxGuestSkip() || (netnsUnavailable() ?? false);
 const makeNs = netnsMaker();
-const CHUNKS = 16;
 const t0 = Date.now();
 const step = (m: string) =>
   process.stderr.write(`linux-migration: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${m}\n`);
@@ -35,18 +32,10 @@ function sh(args: string[]): void {
   assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
 }
 
-const chunkLines = (text: string) =>
-  [...text.replace(/\r/g, "").matchAll(/^chunk (\d+) ([0-9a-f]{64}) /gm)].map((m) => ({
-    i: Number(m[1]),
-    sha: m[2] as string,
-  }));
-
 test("a Linux guest writing to virtio-blk and on virtio-net migrates to another host and goes on: every chunk on the disk, ping answers there", {
   skip,
   timeout: LINUX_TEST_TIMEOUT_MS,
 }, async () => {
-  const image = findGuestImage();
-  assert.ok(image);
   const a = makeNs();
   const b = makeNs();
   for (const ns of [a, b]) sh(ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]));
@@ -78,14 +67,7 @@ test("a Linux guest writing to virtio-blk and on virtio-net migrates to another 
   const sock = join(dir, "api.sock");
   const out1 = join(dir, "out1.txt");
   const out2 = join(dir, "out2.txt");
-  const run = [
-    "ip link set eth0 up",
-    "ip addr add 10.0.2.15/24 dev eth0",
-    "ping -c 1 -W 60 10.0.2.1 >/dev/null && echo net up",
-    "i=0",
-    `while [ $i -lt ${CHUNKS} ]; do head -c 65536 /dev/urandom > /tmp/c; dd if=/tmp/c of=/dev/vda bs=65536 seek=$i conv=fsync 2>/dev/null; echo chunk $i $(sha256sum /tmp/c); i=$((i+1)); sleep 1; done`,
-    "ping -c 3 -W 30 10.0.2.1",
-  ].join("; ");
+  const run = CHUNK_WRITER;
   const dest = startProcess([
     ...b.exec([]),
     VIREO_BIN,
@@ -100,23 +82,16 @@ test("a Linux guest writing to virtio-blk and on virtio-net migrates to another 
   const src = startProcess([
     ...a.exec([]),
     VIREO_BIN,
-    "run",
-    "--kernel",
-    image.kernel,
-    "--initrd",
-    image.guestInitrd,
-    "--disk",
-    disk,
-    "--net",
-    `tap=${a.tap},model=virtio,mac=02:76:69:00:00:0f`,
-    "--serial",
-    `file:${out1}`,
-    "--api-socket",
-    sock,
-    "--timeout",
-    String(LINUX_TEST_TIMEOUT_MS / 1000 - 60),
-    "--cmdline",
-    `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
+    ...linuxRunArgs(run, [
+      "--disk",
+      disk,
+      "--net",
+      `tap=${a.tap},model=virtio,mac=02:76:69:00:00:0f`,
+      "--serial",
+      `file:${out1}`,
+      "--api-socket",
+      sock,
+    ]),
   ]);
   const printed = () => (existsSync(out1) ? readFileSync(out1, "utf8") : "");
   await waitFor(
@@ -146,23 +121,5 @@ test("a Linux guest writing to virtio-blk and on virtio-net migrates to another 
   step(`destination exited ${status}: ${dest.err().trim()}`);
   assert.equal(status, 0, `${dest.err()}\n--- before:\n${text1}\n--- after:\n${text2}`);
   assert.match(dest.err(), /guest RAM matches the source's SHA-256/);
-  const chunks = chunkLines(text1 + text2);
-  assert.deepEqual(
-    chunks.map((c) => c.i),
-    Array.from({ length: CHUNKS }, (_, i) => i),
-    `every chunk once, in order:\n${text1}\n---\n${text2}`,
-  );
-  assert.ok(chunkLines(text2).length > 0, "the guest went on writing on the destination");
-  assert.match(
-    text2,
-    /3 packets transmitted, 3 packets received/,
-    "ping answers through the destination's TAP",
-  );
-  const img = readFileSync(disk);
-  for (const c of chunks) {
-    const sha = createHash("sha256")
-      .update(img.subarray(c.i * 65536, (c.i + 1) * 65536))
-      .digest("hex");
-    assert.equal(sha, c.sha, `chunk ${c.i} on the disk is what the guest wrote`);
-  }
+  assertChunksWhole(disk, text1, text2);
 });

@@ -8,40 +8,29 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
-import { findGuestImage } from "../../src/image/guest-image.ts";
-import { FAST_BOOT_CMDLINE } from "../../src/image/init-scripts.ts";
 import type { SnapshotResult } from "../../src/vmm/api-server.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
-import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip } from "../helpers/linux-guest.ts";
+import { assertChunksWhole, CHUNK_WRITER, CHUNKS, chunkLines } from "../helpers/linux-chunks.ts";
+import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip, linuxRunArgs } from "../helpers/linux-guest.ts";
 import { netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = linuxGuestSkip() || (netnsUnavailable() ?? false);
 const makeNs = netnsMaker();
-const CHUNKS = 16;
 const t0 = Date.now();
 function step(message: string): void {
   process.stderr.write(`linux-snapshot: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${message}\n`);
 }
 
-const chunkLines = (text: string) =>
-  [...text.replace(/\r/g, "").matchAll(/^chunk (\d+) ([0-9a-f]{64}) /gm)].map((m) => ({
-    i: Number(m[1]),
-    sha: m[2] as string,
-  }));
-
 test("a Linux guest writing to virtio-blk and on virtio-net is snapshotted, killed, restored, and goes on: every chunk on the disk, ping answers", {
   skip,
   timeout: LINUX_TEST_TIMEOUT_MS,
 }, async () => {
-  const image = findGuestImage();
-  assert.ok(image);
   const ns = makeNs();
   const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]).slice(1), {
     encoding: "utf8",
@@ -55,34 +44,20 @@ test("a Linux guest writing to virtio-blk and on virtio-net is snapshotted, kill
   const out1 = join(dir, "out1.txt");
   const out2 = join(dir, "out2.txt");
   const snap = join(dir, "snap");
-  const run = [
-    "ip link set eth0 up",
-    "ip addr add 10.0.2.15/24 dev eth0",
-    "ping -c 1 -W 60 10.0.2.1 >/dev/null && echo net up",
-    "i=0",
-    `while [ $i -lt ${CHUNKS} ]; do head -c 65536 /dev/urandom > /tmp/c; dd if=/tmp/c of=/dev/vda bs=65536 seek=$i conv=fsync 2>/dev/null; echo chunk $i $(sha256sum /tmp/c); i=$((i+1)); sleep 1; done`,
-    "ping -c 3 -W 30 10.0.2.1",
-  ].join("; ");
+  const run = CHUNK_WRITER;
   const first = startProcess([
     ...ns.exec([]),
     VIREO_BIN,
-    "run",
-    "--kernel",
-    image.kernel,
-    "--initrd",
-    image.guestInitrd,
-    "--disk",
-    disk,
-    "--net",
-    `tap=${ns.tap},model=virtio,mac=02:76:69:00:00:0f`,
-    "--serial",
-    `file:${out1}`,
-    "--api-socket",
-    sock,
-    "--timeout",
-    String(LINUX_TEST_TIMEOUT_MS / 1000 - 60),
-    "--cmdline",
-    `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
+    ...linuxRunArgs(run, [
+      "--disk",
+      disk,
+      "--net",
+      `tap=${ns.tap},model=virtio,mac=02:76:69:00:00:0f`,
+      "--serial",
+      `file:${out1}`,
+      "--api-socket",
+      sock,
+    ]),
   ]);
   const printed = () => (existsSync(out1) ? readFileSync(out1, "utf8") : "");
   try {
@@ -120,19 +95,5 @@ test("a Linux guest writing to virtio-blk and on virtio-net is snapshotted, kill
   const text2 = existsSync(out2) ? readFileSync(out2, "utf8") : "";
   step(`restored vireo exited ${status}: ${second.err().trim()}`);
   assert.equal(status, 0, `${second.err()}\n--- before:\n${text1}\n--- after:\n${text2}`);
-  const chunks = chunkLines(text1 + text2);
-  assert.deepEqual(
-    chunks.map((c) => c.i),
-    Array.from({ length: CHUNKS }, (_, i) => i),
-    `every chunk once, in order:\n${text1}\n---\n${text2}`,
-  );
-  assert.ok(chunkLines(text2).length > 0, "the restored guest went on writing");
-  assert.match(text2, /3 packets transmitted, 3 packets received/, "ping answers after the restore");
-  const img = readFileSync(disk);
-  for (const c of chunks) {
-    const sha = createHash("sha256")
-      .update(img.subarray(c.i * 65536, (c.i + 1) * 65536))
-      .digest("hex");
-    assert.equal(sha, c.sha, `chunk ${c.i} on the disk is what the guest wrote`);
-  }
+  assertChunksWhole(disk, text1, text2);
 });
