@@ -103,12 +103,19 @@ export interface SnapshotBenchRow {
   busy: MigrationResult & { busyKibPerMs: number };
 }
 
+/** A line on stderr per step: the emulated KVM host ends a script that prints nothing for 10 minutes. */
+function progress(mib: number, what: string): void {
+  process.stderr.write(`bench snapshot: ${mib} MiB guest: ${what}\n`);
+}
+
 async function measure(mib: number): Promise<SnapshotBenchRow> {
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-snap-"));
   try {
+    progress(mib, "filling half of RAM");
     // Snapshot, then restore in a new process.
     const g = await dirtyGuest(dir, "snap", mib, 0);
     const snapDir = join(dir, "snap");
+    progress(mib, "snapshot");
     let snapshot: SnapshotResult;
     try {
       snapshot = await api<SnapshotResult>(g.sock, "/v1/vm/snapshot", { path: snapDir, paused: true });
@@ -131,14 +138,17 @@ async function measure(mib: number): Promise<SnapshotBenchRow> {
       }
       return p.err();
     };
+    progress(mib, "restore (copying the memory file)");
     const copied = await restore([]);
     const restored = /restored .* in ([\d.]+) ms \((\d+) bytes of RAM read\)/.exec(copied);
     if (!restored) throw new VireoError("VIREO_BENCH_FAILED", `restore: ${copied}`);
+    progress(mib, "restore --lazy");
     const mapped = await restore(["--lazy"]);
     const lazy = /restored .* in ([\d.]+) ms \(memory mapped lazily\)/.exec(mapped);
     if (!lazy) throw new VireoError("VIREO_BENCH_FAILED", `lazy restore: ${mapped}`);
 
     const migrateOnce = async (tag: string, kibPerMs: number) => {
+      progress(mib, `migration, ${tag} guest`);
       const src = await dirtyGuest(dir, `${tag}-src`, mib, kibPerMs);
       const inSock = join(dir, `${tag}-in.sock`);
       const outDest = join(dir, `${tag}-dest.out`);
