@@ -2,7 +2,16 @@
  * A machine's lifecycle, on the main thread: create the VM and its RAM, load the guest, start one worker per
  * vCPU, wait for the run to end, stop every vCPU, and collect metrics. The main thread serves no exits.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fdatasyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  statSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
 import type { Worker } from "node:worker_threads";
 import { vcpuCpuid } from "../arch/x86/cpuid.ts";
@@ -228,6 +237,8 @@ export class Machine {
     unsupported: string[];
     /** The data-plane threads, quiesced while a snapshot is taken. */
     io: IoThreads | null;
+    /** Writable disk image descriptors: synced to the file before a snapshot or migration is saved. */
+    diskFds: number[];
     /** Guest RAM's memory slot, and the log of the devices' writes to it (live migration). */
     slot: MemorySlot;
     pageLog: DevicePageLog;
@@ -463,6 +474,7 @@ export class Machine {
           .filter((d) => isVhostUser(d) || d.kind === "vhost-net")
           .map((d) => `${d.name} (${d.kind})`),
         io: null,
+        diskFds: (pci?.devices ?? []).flatMap((d) => (d.kind === "virtio-blk" && !d.readOnly ? [d.fd] : [])),
         slot,
         pageLog,
       };
@@ -682,6 +694,9 @@ export class Machine {
       const vcpus = await this.collectVcpuStates();
       const tVcpus = performance.now();
       const devices = await saveWhenQuiet(snap.devices);
+      // Every write the guest was told is done goes to stable storage before the state says so: a restore or the
+      // migration's destination may open the disk on another host (shared storage).
+      for (const fd of snap.diskFds) fdatasyncSync(fd);
       const vmState = saveVmState(snap.vm.fd);
       const machine: StateSection = {
         name: SECTION.machine,
