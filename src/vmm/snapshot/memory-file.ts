@@ -114,16 +114,8 @@ export class MemoryFileError extends VireoError {
  * The file must be exactly the RAM's size.
  */
 export function readMemoryFile(path: string, ram: Uint8Array, extents: Extents): number {
-  let fd: number;
+  const fd = openMemoryFile(path, ram.byteLength);
   try {
-    fd = openSync(path, "r");
-  } catch (e) {
-    throw new MemoryFileError(`memory file ${path}: ${(e as Error).message}`);
-  }
-  try {
-    const size = fstatSync(fd).size;
-    if (size !== ram.byteLength)
-      throw new MemoryFileError(`memory file ${path} is ${size} bytes, the snapshot's RAM ${ram.byteLength}`);
     let bytesRead = 0;
     for (const [offset, length] of extents) {
       let done = 0;
