@@ -355,16 +355,19 @@ function restoredRunOptions(flag: string, values: RunValues, positionals: string
     apiSocket,
     restore: plan,
     // The devices the snapshot's machine had, with the options they had (disks on shared storage, TAPs by name).
+    // vhost-user disks and NICs connect to the back-end listening on the saved socket path on this host.
     disks: plan.machine.devices.disks.map((d) => ({
       path: d.path,
       readOnly: d.readOnly,
       direct: d.direct,
       iothread: d.iothread,
+      ...(d.vhostUser ? { vhostUser: true } : {}),
     })),
     nets: plan.machine.devices.nets.map((n) => ({
       tap: n.tap,
       model: n.model,
       mac: Uint8Array.from(n.mac.split(":").map((h) => Number.parseInt(h, 16))),
+      ...(n.vhostUser !== "" ? { vhostUser: n.vhostUser } : {}),
     })),
     rng: plan.machine.devices.rng,
     console: plan.machine.devices.console,

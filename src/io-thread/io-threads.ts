@@ -6,6 +6,7 @@ import type { Worker } from "node:worker_threads";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { VhostNetSpec } from "../vhost-net/device.ts";
+import { FRONTEND_WORDS } from "../vhost-user/frontend-device.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { hasDataPlane, isVhostUser, type PciManifest, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
@@ -25,7 +26,8 @@ export interface IoThreads {
   /**
    * Quiesces every data-plane thread for a snapshot (remote-queues.ts DATA_PLANE.quiesce): resolves once each has
    * finished the work it had started and takes no more; rejects if one has not within `timeoutMs` (the threads
-   * are released again then). Only for io-thread.ts threads: vhost-user and vhost-net threads are not quiesced.
+   * are released again then). Data-plane threads (io-thread.ts) and vhost-user threads (their back-ends' rings
+   * stop); vhost-net threads are not quiesced.
    */
   quiesce(timeoutMs: number): Promise<void>;
   /** Lets quiesced threads take work again. */
@@ -89,31 +91,44 @@ export async function startIoThreads(
   }
   await Promise.all(ready);
   let closed = false;
-  const planes = specs.filter(hasDataPlane).map((s) => ({
-    words: new Int32Array(s.dataPlane.block),
-    wake: s.dataPlane.wake,
-    name: s.name,
-  }));
+  // The threads a quiesce asks: data-plane threads (remote-queues.ts DATA_PLANE) and vhost-user threads
+  // (frontend-device.ts FRONTEND_WORDS: their back-ends' rings are stopped), each with its pair of words.
+  const planes = [
+    ...specs.filter(hasDataPlane).map((s) => ({
+      words: new Int32Array(s.dataPlane.block),
+      wake: s.dataPlane.wake,
+      name: s.name,
+      quiesce: DATA_PLANE.quiesce,
+      quiesced: DATA_PLANE.quiesced,
+      what: "the data-plane thread",
+    })),
+    ...specs.filter(isVhostUser).map((s) => ({
+      words: new Int32Array(s.block),
+      wake: s.wake,
+      name: s.name,
+      quiesce: FRONTEND_WORDS.quiesce,
+      quiesced: FRONTEND_WORDS.quiesced,
+      what: "the vhost-user back-end",
+    })),
+  ];
   const release = () => {
     for (const p of planes) {
-      Atomics.store(p.words, DATA_PLANE.quiesce, 0);
+      Atomics.store(p.words, p.quiesce, 0);
       signalEventFd(p.wake);
     }
   };
   return {
     quiesce: async (timeoutMs) => {
       for (const p of planes) {
-        Atomics.store(p.words, DATA_PLANE.quiesce, 1);
+        Atomics.store(p.words, p.quiesce, 1);
         signalEventFd(p.wake);
       }
       const deadline = performance.now() + timeoutMs;
       for (const p of planes) {
-        while (Atomics.load(p.words, DATA_PLANE.quiesced) === 0) {
+        while (Atomics.load(p.words, p.quiesced) === 0) {
           if (performance.now() > deadline) {
             release();
-            throw new Error(
-              `the data-plane thread of ${p.name} did not finish its work within ${timeoutMs} ms`,
-            );
+            throw new Error(`${p.what} of ${p.name} did not finish its work within ${timeoutMs} ms`);
           }
           await new Promise((r) => setTimeout(r, 1));
         }

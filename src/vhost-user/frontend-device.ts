@@ -66,7 +66,14 @@ export const FRONTEND_WORDS = {
   connected: 3,
   /** 1 once the vhost-user thread owns the first connection (the main thread closes it otherwise). */
   connTaken: 4,
-  count: 5,
+  /**
+   * Set by the main thread to quiesce the device for a snapshot or a migration's switch-over: the vhost-user
+   * thread stops every started ring (GET_VRING_BASE: the back-end finishes what it took and lets go of guest RAM),
+   * then sets `quiesced`; cleared, the rings start again from the used indices (if the device still runs).
+   */
+  quiesce: 5,
+  quiesced: 6,
+  count: 7,
 } as const;
 
 export function createFrontendBlock(): SharedArrayBuffer {

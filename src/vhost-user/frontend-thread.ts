@@ -85,6 +85,8 @@ class FrontendPlane {
   private started: number[] = [];
   /** The activations count last served. */
   private activations = 0;
+  /** Quiesced for a snapshot or a migration's switch-over (FRONTEND_WORDS.quiesce): no ring is started. */
+  private quiesced = false;
   private readonly words: Int32Array;
   private readonly transport: VirtioPciTransport;
   private readonly mem: GuestMemory;
@@ -137,7 +139,10 @@ class FrontendPlane {
     return Math.max(0, Math.ceil(this.nextTry - performance.now()));
   }
 
-  /** The wake eventfd fired: resets first (a reset after DRIVER_OK cancels it), then activation. */
+  /**
+   * The wake eventfd fired: resets first (a reset after DRIVER_OK cancels it), then a quiesce or its end, then
+   * activation. While quiesced no ring starts (an activation or a reconnect waits for the end of the quiesce).
+   */
   onWake(): void {
     const w = this.words;
     const resets = Atomics.load(w, FRONTEND_WORDS.resets);
@@ -145,6 +150,14 @@ class FrontendPlane {
       this.stopRings();
       Atomics.store(w, FRONTEND_WORDS.resetsDone, resets);
       Atomics.notify(w, FRONTEND_WORDS.resetsDone);
+    }
+    const quiet = Atomics.load(w, FRONTEND_WORDS.quiesce) !== 0;
+    if (quiet !== this.quiesced) {
+      this.quiesced = quiet;
+      if (quiet) this.suspendRings();
+      Atomics.store(w, FRONTEND_WORDS.quiesced, quiet ? 1 : 0);
+      Atomics.notify(w, FRONTEND_WORDS.quiesced);
+      if (!quiet) this.startRings();
     }
     const act = Atomics.load(w, FRONTEND_WORDS.activations);
     if (act !== this.activations) {
@@ -282,7 +295,7 @@ class FrontendPlane {
 
   private startRings(): void {
     const dev = this.transport.device;
-    if (!dev.running || this.conn === null || this.started.length > 0) return;
+    if (!dev.running || this.conn === null || this.started.length > 0 || this.quiesced) return;
     const ram = spec.ram;
     const user = (gpa: number) => ram.hostAddress + BigInt(gpa);
     const msix = this.transport.msix;
@@ -348,6 +361,26 @@ class FrontendPlane {
         return;
       }
     }
+  }
+
+  /**
+   * Quiesced: every started ring stops (GET_VRING_BASE, which a back-end answers once it has finished the requests
+   * it took: vhost-user.rst, "stop ring upon receiving VHOST_USER_GET_VRING_BASE"), so guest RAM and the used rings
+   * hold everything it did and it writes no more. The inflight buffer stays: the device has not been reset. The
+   * rings start again from the used indices when the quiesce ends; a restore elsewhere starts them the same way.
+   * A back-end that does not answer loses its connection (and is asked again when it is back).
+   */
+  private suspendRings(): void {
+    const rings = this.started;
+    this.started = [];
+    if (rings.length === 0) return;
+    this.talk(
+      "stopping the rings for a snapshot",
+      (conn) => {
+        for (const q of rings) conn.stopRing(q);
+      },
+      false,
+    );
   }
 
   /** The device is reset: the rings stop, and the requests the inflight buffer holds are the driver's no more. */

@@ -233,8 +233,13 @@ export class Machine {
     devices: Record<string, Snapshottable>;
     /** The PCI devices as `vireo run --restore` builds them again. */
     saved: SavedDevices;
-    /** Devices a snapshot cannot take yet (vhost-user, vhost-net: their rings are served outside vireo). */
+    /** Devices a snapshot cannot take yet (vhost-net: the kernel serves its rings). */
     unsupported: string[];
+    /**
+     * Devices a live migration cannot take yet: vhost-user back-ends write guest RAM that KVM's dirty log does not
+     * see, and vireo does not yet ask them for their own log (PROTOCOL_F_LOG_SHMFD).
+     */
+    unmigratable: string[];
     /** The data-plane threads, quiesced while a snapshot is taken. */
     io: IoThreads | null;
     /** Writable disk image descriptors: synced to the file before a snapshot or migration is saved. */
@@ -412,7 +417,7 @@ export class Machine {
       let firmware: BuiltPci | null = null;
       // A NIC's MAC is chosen here when not given, so that a snapshot records the one the guest sees.
       const nets = (config.nets ?? []).map((n, i) =>
-        n.vhostUser !== undefined || n.mac !== undefined ? n : { ...n, mac: defaultMac(i) },
+        n.mac !== undefined ? n : { ...n, mac: defaultMac(i) },
       );
       if (hasPci(config)) {
         const vmForMsi = vm;
@@ -456,23 +461,29 @@ export class Machine {
         platform,
         devices: components,
         saved: {
-          disks: (config.disks ?? [])
-            .filter((d) => !d.vhostUser)
-            .map((d) => ({
-              path: resolve(d.path),
-              readOnly: d.readOnly,
-              direct: d.direct,
-              iothread: d.iothread === true,
-            })),
+          // In the order the PCI slots were given (pci-devices.ts): a restore builds the same functions again.
+          disks: (config.disks ?? []).map((d) => ({
+            path: resolve(d.path),
+            readOnly: d.readOnly,
+            direct: d.direct,
+            iothread: d.iothread === true,
+            vhostUser: d.vhostUser === true,
+          })),
           nets: nets
-            .filter((n) => n.vhostUser === undefined && !n.vhost)
-            .map((n) => ({ tap: n.tap, mac: macText(n.mac as Uint8Array), model: n.model })),
+            .filter((n) => !n.vhost)
+            .map((n) => ({
+              tap: n.tap,
+              mac: macText(n.mac as Uint8Array),
+              model: n.model,
+              vhostUser: n.vhostUser === undefined ? "" : resolve(n.vhostUser),
+            })),
           rng: config.rng === true,
           console: config.console === "virtio" ? "virtio" : "serial",
         },
         unsupported: (pci?.devices ?? [])
-          .filter((d) => isVhostUser(d) || d.kind === "vhost-net")
+          .filter((d) => d.kind === "vhost-net")
           .map((d) => `${d.name} (${d.kind})`),
+        unmigratable: (pci?.devices ?? []).filter(isVhostUser).map((d) => `${d.name} (${d.kind})`),
         io: null,
         diskFds: (pci?.devices ?? []).flatMap((d) => (d.kind === "virtio-blk" && !d.readOnly ? [d.fd] : [])),
         slot,
@@ -648,7 +659,13 @@ export class Machine {
       throw new ApiError(
         409,
         "VIREO_SNAPSHOT_UNSUPPORTED",
-        `snapshots and migration of vhost-user and vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
+        `snapshots and migration of vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
+      );
+    if (what === "migrate" && snap.unmigratable.length > 0)
+      throw new ApiError(
+        409,
+        "VIREO_SNAPSHOT_UNSUPPORTED",
+        `live migration of vhost-user devices is not built yet (their back-ends' writes to guest RAM are not logged): ${snap.unmigratable.join(", ")}; a snapshot and restore works (docs/migration.md)`,
       );
     if (this.snapshotting)
       throw new ApiError(409, "VIREO_API_BUSY", "a snapshot or migration is in progress already");

@@ -11,6 +11,7 @@ import { VireoError } from "../../src/errors.ts";
 import { SIZEOF } from "../../src/kvm/abi.ts";
 import { decodeMsrs, encodeMsrs, snapshotMsrs, type VcpuState } from "../../src/kvm/state.ts";
 import { mapGuestRamFromFile } from "../../src/memory/guest-ram.ts";
+import type { StateObject } from "../../src/shared/device-state.ts";
 import {
   machineSection,
   memorySection,
@@ -84,16 +85,39 @@ test("vCPU, VM, machine and memory sections round-trip through a state file", ()
     cmdline: "count",
     platform: "micro" as const,
     devices: {
-      disks: [{ path: "/srv/d.img", readOnly: false, direct: true, iothread: true }],
+      disks: [
+        { path: "/srv/d.img", readOnly: false, direct: true, iothread: true, vhostUser: false },
+        { path: "/run/blk.sock", readOnly: true, direct: false, iothread: false, vhostUser: true },
+      ],
       nets: [
-        { tap: "vireo0", mac: "02:76:69:0a:0b:00", model: "virtio" as const },
-        { tap: "tap-e", mac: "02:76:69:0a:0b:01", model: "e1000" as const },
+        { tap: "vireo0", mac: "02:76:69:0a:0b:00", model: "virtio" as const, vhostUser: "" },
+        { tap: "tap-e", mac: "02:76:69:0a:0b:01", model: "e1000" as const, vhostUser: "" },
+        { tap: "", mac: "02:76:69:0a:0b:02", model: "virtio" as const, vhostUser: "/run/net.sock" },
       ],
       rng: true,
       console: "virtio" as const,
     },
   };
   assert.deepEqual(readMachineSection("machine", throughFile("machine", machineSection(m)), 64), m);
+  // A version 2 section (before vhost-user devices were saved) reads as one without them.
+  const v2 = machineSection({
+    ...m,
+    devices: { ...m.devices, disks: m.devices.disks.slice(0, 1), nets: m.devices.nets.slice(0, 2) },
+  });
+  const strip = (list: unknown) => (list as StateObject[]).map(({ vhostUser: _, ...x }) => x);
+  const d2 = v2.data.devices as StateObject;
+  assert.deepEqual(
+    readMachineSection(
+      "machine",
+      {
+        ...v2,
+        version: 2,
+        data: { ...v2.data, devices: { ...d2, disks: strip(d2.disks), nets: strip(d2.nets) } },
+      },
+      64,
+    ).devices,
+    { ...m.devices, disks: m.devices.disks.slice(0, 1), nets: m.devices.nets.slice(0, 2) },
+  );
   const ext: Array<[number, number]> = [
     [0, 8192],
     [65536, 4096],
@@ -136,8 +160,35 @@ test("a section wrong anywhere is refused with the field named", () => {
   refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, memMiB: 1 << 20 } }, 64), /memMiB/);
   refuse(() => readMachineSection("machine", { ...m, data: { ...m.data, platform: "arm" } }, 64), /platform/);
   const withDevices = (d: object) => ({ ...m, data: { ...m.data, devices: { ...NO_DEVICES, ...d } } });
-  const disk = { path: "/d.img", readOnly: false, direct: false, iothread: false };
-  const net = { tap: "t0", mac: "02:00:00:00:00:01", model: "virtio" };
+  const disk = { path: "/d.img", readOnly: false, direct: false, iothread: false, vhostUser: false };
+  const net = { tap: "t0", mac: "02:00:00:00:00:01", model: "virtio", vhostUser: "" };
+  const vuNet = { ...net, tap: "", vhostUser: "/run/n.sock" };
+  refuse(
+    () => readMachineSection("machine", withDevices({ disks: [{ ...disk, vhostUser: 1 }] }), 64),
+    /vhostUser/,
+  );
+  refuse(
+    () =>
+      readMachineSection(
+        "machine",
+        withDevices({ disks: [{ ...disk, vhostUser: true, path: `/${"s".repeat(107)}` }] }),
+        64,
+      ),
+    /path/,
+  );
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...net, vhostUser: undefined }] }), 64),
+    /vhostUser/,
+  );
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...vuNet, vhostUser: "n.sock" }] }), 64),
+    /vhostUser/,
+  );
+  refuse(() => readMachineSection("machine", withDevices({ nets: [{ ...vuNet, tap: "t0" }] }), 64), /tap/);
+  refuse(
+    () => readMachineSection("machine", withDevices({ nets: [{ ...vuNet, model: "e1000" }] }), 64),
+    /model/,
+  );
   refuse(
     () => readMachineSection("machine", withDevices({ disks: [{ ...disk, path: "d.img" }] }), 64),
     /path/,

@@ -4,7 +4,8 @@
  * the vCPU side through the device's own transport (features, queues, DRIVER_OK, reset) and the guest's driver
  * (split rings with interrupts suppressed, polled), against `vireo vhost-user net --loopback` as a process. The
  * back-end is then killed with SIGKILL and started again: the thread reconnects by itself and frames go round
- * again from where the rings were; a reset waits until the thread has stopped the rings.
+ * again from where the rings were; a quiesce (snapshots) stops the rings until it ends; a reset waits until the
+ * thread has stopped the rings.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -124,9 +125,8 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
 
     let seq = 0;
     let back = 0;
-    /** Sends `count` frames and waits until each came back, in order. */
-    const roundTrip = async (count: number) => {
-      const want = back + count;
+    /** Makes `count` frames available and kicks both queues. */
+    const send = (count: number) => {
       for (let k = 0; k < count; k++) {
         const f = frame(100 + (seq % 900), seq);
         const b = new Uint8Array(NET_HDR + f.length);
@@ -136,6 +136,14 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
       }
       signalEventFd(spec.kicks[1] as number);
       signalEventFd(spec.kicks[0] as number);
+    };
+    /** Sends `count` frames and waits until each came back, in order. */
+    const roundTrip = async (count: number) => {
+      send(count);
+      await comeBack(seq);
+    };
+    /** Waits until every frame up to `want` came back, in order. */
+    const comeBack = async (want: number) => {
       await until(
         `frames ${back}..${want} back`,
         () => {
@@ -154,6 +162,20 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     };
     await roundTrip(40);
     assert.equal(Atomics.load(words, FRONTEND_WORDS.connected), 1);
+
+    // Quiesced for a snapshot: the thread stops both rings (GET_VRING_BASE) before it says so, and frames the
+    // driver queues meanwhile stay in the ring; released, the rings start again from the used indices and they go.
+    Atomics.store(words, FRONTEND_WORDS.quiesce, 1);
+    signalEventFd(spec.wake);
+    await until("the quiesce", () => Atomics.load(words, FRONTEND_WORDS.quiesced) === 1, 10_000);
+    send(10);
+    await sleep(300);
+    assert.equal(tx.usedChains().length, 0, "no frame is taken while the rings are stopped");
+    assert.equal(rx.usedChains().length, 0, "no frame is received while the rings are stopped");
+    Atomics.store(words, FRONTEND_WORDS.quiesce, 0);
+    signalEventFd(spec.wake);
+    await until("the release", () => Atomics.load(words, FRONTEND_WORDS.quiesced) === 0, 10_000);
+    await comeBack(seq);
 
     // The back-end dies; the device stalls; a new one on the same socket gets the rings back.
     backend.child.kill("SIGKILL");
@@ -174,5 +196,9 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
   const m = metrics.snapshot();
   assert.equal(m["vhost-user.net0.disconnects"], 1);
   assert.equal(m["vhost-user.net0.connects"], 1);
-  assert.equal(m["vhost-user.net0.ring_starts"], 4, "two rings at DRIVER_OK, two again after the reconnect");
+  assert.equal(
+    m["vhost-user.net0.ring_starts"],
+    6,
+    "two rings at DRIVER_OK, two after the quiesce, two again after the reconnect",
+  );
 });

@@ -20,8 +20,12 @@ export const VCPU_VERSION = 1;
 export const VM_KIND = "kvm-vm-x86";
 export const VM_VERSION = 1;
 export const MACHINE_KIND = "vireo-machine";
-/** 2: the PCI devices (disks, NICs, rng, console) the machine was built with. */
-export const MACHINE_VERSION = 2;
+/**
+ * 2: the PCI devices (disks, NICs, rng, console) the machine was built with. 3: disks and NICs a vhost-user
+ * back-end serves (`vhostUser`). Version 2 is still read (it has none).
+ */
+export const MACHINE_VERSION = 3;
+const MACHINE_VERSIONS_READ = [2, 3];
 export const MEMORY_KIND = "guest-memory";
 export const MEMORY_VERSION = 1;
 export const PAGE = 4096;
@@ -106,11 +110,12 @@ export function readVmSection(name: string, ds: DeviceState): VmState {
 /**
  * The PCI devices `vireo run --restore` builds again, with the options they had: disks by path (shared storage:
  * the restoring host must reach the same file, absolute paths), NICs by TAP name (a TAP reattaches by name) and
- * MAC (the guest's driver knows it).
+ * MAC (the guest's driver knows it). A vhost-user disk or NIC is its back-end's socket path (`path` with
+ * `vhostUser` true, or `vhostUser`), where the restoring host's back-end listens.
  */
 export interface SavedDevices {
-  disks: Array<{ path: string; readOnly: boolean; direct: boolean; iothread: boolean }>;
-  nets: Array<{ tap: string; mac: string; model: "virtio" | "e1000" }>;
+  disks: Array<{ path: string; readOnly: boolean; direct: boolean; iothread: boolean; vhostUser: boolean }>;
+  nets: Array<{ tap: string; mac: string; model: "virtio" | "e1000"; vhostUser: string }>;
   rng: boolean;
   console: "serial" | "virtio";
 }
@@ -147,6 +152,12 @@ export function machineSection(m: SavedMachine): DeviceState {
   };
 }
 
+/** A Unix socket's path: absolute, and what sun_path holds (108 bytes with the NUL). */
+function checkSocketPath(r: StateReader, key: string, path: string): void {
+  if (!path.startsWith("/") || path.includes("\0") || Buffer.byteLength(path) > 107)
+    r.fail(key, "is not an absolute Unix socket path of at most 107 bytes");
+}
+
 function savedList(r: StateReader, raw: unknown, key: string): StateReader[] {
   if (!Array.isArray(raw) || raw.length > MAX_SAVED_DEVICES)
     r.fail(key, `is not a list of at most ${MAX_SAVED_DEVICES} devices`);
@@ -154,7 +165,9 @@ function savedList(r: StateReader, raw: unknown, key: string): StateReader[] {
 }
 
 export function readMachineSection(name: string, ds: DeviceState, maxCpus: number): SavedMachine {
-  const r = StateReader.open(name, ds, MACHINE_KIND, MACHINE_VERSION);
+  const version = MACHINE_VERSIONS_READ.includes(ds?.version) ? ds.version : MACHINE_VERSION;
+  const r = StateReader.open(name, ds, MACHINE_KIND, version);
+  const v3 = version >= 3;
   const platform = r.string("platform");
   if (platform !== "micro" && platform !== "pc") r.fail("platform", `"${platform}", not micro or pc`);
   const dr = r.object("devices");
@@ -162,17 +175,30 @@ export function readMachineSection(name: string, ds: DeviceState, maxCpus: numbe
   const disks = savedList(dr, rawDevices.disks, "disks").map((d) => {
     const path = d.string("path");
     if (!path.startsWith("/") || path.includes("\0")) d.fail("path", "is not an absolute path");
-    return { path, readOnly: d.bool("readOnly"), direct: d.bool("direct"), iothread: d.bool("iothread") };
+    const vhostUser = v3 ? d.bool("vhostUser") : false;
+    if (vhostUser) checkSocketPath(d, "path", path);
+    return {
+      path,
+      readOnly: d.bool("readOnly"),
+      direct: d.bool("direct"),
+      iothread: d.bool("iothread"),
+      vhostUser,
+    };
   });
   const nets = savedList(dr, rawDevices.nets, "nets").map((n) => {
+    const vhostUser = v3 ? n.string("vhostUser") : "";
+    if (vhostUser !== "") checkSocketPath(n, "vhostUser", vhostUser);
     const tap = n.string("tap");
-    if (tap.length < 1 || tap.length > 15 || !/^[A-Za-z0-9_.:-]+$/.test(tap))
+    if (vhostUser === "" && (tap.length < 1 || tap.length > 15 || !/^[A-Za-z0-9_.:-]+$/.test(tap)))
       n.fail("tap", "is not an interface name");
+    if (vhostUser !== "" && tap !== "") n.fail("tap", "is set on a vhost-user NIC (it has no TAP)");
     const mac = n.string("mac");
     if (!MAC_RE.test(mac)) n.fail("mac", "is not a MAC address (xx:xx:xx:xx:xx:xx, lower case)");
     const model = n.string("model");
     if (model !== "virtio" && model !== "e1000") n.fail("model", `is "${model}", not virtio or e1000`);
-    return { tap, mac, model: model as "virtio" | "e1000" };
+    if (vhostUser !== "" && model !== "virtio")
+      n.fail("model", `is "${model}" on a vhost-user NIC, not virtio`);
+    return { tap, mac, model: model as "virtio" | "e1000", vhostUser };
   });
   const console = dr.string("console");
   if (console !== "serial" && console !== "virtio")
