@@ -117,6 +117,8 @@ export class VhostUserDevice implements VirtioDeviceModel {
   readonly transportFeatures: bigint;
   readonly configSize: number;
   readonly stateBytes: number;
+  /** The back-end serves the rings (snapshots stop them instead of checking vireo's indices). */
+  readonly externalRings = true;
   readonly face: VhostUserFace;
   private readonly words: Int32Array;
   private ctx: VirtioContext | null = null;

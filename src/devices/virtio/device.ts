@@ -85,6 +85,12 @@ export interface VirtioDeviceModel {
    * front-end offers only what its back-end serves). Default TRANSPORT_FEATURES.
    */
   readonly transportFeatures?: bigint;
+  /**
+   * The rings are served by another process (a vhost-user back-end): this device's own ring indices are never
+   * moved, so a snapshot does not check them for requests in flight (the back-end's rings are stopped instead,
+   * and the used rings in guest memory say where each resumes).
+   */
+  readonly externalRings?: boolean;
   /** Bytes of device-specific configuration space. */
   readonly configSize: number;
   /** Bytes of shared state the model needs (zeroed when the state is created). */
@@ -959,7 +965,8 @@ export class VirtioDevice {
           const st = w.subarray(b + Q_STATE, b + Q_STATE + QUEUE_STATE_WORDS);
           const size = (w[b + Q_SIZE] as number) & 0xffff;
           const enabled = w[b + Q_ENABLE] !== 0;
-          if (enabled && st[7] === 1 && this.running) this.checkQuiet(q, packed, st, size, b);
+          if (enabled && st[7] === 1 && this.running && this.model.externalRings !== true)
+            this.checkQuiet(q, packed, st, size, b);
           queues.push({
             size,
             enable: enabled,
