@@ -28,6 +28,7 @@ export const families = {
       "test/unit/virtio-queue-state.test.ts",
       "test/unit/virtqueue-accounting.test.ts",
       "test/unit/virtqueue-chain-io.test.ts",
+      "test/unit/virtqueue-page-log.test.ts",
       "test/unit/virtqueue-fuzz.test.ts",
     ],
   },

@@ -419,6 +419,22 @@ describe("split ring: malformed available ring and descriptor chains", () => {
     drv.pushAvail(0);
     expectPopFails(q, metrics, /chain is longer than 2\^32 bytes \(entry 2048 of indirect table/);
   });
+
+  test("the 2^32-byte limit counts the readable and the writable part together", () => {
+    const mem = makeTestMemory({ size: 2 << 20 });
+    const { drv, q, metrics } = setup("split", { size: 4096, features: { indirect: true }, mem });
+    // 1025 readable then 1024 writable entries of 2 MiB: 2^32 bytes after 2048 of them, more with the last.
+    const entries = Array.from({ length: 2049 }, (_, i) => ({
+      addr: mem.base,
+      len: mem.size,
+      flags: (i < 2048 ? NEXT : 0) | (i >= 1025 ? WRITE : 0),
+      next: i + 1,
+    }));
+    const t = drv.writeTable(entries);
+    drv.writeDesc(0, { addr: t, len: 16 * entries.length, flags: INDIRECT });
+    drv.pushAvail(0);
+    expectPopFails(q, metrics, /chain is longer than 2\^32 bytes \(entry 2048 of indirect table/);
+  });
 });
 
 describe("packed ring: malformed descriptors", () => {
