@@ -40,7 +40,7 @@ const STOP_LIMIT_MS = emulated ? 1500 : 100;
  * hardware 20 ms covers two such slices and that jitter, and is still well below the 100 ms a stop may take. In the
  * emulated host everything is tens of times slower and its one CPU is shared with the tier's other emulated hosts
  * at different moments for the two runs (a busy stop of 544 ms was seen there with three hosts on two cores; the
- * idle stop alone measured 57-235 ms over twelve runs on a loaded machine, 2026-12-03), so 400 ms. Unbounded work
+ * idle stop alone measured 46-235 ms over fifteen runs on a loaded machine, 2026-12-03), so 400 ms. Unbounded work
  * would still take tens of seconds there; slices of four whole 64 MiB reads held a SIGTERM stop 592 ms against an
  * idle 72 ms and failed this check (docs/hostile-guests.md).
  */
