@@ -10,11 +10,18 @@
  */
 
 export const PAGE_SIZE = 4096;
+
+/** Where a GuestMemory's writes are marked: this log, or a vhost-user back-end's (src/vhost-user/dirty-log.ts). */
+export interface PageWriteLog {
+  readonly on: boolean;
+  /** Marks [offset, offset + len) of the GuestMemory's buffer (offsets, not guest addresses). */
+  mark(offset: number, len: number): void;
+}
 /** Word 0: 1 while the log is on. Then the bitmap, 32 pages a word. */
 const ON = 0;
 const FIRST = 1;
 
-export class DevicePageLog {
+export class DevicePageLog implements PageWriteLog {
   private readonly words: Int32Array;
   readonly pages: number;
 

@@ -1,5 +1,5 @@
 import { GuestMemoryError } from "../errors.ts";
-import type { DevicePageLog } from "./device-page-log.ts";
+import type { PageWriteLog } from "./device-page-log.ts";
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -54,7 +54,7 @@ export class GuestMemory {
    * method below marks its pages while the log is on; code that writes through `bytes` or `slice` marks its own
    * (the virtio queue layer marks each answered chain's writable buffers).
    */
-  pageLog: DevicePageLog | null = null;
+  pageLog: PageWriteLog | null = null;
 
   constructor(buffer: SharedArrayBuffer | ArrayBuffer, base = 0) {
     const size = buffer.byteLength;

@@ -18,6 +18,7 @@ import { SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
 import type { Defer, NotifyBudget } from "../devices/virtio/work-budget.ts";
 import { native, signalEventFd } from "../native.ts";
 import { configReply, readModelConfig, setConfig } from "./config.ts";
+import { VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, VhostUserDirtyLog } from "./dirty-log.ts";
 import { decodeInflight, InflightRegion, InflightTracker, inflightPayload } from "./inflight.ts";
 import { checkRegions, VhostUserMemory } from "./memory.ts";
 import {
@@ -38,8 +39,12 @@ import {
 
 const bit = (b: number) => 1n << BigInt(b);
 
-/** Protocol features always offered: REPLY_ACK (every request can be acknowledged). */
-export const OFFERED_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
+/**
+ * Protocol features always offered: REPLY_ACK (every request can be acknowledged) and LOG_SHMFD (the dirty log of
+ * a live migration: dirty-log.ts; every write this back-end makes to guest memory goes through a GuestMemory write
+ * method or is a buffer of a chain it answers, which the queue layer marks).
+ */
+export const OFFERED_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK) | bit(PROTOCOL_F.LOG_SHMFD);
 
 /** Protocol extensions a back-end may offer besides REPLY_ACK. */
 export interface ProtocolExtensions {
@@ -54,8 +59,8 @@ export interface ProtocolExtensions {
 /** Transport features the device core offers that this back-end does not serve yet. */
 const NOT_OFFERED = bit(VIRTIO_F.RING_PACKED) | bit(VIRTIO_F.RING_RESET);
 
-/** The virtio-level feature bits only (what the device sees): vhost-user's own bits 30 (and 26, LOG_ALL) off. */
-const VHOST_ONLY_BITS = bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(26);
+/** The virtio-level feature bits only (what the device sees): vhost-user's own bits 30 and 26 (LOG_ALL) off. */
+const VHOST_ONLY_BITS = bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
 
 export interface VhostUserBackendOptions {
   /** A fresh device model (the device is rebuilt over the same state for each memory table). */
@@ -84,6 +89,8 @@ interface Ring {
   started: boolean;
   /** A kick came while the ring was disabled: serve it when enabled. */
   pendingKick: boolean;
+  /** VHOST_VRING_F_LOG: the guest address at which the used ring's writes are logged, or null. */
+  logUsed: number | null;
 }
 
 export class VhostUserBackend {
@@ -104,6 +111,8 @@ export class VhostUserBackend {
   /** A model object for the configuration space before any memory table (GET_CONFIG comes first). */
   private readonly probe: VirtioDeviceModel;
   private readonly inflight: InflightTracker | null;
+  /** SET_LOG_BASE's log, marked while VHOST_F_LOG_ALL is negotiated. */
+  private dirtyLog: VhostUserDirtyLog | null = null;
   /** Fds to send with the reply `handle` just returned (GET_INFLIGHT_FD); the caller takes and closes them. */
   private replyFds: number[] = [];
   /** Requests handled, refused (NACK or close). */
@@ -130,7 +139,9 @@ export class VhostUserBackend {
     this.numQueues = probe.numQueues;
     this.maxQueueSize = probe.maxQueueSize;
     this.offeredFeatures =
-      ((probe.features | TRANSPORT_FEATURES) & ~NOT_OFFERED) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+      ((probe.features | TRANSPORT_FEATURES) & ~NOT_OFFERED) |
+      bit(VHOST_USER_F_PROTOCOL_FEATURES) |
+      bit(VHOST_F_LOG_ALL);
     this.state = VirtioDevice.createState({ numQueues: probe.numQueues, stateBytes: probe.stateBytes });
     this.rings = Array.from({ length: probe.numQueues }, () => ({
       num: 0,
@@ -143,6 +154,7 @@ export class VhostUserBackend {
       enabled: false,
       started: false,
       pendingKick: false,
+      logUsed: null,
     }));
   }
 
@@ -318,7 +330,16 @@ export class VhostUserBackend {
         const same = r.addr && r.addr.desc === b.desc && r.addr.used === b.used && r.addr.avail === b.avail;
         // While a ring runs the front-end may resend its addresses (to switch logging); moving it is refused.
         if (r.started && !same) throw new VhostUserRequestError(`vring ${b.index}: moved while started`);
+        if ((b.flags & ~VHOST_VRING_F_LOG) !== 0)
+          throw new VhostUserRequestError(
+            `vring ${b.index}: flags 0x${b.flags.toString(16)} (only LOG is known)`,
+          );
+        if ((b.flags & VHOST_VRING_F_LOG) !== 0 && b.log > BigInt(Number.MAX_SAFE_INTEGER))
+          throw new VhostUserRequestError(
+            `vring ${b.index}: log address 0x${b.log.toString(16)} is above 2^53`,
+          );
         r.addr = { desc: b.desc, used: b.used, avail: b.avail };
+        r.logUsed = (b.flags & VHOST_VRING_F_LOG) !== 0 ? Number(b.log) : null;
         return null;
       }
       case REQ.SET_VRING_BASE: {
@@ -374,6 +395,23 @@ export class VhostUserBackend {
         if (b.kind !== "config") throw new Error("unreachable");
         setConfig(b, this.probe, this.device);
         return null;
+      case REQ.SET_LOG_BASE: {
+        this.need(PROTOCOL_F.LOG_SHMFD, msg.request);
+        if (b.kind !== "log") throw new Error("unreachable");
+        const fd = msg.fds[0];
+        if (fd === undefined || msg.fds.length !== 1)
+          throw new VhostUserRequestError(`SET_LOG_BASE carries ${msg.fds.length} fds, not the log's one`);
+        msg.fds.length = 0;
+        try {
+          this.dirtyLog = VhostUserDirtyLog.map(fd, b.size, b.offset);
+        } finally {
+          // The mapping keeps the file.
+          this.closeQuietly(fd);
+        }
+        this.applyLog();
+        // With LOG_SHMFD the front-end waits for an answer ("Here is a list of the ones that do [require replies]").
+        return encodeReply(msg.request, u64Payload(0n));
+      }
       case REQ.GET_INFLIGHT_FD: {
         this.need(PROTOCOL_F.INFLIGHT_SHMFD, msg.request);
         if (b.kind !== "raw") throw new Error("unreachable");
@@ -423,6 +461,18 @@ export class VhostUserBackend {
       throw new VhostUserRequestError("virtio features changed while rings are started");
     }
     this.acked = v;
+    this.applyLog();
+  }
+
+  /** Logging is on while VHOST_F_LOG_ALL is negotiated and a log is mapped: the guest memory's writes go to it. */
+  private applyLog(): void {
+    const log = this.dirtyLog;
+    const on = log !== null && this.acked !== null && (this.acked & bit(VHOST_F_LOG_ALL)) !== 0n;
+    if (log) log.enabled = on;
+    const guest = this.memory?.guest;
+    if (!guest) return;
+    if (log) log.base = guest.base;
+    guest.pageLog = on ? log : null;
   }
 
   private setMemTable(b: Body, fds: number[]): void {
@@ -448,6 +498,7 @@ export class VhostUserBackend {
     for (const fd of fds) this.closeQuietly(fd);
     fds.length = 0;
     this.memory = memory;
+    this.applyLog();
     // The device is rebuilt over the same state with the new memory: started rings go on at their indices.
     this.device = new VirtioDevice({
       state: this.state,
@@ -614,6 +665,10 @@ export class VhostUserBackend {
       this.finishInProgress(q, r.num);
       r.base = SplitQueue.indices(this.device.queueStateWords(q)).lastAvail;
       this.device.resetQueue(q);
+      // The used ring's writes are not marked one by one; its last state is, once the ring has stopped: a
+      // migration's final pass, which comes after the stop, sends it.
+      const log = this.dirtyLog;
+      if (log?.enabled && r.logUsed !== null) log.markGuest(r.logUsed, splitAreaSizes(r.num).used);
     }
     this.inflight?.stop(q);
     r.started = false;
@@ -683,6 +738,7 @@ const HAS_REPLY = new Set<number>([
   REQ.GET_MAX_MEM_SLOTS,
   REQ.GET_STATUS,
   REQ.GET_INFLIGHT_FD,
+  REQ.SET_LOG_BASE,
 ]);
 
 function isEventFdOrPipe(fd: number): boolean {

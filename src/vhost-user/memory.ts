@@ -147,16 +147,24 @@ export class RegionGuestMemory extends GuestMemory {
     return this.dv.getBigUint64(this.check(gpa, 8), true);
   }
   override writeU8(gpa: number, value: number): void {
-    this.dv.setUint8(this.check(gpa, 1), value);
+    const off = this.check(gpa, 1);
+    this.dv.setUint8(off, value);
+    this.pageLog?.mark(off, 1);
   }
   override writeU16(gpa: number, value: number): void {
-    this.dv.setUint16(this.check(gpa, 2), value, true);
+    const off = this.check(gpa, 2);
+    this.dv.setUint16(off, value, true);
+    this.pageLog?.mark(off, 2);
   }
   override writeU32(gpa: number, value: number): void {
-    this.dv.setUint32(this.check(gpa, 4), value, true);
+    const off = this.check(gpa, 4);
+    this.dv.setUint32(off, value, true);
+    this.pageLog?.mark(off, 4);
   }
   override writeU64(gpa: number, value: bigint): void {
-    this.dv.setBigUint64(this.check(gpa, 8), value, true);
+    const off = this.check(gpa, 8);
+    this.dv.setBigUint64(off, value, true);
+    this.pageLog?.mark(off, 8);
   }
 }
 

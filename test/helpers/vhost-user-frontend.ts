@@ -293,8 +293,8 @@ export class NetFrontend {
     return offered;
   }
 
-  /** Ring q: size, base, addresses, call, kick, enable. */
-  startRing(q: 0 | 1): void {
+  /** Ring q: size, base, addresses, call, kick, enable; with `logUsed`, VHOST_VRING_F_LOG at the used ring. */
+  startRing(q: 0 | 1, opts: { logUsed?: boolean } = {}): void {
     const d = q === 0 ? this.rx : this.tx;
     const c = d.config;
     const m = this.memory;
@@ -308,6 +308,7 @@ export class NetFrontend {
           desc: m.user(c.descAddr),
           used: m.user(c.deviceAddr),
           avail: m.user(c.driverAddr),
+          ...(opts.logUsed ? { flags: 1, log: BigInt(c.deviceAddr) } : {}),
         }),
         [],
       ],
@@ -348,4 +349,10 @@ export class NetFrontend {
   }
 }
 
-const REPLIES = new Set<number>([REQ.GET_FEATURES, REQ.GET_PROTOCOL_FEATURES, REQ.GET_VRING_BASE]);
+// SET_LOG_BASE: answered with LOG_SHMFD ("Here is a list of the ones that do [require replies]").
+const REPLIES = new Set<number>([
+  REQ.GET_FEATURES,
+  REQ.GET_PROTOCOL_FEATURES,
+  REQ.GET_VRING_BASE,
+  REQ.SET_LOG_BASE,
+]);

@@ -196,7 +196,7 @@ describe("vhost-user back-end: hostile front-ends", () => {
     nack("protocol features not offered", REQ.SET_PROTOCOL_FEATURES, u64Payload(1n << BigInt(PROTOCOL_F.MQ)));
     nack("kick payload with bits above 8", REQ.SET_VRING_KICK, u64Payload(1n | (1n << 12n)), [fe.kick[1]]);
     nack("kick with no fd (polling)", REQ.SET_VRING_KICK, u64Payload(1n | (1n << 8n)));
-    nack("an unsupported request", REQ.SET_LOG_BASE, new Uint8Array(16));
+    nack("an unsupported request", REQ.SET_VRING_ENDIAN, statePayload(0, 1));
     nack(
       "overlapping regions",
       REQ.SET_MEM_TABLE,

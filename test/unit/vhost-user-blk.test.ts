@@ -251,7 +251,11 @@ describe("vhost-user blk: CONFIG", () => {
     const channel = new BlkDirectChannel(model, { extensions: {} });
     const fe = new BlkFrontend(channel);
     fe.setup();
-    assert.equal(fe.offeredProtocol, 1n << BigInt(PROTOCOL_F.REPLY_ACK));
+    // REPLY_ACK and LOG_SHMFD are always offered (every back-end can log its writes for a migration).
+    assert.equal(
+      fe.offeredProtocol,
+      (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
+    );
     assert.equal(fe.acked(REQ.SET_CONFIG, configRequest(0, 8, 1, new Uint8Array(8))), false);
     assert.equal(fe.request(REQ.GET_QUEUE_NUM), null);
     assert.equal(channel.closed, true);
