@@ -8,6 +8,8 @@ import { test } from "node:test";
 import {
   ChainReader,
   ChainWriter,
+  copyFromChain,
+  copyToChain,
   createVirtqueue,
   type DescriptorChain,
   VirtqueueError,
@@ -47,6 +49,52 @@ test("ChainWriter.writeExact: exactly the room left fits; one byte more is refus
   w.writeExact(Uint8Array.of(7, 8, 9));
   assert.deepEqual(writableBytes(mem, c), [1, 2, 7, 8, 9]);
   assert.equal(w.remaining, 0);
+});
+
+test("copyFromChain: skip bytes over segment boundaries, copy to dst at an offset, at most len bytes", () => {
+  const data = Array.from({ length: 12 }, (_, i) => 0x10 + i);
+  // Readable segments of 3, 5 and 4 bytes: 0x10..0x12 | 0x13..0x17 | 0x18..0x1b.
+  const { mem, c } = popped(
+    [Uint8Array.from(data.slice(0, 3)), Uint8Array.from(data.slice(3, 8)), Uint8Array.from(data.slice(8))],
+    [],
+  );
+  assert.equal(c.readable.length, 3);
+  for (const [skip, len] of [
+    [0, 12],
+    [1, 4],
+    [3, 5],
+    [4, 6],
+    [5, 3],
+    [8, 4],
+    [9, 2],
+  ]) {
+    const dst = new Uint8Array(16).fill(0xaa);
+    assert.equal(copyFromChain(mem, c, skip, dst, 2, len), len, `skip ${skip}, len ${len}`);
+    const want = [0xaa, 0xaa, ...data.slice(skip, skip + len)];
+    while (want.length < 16) want.push(0xaa);
+    assert.deepEqual([...dst], want, `skip ${skip}, len ${len}`);
+  }
+  // Fewer when the chain ends first; nothing past the chain's bytes is copied.
+  const dst = new Uint8Array(16).fill(0xaa);
+  assert.equal(copyFromChain(mem, c, 7, dst, 0, 10), 5);
+  assert.deepEqual([...dst], [...data.slice(7), ...new Array(11).fill(0xaa)]);
+  assert.equal(copyFromChain(mem, c, 12, dst, 0, 4), 0);
+});
+
+test("copyToChain: an offset past the first segments, src from an offset, fewer bytes when the chain ends", () => {
+  const { mem, c } = popped([], [3, 5, 4]);
+  const src = Uint8Array.from({ length: 16 }, (_, i) => 0x40 + i);
+  // 6 bytes from src[1] at offset 4 (inside the second segment), across into the third.
+  assert.equal(copyToChain(mem, c, 4, src, 1, 6), 6);
+  const e = 0xee;
+  assert.deepEqual(writableBytes(mem, c), [e, e, e, e, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, e, e]);
+  // At offset 9 (inside the third segment) only 3 of 8 bytes fit.
+  assert.equal(copyToChain(mem, c, 9, src, 8, 8), 3);
+  assert.deepEqual(writableBytes(mem, c), [e, e, e, e, 0x41, 0x42, 0x43, 0x44, 0x45, 0x48, 0x49, 0x4a]);
+  // At offset 3, exactly the second segment's start.
+  assert.equal(copyToChain(mem, c, 3, src, 0, 1), 1);
+  assert.deepEqual(writableBytes(mem, c).slice(0, 5), [e, e, e, 0x40, 0x41]);
+  assert.equal(copyToChain(mem, c, 12, src, 0, 4), 0);
 });
 
 test("ChainReader.readExact: the refusal says how much was left and where", () => {

@@ -152,6 +152,38 @@ describe("queue configuration checks", () => {
     );
   });
 
+  test("split: each area must lie in guest RAM over its whole size (2.7: 16N, 6 + 2N, 6 + 8N bytes)", () => {
+    const mem = makeTestMemory();
+    const size = 8;
+    const f: QueueFeatures = { eventIdx: false, indirect: false };
+    // Each area placed to end at the end of RAM (the used ring, 4-aligned, 2 bytes before) is accepted; 2 (or
+    // 16) bytes later it is not.
+    const avail = 6 + 2 * size;
+    const used = 6 + 8 * size;
+    const fit = { size, descAddr: mem.base, driverAddr: mem.end - avail, deviceAddr: mem.base + 0x100 };
+    createVirtqueue("split", mem, fit, f);
+    createVirtqueue("split", mem, { ...fit, driverAddr: mem.base + 0x80, deviceAddr: mem.end - used - 2 }, f);
+    createVirtqueue("split", mem, { ...fit, descAddr: mem.end - 16 * size }, f);
+    assert.throws(
+      () => createVirtqueue("split", mem, { ...fit, driverAddr: mem.end - avail + 2 }, f, { name: "sq" }),
+      isMalformed(/^virtq sq: available ring 0x10ffec\+22 is outside guest RAM \(0x10000-0x110000\)$/),
+    );
+    assert.throws(
+      () =>
+        createVirtqueue(
+          "split",
+          mem,
+          { ...fit, driverAddr: mem.base + 0x80, deviceAddr: mem.end - used + 2 },
+          f,
+        ),
+      isMalformed(/^virtq unnamed: used ring 0x10ffbc\+70 is outside guest RAM \(0x10000-0x110000\)$/),
+    );
+    assert.throws(
+      () => createVirtqueue("split", mem, { ...fit, descAddr: mem.end - 16 * size + 16 }, f),
+      isMalformed(/^virtq unnamed: descriptor table 0x10ff90\+128 is outside guest RAM/),
+    );
+  });
+
   test("split: queue size must be a power of 2; packed need not be", () => {
     assert.throws(() => createVirtqueue("split", mem, ok(6), features), isMalformed(/not a power of 2/));
     const { drv, q } = setup("packed", { size: 6 });
@@ -291,13 +323,37 @@ describe("split ring: malformed available ring and descriptor chains", () => {
     test("table outside guest RAM or above 2^53", () => {
       for (const [addr, re] of [
         [0x110000 - 16, /indirect table 0x10fff0 \(descriptor 0, chain head 0\)\+32 is outside guest RAM/],
-        [0xfffffffffffff000n, /indirect table above 2\^53/],
+        [
+          0xfffffffffffff000n,
+          /indirect table above 2\^53 \(descriptor 0, chain head 0\)\+32 is outside guest RAM/,
+        ],
       ] as const) {
         const { drv, q, metrics } = setup("split", { features });
         drv.writeDesc(0, { addr, len: 32, flags: INDIRECT });
         drv.pushAvail(0);
         expectPopFails(q, metrics, re);
       }
+    });
+
+    test("a table at guest-physical 0, the first byte of RAM, is valid", () => {
+      const mem = makeTestMemory({ base: 0, size: 0x10000 });
+      const drv = new VirtioTestDriver(mem, { kind: "split", size: 8, features, base: 0x1000 });
+      const q = createVirtqueue("split", mem, drv.config, drv.features);
+      const buf = drv.alloc(8);
+      // Two entries at address 0: a readable 4 bytes, then a writable 8 bytes.
+      mem.writeU64(0, BigInt(buf));
+      mem.writeU32(8, 4);
+      mem.writeU16(12, NEXT);
+      mem.writeU16(14, 1);
+      mem.writeU64(16, BigInt(buf));
+      mem.writeU32(24, 8);
+      mem.writeU16(28, WRITE);
+      drv.writeDesc(3, { addr: 0, len: 32, flags: INDIRECT });
+      drv.pushAvail(3);
+      const c = q.pop();
+      assert.equal(c?.id, 3);
+      assert.deepEqual(c?.readable, [{ addr: buf, len: 4 }]);
+      assert.deepEqual(c?.writable, [{ addr: buf, len: 8 }]);
     });
 
     test("VIRTQ_DESC_F_INDIRECT together with VIRTQ_DESC_F_NEXT (2.7.5.3.1)", () => {
