@@ -29,6 +29,7 @@ export const families = {
       "test/unit/virtqueue-accounting.test.ts",
       "test/unit/virtqueue-chain-io.test.ts",
       "test/unit/virtqueue-page-log.test.ts",
+      "test/unit/virtqueue-resume.test.ts",
       "test/unit/virtqueue-fuzz.test.ts",
     ],
   },
