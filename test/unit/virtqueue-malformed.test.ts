@@ -354,6 +354,13 @@ describe("split ring: malformed available ring and descriptor chains", () => {
       assert.equal(c?.id, 3);
       assert.deepEqual(c?.readable, [{ addr: buf, len: 4 }]);
       assert.deepEqual(c?.writable, [{ addr: buf, len: 8 }]);
+      // A bad table there is named by its address, 0x0.
+      drv.writeDesc(4, { addr: 0, len: 20, flags: INDIRECT });
+      drv.pushAvail(4);
+      assert.throws(
+        () => q.pop(),
+        isMalformed(/indirect table 0x0 \(descriptor 4, chain head 4\) has length 20/),
+      );
     });
 
     test("VIRTQ_DESC_F_INDIRECT together with VIRTQ_DESC_F_NEXT (2.7.5.3.1)", () => {

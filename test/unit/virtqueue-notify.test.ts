@@ -182,6 +182,20 @@ describe("used buffer notifications with EVENT_IDX (split)", () => {
     drv.setUsedEvent(0);
     assert.equal(batch(drv, q, 4), true);
   });
+
+  test("2^16 used entries or more since the last check cover every index: notify, whatever used_event is", () => {
+    // The used idx is back where it was, so the (new - old) window of 2.7.7.2 is empty; the entry at used_event was
+    // written all the same (every index was).
+    const { drv, q } = setup("split", true, 4);
+    drv.setUsedEvent(0x1234);
+    for (let i = 0; i < 0x10000; i++) cycle(drv, q);
+    assert.equal(drv.nextUsedPosition.index, 0);
+    assert.equal(q.shouldNotifyDriver(), true, "2^16 entries");
+    for (let i = 0; i < 0x10001; i++) cycle(drv, q);
+    assert.equal(q.shouldNotifyDriver(), true, "2^16 + 1 entries");
+    cycle(drv, q);
+    assert.equal(q.shouldNotifyDriver(), false, "one entry, not at used_event");
+  });
 });
 
 describe("used buffer notifications with EVENT_IDX (packed)", () => {
