@@ -165,6 +165,40 @@ describe("saved and restored state words", () => {
     });
   }
 
+  test("packed: restored positions are checked against the ring (slots below the size, positions below 2 x size)", () => {
+    const size = 8;
+    const state = (o: Partial<Record<string, number>>): StateObject => ({
+      nextAvail: 0,
+      availWrap: 1,
+      nextUsed: 0,
+      usedWrap: 1,
+      usedAtCheck: 0,
+      slotsSinceCheck: 0,
+      driverNotifications: true,
+      started: true,
+      ...o,
+    });
+    // The largest values a ring of 8 slots can have are accepted.
+    const top = { nextAvail: 7, nextUsed: 7, usedAtCheck: 15, slotsSinceCheck: 16 };
+    assert.deepEqual([...PackedQueue.restoreState(reader(state(top)), size)], [7, 1, 7, 1, 15, 16, 1, 1]);
+    for (const [key, bad] of [
+      ["nextAvail", 8],
+      ["nextUsed", 8],
+      ["availWrap", 2],
+      ["usedWrap", 2],
+      ["usedAtCheck", 16],
+      ["slotsSinceCheck", 17],
+    ] as const) {
+      assert.throws(
+        () => PackedQueue.restoreState(reader(state({ [key]: bad })), size),
+        (e: unknown) =>
+          e instanceof DeviceStateError &&
+          e.message.startsWith(`t: saved state field ${key} is ${bad}, outside 0..`),
+        key,
+      );
+    }
+  });
+
   test("split: inFlight counts modulo 2^16; packed: inFlight counts ring slots across the wrap", () => {
     const w = new Int32Array(QUEUE_STATE_WORDS);
     SplitQueue.seedState(w, 2, 0xfffe);
