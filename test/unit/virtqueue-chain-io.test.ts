@@ -67,7 +67,7 @@ test("copyFromChain: skip bytes over segment boundaries, copy to dst at an offse
     [5, 3],
     [8, 4],
     [9, 2],
-  ]) {
+  ] as const) {
     const dst = new Uint8Array(16).fill(0xaa);
     assert.equal(copyFromChain(mem, c, skip, dst, 2, len), len, `skip ${skip}, len ${len}`);
     const want = [0xaa, 0xaa, ...data.slice(skip, skip + len)];
