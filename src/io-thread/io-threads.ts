@@ -27,9 +27,16 @@ export interface IoThreads {
    * Quiesces every data-plane thread for a snapshot (remote-queues.ts DATA_PLANE.quiesce): resolves once each has
    * finished the work it had started and takes no more; rejects if one has not within `timeoutMs` (the threads
    * are released again then). Data-plane threads (io-thread.ts) and vhost-user threads (their back-ends' rings
-   * stop); vhost-net threads are not quiesced.
+   * stop; with `handOff`, a migration's switch-over, their connections close too, so the destination can connect
+   * to the same back-ends); vhost-net threads are not quiesced.
    */
-  quiesce(timeoutMs: number): Promise<void>;
+  quiesce(timeoutMs: number, opts?: { handOff?: boolean }): Promise<void>;
+  /**
+   * Turns the vhost-user back-ends' dirty logging on (a live migration: SET_LOG_BASE, VHOST_F_LOG_ALL) and waits
+   * until every device's thread has, or off. Rejects, naming the device, if a back-end refused or did not answer
+   * within `timeoutMs`.
+   */
+  setDirtyLogging(on: boolean, timeoutMs: number): Promise<void>;
   /** Lets quiesced threads take work again. */
   release(): void;
 }
@@ -118,9 +125,9 @@ export async function startIoThreads(
     }
   };
   return {
-    quiesce: async (timeoutMs) => {
+    quiesce: async (timeoutMs, opts) => {
       for (const p of planes) {
-        Atomics.store(p.words, p.quiesce, 1);
+        Atomics.store(p.words, p.quiesce, opts?.handOff && p.quiesce === FRONTEND_WORDS.quiesce ? 2 : 1);
         signalEventFd(p.wake);
       }
       const deadline = performance.now() + timeoutMs;
@@ -135,6 +142,30 @@ export async function startIoThreads(
       }
     },
     release,
+    setDirtyLogging: async (on, timeoutMs) => {
+      const vu = specs.filter(isVhostUser).map((s) => ({ words: new Int32Array(s.block), s }));
+      for (const { words, s } of vu) {
+        Atomics.store(words, FRONTEND_WORDS.loggingAck, on ? 0 : 1);
+        Atomics.store(words, FRONTEND_WORDS.logging, on ? 1 : 0);
+        signalEventFd(s.wake);
+      }
+      const deadline = performance.now() + timeoutMs;
+      for (const { words, s } of vu) {
+        for (;;) {
+          const ack = Atomics.load(words, FRONTEND_WORDS.loggingAck);
+          if (ack === (on ? 1 : 0)) break;
+          if (ack === -1)
+            throw new Error(
+              `the vhost-user back-end of ${s.name} (${s.socket}) refused dirty logging (see the log)`,
+            );
+          if (performance.now() > deadline)
+            throw new Error(
+              `the vhost-user back-end of ${s.name} (${s.socket}) did not answer within ${timeoutMs} ms`,
+            );
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      }
+    },
     stop: async () => {
       signalEventFd(stopFd);
       await Promise.all(exits);

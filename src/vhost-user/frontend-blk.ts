@@ -26,7 +26,10 @@ export const BACKEND_BLK_FEATURES = [
 
 /** Protocol features the blk front-end asks for: REPLY_ACK, CONFIG (needed), INFLIGHT_SHMFD (used if offered). */
 export const BLK_PROTOCOL_FEATURES =
-  featureBit(PROTOCOL_F.REPLY_ACK) | featureBit(PROTOCOL_F.CONFIG) | featureBit(PROTOCOL_F.INFLIGHT_SHMFD);
+  featureBit(PROTOCOL_F.REPLY_ACK) |
+  featureBit(PROTOCOL_F.CONFIG) |
+  featureBit(PROTOCOL_F.INFLIGHT_SHMFD) |
+  featureBit(PROTOCOL_F.LOG_SHMFD);
 
 /** The ring size offered to the guest: QEMU's vhost-user-blk-pci default and vireo vhost-user blk's largest. */
 export const VHOST_USER_BLK_QUEUE_SIZE = 128;

@@ -67,13 +67,22 @@ export const FRONTEND_WORDS = {
   /** 1 once the vhost-user thread owns the first connection (the main thread closes it otherwise). */
   connTaken: 4,
   /**
-   * Set by the main thread to quiesce the device for a snapshot or a migration's switch-over: the vhost-user
-   * thread stops every started ring (GET_VRING_BASE: the back-end finishes what it took and lets go of guest RAM),
-   * then sets `quiesced`; cleared, the rings start again from the used indices (if the device still runs).
+   * Set by the main thread to quiesce the device for a snapshot (1) or a migration's switch-over (2): the
+   * vhost-user thread stops every started ring (GET_VRING_BASE: the back-end finishes what it took and lets go of
+   * guest RAM), with 2 also closes the connection (so the destination's vireo can connect to the same back-end),
+   * then sets `quiesced`; cleared, it connects again if it must and starts the rings from the used indices (if the
+   * device still runs). No reconnect is tried while quiesced.
    */
   quiesce: 5,
   quiesced: 6,
-  count: 7,
+  /**
+   * Set by the main thread while a live migration logs dirty pages: the vhost-user thread hands the back-end the
+   * machine's dirty log (SET_LOG_BASE), negotiates VHOST_F_LOG_ALL and logs the started rings' used rings; cleared,
+   * it turns them off. It answers in `loggingAck`: 1 on, 0 off, -1 the back-end refused (reported as an error).
+   */
+  logging: 7,
+  loggingAck: 8,
+  count: 9,
 } as const;
 
 export function createFrontendBlock(): SharedArrayBuffer {

@@ -31,6 +31,7 @@ import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN, takeEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { type PciBuildContext, transportFor, type VhostUserSpec } from "../vmm/pci-devices.ts";
+import { VHOST_F_LOG_ALL } from "./dirty-log.ts";
 import { type InflightBuffer, VhostUserFrontend, VhostUserFrontendError } from "./frontend.ts";
 import { backendAck, FRONTEND_WORDS, offeredFromBackend } from "./frontend-device.ts";
 import { PROTOCOL_F, VHOST_USER_F_PROTOCOL_FEATURES } from "./protocol.ts";
@@ -87,6 +88,8 @@ class FrontendPlane {
   private activations = 0;
   /** Quiesced for a snapshot or a migration's switch-over (FRONTEND_WORDS.quiesce): no ring is started. */
   private quiesced = false;
+  /** A live migration logs dirty pages (FRONTEND_WORDS.logging): rings start with logging on. */
+  private logging = false;
   private readonly words: Int32Array;
   private readonly transport: VirtioPciTransport;
   private readonly mem: GuestMemory;
@@ -133,9 +136,9 @@ class FrontendPlane {
     return this.conn?.fd ?? -1;
   }
 
-  /** Timeout for the next poll: the next reconnect attempt while there is no back-end. */
+  /** Timeout for the next poll: the next reconnect attempt while there is no back-end (and no quiesce). */
   timeoutMs(): number {
-    if (this.conn) return -1;
+    if (this.conn || this.quiesced) return -1;
     return Math.max(0, Math.ceil(this.nextTry - performance.now()));
   }
 
@@ -151,13 +154,38 @@ class FrontendPlane {
       Atomics.store(w, FRONTEND_WORDS.resetsDone, resets);
       Atomics.notify(w, FRONTEND_WORDS.resetsDone);
     }
-    const quiet = Atomics.load(w, FRONTEND_WORDS.quiesce) !== 0;
+    const mode = Atomics.load(w, FRONTEND_WORDS.quiesce);
+    const quiet = mode !== 0;
     if (quiet !== this.quiesced) {
       this.quiesced = quiet;
-      if (quiet) this.suspendRings();
+      if (quiet) {
+        this.suspendRings();
+        if (mode === 2) this.handOff();
+      }
       Atomics.store(w, FRONTEND_WORDS.quiesced, quiet ? 1 : 0);
       Atomics.notify(w, FRONTEND_WORDS.quiesced);
-      if (!quiet) this.startRings();
+      if (!quiet) {
+        this.nextTry = performance.now();
+        this.startRings();
+      }
+    }
+    const logging = Atomics.load(w, FRONTEND_WORDS.logging) !== 0;
+    if (logging !== this.logging) {
+      this.logging = logging;
+      // A back-end that refuses loses its connection (not the device: the guest's I/O is fine), and the
+      // migration asking for the log is told and fails; the rings come back without logging.
+      const cannot = logging && this.conn !== null && !this.conn.hasProtocol(PROTOCOL_F.LOG_SHMFD);
+      if (cannot) reportError("dirty logging: the back-end does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD");
+      const ok =
+        !cannot &&
+        (this.started.length === 0 || this.talk("dirty logging", (conn) => this.applyLogging(conn), false));
+      if (!ok) this.logging = false;
+    }
+    // Answered on every wake, so a request is never left waiting for a change this thread had already made.
+    const ack = this.logging === logging ? (logging ? 1 : 0) : -1;
+    if (Atomics.load(w, FRONTEND_WORDS.loggingAck) !== ack) {
+      Atomics.store(w, FRONTEND_WORDS.loggingAck, ack);
+      Atomics.notify(w, FRONTEND_WORDS.loggingAck);
     }
     const act = Atomics.load(w, FRONTEND_WORDS.activations);
     if (act !== this.activations) {
@@ -187,9 +215,9 @@ class FrontendPlane {
     t.pci.setIntx(true);
   }
 
-  /** No back-end: try the socket again if it is time. */
+  /** No back-end: try the socket again if it is time (not while quiesced: a migration may have handed it off). */
   onTimer(): void {
-    if (this.conn || performance.now() < this.nextTry) return;
+    if (this.conn || this.quiesced || performance.now() < this.nextTry) return;
     this.nextTry = performance.now() + RECONNECT_MS;
     let conn: VhostUserFrontend;
     this.cAttempts.add();
@@ -312,7 +340,8 @@ class FrontendPlane {
         }
         conn.setInflightFd(this.inflight);
       }
-      conn.setFeatures(backendAck(dev.negotiatedFeatures, this.backendFeatures));
+      if (this.logging) conn.setLogBase(spec.dirtyLog.fd, spec.dirtyLog.size);
+      conn.setFeatures(this.featuresToSet());
       conn.setMemTable(
         [{ guestAddr: 0n, size: BigInt(ram.size), userAddr: ram.hostAddress, mmapOffset: 0n }],
         [ram.fd],
@@ -339,6 +368,7 @@ class FrontendPlane {
             used: user(used),
             kickFd: spec.kicks[q] as number,
             callFd,
+            ...(this.logging ? { logUsed: BigInt(used) } : {}),
           },
           withProtocol,
         );
@@ -361,6 +391,50 @@ class FrontendPlane {
         return;
       }
     }
+  }
+
+  /** SET_FEATURES's value: the back-end's share of what the guest negotiated, and LOG_ALL while logging. */
+  private featuresToSet(): bigint {
+    const ack = backendAck(this.transport.device.negotiatedFeatures, this.backendFeatures);
+    return this.logging ? ack | (1n << BigInt(VHOST_F_LOG_ALL)) : ack;
+  }
+
+  /**
+   * Turns the started rings' dirty logging on or off (vhost-user.rst, "Migration": SET_FEATURES with or without
+   * VHOST_F_LOG_ALL and SET_VRING_ADDR with or without VHOST_VRING_F_LOG; the log itself first, SET_LOG_BASE).
+   */
+  private applyLogging(conn: VhostUserFrontend): void {
+    if (this.logging) conn.setLogBase(spec.dirtyLog.fd, spec.dirtyLog.size);
+    conn.setFeatures(this.featuresToSet());
+    const dev = this.transport.device;
+    const user = (gpa: number) => spec.ram.hostAddress + BigInt(gpa);
+    for (const q of this.started) {
+      const addr = (lo: "desc_lo" | "driver_lo" | "device_lo", hi: "desc_hi" | "driver_hi" | "device_hi") =>
+        dev.readQueue(q, hi) * 2 ** 32 + dev.readQueue(q, lo);
+      const used = addr("device_lo", "device_hi");
+      conn.setRingAddr(q, {
+        desc: user(addr("desc_lo", "desc_hi")),
+        avail: user(addr("driver_lo", "driver_hi")),
+        used: user(used),
+        ...(this.logging ? { logUsed: BigInt(used) } : {}),
+      });
+    }
+    conn.sync();
+  }
+
+  /**
+   * A migration's switch-over: the rings are stopped, and the connection is closed so that the destination's
+   * vireo, which connects to the back-end at the same socket, is served (a back-end serves one front-end at a
+   * time). Should the migration fail, the quiesce's end connects again.
+   */
+  private handOff(): void {
+    const conn = this.conn;
+    if (!conn) return;
+    conn.close();
+    this.conn = null;
+    this.started = [];
+    Atomics.store(this.words, FRONTEND_WORDS.connected, 0);
+    say(`connection to ${spec.socket} closed for the migration's switch-over`);
   }
 
   /**

@@ -13,6 +13,7 @@
 import { fstatSync } from "node:fs";
 import { VireoError } from "../errors.ts";
 import { EAGAIN, EINTR, isErrno, native, POLLIN } from "../native.ts";
+import { VHOST_VRING_F_LOG } from "./dirty-log.ts";
 import {
   addrPayload,
   decodeHeader,
@@ -61,7 +62,10 @@ const bit = (b: number) => 1n << BigInt(b);
  * ones it uses (negotiate's `wanted`).
  */
 export const FRONTEND_PROTOCOL_FEATURES =
-  bit(PROTOCOL_F.REPLY_ACK) | bit(PROTOCOL_F.CONFIG) | bit(PROTOCOL_F.INFLIGHT_SHMFD);
+  bit(PROTOCOL_F.REPLY_ACK) |
+  bit(PROTOCOL_F.CONFIG) |
+  bit(PROTOCOL_F.INFLIGHT_SHMFD) |
+  bit(PROTOCOL_F.LOG_SHMFD);
 
 /** What a device asks for when it names nothing: REPLY_ACK only. */
 export const DEFAULT_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
@@ -99,6 +103,8 @@ export interface FrontendRing {
   kickFd: number;
   /** Eventfd the back-end signals to interrupt the guest (a KVM irqfd), or -1 for none (polling driver). */
   callFd: number;
+  /** VHOST_VRING_F_LOG: the guest address the used ring's writes are logged at (a live migration), if any. */
+  logUsed?: bigint;
 }
 
 export interface NegotiatedBackend {
@@ -217,11 +223,36 @@ export class VhostUserFrontend {
   startRing(q: number, r: FrontendRing, enable: boolean): void {
     this.command(REQ.SET_VRING_NUM, statePayload(q, r.num));
     this.command(REQ.SET_VRING_BASE, statePayload(q, r.base));
-    this.command(REQ.SET_VRING_ADDR, addrPayload({ index: q, desc: r.desc, used: r.used, avail: r.avail }));
+    this.setRingAddr(q, r);
     if (r.callFd >= 0) this.command(REQ.SET_VRING_CALL, u64Payload(BigInt(q)), [r.callFd]);
     else this.command(REQ.SET_VRING_CALL, u64Payload(BigInt(q | VRING_NOFD_MASK)));
     this.command(REQ.SET_VRING_KICK, u64Payload(BigInt(q)), [r.kickFd]);
     if (enable) this.command(REQ.SET_VRING_ENABLE, statePayload(q, 1));
+  }
+
+  /**
+   * SET_VRING_ADDR: the ring's addresses, with VHOST_VRING_F_LOG and the used ring's log address while a
+   * migration logs (vhost-user.rst, "Migration": sent again to a started ring to turn its logging on or off).
+   */
+  setRingAddr(q: number, r: Pick<FrontendRing, "desc" | "avail" | "used" | "logUsed">): void {
+    const log = r.logUsed === undefined ? {} : { flags: VHOST_VRING_F_LOG, log: r.logUsed };
+    this.command(
+      REQ.SET_VRING_ADDR,
+      addrPayload({ index: q, desc: r.desc, used: r.used, avail: r.avail, ...log }),
+    );
+  }
+
+  /**
+   * SET_LOG_BASE (PROTOCOL_F_LOG_SHMFD): the dirty log, `size` bytes from the start of `fd`, which the back-end
+   * marks while VHOST_F_LOG_ALL is negotiated. The back-end answers it (with a u64 or, as DPDK does, nothing).
+   */
+  setLogBase(fd: number, size: number): void {
+    const p = new Uint8Array(16);
+    const v = new DataView(p.buffer);
+    v.setBigUint64(0, BigInt(size), true);
+    v.setBigUint64(8, 0n, true);
+    this.send(REQ.SET_LOG_BASE, p, [fd]);
+    this.receive(REQ.SET_LOG_BASE, [0, 8]);
   }
 
   /**

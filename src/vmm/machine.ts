@@ -47,6 +47,8 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, type GuestRam, guestRamBytes, mapGuestRamFromFile } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
+import { VHOST_F_LOG_ALL, VhostUserDirtyLog } from "../vhost-user/dirty-log.ts";
+import { PROTOCOL_F } from "../vhost-user/protocol.ts";
 import {
   ApiError,
   type ApiServer,
@@ -65,6 +67,7 @@ import {
   DEFAULT_DOWNTIME_MS,
   DEFAULT_MAX_ROUNDS,
   type MigrationResult,
+  type MigrationSource,
   migrate,
 } from "./migration/source.ts";
 import {
@@ -235,11 +238,10 @@ export class Machine {
     saved: SavedDevices;
     /** Devices a snapshot cannot take yet (vhost-net: the kernel serves its rings). */
     unsupported: string[];
-    /**
-     * Devices a live migration cannot take yet: vhost-user back-ends write guest RAM that KVM's dirty log does not
-     * see, and vireo does not yet ask them for their own log (PROTOCOL_F_LOG_SHMFD).
-     */
+    /** vhost-user devices whose back-ends cannot log their writes to guest RAM (no PROTOCOL_F_LOG_SHMFD). */
     unmigratable: string[];
+    /** The dirty log the vhost-user back-ends mark during a migration, mapped here to be taken; null without any. */
+    vhostLog: VhostUserDirtyLog | null;
     /** The data-plane threads, quiesced while a snapshot is taken. */
     io: IoThreads | null;
     /** Writable disk image descriptors: synced to the file before a snapshot or migration is saved. */
@@ -483,7 +485,17 @@ export class Machine {
         unsupported: (pci?.devices ?? [])
           .filter((d) => d.kind === "vhost-net")
           .map((d) => `${d.name} (${d.kind})`),
-        unmigratable: (pci?.devices ?? []).filter(isVhostUser).map((d) => `${d.name} (${d.kind})`),
+        // A back-end that cannot log its writes to guest RAM (PROTOCOL_F_LOG_SHMFD, VHOST_F_LOG_ALL) cannot be
+        // migrated live: its writes during the rounds would be lost.
+        unmigratable: (pci?.devices ?? [])
+          .filter(isVhostUser)
+          .filter(
+            (d) =>
+              (d.protocolFeatures & (1n << BigInt(PROTOCOL_F.LOG_SHMFD))) === 0n ||
+              (d.backendFeatures & (1n << BigInt(VHOST_F_LOG_ALL))) === 0n,
+          )
+          .map((d) => `${d.name} (${d.kind} on ${d.socket})`),
+        vhostLog: vhostUserLog(pci),
         io: null,
         diskFds: (pci?.devices ?? []).flatMap((d) => (d.kind === "virtio-blk" && !d.readOnly ? [d.fd] : [])),
         slot,
@@ -665,7 +677,7 @@ export class Machine {
       throw new ApiError(
         409,
         "VIREO_SNAPSHOT_UNSUPPORTED",
-        `live migration of vhost-user devices is not built yet (their back-ends' writes to guest RAM are not logged): ${snap.unmigratable.join(", ")}; a snapshot and restore works (docs/migration.md)`,
+        `live migration needs every vhost-user back-end to log its writes to guest RAM (VHOST_USER_PROTOCOL_F_LOG_SHMFD and VHOST_F_LOG_ALL), and these do not: ${snap.unmigratable.join(", ")}; a snapshot and restore works (docs/migration.md)`,
       );
     if (this.snapshotting)
       throw new ApiError(409, "VIREO_API_BUSY", "a snapshot or migration is in progress already");
@@ -678,7 +690,10 @@ export class Machine {
    * work (kicks wait in their eventfds, frames in the TAP), then every vCPU's state, the devices (a busy one asked
    * again for a while) and the irqchip, PIT and clock. `thaw` undoes it; call it whatever happens.
    */
-  private async freeze(snap: NonNullable<Machine["snap"]>): Promise<{
+  private async freeze(
+    snap: NonNullable<Machine["snap"]>,
+    handOff = false,
+  ): Promise<{
     sections: (memory: StateSection) => StateSection[];
     devices: StateSection[];
     pauseMs: number;
@@ -697,7 +712,7 @@ export class Machine {
       if (!wasPaused) await this.pause();
       if (snap.io) {
         try {
-          await snap.io.quiesce(QUIESCE_TIMEOUT_MS);
+          await snap.io.quiesce(QUIESCE_TIMEOUT_MS, { handOff });
           quiesced = true;
         } catch (e) {
           throw new ApiError(
@@ -814,9 +829,11 @@ export class Machine {
           vm: snap.vm,
           slot: snap.slot,
           pageLog: snap.pageLog,
+          externalLog: vhostLogOf(snap),
           cpus: this.config.cpus,
           stop: async () => {
-            const frozen = await this.freeze(snap);
+            // The vhost-user connections are handed off: the destination connects to the same back-ends.
+            const frozen = await this.freeze(snap, true);
             thaw = frozen.thaw;
             return {
               sections: frozen.sections({ name: SECTION.memory, ...memorySection(snap.ram.byteLength, []) }),
@@ -1137,6 +1154,33 @@ export class Machine {
 
 /** How long a snapshot waits for the data-plane threads to finish the work they had started. */
 const QUIESCE_TIMEOUT_MS = 5000;
+/** How long the vhost-user back-ends get to start (or stop) logging their writes for a migration. */
+const VHOST_LOG_TIMEOUT_MS = 10_000;
+
+/** The machine's vhost-user dirty log (one memfd for all its back-ends, pci-devices.ts), mapped to be taken. */
+function vhostUserLog(pci: PciManifest | null): VhostUserDirtyLog | null {
+  const spec = pci?.devices.find(isVhostUser);
+  if (!spec) return null;
+  const { buffer } = native().mmap(spec.dirtyLog.fd, spec.dirtyLog.size, 0);
+  return new VhostUserDirtyLog(new Uint8Array(buffer));
+}
+
+/** A migration's third log: the vhost-user back-ends', turned on and off through their threads. */
+function vhostLogOf(snap: NonNullable<Machine["snap"]>): MigrationSource["externalLog"] {
+  const log = snap.vhostLog;
+  const io = snap.io;
+  if (log === null || io === null) return undefined;
+  return {
+    start: async () => {
+      log.take(() => {}); // marks left from an earlier migration that failed
+      await io.setDirtyLogging(true, VHOST_LOG_TIMEOUT_MS);
+    },
+    take: (add) => log.take(add),
+    stop: () => {
+      void io.setDirtyLogging(false, VHOST_LOG_TIMEOUT_MS).catch(() => {});
+    },
+  };
+}
 /** How long a migration's source waits for the destination to build the machine and answer (TCG hosts are slow). */
 const MIGRATION_REPLY_TIMEOUT_MS = 300_000;
 /** How long a snapshot retries a device that says it is busy (a request another thread is finishing). */

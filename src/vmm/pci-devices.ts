@@ -6,6 +6,7 @@
  * dispatches an exit (PciBus.syncBars).
  */
 
+import { ftruncateSync } from "node:fs";
 import { FileBlockBackend } from "../block/file.ts";
 import type { Bus } from "../bus/bus.ts";
 import { E1000Pci, type E1000PciState } from "../devices/e1000/pci.ts";
@@ -25,10 +26,11 @@ import { createDataPlaneBlock, RemoteQueues } from "../io-thread/remote-queues.t
 import { Vm } from "../kvm/vm.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { prepareVhostNet, type VhostNetSpec, vhostNetModel } from "../vhost-net/device.ts";
+import { logBytesFor } from "../vhost-user/dirty-log.ts";
 import {
   DEFAULT_PROTOCOL_FEATURES,
   type NegotiatedBackend,
@@ -159,6 +161,11 @@ export type VhostUserSpec = {
   wake: number;
   block: SharedArrayBuffer;
   ram: { fd: number; size: number; hostAddress: bigint };
+  /**
+   * The dirty log every vhost-user device's back-end marks during a live migration (src/vhost-user/dirty-log.ts):
+   * one memfd for the machine, `size` bytes covering guest RAM.
+   */
+  dirtyLog: { fd: number; size: number };
 } & (
   | { kind: "vhost-user-net"; mac: number[] }
   /** config: the back-end's configuration space (GET_CONFIG at connect time); numQueues request queues. */
@@ -514,6 +521,19 @@ export function preparePci(
   };
   const backends: FileBlockBackend[] = [];
   const vhostUserConns: Array<{ fd: number; block: SharedArrayBuffer }> = [];
+  /** The machine's one dirty log for its vhost-user back-ends, made with the first of them. */
+  let dirtyLog: { fd: number; size: number } | null = null;
+  const vhostUserLog = (ram: Ram | undefined) => {
+    if (dirtyLog === null && ram !== undefined) {
+      // Whole 8-byte words, so the reader may take it a word at a time.
+      const size = Math.ceil(logBytesFor(ram.size) / 8) * 8;
+      const fd = native().memfdCreate("vireo-dirty-log", MFD_CLOEXEC);
+      fds.push(fd);
+      ftruncateSync(fd, size);
+      dirtyLog = { fd, size };
+    }
+    return dirtyLog;
+  };
   const closeConns = () => {
     for (const c of vhostUserConns.splice(0)) {
       // The vhost-user thread takes the connection over when it starts; until then it is ours to close.
@@ -540,6 +560,7 @@ export function preparePci(
             (conn, n) => vhostUserBlkPart(disk, conn, n),
             eventFd,
             vhostUserConns,
+            vhostUserLog(at.ram),
           ),
         );
       } catch (e) {
@@ -582,10 +603,11 @@ export function preparePci(
             `--net vhost-user=${net.vhostUser}`,
             net.vhostUser,
             at,
-            DEFAULT_PROTOCOL_FEATURES,
+            DEFAULT_PROTOCOL_FEATURES | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
             (_conn, n) => vhostUserNetPart(net, i, n),
             eventFd,
             vhostUserConns,
+            vhostUserLog(at.ram),
           ),
         );
         return;
@@ -727,9 +749,11 @@ function vhostUserSpec(
   describe: (conn: VhostUserFrontend, n: NegotiatedBackend) => VhostUserPart,
   eventFd: () => number,
   conns: Array<{ fd: number; block: SharedArrayBuffer }>,
+  dirtyLog: { fd: number; size: number } | null,
 ): VhostUserSpec {
   const ram = at.ram;
-  if (ram === undefined) throw new ConfigError(`${what}: guest RAM is not shareable here`);
+  if (ram === undefined || dirtyLog === null)
+    throw new ConfigError(`${what}: guest RAM is not shareable here`);
   let conn: VhostUserFrontend;
   try {
     conn = VhostUserFrontend.connect(path);
@@ -765,6 +789,7 @@ function vhostUserSpec(
     wake: eventFd(),
     block,
     ram,
+    dirtyLog,
   };
 }
 

@@ -26,6 +26,14 @@ export function makeThreadRam(size: number): { ram: Ram; buffer: SharedArrayBuff
 
 export const testEventFd = () => native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 
+/** A dirty log for a spec (VhostUserSpec.dirtyLog), as preparePci makes it: a memfd covering `ramSize`. */
+export function makeDirtyLog(ramSize: number): { fd: number; size: number } {
+  const size = Math.ceil(ramSize / 4096 / 8 / 8) * 8;
+  const fd = native().memfdCreate("vireo-test-log", MFD_CLOEXEC);
+  ftruncateSync(fd, size);
+  return { fd, size };
+}
+
 export interface ThreadHarness {
   transport: VirtioPciTransport;
   /** device-error messages and a stop message, as the main thread would get them. */

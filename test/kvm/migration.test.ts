@@ -4,9 +4,10 @@
  * with the control API; `PUT /v1/vm/migrate` sends it over (pre-copy rounds with KVM's dirty log and the devices'
  * own, then the last pages and the state, with a SHA-256 of guest RAM checked by the destination).
  *
- * - A busy guest: the micro guest writes 112 MiB to a virtio-blk disk (data-plane thread) and reads it back; it is
- *   migrated mid-write and must finish on the destination with its own read-back check passed and every sector
- *   of the image right (the disk is "shared storage": the same file).
+ * - A busy guest: the micro guest writes 112 MiB to a virtio-blk disk and reads it back; it is migrated while
+ *   busy and must finish on the destination with its own read-back check passed and every sector of the image
+ *   right (the disk is "shared storage": the same file). Once on a data-plane thread, once on a vhost-user
+ *   back-end whose writes to guest RAM come through its dirty log.
  * - An idle-ish guest: the micro guest counting on 2 vCPUs. A migration to a port nobody listens on first fails
  *   with the VM running on; then the real one, and the two outputs together are exactly count 1..N.
  * - A destination fed garbage refuses it and runs nothing.
@@ -103,18 +104,53 @@ async function destination(port: number, out: string): Promise<Proc> {
   return d;
 }
 
-test("a guest writing to its virtio-blk disk migrates to another host mid-write and finishes there with every byte", {
-  skip: netSkip,
-  timeout: 900_000,
-}, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vireo-mig-blk-"));
+/**
+ * The micro guest writes 112 MiB to a virtio-blk disk and reads it back; it is migrated while busy, and must finish
+ * on the destination with its read-back check passed, guest RAM equal to the source's (SHA-256) and every sector of
+ * the image right (the disk is "shared storage": the same file).
+ * - `iothread`: vireo's own virtio-blk on a data-plane thread, migrated while it writes.
+ * - `vhost-user`: `vireo vhost-user blk` in the first host's namespace serves the disk; both vireos connect to its
+ *   socket (the source hands the connection over at the switch-over). Migrated while the guest reads back, when
+ *   the back-end writes guest RAM: a page it wrote and did not log (PROTOCOL_F_LOG_SHMFD) would differ on the
+ *   destination (the SHA-256) or fail the guest's check.
+ */
+async function busyDiskMigration(
+  t: { diagnostic(m: string): void },
+  kind: "iothread" | "vhost-user",
+  port: number,
+): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), `vireo-mig-${kind}-`));
   const disk = join(dir, "disk.img");
   writeFileSync(disk, new Uint8Array(128 * MiB));
   const kib = 112 * 1024;
+  const sectors = (kib * 1024) / 512;
   const sock = join(dir, "api.sock");
   const out1 = join(dir, "out1.txt");
   const out2 = join(dir, "out2.txt");
-  const dest = await destination(7070, out2);
+  let backend: Proc | null = null;
+  let diskArg = `${disk},iothread`;
+  if (kind === "vhost-user") {
+    const blkSock = join(dir, "blk.sock");
+    backend = startProcess([
+      ...getHosts().a,
+      VIREO_BIN,
+      "vhost-user",
+      "blk",
+      "--socket",
+      blkSock,
+      "--file",
+      disk,
+    ]);
+    const b = backend;
+    await waitFor(
+      () => /listening on/.test(b.err()) || b.child.exitCode !== null,
+      120_000,
+      () => `the back-end did not start: ${b.err()}`,
+    );
+    assert.equal(b.child.exitCode, null, b.err());
+    diskArg = `vhost-user=${blkSock}`;
+  }
+  const dest = await destination(port, out2);
   const src = startProcess([
     ...getHosts().a,
     VIREO_BIN,
@@ -123,7 +159,7 @@ test("a guest writing to its virtio-blk disk migrates to another host mid-write 
     "micro:virtio-blk-rw",
     String(kib),
     "--disk",
-    `${disk},iothread`,
+    diskArg,
     "--serial",
     `file:${out1}`,
     "--timeout",
@@ -131,7 +167,8 @@ test("a guest writing to its virtio-blk disk migrates to another host mid-write 
     "--api-socket",
     sock,
   ]);
-  const mark = (8 * MiB) / 512;
+  // Writing: the sector at 8 MiB holds the pattern. Reading back: the last one does (all written).
+  const mark = kind === "iothread" ? (8 * MiB) / 512 : sectors - 1;
   await waitFor(
     () =>
       (existsSync(sock) && sectorOf(disk, mark).equals(expectedSector(mark))) || src.child.exitCode !== null,
@@ -139,14 +176,12 @@ test("a guest writing to its virtio-blk disk migrates to another host mid-write 
     () => `the guest never wrote: ${src.err()}`,
   );
   assert.equal(src.child.exitCode, null, src.err());
-  step("guest is writing; migrate");
+  step(`guest is ${kind === "iothread" ? "writing" : "reading back"}; migrate`);
   // At most 5 rounds: the guest rewrites its 4 MiB buffer faster than the emulated host can send it (about
   // 7 MB/s there), so it would not converge to 300 ms and would finish its writes first; the switch-over then
   // happens with it busy, which is what this test is about.
-  const answer = await migrateCall(sock, { to: "tcp:10.77.0.2:7070", verify: true, maxRounds: 5 }, [
-    src,
-    dest,
-  ]);
+  const procs = backend ? [src, dest, backend] : [src, dest];
+  const answer = await migrateCall(sock, { to: `tcp:10.77.0.2:${port}`, verify: true, maxRounds: 5 }, procs);
   assert.equal(
     answer.status,
     200,
@@ -154,9 +189,9 @@ test("a guest writing to its virtio-blk disk migrates to another host mid-write 
   );
   const r = answer.body as MigrationResult;
   step(`migrated: ${JSON.stringify(r)}`);
-  t.diagnostic(`busy guest (112 MiB of disk writes), 64 MiB RAM: ${JSON.stringify(r)}`);
+  t.diagnostic(`busy guest (112 MiB through ${kind}), 64 MiB RAM: ${JSON.stringify(r)}`);
   assert.equal(await src.exited, 0, `the source exits 0 once the destination has the VM\n${src.err()}`);
-  assert.match(src.err(), /migrated to tcp:10\.77\.0\.2:7070/);
+  assert.match(src.err(), new RegExp(`migrated to tcp:10\\.77\\.0\\.2:${port}`));
   const status = await dest.exited;
   const text2 = readFileSync(out2, "utf8");
   assert.equal(status, 0, `${dest.err()}\n--- output:\n${text2}`);
@@ -170,7 +205,31 @@ test("a guest writing to its virtio-blk disk migrates to another host mid-write 
   );
   assert.ok(r.converged || r.rounds.length === 5, "stopped at convergence or at maxRounds");
   assert.ok(r.finalPages > 0, "the last round sent what the stopped guest and its devices had dirtied");
-});
+  if (backend) {
+    // The back-end served the source, then the destination, on the same socket.
+    assert.equal(backend.err().match(/front-end connected/g)?.length, 2, backend.err());
+    assert.match(src.err(), /closed for the migration's switch-over/);
+    backend.child.kill("SIGTERM");
+  }
+}
+
+test(
+  "a guest writing to its virtio-blk disk migrates to another host mid-write and finishes there with every byte",
+  {
+    skip: netSkip,
+    timeout: 900_000,
+  },
+  (t) => busyDiskMigration(t, "iothread", 7070),
+);
+
+test(
+  "a guest reading back from a vhost-user disk migrates mid-read; the back-end's writes to guest RAM were logged (LOG_SHMFD)",
+  {
+    skip: netSkip,
+    timeout: 900_000,
+  },
+  (t) => busyDiskMigration(t, "vhost-user", 7072),
+);
 
 const TOTAL = 120;
 const PERIOD_MS = emulated ? 300 : 100;

@@ -47,7 +47,12 @@ import { encodeReply, PROTOCOL_F, REQ, VHOST_USER_NEED_REPLY_MASK } from "../../
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
 import type { VhostUserSpec } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
-import { makeThreadRam, startFrontendThread, testEventFd } from "../helpers/vhost-user-thread.ts";
+import {
+  makeDirtyLog,
+  makeThreadRam,
+  startFrontendThread,
+  testEventFd,
+} from "../helpers/vhost-user-thread.ts";
 import { VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const MiB = 1 << 20;
@@ -311,6 +316,7 @@ function startThread(socket: string): Harness {
     wake: ev(),
     block,
     ram: ramSpec,
+    dirtyLog: makeDirtyLog(4 * MiB),
   };
   const { transport, messages, metrics, stop } = startFrontendThread(spec, ram, mem);
   // The driver's side of 3.1.1, as a vCPU thread would see it: VERSION_1 only, one ring of 128, polled.

@@ -16,15 +16,22 @@ import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VIRTIO_STATUS } from "../../src/devices/virtio/constants.ts";
 import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
-import { signalEventFd } from "../../src/native.ts";
+import { native, signalEventFd } from "../../src/native.ts";
+import { VhostUserDirtyLog } from "../../src/vhost-user/dirty-log.ts";
 import { VhostUserFrontend } from "../../src/vhost-user/frontend.ts";
 import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
 import { guestFeatures } from "../../src/vhost-user/frontend-net.ts";
+import { PROTOCOL_F } from "../../src/vhost-user/protocol.ts";
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
 import type { PciDeviceSpec } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import { NET_HDR } from "../helpers/vhost-user-frontend.ts";
-import { makeThreadRam, startFrontendThread, testEventFd } from "../helpers/vhost-user-thread.ts";
+import {
+  makeDirtyLog,
+  makeThreadRam,
+  startFrontendThread,
+  testEventFd,
+} from "../helpers/vhost-user-thread.ts";
 import { VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const MiB = 1 << 20;
@@ -68,7 +75,9 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
   const { ram: ramSpec, buffer: ram, mem } = makeThreadRam(4 * MiB);
   const ev = testEventFd;
   const conn = VhostUserFrontend.connect(socket);
-  const negotiated = conn.negotiate();
+  const negotiated = conn.negotiate(
+    (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
+  );
   const block = createFrontendBlock();
   const spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }> = {
     kind: "vhost-user-net",
@@ -87,6 +96,7 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     wake: ev(),
     block,
     ram: ramSpec,
+    dirtyLog: makeDirtyLog(4 * MiB),
   };
   const { transport, messages, metrics, stop } = startFrontendThread(spec, ram, mem);
   const words = new Int32Array(block);
@@ -177,12 +187,61 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     await until("the release", () => Atomics.load(words, FRONTEND_WORDS.quiesced) === 0, 10_000);
     await comeBack(seq);
 
+    // A migration's dirty logging: the back-end gets the machine's log (SET_LOG_BASE, VHOST_F_LOG_ALL, the rings'
+    // used rings logged) and marks the pages it writes, the receive buffers among them, at their guest addresses.
+    const { buffer: logBuffer } = native().mmap(spec.dirtyLog.fd, spec.dirtyLog.size, 0);
+    const log = new VhostUserDirtyLog(new Uint8Array(logBuffer));
+    const setLogging = async (on: boolean) => {
+      Atomics.store(words, FRONTEND_WORDS.logging, on ? 1 : 0);
+      signalEventFd(spec.wake);
+      await until(
+        "the logging answer",
+        () => Atomics.load(words, FRONTEND_WORDS.loggingAck) === (on ? 1 : 0),
+        10_000,
+      );
+    };
+    await setLogging(true);
+    await roundTrip(40);
+    const marked: number[] = [];
+    log.take((p) => marked.push(p));
+    const rxPages = marked.filter((p) => p * 4096 >= MiB && p * 4096 < 2 * MiB);
+    assert.ok(rxPages.length > 0, `the receive ring's area has pages marked (${marked.join(",")})`);
+    assert.ok(
+      marked.every((p) => p * 4096 < 4 * MiB),
+      "every mark is inside guest RAM",
+    );
+    await setLogging(false);
+    await roundTrip(40);
+    let after = 0;
+    log.take(() => after++);
+    assert.equal(after, 0, "logging off: nothing more is marked");
+
     // The back-end dies; the device stalls; a new one on the same socket gets the rings back.
     backend.child.kill("SIGKILL");
     await backend.exited;
     await until("the thread noticing", () => Atomics.load(words, FRONTEND_WORDS.connected) === 0, 10_000);
     backend = await startBackend(socket);
     await until("the reconnect", () => Atomics.load(words, FRONTEND_WORDS.connected) === 1, 20_000);
+    await roundTrip(40);
+
+    // A migration's switch-over: quiesced with a hand-off, the thread stops the rings and closes the connection
+    // (this --once back-end then exits), and does not connect again while quiesced; released (the migration
+    // failed), it connects to whatever back-end listens and the frames go round again.
+    Atomics.store(words, FRONTEND_WORDS.quiesce, 2);
+    signalEventFd(spec.wake);
+    await until("the hand-off", () => Atomics.load(words, FRONTEND_WORDS.quiesced) === 1, 10_000);
+    assert.equal(Atomics.load(words, FRONTEND_WORDS.connected), 0);
+    await backend.exited;
+    backend = await startBackend(socket);
+    await sleep(1500);
+    assert.equal(Atomics.load(words, FRONTEND_WORDS.connected), 0, "no reconnect while quiesced");
+    Atomics.store(words, FRONTEND_WORDS.quiesce, 0);
+    signalEventFd(spec.wake);
+    await until(
+      "the reconnect after the hand-off",
+      () => Atomics.load(words, FRONTEND_WORDS.connected) === 1,
+      20_000,
+    );
     await roundTrip(40);
 
     // A reset returns once the thread has stopped the rings (GET_VRING_BASE).
@@ -195,10 +254,10 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
   }
   const m = metrics.snapshot();
   assert.equal(m["vhost-user.net0.disconnects"], 1);
-  assert.equal(m["vhost-user.net0.connects"], 1);
+  assert.equal(m["vhost-user.net0.connects"], 2);
   assert.equal(
     m["vhost-user.net0.ring_starts"],
-    6,
-    "two rings at DRIVER_OK, two after the quiesce, two again after the reconnect",
+    8,
+    "two rings at DRIVER_OK, two after the quiesce, two after each reconnect",
   );
 });

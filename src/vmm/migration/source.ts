@@ -2,8 +2,9 @@
  * The source side of a live migration (docs/migration.md): pre-copy of guest RAM in rounds while the guest runs,
  * then stop, the last dirty pages and the machine's state, and the destination's answer.
  *
- * Dirty pages come from two logs: KVM's (KVM_MEM_LOG_DIRTY_PAGES on the RAM slot, read and cleared with
- * KVM_GET_DIRTY_LOG) for the vCPUs' writes, and vireo's own (src/memory/device-page-log.ts) for the devices'.
+ * Dirty pages come from three logs: KVM's (KVM_MEM_LOG_DIRTY_PAGES on the RAM slot, read and cleared with
+ * KVM_GET_DIRTY_LOG) for the vCPUs' writes, vireo's own (src/memory/device-page-log.ts) for its devices', and the
+ * one vhost-user back-ends mark (PROTOCOL_F_LOG_SHMFD, src/vhost-user/dirty-log.ts) for theirs.
  * Round 1 sends every page that is not all zeros (the destination's RAM starts zeroed); each later round sends
  * the pages dirtied since the previous one was taken. When a round's pages would take less than the downtime
  * limit at the rate measured so far (or after maxRounds), the guest is stopped: vCPUs paused, data-plane threads
@@ -62,6 +63,11 @@ export interface MigrationSource {
   /** The RAM's memory slot as registered, to register again with dirty logging on and off. */
   slot: MemorySlot;
   pageLog: DevicePageLog;
+  /**
+   * A third log, of writes made by other processes (vhost-user back-ends, src/vhost-user/dirty-log.ts): started
+   * before the first round (resolves once every back-end logs), taken with the others, stopped after a failure.
+   */
+  externalLog?: { start(): Promise<void>; take(add: (page: number) => void): void; stop(): void };
   cpus: number;
   /** Stops the guest and its devices and saves the machine; also the pages the devices' rings are in. */
   stop(): Promise<{ sections: StateSection[]; ringPages: number[] }>;
@@ -207,6 +213,7 @@ export async function migrate(
     };
     forEachSetBit(kvmBitmap, add);
     src.pageLog.take(add);
+    src.externalLog?.take(add);
     for (const p of extra) add(p);
     for (const p of out) dirty[p] = 0;
     return out.sort((a, b) => a - b);
@@ -229,6 +236,7 @@ export async function migrate(
     src.vm.setUserMemoryRegion({ ...src.slot, logDirty: true });
     logging = true;
     src.pageLog.start();
+    await src.externalLog?.start();
     src.vm.getDirtyLog(src.slot.slot, kvmBitmap); // from now on
 
     const rounds: RoundStats[] = [];
@@ -288,6 +296,7 @@ export async function migrate(
   } catch (e) {
     if (logging) {
       src.pageLog.stop();
+      src.externalLog?.stop();
       try {
         src.vm.setUserMemoryRegion({ ...src.slot, logDirty: false });
       } catch {
