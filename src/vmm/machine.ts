@@ -47,6 +47,7 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, type GuestRam, guestRamBytes, mapGuestRamFromFile } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
+import { type AnnounceTarget, announceNics } from "../net/announce.ts";
 import { VHOST_F_LOG_ALL, VhostUserDirtyLog } from "../vhost-user/dirty-log.ts";
 import { PROTOCOL_F } from "../vhost-user/protocol.ts";
 import {
@@ -560,6 +561,8 @@ export class Machine {
               restoreMs = performance.now() - started;
               config.incoming?.onStarted();
               config.onRestored?.(restoreMs, restoreBytesRead);
+              // The guest's NICs are somewhere new (another host, TAP or bridge port): say so for them.
+              if (pci) cleanups.push(this.announce(pci, nets, mainMetrics));
               this.paused = false;
               const control = new Int32Array(this.control);
               Atomics.store(control, CONTROL.pause, 0);
@@ -645,6 +648,25 @@ export class Machine {
       vm?.close();
       system?.close();
     }
+  }
+
+  /**
+   * RARP announcements from every TAP-backed NIC's MAC after a restore or an incoming migration (src/net/
+   * announce.ts); returns the cancel. vhost-user NICs are not announced (VHOST_USER_SEND_RARP is not sent), nor
+   * vhost-net ones (refused for snapshots anyway).
+   */
+  private announce(pci: PciManifest, nets: readonly NetConfig[], m: MetricsSegment): () => void {
+    const targets: AnnounceTarget[] = [];
+    pci.devices.forEach((d) => {
+      if (d.kind !== "virtio-net" && d.kind !== "e1000") return;
+      const mac = nets[Number(d.name.slice(3))]?.mac;
+      if (mac) targets.push({ name: d.name, mac, fd: d.tap.fd, vnetHdr: d.tap.vnetHdr });
+    });
+    if (targets.length === 0) return () => {};
+    return announceNics(targets, {
+      log: (message) => process.stderr.write(`vireo: ${message}\n`),
+      onFrame: (t) => m.counter(`net.${t.name}.announce_frames`).add(),
+    });
   }
 
   // VmController (src/vmm/api-server.ts): the rest of it.

@@ -232,10 +232,12 @@ test(
 );
 
 const TOTAL = 120;
+const TAP = `vmt${process.pid % 10000}`;
+const ANNOUNCED_MAC = "02:76:69:4d:49:47";
 const PERIOD_MS = emulated ? 300 : 100;
 const counts = (text: string) => [...text.matchAll(/^count (\d+)$/gm)].map((m) => Number(m[1]));
 
-test("a counting guest: a migration nobody takes fails and the VM runs on; the next one moves it, no line lost or repeated", {
+test("a counting guest: a migration nobody takes fails and the VM runs on; the next one moves it, no line lost or repeated, and its NIC's MAC is announced on the destination's TAP", {
   skip: netSkip,
   timeout: 900_000,
 }, async (t) => {
@@ -253,6 +255,9 @@ test("a counting guest: a migration nobody takes fails and the VM runs on; the n
     String(PERIOD_MS),
     "--cpus",
     "2",
+    // A NIC the guest leaves alone: its TAP is opened by name on each host, and the destination announces its MAC.
+    "--net",
+    `tap=${TAP},mac=${ANNOUNCED_MAC}`,
     "--serial",
     `file:${out1}`,
     "--timeout",
@@ -279,6 +284,29 @@ test("a counting guest: a migration nobody takes fails and the VM runs on; the n
   const info = await callApi(sock, "GET", "/v1/vm");
   assert.equal((info.body as { state: string }).state, "running");
 
+  // The destination's TAP exists and is up before vireo attaches to it (a TAP that is down drops what is written),
+  // and tcpdump there waits for the RARP requests.
+  sh([...getHosts().b, "ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
+  sh([...getHosts().b, "ip", "link", "set", TAP, "up"]);
+  const capture = startProcess([
+    ...getHosts().b,
+    "tcpdump",
+    "-i",
+    TAP,
+    "-n",
+    "-e",
+    "-l",
+    "-c",
+    "5",
+    "ether",
+    "proto",
+    "0x8035",
+  ]);
+  await waitFor(
+    () => /listening on/.test(capture.err()) || capture.child.exitCode !== null,
+    60_000,
+    () => `tcpdump did not start: ${capture.err()}`,
+  );
   const dest = await destination(7071, out2);
   const answer = await migrateCall(sock, { to: "tcp:10.77.0.2:7071", verify: true }, [src, dest]);
   assert.equal(
@@ -296,6 +324,19 @@ test("a counting guest: a migration nobody takes fails and the VM runs on; the n
   const expected = `${Array.from({ length: TOTAL }, (_, i) => `count ${i + 1}\n`).join("")}count done\n`;
   assert.equal(text1 + text2, expected, `before:\n${text1}\nafter:\n${text2}`);
   assert.ok((counts(text2)[0] ?? 0) > 1, "the destination went on, not from 1");
+  // Five broadcast RARP requests from the NIC's MAC came out of the destination's TAP (src/net/announce.ts).
+  await waitFor(
+    () => capture.child.exitCode !== null,
+    60_000,
+    () => `tcpdump saw fewer than 5 RARP requests:\n${capture.out()}\n${capture.err()}\n${dest.err()}`,
+  );
+  assert.equal(capture.child.exitCode, 0, capture.err());
+  const rarps = capture
+    .out()
+    .split("\n")
+    .filter((l) => l.includes(`${ANNOUNCED_MAC} > ff:ff:ff:ff:ff:ff`));
+  assert.equal(rarps.length, 5, capture.out());
+  t.diagnostic(`announced on the destination: ${rarps[0]}`);
 });
 
 test("a destination fed a stream that is not a migration refuses it and runs nothing", { skip }, async () => {
