@@ -1,6 +1,8 @@
 /** What the micro guest's virtio-blk-rw writes (guest/micro/virtio_blk.c), and the checksum it prints. */
 import assert from "node:assert/strict";
 import { closeSync, openSync, readFileSync, readSync } from "node:fs";
+import { metricsPath, readMetrics, VIREO_BIN } from "./cli.ts";
+import { startProcess } from "./processes.ts";
 
 /** Per sector, 128 words of a 32-bit LCG seeded with the sector number. */
 export function expectedSector(sector: number): Buffer {
@@ -48,4 +50,40 @@ export function assertImageHoldsPattern(path: string, kib: number, guestOutput: 
     fnv1a64(image).padStart(16, "0"),
     "the guest's checksum is the image's",
   );
+}
+
+/**
+ * Resumes a snapshot of the micro guest's virtio-blk-rw (`vireo run --restore SNAP`) and checks it finished there:
+ * status 0, its read-back check passed, not already before the snapshot (`out1`, the first run's output), and the
+ * image holds exactly its pattern. Returns the restored run's metrics and its stderr.
+ */
+export async function restoreBlkWriter(o: {
+  snap: string;
+  out1: string;
+  out2: string;
+  disk: string;
+  kib: number;
+  step(message: string): void;
+}): Promise<{ metrics: Record<string, number>; stderr: string }> {
+  const metrics = metricsPath();
+  const second = startProcess([
+    VIREO_BIN,
+    "run",
+    "--restore",
+    o.snap,
+    "--serial",
+    `file:${o.out2}`,
+    "--timeout",
+    "600",
+    "--metrics",
+    metrics,
+  ]);
+  const status = await second.exited;
+  const text2 = readFileSync(o.out2, "utf8");
+  o.step(`restored vireo exited ${status}: ${second.err().trim()}`);
+  assert.equal(status, 0, `the restored guest exits 0\n${second.err()}\n--- output:\n${text2}`);
+  assert.match(text2, /virtio-blk-rw ok/, "the guest's own read-back check passed after the restore");
+  assert.doesNotMatch(readFileSync(o.out1, "utf8"), /virtio-blk-rw ok/);
+  assertImageHoldsPattern(o.disk, o.kib, text2);
+  return { metrics: readMetrics(metrics), stderr: second.err().trim() };
 }

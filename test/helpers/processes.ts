@@ -39,3 +39,15 @@ export async function waitFor(ok: () => boolean, ms: number, why: () => string):
     await sleep(50);
   }
 }
+
+/** Starts a server process (a vhost-user back-end, a switch) and waits until it says "listening on". */
+export async function startListening(argv: string[], what: string, ms = 120_000): Promise<Proc> {
+  const p = startProcess(argv);
+  await waitFor(
+    () => /listening on/.test(p.err()) || p.child.exitCode !== null,
+    ms,
+    () => `${what} did not start: ${p.err()}`,
+  );
+  if (p.child.exitCode !== null) throw new Error(`${what} did not start: ${p.err()}`);
+  return p;
+}

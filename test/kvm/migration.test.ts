@@ -25,7 +25,7 @@ import type { MigrationResult } from "../../src/vmm/migration/source.ts";
 import { assertImageHoldsPattern, expectedSector, sectorOf } from "../helpers/blk-pattern.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import { netnsUnavailable } from "../helpers/netns.ts";
-import { type Proc, startProcess, waitFor } from "../helpers/processes.ts";
+import { type Proc, startListening, startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const netSkip = skip || (netnsUnavailable() ?? false);
@@ -131,23 +131,10 @@ async function busyDiskMigration(
   let diskArg = `${disk},iothread`;
   if (kind === "vhost-user") {
     const blkSock = join(dir, "blk.sock");
-    backend = startProcess([
-      ...getHosts().a,
-      VIREO_BIN,
-      "vhost-user",
-      "blk",
-      "--socket",
-      blkSock,
-      "--file",
-      disk,
-    ]);
-    const b = backend;
-    await waitFor(
-      () => /listening on/.test(b.err()) || b.child.exitCode !== null,
-      120_000,
-      () => `the back-end did not start: ${b.err()}`,
+    backend = await startListening(
+      [...getHosts().a, VIREO_BIN, "vhost-user", "blk", "--socket", blkSock, "--file", disk],
+      "the back-end",
     );
-    assert.equal(b.child.exitCode, null, b.err());
     diskArg = `vhost-user=${blkSock}`;
   }
   const dest = await destination(port, out2);

@@ -15,8 +15,8 @@ import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import type { SnapshotResult } from "../../src/vmm/api-server.ts";
-import { assertImageHoldsPattern, expectedSector, sectorOf } from "../helpers/blk-pattern.ts";
-import { metricsPath, readMetrics, VIREO_BIN } from "../helpers/cli.ts";
+import { expectedSector, restoreBlkWriter, sectorOf } from "../helpers/blk-pattern.ts";
+import { VIREO_BIN } from "../helpers/cli.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
@@ -83,30 +83,10 @@ test("a guest writing to its virtio-blk disk (data-plane thread) is snapshotted 
   const state = readFileSync(join(snap, "state")).toString("latin1");
   assert.ok(state.includes(disk), "the state file records the disk's path");
 
-  const metrics = metricsPath();
-  const second = startProcess([
-    VIREO_BIN,
-    "run",
-    "--restore",
-    snap,
-    "--serial",
-    `file:${out2}`,
-    "--timeout",
-    "600",
-    "--metrics",
-    metrics,
-  ]);
-  const status = await second.exited;
-  const text2 = readFileSync(out2, "utf8");
-  step(`restored vireo exited ${status}: ${second.err().trim()}`);
-  assert.equal(status, 0, `the restored guest exits 0\n${second.err()}\n--- output:\n${text2}`);
-  assert.match(text2, /virtio-blk-rw ok/, "the guest's own read-back check passed after the restore");
-  assert.doesNotMatch(readFileSync(out1, "utf8"), /virtio-blk-rw ok/);
-  assertImageHoldsPattern(disk, kib, text2);
-  const m = readMetrics(metrics);
+  const { metrics: m, stderr } = await restoreBlkWriter({ snap, out1, out2, disk, kib, step });
   const kicks = m["vhost.blk0.kicks"] ?? 0;
   assert.ok(kicks > 0, `the restored disk was served by its data-plane thread (kicks ${kicks})`);
-  t.diagnostic(`restored run: ${second.err().trim()}; data-plane kicks after restore ${kicks}`);
+  t.diagnostic(`restored run: ${stderr}; data-plane kicks after restore ${kicks}`);
 
   // The disk is part of the machine: a restore that cannot reach it is refused before any vCPU runs.
   renameSync(disk, `${disk}.away`);

@@ -17,9 +17,9 @@ import { test } from "node:test";
 import { callApi } from "../../src/cli/ctl.ts";
 import { KvmSystem } from "../../src/kvm/system.ts";
 import type { SnapshotResult } from "../../src/vmm/api-server.ts";
-import { assertImageHoldsPattern, expectedSector, sectorOf } from "../helpers/blk-pattern.ts";
-import { metricsPath, readMetrics, VIREO_BIN } from "../helpers/cli.ts";
-import { type Proc, startProcess, waitFor } from "../helpers/processes.ts";
+import { expectedSector, restoreBlkWriter, sectorOf } from "../helpers/blk-pattern.ts";
+import { VIREO_BIN } from "../helpers/cli.ts";
+import { type Proc, startListening, startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const MiB = 1 << 20;
@@ -29,15 +29,8 @@ function step(message: string): void {
 }
 
 /** `vireo vhost-user KIND --socket SOCK ...` serving connection after connection, once it says it listens. */
-async function startBackend(kind: "blk" | "net", socket: string, args: string[]): Promise<Proc> {
-  const b = startProcess([VIREO_BIN, "vhost-user", kind, "--socket", socket, ...args]);
-  await waitFor(
-    () => /listening on/.test(b.err()) || b.child.exitCode !== null,
-    120_000,
-    () => `the ${kind} back-end did not start: ${b.err()}`,
-  );
-  if (b.child.exitCode !== null) throw new Error(`the ${kind} back-end did not start: ${b.err()}`);
-  return b;
+function startBackend(kind: "blk" | "net", socket: string, args: string[]): Promise<Proc> {
+  return startListening([VIREO_BIN, "vhost-user", kind, "--socket", socket, ...args], `the ${kind} back-end`);
 }
 
 test("a guest writing to a vhost-user disk is snapshotted twice mid-write (running on, then paused), killed, restored onto the same back-ends, and every byte is on the disk", {
@@ -117,33 +110,20 @@ test("a guest writing to a vhost-user disk is snapshotted twice mid-write (runni
     "the state file records both back-ends' sockets",
   );
 
-  const metrics = metricsPath();
-  const second = startProcess([
-    VIREO_BIN,
-    "run",
-    "--restore",
-    join(dir, "snap"),
-    "--serial",
-    `file:${out2}`,
-    "--timeout",
-    "600",
-    "--metrics",
-    metrics,
-  ]);
-  const status = await second.exited;
-  const text2 = readFileSync(out2, "utf8");
-  step(`restored vireo exited ${status}: ${second.err().trim()}`);
-  assert.equal(status, 0, `the restored guest exits 0\n${second.err()}\n--- output:\n${text2}`);
-  assert.match(text2, /virtio-blk-rw ok/, "the guest's own read-back check passed after the restore");
-  assert.doesNotMatch(readFileSync(out1, "utf8"), /virtio-blk-rw ok/);
-  assertImageHoldsPattern(disk, kib, text2);
-  const m = readMetrics(metrics);
+  const { metrics: m, stderr } = await restoreBlkWriter({
+    snap: join(dir, "snap"),
+    out1,
+    out2,
+    disk,
+    kib,
+    step,
+  });
   const starts = (re: RegExp) =>
     Object.entries(m)
       .filter(([k]) => re.test(k))
       .reduce((a, [, v]) => a + v, 0);
   const blkStarts = starts(/^vhost-user\.blk\d+\.ring_starts$/);
-  t.diagnostic(`restored run: blk ring starts ${blkStarts}; ${second.err().trim()}`);
+  t.diagnostic(`restored run: blk ring starts ${blkStarts}; ${stderr}`);
   assert.ok(blkStarts > 0, `the restored disk's rings were started on the back-end (${blkStarts})`);
   // The NIC (which this guest leaves alone) was rebuilt on its back-end too: a second front-end connected there.
   const connected = (p: Proc) => p.err().match(/front-end connected/g)?.length ?? 0;

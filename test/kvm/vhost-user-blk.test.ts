@@ -18,7 +18,7 @@ import { microGuest } from "../../src/vmm/micro-guest.ts";
 import type { DiskConfig } from "../../src/vmm/pci-devices.ts";
 import { expectedSector, fnv1a64, sectorOf } from "../helpers/blk-pattern.ts";
 import { metricsPath, readMetrics, VIREO_BIN, vireo } from "../helpers/cli.ts";
-import { startProcess, waitFor } from "../helpers/processes.ts";
+import { startListening, startProcess, waitFor } from "../helpers/processes.ts";
 
 const skip = KvmSystem.available() ? false : "no usable /dev/kvm on this host: KVM tests skipped";
 const dir = mkdtempSync(join(tmpdir(), "vireo-vu-blk-"));
@@ -31,15 +31,11 @@ function image(name: string, mib: number): string {
 }
 
 /** `vireo vhost-user blk --socket SOCK --file IMG ...`, once it says it listens. */
-async function startBackend(socket: string, file: string, extra: string[] = []) {
-  const b = startProcess([VIREO_BIN, "vhost-user", "blk", "--socket", socket, "--file", file, ...extra]);
-  await waitFor(
-    () => /listening on/.test(b.err()) || b.child.exitCode !== null,
-    120_000,
-    () => `back-end did not start: ${b.err()}`,
+function startBackend(socket: string, file: string, extra: string[] = []) {
+  return startListening(
+    [VIREO_BIN, "vhost-user", "blk", "--socket", socket, "--file", file, ...extra],
+    "back-end",
   );
-  if (b.child.exitCode !== null) throw new Error(`back-end did not start: ${b.err()}`);
-  return b;
 }
 
 function expected(sectors: number): Buffer {
