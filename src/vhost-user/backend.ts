@@ -20,11 +20,12 @@ import { native, signalEventFd } from "../native.ts";
 import { configReply, readModelConfig, setConfig } from "./config.ts";
 import { VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, VhostUserDirtyLog } from "./dirty-log.ts";
 import { decodeInflight, InflightRegion, InflightTracker, inflightPayload } from "./inflight.ts";
-import { checkRegions, VhostUserMemory } from "./memory.ts";
+import { checkRegions, type MemRegion, VhostUserMemory } from "./memory.ts";
 import {
   type Body,
   encodeReply,
   PROTOCOL_F,
+  type RawMemRegion,
   REQ,
   requestName,
   statePayload,
@@ -39,12 +40,29 @@ import {
 
 const bit = (b: number) => 1n << BigInt(b);
 
+/** A checked region as the protocol describes it (to check a table with one more). */
+function raw(r: MemRegion): RawMemRegion {
+  return {
+    guestAddr: BigInt(r.gpa),
+    size: BigInt(r.size),
+    userAddr: BigInt(r.userAddr),
+    mmapOffset: BigInt(r.mmapOffset),
+  };
+}
+
 /**
  * Protocol features always offered: REPLY_ACK (every request can be acknowledged) and LOG_SHMFD (the dirty log of
  * a live migration: dirty-log.ts; every write this back-end makes to guest memory goes through a GuestMemory write
  * method or is a buffer of a chain it answers, which the queue layer marks).
  */
-export const OFFERED_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK) | bit(PROTOCOL_F.LOG_SHMFD);
+export const OFFERED_PROTOCOL_FEATURES =
+  bit(PROTOCOL_F.REPLY_ACK) | bit(PROTOCOL_F.LOG_SHMFD) | bit(PROTOCOL_F.CONFIGURE_MEM_SLOTS);
+
+/**
+ * GET_MAX_MEM_SLOTS's answer: regions a table may hold when ADD_MEM_REG builds it (QEMU's own limit is 509, its
+ * default 32; all of them must still lie within the 4 GiB this back-end maps, memory.ts).
+ */
+export const MAX_MEM_SLOTS = 32;
 
 /** Protocol extensions a back-end may offer besides REPLY_ACK. */
 export interface ProtocolExtensions {
@@ -102,6 +120,11 @@ export class VhostUserBackend {
   private acked: bigint | null = null;
   private protocolFeatures = 0n;
   private memory: VhostUserMemory | null = null;
+  /**
+   * The memory table's regions with the fds they were mapped from, kept open while they are in the table:
+   * ADD_MEM_REG and REM_MEM_REG change one region, and the whole table is mapped again from these.
+   */
+  private table: Array<{ region: MemRegion; fd: number }> = [];
   private device: VirtioDevice | null = null;
   private readonly state: SharedArrayBuffer;
   private readonly rings: Ring[];
@@ -260,6 +283,8 @@ export class VhostUserBackend {
     this.device?.reset();
     this.device = null;
     this.memory = null;
+    this.closeTable(this.table);
+    this.table = [];
   }
 
   private closeQuietly(fd: number): void {
@@ -311,6 +336,17 @@ export class VhostUserBackend {
         return null;
       case REQ.SET_MEM_TABLE:
         this.setMemTable(b, msg.fds);
+        return null;
+      case REQ.GET_MAX_MEM_SLOTS:
+        this.need(PROTOCOL_F.CONFIGURE_MEM_SLOTS, msg.request);
+        return encodeReply(msg.request, u64Payload(BigInt(MAX_MEM_SLOTS)));
+      case REQ.ADD_MEM_REG:
+        this.need(PROTOCOL_F.CONFIGURE_MEM_SLOTS, msg.request);
+        this.addMemRegion(b, msg.fds);
+        return null;
+      case REQ.REM_MEM_REG:
+        this.need(PROTOCOL_F.CONFIGURE_MEM_SLOTS, msg.request);
+        this.removeMemRegion(b, msg.fds);
         return null;
       case REQ.SET_VRING_NUM: {
         const s = stateOf(b);
@@ -478,7 +514,77 @@ export class VhostUserBackend {
   private setMemTable(b: Body, fds: number[]): void {
     if (b.kind !== "memory") throw new Error("unreachable");
     const regions = checkRegions(b.regions);
-    const memory = VhostUserMemory.map(regions, fds);
+    if (fds.length !== regions.length)
+      throw new VhostUserRequestError(`${regions.length} memory regions but ${fds.length} fds`);
+    this.installTable(regions.map((region, i) => ({ region, fd: fds[i] as number })));
+    fds.length = 0;
+  }
+
+  /**
+   * ADD_MEM_REG: one more region ("a region of guest memory which the back-end device must map in"), with its fd.
+   * The table with it must still be a valid one (no overlap, within the slots and the span).
+   */
+  private addMemRegion(b: Body, fds: number[]): void {
+    if (b.kind !== "region") throw new Error("unreachable");
+    const fd = fds[0];
+    if (fd === undefined || fds.length !== 1)
+      throw new VhostUserRequestError(`ADD_MEM_REG carries ${fds.length} fds, not the region's one`);
+    const regions = checkRegions([...this.table.map((t) => raw(t.region)), b.region], MAX_MEM_SLOTS);
+    const added = regions[regions.length - 1] as MemRegion;
+    this.installTable([...this.table, { region: added, fd }]);
+    fds.length = 0;
+  }
+
+  /**
+   * REM_MEM_REG: the region with this guest address, user address and size goes ("The mmap offset is ignored");
+   * an fd sent with it is closed unused ("the back-end MUST close it"). Removing a region a started ring lies in
+   * is refused, as SET_MEM_TABLE's moving it is.
+   */
+  private removeMemRegion(b: Body, fds: number[]): void {
+    if (b.kind !== "region") throw new Error("unreachable");
+    for (const fd of fds.splice(0)) this.closeQuietly(fd);
+    const r = b.region;
+    const at = this.table.findIndex(
+      (t) =>
+        BigInt(t.region.gpa) === r.guestAddr &&
+        BigInt(t.region.userAddr) === r.userAddr &&
+        BigInt(t.region.size) === r.size,
+    );
+    if (at < 0) {
+      throw new VhostUserRequestError(
+        `REM_MEM_REG: no region at guest address 0x${r.guestAddr.toString(16)}, user address 0x${r.userAddr.toString(16)}, size 0x${r.size.toString(16)}`,
+      );
+    }
+    const rest = this.table.filter((_, i) => i !== at);
+    if (rest.length > 0) {
+      this.installTable(rest);
+      return;
+    }
+    // The last region: no memory at all, which no started ring can live with.
+    if (this.rings.some((ring) => ring.started))
+      throw new VhostUserRequestError("REM_MEM_REG would remove the memory of started vrings");
+    this.settleAll();
+    this.closeTable(this.table);
+    this.table = [];
+    this.memory = null;
+    this.device = null;
+  }
+
+  private closeTable(entries: ReadonlyArray<{ fd: number }>): void {
+    for (const t of entries) this.closeQuietly(t.fd);
+  }
+
+  /**
+   * Maps a new memory table (its fds kept for later changes) and rebuilds the device over it; the old table's
+   * entries that are not in the new one have their fds closed. Nothing changes if it is refused (the caller
+   * still owns the new entries' fds then).
+   */
+  private installTable(entries: Array<{ region: MemRegion; fd: number }>): void {
+    const regions = entries.map((t) => t.region);
+    const memory = VhostUserMemory.map(
+      regions,
+      entries.map((t) => t.fd),
+    );
     // Requests still with other threads end on the device and memory they were taken with.
     this.settleAll();
     // A started ring keeps its guest addresses: the new table must map its user addresses to the same ones.
@@ -494,9 +600,10 @@ export class VhostUserBackend {
         throw new VhostUserRequestError(`the new memory table moves or drops started vring ${q}`);
       }
     });
-    // The mappings keep the files; the fds are not needed any more.
-    for (const fd of fds) this.closeQuietly(fd);
-    fds.length = 0;
+    // The mappings keep the files; the fds are kept for the next ADD_MEM_REG or REM_MEM_REG, which maps the
+    // table again; those of regions that left the table are closed.
+    this.closeTable(this.table.filter((t) => !entries.includes(t)));
+    this.table = entries;
     this.memory = memory;
     this.applyLog();
     // The device is rebuilt over the same state with the new memory: started rings go on at their indices.

@@ -548,6 +548,17 @@ export function memoryPayload(regions: RawMemRegion[]): Uint8Array {
   return p;
 }
 
+/** ADD_MEM_REG / REM_MEM_REG's "single memory region description": 64-bit padding, then the region. */
+export function regionPayload(r: RawMemRegion): Uint8Array {
+  const p = new Uint8Array(8 + MEM_REGION_SIZE);
+  const v = new DataView(p.buffer);
+  v.setBigUint64(8, r.guestAddr, true);
+  v.setBigUint64(16, r.size, true);
+  v.setBigUint64(24, r.userAddr, true);
+  v.setBigUint64(32, r.mmapOffset, true);
+  return p;
+}
+
 /** A front-end request (for tests and for a future vireo front-end). */
 export function encodeRequest(
   request: number,

@@ -15,7 +15,9 @@ import {
   addrPayload,
   memoryPayload,
   PROTOCOL_F,
+  type RawMemRegion,
   REQ,
+  regionPayload,
   statePayload,
   u64Payload,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -385,3 +387,57 @@ describe("vhost-user back-end: hostile front-ends", () => {
 function signalTx(fe: NetFrontend): void {
   native().writeFd(fe.kick[1], new BigUint64Array([1n]));
 }
+
+describe("vhost-user back-end: memory regions one at a time (CONFIGURE_MEM_SLOTS)", () => {
+  test("ADD_MEM_REG builds the table, traffic flows, REM_MEM_REG takes a region out; refusals keep the table; no fd leaks", () => {
+    const before = openFds();
+    const { channel, fe, counts } = rig("loopback");
+    fe.request(REQ.SET_OWNER);
+    const offered = fe.getU64(REQ.GET_FEATURES);
+    const proto = fe.getU64(REQ.GET_PROTOCOL_FEATURES);
+    assert.ok(proto & (1n << BigInt(PROTOCOL_F.CONFIGURE_MEM_SLOTS)), "CONFIGURE_MEM_SLOTS offered");
+    fe.request(
+      REQ.SET_PROTOCOL_FEATURES,
+      u64Payload((1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.CONFIGURE_MEM_SLOTS))),
+    );
+    assert.equal(fe.getU64(REQ.GET_MAX_MEM_SLOTS), 32n);
+    const features = (1n << 32n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
+    assert.ok(offered & features);
+    assert.ok(fe.acked(REQ.SET_FEATURES, u64Payload(features)));
+    const m = fe.memory;
+    const [r0, r1] = m.regions as [RawMemRegion, RawMemRegion];
+    // Region 1 holds the rings and buffers; region 0 is added after it.
+    assert.ok(fe.acked(REQ.ADD_MEM_REG, regionPayload(r1), [m.fd]));
+    assert.ok(fe.acked(REQ.ADD_MEM_REG, regionPayload(r0), [m.fd]));
+    const refuse = (what: string, req: number, r: RawMemRegion, fds: number[]) => {
+      assert.equal(fe.acked(req, regionPayload(r), fds), false, `${what} is refused`);
+      assert.equal(channel.closed, false, `${what}: the connection stays open`);
+    };
+    refuse("a region overlapping another", REQ.ADD_MEM_REG, { ...r0, guestAddr: r0.guestAddr + 0x1000n }, [
+      m.fd,
+    ]);
+    fe.startRing(0);
+    fe.startRing(1);
+    const roundTrip = (n: number, seed: number) => {
+      fe.postReceiveBuffers(n);
+      channel.pump();
+      fe.transmit(Array.from({ length: n }, (_, i) => frame(100 + i, seed + i)));
+      channel.pump();
+      const got = fe.rx.usedChains();
+      fe.tx.usedChains();
+      assert.equal(got.length, n);
+      for (const [i, u] of got.entries())
+        assert.deepEqual(u.written.subarray(NET_HDR), frame(100 + i, seed + i));
+    };
+    roundTrip(10, 1);
+    refuse("removing the region the started rings lie in", REQ.REM_MEM_REG, r1, []);
+    refuse("removing a region that is not there", REQ.REM_MEM_REG, { ...r0, size: r0.size * 2n }, []);
+    roundTrip(10, 20);
+    // Region 0 goes (an fd sent with it is closed unused): the rings, in region 1, go on.
+    assert.ok(fe.acked(REQ.REM_MEM_REG, regionPayload({ ...r0, mmapOffset: 0x5000n }), [m.fd]));
+    roundTrip(10, 40);
+    assert.equal(counts.rxFrames, 30);
+    fe.close();
+    assert.equal(openFds(), before, "every region fd kept for the table was closed with the connection");
+  });
+});

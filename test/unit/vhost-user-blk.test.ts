@@ -251,10 +251,13 @@ describe("vhost-user blk: CONFIG", () => {
     const channel = new BlkDirectChannel(model, { extensions: {} });
     const fe = new BlkFrontend(channel);
     fe.setup();
-    // REPLY_ACK and LOG_SHMFD are always offered (every back-end can log its writes for a migration).
+    // REPLY_ACK, LOG_SHMFD and CONFIGURE_MEM_SLOTS are always offered (every back-end logs its writes for a
+    // migration and takes its memory table a region at a time).
     assert.equal(
       fe.offeredProtocol,
-      (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
+      (1n << BigInt(PROTOCOL_F.REPLY_ACK)) |
+        (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) |
+        (1n << BigInt(PROTOCOL_F.CONFIGURE_MEM_SLOTS)),
     );
     assert.equal(fe.acked(REQ.SET_CONFIG, configRequest(0, 8, 1, new Uint8Array(8))), false);
     assert.equal(fe.request(REQ.GET_QUEUE_NUM), null);
