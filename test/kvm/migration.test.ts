@@ -105,7 +105,7 @@ async function destination(port: number, out: string): Promise<Proc> {
 }
 
 /**
- * The micro guest writes 112 MiB to a virtio-blk disk and reads it back; it is migrated while busy, and must finish
+ * The micro guest writes 112 MiB (48 MiB through vhost-user) to a virtio-blk disk and reads it back; it is migrated while busy, and must finish
  * on the destination with its read-back check passed, guest RAM equal to the source's (SHA-256) and every sector of
  * the image right (the disk is "shared storage": the same file).
  * - `iothread`: vireo's own virtio-blk on a data-plane thread, migrated while it writes.
@@ -124,7 +124,9 @@ async function busyDiskMigration(
   const dir = mkdtempSync(join(tmpdir(), `vireo-mig-${kind}-`));
   const disk = join(dir, "disk.img");
   writeFileSync(disk, new Uint8Array(128 * MiB));
-  const kib = 112 * 1024;
+  // Mid-read (vhost-user) needs the read-back to outlast the migration (about 20 s in the emulated host), not
+  // 112 MiB of it: 48 MiB, which keeps the test (and CI) shorter.
+  const kib = (kind === "iothread" ? 112 : 48) * 1024;
   const sectors = (kib * 1024) / 512;
   const sock = join(dir, "api.sock");
   const out1 = join(dir, "out1.txt");
@@ -178,7 +180,7 @@ async function busyDiskMigration(
   );
   const r = answer.body as MigrationResult;
   step(`migrated: ${JSON.stringify(r)}`);
-  t.diagnostic(`busy guest (112 MiB through ${kind}), 64 MiB RAM: ${JSON.stringify(r)}`);
+  t.diagnostic(`busy guest (${kib / 1024} MiB through ${kind}), 64 MiB RAM: ${JSON.stringify(r)}`);
   assert.equal(await src.exited, 0, `the source exits 0 once the destination has the VM\n${src.err()}`);
   assert.match(src.err(), new RegExp(`migrated to tcp:10\\.77\\.0\\.2:${port}`));
   const status = await dest.exited;

@@ -39,8 +39,8 @@ test("a guest writing to a vhost-user disk is snapshotted twice mid-write (runni
 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "vireo-snap-vu-"));
   const disk = join(dir, "disk.img");
-  writeFileSync(disk, new Uint8Array(80 * MiB));
-  const kib = 64 * 1024;
+  writeFileSync(disk, new Uint8Array(48 * MiB));
+  const kib = 32 * 1024;
   const sectors = (kib * 1024) / 512;
   const blkSock = join(dir, "blk.sock");
   const netSock = join(dir, "net.sock");
