@@ -32,7 +32,12 @@ import { native, POLLIN, takeEventFd } from "../native.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { type PciBuildContext, transportFor, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { VHOST_F_LOG_ALL } from "./dirty-log.ts";
-import { type InflightBuffer, VhostUserFrontend, VhostUserFrontendError } from "./frontend.ts";
+import {
+  type FrontendRing,
+  type InflightBuffer,
+  VhostUserFrontend,
+  VhostUserFrontendError,
+} from "./frontend.ts";
 import { backendAck, FRONTEND_WORDS, offeredFromBackend } from "./frontend-device.ts";
 import { PROTOCOL_F, VHOST_USER_F_PROTOCOL_FEATURES } from "./protocol.ts";
 
@@ -325,7 +330,6 @@ class FrontendPlane {
     const dev = this.transport.device;
     if (!dev.running || this.conn === null || this.started.length > 0 || this.quiesced) return;
     const ram = spec.ram;
-    const user = (gpa: number) => ram.hostAddress + BigInt(gpa);
     const msix = this.transport.msix;
     const queues: number[] = [];
     for (let q = 0; q < dev.numQueues; q++) if (dev.readQueue(q, "enable") === 1) queues.push(q);
@@ -347,9 +351,7 @@ class FrontendPlane {
         [ram.fd],
       );
       for (const q of queues) {
-        const addr = (lo: "desc_lo" | "driver_lo" | "device_lo", hi: "desc_hi" | "driver_hi" | "device_hi") =>
-          dev.readQueue(q, hi) * 2 ** 32 + dev.readQueue(q, lo);
-        const used = addr("device_lo", "device_hi");
+        const { usedGpa: used, ...addrs } = this.ringAddresses(q);
         // The next available entry to serve: the first one not yet in the used ring (0 on a fresh ring).
         const base = used + 4 <= this.mem.size ? this.mem.readU16(used + 2) : 0;
         const vector = dev.readQueue(q, "msix_vector");
@@ -363,12 +365,9 @@ class FrontendPlane {
           {
             num: dev.readQueue(q, "size"),
             base,
-            desc: user(addr("desc_lo", "desc_hi")),
-            avail: user(addr("driver_lo", "driver_hi")),
-            used: user(used),
+            ...addrs,
             kickFd: spec.kicks[q] as number,
             callFd,
-            ...(this.logging ? { logUsed: BigInt(used) } : {}),
           },
           withProtocol,
         );
@@ -406,20 +405,32 @@ class FrontendPlane {
   private applyLogging(conn: VhostUserFrontend): void {
     if (this.logging) conn.setLogBase(spec.dirtyLog.fd, spec.dirtyLog.size);
     conn.setFeatures(this.featuresToSet());
-    const dev = this.transport.device;
-    const user = (gpa: number) => spec.ram.hostAddress + BigInt(gpa);
     for (const q of this.started) {
-      const addr = (lo: "desc_lo" | "driver_lo" | "device_lo", hi: "desc_hi" | "driver_hi" | "device_hi") =>
-        dev.readQueue(q, hi) * 2 ** 32 + dev.readQueue(q, lo);
-      const used = addr("device_lo", "device_hi");
-      conn.setRingAddr(q, {
-        desc: user(addr("desc_lo", "desc_hi")),
-        avail: user(addr("driver_lo", "driver_hi")),
-        used: user(used),
-        ...(this.logging ? { logUsed: BigInt(used) } : {}),
-      });
+      const { usedGpa: _, ...addrs } = this.ringAddresses(q);
+      conn.setRingAddr(q, addrs);
     }
     conn.sync();
+  }
+
+  /**
+   * Ring q's parts as SET_VRING_ADDR names them (front-end user addresses: guest RAM is one region at guest
+   * address 0), the used ring's guest address as its log address while logging, and that guest address itself.
+   */
+  private ringAddresses(
+    q: number,
+  ): Pick<FrontendRing, "desc" | "avail" | "used" | "logUsed"> & { usedGpa: number } {
+    const dev = this.transport.device;
+    const addr = (lo: "desc_lo" | "driver_lo" | "device_lo", hi: "desc_hi" | "driver_hi" | "device_hi") =>
+      dev.readQueue(q, hi) * 2 ** 32 + dev.readQueue(q, lo);
+    const user = (gpa: number) => spec.ram.hostAddress + BigInt(gpa);
+    const usedGpa = addr("device_lo", "device_hi");
+    return {
+      desc: user(addr("desc_lo", "desc_hi")),
+      avail: user(addr("driver_lo", "driver_hi")),
+      used: user(usedGpa),
+      ...(this.logging ? { logUsed: BigInt(usedGpa) } : {}),
+      usedGpa,
+    };
   }
 
   /**
@@ -444,12 +455,12 @@ class FrontendPlane {
    * rings start again from the used indices when the quiesce ends; a restore elsewhere starts them the same way.
    * A back-end that does not answer loses its connection (and is asked again when it is back).
    */
-  private suspendRings(): void {
+  private suspendRings(what = "stopping the rings for a snapshot"): void {
     const rings = this.started;
     this.started = [];
     if (rings.length === 0) return;
     this.talk(
-      "stopping the rings for a snapshot",
+      what,
       (conn) => {
         for (const q of rings) conn.stopRing(q);
       },
@@ -460,16 +471,7 @@ class FrontendPlane {
   /** The device is reset: the rings stop, and the requests the inflight buffer holds are the driver's no more. */
   private stopRings(): void {
     this.dropInflight();
-    const rings = this.started;
-    this.started = [];
-    if (rings.length === 0) return;
-    this.talk(
-      "stopping the rings",
-      (conn) => {
-        for (const q of rings) conn.stopRing(q);
-      },
-      false,
-    );
+    this.suspendRings("stopping the rings");
   }
 }
 
