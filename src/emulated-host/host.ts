@@ -8,7 +8,16 @@
  * apart from the kernel's messages, and a watchdog can judge progress by the work's own output.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { appendFileSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -214,7 +223,9 @@ export async function runInEmulatedHost(
     // Silence is counted from QEMU's start (booting must fit in the limit too) until the script's first output;
     // after that only the script's own output counts, never the console.
     if (Date.now() - lastProgress > idleMs)
-      kill(`the script printed nothing for ${idleMs / 1000} s (kernel messages do not count)`);
+      kill(
+        `the script printed nothing for ${idleMs / 1000} s (kernel messages do not count)${processListing(runDir)}`,
+      );
   }, 1000);
   await closed;
   clearTimeout(timer);
@@ -236,6 +247,15 @@ export async function runInEmulatedHost(
     runDir,
     cleanup,
   };
+}
+
+/** The last process listing stage2.sh left in the run directory (at most a minute old), for a silent run's report. */
+function processListing(runDir: string): string {
+  const file = join(runDir, "ps.txt");
+  if (!existsSync(file)) return "";
+  const age = ((Date.now() - statSync(file).mtimeMs) / 1000).toFixed(0);
+  const lines = readFileSync(file, "utf8").trimEnd().split("\n");
+  return `; its processes ${age} s before:\n${lines.slice(-60).join("\n")}\n`;
 }
 
 /** Connects to one of QEMU's socket chardevs once it listens; undefined if QEMU ends first. */

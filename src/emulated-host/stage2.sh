@@ -35,8 +35,19 @@ if [ -z "$port_in" ] || [ -z "$port_out" ] || [ -z "$port_err" ]; then
   return 0 2>/dev/null || exit 0
 fi
 echo "VIREO-HARNESS-BEGIN"
+# Every minute, the processes inside (state and wait channel) into the run directory: when the launcher kills a
+# silent run, it reports the last listing, so a stuck command is named rather than guessed at.
+(
+  while sleep 60; do
+    chroot /host ps -eo pid,ppid,stat,etimes,wchan:28,args --forest >"/host$run/ps.new" 2>&1 &&
+      mv "/host$run/ps.new" "/host$run/ps.txt"
+  done
+) &
+ps_loop=$!
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/run/vireo-tmp \
   VIREO_JS=1 VIREO_EMULATED_HOST=1 \
   chroot /host /bin/sh "$run/script.sh" <"$port_in" >"$port_out" 2>"$port_err"
-echo "VIREO-HARNESS-EXIT=$?"
+status=$?
+kill "$ps_loop" 2>/dev/null
+echo "VIREO-HARNESS-EXIT=$status"
 sync

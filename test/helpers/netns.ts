@@ -27,9 +27,21 @@ export function netnsUnavailable(): string | null {
   return null;
 }
 
+/**
+ * How long one `ip` command may take. They are synchronous, so one that never returns would block the test file's
+ * event loop, its time-out included, and the tier would see only silence (a CI run lost 720 s that way in the
+ * emulated host); bounded, it becomes this test's failure naming the command.
+ */
+const IP_COMMAND_MS = EMULATED ? 120_000 : 30_000;
+
 function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr.trim() || `status ${r.status}`}`);
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: IP_COMMAND_MS, killSignal: "SIGKILL" });
+  if (r.error || r.status !== 0) {
+    const why = r.error
+      ? `did not finish in ${IP_COMMAND_MS / 1000} s (${r.error.message})`
+      : r.stderr.trim() || `status ${r.status}`;
+    throw new Error(`${cmd} ${args.join(" ")}: ${why}`);
+  }
 }
 
 export interface NetNs {
@@ -37,6 +49,10 @@ export interface NetNs {
   tap: string;
   /** argv prefix that runs a command inside the namespace. */
   exec(argv: string[]): string[];
+  /** Runs a command inside the namespace, bounded in time; throws with its stderr if it fails. */
+  run(argv: string[]): void;
+  /** Gives the namespace's TAP the address `cidr` (the host side of the guest's network). */
+  addTapAddress(cidr: string): void;
   remove(): void;
 }
 
@@ -48,8 +64,10 @@ export function createNetNs(tap = "vt0"): NetNs {
     name,
     tap,
     exec: (argv) => ["ip", "netns", "exec", name, ...argv],
+    run: (argv) => run("ip", ["netns", "exec", name, ...argv]),
+    addTapAddress: (cidr) => run("ip", ["netns", "exec", name, "ip", "addr", "add", cidr, "dev", tap]),
     remove: () => {
-      spawnSync("ip", ["netns", "del", name]);
+      spawnSync("ip", ["netns", "del", name], { timeout: IP_COMMAND_MS, killSignal: "SIGKILL" });
     },
   };
   try {

@@ -3,7 +3,6 @@
  * with a TAP that has an address; vireo attaches the guest's NIC to it; the guest brings eth0 up and pings it.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { LINUX_TEST_TIMEOUT_MS, linuxGuestSkip, runLinux } from "../helpers/linux-guest.ts";
 import { netnsMaker, netnsUnavailable } from "../helpers/netns.ts";
@@ -17,10 +16,7 @@ for (const { model, driver } of [
 ] as const) {
   test(`eth0 (${driver}) pings the host through a TAP`, { skip, timeout: LINUX_TEST_TIMEOUT_MS }, () => {
     const ns = makeNs();
-    const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]).slice(1), {
-      encoding: "utf8",
-    });
-    assert.equal(addr.status, 0, addr.stderr);
+    ns.addTapAddress("10.0.2.1/24");
     const guest = [
       "basename $(readlink /sys/class/net/eth0/device/driver)",
       "ip link set eth0 up",

@@ -7,7 +7,6 @@
  * ping the host through the restored NIC; the image must hold every chunk with the hash the guest printed.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,10 +31,7 @@ test("a Linux guest writing to virtio-blk and on virtio-net is snapshotted, kill
   timeout: LINUX_TEST_TIMEOUT_MS,
 }, async () => {
   const ns = makeNs();
-  const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]).slice(1), {
-    encoding: "utf8",
-  });
-  assert.equal(addr.status, 0, addr.stderr);
+  ns.addTapAddress("10.0.2.1/24");
   const dir = mkdtempSync(join(tmpdir(), "vireo-linux-snap-"));
   const disk = join(dir, "vda.img");
   writeFileSync(disk, "");

@@ -6,7 +6,6 @@
  * through vireo: its own virtio-net counters stay 0.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import { metricsPath, readMetrics } from "../helpers/cli.ts";
@@ -24,10 +23,7 @@ test("Linux's virtio_net pings the host through vhost-net, before and after a de
   timeout: LINUX_TEST_TIMEOUT_MS,
 }, () => {
   const ns = makeNs();
-  const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]).slice(1), {
-    encoding: "utf8",
-  });
-  assert.equal(addr.status, 0, addr.stderr);
+  ns.addTapAddress("10.0.2.1/24");
   const metricsFile = metricsPath("vireo-vhost-net-linux-");
   const guest = [
     "basename $(readlink /sys/class/net/eth0/device/driver)",

@@ -6,7 +6,6 @@
  * guest memory, and the guest's pings get answers again.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -47,10 +46,7 @@ async function startBackend(ns: NetNs, socket: string): Promise<Proc> {
 
 function setupNs(): NetNs {
   const ns = makeNs();
-  const addr = spawnSync("ip", ns.exec(["ip", "addr", "add", "10.0.2.1/24", "dev", ns.tap]).slice(1), {
-    encoding: "utf8",
-  });
-  assert.equal(addr.status, 0, addr.stderr);
+  ns.addTapAddress("10.0.2.1/24");
   return ns;
 }
 
@@ -73,6 +69,11 @@ function runGuest(ns: NetNs, socket: string, run: string): Proc {
       `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
     ]),
   );
+}
+
+/** A line per step on stderr, so a stuck step is seen where it stuck (the tier watches for silence). */
+function step(test: string, t0: number, what: string): void {
+  process.stderr.write(`${test}: ${((performance.now() - t0) / 1000).toFixed(1)} s: ${what}\n`);
 }
 
 const UP = "ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0";
@@ -106,9 +107,12 @@ test("the back-end killed and started again: vireo reconnects and the guest's pi
   skip,
   timeout: LINUX_TEST_TIMEOUT_MS,
 }, async () => {
+  const t = performance.now();
   const ns = setupNs();
+  step("vhost-user reconnect", t, `namespace ${ns.name} ready`);
   const socket = join(dir, "reconnect.sock");
   const first = await startBackend(ns, socket);
+  step("vhost-user reconnect", t, "first back-end listening");
   const vm = runGuest(
     ns,
     socket,
@@ -124,19 +128,23 @@ test("the back-end killed and started again: vireo reconnects and the guest's pi
     () => vm.out(),
   );
   assert.match(vm.out(), /3 packets transmitted, 3 packets received/, vm.out());
+  step("vhost-user reconnect", t, "first pings answered; killing the back-end");
   first.child.kill("SIGKILL");
   await first.exited;
   await until("vireo noticing", () => /the back-end closed the connection/.test(vm.err()), 60_000, vm.err);
+  step("vhost-user reconnect", t, "vireo saw the back-end go");
   // A few seconds without a back-end: the guest keeps transmitting into a stalled ring.
   await sleep(3000);
   const t0 = performance.now();
   const second = await startBackend(ns, socket);
+  step("vhost-user reconnect", t, "second back-end listening");
   await until(
     "the reconnect",
     () => /reconnected/.test(vm.err()),
     120_000,
     () => `${vm.err()}\nback-end: ${second.err()}\nguest: ${vm.out().slice(-1500)}`,
   );
+  step("vhost-user reconnect", t, "vireo reconnected");
   const status = await vm.exited;
   const seconds = ((performance.now() - t0) / 1000).toFixed(0);
   assert.equal(status, 0, vm.out() + vm.err());
