@@ -39,7 +39,7 @@ echo "VIREO-HARNESS-BEGIN"
 # silent run, it reports the last listing, so a stuck command is named rather than guessed at.
 (
   while sleep 60; do
-    chroot /host ps -eo pid,ppid,stat,etimes,wchan:28,args --forest >"/host$run/ps.new" 2>&1 &&
+    chroot /host /bin/ps --ppid 2 -p 2 -N -o pid,ppid,stat,etimes,wchan:28,args --forest >"/host$run/ps.new" 2>&1 &&
       mv "/host$run/ps.new" "/host$run/ps.txt"
   done
 ) &
