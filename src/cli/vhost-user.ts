@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { VirtioNet } from "../devices/virtio/net.ts";
 import { ConfigError } from "../errors.ts";
+import { rarpFrame } from "../net/announce.ts";
 import {
   GENERATOR_MAX,
   GENERATOR_MIN,
@@ -113,6 +114,8 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     log,
     busyPollMs: BUSY_POLL_MS,
     input: tap?.backend.input(),
+    // SEND_RARP: the announcement goes out as if the guest had sent it (into the TAP, or counted by a sink).
+    extensions: { rarp: (mac) => void backend.send(rarpFrame(mac)) },
     model: () => new VirtioNet({ backend, name: "net0", queueSize }),
     onListening: () => log(`vhost-user net (${backend.name}) listening on ${socketPath}`),
     onConnectionEnd: (stats, reason) => {

@@ -72,6 +72,11 @@ export interface ProtocolExtensions {
   mq?: boolean;
   /** PROTOCOL_F_INFLIGHT_SHMFD: GET/SET_INFLIGHT_FD and inflight tracking of split rings (inflight.ts). */
   inflight?: boolean;
+  /**
+   * PROTOCOL_F_RARP (net): SEND_RARP asks the back-end to "broadcast a fake RARP" from the guest's MAC (the
+   * payload's first 6 bytes) after a migration, so the network learns where the guest now is. Called with the MAC.
+   */
+  rarp?: (mac: Uint8Array) => void;
 }
 
 /** Transport features the device core offers that this back-end does not serve yet. */
@@ -139,7 +144,7 @@ export class VhostUserBackend {
   /** Fds to send with the reply `handle` just returned (GET_INFLIGHT_FD); the caller takes and closes them. */
   private replyFds: number[] = [];
   /** Requests handled, refused (NACK or close). */
-  readonly stats = { requests: 0, refused: 0, kicks: 0, calls: 0 };
+  readonly stats = { requests: 0, refused: 0, kicks: 0, calls: 0, rarps: 0 };
 
   constructor(opts: VhostUserBackendOptions) {
     this.opts = opts;
@@ -151,7 +156,8 @@ export class VhostUserBackend {
       OFFERED_PROTOCOL_FEATURES |
       (ext.config ? bit(PROTOCOL_F.CONFIG) : 0n) |
       (ext.mq ? bit(PROTOCOL_F.MQ) : 0n) |
-      (ext.inflight ? bit(PROTOCOL_F.INFLIGHT_SHMFD) : 0n);
+      (ext.inflight ? bit(PROTOCOL_F.INFLIGHT_SHMFD) : 0n) |
+      (ext.rarp ? bit(PROTOCOL_F.RARP) : 0n);
     this.inflight = ext.inflight
       ? new InflightTracker(probe.numQueues, (q) => {
           // The used ring's idx as published in guest memory ("Set used_idx to the idx value of used ring").
@@ -469,6 +475,16 @@ export class VhostUserBackend {
           // The mapping keeps the file.
           this.closeQuietly(fd);
         }
+        return null;
+      }
+      case REQ.SEND_RARP: {
+        this.need(PROTOCOL_F.RARP, msg.request);
+        // "The first 6 bytes of the payload contain the mac address of the guest": the u64's bytes in order.
+        const v = u64Of(b);
+        const mac = new Uint8Array(6);
+        for (let i = 0; i < 6; i++) mac[i] = Number((v >> BigInt(8 * i)) & 0xffn);
+        this.stats.rarps++;
+        this.opts.extensions?.rarp?.(mac);
         return null;
       }
       default:

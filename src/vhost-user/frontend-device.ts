@@ -82,7 +82,12 @@ export const FRONTEND_WORDS = {
    */
   logging: 7,
   loggingAck: 8,
-  count: 9,
+  /**
+   * Bumped by the main thread after a restore or an incoming migration: a net device's thread sends SEND_RARP
+   * with the guest's MAC (PROTOCOL_F_RARP), now or once a back-end is connected.
+   */
+  announces: 9,
+  count: 10,
 } as const;
 
 export function createFrontendBlock(): SharedArrayBuffer {

@@ -106,11 +106,15 @@ class FrontendPlane {
    * drops it (the driver has given up on every request).
    */
   private inflight: InflightBuffer | null = null;
+  /** FRONTEND_WORDS.announces as last seen, and whether its SEND_RARP is still to go (no back-end yet). */
+  private announces = 0;
+  private announcePending = false;
   private readonly cConnects = metrics.counter(`vhost-user.${spec.name}.connects`);
   private readonly cDisconnects = metrics.counter(`vhost-user.${spec.name}.disconnects`);
   private readonly cRingStarts = metrics.counter(`vhost-user.${spec.name}.ring_starts`);
   private readonly cRelayed = metrics.counter(`vhost-user.${spec.name}.intx_relayed`);
   private readonly cAttempts = metrics.counter(`vhost-user.${spec.name}.reconnect_attempts`);
+  private readonly cRarps = metrics.counter(`vhost-user.${spec.name}.rarps_sent`);
 
   constructor() {
     this.words = new Int32Array(spec.block);
@@ -197,6 +201,28 @@ class FrontendPlane {
       this.activations = act;
       this.startRings();
     }
+    const announces = Atomics.load(w, FRONTEND_WORDS.announces);
+    if (announces !== this.announces) {
+      this.announces = announces;
+      this.announcePending = spec.kind === "vhost-user-net";
+    }
+    this.announce();
+  }
+
+  /**
+   * A pending announcement (the VM was restored or migrated here): SEND_RARP with the guest's MAC, so the back-end
+   * tells its network where the guest now is. Waits for a back-end; one without PROTOCOL_F_RARP is said once.
+   */
+  private announce(): void {
+    const conn = this.conn;
+    if (!this.announcePending || conn === null || this.quiesced || spec.kind !== "vhost-user-net") return;
+    this.announcePending = false;
+    if (!conn.hasProtocol(PROTOCOL_F.RARP)) {
+      say("the back-end does not offer VHOST_USER_PROTOCOL_F_RARP: the guest's MAC is not announced");
+      return;
+    }
+    const mac = Uint8Array.from(spec.mac);
+    if (this.talk("announcing the guest's MAC (SEND_RARP)", (c) => c.sendRarp(mac), false)) this.cRarps.add();
   }
 
   /** The connection is readable or hung up: the back-end sends nothing unasked, so this is its end. */
@@ -247,7 +273,8 @@ class FrontendPlane {
           `${spec.socket}: the back-end lacks features the guest was offered (0x${missing.toString(16)})`,
         );
       }
-      const missingProtocol = spec.protocolFeatures & ~n.protocolFeatures;
+      // RARP is a courtesy: a back-end without it still serves the device (its MAC is then not announced).
+      const missingProtocol = spec.protocolFeatures & ~n.protocolFeatures & ~(1n << BigInt(PROTOCOL_F.RARP));
       if (missingProtocol !== 0n) {
         throw new VhostUserFrontendError(
           "VHOST_USER_INCOMPATIBLE",
@@ -270,6 +297,7 @@ class FrontendPlane {
     Atomics.store(this.words, FRONTEND_WORDS.connected, 1);
     say(`reconnected to ${spec.socket}`);
     if (this.transport.device.running) this.startRings();
+    this.announce();
   }
 
   close(): void {

@@ -58,14 +58,16 @@ const bit = (b: number) => 1n << BigInt(b);
 
 /**
  * Protocol features this front-end knows: REPLY_ACK (refusals reach us), CONFIG (GET_CONFIG: a device's
- * configuration space read from the back-end) and INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD). A device asks for the
- * ones it uses (negotiate's `wanted`).
+ * configuration space read from the back-end), INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD), LOG_SHMFD (a migration's
+ * dirty log) and RARP (SEND_RARP, a net device's announcement after a move). A device asks for the ones it uses
+ * (negotiate's `wanted`).
  */
 export const FRONTEND_PROTOCOL_FEATURES =
   bit(PROTOCOL_F.REPLY_ACK) |
   bit(PROTOCOL_F.CONFIG) |
   bit(PROTOCOL_F.INFLIGHT_SHMFD) |
-  bit(PROTOCOL_F.LOG_SHMFD);
+  bit(PROTOCOL_F.LOG_SHMFD) |
+  bit(PROTOCOL_F.RARP);
 
 /** What a device asks for when it names nothing: REPLY_ACK only. */
 export const DEFAULT_PROTOCOL_FEATURES = bit(PROTOCOL_F.REPLY_ACK);
@@ -253,6 +255,17 @@ export class VhostUserFrontend {
     v.setBigUint64(8, 0n, true);
     this.send(REQ.SET_LOG_BASE, p, [fd]);
     this.receive(REQ.SET_LOG_BASE, [0, 8]);
+  }
+
+  /**
+   * SEND_RARP (PROTOCOL_F_RARP): "broadcast a fake RARP to notify the migration is terminated"; the payload's
+   * first 6 bytes are the guest's MAC.
+   */
+  sendRarp(mac: Uint8Array): void {
+    if (mac.length !== 6) throw new RangeError(`a MAC has 6 bytes, not ${mac.length}`);
+    const p = new Uint8Array(8);
+    p.set(mac);
+    this.command(REQ.SEND_RARP, p);
   }
 
   /**

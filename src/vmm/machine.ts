@@ -46,9 +46,10 @@ import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { allocateGuestRam, type GuestRam, guestRamBytes, mapGuestRamFromFile } from "../memory/guest-ram.ts";
 import { MetricsRegistry, MetricsSegment } from "../metrics/registry.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, native, takeEventFd } from "../native.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd, takeEventFd } from "../native.ts";
 import { type AnnounceTarget, announceNics } from "../net/announce.ts";
 import { VHOST_F_LOG_ALL, VhostUserDirtyLog } from "../vhost-user/dirty-log.ts";
+import { FRONTEND_WORDS } from "../vhost-user/frontend-device.ts";
 import { PROTOCOL_F } from "../vhost-user/protocol.ts";
 import {
   ApiError,
@@ -652,10 +653,15 @@ export class Machine {
 
   /**
    * RARP announcements from every TAP-backed NIC's MAC after a restore or an incoming migration (src/net/
-   * announce.ts); returns the cancel. vhost-user NICs are not announced (VHOST_USER_SEND_RARP is not sent), nor
-   * vhost-net ones (refused for snapshots anyway).
+   * announce.ts); returns the cancel. A vhost-user NIC's thread asks its back-end to announce instead
+   * (VHOST_USER_SEND_RARP, where the back-end offers PROTOCOL_F_RARP). vhost-net NICs are refused for snapshots.
    */
   private announce(pci: PciManifest, nets: readonly NetConfig[], m: MetricsSegment): () => void {
+    for (const d of pci.devices) {
+      if (!isVhostUser(d) || d.kind !== "vhost-user-net") continue;
+      Atomics.add(new Int32Array(d.block), FRONTEND_WORDS.announces, 1);
+      signalEventFd(d.wake);
+    }
     const targets: AnnounceTarget[] = [];
     pci.devices.forEach((d) => {
       if (d.kind !== "virtio-net" && d.kind !== "e1000") return;

@@ -603,7 +603,9 @@ export function preparePci(
             `--net vhost-user=${net.vhostUser}`,
             net.vhostUser,
             at,
-            DEFAULT_PROTOCOL_FEATURES | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
+            DEFAULT_PROTOCOL_FEATURES |
+              (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) |
+              (1n << BigInt(PROTOCOL_F.RARP)),
             (_conn, n) => vhostUserNetPart(net, i, n),
             eventFd,
             vhostUserConns,

@@ -18,7 +18,7 @@ import {
   takeEventFd,
 } from "../../src/native.ts";
 import { DeferredWork } from "../../src/shared/deferred-work.ts";
-import { VhostUserBackend } from "../../src/vhost-user/backend.ts";
+import { type ProtocolExtensions, VhostUserBackend } from "../../src/vhost-user/backend.ts";
 import {
   addrPayload,
   decodeHeader,
@@ -121,12 +121,13 @@ export class DirectChannel implements Channel {
   readonly later = new DeferredWork();
   readonly logged: string[] = [];
 
-  constructor(model: () => VirtioDeviceModel) {
+  constructor(model: () => VirtioDeviceModel, extensions?: ProtocolExtensions) {
     this.backend = new VhostUserBackend({
       model,
       log: (m) => this.logged.push(m),
       defer: this.later.add,
       closeFd: (fd) => native().close(fd),
+      extensions,
     });
   }
 

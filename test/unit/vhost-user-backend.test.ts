@@ -441,3 +441,46 @@ describe("vhost-user back-end: memory regions one at a time (CONFIGURE_MEM_SLOTS
     assert.equal(openFds(), before, "every region fd kept for the table was closed with the connection");
   });
 });
+
+describe("vhost-user back-end: SEND_RARP (PROTOCOL_F_RARP)", () => {
+  const RARP = 1n << BigInt(PROTOCOL_F.RARP);
+  const REPLY_ACK = 1n << BigInt(PROTOCOL_F.REPLY_ACK);
+  const macPayload = (mac: number[]) => {
+    const p = new Uint8Array(8);
+    p.set(mac);
+    return p;
+  };
+
+  function rarpRig(withRarp: boolean) {
+    const announced: Uint8Array[] = [];
+    const counts = zeroCounts();
+    const backend = new SinkBackend(counts);
+    const channel = new DirectChannel(
+      () => new VirtioNet({ backend, name: "net0", queueSize: 256 }),
+      withRarp ? { rarp: (mac) => announced.push(mac) } : undefined,
+    );
+    return { announced, channel, fe: new NetFrontend(channel) };
+  }
+
+  test("offered only by a back-end that can announce; the MAC is the payload's first 6 bytes, in order", () => {
+    const { announced, channel, fe } = rarpRig(true);
+    assert.equal(fe.getU64(REQ.GET_PROTOCOL_FEATURES) & RARP, RARP);
+    fe.setup();
+    // Negotiated now (setup asked for REPLY_ACK only): the request is refused until then.
+    assert.equal(fe.acked(REQ.SEND_RARP, macPayload([2, 0x76, 0x69, 1, 2, 3])), false);
+    assert.equal(announced.length, 0);
+    fe.request(REQ.SET_PROTOCOL_FEATURES, u64Payload(REPLY_ACK | RARP));
+    assert.equal(fe.acked(REQ.SEND_RARP, macPayload([2, 0x76, 0x69, 1, 2, 3])), true);
+    assert.deepEqual(
+      announced.map((m) => Array.from(m)),
+      [[2, 0x76, 0x69, 1, 2, 3]],
+    );
+    assert.equal(channel.backend.stats.rarps, 1);
+    assert.equal(channel.closed, false);
+    fe.close();
+
+    const plain = rarpRig(false);
+    assert.equal(plain.fe.getU64(REQ.GET_PROTOCOL_FEATURES) & RARP, 0n);
+    plain.fe.close();
+  });
+});

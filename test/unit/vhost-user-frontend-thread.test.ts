@@ -17,6 +17,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { VIRTIO_STATUS } from "../../src/devices/virtio/constants.ts";
 import { VirtioPciTransport } from "../../src/devices/virtio/pci-transport.ts";
 import { native, signalEventFd } from "../../src/native.ts";
+import { rarpFrame } from "../../src/net/announce.ts";
 import { VhostUserDirtyLog } from "../../src/vhost-user/dirty-log.ts";
 import { VhostUserFrontend } from "../../src/vhost-user/frontend.ts";
 import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
@@ -76,7 +77,9 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
   const ev = testEventFd;
   const conn = VhostUserFrontend.connect(socket);
   const negotiated = conn.negotiate(
-    (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)),
+    (1n << BigInt(PROTOCOL_F.REPLY_ACK)) |
+      (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) |
+      (1n << BigInt(PROTOCOL_F.RARP)),
   );
   const block = createFrontendBlock();
   const spec: Extract<PciDeviceSpec, { kind: "vhost-user-net" }> = {
@@ -173,6 +176,27 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     await roundTrip(40);
     assert.equal(Atomics.load(words, FRONTEND_WORDS.connected), 1);
 
+    // After a restore or an incoming migration the main thread asks for an announcement: SEND_RARP with the
+    // guest's MAC. The loopback back-end sends the RARP out as if the guest had, so it comes back on the receive
+    // ring, exactly the frame src/net/announce.ts builds.
+    Atomics.add(words, FRONTEND_WORDS.announces, 1);
+    signalEventFd(spec.wake);
+    let announced: Uint8Array | undefined;
+    await until(
+      "the RARP back on the receive ring",
+      () => {
+        for (const u of rx.usedChains()) {
+          assert.equal(announced, undefined, "one frame");
+          announced = u.written.slice(NET_HDR);
+          rx.addChain([], [2048]);
+        }
+        return announced !== undefined;
+      },
+      10_000,
+    );
+    signalEventFd(spec.kicks[0] as number);
+    assert.deepEqual(announced, rarpFrame(Uint8Array.from(spec.mac)));
+
     // Quiesced for a snapshot: the thread stops both rings (GET_VRING_BASE) before it says so, and frames the
     // driver queues meanwhile stay in the ring; released, the rings start again from the used indices and they go.
     Atomics.store(words, FRONTEND_WORDS.quiesce, 1);
@@ -253,6 +277,7 @@ test("the vhost-user thread starts the rings on DRIVER_OK, reconnects to a resta
     await stop();
   }
   const m = metrics.snapshot();
+  assert.equal(m["vhost-user.net0.rarps_sent"], 1);
   assert.equal(m["vhost-user.net0.disconnects"], 1);
   assert.equal(m["vhost-user.net0.connects"], 2);
   assert.equal(

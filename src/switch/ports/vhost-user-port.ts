@@ -6,6 +6,7 @@
  * receive ring through the device's Receiver, held back (`more`) until the switch ends its batch (`flush`).
  */
 import { VirtioNet, type VirtioNetBackend } from "../../devices/virtio/net.ts";
+import { rarpFrame } from "../../net/announce.ts";
 import type { Receiver } from "../../net/backend.ts";
 import { BUSY_POLL_MS, VhostUserEndpoint } from "../../vhost-user/endpoint.ts";
 import type { PortIo, Switch } from "../switch.ts";
@@ -59,6 +60,9 @@ export class VhostUserPort implements PortIo {
       log: (m) => opts.log(`port ${opts.name}: ${m}`),
       busyPollMs: BUSY_POLL_MS,
       maxKicks: 3,
+      // SEND_RARP (after the front-end's VM moved): a RARP from the guest's MAC enters the switch from this port,
+      // so the MAC is learnt here and the broadcast floods the others, as a frame the guest sent would.
+      extensions: { rarp: (mac) => void backend.send(rarpFrame(mac)) },
       model: () => new VirtioNet({ backend, name: opts.name, queueSize: opts.queueSize ?? 1024 }),
     });
   }
