@@ -129,6 +129,25 @@ test("a guest writing to a vhost-user disk is snapshotted mid-write, resumed (it
   const connected = (p: Proc) => p.err().match(/front-end connected/g)?.length ?? 0;
   assert.equal(connected(net), 2, `the net back-end saw vireo and the restored vireo connect: ${net.err()}`);
   assert.equal(connected(blk), 2, `the blk back-end saw vireo and the restored vireo connect: ${blk.err()}`);
+  // Restored somewhere new as far as the network knows: the NIC's thread asked its back-end to announce the
+  // guest's MAC (SEND_RARP), once, and the first vireo never did.
+  assert.equal(m["vhost-user.net0.rarps_sent"], 1, "the restored vireo sent SEND_RARP once");
+  const ends = () =>
+    net
+      .out()
+      .split("\n")
+      .filter((l) => l.includes('"connection-end"'))
+      .map((l) => JSON.parse(l) as { rarps: number });
+  await waitFor(
+    () => ends().length === 2,
+    60_000,
+    () => `the net back-end's two connections did not both end: ${net.out()}`,
+  );
+  assert.deepEqual(
+    ends().map((e) => e.rarps),
+    [0, 1],
+    "the back-end was asked to announce by the restored vireo only",
+  );
   assert.equal(blk.child.exitCode, null, `the blk back-end is still serving: ${blk.err()}`);
   assert.equal(net.child.exitCode, null, `the net back-end is still serving: ${net.err()}`);
   blk.child.kill("SIGTERM");
