@@ -8,7 +8,9 @@ import { benchSnapshot, formatSnapshot } from "./snapshot.ts";
 import { benchSwitch, formatSwitch } from "./switch.ts";
 import { benchVhostUser, formatVhostUser } from "./vhost-user.ts";
 import { benchVhostUserBlk, formatVhostUserBlk } from "./vhost-user-blk.ts";
-import { benchVirtio, formatVirtio } from "./virtio.ts";
+import { benchVirtio, formatVirtio, SERVED_BY, type ServedBy } from "./virtio.ts";
+
+export { SERVED_BY, type ServedBy };
 
 export interface BenchOptions {
   json: boolean;
@@ -26,6 +28,8 @@ export interface BenchOptions {
   cache?: "page" | "direct";
   /** switch: the vhost-user load, a testpmd loop (default) or a txonly and an rxonly testpmd per pair. */
   load?: "loop" | "open";
+  /** virtio: only rows served these ways. */
+  servedBy?: ServedBy[];
 }
 
 interface Benchmark {
@@ -62,7 +66,7 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     formatExits,
   ),
   virtio: bench(
-    "per 4 KiB virtio-blk read and per 1500-byte virtio-net packet: exits, interrupts, notifications, host µs; with and without EVENT_IDX, split and packed",
+    "per 4 KiB virtio-blk read and per 1500-byte virtio-net packet: exits, interrupts, notifications, host µs; with and without EVENT_IDX, split and packed; served in the vCPU exit, a data-plane thread, a vhost-user process, the kernel's vhost-net",
     benchVirtio,
     formatVirtio,
   ),

@@ -1,7 +1,7 @@
 /** vireo's command line. Control only: parse, validate, start a machine or a benchmark, report. */
 import { closeSync, openSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { BENCHMARKS, runBenchmark } from "../../bench/index.ts";
+import { BENCHMARKS, runBenchmark, SERVED_BY, type ServedBy } from "../../bench/index.ts";
 import { fileLooksLikeBzImage } from "../arch/x86/linux-loader.ts";
 import { ConfigError, VireoError } from "../errors.ts";
 import { buildGuestImage } from "../image/guest-image.ts";
@@ -135,7 +135,8 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
-                   [--depths N,N...] [--cache page|direct] [--load loop|open] [--force] [--accel auto|kvm|emulated]
+                   [--depths N,N...] [--cache page|direct] [--load loop|open] [--served-by WAY,WAY...] [--force]
+                   [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -155,6 +156,8 @@ Options:
                     with O_DIRECT: vireo --direct, qsd cache.direct=on)
   --load loop|open  switch: the vhost-user load, one testpmd looping frames through every pair (default), or a
                     txonly and an rxonly testpmd per pair (on 2 CPUs these measure the scheduler; bench/switch.ts)
+  --served-by W,W.. virtio: only rows whose queues are served these ways: vcpu-exit, io-thread, vhost-user (a
+                    \`vireo vhost-user\` process), vhost-net (the kernel, where /dev/vhost-net exists); default all
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
   --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
                     on (kvm, pvm, emulated): compare figures only within one kind`;
@@ -571,6 +574,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       depths: { type: "string" },
       cache: { type: "string" },
       load: { type: "string" },
+      "served-by": { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -587,6 +591,7 @@ async function cmdBench(argv: string[]): Promise<number> {
   parseCount("--rounds", values.rounds, 5);
   if (values.iterations !== undefined) parseCount("--iterations", values.iterations, 0);
   if (values.seconds !== undefined) parseCount("--seconds", values.seconds, 0);
+  parseServedBy(values["served-by"]);
   // A benchmark that needs no KVM (vhost-user) runs natively whatever --accel says.
   if (!BENCHMARKS[name]?.native && useEmulatedHost(parseAccel(values.accel)))
     return runEmulated({
@@ -605,8 +610,18 @@ async function cmdBench(argv: string[]): Promise<number> {
     depths: parseList("--depths", values.depths, 1),
     cache: parseCache(values.cache),
     load: parseLoad(values.load),
+    servedBy: parseServedBy(values["served-by"]),
   });
   return 0;
+}
+
+function parseServedBy(value: string | undefined): ServedBy[] | undefined {
+  if (value === undefined) return undefined;
+  return value.split(",").map((v) => {
+    const way = SERVED_BY.find((w) => w === v);
+    if (way === undefined) throw new ConfigError(`--served-by takes ${SERVED_BY.join(", ")}; got '${v}'`);
+    return way;
+  });
 }
 
 function parseCache(value: string | undefined): "page" | "direct" | undefined {
