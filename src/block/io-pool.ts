@@ -64,6 +64,9 @@ export interface BlockIoOwner {
 /** A submitted job's end: `result` is the bytes moved (0 for a flush), or -errno. */
 export type BlockIoDone = (result: number) => void;
 
+/** How often a wait for requests that do not end says so (waitFor's onSlow). */
+export const SLOW_WAIT_MS = 5000;
+
 export interface BlockIoPoolOptions {
   /**
    * Worker threads (1 to MAX_IO_THREADS), or 0: no threads, jobs wait until the owner runs them (`runQueued`, in
@@ -395,8 +398,17 @@ export class BlockIoPool {
    * Blocks, reaping, until `until()` holds (checked after each reap) or nothing is in flight. Returns whether
    * `until()` held.
    */
-  waitFor(until: () => boolean): boolean {
+  waitFor(until: () => boolean, onSlow?: (waitedMs: number, inFlight: number) => void): boolean {
+    const start = performance.now();
+    let nextSlow = start + SLOW_WAIT_MS;
     for (;;) {
+      const now = performance.now();
+      if (onSlow && now >= nextSlow) {
+        // A request that never ends (a hung NFS server, a stuck device) keeps the caller here: say so, again and
+        // again, rather than wait in silence. It cannot be cancelled: its thread may still write guest memory.
+        onSlow(now - start, this.inFlightJobs);
+        nextSlow = now + SLOW_WAIT_MS;
+      }
       this.reap();
       if (until()) return true;
       if (this.inFlightJobs === 0) return until();

@@ -287,7 +287,13 @@ export class VirtioBlk implements VirtioDeviceModel, BlockIoOwner {
   settleDetached(q: number): void {
     const io = this.io;
     if (io === undefined) return;
-    io.waitFor(() => this.outstanding[q] === 0);
+    io.waitFor(
+      () => this.outstanding[q] === 0,
+      (ms, n) =>
+        this.ctx.warn(
+          `${this.name}: queue ${q}: still waiting after ${(ms / 1000).toFixed(0)} s for ${n} request(s) at the disk before the ring can stop (they cannot be cancelled: each may yet write guest memory)`,
+        ),
+    );
   }
 
   /** BlockIoOwner: after a reap, the queues' finished requests go to their used rings, one batch per queue. */
