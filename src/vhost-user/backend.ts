@@ -9,12 +9,15 @@
  * asked for a reply (REPLY_ACK); otherwise `handle` throws and the connection is closed, since the front-end has
  * no other way to learn it failed ("If back-end detects some error ... it may also close the connection").
  *
- * Split rings only in this version: VIRTIO_F_RING_PACKED is not offered.
+ * Split and packed rings (virtio 1.2, 2.7 and 2.8). A packed ring's base is its next available slot in bits 0-14 and
+ * the driver's wrap counter in bit 15, as QEMU and DPDK send it (and, as Linux's vhost answers GET_VRING_BASE, the
+ * next used slot and the device's wrap counter in bits 16-30 and 31). A back-end that tracks requests in flight
+ * (INFLIGHT_SHMFD: blk) offers split rings only: its inflight buffer is in the split layout.
  */
 import { readlinkSync } from "node:fs";
 import { hasFeature, TRANSPORT_FEATURES, VIRTIO_F, VIRTIO_STATUS } from "../devices/virtio/constants.ts";
 import { VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.ts";
-import { SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
+import { PackedQueue, packedAreaSizes, SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
 import type { Defer, NotifyBudget } from "../devices/virtio/work-budget.ts";
 import { native, signalEventFd } from "../native.ts";
 import { configReply, readModelConfig, setConfig } from "./config.ts";
@@ -80,7 +83,7 @@ export interface ProtocolExtensions {
 }
 
 /** Transport features the device core offers that this back-end does not serve yet. */
-const NOT_OFFERED = bit(VIRTIO_F.RING_PACKED) | bit(VIRTIO_F.RING_RESET);
+const NOT_OFFERED = bit(VIRTIO_F.RING_RESET);
 
 /** The virtio-level feature bits only (what the device sees): vhost-user's own bits 30 and 26 (LOG_ALL) off. */
 const VHOST_ONLY_BITS = bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
@@ -144,7 +147,15 @@ export class VhostUserBackend {
   /** Fds to send with the reply `handle` just returned (GET_INFLIGHT_FD); the caller takes and closes them. */
   private replyFds: number[] = [];
   /** Requests handled, refused (NACK or close). */
-  readonly stats = { requests: 0, refused: 0, kicks: 0, calls: 0, rarps: 0 };
+  readonly stats = {
+    requests: 0,
+    refused: 0,
+    kicks: 0,
+    calls: 0,
+    rarps: 0,
+    ringStarts: 0,
+    packedRingStarts: 0,
+  };
 
   constructor(opts: VhostUserBackendOptions) {
     this.opts = opts;
@@ -167,8 +178,10 @@ export class VhostUserBackend {
       : null;
     this.numQueues = probe.numQueues;
     this.maxQueueSize = probe.maxQueueSize;
+    // The inflight buffer's layout here is the split one: with it, packed rings are not offered.
+    const notOffered = NOT_OFFERED | (ext.inflight ? bit(VIRTIO_F.RING_PACKED) : 0n);
     this.offeredFeatures =
-      ((probe.features | TRANSPORT_FEATURES) & ~NOT_OFFERED) |
+      ((probe.features | TRANSPORT_FEATURES) & ~notOffered) |
       bit(VHOST_USER_F_PROTOCOL_FEATURES) |
       bit(VHOST_F_LOG_ALL);
     this.state = VirtioDevice.createState({ numQueues: probe.numQueues, stateBytes: probe.stateBytes });
@@ -357,10 +370,11 @@ export class VhostUserBackend {
       case REQ.SET_VRING_NUM: {
         const s = stateOf(b);
         const r = this.stopped(s.index, "SET_VRING_NUM");
-        // 2.7: a split ring's Queue Size is a power of 2; the device offers up to maxQueueSize.
-        if (s.num < 1 || s.num > this.maxQueueSize || (s.num & (s.num - 1)) !== 0) {
+        // The device offers up to maxQueueSize; 2.7.10.1: a split ring's Queue Size is a power of 2, a packed
+        // ring's need not be (2.8.10.1). Checked again when the ring starts (the features may change between).
+        if (s.num < 1 || s.num > this.maxQueueSize || (!this.packed() && (s.num & (s.num - 1)) !== 0)) {
           throw new VhostUserRequestError(
-            `vring ${s.index}: size ${s.num} is not a power of 2 from 1 to ${this.maxQueueSize}`,
+            `vring ${s.index}: size ${s.num} is not ${this.packed() ? "a size" : "a power of 2"} from 1 to ${this.maxQueueSize}`,
           );
         }
         r.num = s.num;
@@ -387,8 +401,9 @@ export class VhostUserBackend {
       case REQ.SET_VRING_BASE: {
         const s = stateOf(b);
         const r = this.stopped(s.index, "SET_VRING_BASE");
-        // A split ring's indices are 16-bit free-running counters (2.7.6).
-        if (s.num > 0xffff)
+        // A split ring's indices are 16-bit free-running counters (2.7.6); a packed ring's base may use all 32
+        // bits. Checked against the ring's kind and size when it starts.
+        if (!this.packed() && s.num > 0xffff)
           throw new VhostUserRequestError(`vring ${s.index}: base ${s.num} is above 0xffff`);
         r.base = s.num;
         return null;
@@ -690,9 +705,17 @@ export class VhostUserBackend {
     const areas = this.translate(mem, r.addr, r.num, q);
     if (areas === null) throw new Error("unreachable: translate throws with a ring index");
     const { desc, avail, used } = areas;
-    // SET_VRING_BASE gives the next available entry; the used idx is whatever the ring says. With an inflight
-    // buffer the ring resumes after the requests still in flight, which are resubmitted ("Inflight I/O tracking").
-    const usedIdx = mem.guest.readU16((used as number) + 2);
+    const packed = this.packed();
+    const seed = packed ? this.packedSeed(q, r) : null;
+    if (!packed && ((r.num & (r.num - 1)) !== 0 || r.base > 0xffff)) {
+      throw new VhostUserRequestError(
+        `vring ${q}: size ${r.num} or base ${r.base} does not fit a split ring`,
+      );
+    }
+    // SET_VRING_BASE gives the next available entry; a split ring's used idx is whatever the ring says. With an
+    // inflight buffer the ring resumes after the requests still in flight, which are resubmitted ("Inflight I/O
+    // tracking").
+    const usedIdx = packed ? 0 : mem.guest.readU16((used as number) + 2);
     const plan = this.inflight?.start(q, r.num, usedIdx, this.opts.log) ?? null;
     if (plan !== null && plan.lastAvail !== null) {
       if (plan.lastAvail !== r.base || plan.resubmit.length > 0 || plan.settled > 0) {
@@ -716,7 +739,10 @@ export class VhostUserBackend {
     if (dev.status & VIRTIO_STATUS.DEVICE_NEEDS_RESET) {
       throw new VhostUserRequestError(`vring ${q}: the device refused the ring (see the log)`);
     }
-    SplitQueue.seedState(dev.queueStateWords(q), r.base, usedIdx);
+    if (seed) PackedQueue.seedState(dev.queueStateWords(q), r.num, seed.avail, seed.used);
+    else SplitQueue.seedState(dev.queueStateWords(q), r.base, usedIdx);
+    this.stats.ringStarts++;
+    if (packed) this.stats.packedRingStarts++;
     r.started = true;
     r.areas = areas;
     // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts directly in the enabled state."
@@ -730,9 +756,40 @@ export class VhostUserBackend {
     }
   }
 
+  /** VIRTIO_F_RING_PACKED was acknowledged: the rings are packed (2.8). */
+  private packed(): boolean {
+    return this.acked !== null && hasFeature(this.acked, VIRTIO_F.RING_PACKED);
+  }
+
+  /**
+   * A packed ring's base as positions: the next available slot (bits 0-14) and the driver's wrap counter (bit 15);
+   * bits 16-30 and 31 the next used slot and the device's wrap counter if given, else the same as the available
+   * ones (nothing in flight).
+   */
+  private packedSeed(
+    q: number,
+    r: Ring,
+  ): { avail: { slot: number; wrap: number }; used: { slot: number; wrap: number } } {
+    const avail = { slot: r.base & 0x7fff, wrap: (r.base >>> 15) & 1 };
+    const used = r.base > 0xffff ? { slot: (r.base >>> 16) & 0x7fff, wrap: r.base >>> 31 } : { ...avail };
+    if (avail.slot >= r.num || used.slot >= r.num) {
+      throw new VhostUserRequestError(
+        `vring ${q}: base 0x${r.base.toString(16)} names slot ${Math.max(avail.slot, used.slot)} of a packed ring of ${r.num}`,
+      );
+    }
+    return { avail, used };
+  }
+
+  /** A packed ring's base for GET_VRING_BASE, from its positions (the layout packedSeed reads). */
+  private static packedBase(words: Int32Array): number {
+    const p = PackedQueue.positions(words);
+    return (p.avail.slot | (p.avail.wrap << 15) | (p.used.slot << 16) | (p.used.wrap << 31)) >>> 0;
+  }
+
   /**
    * Ring addresses are front-end user addresses: each part of the ring must lie in one region; their guest
-   * addresses. With `q`, a part outside the regions is an error naming it; without, null.
+   * addresses (a packed ring's driver and device areas stand where a split ring's available and used rings do).
+   * With `q`, a part outside the regions is an error naming it; without, null.
    */
   private translate(
     mem: VhostUserMemory,
@@ -740,11 +797,20 @@ export class VhostUserBackend {
     num: number,
     q?: number,
   ): { desc: number; avail: number; used: number } | null {
-    const sizes = splitAreaSizes(num);
+    const packed = this.packed();
+    const sizes = packed ? packedAreaSizes(num) : splitAreaSizes(num);
     const parts = [
-      ["descriptor table", mem.userToGuest(addr.desc, sizes.desc), addr.desc],
-      ["available ring", mem.userToGuest(addr.avail, sizes.avail), addr.avail],
-      ["used ring", mem.userToGuest(addr.used, sizes.used), addr.used],
+      [packed ? "descriptor ring" : "descriptor table", mem.userToGuest(addr.desc, sizes.desc), addr.desc],
+      [
+        packed ? "driver event suppression area" : "available ring",
+        mem.userToGuest(addr.avail, "avail" in sizes ? sizes.avail : sizes.driver),
+        addr.avail,
+      ],
+      [
+        packed ? "device event suppression area" : "used ring",
+        mem.userToGuest(addr.used, "used" in sizes ? sizes.used : sizes.device),
+        addr.used,
+      ],
     ] as const;
     for (const [what, gpa, ua] of parts) {
       if (gpa !== null) continue;
@@ -786,12 +852,18 @@ export class VhostUserBackend {
     const r = this.rings[q] as Ring;
     if (r.started && this.device) {
       this.finishInProgress(q, r.num);
-      r.base = SplitQueue.indices(this.device.queueStateWords(q)).lastAvail;
+      const words = this.device.queueStateWords(q);
+      const packed = this.packed();
+      r.base = packed ? VhostUserBackend.packedBase(words) : SplitQueue.indices(words).lastAvail;
       this.device.resetQueue(q);
       // The used ring's writes are not marked one by one; its last state is, once the ring has stopped: a
-      // migration's final pass, which comes after the stop, sends it.
+      // migration's final pass, which comes after the stop, sends it. A packed ring's used descriptors are
+      // written into its descriptor ring, so that is marked (at its guest address) instead.
       const log = this.dirtyLog;
-      if (log?.enabled && r.logUsed !== null) log.markGuest(r.logUsed, splitAreaSizes(r.num).used);
+      if (log?.enabled && r.logUsed !== null) {
+        if (packed && r.areas) log.markGuest(r.areas.desc, packedAreaSizes(r.num).desc);
+        else log.markGuest(r.logUsed, splitAreaSizes(r.num).used);
+      }
     }
     this.inflight?.stop(q);
     r.started = false;

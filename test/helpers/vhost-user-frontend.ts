@@ -219,7 +219,7 @@ export function makeFrontendMemory(): FrontendMemory {
 
 export const NET_HDR = 12;
 
-/** A front-end for a virtio-net back-end: two split rings (0 receive, 1 transmit). */
+/** A front-end for a virtio-net back-end: two rings (0 receive, 1 transmit), split or packed. */
 export class NetFrontend {
   readonly rx: VirtioTestDriver;
   readonly tx: VirtioTestDriver;
@@ -230,17 +230,18 @@ export class NetFrontend {
   constructor(
     readonly channel: Channel,
     readonly queueSize = 256,
+    readonly ring: "split" | "packed" = "split",
   ) {
     this.memory = makeFrontendMemory();
     const { mem } = this.memory;
     this.rx = new VirtioTestDriver(mem, {
-      kind: "split",
+      kind: ring,
       size: queueSize,
       base: REGION1_GPA,
       limit: REGION1_GPA + MiB,
     });
     this.tx = new VirtioTestDriver(mem, {
-      kind: "split",
+      kind: ring,
       size: queueSize,
       base: REGION1_GPA + MiB,
       limit: REGION1_GPA + 2 * MiB,
@@ -286,7 +287,10 @@ export class NetFrontend {
     const replyAck = 1n << BigInt(PROTOCOL_F.REPLY_ACK);
     if (!(proto & replyAck)) throw new Error("no REPLY_ACK");
     this.request(REQ.SET_PROTOCOL_FEATURES, u64Payload(replyAck));
-    const want = (1n << BigInt(VIRTIO_F.VERSION_1)) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
+    const want =
+      (1n << BigInt(VIRTIO_F.VERSION_1)) |
+      (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)) |
+      (this.ring === "packed" ? 1n << BigInt(VIRTIO_F.RING_PACKED) : 0n);
     if (!this.acked(REQ.SET_FEATURES, u64Payload(want))) throw new Error("SET_FEATURES refused");
     const m = this.memory;
     if (!this.acked(REQ.SET_MEM_TABLE, memoryPayload(m.regions), [m.fd, m.fd]))
@@ -294,14 +298,17 @@ export class NetFrontend {
     return offered;
   }
 
-  /** Ring q: size, base, addresses, call, kick, enable; with `logUsed`, VHOST_VRING_F_LOG at the used ring. */
-  startRing(q: 0 | 1, opts: { logUsed?: boolean } = {}): void {
+  /**
+   * Ring q: size, base, addresses, call, kick, enable; with `logUsed`, VHOST_VRING_F_LOG at the used ring. The
+   * base is a fresh ring's unless given (a packed ring's: slot 0, wrap counter 1 in bit 15).
+   */
+  startRing(q: 0 | 1, opts: { logUsed?: boolean; base?: number } = {}): void {
     const d = q === 0 ? this.rx : this.tx;
     const c = d.config;
     const m = this.memory;
     const steps: Array<[number, Uint8Array, number[]]> = [
       [REQ.SET_VRING_NUM, statePayload(q, c.size), []],
-      [REQ.SET_VRING_BASE, statePayload(q, 0), []],
+      [REQ.SET_VRING_BASE, statePayload(q, opts.base ?? (this.ring === "packed" ? 0x8000 : 0)), []],
       [
         REQ.SET_VRING_ADDR,
         addrPayload({

@@ -374,12 +374,13 @@ describe("vhost-user back-end: hostile front-ends", () => {
     assert.equal(openFds(), before);
   });
 
-  test("GET_FEATURES offers VERSION_1 and the protocol features bit, not packed rings", () => {
+  test("GET_FEATURES offers VERSION_1, the protocol features bit and packed rings, not RING_RESET", () => {
     const { fe } = rig("sink");
     const f = fe.getU64(REQ.GET_FEATURES);
     assert.ok(f & (1n << 32n));
     assert.ok(f & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)));
-    assert.equal(f & (1n << 34n), 0n);
+    assert.equal(f & (1n << 34n), 1n << 34n);
+    assert.equal(f & (1n << 40n), 0n);
     fe.close();
   });
 });
@@ -482,5 +483,83 @@ describe("vhost-user back-end: SEND_RARP (PROTOCOL_F_RARP)", () => {
     const plain = rarpRig(false);
     assert.equal(plain.fe.getU64(REQ.GET_PROTOCOL_FEATURES) & RARP, 0n);
     plain.fe.close();
+  });
+});
+
+describe("vhost-user back-end: packed rings (VIRTIO_F_RING_PACKED)", () => {
+  const PACKED = 1n << 34n;
+
+  function packedRig(mode: "sink" | "loopback", queueSize = 256) {
+    const counts = zeroCounts();
+    const backend = mode === "sink" ? new SinkBackend(counts) : new LoopbackBackend(counts);
+    const channel = new DirectChannel(() => new VirtioNet({ backend, name: "net0", queueSize: 256 }));
+    const fe = new NetFrontend(channel, queueSize, "packed");
+    return { counts, channel, fe };
+  }
+
+  test("offered with the net device; frames go out and come back in order over packed rings", () => {
+    const { counts, channel, fe } = packedRig("loopback");
+    assert.equal(fe.setup() & PACKED, PACKED);
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.postReceiveBuffers(64);
+    channel.pump();
+    const frames = Array.from({ length: 50 }, (_, i) => frame(60 + 7 * i, i));
+    fe.transmit(frames);
+    channel.pump();
+    assert.ok(fe.waitCall(0, 1000), "the receive ring's call eventfd fired");
+    assert.equal(fe.tx.usedChains().length, 50);
+    const got = fe.rx.usedChains();
+    assert.equal(got.length, 50);
+    got.forEach((u, i) => assert.deepEqual(u.written.subarray(NET_HDR), frames[i]));
+    assert.equal(counts.txFrames, 50);
+    assert.equal(channel.backend.stats.packedRingStarts, 2);
+    fe.close();
+  });
+
+  test("GET_VRING_BASE answers the ring's positions with their wrap counters; the ring resumes from them", () => {
+    // A ring of 100 (not a power of 2: packed rings need not be) and 130 frames: the driver's wrap counter has
+    // flipped once, so the next slot is 30 with wrap 0, in bit 15, and the same for the used side above.
+    const { counts, channel, fe } = packedRig("sink", 100);
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    for (let round = 0; round < 13; round++) {
+      fe.transmit(Array.from({ length: 10 }, (_, i) => frame(64, round * 10 + i)));
+      channel.pump();
+      assert.equal(fe.tx.usedChains().length, 10);
+    }
+    const r = fe.request(REQ.GET_VRING_BASE, statePayload(1, 0));
+    assert.ok(r !== null && r.payload.length === 8);
+    const base = new DataView(r.payload.buffer, r.payload.byteOffset).getUint32(4, true);
+    assert.equal(base, 30 | (0 << 15) | (30 << 16) | (0 << 31), `base 0x${base.toString(16)}`);
+    // Started again from that base (a new kick fd starts it), the next frames are taken from slot 30 on.
+    fe.startRing(1, { base });
+    fe.transmit(Array.from({ length: 5 }, (_, i) => frame(64, 200 + i)));
+    channel.pump();
+    assert.equal(fe.tx.usedChains().length, 5);
+    assert.equal(counts.txFrames, 135);
+    fe.close();
+  });
+
+  test("a base naming a slot past the ring is refused when the ring starts; inflight back-ends offer no packed rings", () => {
+    const { channel, fe } = packedRig("sink", 64);
+    fe.setup();
+    assert.throws(() => fe.startRing(1, { base: 0x8000 | 64 }), /refused/);
+    assert.ok(
+      channel.logged.some((l) => /names slot 64 of a packed ring of 64/.test(l)),
+      channel.logged.join("\n"),
+    );
+    assert.equal(channel.closed, false);
+    fe.close();
+
+    const counts = zeroCounts();
+    const blkLike = new DirectChannel(
+      () => new VirtioNet({ backend: new SinkBackend(counts), name: "net0", queueSize: 256 }),
+      { inflight: true },
+    );
+    const plain = new NetFrontend(blkLike);
+    assert.equal(plain.getU64(REQ.GET_FEATURES) & PACKED, 0n);
+    plain.close();
   });
 });

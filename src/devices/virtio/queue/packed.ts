@@ -118,6 +118,40 @@ export class PackedQueue extends QueueBase {
     return words;
   }
 
+  /**
+   * Seeds state words so that a queue over them resumes a ring the driver has been using (a vhost-user back-end's
+   * SET_VRING_BASE): the next slot to read and its wrap counter, the next slot to write a used descriptor to and
+   * the device's wrap counter (2.8.1). After the queue is enabled and before it is served, as SplitQueue's.
+   */
+  static seedState(
+    words: Int32Array,
+    size: number,
+    avail: { slot: number; wrap: number },
+    used: { slot: number; wrap: number },
+  ): void {
+    if (avail.slot >= size || used.slot >= size)
+      throw new RangeError(`packed ring of ${size}: slot ${Math.max(avail.slot, used.slot)} is outside it`);
+    words.fill(0, 0, 8);
+    words[0] = avail.slot;
+    words[1] = avail.wrap & 1;
+    words[2] = used.slot;
+    words[3] = used.wrap & 1;
+    words[4] = used.wrap & 1 ? used.slot : size + used.slot; // usedAtCheck: the linear position of nextUsed
+    words[6] = 1; // driver notifications on
+    words[7] = 1; // started
+  }
+
+  /** The ring positions in state words: the next slot to read and the next to write used, with their wrap counters. */
+  static positions(words: Int32Array): {
+    avail: { slot: number; wrap: number };
+    used: { slot: number; wrap: number };
+  } {
+    return {
+      avail: { slot: words[0] as number, wrap: (words[1] as number) & 1 },
+      used: { slot: words[2] as number, wrap: (words[3] as number) & 1 },
+    };
+  }
+
   /** Ring slots taken by lists popped and not yet used, from state words. */
   static inFlight(words: Int32Array, size: number): number {
     if (words[7] !== 1) return 0;
