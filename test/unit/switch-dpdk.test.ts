@@ -60,139 +60,145 @@ function show(name: string, control: string): PortCounters[] {
   return (JSON.parse(r.stdout) as { ports: PortCounters[] }).ports;
 }
 
-test("DPDK testpmd txonly → vireo switch → testpmd rxonly: the receiver's count is the switch's, exactly", async (t) => {
-  // Only a build that predates `vireo switch` skips; any other failure to start it fails below.
-  const help = spawnSync(VIREO_BIN, ["switch", "--help"], { encoding: "utf8", timeout: 60_000 });
-  if (help.status !== 0 && /unknown command 'switch'/.test(help.stderr)) {
-    t.skip("this vireo has no switch command yet");
-    return;
-  }
-  const prep = prepareDpdk(192);
-  if ("why" in prep) {
-    t.skip(prep.why);
-    return;
-  }
-  const set = new ProcessSet();
-  const dir = mkdtempSync(join(tmpdir(), "vireo-switch-dpdk-"));
-  const name = `dpdk${process.pid}`;
-  const control = join(dir, "control.sock");
-  const txSock = join(dir, "tx.sock");
-  const rxSock = join(dir, "rx.sock");
-  let sw: Proc | undefined;
-  try {
-    // The switch on CPU 0, both testpmds on CPU 1 (this machine has two), none of them boosted.
-    sw = set.start(
-      "vireo switch",
-      VIREO_BIN,
-      [
-        "switch",
-        name,
-        "--control",
-        control,
-        "--port",
-        `vhost-user=${txSock},name=tx`,
-        "--port",
-        `vhost-user=${rxSock},name=rx`,
-      ],
-      { cpu: 0, boost: false },
-    );
-    const swp = sw;
-    await until(
-      "vireo switch ready",
-      () => /switch \S+ ready/.test(swp.out.text) || swp.child.exitCode !== null,
-      60_000,
-      () => swp.out.text,
-    );
-    assert.equal(sw.child.exitCode, null, sw.out.text);
-    const rx = await startTestpmd(
-      set,
-      {
-        name: `switch-test-rx-${process.pid}`,
-        cpu: 1,
-        vdevs: [`net_virtio_user0,path=${rxSock},queues=1,mac=${RX_MAC}`],
-        mode: "rxonly",
-        mbufs: 8192,
-      },
-      { boost: false },
-    );
-    const tx = await startTestpmd(
-      set,
-      {
-        name: `switch-test-tx-${process.pid}`,
-        cpu: 1,
-        vdevs: [`net_virtio_user0,path=${txSock},queues=1,mac=02:00:00:00:0a:00`],
-        mode: "txonly",
-        mbufs: 8192,
-        extra: [`--eth-peer=0,${RX_MAC}`],
-      },
-      { boost: false },
-    );
-    rx.send("start");
-    await sleep(300);
-    tx.send("start");
-    // At least 3 s, and until the switch has taken 10^4 frames (up to 30 s): on a loaded machine the switch may get
-    // little of its CPU, and the count is what is checked, not the rate.
-    const t0 = Date.now();
-    await sleep(3000);
-    while (Date.now() - t0 < 30_000 && port(show(name, control), "tx").rx.frames < 10_000) await sleep(500);
-    tx.send("stop");
-    // Let the switch take what the sender's ring still holds, and the receiver take what its ring holds, before
-    // anything stops: a port that stops takes its ring's frames with it.
-    await sleep(1500);
-    const running = show(name, control);
-    const rxStats: TestpmdStats = await quitTestpmd(rx, { portStats: true });
-    const txStats: TestpmdStats = await quitTestpmd(tx, { portStats: true });
-    sw.child.kill("SIGTERM");
-    await until(
-      "the switch-end line",
-      () => swp.out.text.includes('"switch-end"') || swp.child.exitCode !== null,
-      30_000,
-      () => swp.out.text,
-    );
-    const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
-    assert.ok(line, `no switch-end line:\n${sw.out.text}`);
-    const end = (JSON.parse(line) as { ports: PortCounters[] }).ports;
-    assert.equal(await sw.exited, 0, sw.out.text);
+for (const ring of ["split", "packed"] as const) {
+  const vq = ring === "packed" ? ",packed_vq=1" : "";
+  test(`DPDK testpmd txonly → vireo switch → testpmd rxonly (${ring} rings): the receiver's count is the switch's, exactly`, async (t) => {
+    // Only a build that predates `vireo switch` skips; any other failure to start it fails below.
+    const help = spawnSync(VIREO_BIN, ["switch", "--help"], { encoding: "utf8", timeout: 60_000 });
+    if (help.status !== 0 && /unknown command 'switch'/.test(help.stderr)) {
+      t.skip("this vireo has no switch command yet");
+      return;
+    }
+    const prep = prepareDpdk(192);
+    if ("why" in prep) {
+      t.skip(prep.why);
+      return;
+    }
+    const set = new ProcessSet();
+    const dir = mkdtempSync(join(tmpdir(), "vireo-switch-dpdk-"));
+    const name = `dpdk${process.pid}`;
+    const control = join(dir, "control.sock");
+    const txSock = join(dir, "tx.sock");
+    const rxSock = join(dir, "rx.sock");
+    let sw: Proc | undefined;
+    try {
+      // The switch on CPU 0, both testpmds on CPU 1 (this machine has two), none of them boosted.
+      sw = set.start(
+        "vireo switch",
+        VIREO_BIN,
+        [
+          "switch",
+          name,
+          "--control",
+          control,
+          "--port",
+          `vhost-user=${txSock},name=tx`,
+          "--port",
+          `vhost-user=${rxSock},name=rx`,
+        ],
+        { cpu: 0, boost: false },
+      );
+      const swp = sw;
+      await until(
+        "vireo switch ready",
+        () => /switch \S+ ready/.test(swp.out.text) || swp.child.exitCode !== null,
+        60_000,
+        () => swp.out.text,
+      );
+      assert.equal(sw.child.exitCode, null, sw.out.text);
+      const rx = await startTestpmd(
+        set,
+        {
+          name: `switch-test-rx-${process.pid}`,
+          cpu: 1,
+          vdevs: [`net_virtio_user0,path=${rxSock},queues=1,mac=${RX_MAC}${vq}`],
+          mode: "rxonly",
+          mbufs: 8192,
+        },
+        { boost: false },
+      );
+      const tx = await startTestpmd(
+        set,
+        {
+          name: `switch-test-tx-${process.pid}`,
+          cpu: 1,
+          vdevs: [`net_virtio_user0,path=${txSock},queues=1,mac=02:00:00:00:0a:00${vq}`],
+          mode: "txonly",
+          mbufs: 8192,
+          extra: [`--eth-peer=0,${RX_MAC}`],
+        },
+        { boost: false },
+      );
+      rx.send("start");
+      await sleep(300);
+      tx.send("start");
+      // At least 3 s, and until the switch has taken 10^4 frames (up to 30 s): on a loaded machine the switch may get
+      // little of its CPU, and the count is what is checked, not the rate.
+      const t0 = Date.now();
+      await sleep(3000);
+      while (Date.now() - t0 < 30_000 && port(show(name, control), "tx").rx.frames < 10_000) await sleep(500);
+      tx.send("stop");
+      // Let the switch take what the sender's ring still holds, and the receiver take what its ring holds, before
+      // anything stops: a port that stops takes its ring's frames with it.
+      await sleep(1500);
+      const running = show(name, control);
+      const rxStats: TestpmdStats = await quitTestpmd(rx, { portStats: true });
+      const txStats: TestpmdStats = await quitTestpmd(tx, { portStats: true });
+      sw.child.kill("SIGTERM");
+      await until(
+        "the switch-end line",
+        () => swp.out.text.includes('"switch-end"') || swp.child.exitCode !== null,
+        30_000,
+        () => swp.out.text,
+      );
+      const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
+      assert.ok(line, `no switch-end line:\n${sw.out.text}`);
+      const end = (JSON.parse(line) as { ports: PortCounters[] }).ports;
+      assert.equal(await sw.exited, 0, sw.out.text);
 
-    const received = rxStats.ports.get(0);
-    const sent = txStats.ports.get(0);
-    assert.ok(
-      received && sent,
-      `no port statistics:\n${rx.out.text.slice(-2000)}\n${tx.out.text.slice(-2000)}`,
-    );
-    const swTx = port(end, "tx");
-    const swRx = port(end, "rx");
-    t.diagnostic(
-      `sender ${sent.txPackets} frames; switch took ${swTx.rx.frames}, delivered ${swRx.tx.frames}, dropped ${JSON.stringify(
-        { ...swTx.drops, ...Object.fromEntries(Object.entries(swRx.drops).map(([k, v]) => [`rx.${k}`, v])) },
-      )}; receiver counted ${received.rxPackets}; the sender's ring refused ${txStats.forward?.txDropped} frames`,
-    );
-    // Few frames sent with many refused (TX-dropped: its ring stayed full) means the switch stopped taking frames
-    // from the ring or stopped handing the buffers back; few with few refused, that the sender hardly ran.
-    const refused = txStats.forward?.txDropped ?? Number.NaN;
-    assert.ok(
-      sent.txPackets >= 10_000,
-      `the sender sent only ${sent.txPackets} frames (${refused} refused by a full ring); the switch while running: ${JSON.stringify(running)}`,
-    );
-    assert.ok(received.rxPackets > 0, "the receiver got nothing");
-    // The receiver's count, by both of testpmd's measures, is what the switch delivered to its port.
-    assert.equal(received.rxPackets, swRx.tx.frames);
-    assert.equal(rxStats.forward?.rxPackets, swRx.tx.frames);
-    assert.equal(received.rxBytes, swRx.tx.bytes);
-    assert.equal(swRx.tx.bytes, FRAME * swRx.tx.frames);
-    // The same while the switch ran (nothing moved after the sender stopped and the rings drained).
-    assert.equal(port(running, "rx").tx.frames, received.rxPackets);
-    assert.equal(port(running, "tx").rx.frames, sent.txPackets);
-    // Everything the sender put on its ring reached the switch; each frame was delivered or dropped, counted.
-    assert.equal(swTx.rx.frames, sent.txPackets);
-    assert.equal(swTx.rx.bytes, FRAME * sent.txPackets);
-    assert.equal(swTx.rx.frames, swRx.tx.frames + dropsOf(swTx) + dropsOf(swRx));
-    // Nothing went the other way: the receiver never transmits.
-    assert.equal(swRx.rx.frames, 0);
-    assert.equal(swTx.tx.frames, 0);
-  } finally {
-    set.killAll();
-    rmSync(dir, { recursive: true, force: true });
-    prep.release();
-  }
-});
+      const received = rxStats.ports.get(0);
+      const sent = txStats.ports.get(0);
+      assert.ok(
+        received && sent,
+        `no port statistics:\n${rx.out.text.slice(-2000)}\n${tx.out.text.slice(-2000)}`,
+      );
+      const swTx = port(end, "tx");
+      const swRx = port(end, "rx");
+      t.diagnostic(
+        `sender ${sent.txPackets} frames; switch took ${swTx.rx.frames}, delivered ${swRx.tx.frames}, dropped ${JSON.stringify(
+          {
+            ...swTx.drops,
+            ...Object.fromEntries(Object.entries(swRx.drops).map(([k, v]) => [`rx.${k}`, v])),
+          },
+        )}; receiver counted ${received.rxPackets}; the sender's ring refused ${txStats.forward?.txDropped} frames`,
+      );
+      // Few frames sent with many refused (TX-dropped: its ring stayed full) means the switch stopped taking frames
+      // from the ring or stopped handing the buffers back; few with few refused, that the sender hardly ran.
+      const refused = txStats.forward?.txDropped ?? Number.NaN;
+      assert.ok(
+        sent.txPackets >= 10_000,
+        `the sender sent only ${sent.txPackets} frames (${refused} refused by a full ring); the switch while running: ${JSON.stringify(running)}`,
+      );
+      assert.ok(received.rxPackets > 0, "the receiver got nothing");
+      // The receiver's count, by both of testpmd's measures, is what the switch delivered to its port.
+      assert.equal(received.rxPackets, swRx.tx.frames);
+      assert.equal(rxStats.forward?.rxPackets, swRx.tx.frames);
+      assert.equal(received.rxBytes, swRx.tx.bytes);
+      assert.equal(swRx.tx.bytes, FRAME * swRx.tx.frames);
+      // The same while the switch ran (nothing moved after the sender stopped and the rings drained).
+      assert.equal(port(running, "rx").tx.frames, received.rxPackets);
+      assert.equal(port(running, "tx").rx.frames, sent.txPackets);
+      // Everything the sender put on its ring reached the switch; each frame was delivered or dropped, counted.
+      assert.equal(swTx.rx.frames, sent.txPackets);
+      assert.equal(swTx.rx.bytes, FRAME * sent.txPackets);
+      assert.equal(swTx.rx.frames, swRx.tx.frames + dropsOf(swTx) + dropsOf(swRx));
+      // Nothing went the other way: the receiver never transmits.
+      assert.equal(swRx.rx.frames, 0);
+      assert.equal(swTx.tx.frames, 0);
+    } finally {
+      set.killAll();
+      rmSync(dir, { recursive: true, force: true });
+      prep.release();
+    }
+  });
+}
