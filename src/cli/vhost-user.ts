@@ -115,7 +115,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     busyPollMs: BUSY_POLL_MS,
     input: tap?.backend.input(),
     // SEND_RARP: the announcement goes out as if the guest had sent it (into the TAP, or counted by a sink).
-    extensions: { rarp: (mac) => void backend.send(rarpFrame(mac)) },
+    extensions: { mq: true, rarp: (mac) => void backend.send(rarpFrame(mac)) },
     model: () => new VirtioNet({ backend, name: "net0", queueSize }),
     onListening: () => log(`vhost-user net (${backend.name}) listening on ${socketPath}`),
     onConnectionEnd: (stats, reason) => {

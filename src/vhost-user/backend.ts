@@ -71,7 +71,7 @@ export const MAX_MEM_SLOTS = 32;
 export interface ProtocolExtensions {
   /** PROTOCOL_F_CONFIG: GET_CONFIG / SET_CONFIG on the device's configuration space (config.ts). */
   config?: boolean;
-  /** PROTOCOL_F_MQ: GET_QUEUE_NUM answers the device's queue count. */
+  /** PROTOCOL_F_MQ: GET_QUEUE_NUM answers the device's queue count (a net device's in queue pairs). */
   mq?: boolean;
   /** PROTOCOL_F_INFLIGHT_SHMFD: GET/SET_INFLIGHT_FD and inflight tracking of split rings (inflight.ts). */
   inflight?: boolean;
@@ -119,8 +119,13 @@ interface Ring {
   logUsed: number | null;
 }
 
+/** virtio 1.2, 5: device ID 1 is the network card. */
+const VIRTIO_NET_DEVICE_TYPE = 1;
+
 export class VhostUserBackend {
   readonly numQueues: number;
+  /** GET_QUEUE_NUM's answer (PROTOCOL_F_MQ). */
+  readonly queueNum: number;
   readonly maxQueueSize: number;
   /** Virtio features offered in GET_FEATURES (with VHOST_USER_F_PROTOCOL_FEATURES). */
   readonly offeredFeatures: bigint;
@@ -177,6 +182,9 @@ export class VhostUserBackend {
         })
       : null;
     this.numQueues = probe.numQueues;
+    // A net device's queues come in pairs, and its front-ends (QEMU's vhost-user netdev, DPDK's virtio_user) read
+    // GET_QUEUE_NUM as queue pairs (5.1.2: receiveq1, transmitq1, ...); any other device's count is its queues.
+    this.queueNum = probe.type === VIRTIO_NET_DEVICE_TYPE ? Math.floor(probe.numQueues / 2) : probe.numQueues;
     this.maxQueueSize = probe.maxQueueSize;
     // The inflight buffer's layout here is the split one: with it, packed rings are not offered.
     const notOffered = NOT_OFFERED | (ext.inflight ? bit(VIRTIO_F.RING_PACKED) : 0n);
@@ -434,7 +442,7 @@ export class VhostUserBackend {
       }
       case REQ.GET_QUEUE_NUM:
         this.need(PROTOCOL_F.MQ, msg.request);
-        return encodeReply(msg.request, u64Payload(BigInt(this.numQueues)));
+        return encodeReply(msg.request, u64Payload(BigInt(this.queueNum)));
       case REQ.GET_CONFIG: {
         this.need(PROTOCOL_F.CONFIG, msg.request);
         if (b.kind !== "config") throw new Error("unreachable");

@@ -364,4 +364,5 @@ const REPLIES = new Set<number>([
   REQ.GET_VRING_BASE,
   REQ.SET_LOG_BASE,
   REQ.GET_MAX_MEM_SLOTS,
+  REQ.GET_QUEUE_NUM,
 ]);

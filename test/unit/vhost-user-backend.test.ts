@@ -486,6 +486,32 @@ describe("vhost-user back-end: SEND_RARP (PROTOCOL_F_RARP)", () => {
   });
 });
 
+test("PROTOCOL_F_MQ on a net back-end: GET_QUEUE_NUM answers queue pairs (one), and only once negotiated", () => {
+  const MQ = 1n << BigInt(PROTOCOL_F.MQ);
+  const open = () => {
+    const counts = zeroCounts();
+    const channel = new DirectChannel(
+      () => new VirtioNet({ backend: new SinkBackend(counts), name: "net0", queueSize: 256 }),
+      { mq: true },
+    );
+    return { channel, fe: new NetFrontend(channel) };
+  };
+  const a = open();
+  assert.equal(a.fe.getU64(REQ.GET_PROTOCOL_FEATURES) & MQ, MQ);
+  a.fe.setup();
+  a.fe.request(REQ.SET_PROTOCOL_FEATURES, u64Payload((1n << BigInt(PROTOCOL_F.REPLY_ACK)) | MQ));
+  assert.equal(a.fe.getU64(REQ.GET_QUEUE_NUM), 1n);
+  assert.equal(a.channel.closed, false);
+  a.fe.close();
+  // Not negotiated: a request whose reply has a body cannot be NACKed, so the connection closes.
+  const b = open();
+  b.fe.setup();
+  assert.throws(() => b.fe.getU64(REQ.GET_QUEUE_NUM));
+  assert.equal(b.channel.closed, true);
+  assert.match(b.channel.closeReason ?? "", /GET_QUEUE_NUM/);
+  b.fe.close();
+});
+
 describe("vhost-user back-end: packed rings (VIRTIO_F_RING_PACKED)", () => {
   const PACKED = 1n << 34n;
 

@@ -62,7 +62,7 @@ export class VhostUserPort implements PortIo {
       maxKicks: 3,
       // SEND_RARP (after the front-end's VM moved): a RARP from the guest's MAC enters the switch from this port,
       // so the MAC is learnt here and the broadcast floods the others, as a frame the guest sent would.
-      extensions: { rarp: (mac) => void backend.send(rarpFrame(mac)) },
+      extensions: { mq: true, rarp: (mac) => void backend.send(rarpFrame(mac)) },
       model: () => new VirtioNet({ backend, name: opts.name, queueSize: opts.queueSize ?? 1024 }),
     });
   }
