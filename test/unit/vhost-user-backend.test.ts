@@ -537,7 +537,7 @@ describe("vhost-user back-end: packed rings (VIRTIO_F_RING_PACKED)", () => {
     assert.equal(fe.tx.usedChains().length, 50);
     const got = fe.rx.usedChains();
     assert.equal(got.length, 50);
-    got.forEach((u, i) => assert.deepEqual(u.written.subarray(NET_HDR), frames[i]));
+    for (const [i, u] of got.entries()) assert.deepEqual(u.written.subarray(NET_HDR), frames[i]);
     assert.equal(counts.txFrames, 50);
     assert.equal(channel.backend.stats.packedRingStarts, 2);
     fe.close();
