@@ -30,6 +30,8 @@ export interface BenchOptions {
   load?: "loop" | "open";
   /** virtio: only rows served these ways. */
   servedBy?: ServedBy[];
+  /** vhost-user: the driver's rings. */
+  ring?: "split" | "packed";
 }
 
 interface Benchmark {

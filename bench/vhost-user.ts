@@ -44,6 +44,8 @@ export interface VhostUserBenchOptions {
   rounds?: number;
   /** Length of each measured window. */
   seconds?: number;
+  /** The virtio_user driver's rings: split (default) or packed (`packed_vq=1`; both back-ends serve either). */
+  ring?: "split" | "packed";
 }
 
 export type Direction = "guest-tx" | "guest-rx";
@@ -66,6 +68,7 @@ export interface VhostUserBenchRow {
 
 export interface VhostUserBenchResult {
   rounds: number;
+  ring: "split" | "packed";
   cpus: number;
   pinning: string;
   seconds: number;
@@ -142,9 +145,10 @@ async function runOne(
   seconds: number,
   backendCpu: number | null,
   driverCpu: number | null,
+  ring: "split" | "packed",
 ): Promise<VhostUserBenchRow> {
   const socket = join(dir, `${direction}-${backend}-${size}.sock`);
-  const driverVdev = `net_virtio_user0,path=${socket},queues=1`;
+  const driverVdev = `net_virtio_user0,path=${socket},queues=1${ring === "packed" ? ",packed_vq=1" : ""}`;
   const vhostVdev = `net_vhost0,iface=${socket},queues=1`;
   let frames: number;
   let countedBy: string;
@@ -226,6 +230,7 @@ export function processTicks(): Map<number, { command: string; ticks: number }> 
 export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<VhostUserBenchResult> {
   const seconds = opts.seconds ?? 5;
   const rounds = opts.rounds ?? 1;
+  const ring = opts.ring ?? "split";
   const ncpu = cpus().length;
   const [backendCpu, driverCpu] = ncpu >= 2 ? [0, 1] : [null, null];
   const pinning = `${
@@ -254,7 +259,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
             for (const backend of ["vireo", "dpdk"] as const) {
               if (!opts.json && process.stderr.isTTY)
                 process.stderr.write(`\rround ${round + 1}/${rounds}: ${direction} ${size} B ${backend}    `);
-              const row = await runOne(dir, direction, backend, size, seconds, backendCpu, driverCpu);
+              const row = await runOne(dir, direction, backend, size, seconds, backendCpu, driverCpu, ring);
               const runs = perConfig[i] ?? [];
               runs.push(row);
               perConfig[i++] = runs;
@@ -303,6 +308,7 @@ export async function benchVhostUser(opts: VhostUserBenchOptions): Promise<Vhost
   }
   return {
     rounds,
+    ring,
     cpus: ncpu,
     pinning,
     seconds,
@@ -335,7 +341,7 @@ export function formatVhostUser(r: VhostUserBenchResult): string {
     p.cpuMpps.toFixed(2),
   ]);
   return [
-    `DPDK testpmd net_virtio_user as the driver, ${r.seconds} s per window, the median of ${r.rounds} interleaved round(s) (all rounds' Mpps in the JSON); ${r.pinning}`,
+    `DPDK testpmd net_virtio_user as the driver, ${r.ring} rings, ${r.seconds} s per window, the median of ${r.rounds} interleaved round(s) (all rounds' Mpps in the JSON); ${r.pinning}`,
     formatTable(
       ["direction", "frame B", "back-end", "frames", "Mpps", "Gbit/s", "vireo/DPDK", "counted by"],
       rows,

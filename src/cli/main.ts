@@ -135,8 +135,8 @@ the host), and writes to DIR (default .cache/images/debian in the repository, or
 Re-running with the same package versions reuses the images; --force rebuilds them.`;
 
 const BENCH_HELP = `Usage: vireo bench NAME [--json] [--rounds N] [--iterations N] [--seconds N] [--sizes B,B...] [--pairs N,N...]
-                   [--depths N,N...] [--cache page|direct] [--load loop|open] [--served-by WAY,WAY...] [--force]
-                   [--accel auto|kvm|emulated]
+                   [--depths N,N...] [--cache page|direct] [--load loop|open] [--served-by WAY,WAY...]
+                   [--ring split|packed] [--force] [--accel auto|kvm|emulated]
 
 Benchmarks (each prints a table, or JSON with --json, of ratios against a reference run in the same process):
 ${Object.entries(BENCHMARKS)
@@ -158,6 +158,7 @@ Options:
                     txonly and an rxonly testpmd per pair (on 2 CPUs these measure the scheduler; bench/switch.ts)
   --served-by W,W.. virtio: only rows whose queues are served these ways: vcpu-exit, io-thread, vhost-user (a
                     \`vireo vhost-user\` process), vhost-net (the kernel, where /dev/vhost-net exists); default all
+  --ring KIND       vhost-user: the virtio_user driver's rings, split (default) or packed (packed_vq=1)
   --force           boot: run even where /dev/kvm is PVM (very slow; use --accel emulated instead)
   --accel MODE      where to run (see vireo run --help); every table and JSON says which kind of host it ran
                     on (kvm, pvm, emulated): compare figures only within one kind`;
@@ -575,6 +576,7 @@ async function cmdBench(argv: string[]): Promise<number> {
       cache: { type: "string" },
       load: { type: "string" },
       "served-by": { type: "string" },
+      ring: { type: "string" },
       force: { type: "boolean" },
       accel: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -592,6 +594,7 @@ async function cmdBench(argv: string[]): Promise<number> {
   if (values.iterations !== undefined) parseCount("--iterations", values.iterations, 0);
   if (values.seconds !== undefined) parseCount("--seconds", values.seconds, 0);
   parseServedBy(values["served-by"]);
+  parseRing(values.ring);
   // A benchmark that needs no KVM (vhost-user) runs natively whatever --accel says.
   if (!BENCHMARKS[name]?.native && useEmulatedHost(parseAccel(values.accel)))
     return runEmulated({
@@ -611,8 +614,14 @@ async function cmdBench(argv: string[]): Promise<number> {
     cache: parseCache(values.cache),
     load: parseLoad(values.load),
     servedBy: parseServedBy(values["served-by"]),
+    ring: parseRing(values.ring),
   });
   return 0;
+}
+
+function parseRing(value: string | undefined): "split" | "packed" | undefined {
+  if (value === undefined || value === "split" || value === "packed") return value;
+  throw new ConfigError(`--ring must be split or packed, got '${value}'`);
 }
 
 function parseServedBy(value: string | undefined): ServedBy[] | undefined {
