@@ -15,93 +15,42 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { ProcessSet, prepareDpdk, quitTestpmd, startTestpmd, until } from "../../bench/dpdk.ts";
+import {
+  ProcessSet,
+  prepareDpdk,
+  quitTestpmd,
+  startTestpmd,
+  type TestpmdStats,
+  until,
+} from "../../bench/dpdk.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 
-for (const ring of ["split", "packed"] as const) {
-  test(`DPDK testpmd (virtio_user, txonly, ${ring} rings) → vireo vhost-user net --sink: frame counts match exactly`, async (t) => {
-    const prep = prepareDpdk(192); // 2 MiB pages: 384 MiB
-    if ("why" in prep) {
-      t.skip(prep.why);
-      return;
-    }
-    const set = new ProcessSet();
-    const dir = mkdtempSync(join(tmpdir(), "vireo-dpdk-"));
-    try {
-      const socket = join(dir, "sock");
-      const vireo = set.start(
-        "vireo",
-        VIREO_BIN,
-        ["vhost-user", "net", "--socket", socket, "--sink", "--once"],
-        {
-          boost: false,
-        },
-      );
-      await until(
-        "the vhost-user socket",
-        () => existsSync(socket),
-        60_000,
-        () => vireo.out.text,
-      );
-      const testpmd = await startTestpmd(
-        set,
-        {
-          name: `vhost-user-test-${process.pid}`,
-          cpu: 1,
-          vdevs: [`net_virtio_user0,path=${socket},queues=1${ring === "packed" ? ",packed_vq=1" : ""}`],
-          mode: "txonly",
-          mbufs: 32768,
-        },
-        { boost: false },
-      );
-      testpmd.send("start");
-      await sleep(3000);
-      testpmd.send("stop");
-      // Let the back-end drain what the ring still holds before the port (and the rings) stop. (testpmd's output
-      // goes to a pipe, fully buffered: its statistics are read once it has exited.)
-      await sleep(1500);
-      const stats = await quitTestpmd(testpmd);
-      assert.equal(await testpmd.exited, 0, testpmd.out.text);
-      const sent = stats.forward?.txPackets ?? Number.NaN;
-      await until(
-        "vireo's connection-end line",
-        () => vireo.out.text.includes('"connection-end"'),
-        30_000,
-        () => vireo.out.text,
-      );
-      const line = vireo.out.text.split("\n").find((l) => l.includes('"connection-end"')) as string;
-      const end = JSON.parse(line) as {
-        txFrames: number;
-        txBytes: number;
-        refused: number;
-        ringStarts: number;
-        packedRingStarts: number;
-      };
-      t.diagnostic(
-        `testpmd sent ${sent} frames in txonly; vireo counted ${end.txFrames} (${end.txBytes} bytes)`,
-      );
-      assert.ok(sent > 1000, `testpmd sent only ${sent} frames:\n${testpmd.out.text}`);
-      assert.equal(end.txFrames, sent, `${vireo.out.text}\n${testpmd.out.text}`);
-      // testpmd's txonly frames are 64 bytes with the default segment length (no FCS: 64 on the ring).
-      assert.equal(end.txBytes, 64 * sent);
-      assert.equal(end.refused, 0);
-      // The rings were the kind asked for (testpmd's packed_vq=1 negotiates VIRTIO_F_RING_PACKED).
-      assert.ok(end.ringStarts >= 1, line);
-      assert.equal(end.packedRingStarts, ring === "packed" ? end.ringStarts : 0, line);
-      assert.equal(await vireo.exited, 0);
-    } finally {
-      set.killAll();
-      rmSync(dir, { recursive: true, force: true });
-      prep.release();
-    }
-  });
+/** What vireo's back-end said when the connection ended (its counts and its ring starts). */
+interface ConnectionEnd {
+  txFrames: number;
+  txBytes: number;
+  rxFrames: number;
+  refused: number;
+  ringStarts: number;
+  packedRingStarts: number;
 }
 
-test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packed rings): testpmd receives what vireo placed", async (t) => {
-  const prep = prepareDpdk(192);
+/**
+ * One run: `vireo vhost-user net MODE --once` on a fresh socket, a testpmd with a virtio_user vdev on it (packed
+ * rings if asked) forwarding in `fwd` for 3 s, then stopped, given 1.5 s for the back-end to drain what the ring
+ * still holds, and quit (its output goes to a pipe, fully buffered: statistics are read once it has exited).
+ * Returns testpmd's statistics and vireo's connection-end line; null when DPDK cannot run here (the test skips).
+ */
+async function session(
+  t: { skip(why: string): void },
+  mode: string[],
+  ring: "split" | "packed",
+  fwd: "txonly" | "rxonly",
+): Promise<{ stats: TestpmdStats; end: ConnectionEnd; line: string; log: string } | null> {
+  const prep = prepareDpdk(192); // 2 MiB pages: 384 MiB
   if ("why" in prep) {
     t.skip(prep.why);
-    return;
+    return null;
   }
   const set = new ProcessSet();
   const dir = mkdtempSync(join(tmpdir(), "vireo-dpdk-"));
@@ -110,8 +59,10 @@ test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packe
     const vireo = set.start(
       "vireo",
       VIREO_BIN,
-      ["vhost-user", "net", "--socket", socket, "--gen", "64", "--once"],
-      { boost: false },
+      ["vhost-user", "net", "--socket", socket, ...mode, "--once"],
+      {
+        boost: false,
+      },
     );
     await until(
       "the vhost-user socket",
@@ -122,10 +73,10 @@ test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packe
     const testpmd = await startTestpmd(
       set,
       {
-        name: `vhost-user-rx-${process.pid}`,
+        name: `vhost-user-test-${process.pid}`,
         cpu: 1,
-        vdevs: [`net_virtio_user0,path=${socket},queues=1,packed_vq=1`],
-        mode: "rxonly",
+        vdevs: [`net_virtio_user0,path=${socket},queues=1${ring === "packed" ? ",packed_vq=1" : ""}`],
+        mode: fwd,
         mbufs: 32768,
       },
       { boost: false },
@@ -133,9 +84,9 @@ test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packe
     testpmd.send("start");
     await sleep(3000);
     testpmd.send("stop");
+    await sleep(1500);
     const stats = await quitTestpmd(testpmd);
     assert.equal(await testpmd.exited, 0, testpmd.out.text);
-    const received = stats.forward?.rxPackets ?? Number.NaN;
     await until(
       "vireo's connection-end line",
       () => vireo.out.text.includes('"connection-end"'),
@@ -143,18 +94,49 @@ test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packe
       () => vireo.out.text,
     );
     const line = vireo.out.text.split("\n").find((l) => l.includes('"connection-end"')) as string;
-    const end = JSON.parse(line) as { rxFrames: number; packedRingStarts: number; refused: number };
-    t.diagnostic(
-      `vireo placed ${end.rxFrames} frames on a packed receive ring; testpmd received ${received}`,
-    );
-    assert.ok(received > 1000, `testpmd received only ${received} frames:\n${testpmd.out.text}`);
-    // Every frame testpmd counted was one vireo placed; frames placed after testpmd's stop are not counted by it.
-    assert.ok(end.rxFrames >= received, line);
-    assert.ok(end.packedRingStarts >= 1, line);
-    assert.equal(end.refused, 0, line);
+    assert.equal(await vireo.exited, 0, vireo.out.text);
+    return {
+      stats,
+      end: JSON.parse(line) as ConnectionEnd,
+      line,
+      log: `${vireo.out.text}\n${testpmd.out.text}`,
+    };
   } finally {
     set.killAll();
     rmSync(dir, { recursive: true, force: true });
     prep.release();
   }
+}
+
+for (const ring of ["split", "packed"] as const) {
+  test(`DPDK testpmd (virtio_user, txonly, ${ring} rings) → vireo vhost-user net --sink: frame counts match exactly`, async (t) => {
+    const r = await session(t, ["--sink"], ring, "txonly");
+    if (r === null) return;
+    const { end, line } = r;
+    const sent = r.stats.forward?.txPackets ?? Number.NaN;
+    t.diagnostic(
+      `testpmd sent ${sent} frames in txonly; vireo counted ${end.txFrames} (${end.txBytes} bytes)`,
+    );
+    assert.ok(sent > 1000, `testpmd sent only ${sent} frames:\n${r.log}`);
+    assert.equal(end.txFrames, sent, r.log);
+    // testpmd's txonly frames are 64 bytes with the default segment length (no FCS: 64 on the ring).
+    assert.equal(end.txBytes, 64 * sent);
+    assert.equal(end.refused, 0);
+    // The rings were the kind asked for (testpmd's packed_vq=1 negotiates VIRTIO_F_RING_PACKED).
+    assert.ok(end.ringStarts >= 1, line);
+    assert.equal(end.packedRingStarts, ring === "packed" ? end.ringStarts : 0, line);
+  });
+}
+
+test("vireo vhost-user net --gen 64 → DPDK testpmd (virtio_user, rxonly, packed rings): testpmd receives what vireo placed", async (t) => {
+  const r = await session(t, ["--gen", "64"], "packed", "rxonly");
+  if (r === null) return;
+  const { end, line } = r;
+  const received = r.stats.forward?.rxPackets ?? Number.NaN;
+  t.diagnostic(`vireo placed ${end.rxFrames} frames on a packed receive ring; testpmd received ${received}`);
+  assert.ok(received > 1000, `testpmd received only ${received} frames:\n${r.log}`);
+  // Every frame testpmd counted was one vireo placed; frames placed after testpmd's stop are not counted by it.
+  assert.ok(end.rxFrames >= received, line);
+  assert.ok(end.packedRingStarts >= 1, line);
+  assert.equal(end.refused, 0, line);
 });
