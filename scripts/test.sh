@@ -16,7 +16,23 @@ else
   [ "${VIREO_SLOW:-0}" = "1" ] && tiers+=(slow)
 fi
 status=0
+# The unit tier runs one file at a time and leaves the second CPU mostly idle; the emulated tier is one QEMU with
+# one vCPU. When both are asked for, the emulated tier runs beside the unit tier (its output is held and printed
+# after the unit tier's, so the two do not interleave) and its status joins the others.
+emulated_beside=0
+if [[ " ${tiers[*]} " == *" unit "* && " ${tiers[*]} " == *" emulated "* ]]; then
+  emulated_beside=1
+  emulated_log=$(mktemp)
+  node --import tsx test/realkvm/tier.ts emulated >"$emulated_log" 2>&1 &
+  emulated_pid=$!
+fi
 for t in "${tiers[@]}"; do
+  if [ "$t" = emulated ] && [ "$emulated_beside" = 1 ]; then
+    wait "$emulated_pid" || status=1
+    cat "$emulated_log"
+    rm -f "$emulated_log"
+    continue
+  fi
   case "$t" in
     unit)
       # One file at a time keeps tests that start threads (or QEMU) from competing for the 2 CPUs.
