@@ -38,6 +38,15 @@ function isAvailable(flags: number, wrap: number): boolean {
 export class PackedQueue extends QueueBase {
   readonly kind = "packed" as const;
   private readonly descOff: number;
+  /**
+   * Chain objects, reused so that a pop allocates nothing: the one each in-flight buffer id was popped into, and a
+   * spare the next pop builds into (the id is known only at the end of the list). A popped chain takes its id's
+   * slot and the object there becomes the spare: an id is never popped again while in flight (checked), so no
+   * in-flight chain is overwritten; as with split rings, a chain stays as popped until it is used.
+   */
+  private readonly byId: Array<MutableChain | undefined>;
+  private spare = new MutableChain();
+  private readonly builder: ChainBuilder;
   private readonly driverOff: number;
   private readonly deviceOff: number;
 
@@ -173,6 +182,8 @@ export class PackedQueue extends QueueBase {
       { what: "device event suppression area", addr: config.deviceAddr, align: 4, len: sizes.device },
     ]);
     super(mem, config, features, opts);
+    this.byId = new Array<MutableChain | undefined>(config.size);
+    this.builder = new ChainBuilder(this.qm, config.size);
     this.descOff = config.descAddr - mem.base;
     this.driverOff = config.driverAddr - mem.base;
     this.deviceOff = config.deviceAddr - mem.base;
@@ -224,9 +235,9 @@ export class PackedQueue extends QueueBase {
       }
       return null;
     }
-    const b = new ChainBuilder(qm, size);
-    // A fresh chain object per pop: packed buffer ids come from the descriptors, not from fixed slots.
-    b.begin(new MutableChain());
+    const b = this.builder;
+    const target = this.spare;
+    b.begin(target);
     let count = 0;
     let id = 0;
     for (;;) {
@@ -299,6 +310,8 @@ export class PackedQueue extends QueueBase {
     }
     this.nextAvail = next;
     if (this.features.eventIdx && this.driverNotifications) this.writeDeviceEventDesc();
+    this.spare = this.byId[id] ?? new MutableChain();
+    this.byId[id] = target;
     return b.finish(id, count);
   }
 
