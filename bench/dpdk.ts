@@ -164,6 +164,22 @@ export async function until(what: string, cond: () => boolean, ms: number, log: 
   }
 }
 
+/**
+ * A `vireo vhost-user` back-end's counts for its first connection: the `"connection-end"` JSON line it prints when
+ * the connection ends, waited for up to `ms`; the line as printed and parsed.
+ */
+export async function connectionEnd<T>(p: Proc, ms = 30_000): Promise<{ line: string; end: T }> {
+  const find = () => p.out.text.split("\n").find((l) => l.includes('"connection-end"'));
+  await until(
+    "vireo's connection-end line",
+    () => find() !== undefined,
+    ms,
+    () => p.out.text,
+  );
+  const line = find() as string;
+  return { line, end: JSON.parse(line) as T };
+}
+
 export type ForwardMode = "io" | "txonly" | "rxonly";
 
 export interface TestpmdConfig {

@@ -25,6 +25,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { repoPath } from "../src/paths.ts";
 import {
+  connectionEnd,
   type ForwardMode,
   forwardCount,
   IS_ROOT,
@@ -125,15 +126,9 @@ async function startVireo(cpu: number | null, socket: string, mode: string[]): P
 }
 
 async function vireoEnd(p: Proc): Promise<{ txFrames: number; rxFrames: number }> {
-  await until(
-    "vireo's connection-end line",
-    () => p.out.text.includes('"connection-end"'),
-    30_000,
-    () => p.out.text,
-  );
-  const line = p.out.text.split("\n").find((l) => l.includes('"connection-end"')) as string;
+  const { end } = await connectionEnd<{ txFrames: number; rxFrames: number }>(p);
   await Promise.race([p.exited, sleep(10_000)]);
-  return JSON.parse(line) as { txFrames: number; rxFrames: number };
+  return end;
 }
 
 /** One measured window: `direction`, `backend`, `size`; the receiving side's count. */

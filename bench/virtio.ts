@@ -22,7 +22,7 @@ import { VireoError } from "../src/errors.ts";
 import { repoPath } from "../src/paths.ts";
 import { Machine } from "../src/vmm/machine.ts";
 import { microGuest } from "../src/vmm/micro-guest.ts";
-import { ProcessSet, until } from "./dpdk.ts";
+import { connectionEnd, ProcessSet, until } from "./dpdk.ts";
 import { type PerOp, runWorkload, scratchDisk, scratchTap, type WorkloadSpec } from "./io-workload.ts";
 import { formatTable, median } from "./stats.ts";
 
@@ -87,8 +87,14 @@ const VIREO_BIN = process.env.VIREO_BENCH_VIREO || repoPath("bin", "vireo");
 /** Starting a process takes seconds in the emulated KVM host. */
 const BACKEND_START_MS = 180_000;
 
+/** Who counts a row's notifications follows from where its queues are served. */
+function notificationsFrom(servedBy: ServedBy): VirtioBenchRow["notificationsFrom"] {
+  if (servedBy === "vhost-user") return "back-end";
+  return servedBy === "vhost-net" ? "unseen" : "vireo";
+}
+
 interface Config {
-  row: Omit<VirtioBenchRow, "perOp" | "hostPerPioExit" | "samples">;
+  row: Omit<VirtioBenchRow, "perOp" | "hostPerPioExit" | "samples" | "notificationsFrom">;
   spec: WorkloadSpec;
   /** A vhost-user back-end to start for each run: its `vireo vhost-user` arguments after the socket. */
   backend?: string[];
@@ -102,7 +108,7 @@ async function runConfig(c: Config): Promise<PerOp> {
   if (!c.backend) {
     const perOp = await runWorkload(c.spec);
     // vhost-net: the kernel reads the doorbells; vireo's count (0) would say there were none.
-    return c.row.notificationsFrom === "unseen" ? { ...perOp, notifications: Number.NaN } : perOp;
+    return notificationsFrom(c.row.servedBy) === "unseen" ? { ...perOp, notifications: Number.NaN } : perOp;
   }
   const dir = mkdtempSync(join(tmpdir(), "vireo-bench-vu-"));
   const socket = join(dir, "s.sock");
@@ -126,15 +132,7 @@ async function runConfig(c: Config): Promise<PerOp> {
       ? { ...c.spec, disk: { ...c.spec.disk, path: socket, vhostUser: true } }
       : { ...c.spec, net: { tap: "", vhostUser: socket, model: "virtio" } };
     const perOp = await runWorkload(spec);
-    await until(
-      "the back-end's connection-end line",
-      () => p.out.text.includes('"connection-end"'),
-      60_000,
-      () => p.out.text,
-    );
-    const end = JSON.parse(p.out.text.split("\n").find((l) => l.includes('"connection-end"')) as string) as {
-      kicks?: number;
-    };
+    const { end } = await connectionEnd<{ kicks?: number }>(p, 60_000);
     return { ...perOp, notifications: (end.kicks ?? Number.NaN) / c.spec.iterations };
   } finally {
     children.killAll();
@@ -172,24 +170,24 @@ export async function benchVirtio(opts: VirtioBenchOptions): Promise<VirtioBench
         for (const servedBy of ["vcpu-exit", "io-thread"] as const) {
           if (!wanted.has(servedBy)) continue;
           configs.push({
-            row: { ...blkRow, servedBy, notificationsFrom: "vireo" },
+            row: { ...blkRow, servedBy },
             spec: blkSpec(servedBy === "io-thread"),
           });
         }
         if ("name" in tap && wanted.has("io-thread"))
           configs.push({
-            row: { ...netRow, servedBy: "io-thread", notificationsFrom: "vireo" },
+            row: { ...netRow, servedBy: "io-thread" },
             spec: netSpec({ tap: tap.name, model: "virtio" }),
           });
         // vireo's vhost-user front-end does not pass VIRTIO_F_RING_PACKED through: split rows only.
         if (wanted.has("vhost-user") && ring === "split") {
           configs.push({
-            row: { ...blkRow, servedBy: "vhost-user", notificationsFrom: "back-end" },
+            row: { ...blkRow, servedBy: "vhost-user" },
             spec: blkSpec(false),
             backend: ["blk", "--file", disk.path],
           });
           configs.push({
-            row: { ...netRow, servedBy: "vhost-user", notificationsFrom: "back-end" },
+            row: { ...netRow, servedBy: "vhost-user" },
             spec: netSpec(undefined),
             backend: ["net", "--sink"],
           });
@@ -197,7 +195,7 @@ export async function benchVirtio(opts: VirtioBenchOptions): Promise<VirtioBench
         // The kernel's vhost-net serves split rings only (it offers no VIRTIO_F_RING_PACKED).
         if (wanted.has("vhost-net") && "name" in tap && vhostNet && ring === "split")
           configs.push({
-            row: { ...netRow, servedBy: "vhost-net", notificationsFrom: "unseen" },
+            row: { ...netRow, servedBy: "vhost-net" },
             spec: netSpec({ tap: tap.name, model: "virtio", vhost: true }),
           });
       }
@@ -226,7 +224,13 @@ export async function benchVirtio(opts: VirtioBenchOptions): Promise<VirtioBench
     const rows = configs.map((c, i) => {
       const s = samples[i] ?? [];
       const perOp = medianOp(s);
-      return { ...c.row, perOp, hostPerPioExit: perOp.hostUs / pioUs, samples: s };
+      return {
+        ...c.row,
+        notificationsFrom: notificationsFrom(c.row.servedBy),
+        perOp,
+        hostPerPioExit: perOp.hostUs / pioUs,
+        samples: s,
+      };
     });
     return { rounds: opts.rounds, pioExitUs: pioUs, rows, skipped };
   } finally {

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
+  connectionEnd,
   ProcessSet,
   prepareDpdk,
   quitTestpmd,
@@ -87,20 +88,9 @@ async function session(
     await sleep(1500);
     const stats = await quitTestpmd(testpmd);
     assert.equal(await testpmd.exited, 0, testpmd.out.text);
-    await until(
-      "vireo's connection-end line",
-      () => vireo.out.text.includes('"connection-end"'),
-      30_000,
-      () => vireo.out.text,
-    );
-    const line = vireo.out.text.split("\n").find((l) => l.includes('"connection-end"')) as string;
+    const { line, end } = await connectionEnd<ConnectionEnd>(vireo);
     assert.equal(await vireo.exited, 0, vireo.out.text);
-    return {
-      stats,
-      end: JSON.parse(line) as ConnectionEnd,
-      line,
-      log: `${vireo.out.text}\n${testpmd.out.text}`,
-    };
+    return { stats, end, line, log: `${vireo.out.text}\n${testpmd.out.text}` };
   } finally {
     set.killAll();
     rmSync(dir, { recursive: true, force: true });
