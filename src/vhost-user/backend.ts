@@ -382,7 +382,7 @@ export class VhostUserBackend {
         // ring's need not be (2.8.10.1). Checked again when the ring starts (the features may change between).
         if (s.num < 1 || s.num > this.maxQueueSize || (!this.packed() && (s.num & (s.num - 1)) !== 0)) {
           throw new VhostUserRequestError(
-            `vring ${s.index}: size ${s.num} is not ${this.packed() ? "a size" : "a power of 2"} from 1 to ${this.maxQueueSize}`,
+            `vring ${s.index}: size ${s.num} is not ${this.packed() ? "" : "a power of 2 "}from 1 to ${this.maxQueueSize}`,
           );
         }
         r.num = s.num;

@@ -658,7 +658,7 @@ export class Machine {
    */
   private announce(pci: PciManifest, nets: readonly NetConfig[], m: MetricsSegment): () => void {
     for (const d of pci.devices) {
-      if (!isVhostUser(d) || d.kind !== "vhost-user-net") continue;
+      if (d.kind !== "vhost-user-net") continue;
       Atomics.add(new Int32Array(d.block), FRONTEND_WORDS.announces, 1);
       signalEventFd(d.wake);
     }
