@@ -565,6 +565,14 @@ describe("vhost-user back-end: packed rings (VIRTIO_F_RING_PACKED)", () => {
     channel.pump();
     assert.equal(fe.tx.usedChains().length, 5);
     assert.equal(counts.txFrames, 135);
+    // A base whose upper half names a used position apart from the available one (as Linux's vhost gives it, with
+    // buffers still out): the ring is seeded with both, and stopped at once it answers both back unchanged.
+    const apart = (5 | (1 << 15) | (3 << 16) | (1 << 31)) >>> 0;
+    fe.request(REQ.GET_VRING_BASE, statePayload(0, 0));
+    fe.startRing(0, { base: apart });
+    const r0 = fe.request(REQ.GET_VRING_BASE, statePayload(0, 0));
+    assert.ok(r0 !== null && r0.payload.length === 8);
+    assert.equal(new DataView(r0.payload.buffer, r0.payload.byteOffset).getUint32(4, true), apart);
     fe.close();
   });
 
