@@ -48,7 +48,8 @@ export class GuestMemory {
   readonly size: number;
   /** The whole region as bytes; index 0 is GPA `base`. */
   readonly bytes: Uint8Array;
-  private readonly view: DataView;
+  /** The same bytes as a DataView (multi-byte stores in one step); writers mark their own pages, as with bytes. */
+  readonly dataView: DataView;
   /**
    * Where this thread's device writes are logged for live migration (device-page-log.ts), or null. Every write
    * method below marks its pages while the log is on; code that writes through `bytes` or `slice` marks its own
@@ -64,7 +65,7 @@ export class GuestMemory {
     this.base = base;
     this.size = size;
     this.bytes = new Uint8Array(buffer);
-    this.view = new DataView(buffer);
+    this.dataView = new DataView(buffer);
   }
 
   /** One past the last guest-physical address of the region. */
@@ -110,15 +111,15 @@ export class GuestMemory {
   }
 
   readU16(gpa: number): number {
-    return this.view.getUint16(this.at(gpa, 2), true);
+    return this.dataView.getUint16(this.at(gpa, 2), true);
   }
 
   readU32(gpa: number): number {
-    return this.view.getUint32(this.at(gpa, 4), true);
+    return this.dataView.getUint32(this.at(gpa, 4), true);
   }
 
   readU64(gpa: number): bigint {
-    return this.view.getBigUint64(this.at(gpa, 8), true);
+    return this.dataView.getBigUint64(this.at(gpa, 8), true);
   }
 
   writeU8(gpa: number, value: number): void {
@@ -129,19 +130,19 @@ export class GuestMemory {
 
   writeU16(gpa: number, value: number): void {
     const off = this.at(gpa, 2);
-    this.view.setUint16(off, value, true);
+    this.dataView.setUint16(off, value, true);
     this.pageLog?.mark(off, 2);
   }
 
   writeU32(gpa: number, value: number): void {
     const off = this.at(gpa, 4);
-    this.view.setUint32(off, value, true);
+    this.dataView.setUint32(off, value, true);
     this.pageLog?.mark(off, 4);
   }
 
   writeU64(gpa: number, value: bigint): void {
     const off = this.at(gpa, 8);
-    this.view.setBigUint64(off, value, true);
+    this.dataView.setBigUint64(off, value, true);
     this.pageLog?.mark(off, 8);
   }
 

@@ -5,6 +5,7 @@
  * (the control socket, signals) gets the thread between them: the engine is touched only between whole turns.
  */
 import { native, POLLIN } from "../native.ts";
+import { TURNS_PER_POLL } from "../vhost-user/endpoint.ts";
 import type { PortSpec } from "./port-spec.ts";
 import { TapPort } from "./ports/tap-port.ts";
 import { VhostUserPort } from "./ports/vhost-user-port.ts";
@@ -16,9 +17,6 @@ const MAX_POLL = 64;
 const VHOST_USER_SLOTS = 5;
 
 type Io = VhostUserPort | TapPort;
-
-/** While busy, poll(2) once every this many turns. */
-const POLL_EVERY = 32;
 
 export class SwitchRunner {
   private readonly pollfds = new Int32Array(3 * MAX_POLL);
@@ -126,8 +124,8 @@ export class SwitchRunner {
       }
       // While traffic flows (busy polling), most turns skip poll(2): each call is a system call, dearer than a
       // turn over rings that have work, and the rings are served whether or not their kicks were read. Every
-      // POLL_EVERY-th turn still polls, for kicks, control messages and TAPs.
-      if (immediate && this.sincePoll < POLL_EVERY) {
+      // TURNS_PER_POLL-th turn still polls, for kicks, control messages and TAPs.
+      if (immediate && this.sincePoll < TURNS_PER_POLL) {
         this.sincePoll++;
       } else {
         this.sincePoll = 0;

@@ -139,6 +139,7 @@ export class VhostUserBackend {
    */
   private table: Array<{ region: MemRegion; fd: number }> = [];
   private device: VirtioDevice | null = null;
+  private polled = false;
   private readonly state: SharedArrayBuffer;
   private readonly rings: Ring[];
   private readonly opts: VhostUserBackendOptions;
@@ -236,6 +237,15 @@ export class VhostUserBackend {
       if (r.started && r.enabled) dev.notify(q);
     }
     this.checkFailed();
+  }
+
+  /**
+   * Polled mode (VirtioDevice.setPolled): while the connection's loop polls the rings, the driver is asked not to
+   * kick. Kept across memory tables (which rebuild the device). After turning it off, pollRings() once more.
+   */
+  setPolled(on: boolean): void {
+    this.polled = on;
+    this.device?.setPolled(on);
   }
 
   /**
@@ -658,6 +668,7 @@ export class VhostUserBackend {
       budget: this.opts.budget,
       defer: this.opts.defer,
     });
+    if (this.polled) this.device.setPolled(true);
   }
 
   private setVringFd(request: number, v: bigint, fds: number[]): void {

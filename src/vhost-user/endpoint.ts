@@ -57,6 +57,12 @@ export interface EndpointOptions {
  */
 export const BUSY_POLL_MS = 0.1;
 
+/**
+ * A loop whose endpoints all want an immediate turn (busy polling, deferred work) calls poll(2) only every this
+ * many turns: kicks, control messages and input wait at most that long, and the rings are served meanwhile.
+ */
+export const TURNS_PER_POLL = 32;
+
 /** Control messages handled before the loop looks at the rings again. */
 const MESSAGES_PER_TURN = 64;
 
@@ -79,6 +85,10 @@ export class VhostUserEndpoint {
   /** Until when (performance.now()) the rings are polled without sleeping: traffic moved recently. */
   private busyUntil = 0;
   private lastProgress = 0;
+  /** The back-end is in polled mode (the driver asked not to kick) until busy polling ends. */
+  private polling = false;
+  /** Polling just ended: the rings are served once more before the loop sleeps. */
+  private recheck = false;
   private closed = false;
   /** Connections that have ended. */
   served = 0;
@@ -106,7 +116,8 @@ export class VhostUserEndpoint {
 
   /** True when the loop must not sleep in its next poll: work left from a slice, input owed, or busy polling. */
   wantsImmediate(): boolean {
-    if (this.later.pending || this.inputOwed) return true;
+    // Polling (the driver does not kick) ends only in a turn, never in a sleep.
+    if (this.later.pending || this.inputOwed || this.recheck || this.polling) return true;
     return this.backendObj !== null && performance.now() < this.busyUntil;
   }
 
@@ -151,7 +162,8 @@ export class VhostUserEndpoint {
       this.later.runOnce(this.logError);
       return false;
     }
-    const busy = performance.now() < this.busyUntil;
+    const now = performance.now();
+    const busy = now < this.busyUntil;
     let kicked = false;
     for (let i = 0; i < this.kicks.length; i++) {
       const k = this.kicks[i] as { q: number; fd: number };
@@ -176,13 +188,25 @@ export class VhostUserEndpoint {
     this.later.runOnce(this.logError);
     const b = this.backendObj;
     if (b === null) return kicked;
-    // While busy, the rings are served whether or not a kick came (the driver may not kick at all then).
-    if (busy) b.pollRings();
+    // While busy, the rings are served whether or not a kick came (the driver is asked not to kick then).
+    if (busy || this.recheck) b.pollRings();
+    this.recheck = false;
     b.afterWork();
     const progress = b.ringProgress();
     const moved = progress !== this.lastProgress || kicked;
     const busyPollMs = this.opts.busyPollMs ?? 0;
-    if (busyPollMs > 0 && moved) this.busyUntil = performance.now() + busyPollMs;
+    if (busyPollMs > 0 && moved) {
+      this.busyUntil = now + busyPollMs;
+      if (!this.polling) {
+        this.polling = true;
+        b.setPolled(true);
+      }
+    } else if (this.polling && now >= this.busyUntil) {
+      // Before sleeping: kicks back on, then one more look (buffers made available meanwhile were not kicked).
+      this.polling = false;
+      b.setPolled(false);
+      this.recheck = true;
+    }
     this.lastProgress = progress;
     return moved;
   }
@@ -233,6 +257,8 @@ export class VhostUserEndpoint {
     });
     this.lastProgress = 0;
     this.busyUntil = 0;
+    this.polling = false;
+    this.recheck = false;
     this.opts.log("vhost-user: front-end connected");
     this.opts.onConnect?.();
   }

@@ -350,6 +350,8 @@ export class VirtioDevice {
   /** Per queue: a slice is already scheduled on this thread. */
   private readonly resumeScheduled: boolean[];
   private readonly partial: Array<PartialChain | undefined>;
+  /** A poller serves the queues without waiting for kicks: see setPolled. */
+  private polled = false;
   /** Per queue, the chains handed to other threads (DETACHED) and the queue object that popped each. */
   private readonly detached: Array<Map<DescriptorChain, Virtqueue>>;
   private readonly cSlicesCut: Counter;
@@ -1192,6 +1194,19 @@ export class VirtioDevice {
     this.guard(`queue ${q}`, () => this.model.queueNotified(q));
   }
 
+  /**
+   * Polled mode, for a place that serves every queue again and again while traffic flows (a busy-polling
+   * vhost-user back-end) instead of sleeping until a kick: the driver's available-buffer notifications stay off on
+   * every queue while it lasts (2.7.10 / 2.8.21: the device may suppress them whenever it likes), so the driver
+   * does not pay a doorbell per burst. Turning it off turns them back on; the caller must then serve every queue
+   * once more, since buffers made available before that were not announced.
+   */
+  setPolled(on: boolean): void {
+    if (this.polled === on) return;
+    this.polled = on;
+    for (let q = 0; q < this.numQueues; q++) this.withQueue(q, (vq) => vq?.setDriverNotifications(!on));
+  }
+
   private withQueue<T>(q: number, fn: (vq: Virtqueue | null) => T): T | undefined {
     const lock = this.queueLocks[q];
     if (lock === undefined) return undefined;
@@ -1236,6 +1251,7 @@ export class VirtioDevice {
       this.partial[q] = undefined;
       if (vq === null) return;
       const work = new WorkBudget(this.budget);
+      let unpublished = 0;
       // One chain through the handler; false if the handler kept it (IN_PROGRESS).
       const serve = (c: DescriptorChain): boolean => {
         work.chainsLeft--;
@@ -1254,8 +1270,13 @@ export class VirtioDevice {
         }
         // A handler that does not account its work is charged what the chain declares.
         if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
-        // The slice's used buffers are published together, when it ends (below): one used idx store per slice.
+        // Used buffers are published together, USED_BATCH at a time and when the slice ends (below): a driver
+        // polling its used ring on another CPU gets buffers back while the slice goes on, at one store per batch.
         vq.pushUsed(c, r, false);
+        if (++unpublished >= USED_BATCH) {
+          vq.publishUsed();
+          unpublished = 0;
+        }
         return true;
       };
       try {
@@ -1323,6 +1344,8 @@ export class VirtioDevice {
         if (c === null) break;
         if (!serve(c)) break drainLoop;
       }
+      // Polled: notifications stay off, the poller comes back whether or not the driver kicks.
+      if (this.polled) break;
       // Notifications back on either way: if the slice ends early the driver's next kick also brings us back.
       vq.setDriverNotifications(true);
       if (work.exhausted) break;
@@ -1334,6 +1357,9 @@ export class VirtioDevice {
     if (this.partial[q] !== undefined) vq.setDriverNotifications(true);
   }
 }
+
+/** Used buffers a slice publishes at a time (a DPDK burst). */
+const USED_BATCH = 32;
 
 function describeError(e: unknown): string {
   if (e instanceof VirtqueueError || e instanceof VirtioRequestError) return e.message;
