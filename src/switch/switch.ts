@@ -154,8 +154,13 @@ export interface SwitchOptions {
   maxPorts?: number;
 }
 
-/** Headroom kept before each staged frame, for a tag added on the way out. */
-const HEADROOM = 4;
+/**
+ * Headroom kept before each staged frame, for a tag added on the way out (4 bytes); 8 keeps staged frames 8-byte
+ * aligned, as a frame lands in a DPDK receive buffer (128 bytes of headroom): TypedArray.set into guest memory (a
+ * SharedArrayBuffer) copies words when source and destination agree mod 8 and bytes otherwise (1518 B: about 110
+ * against 500 ns here).
+ */
+const HEADROOM = 8;
 
 export class Switch {
   readonly macs: MacTable;

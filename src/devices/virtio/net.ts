@@ -72,6 +72,28 @@ export const VIRTIO_NET_S_LINK_UP = 1;
 export const NET_RX_QUEUE = 0;
 export const NET_TX_QUEUE = 1;
 
+/** Frames from this size on are realigned (copyToShared) when source and destination disagree mod 8. */
+const REALIGN_FROM = 256;
+
+/**
+ * Copies `src` into `dst` (a view of guest memory, a SharedArrayBuffer) at `at`. TypedArray.set into a
+ * SharedArrayBuffer copies 8-byte words only when source and destination addresses agree mod 8, and byte by byte
+ * otherwise: about 110 ns against 500 ns for 1518 bytes on these machines. A large frame whose alignment disagrees
+ * goes through `stage` (an ordinary buffer, where set is a plain memmove) at the destination's alignment first.
+ */
+function copyToShared(dst: Uint8Array, at: number, src: Uint8Array, stage: Uint8Array): void {
+  const len = src.length;
+  const r = (dst.byteOffset + at) & 7;
+  if (len < REALIGN_FROM || ((src.byteOffset - r) & 7) === 0 || len + 8 > stage.length) {
+    dst.set(src, at);
+    return;
+  }
+  const s = (r - stage.byteOffset) & 7;
+  const view = stage.subarray(s, s + len);
+  view.set(src);
+  dst.set(view, at);
+}
+
 /** Frames one Receiver.burst call places at most (the receive queue is held meanwhile). */
 const RX_BURST = 256;
 const NO_PEEK = (): Uint8Array | null => null;
@@ -177,6 +199,8 @@ export class VirtioNet implements VirtioDeviceModel {
   private readonly txHeader = new Uint8Array(VIRTIO_NET_HDR_SIZE);
   /** The receive header being written (reused), and the chains one received frame takes (reused). */
   private readonly rxHeader = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  /** Where a large received frame is realigned on its way into guest memory (copyToShared). */
+  private readonly rxStage = new Uint8Array(MAX_FRAME + 8);
   private rxChains: DescriptorChain[] = [];
   /** The frame receive() is placing, for the queue callback (bound once, so receiving allocates no closure). */
   private rxFrame: Uint8Array = this.rxHeader;
@@ -585,7 +609,7 @@ export class VirtioNet implements VirtioDeviceModel {
         const bytes = mem.bytes;
         for (let i = 0; i < VIRTIO_NET_HDR_SIZE; i++) bytes[off + i] = header[i] as number;
       }
-      mem.bytes.set(payload, off + VIRTIO_NET_HDR_SIZE);
+      copyToShared(mem.bytes, off + VIRTIO_NET_HDR_SIZE, payload, this.rxStage);
       vq.pushUsed(chains[0] as DescriptorChain, total, false);
       this.c.rxPackets.add();
       this.c.rxBytes.add(payload.length);
