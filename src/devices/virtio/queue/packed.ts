@@ -349,25 +349,45 @@ export class PackedQueue extends QueueBase {
    * flags last), then the device skips the slots the list occupied. AVAIL and USED both equal the Device Ring
    * Wrap Counter; WRITE says whether anything was written (2.8.3 Write Flag).
    */
+  /**
+   * The slot of the first used descriptor written since the last publication, whose flags wait (-1: none). The
+   * used descriptors after it get their flags with plain stores; the first one's flags, stored last with release,
+   * publishes them all: the driver reads used descriptors in ring order and sees none past the first before it
+   * (as the driver makes a list available, 2.8.6, and DPDK's and Linux's devices batch them). One ordered store
+   * per batch instead of one per buffer: a seq_cst store waits for the buffer's own stores to reach memory.
+   */
+  private firstUnpublished = -1;
+  private firstUnpublishedFlags = 0;
+
   protected publishPending(): void {
-    // Each used descriptor was published as it was written (its flags, last).
+    const first = this.firstUnpublished;
+    if (first < 0) return;
+    this.firstUnpublished = -1;
+    this.qm.store16Release(this.descOff + DESC_SIZE * first + 14, this.firstUnpublishedFlags);
   }
 
-  protected writeUsed(chain: DescriptorChain, written: number, _publish: boolean): void {
+  protected writeUsed(chain: DescriptorChain, written: number, publish: boolean): void {
     const qm = this.qm;
-    const off = this.descOff + DESC_SIZE * this.nextUsed;
+    const slot = this.nextUsed;
+    const off = this.descOff + DESC_SIZE * slot;
     qm.setU32(off + 8, written);
     qm.setU16(off + 12, chain.id);
     let flags = this.usedWrap ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0;
     if (written > 0) flags |= VIRTQ_DESC_F_WRITE;
-    qm.store16Release(off + 14, flags);
-    let next = this.nextUsed + chain.descriptorCount;
+    if (this.firstUnpublished < 0) {
+      this.firstUnpublished = slot;
+      this.firstUnpublishedFlags = flags;
+    } else {
+      qm.setU16(off + 14, flags);
+    }
+    let next = slot + chain.descriptorCount;
     if (next >= this.size) {
       next -= this.size;
       this.usedWrap ^= 1;
     }
     this.nextUsed = next;
     this.slotsSinceCheck += chain.descriptorCount;
+    if (publish) this.publishPending();
   }
 
   /** 2.8.10 Driver and Device Event Suppression, read from the Driver Event Suppression structure. */
