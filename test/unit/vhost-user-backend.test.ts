@@ -146,6 +146,32 @@ describe("vhost-user back-end: traffic", () => {
     fe.close();
   });
 
+  test("polled mode: no kicks asked for while it lasts; a ring stopped then and restarted after asks again", () => {
+    // The receive ring: serving it (the sink has nothing to give) writes no notification state of its own.
+    const { channel, fe } = rig("sink");
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.rx.addChain([], [1526]);
+    channel.pump();
+    fe.rx.kickNeeded();
+    channel.backend.setPolled(true);
+    fe.rx.addChain([], [1526]);
+    assert.equal(fe.rx.kickNeeded(), false, "polled: the driver is asked not to kick");
+    // The ring stops while polled, and polled mode ends while it is stopped (which reaches started rings only);
+    // enabling the ring again writes its notification state afresh.
+    assert.ok(fe.request(REQ.GET_VRING_BASE, statePayload(0, 0)));
+    channel.backend.setPolled(false);
+    const kick = native().eventfd(0, EFD_CLOEXEC);
+    assert.ok(fe.acked(REQ.SET_VRING_BASE, statePayload(0, 0)));
+    assert.ok(fe.acked(REQ.SET_VRING_KICK, u64Payload(0n), [kick]));
+    channel.pump();
+    fe.rx.addChain([], [1526]);
+    assert.equal(fe.rx.kickNeeded(), true, "restarted outside polled mode: kicks are asked for again");
+    native().close(kick);
+    fe.close();
+  });
+
   test("without protocol features a ring starts enabled", () => {
     const { counts, channel, fe } = rig("sink");
     fe.request(REQ.SET_OWNER);
