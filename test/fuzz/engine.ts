@@ -159,10 +159,10 @@ export class CheckedMemory extends GuestMemory {
     super(sab, base);
     // GuestMemory covers a whole buffer: narrow it to the RAM view between the canaries. Its fields are plain
     // properties at run time; the constructor check below proves the narrowing took.
-    const self = this as unknown as { size: number; bytes: Uint8Array; view: DataView };
+    const self = this as unknown as { size: number; bytes: Uint8Array; dataView: DataView };
     self.size = size;
     self.bytes = new Uint8Array(sab, CANARY_BYTES, size);
-    self.view = new DataView(sab, CANARY_BYTES, size);
+    self.dataView = new DataView(sab, CANARY_BYTES, size);
     this.instrument = instrument;
     this.ramBase = base;
     this.ramSize = size;
