@@ -40,6 +40,12 @@ export interface PortIo {
    * null when no peer is connected.
    */
   deliver(frame: Uint8Array, more: boolean): boolean | null;
+  /**
+   * Optional: copies the frames `peek` offers to the peer while it has room, calling `take` after each, under one
+   * hold of the peer's ring (Receiver.burst; `peek` and `take` must not call into the port); returns how many it
+   * took, or null when no peer is connected (nothing peeked).
+   */
+  deliverBurst?(peek: () => Uint8Array | null, take: () => void): number | null;
   /** The batch ended: make what was delivered visible to the peer (notify once). */
   flush(): void;
   /** The port is detached or the switch stops. */
@@ -180,6 +186,22 @@ export class Switch {
   private source = -1;
   private readonly info = new FrameInfo();
   private lastSweep = 0;
+  /**
+   * A run of unicast frames for one port, delivered together (deliverRun): their indices in the batch. A run ends
+   * at a frame for another port, a flooded frame, and the end of the batch.
+   */
+  private readonly run: Int32Array;
+  private runLen = 0;
+  private runPort: SwitchPort | null = null;
+  private runNow = 0;
+  /** While deliverRun runs: its port and the run's length. */
+  private runOwner: SwitchPort | null = null;
+  private runEnd = 0;
+  /** deliverRun's position in the run, and the form (offset, length) of the frame peek offered last. */
+  private runAt = 0;
+  private runOff = 0;
+  private runFrameLen = 0;
+  private runPeeked = false;
   /** Counts over the switch's life (ports come and go). */
   readonly totals = { batches: 0, frames: 0, flooded: 0, delivered: 0, local: 0 };
 
@@ -195,6 +217,7 @@ export class Switch {
     this.fVlan = new Int32Array(this.batchMax);
     this.fPcp = new Int32Array(this.batchMax);
     this.fDst = new Int32Array(this.batchMax);
+    this.run = new Int32Array(this.batchMax);
     this.lastSweep = this.now();
   }
 
@@ -399,9 +422,22 @@ export class Switch {
           continue;
         }
         const p = this.ports[d];
-        if (p && p.member[this.fVlan[i] as number] === 1) this.deliver(p, i, now, false);
+        if (p && p.member[this.fVlan[i] as number] === 1) {
+          // A port that takes bursts (and mirrors nothing, and the source mirrors nothing: a mirror's copy must not
+          // overtake the frames queued before it) gets its frames as a run.
+          if (p.io.deliverBurst && p.mirrorTo < 0 && src.mirrorTo < 0) {
+            if (this.runPort !== p) this.deliverRun();
+            this.runPort = p;
+            this.runNow = now;
+            this.run[this.runLen++] = i;
+          } else {
+            this.deliverRun();
+            this.deliver(p, i, now, false);
+          }
+        }
         continue;
       }
+      this.deliverRun();
       this.totals.flooded++;
       const vid = this.fVlan[i] as number;
       // Untagged receivers first, then tagged ones: the tag is added in place once, between the two passes.
@@ -413,10 +449,89 @@ export class Switch {
       }
       this.untag(i);
     }
+    this.deliverRun();
   }
+
+  /**
+   * Delivers the run of unicast frames for one port under one hold of its ring (PortIo.deliverBurst), with what
+   * deliver() does for each frame: the port's form (tagged or not), egress filter and rate limit, counters,
+   * capture. A frame the peer has no room for is a noBuffers drop, and the frames after it go one by one (as they
+   * would have); with no peer connected, all of them do (deliver counts them).
+   */
+  private deliverRun(): void {
+    const p = this.runPort;
+    const n = this.runLen;
+    this.runPort = null;
+    this.runLen = 0;
+    if (p === null || n === 0) return;
+    const io = p.io;
+    this.runOwner = p;
+    this.runEnd = n;
+    this.runAt = 0;
+    this.runPeeked = false;
+    for (;;) {
+      const got = io.deliverBurst?.(this.runPeek, this.runTake) ?? null;
+      if (got === null) break;
+      if (this.runPeeked) {
+        // The peer had no room for the frame offered last (its filter and rate limit passed it).
+        this.runPeeked = false;
+        p.counters.drops.noBuffers++;
+        this.runAt++;
+        break;
+      }
+      // Ended without a refusal: the run is done, or the device's burst bound was reached.
+      if (this.runAt >= n || got === 0) break;
+    }
+    const from = this.runAt;
+    this.runOwner = null;
+    this.runEnd = 0;
+    for (let k = from; k < n; k++) this.deliver(p, this.run[k] as number, this.runNow, false);
+  }
+
+  /** deliverRun's peek: the next frame of the run that passes the port's egress checks, in the port's form. */
+  private readonly runPeek = (): Uint8Array | null => {
+    const p = this.runOwner as SwitchPort;
+    const n = this.runEnd;
+    while (this.runAt < n) {
+      const i = this.run[this.runAt] as number;
+      if (this.egress(p, i, this.runNow)) {
+        this.runPeeked = true;
+        return this.slab.subarray(this.runOff, this.runOff + this.runFrameLen);
+      }
+      this.runAt++;
+    }
+    return null;
+  };
+
+  /** deliverRun's take: the frame peek offered went to the peer. */
+  private readonly runTake = (): void => {
+    const p = this.runOwner as SwitchPort;
+    this.runPeeked = false;
+    this.delivered(p, this.run[this.runAt] as number, this.runOff, this.runFrameLen, this.runNow);
+    this.runAt++;
+  };
 
   /** Delivers staged frame `i` to port `p` in the form `p` takes (tagged or not). */
   private deliver(p: SwitchPort, i: number, now: number, flooding: boolean): void {
+    if (!this.egress(p, i, now)) return;
+    const off = this.runOff;
+    const len = this.runFrameLen;
+    const r = p.io.deliver(this.slab.subarray(off, off + len), true);
+    if (r === true) {
+      this.delivered(p, i, off, len, now);
+    } else if (r === null) {
+      // A flooded frame is not lost to a port with no peer: only unicast to it counts as a drop.
+      if (!flooding) p.counters.drops.noConnection++;
+    } else {
+      p.counters.drops.noBuffers++;
+    }
+  }
+
+  /**
+   * Puts staged frame `i` in the form port `p` takes and applies the port's egress filter and rate limit: false
+   * if it is dropped (counted); else its offset and length are in runOff and runFrameLen.
+   */
+  private egress(p: SwitchPort, i: number, now: number): boolean {
     const tagged = p.tags(this.fVlan[i] as number);
     if (tagged) this.tag(i);
     else this.untag(i);
@@ -433,27 +548,26 @@ export class Switch {
       this.info.vlan = this.fVlan[i] as number;
       if (!e.filter.check(this.info)) {
         c.drops.filter++;
-        return;
+        return false;
       }
     }
     if (e.rate && !e.rate.admit(len, now)) {
       c.drops.rateLimit++;
-      return;
+      return false;
     }
-    const r = p.io.deliver(this.slab.subarray(off, off + len), true);
-    if (r === true) {
-      p.touched = true;
-      c.txFrames++;
-      c.txBytes += len;
-      this.totals.delivered++;
-      if (p.capture) p.capture.write(this.slab, off, len, now);
-      if (p.mirrorTo >= 0) this.deliverMirror(p.mirrorTo, i);
-    } else if (r === null) {
-      // A flooded frame is not lost to a port with no peer: only unicast to it counts as a drop.
-      if (!flooding) c.drops.noConnection++;
-    } else {
-      c.drops.noBuffers++;
-    }
+    this.runOff = off;
+    this.runFrameLen = len;
+    return true;
+  }
+
+  /** Staged frame `i` (at `off`, `len` bytes in its delivered form) went to port `p`'s peer. */
+  private delivered(p: SwitchPort, i: number, off: number, len: number, now: number): void {
+    p.touched = true;
+    p.counters.txFrames++;
+    p.counters.txBytes += len;
+    this.totals.delivered++;
+    if (p.capture) p.capture.write(this.slab, off, len, now);
+    if (p.mirrorTo >= 0) this.deliverMirror(p.mirrorTo, i);
   }
 
   /** A copy for a mirror port, in its form, whatever its VLANs; no interposition of its own. */

@@ -78,6 +78,13 @@ export class VhostUserPort implements PortIo {
     return r(frame, more);
   }
 
+  deliverBurst(peek: () => Uint8Array | null, take: () => void): number | null {
+    const r = this.backend.receiver;
+    if (r === null || !this.endpoint.connected) return null;
+    if (!r.burst) return null;
+    return r.burst(peek, take);
+  }
+
   flush(): void {
     this.backend.receiver?.flush?.();
   }
