@@ -10,9 +10,10 @@
  * 2. Decide, for the whole batch at once (`processBatch`, when the batch is full or the source's turn ends):
  *    VLAN admission (tags are stripped on the way in, so each frame is staged untagged with its VLAN beside it),
  *    ingress rate limit, filter and capture, learning, and one destination lookup per frame.
- * 3. Deliver: each frame is copied once into each destination's receive buffers (a tag added for trunk ports);
- *    deliveries say more frames follow, and at the end of the batch each destination that got frames is flushed
- *    once: one used-ring update and at most one interrupt per destination per batch.
+ * 3. Deliver: each frame is copied once into each destination's receive buffers (a tag added for trunk ports).
+ *    A run of unicast frames for one port goes in one burst where the port takes bursts (`deliverRun`: one hold
+ *    of its ring); other deliveries say more frames follow, and at the end of the batch each destination that got
+ *    frames is flushed once: one used-ring update and at most one interrupt per destination per batch.
  * A destination without room drops the frame and counts it (`noBuffers`): no queue grows behind a slow port.
  * Nothing here allocates per frame but the view handed to a destination.
  */
