@@ -116,9 +116,9 @@ export class VhostUserEndpoint {
 
   /** True when the loop must not sleep in its next poll: work left from a slice, input owed, or busy polling. */
   wantsImmediate(): boolean {
-    // Polling (the driver does not kick) ends only in a turn, never in a sleep.
-    if (this.later.pending || this.inputOwed || this.recheck || this.polling) return true;
-    return this.backendObj !== null && performance.now() < this.busyUntil;
+    // Polling (busy, the driver asked not to kick) ends only in a turn, never in a sleep; it lasts while busyUntil
+    // is ahead, and ends with the connection.
+    return this.later.pending || this.inputOwed || this.recheck || this.polling;
   }
 
   /**
@@ -218,6 +218,10 @@ export class VhostUserEndpoint {
     this.backendObj?.close();
     this.n.close(this.conn);
     this.conn = -1;
+    // No rings to poll: the loop may sleep until the next front-end.
+    this.polling = false;
+    this.recheck = false;
+    this.busyUntil = 0;
     this.served++;
     this.opts.log(`vhost-user: connection closed: ${reason}`);
     if (this.backendObj) this.opts.onConnectionEnd?.(this.backendObj.stats, reason);

@@ -53,7 +53,14 @@ export interface Channel {
 /** A connected socket to a back-end process. */
 export class SocketChannel implements Channel {
   closed = false;
-  constructor(readonly fd: number) {}
+  /**
+   * `whileWaiting`, when given, runs while a reply is awaited: for a back-end served on this same thread (a
+   * VhostUserEndpoint the test turns by hand), which must get turns to answer.
+   */
+  constructor(
+    readonly fd: number,
+    private readonly whileWaiting?: () => void,
+  ) {}
 
   static connect(path: string): SocketChannel {
     return new SocketChannel(native().unixConnect(path));
@@ -70,7 +77,13 @@ export class SocketChannel implements Channel {
     const pfd = new Int32Array([this.fd, POLLIN, 0]);
     while (have < len) {
       const left = deadline - Date.now();
-      if (left <= 0 || native().poll(pfd, left) === 0) return null;
+      if (left <= 0) return null;
+      if (this.whileWaiting) {
+        this.whileWaiting();
+        if (native().poll(pfd, 0) === 0) continue;
+      } else if (native().poll(pfd, left) === 0) {
+        return null;
+      }
       const r = native().recvmsg(this.fd, out.subarray(have), 0);
       if (r.bytes <= 0) {
         this.closed = true;
