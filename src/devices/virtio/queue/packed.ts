@@ -345,11 +345,6 @@ export class PackedQueue extends QueueBase {
   }
 
   /**
-   * 2.8.6 / 2.8.21: one used descriptor per list, written at the next used slot (buffer id and length first,
-   * flags last), then the device skips the slots the list occupied. AVAIL and USED both equal the Device Ring
-   * Wrap Counter; WRITE says whether anything was written (2.8.3 Write Flag).
-   */
-  /**
    * The slot of the first used descriptor written since the last publication, whose flags wait (-1: none). The
    * used descriptors after it get their flags with plain stores; the first one's flags, stored last with release,
    * publishes them all: the driver reads used descriptors in ring order and sees none past the first before it
@@ -366,6 +361,12 @@ export class PackedQueue extends QueueBase {
     this.qm.store16Release(this.descOff + DESC_SIZE * first + 14, this.firstUnpublishedFlags);
   }
 
+  /**
+   * 2.8.6 / 2.8.21: one used descriptor per list, written at the next used slot (buffer id and length first,
+   * flags last; the first of a batch's flags wait for publishPending), then the device skips the slots the list
+   * occupied. AVAIL and USED both equal the Device Ring Wrap Counter; WRITE says whether anything was written
+   * (2.8.3 Write Flag).
+   */
   protected writeUsed(chain: DescriptorChain, written: number, publish: boolean): void {
     const qm = this.qm;
     const slot = this.nextUsed;
