@@ -195,14 +195,12 @@ export class Switch {
   private runLen = 0;
   private runPort: SwitchPort | null = null;
   private runNow = 0;
-  /** While deliverRun runs: its port and the run's length. */
-  private runOwner: SwitchPort | null = null;
-  private runEnd = 0;
-  /** deliverRun's position in the run, and the form (offset, length) of the frame peek offered last. */
+  /** deliverRun's position in the run, and whether peek offered the frame there (not yet taken). */
   private runAt = 0;
-  private runOff = 0;
-  private runFrameLen = 0;
   private runPeeked = false;
+  /** Where egress() left the frame it passed, in the destination's form. */
+  private egressOff = 0;
+  private egressLen = 0;
   /** Counts over the switch's life (ports come and go). */
   readonly totals = { batches: 0, frames: 0, flooded: 0, delivered: 0, local: 0 };
 
@@ -462,42 +460,35 @@ export class Switch {
   private deliverRun(): void {
     const p = this.runPort;
     const n = this.runLen;
+    if (p !== null && n > 0) {
+      this.runAt = 0;
+      this.runPeeked = false;
+      for (;;) {
+        const got = p.io.deliverBurst?.(this.runPeek, this.runTake) ?? null;
+        if (got === null) break;
+        if (this.runPeeked) {
+          // The peer had no room for the frame offered last (its filter and rate limit passed it).
+          this.runPeeked = false;
+          p.counters.drops.noBuffers++;
+          this.runAt++;
+          break;
+        }
+        // Ended without a refusal: the run is done, or the device's burst bound was reached.
+        if (this.runAt >= n || got === 0) break;
+      }
+      for (let k = this.runAt; k < n; k++) this.deliver(p, this.run[k] as number, this.runNow, false);
+    }
     this.runPort = null;
     this.runLen = 0;
-    if (p === null || n === 0) return;
-    const io = p.io;
-    this.runOwner = p;
-    this.runEnd = n;
-    this.runAt = 0;
-    this.runPeeked = false;
-    for (;;) {
-      const got = io.deliverBurst?.(this.runPeek, this.runTake) ?? null;
-      if (got === null) break;
-      if (this.runPeeked) {
-        // The peer had no room for the frame offered last (its filter and rate limit passed it).
-        this.runPeeked = false;
-        p.counters.drops.noBuffers++;
-        this.runAt++;
-        break;
-      }
-      // Ended without a refusal: the run is done, or the device's burst bound was reached.
-      if (this.runAt >= n || got === 0) break;
-    }
-    const from = this.runAt;
-    this.runOwner = null;
-    this.runEnd = 0;
-    for (let k = from; k < n; k++) this.deliver(p, this.run[k] as number, this.runNow, false);
   }
 
   /** deliverRun's peek: the next frame of the run that passes the port's egress checks, in the port's form. */
   private readonly runPeek = (): Uint8Array | null => {
-    const p = this.runOwner as SwitchPort;
-    const n = this.runEnd;
-    while (this.runAt < n) {
-      const i = this.run[this.runAt] as number;
-      if (this.egress(p, i, this.runNow)) {
+    const p = this.runPort as SwitchPort;
+    while (this.runAt < this.runLen) {
+      if (this.egress(p, this.run[this.runAt] as number, this.runNow)) {
         this.runPeeked = true;
-        return this.slab.subarray(this.runOff, this.runOff + this.runFrameLen);
+        return this.slab.subarray(this.egressOff, this.egressOff + this.egressLen);
       }
       this.runAt++;
     }
@@ -506,17 +497,17 @@ export class Switch {
 
   /** deliverRun's take: the frame peek offered went to the peer. */
   private readonly runTake = (): void => {
-    const p = this.runOwner as SwitchPort;
     this.runPeeked = false;
-    this.delivered(p, this.run[this.runAt] as number, this.runOff, this.runFrameLen, this.runNow);
+    const p = this.runPort as SwitchPort;
+    this.delivered(p, this.run[this.runAt] as number, this.egressOff, this.egressLen, this.runNow);
     this.runAt++;
   };
 
   /** Delivers staged frame `i` to port `p` in the form `p` takes (tagged or not). */
   private deliver(p: SwitchPort, i: number, now: number, flooding: boolean): void {
     if (!this.egress(p, i, now)) return;
-    const off = this.runOff;
-    const len = this.runFrameLen;
+    const off = this.egressOff;
+    const len = this.egressLen;
     const r = p.io.deliver(this.slab.subarray(off, off + len), true);
     if (r === true) {
       this.delivered(p, i, off, len, now);
@@ -530,7 +521,7 @@ export class Switch {
 
   /**
    * Puts staged frame `i` in the form port `p` takes and applies the port's egress filter and rate limit: false
-   * if it is dropped (counted); else its offset and length are in runOff and runFrameLen.
+   * if it is dropped (counted); else its offset and length are in egressOff and egressLen.
    */
   private egress(p: SwitchPort, i: number, now: number): boolean {
     const tagged = p.tags(this.fVlan[i] as number);
@@ -556,8 +547,8 @@ export class Switch {
       c.drops.rateLimit++;
       return false;
     }
-    this.runOff = off;
-    this.runFrameLen = len;
+    this.egressOff = off;
+    this.egressLen = len;
     return true;
   }
 
