@@ -5,7 +5,7 @@
  * (the control socket, signals) gets the thread between them: the engine is touched only between whole turns.
  */
 import { native, POLLIN } from "../native.ts";
-import { TURNS_PER_POLL } from "../vhost-user/endpoint.ts";
+import { PollPacer } from "../vhost-user/endpoint.ts";
 import type { PortSpec } from "./port-spec.ts";
 import { TapPort } from "./ports/tap-port.ts";
 import { VhostUserPort } from "./ports/vhost-user-port.ts";
@@ -25,8 +25,7 @@ export class SwitchRunner {
   /** Per port, its first slot in the last poll. */
   private readonly slots = new Map<string, number>();
   private readonly tapOwed = new Set<string>();
-  /** Turns since the last poll(2). */
-  private sincePoll = 0;
+  private readonly pacer = new PollPacer();
 
   constructor(
     readonly sw: Switch,
@@ -122,15 +121,9 @@ export class SwitchRunner {
         if (left > 0) n.poll(this.view(1, -1), Math.ceil(left));
         return;
       }
-      // While traffic flows (busy polling), most turns skip poll(2): each call is a system call, dearer than a
-      // turn over rings that have work, and the rings are served whether or not their kicks were read. Every
-      // TURNS_PER_POLL-th turn still polls, for kicks, control messages and TAPs.
-      if (immediate && this.sincePoll < TURNS_PER_POLL) {
-        this.sincePoll++;
-      } else {
-        this.sincePoll = 0;
-        n.poll(this.view(used), immediate || left <= 0 ? 0 : Math.ceil(left));
-      }
+      // While traffic flows most turns skip poll(2) (PollPacer); the rings are served whether or not their kicks
+      // were read, and every TURNS_PER_POLL-th turn still polls, for kicks, control messages and TAPs.
+      if (this.pacer.due(immediate)) n.poll(this.view(used), immediate || left <= 0 ? 0 : Math.ceil(left));
       for (const [name, io] of this.ios) {
         const s = this.slots.get(name);
         if (s === undefined) continue;

@@ -7,7 +7,7 @@
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { native, POLLIN } from "../native.ts";
 import type { ProtocolExtensions, VhostUserBackend } from "./backend.ts";
-import { TURNS_PER_POLL, VhostUserEndpoint } from "./endpoint.ts";
+import { PollPacer, VhostUserEndpoint } from "./endpoint.ts";
 
 export { BUSY_POLL_MS } from "./endpoint.ts";
 
@@ -44,7 +44,7 @@ export function serveVhostUser(opts: ServeOptions): void {
   const pollfds = new Int32Array(3 * MAX_POLL);
   /** pollfds' first k triples, made once per k (no view per turn). */
   const views: Int32Array[] = [];
-  let sincePoll = 0;
+  const pacer = new PollPacer();
   for (;;) {
     pollfds[0] = opts.stopFd ?? -1;
     pollfds[1] = POLLIN;
@@ -52,14 +52,7 @@ export function serveVhostUser(opts: ServeOptions): void {
     const used = 1 + ep.addPollFds(pollfds, 1);
     views[used] ??= pollfds.subarray(0, 3 * used);
     const immediate = ep.wantsImmediate();
-    // While busy, most turns skip poll(2) (a system call, dearer than a turn over rings with work); the slots'
-    // revents are zero then, and the rings are served without their kicks.
-    if (immediate && sincePoll < TURNS_PER_POLL) {
-      sincePoll++;
-    } else {
-      sincePoll = 0;
-      n.poll(views[used], immediate ? 0 : -1);
-    }
+    if (pacer.due(immediate)) n.poll(views[used], immediate ? 0 : -1);
     if (pollfds[2] !== 0) break;
     ep.handlePoll(pollfds);
     if (opts.once && ep.served > 0) break;

@@ -80,8 +80,8 @@ export class VhostUserPort implements PortIo {
 
   deliverBurst(peek: () => Uint8Array | null, take: () => void): number | null {
     const r = this.backend.receiver;
-    if (r === null || !this.endpoint.connected) return null;
-    if (!r.burst) return null;
+    // Without a peer, or a device without bursts, the switch delivers frame by frame (deliver says which).
+    if (r?.burst === undefined || !this.endpoint.connected) return null;
     return r.burst(peek, take);
   }
 
