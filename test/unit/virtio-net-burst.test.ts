@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { VirtioNet, type VirtioNetBackend } from "../../src/devices/virtio/net.ts";
-import { PackedQueue, SplitQueue } from "../../src/devices/virtio/queue/index.ts";
+import { createVirtqueue, SplitQueue } from "../../src/devices/virtio/queue/index.ts";
 import type { Receiver } from "../../src/net/backend.ts";
 import { makeTestMemory, makeVirtioPciRig, VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
@@ -21,23 +21,6 @@ function bytes(n: number, seed: number): Uint8Array {
 }
 
 describe("split queue: used buffers published in a batch", () => {
-  test("pushUsed(publish=false) is invisible until publishUsed(); then all appear at once, in order", () => {
-    const mem = makeTestMemory({ size: 1 << 20, shared: true });
-    const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
-    const q = new SplitQueue(mem, drv.config, drv.features);
-    const ids = [0, 1, 2].map((i) => drv.addChain([bytes(10, i)], []));
-    const chains = ids.map(() => q.pop());
-    for (const c of chains) q.pushUsed(c as NonNullable<typeof c>, 0, false);
-    assert.equal(drv.usedChains().length, 0, "nothing published yet");
-    q.publishUsed();
-    assert.deepEqual(
-      drv.usedChains().map((u) => u.id),
-      ids,
-    );
-    q.publishUsed();
-    assert.equal(drv.usedChains().length, 0, "publishing again adds nothing");
-  });
-
   test("shouldNotifyDriver publishes what is pending before it decides", () => {
     const mem = makeTestMemory({ size: 1 << 20, shared: true });
     const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
@@ -104,42 +87,44 @@ function startNet(queueSize: number) {
   return { rig, rx, offer };
 }
 
-describe("packed queue: used buffers published in a batch", () => {
-  test("pushUsed(publish=false) is invisible until publishUsed(); then all appear, in order, across the wrap", () => {
-    const mem = makeTestMemory({ size: 1 << 20, shared: true });
-    const drv = new VirtioTestDriver(mem, { kind: "packed", size: 4 });
-    const q = new PackedQueue(mem, drv.config, drv.features);
-    // Three rounds of three buffers on a ring of four: the batches cross the wrap (2.8.1) twice.
-    for (let round = 0; round < 3; round++) {
-      const ids = [0, 1, 2].map((i) => drv.addChain([bytes(10, round * 3 + i)], []));
-      const chains = ids.map(() => q.pop());
-      for (const c of chains) q.pushUsed(c as NonNullable<typeof c>, 0, false);
-      assert.equal(drv.usedChains().length, 0, `round ${round}: nothing published yet`);
-      q.publishUsed();
+for (const kind of ["split", "packed"] as const) {
+  describe(`${kind} queue: used buffers published in a batch`, () => {
+    test("pushUsed(publish=false) is invisible until publishUsed(); then all appear, in order, across the wrap", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 4 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      // Three rounds of three buffers on a ring of four: the batches cross the end of the ring twice.
+      for (let round = 0; round < 3; round++) {
+        const ids = [0, 1, 2].map((i) => drv.addChain([bytes(10, round * 3 + i)], []));
+        const chains = ids.map(() => q.pop());
+        for (const c of chains) q.pushUsed(c as NonNullable<typeof c>, 0, false);
+        assert.equal(drv.usedChains().length, 0, `round ${round}: nothing published yet`);
+        q.publishUsed();
+        assert.deepEqual(
+          drv.usedChains().map((u) => u.id),
+          ids,
+          `round ${round}`,
+        );
+        q.publishUsed();
+        assert.equal(drv.usedChains().length, 0, "publishing again adds nothing");
+      }
+    });
+
+    test("pushUsed(publish=true) publishes at once, with what was pending before it", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 8 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      const ids = [0, 1].map((i) => drv.addChain([bytes(4, i)], []));
+      const [a, b] = ids.map(() => q.pop());
+      q.pushUsed(a as NonNullable<typeof a>, 0, false);
+      q.pushUsed(b as NonNullable<typeof b>, 0, true);
       assert.deepEqual(
         drv.usedChains().map((u) => u.id),
         ids,
-        `round ${round}`,
       );
-      q.publishUsed();
-      assert.equal(drv.usedChains().length, 0, "publishing again adds nothing");
-    }
+    });
   });
-
-  test("pushUsed(publish=true) publishes at once, with what was pending before it", () => {
-    const mem = makeTestMemory({ size: 1 << 20, shared: true });
-    const drv = new VirtioTestDriver(mem, { kind: "packed", size: 8 });
-    const q = new PackedQueue(mem, drv.config, drv.features);
-    const ids = [0, 1].map((i) => drv.addChain([bytes(4, i)], []));
-    const [a, b] = ids.map(() => q.pop());
-    q.pushUsed(a as NonNullable<typeof a>, 0, false);
-    q.pushUsed(b as NonNullable<typeof b>, 0, true);
-    assert.deepEqual(
-      drv.usedChains().map((u) => u.id),
-      ids,
-    );
-  });
-});
+}
 
 describe("virtio-net: a burst of received frames moves the ring once", () => {
   test("frames offered with `more` are published with the burst's last frame, in order, with one interrupt", () => {
