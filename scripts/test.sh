@@ -16,6 +16,11 @@ else
   [ "${VIREO_SLOW:-0}" = "1" ] && tiers+=(slow)
 fi
 status=0
+# Each tier's verdict, printed again at the very end: the kvm and slow tiers run after the unit tier and their
+# output pushes its failures out of a log's tail (what CI shows), so the end names every failed test.
+summary=()
+unit_log=$(mktemp)
+trap 'rm -f "$unit_log"' EXIT
 # The unit tier runs one file at a time and leaves the second CPU mostly idle; the emulated tier is one QEMU with
 # one vCPU. When both are asked for, the emulated tier runs beside the unit tier (its output is held and printed
 # after the unit tier's, so the two do not interleave) and its status joins the others.
@@ -28,7 +33,7 @@ if [[ " ${tiers[*]} " == *" unit "* && " ${tiers[*]} " == *" emulated "* ]]; the
 fi
 for t in "${tiers[@]}"; do
   if [ "$t" = emulated ] && [ "$emulated_beside" = 1 ]; then
-    wait "$emulated_pid" || status=1
+    if wait "$emulated_pid"; then summary+=("emulated: passed"); else status=1; summary+=("emulated: FAILED"); fi
     cat "$emulated_log"
     rm -f "$emulated_log"
     continue
@@ -36,13 +41,21 @@ for t in "${tiers[@]}"; do
   case "$t" in
     unit)
       # One file at a time keeps tests that start threads (or QEMU) from competing for the 2 CPUs.
-      node --import tsx --test --test-concurrency=1 --test-reporter=spec $(find "test/$t" -name '*.test.ts' | sort) \
-        || status=1 ;;
+      if node --import tsx --test --test-concurrency=1 --test-reporter=spec $(find "test/$t" -name '*.test.ts' | sort) \
+        | tee "$unit_log"; then
+        summary+=("unit: passed")
+      else
+        status=1
+        summary+=("unit: FAILED; its failed tests (✖):")
+        while IFS= read -r line; do summary+=("  $line"); done < <(grep -E '^ *✖ ' "$unit_log" | grep -v 'failing tests:' | sort -u | head -40)
+      fi ;;
     emulated|kvm|slow)
-      node --import tsx test/realkvm/tier.ts "$t" || status=1 ;;
+      if node --import tsx test/realkvm/tier.ts "$t"; then summary+=("$t: passed"); else status=1; summary+=("$t: FAILED"); fi ;;
     *)
       echo "test.sh: no tier '$t' (unit, emulated, kvm, slow)" >&2
       exit 2 ;;
   esac
 done
+echo "test.sh: tiers run:"
+printf '  %s\n' "${summary[@]}"
 exit $status
