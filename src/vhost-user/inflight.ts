@@ -25,7 +25,7 @@
  * are. Models that push used buffers any other way outside VirtioContext.drain are not tracked.
  */
 import { fstatSync, ftruncateSync } from "node:fs";
-import type { VirtioContext, VirtioDeviceModel } from "../devices/virtio/device.ts";
+import type { DrainOptions, VirtioContext, VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { type DescriptorChain, SplitQueue } from "../devices/virtio/queue/index.ts";
 import { type ChainResult, DETACHED, IN_PROGRESS, type WorkBudget } from "../devices/virtio/work-budget.ts";
 import { MFD_CLOEXEC, native } from "../native.ts";
@@ -416,10 +416,14 @@ class InflightModel implements VirtioDeviceModel {
   }
 
   bind(ctx: VirtioContext): void {
-    const drain = (q: number, handle: (c: DescriptorChain, w: WorkBudget) => ChainResult): void => {
+    const drain = (
+      q: number,
+      handle: (c: DescriptorChain, w: WorkBudget) => ChainResult,
+      opts?: DrainOptions,
+    ): void => {
       const iq = this.tracker.queue(q);
       if (iq === undefined) {
-        ctx.drain(q, handle);
+        ctx.drain(q, handle, opts);
         return;
       }
       // The queue object may be new (a new memory table rebuilds the device): give it what is left to resubmit.
@@ -428,12 +432,16 @@ class InflightModel implements VirtioDeviceModel {
           if (vq instanceof SplitQueue) vq.resubmit(iq.pending);
         });
       }
-      ctx.drain(q, (chain, work) => {
-        iq.take(chain.id);
-        const r = handle(chain, work);
-        if (r !== IN_PROGRESS && r !== DETACHED) iq.link(chain.id, this.usedIdx(q));
-        return r;
-      });
+      ctx.drain(
+        q,
+        (chain, work) => {
+          iq.take(chain.id);
+          const r = handle(chain, work);
+          if (r !== IN_PROGRESS && r !== DETACHED) iq.link(chain.id, this.usedIdx(q));
+          return r;
+        },
+        opts,
+      );
       iq.settle(this.usedIdx(q));
     };
     const completeDetached: VirtioContext["completeDetached"] = (q, done, beforePush) => {

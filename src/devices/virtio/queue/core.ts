@@ -447,6 +447,7 @@ export abstract class QueueBase implements Virtqueue {
 
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
+  abstract touchAhead(n: number): number;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
   /** Publishes used elements written with `publish` false (nothing if there are none). */

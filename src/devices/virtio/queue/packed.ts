@@ -217,6 +217,33 @@ export class PackedQueue extends QueueBase {
     return wrap ? slot : this.size + slot;
   }
 
+  /**
+   * Virtqueue.touchAhead: descriptors from the next slot in ring order while they are available (2.8.1), the
+   * buffer of each that is not indirect; a list's further descriptors count towards `n` too.
+   */
+  touchAhead(n: number): number {
+    const qm = this.qm;
+    const bytes = qm.mem.bytes;
+    let slot = this.nextAvail;
+    let wrap = this.availWrap;
+    let sum = 0;
+    for (let k = 0; k < n; k++) {
+      const d = this.descOff + DESC_SIZE * slot;
+      const flags = qm.load16Acquire(d + 14);
+      if (!isAvailable(flags, wrap)) break;
+      if ((flags & VIRTQ_DESC_F_INDIRECT) === 0) {
+        const len = qm.u32le(d + 8);
+        const off = qm.offsetOf(qm.addr64(d), len);
+        if (off >= 0 && len > 0) sum += (bytes[off] as number) + (bytes[off + len - 1] as number);
+      }
+      if (++slot === this.size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+    }
+    return sum;
+  }
+
   protected popChain(): DescriptorChain | null {
     const qm = this.qm;
     const size = this.size;

@@ -49,6 +49,14 @@ export class SplitQueue extends QueueBase {
   private readonly builder: ChainBuilder;
   /** Used elements written and not yet published (pushUsed with publish false). */
   private unpublished = false;
+  /**
+   * avail->idx as this queue object last read it, or -1: the entries before it are the driver's (2.7.6), so pops
+   * take them without reading idx again, and idx is read once they are taken. The driver's core writes idx for
+   * each burst, so reading it at every pop cost a cache-line transfer a chain. Per object: another object over
+   * the same state words (a queue handed to another thread) may have taken entries since, which makes the count
+   * below 0 or past the size, and idx is read again.
+   */
+  private availSeen = -1;
 
   // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Free-running index of the next available ring entry to read. */
@@ -217,15 +225,19 @@ export class SplitQueue extends QueueBase {
     }
     const qm = this.qm;
     const size = this.size;
-    const availIdx = qm.load16Acquire(this.availOff + 2);
-    const pending = (availIdx - this.lastAvail) & 0xffff;
-    if (pending === 0) return null;
-    // 2.7.6.1: idx only grows, and the ring holds at most Queue Size entries, so it cannot be further ahead.
-    if (pending > size) {
-      throw this.malformed(
-        `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
-          `more than the queue size ${size} (or it moved backwards)`,
-      );
+    const seen = (this.availSeen - this.lastAvail) & 0xffff;
+    if (this.availSeen < 0 || seen === 0 || seen > size) {
+      const availIdx = qm.load16Acquire(this.availOff + 2);
+      const pending = (availIdx - this.lastAvail) & 0xffff;
+      if (pending === 0) return null;
+      // 2.7.6.1: idx only grows, and the ring holds at most Queue Size entries, so it cannot be further ahead.
+      if (pending > size) {
+        throw this.malformed(
+          `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
+            `more than the queue size ${size} (or it moved backwards)`,
+        );
+      }
+      this.availSeen = availIdx;
     }
     const slot = this.lastAvail & this.mask;
     const head = qm.u16le(this.availOff + 4 + 2 * slot);
@@ -246,6 +258,36 @@ export class SplitQueue extends QueueBase {
       qm.store16Release(this.availEventOff, this.lastAvail);
     }
     return chain;
+  }
+
+  /** Virtqueue.touchAhead: from the available ring as last read (idx is read again when fewer than `n` wait). */
+  touchAhead(n: number): number {
+    const qm = this.qm;
+    const mem = qm.mem;
+    const bytes = mem.bytes;
+    const size = this.size;
+    let at = this.lastAvail;
+    let avail = this.availSeen;
+    let pending = (avail - at) & 0xffff;
+    if (avail < 0 || pending < n || pending > size) {
+      avail = qm.load16Acquire(this.availOff + 2);
+      pending = (avail - at) & 0xffff;
+      if (pending > size) return 0; // pop() says why
+      this.availSeen = avail;
+    }
+    const end = Math.min(pending, n);
+    let sum = 0;
+    for (let k = 0; k < end; k++) {
+      const head = qm.u16le(this.availOff + 4 + 2 * (at & this.mask));
+      at++;
+      if (head >= size) continue;
+      const d = this.descOff + DESC_SIZE * head;
+      const len = qm.u32le(d + 8);
+      const off = qm.offsetOf(qm.addr64(d), len);
+      if (off < 0 || len === 0) continue;
+      sum += (bytes[off] as number) + (bytes[off + len - 1] as number);
+    }
+    return sum;
   }
 
   /** Follows a chain from `head` through the descriptor table (2.7.5) and at most one indirect table. */

@@ -100,6 +100,14 @@ export interface Virtqueue {
    */
   setDriverNotifications(enabled: boolean): void;
   /**
+   * Reads the first and last byte of the first buffer of up to `n` chains the driver has made available and
+   * pop() has not yet returned, changing nothing: a device about to read those buffers (a transmit queue) gets
+   * their cache lines, which the driver's CPU has just written, fetched together rather than one chain at a time
+   * as each is served (a prefetch). Heads and addresses pop() would refuse are skipped here, and pop() refuses
+   * them as usual. Returns a number made of the bytes read (keep it, so that the reads are not dropped).
+   */
+  touchAhead(n: number): number;
+  /**
    * Gives back the most recently popped chain, not yet used, as if it had never been popped: the next pop()
    * returns it again. For a device that took buffers and then found it cannot use them yet (a received frame
    * that needs more buffers than the driver has made available). Throws VirtqueueError (code

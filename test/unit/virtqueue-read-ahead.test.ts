@@ -1,0 +1,160 @@
+/**
+ * What a transmit queue's read-ahead (Virtqueue.touchAhead, DrainOptions.readAhead) and a split queue's cached
+ * avail idx may and may not do: the read-ahead reads the first and last byte of the next buffers and changes
+ * nothing (the same chains pop, in the same order; bad heads and addresses are skipped, and pop still refuses
+ * them); a split queue reads avail idx again once it has taken the entries it saw, including entries another
+ * queue object over the same state words took meanwhile.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { VirtioNet, type VirtioNetBackend } from "../../src/devices/virtio/net.ts";
+import {
+  createVirtqueue,
+  QUEUE_STATE_WORDS,
+  type QueueKind,
+  SplitQueue,
+  VirtqueueError,
+} from "../../src/devices/virtio/queue/index.ts";
+import type { Receiver } from "../../src/net/backend.ts";
+import { makeTestMemory, makeVirtioPciRig, VirtioTestDriver } from "../helpers/virtio-driver.ts";
+
+const KINDS: QueueKind[] = ["split", "packed"];
+const HDR = 12;
+const F_PACKED = 1n << 34n;
+
+/** A buffer of `n` bytes whose first byte is `first` and last byte `last` (the rest 0xee). */
+function buffer(n: number, first: number, last: number): Uint8Array {
+  const b = new Uint8Array(n).fill(0xee);
+  b[0] = first;
+  b[n - 1] = last;
+  return b;
+}
+
+for (const kind of KINDS) {
+  describe(`${kind} queue: touchAhead`, () => {
+    test("reads the first and last byte of the next n buffers, and pops are unchanged", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 16 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      assert.equal(q.touchAhead(8), 0, "nothing available: nothing read");
+      const ids = [1, 2, 3, 4, 5].map((i) => drv.addChain([buffer(10 + i, i, 10 * i)], []));
+      // 3 of 5: (1 + 10) + (2 + 20) + (3 + 30)
+      assert.equal(q.touchAhead(3), 66);
+      assert.equal(q.touchAhead(32), 66 + (4 + 40) + (5 + 50), "no more than are available");
+      const first = q.pop();
+      assert.equal(first?.id, ids[0]);
+      assert.equal(q.touchAhead(2), 22 + 33, "from the next unpopped chain");
+      const rest = [q.pop(), q.pop(), q.pop(), q.pop()].map((c) => c?.id);
+      assert.deepEqual(rest, ids.slice(1));
+      assert.equal(q.pop(), null);
+      assert.equal(q.inFlight, 5);
+    });
+
+    test("a buffer outside guest RAM is skipped, and pop still refuses it", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 8 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      if (kind === "split") {
+        drv.writeDesc(0, { addr: mem.end - 4, len: 64, flags: 0 });
+        drv.pushAvail(0);
+      } else {
+        drv.makeAvailableRaw([{ addr: mem.end - 4, len: 64, flags: 0, id: 0 }]);
+      }
+      assert.equal(q.touchAhead(4), 0);
+      assert.throws(() => q.pop(), VirtqueueError);
+    });
+  });
+}
+
+describe("split queue: read-ahead and the cached avail idx against a hostile ring", () => {
+  test("a head not below the queue size and an idx too far ahead are skipped by touchAhead, refused by pop", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
+    const q = new SplitQueue(mem, drv.config, drv.features);
+    drv.addChain([buffer(8, 7, 9)], []);
+    drv.pushAvail(8);
+    assert.equal(q.touchAhead(8), 16, "the good chain is read, head 8 skipped");
+    assert.ok(q.pop());
+    assert.throws(() => q.pop(), /holds head 8, not below the queue size 8/);
+    drv.setAvailIdx(30);
+    assert.equal(q.touchAhead(8), 0);
+  });
+
+  test("idx is read again once the entries seen are taken: buffers added after a pop are found", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
+    const q = new SplitQueue(mem, drv.config, drv.features);
+    const a = drv.addChain([buffer(4, 1, 1)], []);
+    assert.equal(q.pop()?.id, a);
+    const b = drv.addChain([buffer(4, 2, 2)], []);
+    const c = drv.addChain([buffer(4, 3, 3)], []);
+    assert.equal(q.pop()?.id, b);
+    const d = drv.addChain([buffer(4, 4, 4)], []);
+    assert.deepEqual([q.pop()?.id, q.pop()?.id, q.pop()], [c, d, null]);
+  });
+
+  test("two queue objects over the same state words (a queue handed between threads) take each entry once", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
+    const state = new Int32Array(QUEUE_STATE_WORDS);
+    const one = new SplitQueue(mem, drv.config, drv.features, { state });
+    const two = new SplitQueue(mem, drv.config, drv.features, { state });
+    const popped: number[] = [];
+    const take = (q: SplitQueue) => {
+      const ch = q.pop();
+      if (ch === null) return false;
+      popped.push(ch.id);
+      q.pushUsed(ch, 0);
+      return true;
+    };
+    const added: number[] = [];
+    const add = (n: number) => {
+      for (let i = 0; i < n; i++) added.push(drv.addChain([buffer(4, added.length, i)], []));
+    };
+    for (let round = 0; round < 4; round++) {
+      add(3);
+      assert.equal(take(two), true, "two reads idx: three entries");
+      assert.equal(take(one), true);
+      assert.equal(take(one), true);
+      add(3);
+      for (let i = 0; i < 3; i++) assert.equal(take(one), true);
+      // two saw idx when three entries were new; one has since taken those and three more. two's idx is behind
+      // the next entry: it must read idx again (nothing new), not take the stale ring slot after idx.
+      assert.equal(take(two), false, "nothing left: two must not pop past idx");
+      drv.usedChains();
+    }
+    assert.deepEqual(popped, added);
+  });
+});
+
+describe("virtio-net transmit with read-ahead: every frame once, in order", () => {
+  for (const packed of [false, true]) {
+    test(`${packed ? "packed" : "split"}: 100 frames of varied sizes, 40 per kick, reach the backend unchanged`, () => {
+      const sent: Uint8Array[] = [];
+      const backend: VirtioNetBackend = {
+        name: "capture",
+        send(frame: Uint8Array) {
+          sent.push(frame.slice());
+          return true;
+        },
+        attach(_r: Receiver) {},
+        rxReady() {},
+        close() {},
+      };
+      const rig = makeVirtioPciRig(new VirtioNet({ backend }));
+      assert.ok(rig.drv.negotiate((f) => (packed ? f : f & ~F_PACKED)));
+      rig.drv.setupQueue(0, { size: 128 });
+      const tx = rig.drv.setupQueue(1, { size: 128 });
+      rig.drv.driverOk();
+      const frames = Array.from({ length: 100 }, (_, i) =>
+        Uint8Array.from({ length: 60 + ((i * 37) % 1400) }, (_, k) => (i * 7 + k) & 0xff),
+      );
+      for (let at = 0; at < frames.length; at += 40) {
+        for (const f of frames.slice(at, at + 40)) tx.addChain([new Uint8Array(HDR), f], []);
+        rig.drv.kick(1);
+        assert.equal(tx.usedChains().length, Math.min(40, frames.length - at));
+      }
+      assert.deepEqual(sent, frames);
+    });
+  }
+});
