@@ -66,6 +66,70 @@ for (const kind of KINDS) {
   });
 }
 
+for (const kind of KINDS) {
+  describe(`${kind} queue: writeAhead`, () => {
+    test("zeroes one byte per cache line of the first span bytes of the next n writable buffers, nothing else", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 16, features: { indirect: true } });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features, undefined);
+      const fill = (addr: number, len: number) => mem.writeFrom(addr, new Uint8Array(len).fill(0xaa), 0, len);
+      const ids: number[] = [];
+      // Writable, 200 bytes: written. Readable: not. Writable but shorter than the span: not.
+      ids.push(drv.addChain([], [200]));
+      ids.push(drv.addChain([new Uint8Array(200).fill(0xaa)], []));
+      ids.push(drv.addChain([], [50]));
+      // Indirect: its table (9 descriptors, 144 bytes) is longer than the span, and must not be written.
+      ids.push(drv.addChain([], [20, 20, 20, 20, 20, 20, 20, 20, 20], { indirect: true }));
+      ids.push(drv.addChain([], [200]));
+      ids.push(drv.addChain([], [200]));
+      // Pop them all to learn their buffers, give them back, fill the buffers with 0xaa, then claim 5 of the 6.
+      const before = new Map<number, Uint8Array>();
+      const chains = [];
+      for (let i = 0; i < ids.length; i++) {
+        const c = q.pop();
+        assert.ok(c);
+        chains.push(c);
+      }
+      for (let i = chains.length - 1; i >= 0; i--) q.unpop(chains[i] as NonNullable<(typeof chains)[number]>);
+      for (const c of chains) {
+        for (const g of [...c.writable, ...c.readable]) {
+          fill(g.addr, g.len);
+          before.set(g.addr, mem.slice(g.addr, g.len).slice());
+        }
+      }
+      q.writeAhead(5, 130);
+      const changed = (addr: number, len: number) => {
+        const now = mem.slice(addr, len);
+        const was = before.get(addr) as Uint8Array;
+        return [...now.keys()].filter((k) => now[k] !== was[k]);
+      };
+      const c0 = chains[0] as NonNullable<(typeof chains)[number]>;
+      const w0 = c0.writable[0] as { addr: number; len: number };
+      assert.deepEqual(changed(w0.addr, w0.len), [0, 64, 128, 129], "lines of [0, 130): 0, 64, 128, and 129");
+      assert.equal(mem.slice(w0.addr, 1)[0], 0);
+      for (const k of [1, 2, 3]) {
+        const c = chains[k] as NonNullable<(typeof chains)[number]>;
+        for (const g of [...c.writable, ...c.readable])
+          assert.deepEqual(changed(g.addr, g.len), [], `chain ${k}`);
+      }
+      const c4 = chains[4] as NonNullable<(typeof chains)[number]>;
+      const w4 = c4.writable[0] as { addr: number; len: number };
+      assert.equal(changed(w4.addr, w4.len).length, 4, "the fifth chain is claimed");
+      const c5 = chains[5] as NonNullable<(typeof chains)[number]>;
+      const w5 = c5.writable[0] as { addr: number; len: number };
+      assert.deepEqual(changed(w5.addr, w5.len), [], "only n chains");
+      // The queue is as it was: the same chains pop, in order, with the same buffers (the indirect table too).
+      const shape = (c: { id: number; writable: readonly { addr: number; len: number }[] } | null) =>
+        c && { id: c.id, w: c.writable.map((g) => [g.addr, g.len]) };
+      const expected = chains.map(shape);
+      assert.deepEqual(
+        ids.map(() => shape(q.pop())),
+        expected,
+      );
+    });
+  });
+}
+
 describe("split queue: read-ahead and the cached avail idx against a hostile ring", () => {
   test("a head not below the queue size and an idx too far ahead are skipped by touchAhead, refused by pop", () => {
     const mem = makeTestMemory({ size: 1 << 20, shared: true });

@@ -107,6 +107,12 @@ const NO_TAKE = (): void => {};
 /** Received frames whose used buffers may wait for the end of a burst (Receiver `more`) before they are published. */
 const RX_HOLD = 64;
 
+/**
+ * The start of a receive buffer a burst claims ahead (Virtqueue.writeAhead), RX_PUBLISH buffers at a time: the
+ * header and a minimal frame (60 bytes), the cache lines every frame writes.
+ */
+const RX_WRITE_AHEAD_SPAN = VIRTIO_NET_HDR_SIZE + 60;
+
 /** Frames of a burst published at a time (a power of 2; a DPDK burst). */
 const RX_PUBLISH = 64;
 
@@ -513,6 +519,7 @@ export class VirtioNet implements VirtioDeviceModel {
     let n = 0;
     try {
       while (n < RX_BURST) {
+        if ((n & (RX_PUBLISH - 1)) === 0) vq.writeAhead(RX_PUBLISH, RX_WRITE_AHEAD_SPAN);
         const f = this.rxPeek();
         if (f === null || !this.placeOne(vq, f, mergeable)) break;
         this.rxTake();

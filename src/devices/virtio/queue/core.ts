@@ -253,6 +253,16 @@ export function checkConfig(
   }
 }
 
+/**
+ * Stores a zero at the start of [off, off + span) of `bytes` and every 64 bytes after, and at its last byte: one
+ * store into each cache line of the range (Virtqueue.writeAhead).
+ */
+export function zeroLines(bytes: Uint8Array, off: number, span: number): void {
+  const last = off + span - 1;
+  for (let at = off; at < last; at += 64) bytes[at] = 0;
+  bytes[last] = 0;
+}
+
 export type NotifyDecision = "none" | "notify" | "suppress";
 
 /** In-flight tracking, pushUsed argument checks, metrics and error conversion; the layouts do the ring work. */
@@ -448,6 +458,7 @@ export abstract class QueueBase implements Virtqueue {
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
   abstract touchAhead(n: number): number;
+  abstract writeAhead(n: number, span: number): void;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
   /** Publishes used elements written with `publish` false (nothing if there are none). */

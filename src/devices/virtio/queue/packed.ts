@@ -5,7 +5,15 @@
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
 import type { StateObject, StateReader } from "../../../shared/device-state.ts";
-import { ChainBuilder, checkConfig, hex, MutableChain, type NotifyDecision, QueueBase } from "./core.ts";
+import {
+  ChainBuilder,
+  checkConfig,
+  hex,
+  MutableChain,
+  type NotifyDecision,
+  QueueBase,
+  zeroLines,
+} from "./core.ts";
 import {
   DESC_SIZE,
   type DescriptorChain,
@@ -242,6 +250,28 @@ export class PackedQueue extends QueueBase {
       }
     }
     return sum;
+  }
+
+  /** Virtqueue.writeAhead: descriptors from the next slot in ring order while available, as touchAhead reads them. */
+  writeAhead(n: number, span: number): void {
+    const qm = this.qm;
+    const bytes = qm.mem.bytes;
+    let slot = this.nextAvail;
+    let wrap = this.availWrap;
+    for (let k = 0; k < n; k++) {
+      const d = this.descOff + DESC_SIZE * slot;
+      const flags = qm.load16Acquire(d + 14);
+      if (!isAvailable(flags, wrap)) break;
+      const len = qm.u32le(d + 8);
+      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) === VIRTQ_DESC_F_WRITE && len >= span) {
+        const off = qm.offsetOf(qm.addr64(d), len);
+        if (off >= 0) zeroLines(bytes, off, span);
+      }
+      if (++slot === this.size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+    }
   }
 
   protected popChain(): DescriptorChain | null {

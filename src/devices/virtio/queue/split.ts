@@ -12,6 +12,7 @@ import {
   type NotifyDecision,
   needEvent,
   QueueBase,
+  zeroLines,
 } from "./core.ts";
 import {
   DESC_SIZE,
@@ -288,6 +289,35 @@ export class SplitQueue extends QueueBase {
       sum += (bytes[off] as number) + (bytes[off + len - 1] as number);
     }
     return sum;
+  }
+
+  /** Virtqueue.writeAhead: the first segment of each chain, from the available ring as touchAhead reads it. */
+  writeAhead(n: number, span: number): void {
+    const qm = this.qm;
+    const bytes = qm.mem.bytes;
+    const size = this.size;
+    let at = this.lastAvail;
+    let avail = this.availSeen;
+    let pending = (avail - at) & 0xffff;
+    if (avail < 0 || pending < n || pending > size) {
+      avail = qm.load16Acquire(this.availOff + 2);
+      pending = (avail - at) & 0xffff;
+      if (pending > size) return; // pop() says why
+      this.availSeen = avail;
+    }
+    const end = Math.min(pending, n);
+    for (let k = 0; k < end; k++) {
+      const head = qm.u16le(this.availOff + 4 + 2 * (at & this.mask));
+      at++;
+      if (head >= size) continue;
+      const d = this.descOff + DESC_SIZE * head;
+      const flags = qm.u16le(d + 12);
+      const len = qm.u32le(d + 8);
+      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== VIRTQ_DESC_F_WRITE || len < span)
+        continue;
+      const off = qm.offsetOf(qm.addr64(d), len);
+      if (off >= 0) zeroLines(bytes, off, span);
+    }
   }
 
   /** Follows a chain from `head` through the descriptor table (2.7.5) and at most one indirect table. */
