@@ -199,6 +199,10 @@ export class Switch {
   private runAt = 0;
   private runPeeked = false;
   /** Where egress() left the frame it passed, in the destination's form. */
+  /** The slab as 32-bit words (frames start 8-byte aligned), and the last source memory's words (wordsOf). */
+  private readonly slabWords: Int32Array;
+  private srcBytes: Uint8Array | null = null;
+  private srcWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
   private egressOff = 0;
   private egressLen = 0;
   /** Counts over the switch's life (ports come and go). */
@@ -210,7 +214,8 @@ export class Switch {
     this.ports = new Array(maxPorts).fill(null);
     this.macs = new MacTable({ maxPorts, ...opts.macTable });
     this.batchMax = opts.batchFrames ?? 256;
-    this.slab = new Uint8Array(Math.max(opts.batchBytes ?? 1 << 20, 2 * (MAX_FRAME + HEADROOM + 8)));
+    this.slab = new Uint8Array(Math.max(opts.batchBytes ?? 1 << 20, 2 * (MAX_FRAME + HEADROOM + 8)) & ~7);
+    this.slabWords = new Int32Array(this.slab.buffer, 0, this.slab.length >>> 2);
     this.fOff = new Int32Array(this.batchMax);
     this.fLen = new Int32Array(this.batchMax);
     this.fVlan = new Int32Array(this.batchMax);
@@ -284,7 +289,19 @@ export class Switch {
     }
     const slab = this.slab;
     if (len <= 64) {
-      for (let i = 0; i < len; i++) slab[at + i] = bytes[off + i] as number;
+      // A short frame by 32-bit words where both sides allow it (a frame from DPDK's buffers and the slab are 8-byte
+      // aligned): a quarter of the loads from shared memory a byte loop makes, and no TypedArray.set call.
+      let i = 0;
+      if (((bytes.byteOffset + off) & 3) === 0) {
+        const src = this.wordsOf(bytes);
+        const dst = this.slabWords;
+        const s = (bytes.byteOffset + off - src.byteOffset) >>> 2;
+        const d = at >>> 2;
+        const n = len >>> 2;
+        for (let w = 0; w < n; w++) dst[d + w] = src[s + w] as number;
+        i = n << 2;
+      }
+      for (; i < len; i++) slab[at + i] = bytes[off + i] as number;
     } else {
       slab.set(bytes.subarray(off, off + len), at);
     }
@@ -295,6 +312,23 @@ export class Switch {
     this.slabUsed = (at + len + 7) & ~7;
     if (this.count >= this.batchMax) this.processBatch();
     return true;
+  }
+
+  /**
+   * `bytes`' buffer as 32-bit words from its first 4-aligned byte, made once per source memory (a peer's memory
+   * is one mapping, the same array for every frame until its memory table changes).
+   */
+  private wordsOf(bytes: Uint8Array): Int32Array {
+    if (bytes !== this.srcBytes) {
+      const start = (bytes.byteOffset + 3) & ~3;
+      this.srcWords = new Int32Array(
+        bytes.buffer,
+        start,
+        (bytes.byteOffset + bytes.byteLength - start) >>> 2,
+      );
+      this.srcBytes = bytes;
+    }
+    return this.srcWords;
   }
 
   /** The source's turn ended: forwards what is staged and flushes every port that got frames. */

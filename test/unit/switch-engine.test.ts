@@ -123,6 +123,37 @@ describe("vireo switch: learning and flooding", () => {
     assert.deepEqual((io.b as TestIo).frames[0], expect);
   });
 
+  test("short frames are staged byte for byte from any offset of any source array (word and byte copies)", () => {
+    const { sw, io } = rig([["a"], ["b"]]);
+    const a = sw.port("a");
+    assert.ok(a);
+    // Source memories whose arrays start at each offset mod 4 of a SharedArrayBuffer (guest memory is one), and
+    // frames at each offset mod 4 inside them, of every length from the minimum up to 64 and a few past it.
+    const sab = new SharedArrayBuffer(64 * 1024);
+    const sent: Uint8Array[] = [];
+    let seed = 1;
+    for (let base = 0; base < 4; base++) {
+      const mem = new Uint8Array(sab, base, sab.byteLength - 8);
+      for (let off = 0; off < 4; off++) {
+        for (const len of [14, 15, 16, 17, 60, 61, 62, 63, 64, 65, 67]) {
+          const f = frame(mac(2), mac(1), { len });
+          for (let i = 14; i < len; i++) f[i] = (seed * 13 + i * 7) & 0xff;
+          seed++;
+          const at = 128 + off;
+          mem.fill(0xee, at - 8, at + len + 8);
+          mem.set(f, at);
+          sw.receive(a.index, mem, at, len);
+          mem.fill(0x55, at, at + len); // rewritten after staging: the copy must already be taken
+          sent.push(f);
+          sw.endBatch();
+        }
+      }
+    }
+    const got = (io.b as TestIo).frames;
+    assert.equal(got.length, sent.length);
+    for (const [k, f] of sent.entries()) assert.deepEqual(got[k], f, `frame ${k} (length ${f.length})`);
+  });
+
   test("a batch is flushed once per destination, and a full batch forwards before the turn ends", () => {
     const { sw, io, send } = rig([["a"], ["b"], ["c"]]);
     send("b", frame(BCAST, mac(2)));
