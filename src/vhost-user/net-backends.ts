@@ -20,6 +20,8 @@ export function zeroCounts(): FrameCounts {
 /** Counts and drops every frame the guest sends; never delivers any. */
 export class SinkBackend implements NetBackend {
   readonly name = "sink";
+  /** VirtioNetBackend.readsFrames: frames are counted, not read, so transmit reads none of them ahead. */
+  readonly readsFrames = false;
   constructor(readonly counts: FrameCounts = zeroCounts()) {}
   send(frame: Uint8Array): boolean {
     this.counts.txFrames++;

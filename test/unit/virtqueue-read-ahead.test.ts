@@ -36,18 +36,39 @@ for (const kind of KINDS) {
       const mem = makeTestMemory({ size: 1 << 20, shared: true });
       const drv = new VirtioTestDriver(mem, { kind, size: 16 });
       const q = createVirtqueue(kind, mem, drv.config, drv.features);
-      assert.equal(q.touchAhead(8), 0, "nothing available: nothing read");
+      assert.equal(q.touchAhead(8, 4096), 0, "nothing available: nothing read");
       const ids = [1, 2, 3, 4, 5].map((i) => drv.addChain([buffer(10 + i, i, 10 * i)], []));
       // 3 of 5: (1 + 10) + (2 + 20) + (3 + 30)
-      assert.equal(q.touchAhead(3), 66);
-      assert.equal(q.touchAhead(32), 66 + (4 + 40) + (5 + 50), "no more than are available");
+      assert.equal(q.touchAhead(3, 4096), 66);
+      assert.equal(q.touchAhead(32, 4096), 66 + (4 + 40) + (5 + 50), "no more than are available");
       const first = q.pop();
       assert.equal(first?.id, ids[0]);
-      assert.equal(q.touchAhead(2), 22 + 33, "from the next unpopped chain");
+      assert.equal(q.touchAhead(2, 4096), 22 + 33, "from the next unpopped chain");
       const rest = [q.pop(), q.pop(), q.pop(), q.pop()].map((c) => c?.id);
       assert.deepEqual(rest, ids.slice(1));
       assert.equal(q.pop(), null);
       assert.equal(q.inFlight, 5);
+    });
+
+    test("reads one byte per cache line of the first span bytes: 0, 64, 128 and 129 of [0, 130)", () => {
+      const mem = makeTestMemory({ size: 1 << 20, shared: true });
+      const drv = new VirtioTestDriver(mem, { kind, size: 8 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      const b = new Uint8Array(300);
+      for (const [at, v] of [
+        [0, 1],
+        [63, 100],
+        [64, 2],
+        [127, 100],
+        [128, 4],
+        [129, 8],
+        [130, 100],
+        [299, 100],
+      ] as const)
+        b[at] = v;
+      drv.addChain([b], []);
+      assert.equal(q.touchAhead(1, 130), 1 + 2 + 4 + 8);
+      assert.equal(q.touchAhead(1, 12), 1 + 0, "the header alone: bytes 0 and 11");
     });
 
     test("a buffer outside guest RAM is skipped, and pop still refuses it", () => {
@@ -60,7 +81,7 @@ for (const kind of KINDS) {
       } else {
         drv.makeAvailableRaw([{ addr: mem.end - 4, len: 64, flags: 0, id: 0 }]);
       }
-      assert.equal(q.touchAhead(4), 0);
+      assert.equal(q.touchAhead(4, 4096), 0);
       assert.throws(() => q.pop(), VirtqueueError);
     });
   });
@@ -137,11 +158,11 @@ describe("split queue: read-ahead and the cached avail idx against a hostile rin
     const q = new SplitQueue(mem, drv.config, drv.features);
     drv.addChain([buffer(8, 7, 9)], []);
     drv.pushAvail(8);
-    assert.equal(q.touchAhead(8), 16, "the good chain is read, head 8 skipped");
+    assert.equal(q.touchAhead(8, 4096), 16, "the good chain is read, head 8 skipped");
     assert.ok(q.pop());
     assert.throws(() => q.pop(), /holds head 8, not below the queue size 8/);
     drv.setAvailIdx(30);
-    assert.equal(q.touchAhead(8), 0);
+    assert.equal(q.touchAhead(8, 4096), 0);
   });
 
   test("idx is read again once the entries seen are taken: buffers added after a pop are found", () => {

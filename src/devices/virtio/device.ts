@@ -73,11 +73,12 @@ export interface VirtioInterrupts {
  */
 export interface DrainOptions {
   /**
-   * The handler reads the chains' buffers (a transmit queue): every READ_AHEAD chains, the first cache lines of
-   * the next READ_AHEAD buffers are read ahead (Virtqueue.touchAhead), so that their transfers from the driver's
-   * CPU overlap instead of stalling each chain in turn.
+   * Bytes at the start of each buffer the handler reads (a transmit queue: the header and what the backend reads
+   * of the frame): every READ_AHEAD chains, those bytes of the next READ_AHEAD buffers are read ahead
+   * (Virtqueue.touchAhead), so that their transfers from the driver's CPU overlap instead of stalling each chain
+   * in turn. Default 0: none.
    */
-  readAhead?: boolean;
+  readAhead?: number;
 }
 
 export interface VirtioDeviceModel {
@@ -1297,7 +1298,7 @@ export class VirtioDevice {
         return true;
       };
       try {
-        this.drainSlice(q, vq, kept, work, serve, opts?.readAhead === true);
+        this.drainSlice(q, vq, kept, work, serve, opts?.readAhead ?? 0);
       } finally {
         vq.publishUsed();
       }
@@ -1353,7 +1354,7 @@ export class VirtioDevice {
     kept: PartialChain | undefined,
     work: WorkBudget,
     serve: (c: DescriptorChain) => boolean,
-    readAhead: boolean,
+    readAhead: number,
   ): void {
     // A chain left unfinished by the previous slice goes first (unless the queue was reset since: a new
     // queue object, and the chain belongs to the old ring).
@@ -1362,7 +1363,8 @@ export class VirtioDevice {
       vq.setDriverNotifications(false);
       let served = 0;
       while (!work.exhausted) {
-        if (readAhead && served++ % READ_AHEAD === 0) this.touched += vq.touchAhead(READ_AHEAD);
+        if (readAhead > 0 && served++ % READ_AHEAD === 0)
+          this.touched += vq.touchAhead(READ_AHEAD, readAhead);
         const c = vq.pop();
         if (c === null) break;
         if (!serve(c)) break drainLoop;

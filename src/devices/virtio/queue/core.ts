@@ -263,6 +263,14 @@ export function zeroLines(bytes: Uint8Array, off: number, span: number): void {
   bytes[last] = 0;
 }
 
+/** The sum of the bytes at the start of [off, off + span), every 64 bytes after, and its last (touchAhead). */
+export function readLines(bytes: Uint8Array, off: number, span: number): number {
+  const last = off + span - 1;
+  let sum = bytes[last] as number;
+  for (let at = off; at < last; at += 64) sum += bytes[at] as number;
+  return sum;
+}
+
 export type NotifyDecision = "none" | "notify" | "suppress";
 
 /** In-flight tracking, pushUsed argument checks, metrics and error conversion; the layouts do the ring work. */
@@ -457,7 +465,7 @@ export abstract class QueueBase implements Virtqueue {
 
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
-  abstract touchAhead(n: number): number;
+  abstract touchAhead(n: number, span: number): number;
   abstract writeAhead(n: number, span: number): void;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;

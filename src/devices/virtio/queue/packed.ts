@@ -12,6 +12,7 @@ import {
   MutableChain,
   type NotifyDecision,
   QueueBase,
+  readLines,
   zeroLines,
 } from "./core.ts";
 import {
@@ -229,7 +230,7 @@ export class PackedQueue extends QueueBase {
    * Virtqueue.touchAhead: descriptors from the next slot in ring order while they are available (2.8.1), the
    * buffer of each that is not indirect; a list's further descriptors count towards `n` too.
    */
-  touchAhead(n: number): number {
+  touchAhead(n: number, span: number): number {
     const qm = this.qm;
     const bytes = qm.mem.bytes;
     let slot = this.nextAvail;
@@ -242,7 +243,7 @@ export class PackedQueue extends QueueBase {
       if ((flags & VIRTQ_DESC_F_INDIRECT) === 0) {
         const len = qm.u32le(d + 8);
         const off = qm.offsetOf(qm.addr64(d), len);
-        if (off >= 0 && len > 0) sum += (bytes[off] as number) + (bytes[off + len - 1] as number);
+        if (off >= 0 && len > 0) sum += readLines(bytes, off, Math.min(len, span));
       }
       if (++slot === this.size) {
         slot = 0;

@@ -12,6 +12,7 @@ import {
   type NotifyDecision,
   needEvent,
   QueueBase,
+  readLines,
   zeroLines,
 } from "./core.ts";
 import {
@@ -262,7 +263,7 @@ export class SplitQueue extends QueueBase {
   }
 
   /** Virtqueue.touchAhead: from the available ring as last read (idx is read again when fewer than `n` wait). */
-  touchAhead(n: number): number {
+  touchAhead(n: number, span: number): number {
     const qm = this.qm;
     const mem = qm.mem;
     const bytes = mem.bytes;
@@ -286,7 +287,7 @@ export class SplitQueue extends QueueBase {
       const len = qm.u32le(d + 8);
       const off = qm.offsetOf(qm.addr64(d), len);
       if (off < 0 || len === 0) continue;
-      sum += (bytes[off] as number) + (bytes[off + len - 1] as number);
+      sum += readLines(bytes, off, Math.min(len, span));
     }
     return sum;
   }

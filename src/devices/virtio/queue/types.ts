@@ -100,13 +100,14 @@ export interface Virtqueue {
    */
   setDriverNotifications(enabled: boolean): void;
   /**
-   * Reads the first and last byte of the first buffer of up to `n` chains the driver has made available and
-   * pop() has not yet returned, changing nothing: a device about to read those buffers (a transmit queue) gets
-   * their cache lines, which the driver's CPU has just written, fetched together rather than one chain at a time
-   * as each is served (a prefetch). Heads and addresses pop() would refuse are skipped here, and pop() refuses
-   * them as usual. Returns a number made of the bytes read (keep it, so that the reads are not dropped).
+   * Reads one byte per cache line of the first `span` bytes (or fewer, as the buffer is long) of the first buffer
+   * of up to `n` chains the driver has made available and pop() has not yet returned, changing nothing: a device
+   * about to read those bytes (a transmit queue) gets their cache lines, which the driver's CPU has just written,
+   * fetched together rather than one chain at a time as each is served (a prefetch). Heads and addresses pop()
+   * would refuse are skipped here, and pop() refuses them as usual. Returns a number made of the bytes read (keep
+   * it, so that the reads are not dropped).
    */
-  touchAhead(n: number): number;
+  touchAhead(n: number, span: number): number;
   /**
    * Stores zeros into the first `span` bytes (one store per cache line) of the first buffer of up to `n` chains
    * the driver has made available and pop() has not yet returned, where that buffer is device-writable, direct
