@@ -262,56 +262,52 @@ export class SplitQueue extends QueueBase {
     return chain;
   }
 
-  /** Virtqueue.touchAhead: from the available ring as last read (idx is read again when fewer than `n` wait). */
-  touchAhead(n: number, span: number): number {
-    const qm = this.qm;
-    const mem = qm.mem;
-    const bytes = mem.bytes;
-    const size = this.size;
-    let at = this.lastAvail;
-    let avail = this.availSeen;
-    let pending = (avail - at) & 0xffff;
-    if (avail < 0 || pending < n || pending > size) {
-      avail = qm.load16Acquire(this.availOff + 2);
+  /**
+   * How many of the next `n` available entries touchAhead and writeAhead may look at: from the avail idx as last
+   * read, read again when fewer than `n` wait (0 for an idx pop() will refuse; pop() says why).
+   */
+  private availableAhead(n: number): number {
+    const at = this.lastAvail;
+    let pending = (this.availSeen - at) & 0xffff;
+    if (this.availSeen < 0 || pending < n || pending > this.size) {
+      const avail = this.qm.load16Acquire(this.availOff + 2);
       pending = (avail - at) & 0xffff;
-      if (pending > size) return 0; // pop() says why
+      if (pending > this.size) return 0;
       this.availSeen = avail;
     }
-    const end = Math.min(pending, n);
+    return Math.min(pending, n);
+  }
+
+  /** The descriptor table offset of the head in the k-th available entry after lastAvail, or -1 if it is bad. */
+  private headAhead(k: number): number {
+    const head = this.qm.u16le(this.availOff + 4 + 2 * ((this.lastAvail + k) & this.mask));
+    return head < this.size ? this.descOff + DESC_SIZE * head : -1;
+  }
+
+  /** Virtqueue.touchAhead: the first descriptor of each chain (availableAhead). */
+  touchAhead(n: number, span: number): number {
+    const qm = this.qm;
+    const bytes = qm.mem.bytes;
+    const end = this.availableAhead(n);
     let sum = 0;
     for (let k = 0; k < end; k++) {
-      const head = qm.u16le(this.availOff + 4 + 2 * (at & this.mask));
-      at++;
-      if (head >= size) continue;
-      const d = this.descOff + DESC_SIZE * head;
+      const d = this.headAhead(k);
+      if (d < 0) continue;
       const len = qm.u32le(d + 8);
       const off = qm.offsetOf(qm.addr64(d), len);
-      if (off < 0 || len === 0) continue;
-      sum += readLines(bytes, off, Math.min(len, span));
+      if (off >= 0 && len > 0) sum += readLines(bytes, off, Math.min(len, span));
     }
     return sum;
   }
 
-  /** Virtqueue.writeAhead: the first segment of each chain, from the available ring as touchAhead reads it. */
+  /** Virtqueue.writeAhead: the first descriptor of each chain (availableAhead), if direct and device-writable. */
   writeAhead(n: number, span: number): void {
     const qm = this.qm;
     const bytes = qm.mem.bytes;
-    const size = this.size;
-    let at = this.lastAvail;
-    let avail = this.availSeen;
-    let pending = (avail - at) & 0xffff;
-    if (avail < 0 || pending < n || pending > size) {
-      avail = qm.load16Acquire(this.availOff + 2);
-      pending = (avail - at) & 0xffff;
-      if (pending > size) return; // pop() says why
-      this.availSeen = avail;
-    }
-    const end = Math.min(pending, n);
+    const end = this.availableAhead(n);
     for (let k = 0; k < end; k++) {
-      const head = qm.u16le(this.availOff + 4 + 2 * (at & this.mask));
-      at++;
-      if (head >= size) continue;
-      const d = this.descOff + DESC_SIZE * head;
+      const d = this.headAhead(k);
+      if (d < 0) continue;
       const flags = qm.u16le(d + 12);
       const len = qm.u32le(d + 8);
       if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== VIRTQ_DESC_F_WRITE || len < span)
