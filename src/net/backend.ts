@@ -26,9 +26,11 @@ export interface Receiver {
    * Optional, where the device offers it: places frames while `peek` returns one and the guest has buffers,
    * calling `take` after each frame placed (the backend then drops it from its queue), up to a bound the device
    * sets; returns how many it placed. The device's queue is held meanwhile, so one lock and one ring update serve
-   * the burst: `peek` and `take` must not call into the device.
+   * the burst: `peek` and `take` must not call into the device. `expected`, when the backend knows it, is how many
+   * frames it has to offer: the device prepares that many buffers ahead (not more than it would anyway), where a
+   * burst of one or two would waste the work of preparing a full batch.
    */
-  burst?: (peek: () => Uint8Array | null, take: () => void) => number;
+  burst?: (peek: () => Uint8Array | null, take: () => void, expected?: number) => number;
   /**
    * Optional, where the device offers it: publishes (and notifies) the frames held back by earlier calls with
    * `more`, for a backend that only learns a burst has ended after its last frame went in (a switch ends its

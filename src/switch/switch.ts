@@ -44,9 +44,9 @@ export interface PortIo {
   /**
    * Optional: copies the frames `peek` offers to the peer while it has room, calling `take` after each, under one
    * hold of the peer's ring (Receiver.burst; `peek` and `take` must not call into the port); returns how many it
-   * took, or null when no peer is connected (nothing peeked).
+   * took, or null when no peer is connected (nothing peeked). `expected`: how many frames `peek` has at most.
    */
-  deliverBurst?(peek: () => Uint8Array | null, take: () => void): number | null;
+  deliverBurst?(peek: () => Uint8Array | null, take: () => void, expected: number): number | null;
   /** The batch ended: make what was delivered visible to the peer (notify once). */
   flush(): void;
   /** The port is detached or the switch stops. */
@@ -498,7 +498,7 @@ export class Switch {
       this.runAt = 0;
       this.runPeeked = false;
       for (;;) {
-        const got = p.io.deliverBurst?.(this.runPeek, this.runTake) ?? null;
+        const got = p.io.deliverBurst?.(this.runPeek, this.runTake, n - this.runAt) ?? null;
         if (got === null) break;
         if (this.runPeeked) {
           // The peer had no room for the frame offered last (its filter and rate limit passed it).

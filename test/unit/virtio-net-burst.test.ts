@@ -221,6 +221,43 @@ describe("virtio-net: Receiver.burst", () => {
   });
 });
 
+describe("virtio-net: Receiver.burst claims buffers ahead as many as the backend expects", () => {
+  test("none for a lone frame, `expected` for a short burst, a batch of 64 without a hint", (t) => {
+    // Spy on the queue's writeAhead (the rig builds its own queues): record n, then do the real work.
+    const calls: number[] = [];
+    const real = SplitQueue.prototype.writeAhead;
+    t.after(() => {
+      SplitQueue.prototype.writeAhead = real;
+    });
+    SplitQueue.prototype.writeAhead = function (this: SplitQueue, n: number, span: number) {
+      calls.push(n);
+      real.call(this, n, span);
+    };
+    const { rig, rx } = startNet(128);
+    const b = (rig.model.backend as ManualBackend).receiver?.burst;
+    assert.ok(b);
+    const run = (frames: number, expected?: number) => {
+      calls.length = 0;
+      for (let i = 0; i < frames; i++) rx.addChain([], [HDR + 100]);
+      const queue = Array.from({ length: frames }, (_, i) => bytes(60, i));
+      const placed = b(
+        () => queue[0] ?? null,
+        () => {
+          queue.shift();
+        },
+        expected,
+      );
+      assert.equal(placed, frames);
+      assert.equal(rx.usedChains().length, frames);
+      return [...calls];
+    };
+    assert.deepEqual(run(1, 1), [], "a lone frame claims nothing ahead");
+    assert.deepEqual(run(3, 3), [3], "three expected: three claimed");
+    assert.deepEqual(run(2), [64], "no hint: a batch");
+    assert.deepEqual(run(70, 70), [64, 6], "a batch, then what is left of the expected");
+  });
+});
+
 describe("virtio-net: a received frame is copied whole whatever its alignment", () => {
   // Large frames whose alignment differs from the receive buffer's go through a staging buffer (copyToShared).
   test("frames of 60 to 1514 bytes at every source offset mod 8 arrive byte for byte", () => {

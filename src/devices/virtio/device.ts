@@ -67,10 +67,7 @@ export interface VirtioInterrupts {
   config(vector: number): void;
 }
 
-/**
- * What a device type provides. One object per thread, all over the same VirtioDevice state; whatever a model
- * must share between threads goes in its `stateBytes` region (VirtioContext.state).
- */
+/** How VirtioContext.drain serves a queue, beyond handing each chain to the handler. */
 export interface DrainOptions {
   /**
    * Bytes at the start of each buffer the handler reads (a transmit queue: the header and what the backend reads
@@ -81,6 +78,10 @@ export interface DrainOptions {
   readAhead?: number;
 }
 
+/**
+ * What a device type provides. One object per thread, all over the same VirtioDevice state; whatever a model
+ * must share between threads goes in its `stateBytes` region (VirtioContext.state).
+ */
 export interface VirtioDeviceModel {
   /** Virtio Device ID (5 Device Types). */
   readonly type: number;

@@ -298,7 +298,7 @@ export class VirtioNet implements VirtioDeviceModel {
       };
     }
     const receiver: Receiver = (frame, more) => this.receive(frame, more);
-    receiver.burst = (peek, take) => this.receiveBurst(peek, take);
+    receiver.burst = (peek, take, expected) => this.receiveBurst(peek, take, expected);
     receiver.flush = () => this.flushReceived();
     this.backend.attach(receiver);
   }
@@ -513,11 +513,13 @@ export class VirtioNet implements VirtioDeviceModel {
 
   /**
    * Receiver.burst: frames from `peek` placed under one hold of the receive queue, at most RX_BURST, published
-   * and notified once at the end (or when a frame finds no buffer).
+   * and notified once at the end (or when a frame finds no buffer). `expected`: how many frames `peek` has, if
+   * known (the buffers claimed ahead are bounded by it).
    */
-  receiveBurst(peek: () => Uint8Array | null, take: () => void): number {
+  receiveBurst(peek: () => Uint8Array | null, take: () => void, expected = RX_BURST): number {
     this.rxPeek = peek;
     this.rxTake = take;
+    this.rxExpected = expected;
     const n = this.ctx.withQueue(NET_RX_QUEUE, this.placeBurst);
     this.rxPeek = NO_PEEK;
     this.rxTake = NO_TAKE;
@@ -526,6 +528,7 @@ export class VirtioNet implements VirtioDeviceModel {
 
   private rxPeek: () => Uint8Array | null = NO_PEEK;
   private rxTake: () => void = NO_TAKE;
+  private rxExpected = RX_BURST;
   private readonly placeBurst = (vq: Virtqueue | null): number => {
     if (vq === null) return 0;
     // Features cannot change while the queue is held: asked once per burst, not per frame.
@@ -533,7 +536,9 @@ export class VirtioNet implements VirtioDeviceModel {
     let n = 0;
     try {
       while (n < RX_BURST) {
-        if ((n & (RX_PUBLISH - 1)) === 0) vq.writeAhead(RX_PUBLISH, RX_WRITE_AHEAD_SPAN);
+        // Claim the next buffers a batch at a time, as many as frames are expected (none for a lone frame).
+        if ((n & (RX_PUBLISH - 1)) === 0 && this.rxExpected - n > 1)
+          vq.writeAhead(Math.min(RX_PUBLISH, this.rxExpected - n), RX_WRITE_AHEAD_SPAN);
         const f = this.rxPeek();
         if (f === null || !this.placeOne(vq, f, mergeable)) break;
         this.rxTake();

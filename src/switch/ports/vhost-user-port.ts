@@ -78,11 +78,11 @@ export class VhostUserPort implements PortIo {
     return r(frame, more);
   }
 
-  deliverBurst(peek: () => Uint8Array | null, take: () => void): number | null {
+  deliverBurst(peek: () => Uint8Array | null, take: () => void, expected: number): number | null {
     const r = this.backend.receiver;
     // Without a peer, or a device without bursts, the switch delivers frame by frame (deliver says which).
     if (r?.burst === undefined || !this.endpoint.connected) return null;
-    return r.burst(peek, take);
+    return r.burst(peek, take, expected);
   }
 
   flush(): void {
