@@ -91,6 +91,19 @@ export class GuestMemory {
     return off;
   }
 
+  /** The offset `check` would return, or -1 where it would throw: for callers that skip a bad range. */
+  offsetOf(gpa: number, len: number): number {
+    const off = gpa - this.base;
+    if (
+      !(off >= 0 && len >= 0 && off <= this.size - len) ||
+      !Number.isInteger(off) ||
+      !Number.isInteger(len)
+    ) {
+      return -1;
+    }
+    return off;
+  }
+
   /** Single-width accesses inline this instead of `check` to avoid a second call frame on the hot path. */
   private at(gpa: number, width: number): number {
     const off = gpa - this.base;

@@ -125,6 +125,12 @@ export class RegionGuestMemory extends GuestMemory {
     return undefined;
   }
 
+  /** GuestMemory.offsetOf, and -1 also for a range that is not inside one region (a gap is not guest RAM). */
+  override offsetOf(gpa: number, len: number): number {
+    const off = super.offsetOf(gpa, len);
+    return off >= 0 && this.regionOf(gpa, len) !== undefined ? off : -1;
+  }
+
   override check(gpa: number, len: number): number {
     const off = super.check(gpa, len);
     if (this.regionOf(gpa, len) === undefined) {

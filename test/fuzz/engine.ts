@@ -222,6 +222,19 @@ export class CheckedMemory extends GuestMemory {
       return off;
     });
   }
+  /** offsetOf refuses with -1, not by throwing: a refusal outside RAM is counted, an offset given there escapes. */
+  override offsetOf(gpa: number, len: number): number {
+    const off = super.offsetOf(gpa, len);
+    if (this.instrument && this.depth === 0) {
+      const ok = this.inside(gpa, len);
+      if (off < 0) {
+        if (!ok) this.rejected++;
+      } else if (!ok || off + len > this.ramSize) {
+        this.escapes.push({ op: "offsetOf", gpa, len });
+      }
+    }
+    return off;
+  }
   override readU8(gpa: number): number {
     return this.wrap("readU8", gpa, 1, () => super.readU8(gpa));
   }

@@ -16,6 +16,7 @@ import {
   VirtqueueError,
 } from "../../src/devices/virtio/queue/index.ts";
 import type { Receiver } from "../../src/net/backend.ts";
+import { RegionGuestMemory } from "../../src/vhost-user/memory.ts";
 import { makeTestMemory, makeVirtioPciRig, VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const KINDS: QueueKind[] = ["split", "packed"];
@@ -150,6 +151,39 @@ for (const kind of KINDS) {
     });
   });
 }
+
+describe("read-ahead in a vhost-user front-end's memory: a gap between regions is not guest RAM", () => {
+  for (const kind of KINDS) {
+    test(`${kind}: a buffer in the gap is neither read nor written ahead, and pop refuses it`, () => {
+      const base = 0x10000;
+      const sab = new SharedArrayBuffer(0x30000);
+      const regions = [
+        { gpa: base, size: 0x10000, userAddr: 0, mmapOffset: 0 },
+        { gpa: base + 0x20000, size: 0x10000, userAddr: 0x20000, mmapOffset: 0 },
+      ];
+      const mem = new RegionGuestMemory(sab, base, regions);
+      const drv = new VirtioTestDriver(mem, { kind, size: 8, limit: base + 0x10000 });
+      const q = createVirtqueue(kind, mem, drv.config, drv.features);
+      const gap = base + 0x10000 + 0x100;
+      const raw = new Uint8Array(sab);
+      raw.fill(0xaa, gap - base, gap - base + 200);
+      if (kind === "split") {
+        drv.writeDesc(0, { addr: gap, len: 200, flags: 2 /* VIRTQ_DESC_F_WRITE */ });
+        drv.pushAvail(0);
+      } else {
+        drv.makeAvailableRaw([{ addr: gap, len: 200, flags: 2, id: 0 }]);
+      }
+      q.writeAhead(4, 72);
+      assert.deepEqual(
+        [...raw.subarray(gap - base, gap - base + 200)].filter((b) => b !== 0xaa),
+        [],
+        "nothing written into the gap",
+      );
+      assert.equal(q.touchAhead(4, 72), 0, "nothing read from the gap");
+      assert.throws(() => q.pop(), VirtqueueError);
+    });
+  }
+});
 
 describe("split queue: read-ahead and the cached avail idx against a hostile ring", () => {
   test("a head not below the queue size and an idx too far ahead are skipped by touchAhead, refused by pop", () => {

@@ -51,11 +51,12 @@ export class QueueMemory {
         : null;
   }
 
-  /** Buffer offset of [gpa, gpa + len) if it lies inside guest RAM, else -1. Never throws. */
+  /**
+   * Buffer offset of [gpa, gpa + len) if it lies inside guest RAM, else -1 (GuestMemory.offsetOf: for a
+   * vhost-user front-end's memory, inside one of its regions). Never throws.
+   */
   offsetOf(gpa: number, len: number): number {
-    const off = gpa - this.mem.base;
-    if (!(off >= 0 && len >= 0 && off <= this.mem.size - len) || !Number.isInteger(off)) return -1;
-    return off;
+    return this.mem.offsetOf(gpa, len);
   }
 
   u8(off: number): number {
