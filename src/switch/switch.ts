@@ -198,11 +198,11 @@ export class Switch {
   /** deliverRun's position in the run, and whether peek offered the frame there (not yet taken). */
   private runAt = 0;
   private runPeeked = false;
-  /** Where egress() left the frame it passed, in the destination's form. */
   /** The slab as 32-bit words (frames start 8-byte aligned), and the last source memory's words (wordsOf). */
   private readonly slabWords: Int32Array;
   private srcBytes: Uint8Array | null = null;
   private srcWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  /** Where egress() left the frame it passed, in the destination's form. */
   private egressOff = 0;
   private egressLen = 0;
   /** Counts over the switch's life (ports come and go). */

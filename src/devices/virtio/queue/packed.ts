@@ -227,51 +227,54 @@ export class PackedQueue extends QueueBase {
   }
 
   /**
-   * Virtqueue.touchAhead: descriptors from the next slot in ring order while they are available (2.8.1), the
-   * buffer of each that is not indirect; a list's further descriptors count towards `n` too.
+   * The ring offset of the k-th descriptor from the next slot in ring order (k below the size), if it is
+   * available (2.8.1: its wrap counter is the next slot's, or the next lap's past the end), else -1.
+   */
+  private descAhead(k: number): number {
+    let slot = this.nextAvail + k;
+    let wrap = this.availWrap;
+    if (slot >= this.size) {
+      slot -= this.size;
+      wrap ^= 1;
+    }
+    const d = this.descOff + DESC_SIZE * slot;
+    return isAvailable(this.qm.load16Acquire(d + 14), wrap) ? d : -1;
+  }
+
+  /**
+   * Virtqueue.touchAhead: descriptors from the next slot while they are available (descAhead), the buffer of
+   * each that is not indirect; a list's further descriptors count towards `n` too.
    */
   touchAhead(n: number, span: number): number {
     const qm = this.qm;
     const bytes = qm.mem.bytes;
-    let slot = this.nextAvail;
-    let wrap = this.availWrap;
+    const end = Math.min(n, this.size);
     let sum = 0;
-    for (let k = 0; k < n; k++) {
-      const d = this.descOff + DESC_SIZE * slot;
-      const flags = qm.load16Acquire(d + 14);
-      if (!isAvailable(flags, wrap)) break;
-      if ((flags & VIRTQ_DESC_F_INDIRECT) === 0) {
-        const len = qm.u32le(d + 8);
-        const off = qm.offsetOf(qm.addr64(d), len);
-        if (off >= 0 && len > 0) sum += readLines(bytes, off, Math.min(len, span));
-      }
-      if (++slot === this.size) {
-        slot = 0;
-        wrap ^= 1;
-      }
+    for (let k = 0; k < end; k++) {
+      const d = this.descAhead(k);
+      if (d < 0) break;
+      if ((qm.u16le(d + 14) & VIRTQ_DESC_F_INDIRECT) !== 0) continue;
+      const len = qm.u32le(d + 8);
+      const off = qm.offsetOf(qm.addr64(d), len);
+      if (off >= 0 && len > 0) sum += readLines(bytes, off, Math.min(len, span));
     }
     return sum;
   }
 
-  /** Virtqueue.writeAhead: descriptors from the next slot in ring order while available, as touchAhead reads them. */
+  /** Virtqueue.writeAhead: descriptors as touchAhead takes them, each direct, device-writable and long enough. */
   writeAhead(n: number, span: number): void {
     const qm = this.qm;
     const bytes = qm.mem.bytes;
-    let slot = this.nextAvail;
-    let wrap = this.availWrap;
-    for (let k = 0; k < n; k++) {
-      const d = this.descOff + DESC_SIZE * slot;
-      const flags = qm.load16Acquire(d + 14);
-      if (!isAvailable(flags, wrap)) break;
+    const end = Math.min(n, this.size);
+    for (let k = 0; k < end; k++) {
+      const d = this.descAhead(k);
+      if (d < 0) break;
+      const flags = qm.u16le(d + 14);
       const len = qm.u32le(d + 8);
-      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) === VIRTQ_DESC_F_WRITE && len >= span) {
-        const off = qm.offsetOf(qm.addr64(d), len);
-        if (off >= 0) zeroLines(bytes, off, span);
-      }
-      if (++slot === this.size) {
-        slot = 0;
-        wrap ^= 1;
-      }
+      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== VIRTQ_DESC_F_WRITE || len < span)
+        continue;
+      const off = qm.offsetOf(qm.addr64(d), len);
+      if (off >= 0) zeroLines(bytes, off, span);
     }
   }
 
