@@ -105,6 +105,29 @@ export class MutableChain implements DescriptorChain {
   writableLength = 0;
   descriptorCount = 0;
   descriptorsRead = 0;
+
+  /**
+   * Makes this the chain of one direct descriptor at `id` (checked by the caller as ChainBuilder.add checks an
+   * element): what ChainBuilder would build for it, without its bookkeeping. A zero-length element carries no
+   * segment.
+   */
+  setSingle(id: number, addr: number, len: number, writable: boolean): this {
+    const fill = writable ? this.writable : this.readable;
+    const empty = writable ? this.readable : this.writable;
+    if (empty.length > 0) empty.length = 0;
+    if (len === 0) {
+      if (fill.length > 0) fill.length = 0;
+    } else {
+      if (fill.length > 1) fill.length = 1;
+      setSegment(fill, 0, addr, len);
+    }
+    this.id = id;
+    this.readableLength = writable ? 0 : len;
+    this.writableLength = writable ? len : 0;
+    this.descriptorCount = 1;
+    this.descriptorsRead = 1;
+    return this;
+  }
 }
 
 interface MutableSegment {
@@ -269,6 +292,20 @@ export function readLines(bytes: Uint8Array, off: number, span: number): number 
   const last = off + span - 1;
   let sum = bytes[last] as number;
   for (let at = off; at < last; at += 64) sum += bytes[at] as number;
+  return sum;
+}
+
+/**
+ * readLines over `m` ranges given by their first and last byte offsets (touchAhead's second pass): the loads only,
+ * so that many of them can miss at once.
+ */
+export function readAllLines(bytes: Uint8Array, first: Int32Array, last: Int32Array, m: number): number {
+  let sum = 0;
+  for (let i = 0; i < m; i++) {
+    const end = last[i] as number;
+    sum += bytes[end] as number;
+    for (let at = first[i] as number; at < end; at += 64) sum += bytes[at] as number;
+  }
   return sum;
 }
 
