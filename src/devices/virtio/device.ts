@@ -71,7 +71,7 @@ export interface VirtioInterrupts {
 export interface DrainOptions {
   /**
    * Bytes at the start of each buffer the handler reads (a transmit queue: the header and what the backend reads
-   * of the frame): every READ_AHEAD chains, those bytes of the next READ_AHEAD buffers are read ahead
+   * of the frame): before each batch of POP_BATCH chains, those bytes of their buffers are read ahead
    * (Virtqueue.touchAhead), so that their transfers from the driver's CPU overlap instead of stalling each chain
    * in turn. Default 0: none.
    */
@@ -1347,6 +1347,8 @@ export class VirtioDevice {
 
   /** What the read-ahead reads add up to: kept, so that the compiler cannot drop the reads. */
   private touched = 0;
+  /** Per queue, the chains of drainSlice's current batch (reused; a queue is held while it is drained). */
+  private readonly popped: Array<DescriptorChain[] | undefined> = [];
 
   /** One slice of queue q: the kept chain first, then the ring, within `work` (see drain). */
   private drainSlice(
@@ -1362,13 +1364,38 @@ export class VirtioDevice {
     if (kept !== undefined && kept.vq === vq && !serve(kept.chain)) return;
     drainLoop: for (;;) {
       vq.setDriverNotifications(false);
-      let served = 0;
       while (!work.exhausted) {
-        if (readAhead > 0 && served++ % READ_AHEAD === 0)
-          this.touched += vq.touchAhead(READ_AHEAD, readAhead);
-        const c = vq.pop();
-        if (c === null) break;
-        if (!serve(c)) break drainLoop;
+        if (readAhead > 0) this.touched += vq.touchAhead(POP_BATCH, readAhead);
+        // Chains are taken POP_BATCH at a time (Virtqueue.popBatch: one read of the ring's index, one update of
+        // the queue's for all). Those the slice does not serve (its budget ran out, a chain was kept, a handler
+        // failed) go back to the ring, last first, as if never taken.
+        let batch = this.popped[q];
+        if (batch === undefined) {
+          batch = [];
+          this.popped[q] = batch;
+        }
+        const n = vq.popBatch(batch, Math.min(POP_BATCH, work.chainsLeft));
+        if (n === 0) break;
+        let i = 0;
+        let stop = false;
+        try {
+          while (i < n) {
+            if (!serve(batch[i++] as DescriptorChain)) {
+              stop = true;
+              break;
+            }
+            if (work.exhausted) break;
+          }
+        } catch (e) {
+          // The chain that failed stays taken (as with pop()); the ones after it go back. A failure to give them
+          // back must not hide the handler's.
+          try {
+            for (let k = n - 1; k >= i; k--) vq.unpop(batch[k] as DescriptorChain);
+          } catch {}
+          throw e;
+        }
+        for (let k = n - 1; k >= i; k--) vq.unpop(batch[k] as DescriptorChain);
+        if (stop) break drainLoop;
       }
       // Polled: notifications stay off, the poller comes back whether or not the driver kicks.
       if (this.polled) break;
@@ -1386,8 +1413,8 @@ export class VirtioDevice {
 
 /** Used buffers a slice publishes at a time (a DPDK burst). */
 const USED_BATCH = 32;
-/** Buffers read ahead at a time (DrainOptions.readAhead). */
-const READ_AHEAD = 32;
+/** Chains a slice takes from the ring at a time, and buffers read ahead for them (DrainOptions.readAhead). */
+const POP_BATCH = 32;
 
 function describeError(e: unknown): string {
   if (e instanceof VirtqueueError || e instanceof VirtioRequestError) return e.message;

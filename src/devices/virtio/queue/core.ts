@@ -323,11 +323,16 @@ export abstract class QueueBase implements Virtqueue {
   private inFlightCount = 0;
   /**
    * Chains popped most recently and still in flight, in pop order: the ones unpop() may give back, last first.
-   * The first `popDepth` entries of a fixed array (at most Queue Size chains are in flight), so that popping and
+   * Entries [popBase, popDepth) of a fixed array (at most Queue Size chains are in flight), so that popping and
    * using a chain moves no array.
    */
   private readonly popStack: Array<DescriptorChain | undefined>;
   private popDepth = 0;
+  /**
+   * Where the chains unpop() may still give back start in popStack: entries below it were popped before a chain
+   * that has since been used. Moving it, rather than the entries, keeps a batch popped and used in order linear.
+   */
+  private popBase = 0;
   /** Run-time indices (VirtqueueOptions.state); word 7 says whether they have been initialized. */
   protected readonly st: Int32Array;
   protected readonly cPopped: Counter;
@@ -346,7 +351,8 @@ export abstract class QueueBase implements Virtqueue {
     this.qm = new QueueMemory(mem);
     this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
     this.inFlightChains = new Array(config.size);
-    this.popStack = new Array(config.size).fill(undefined);
+    // Twice the most chains in flight: the window [popBase, popDepth) moves to the front when it reaches the end.
+    this.popStack = new Array(2 * config.size).fill(undefined);
     const st = opts?.state;
     if (st !== undefined && st.length < QUEUE_STATE_WORDS) {
       throw new VirtqueueError(
@@ -374,17 +380,64 @@ export abstract class QueueBase implements Virtqueue {
       throw this.asQueueError(e);
     }
     if (chain) {
-      this.inFlightChains[chain.id] = chain;
-      this.inFlightCount++;
-      this.popStack[this.popDepth++] = chain;
+      this.popped(chain);
       this.cPopped.add();
     }
     return chain;
   }
 
+  popBatch(out: DescriptorChain[], max: number): number {
+    let n = 0;
+    try {
+      n = this.popChains(out, max);
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    if (n > 0) this.cPopped.add(n);
+    return n;
+  }
+
+  /**
+   * Layouts' popBatch: chains into out[0..n), each recorded with `popped` as it is taken (so that a head made
+   * available twice in one batch is refused); a malformed one ends the batch, and throws only if it is the first.
+   * This default pops one chain at a time.
+   */
+  protected popChains(out: DescriptorChain[], max: number): number {
+    let n = 0;
+    while (n < max) {
+      let chain: DescriptorChain | null;
+      try {
+        chain = this.popChain();
+      } catch (e) {
+        if (n === 0) throw e;
+        break;
+      }
+      if (chain === null) break;
+      this.popped(chain);
+      out[n++] = chain;
+    }
+    return n;
+  }
+
+  /** Records a chain handed out (pop, popBatch). */
+  protected popped(chain: DescriptorChain): void {
+    this.inFlightChains[chain.id] = chain;
+    this.inFlightCount++;
+    const stack = this.popStack;
+    if (this.popDepth === stack.length) {
+      const base = this.popBase;
+      const keep = this.popDepth - base;
+      for (let i = 0; i < keep; i++) stack[i] = stack[base + i];
+      stack.fill(undefined, keep);
+      this.popBase = 0;
+      this.popDepth = keep;
+    }
+    stack[this.popDepth++] = chain;
+  }
+
   unpop(chain: DescriptorChain): void {
     if (
-      this.popDepth === 0 ||
+      this.popDepth === this.popBase ||
       this.popStack[this.popDepth - 1] !== chain ||
       this.inFlightChains[chain.id] !== chain
     ) {
@@ -396,6 +449,7 @@ export abstract class QueueBase implements Virtqueue {
       throw this.asQueueError(e);
     }
     this.popStack[--this.popDepth] = undefined;
+    if (this.popDepth === this.popBase) this.popDepth = this.popBase = 0;
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
   }
@@ -429,13 +483,12 @@ export abstract class QueueBase implements Virtqueue {
     // Chains popped before this one can no longer be given back: the ring has moved past them.
     const stack = this.popStack;
     const depth = this.popDepth;
-    let at = 0;
+    let at = this.popBase;
     while (at < depth && stack[at] !== chain) at++;
     if (at < depth) {
-      const keep = depth - at - 1;
-      for (let i = 0; i < keep; i++) stack[i] = stack[at + 1 + i];
-      for (let i = keep; i < depth; i++) stack[i] = undefined;
-      this.popDepth = keep;
+      for (let i = this.popBase; i <= at; i++) stack[i] = undefined;
+      if (at + 1 === depth) this.popDepth = this.popBase = 0;
+      else this.popBase = at + 1;
     }
     this.cUsed.add();
   }

@@ -228,27 +228,75 @@ export class SplitQueue extends QueueBase {
       this.lastResubmitted = chain;
       return chain;
     }
-    const qm = this.qm;
+    const pending = this.pendingAvail();
+    if (pending === 0) return null;
+    const chain = this.walk(this.headAt(this.lastAvail));
+    this.lastResubmitted = null;
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (this.features.eventIdx && this.driverNotifications) {
+      this.qm.store16Release(this.availEventOff, this.lastAvail);
+    }
+    return chain;
+  }
+
+  /**
+   * popChain for a batch: avail idx read once, each chain recorded as it is taken, lastAvail and avail_event
+   * written once at the end.
+   */
+  protected override popChains(out: DescriptorChain[], max: number): number {
+    if (this.resubmitHeads.length > 0) return super.popChains(out, max);
+    const end = Math.min(this.pendingAvail(), max);
+    let at = this.lastAvail;
+    let n = 0;
+    try {
+      for (; n < end; n++) {
+        const chain = this.walk(this.headAt(at));
+        this.popped(chain);
+        out[n] = chain;
+        at = (at + 1) & 0xffff;
+      }
+    } catch (e) {
+      if (n === 0) throw e;
+    } finally {
+      if (n > 0) {
+        this.lastResubmitted = null;
+        this.lastAvail = at;
+        if (this.features.eventIdx && this.driverNotifications)
+          this.qm.store16Release(this.availEventOff, at);
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Available entries not yet taken: counted from the avail idx as last read, which is read again (2.7.6) once
+   * they are all taken (or when the count is stale).
+   */
+  private pendingAvail(): number {
     const size = this.size;
     const seen = (this.availSeen - this.lastAvail) & 0xffff;
-    if (this.availSeen < 0 || seen === 0 || seen > size) {
-      const availIdx = qm.load16Acquire(this.availOff + 2);
-      const pending = (availIdx - this.lastAvail) & 0xffff;
-      if (pending === 0) return null;
-      // 2.7.6.1: idx only grows, and the ring holds at most Queue Size entries, so it cannot be further ahead.
-      if (pending > size) {
-        throw this.malformed(
-          `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
-            `more than the queue size ${size} (or it moved backwards)`,
-        );
-      }
-      this.availSeen = availIdx;
-    }
-    const slot = this.lastAvail & this.mask;
-    const head = qm.u16le(this.availOff + 4 + 2 * slot);
-    if (head >= size) {
+    if (this.availSeen >= 0 && seen !== 0 && seen <= size) return seen;
+    const availIdx = this.qm.load16Acquire(this.availOff + 2);
+    const pending = (availIdx - this.lastAvail) & 0xffff;
+    if (pending === 0) return 0;
+    // 2.7.6.1: idx only grows, and the ring holds at most Queue Size entries, so it cannot be further ahead.
+    if (pending > size) {
       throw this.malformed(
-        `available ring entry ${slot} holds head ${head}, not below the queue size ${size}`,
+        `available idx ${availIdx} is ${pending} entries ahead of the last one seen (${this.lastAvail}), ` +
+          `more than the queue size ${size} (or it moved backwards)`,
+      );
+    }
+    this.availSeen = availIdx;
+    return pending;
+  }
+
+  /** The head in available entry `at` (free-running), checked: below the size and not in flight. */
+  private headAt(at: number): number {
+    const slot = at & this.mask;
+    const head = this.qm.u16le(this.availOff + 4 + 2 * slot);
+    if (head >= this.size) {
+      throw this.malformed(
+        `available ring entry ${slot} holds head ${head}, not below the queue size ${this.size}`,
       );
     }
     if (this.isInFlight(head)) {
@@ -256,13 +304,7 @@ export class SplitQueue extends QueueBase {
         `head ${head} (available ring entry ${slot}) is made available again while in flight`,
       );
     }
-    const chain = this.walk(head);
-    this.lastResubmitted = null;
-    this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.features.eventIdx && this.driverNotifications) {
-      qm.store16Release(this.availEventOff, this.lastAvail);
-    }
-    return chain;
+    return head;
   }
 
   /**

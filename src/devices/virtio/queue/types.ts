@@ -75,6 +75,13 @@ export interface Virtqueue {
    */
   pop(): DescriptorChain | null;
   /**
+   * pop() up to `max` times into out[0..n), stopping at the first null; returns n. A malformed chain after some
+   * were popped ends the batch without an error (those chains are the caller's; the next pop() or popBatch()
+   * throws for it, as the queue's state stays in front of it); one at the start throws as pop() does. The chains
+   * are unpopped, if need be, last first.
+   */
+  popBatch(out: DescriptorChain[], max: number): number;
+  /**
    * Returns a popped chain to the driver with `written` bytes written to its writable part; with `publish` false
    * (default true) the driver sees it only at the next publishUsed() or shouldNotifyDriver(), so that a batch of
    * used buffers moves the used idx once. Throws VirtqueueError
