@@ -1,5 +1,5 @@
 /**
- * What a transmit queue's read-ahead (Virtqueue.touchAhead, DrainOptions.readAhead) and a split queue's cached
+ * What a transmit queue's read-ahead (ReadAhead, DrainOptions.readAhead) and a split queue's cached
  * avail idx may and may not do: the read-ahead reads the first and last byte of the next buffers and changes
  * nothing (the same chains pop, in the same order; bad heads and addresses are skipped, and pop still refuses
  * them); a split queue reads avail idx again once it has taken the entries it saw, including entries another
@@ -10,8 +10,10 @@ import { describe, test } from "node:test";
 import { VirtioNet, type VirtioNetBackend } from "../../src/devices/virtio/net.ts";
 import {
   createVirtqueue,
+  type DescriptorChain,
   QUEUE_STATE_WORDS,
   type QueueKind,
+  ReadAhead,
   SplitQueue,
   VirtqueueError,
 } from "../../src/devices/virtio/queue/index.ts";
@@ -31,62 +33,45 @@ function buffer(n: number, first: number, last: number): Uint8Array {
   return b;
 }
 
-for (const kind of KINDS) {
-  describe(`${kind} queue: touchAhead`, () => {
-    test("reads the first and last byte of the next n buffers, and pops are unchanged", () => {
-      const mem = makeTestMemory({ size: 1 << 20, shared: true });
-      const drv = new VirtioTestDriver(mem, { kind, size: 16 });
-      const q = createVirtqueue(kind, mem, drv.config, drv.features);
-      assert.equal(q.touchAhead(8, 4096), 0, "nothing available: nothing read");
-      const ids = [1, 2, 3, 4, 5].map((i) => drv.addChain([buffer(10 + i, i, 10 * i)], []));
-      // 3 of 5: (1 + 10) + (2 + 20) + (3 + 30)
-      assert.equal(q.touchAhead(3, 4096), 66);
-      assert.equal(q.touchAhead(32, 4096), 66 + (4 + 40) + (5 + 50), "no more than are available");
-      const first = q.pop();
-      assert.equal(first?.id, ids[0]);
-      assert.equal(q.touchAhead(2, 4096), 22 + 33, "from the next unpopped chain");
-      const rest = [q.pop(), q.pop(), q.pop(), q.pop()].map((c) => c?.id);
-      assert.deepEqual(rest, ids.slice(1));
-      assert.equal(q.pop(), null);
-      assert.equal(q.inFlight, 5);
-    });
-
-    test("reads one byte per cache line of the first span bytes: 0, 64, 128 and 129 of [0, 130)", () => {
-      const mem = makeTestMemory({ size: 1 << 20, shared: true });
-      const drv = new VirtioTestDriver(mem, { kind, size: 8 });
-      const q = createVirtqueue(kind, mem, drv.config, drv.features);
-      const b = new Uint8Array(300);
-      for (const [at, v] of [
-        [0, 1],
-        [63, 100],
-        [64, 2],
-        [127, 100],
-        [128, 4],
-        [129, 8],
-        [130, 100],
-        [299, 100],
-      ] as const)
-        b[at] = v;
-      drv.addChain([b], []);
-      assert.equal(q.touchAhead(1, 130), 1 + 2 + 4 + 8);
-      assert.equal(q.touchAhead(1, 12), 1 + 0, "the header alone: bytes 0 and 11");
-    });
-
-    test("a buffer outside guest RAM is skipped, and pop still refuses it", () => {
-      const mem = makeTestMemory({ size: 1 << 20, shared: true });
-      const drv = new VirtioTestDriver(mem, { kind, size: 8 });
-      const q = createVirtqueue(kind, mem, drv.config, drv.features);
-      if (kind === "split") {
-        drv.writeDesc(0, { addr: mem.end - 4, len: 64, flags: 0 });
-        drv.pushAvail(0);
-      } else {
-        drv.makeAvailableRaw([{ addr: mem.end - 4, len: 64, flags: 0, id: 0 }]);
-      }
-      assert.equal(q.touchAhead(4, 4096), 0);
-      assert.throws(() => q.pop(), VirtqueueError);
-    });
+describe("ReadAhead: the start of popped chains' first readable buffers", () => {
+  test("reads the first and last byte of each chain's first readable buffer; chains without one are skipped", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "split", size: 16 });
+    const q = createVirtqueue("split", mem, drv.config, drv.features);
+    for (const i of [1, 2, 3]) drv.addChain([buffer(10 + i, i, 10 * i), buffer(4, 99, 99)], []);
+    drv.addChain([], [64]);
+    const out: DescriptorChain[] = [];
+    assert.equal(q.popBatch(out, 8), 4);
+    const ra = new ReadAhead(2);
+    // (1 + 10) + (2 + 20) + (3 + 30): the second buffers and the writable-only chain are not read.
+    assert.equal(ra.touch(mem, out, 4, 4096), 66);
+    assert.equal(ra.touch(mem, out, 2, 4096), 33, "only the first n chains");
+    assert.equal(q.inFlight, 4, "the queue is not touched");
   });
-}
+
+  test("reads one byte per cache line of the first span bytes: 0, 64, 128 and 129 of [0, 130)", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "packed", size: 8 });
+    const q = createVirtqueue("packed", mem, drv.config, drv.features);
+    const b = new Uint8Array(300);
+    for (const [at, v] of [
+      [0, 1],
+      [63, 100],
+      [64, 2],
+      [127, 100],
+      [128, 4],
+      [129, 8],
+      [130, 100],
+      [299, 100],
+    ] as const)
+      b[at] = v;
+    drv.addChain([b], []);
+    const c = q.pop() as DescriptorChain;
+    const ra = new ReadAhead(1);
+    assert.equal(ra.touch(mem, [c], 1, 130), 1 + 2 + 4 + 8);
+    assert.equal(ra.touch(mem, [c], 1, 12), 1 + 0, "the header alone: bytes 0 and 11");
+  });
+});
 
 for (const kind of KINDS) {
   describe(`${kind} queue: writeAhead`, () => {
@@ -179,24 +164,45 @@ describe("read-ahead in a vhost-user front-end's memory: a gap between regions i
         [],
         "nothing written into the gap",
       );
-      assert.equal(q.touchAhead(4, 72), 0, "nothing read from the gap");
       assert.throws(() => q.pop(), VirtqueueError);
     });
   }
 });
 
 describe("split queue: read-ahead and the cached avail idx against a hostile ring", () => {
-  test("a head not below the queue size and an idx too far ahead are skipped by touchAhead, refused by pop", () => {
+  test("a head not below the queue size and an idx too far ahead are skipped by writeAhead, refused by pop", () => {
     const mem = makeTestMemory({ size: 1 << 20, shared: true });
     const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
     const q = new SplitQueue(mem, drv.config, drv.features);
-    drv.addChain([buffer(8, 7, 9)], []);
+    const good = drv.addChain([], [100]);
     drv.pushAvail(8);
-    assert.equal(q.touchAhead(8, 4096), 16, "the good chain is read, head 8 skipped");
+    const c = q.pop() as DescriptorChain;
+    assert.equal(c.id, good);
+    q.unpop(c);
+    const w = c.writable[0] as { addr: number; len: number };
+    mem.writeFrom(w.addr, new Uint8Array(100).fill(0xaa), 0, 100);
+    q.writeAhead(8, 72);
+    assert.deepEqual(
+      [0, 64, 71].map((k) => mem.slice(w.addr + k, 1)[0]),
+      [0, 0, 0],
+      "the good chain is claimed",
+    );
     assert.ok(q.pop());
     assert.throws(() => q.pop(), /holds head 8, not below the queue size 8/);
-    drv.setAvailIdx(30);
-    assert.equal(q.touchAhead(8, 4096), 0);
+    // An idx too far ahead: nothing claimed, pop refuses it.
+    const drv2 = new VirtioTestDriver(mem, { kind: "split", size: 8, base: 0x80000 });
+    const q2 = new SplitQueue(mem, drv2.config, drv2.features);
+    drv2.addChain([], [100]);
+    const w2 = q2.pop();
+    q2.unpop(w2 as DescriptorChain);
+    const b2 = (w2 as DescriptorChain).writable[0] as { addr: number; len: number };
+    mem.writeFrom(b2.addr, new Uint8Array(100).fill(0xaa), 0, 100);
+    drv2.setAvailIdx(30);
+    // A queue object that has not read idx yet (q2 has it cached).
+    const q3 = new SplitQueue(mem, drv2.config, drv2.features);
+    q3.writeAhead(8, 72);
+    assert.equal(mem.slice(b2.addr, 1)[0], 0xaa, "nothing claimed");
+    assert.throws(() => q3.pop(), /entries ahead of the last one seen/);
   });
 
   test("idx is read again once the entries seen are taken: buffers added after a pop are found", () => {

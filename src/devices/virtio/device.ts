@@ -43,6 +43,7 @@ import {
   type DescriptorChain,
   PackedQueue,
   QUEUE_STATE_WORDS,
+  ReadAhead,
   SplitQueue,
   type Virtqueue,
   VirtqueueError,
@@ -72,7 +73,7 @@ export interface DrainOptions {
   /**
    * Bytes at the start of each buffer the handler reads (a transmit queue: the header and what the backend reads
    * of the frame): before each batch of POP_BATCH chains, those bytes of their buffers are read ahead
-   * (Virtqueue.touchAhead), so that their transfers from the driver's CPU overlap instead of stalling each chain
+   * (ReadAhead, after the chains are popped), so that their transfers from the driver's CPU overlap instead of stalling each chain
    * in turn. Default 0: none.
    */
   readAhead?: number;
@@ -1347,6 +1348,7 @@ export class VirtioDevice {
 
   /** What the read-ahead reads add up to: kept, so that the compiler cannot drop the reads. */
   private touched = 0;
+  private readonly readAhead = new ReadAhead(POP_BATCH);
   /** Per queue, the chains of drainSlice's current batch (reused; a queue is held while it is drained). */
   private readonly popped: Array<DescriptorChain[] | undefined> = [];
 
@@ -1365,7 +1367,6 @@ export class VirtioDevice {
     drainLoop: for (;;) {
       vq.setDriverNotifications(false);
       while (!work.exhausted) {
-        if (readAhead > 0) this.touched += vq.touchAhead(POP_BATCH, readAhead);
         // Chains are taken POP_BATCH at a time (Virtqueue.popBatch: one read of the ring's index, one update of
         // the queue's for all). Those the slice does not serve (its budget ran out, a chain was kept, a handler
         // failed) go back to the ring, last first, as if never taken.
@@ -1376,6 +1377,7 @@ export class VirtioDevice {
         }
         const n = vq.popBatch(batch, Math.min(POP_BATCH, work.chainsLeft));
         if (n === 0) break;
+        if (readAhead > 0) this.touched += this.readAhead.touch(this.mem, batch, n, readAhead);
         let i = 0;
         let stop = false;
         try {

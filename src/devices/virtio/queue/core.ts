@@ -287,26 +287,46 @@ export function zeroLines(bytes: Uint8Array, off: number, span: number): void {
   bytes[last] = 0;
 }
 
-/** The sum of the bytes at the start of [off, off + span), every 64 bytes after, and its last (touchAhead). */
-export function readLines(bytes: Uint8Array, off: number, span: number): number {
-  const last = off + span - 1;
-  let sum = bytes[last] as number;
-  for (let at = off; at < last; at += 64) sum += bytes[at] as number;
-  return sum;
-}
-
 /**
- * readLines over `m` ranges given by their first and last byte offsets (touchAhead's second pass): the loads only,
- * so that many of them can miss at once.
+ * Reads the first `span` bytes of the first device-readable buffer of popped chains, one load per cache line and
+ * the last byte (DrainOptions.readAhead): for a device about to read a batch of buffers the driver's CPU wrote
+ * (a transmit queue), so that their transfers overlap instead of stalling each chain in turn. The addresses come
+ * from chains pop() checked, so nothing outside guest memory is read. Two passes: the offsets first, then a loop
+ * of loads alone, small enough that the CPU keeps many of the misses in flight.
  */
-export function readAllLines(bytes: Uint8Array, first: Int32Array, last: Int32Array, m: number): number {
-  let sum = 0;
-  for (let i = 0; i < m; i++) {
-    const end = last[i] as number;
-    sum += bytes[end] as number;
-    for (let at = first[i] as number; at < end; at += 64) sum += bytes[at] as number;
+export class ReadAhead {
+  private first: Float64Array;
+  private last: Float64Array;
+  constructor(max: number) {
+    this.first = new Float64Array(max);
+    this.last = new Float64Array(max);
   }
-  return sum;
+
+  /** The sum of the bytes read (returned so that the loads cannot be dropped). */
+  touch(mem: GuestMemory, chains: readonly DescriptorChain[], n: number, span: number): number {
+    if (this.first.length < n) {
+      this.first = new Float64Array(n);
+      this.last = new Float64Array(n);
+    }
+    const first = this.first;
+    const last = this.last;
+    const base = mem.base;
+    let m = 0;
+    for (let i = 0; i < n; i++) {
+      const seg = (chains[i] as DescriptorChain).readable[0];
+      if (seg === undefined) continue;
+      first[m] = seg.addr - base;
+      last[m++] = seg.addr - base + Math.min(seg.len, span) - 1;
+    }
+    const bytes = mem.bytes;
+    let sum = 0;
+    for (let i = 0; i < m; i++) {
+      const end = last[i] as number;
+      sum += bytes[end] as number;
+      for (let at = first[i] as number; at < end; at += 64) sum += bytes[at] as number;
+    }
+    return sum;
+  }
 }
 
 export type NotifyDecision = "none" | "notify" | "suppress";
@@ -556,7 +576,6 @@ export abstract class QueueBase implements Virtqueue {
 
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
-  abstract touchAhead(n: number, span: number): number;
   abstract writeAhead(n: number, span: number): void;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;

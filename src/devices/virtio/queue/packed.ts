@@ -12,7 +12,6 @@ import {
   MutableChain,
   type NotifyDecision,
   QueueBase,
-  readLines,
   zeroLines,
 } from "./core.ts";
 import {
@@ -241,27 +240,7 @@ export class PackedQueue extends QueueBase {
     return isAvailable(this.qm.load16Acquire(d + 14), wrap) ? d : -1;
   }
 
-  /**
-   * Virtqueue.touchAhead: descriptors from the next slot while they are available (descAhead), the buffer of
-   * each that is not indirect; a list's further descriptors count towards `n` too.
-   */
-  touchAhead(n: number, span: number): number {
-    const qm = this.qm;
-    const bytes = qm.mem.bytes;
-    const end = Math.min(n, this.size);
-    let sum = 0;
-    for (let k = 0; k < end; k++) {
-      const d = this.descAhead(k);
-      if (d < 0) break;
-      if ((qm.u16le(d + 14) & VIRTQ_DESC_F_INDIRECT) !== 0) continue;
-      const len = qm.u32le(d + 8);
-      const off = qm.offsetOf(qm.addr64(d), len);
-      if (off >= 0 && len > 0) sum += readLines(bytes, off, Math.min(len, span));
-    }
-    return sum;
-  }
-
-  /** Virtqueue.writeAhead: descriptors as touchAhead takes them, each direct, device-writable and long enough. */
+  /** Virtqueue.writeAhead: descriptors from the next slot while they are available (descAhead), a list's further ones counting towards `n`: each direct, device-writable and long enough. */
   writeAhead(n: number, span: number): void {
     const qm = this.qm;
     const bytes = qm.mem.bytes;

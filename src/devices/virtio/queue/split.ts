@@ -12,7 +12,6 @@ import {
   type NotifyDecision,
   needEvent,
   QueueBase,
-  readAllLines,
   zeroLines,
 } from "./core.ts";
 import {
@@ -59,9 +58,6 @@ export class SplitQueue extends QueueBase {
    * below 0 or past the size, and idx is read again.
    */
   private availSeen = -1;
-  /** touchAhead's and writeAhead's buffer ranges: first and last byte offsets (grown to the largest n asked). */
-  private aheadFirst = new Int32Array(0);
-  private aheadLast = new Int32Array(0);
 
   // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Free-running index of the next available ring entry to read. */
@@ -308,7 +304,7 @@ export class SplitQueue extends QueueBase {
   }
 
   /**
-   * How many of the next `n` available entries touchAhead and writeAhead may look at: from the avail idx as last
+   * How many of the next `n` available entries writeAhead may look at: from the avail idx as last
    * read, read again when fewer than `n` wait (0 for an idx pop() will refuse; pop() says why).
    */
   private availableAhead(n: number): number {
@@ -323,41 +319,10 @@ export class SplitQueue extends QueueBase {
     return Math.min(pending, n);
   }
 
-  /** aheadFirst, at least `n` long (aheadLast with it). */
-  private aheadAt(n: number): Int32Array {
-    if (this.aheadFirst.length < n) {
-      this.aheadFirst = new Int32Array(n);
-      this.aheadLast = new Int32Array(n);
-    }
-    return this.aheadFirst;
-  }
-
   /** The descriptor table offset of the head in the k-th available entry after lastAvail, or -1 if it is bad. */
   private headAhead(k: number): number {
     const head = this.qm.u16le(this.availOff + 4 + 2 * ((this.lastAvail + k) & this.mask));
     return head < this.size ? this.descOff + DESC_SIZE * head : -1;
-  }
-
-  /** Virtqueue.touchAhead: the first descriptor of each chain (availableAhead). */
-  touchAhead(n: number, span: number): number {
-    const qm = this.qm;
-    const end = this.availableAhead(n);
-    // Two passes: the buffers' offsets first (descriptor reads), then only the loads of their lines, a loop small
-    // enough that the CPU keeps many of those cache misses in flight at once instead of one or two.
-    const at = this.aheadAt(end);
-    const last = this.aheadLast;
-    let m = 0;
-    for (let k = 0; k < end; k++) {
-      const d = this.headAhead(k);
-      if (d < 0) continue;
-      const len = qm.u32le(d + 8);
-      const off = qm.offsetOf(qm.addr64(d), len);
-      if (off >= 0 && len > 0) {
-        at[m] = off;
-        last[m++] = off + Math.min(len, span) - 1;
-      }
-    }
-    return readAllLines(qm.mem.bytes, at, last, m);
   }
 
   /** Virtqueue.writeAhead: the first descriptor of each chain (availableAhead), if direct and device-writable. */

@@ -107,21 +107,12 @@ export interface Virtqueue {
    */
   setDriverNotifications(enabled: boolean): void;
   /**
-   * Reads one byte per cache line of the first `span` bytes (or fewer, as the buffer is long) of the first buffer
-   * of up to `n` chains the driver has made available and pop() has not yet returned, changing nothing: a device
-   * about to read those bytes (a transmit queue) gets their cache lines, which the driver's CPU has just written,
-   * fetched together rather than one chain at a time as each is served (a prefetch). Heads and addresses pop()
-   * would refuse are skipped here, and pop() refuses them as usual. Returns a number made of the bytes read (keep
-   * it, so that the reads are not dropped).
-   */
-  touchAhead(n: number, span: number): number;
-  /**
    * Stores zeros into the first `span` bytes (one store per cache line) of the first buffer of up to `n` chains
    * the driver has made available and pop() has not yet returned, where that buffer is device-writable, direct
    * and at least `span` long: a device about to write those buffers (a receive queue) gets their cache lines,
    * which the driver's CPU last held, claimed together rather than one chain at a time. The driver has given the
    * device those buffers, and reads only the length a used element reports, so bytes written and never reported
-   * are not seen (2.7.8, 2.8.7). Nothing of the queue changes; what touchAhead skips is skipped here too.
+   * are not seen (2.7.8, 2.8.7). Nothing of the queue changes; a bad head or address is skipped (pop() refuses it).
    */
   writeAhead(n: number, span: number): void;
   /**
