@@ -8,7 +8,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { VirtioNet, type VirtioNetBackend } from "../../src/devices/virtio/net.ts";
-import { createVirtqueue, SplitQueue } from "../../src/devices/virtio/queue/index.ts";
+import {
+  claimBuffers,
+  createVirtqueue,
+  type DescriptorChain,
+  SplitQueue,
+} from "../../src/devices/virtio/queue/index.ts";
 import type { Receiver } from "../../src/net/backend.ts";
 import { makeTestMemory, makeVirtioPciRig, VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
@@ -221,24 +226,24 @@ describe("virtio-net: Receiver.burst", () => {
   });
 });
 
-describe("virtio-net: Receiver.burst claims buffers ahead as many as the backend expects", () => {
-  test("none for a lone frame, `expected` for a short burst, a batch of 64 without a hint", (t) => {
-    // Spy on the queue's writeAhead (the rig builds its own queues): record n, then do the real work.
+describe("virtio-net: Receiver.burst takes buffers ahead as many as the backend expects, and claims them", () => {
+  test("one by one for a lone frame, `expected` for a short burst, a batch of 64 without a hint", (t) => {
+    // Spy on the queue's popBatch (the rig builds its own queues): record max, then do the real work.
     const calls: number[] = [];
-    const real = SplitQueue.prototype.writeAhead;
+    const real = SplitQueue.prototype.popBatch;
     t.after(() => {
-      SplitQueue.prototype.writeAhead = real;
+      SplitQueue.prototype.popBatch = real;
     });
-    SplitQueue.prototype.writeAhead = function (this: SplitQueue, n: number, span: number) {
-      calls.push(n);
-      real.call(this, n, span);
+    SplitQueue.prototype.popBatch = function (this: SplitQueue, out: DescriptorChain[], max: number) {
+      calls.push(max);
+      return real.call(this, out, max);
     };
     const { rig, rx } = startNet(128);
     const b = (rig.model.backend as ManualBackend).receiver?.burst;
     assert.ok(b);
-    const run = (frames: number, expected?: number) => {
+    const run = (frames: number, expected?: number, buffers = frames) => {
       calls.length = 0;
-      for (let i = 0; i < frames; i++) rx.addChain([], [HDR + 100]);
+      for (let i = 0; i < buffers; i++) rx.addChain([], [HDR + 100], { fill: 0xaa });
       const queue = Array.from({ length: frames }, (_, i) => bytes(60, i));
       const placed = b(
         () => queue[0] ?? null,
@@ -248,13 +253,44 @@ describe("virtio-net: Receiver.burst claims buffers ahead as many as the backend
         expected,
       );
       assert.equal(placed, frames);
-      assert.equal(rx.usedChains().length, frames);
+      const used = rx.usedChains();
+      assert.equal(used.length, frames);
+      used.forEach((u, i) => {
+        assert.deepEqual(u.written.subarray(HDR), bytes(60, i), `frame ${i}`);
+      });
       return [...calls];
     };
-    assert.deepEqual(run(1, 1), [], "a lone frame claims nothing ahead");
-    assert.deepEqual(run(3, 3), [3], "three expected: three claimed");
+    assert.deepEqual(run(1, 1), [], "a lone frame: one pop");
+    assert.deepEqual(run(3, 3), [3], "three expected: three taken at once");
     assert.deepEqual(run(2), [64], "no hint: a batch");
     assert.deepEqual(run(70, 70), [64, 6], "a batch, then what is left of the expected");
+    // Buffers taken and not used go back: 5 frames for 9 buffers, then the other 4 take 4 frames.
+    assert.deepEqual(run(5, undefined, 9), [64]);
+    assert.deepEqual(run(4, 4, 0), [4], "the 4 given back are taken again");
+  });
+});
+
+describe("claimBuffers: the first lines of popped receive buffers", () => {
+  test("zeroes one byte per cache line of the first span bytes of each first writable buffer, nothing else", () => {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, { kind: "split", size: 16 });
+    const q = createVirtqueue("split", mem, drv.config, drv.features);
+    drv.addChain([], [200, 100], { fill: 0xaa }); // claimed: [0, 130) of the first buffer only
+    drv.addChain([], [50], { fill: 0xaa }); // shorter than the span: not
+    drv.addChain([new Uint8Array(8).fill(0xaa)], [200], { fill: 0xaa }); // has a readable part: not
+    drv.addChain([], [200], { fill: 0xaa }); // past n: not
+    const out: DescriptorChain[] = [];
+    assert.equal(q.popBatch(out, 8), 4);
+    claimBuffers(mem, out, 3, 130);
+    const zeros = (g: { addr: number; len: number }) =>
+      [...mem.slice(g.addr, g.len).keys()].filter((k) => mem.slice(g.addr + k, 1)[0] !== 0xaa);
+    const c = out as DescriptorChain[];
+    assert.deepEqual(zeros(c[0]?.writable[0] as { addr: number; len: number }), [0, 64, 128, 129]);
+    assert.deepEqual(zeros(c[0]?.writable[1] as { addr: number; len: number }), []);
+    for (const k of [1, 2, 3]) {
+      for (const g of [...(c[k] as DescriptorChain).writable, ...(c[k] as DescriptorChain).readable])
+        assert.deepEqual(zeros(g), [], `chain ${k}`);
+    }
   });
 });
 

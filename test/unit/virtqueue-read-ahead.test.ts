@@ -1,9 +1,9 @@
 /**
- * What a transmit queue's read-ahead (ReadAhead, DrainOptions.readAhead) and a split queue's cached
- * avail idx may and may not do: the read-ahead reads the first and last byte of the next buffers and changes
- * nothing (the same chains pop, in the same order; bad heads and addresses are skipped, and pop still refuses
- * them); a split queue reads avail idx again once it has taken the entries it saw, including entries another
- * queue object over the same state words took meanwhile.
+ * What a transmit queue's read-ahead (ReadAhead, DrainOptions.readAhead) and a split queue's cached avail idx may
+ * and may not do: the read-ahead reads the first byte of each cache line, and the last byte, of the start of
+ * popped chains' first readable buffers and changes nothing; a buffer a front-end's memory does not hold is refused
+ * by pop, so nothing reads or claims it; a split queue reads avail idx again once it has taken the entries it saw,
+ * including entries another queue object over the same state words took meanwhile.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -73,73 +73,9 @@ describe("ReadAhead: the start of popped chains' first readable buffers", () => 
   });
 });
 
-for (const kind of KINDS) {
-  describe(`${kind} queue: writeAhead`, () => {
-    test("zeroes one byte per cache line of the first span bytes of the next n writable buffers, nothing else", () => {
-      const mem = makeTestMemory({ size: 1 << 20, shared: true });
-      const drv = new VirtioTestDriver(mem, { kind, size: 16, features: { indirect: true } });
-      const q = createVirtqueue(kind, mem, drv.config, drv.features, undefined);
-      const fill = (addr: number, len: number) => mem.writeFrom(addr, new Uint8Array(len).fill(0xaa), 0, len);
-      const ids: number[] = [];
-      // Writable, 200 bytes: written. Readable: not. Writable but shorter than the span: not.
-      ids.push(drv.addChain([], [200]));
-      ids.push(drv.addChain([new Uint8Array(200).fill(0xaa)], []));
-      ids.push(drv.addChain([], [50]));
-      // Indirect: its table (9 descriptors, 144 bytes) is longer than the span, and must not be written.
-      ids.push(drv.addChain([], [20, 20, 20, 20, 20, 20, 20, 20, 20], { indirect: true }));
-      ids.push(drv.addChain([], [200]));
-      ids.push(drv.addChain([], [200]));
-      // Pop them all to learn their buffers, give them back, fill the buffers with 0xaa, then claim 5 of the 6.
-      const before = new Map<number, Uint8Array>();
-      const chains = [];
-      for (let i = 0; i < ids.length; i++) {
-        const c = q.pop();
-        assert.ok(c);
-        chains.push(c);
-      }
-      for (let i = chains.length - 1; i >= 0; i--) q.unpop(chains[i] as NonNullable<(typeof chains)[number]>);
-      for (const c of chains) {
-        for (const g of [...c.writable, ...c.readable]) {
-          fill(g.addr, g.len);
-          before.set(g.addr, mem.slice(g.addr, g.len).slice());
-        }
-      }
-      q.writeAhead(5, 130);
-      const changed = (addr: number, len: number) => {
-        const now = mem.slice(addr, len);
-        const was = before.get(addr) as Uint8Array;
-        return [...now.keys()].filter((k) => now[k] !== was[k]);
-      };
-      const c0 = chains[0] as NonNullable<(typeof chains)[number]>;
-      const w0 = c0.writable[0] as { addr: number; len: number };
-      assert.deepEqual(changed(w0.addr, w0.len), [0, 64, 128, 129], "lines of [0, 130): 0, 64, 128, and 129");
-      assert.equal(mem.slice(w0.addr, 1)[0], 0);
-      for (const k of [1, 2, 3]) {
-        const c = chains[k] as NonNullable<(typeof chains)[number]>;
-        for (const g of [...c.writable, ...c.readable])
-          assert.deepEqual(changed(g.addr, g.len), [], `chain ${k}`);
-      }
-      const c4 = chains[4] as NonNullable<(typeof chains)[number]>;
-      const w4 = c4.writable[0] as { addr: number; len: number };
-      assert.equal(changed(w4.addr, w4.len).length, 4, "the fifth chain is claimed");
-      const c5 = chains[5] as NonNullable<(typeof chains)[number]>;
-      const w5 = c5.writable[0] as { addr: number; len: number };
-      assert.deepEqual(changed(w5.addr, w5.len), [], "only n chains");
-      // The queue is as it was: the same chains pop, in order, with the same buffers (the indirect table too).
-      const shape = (c: { id: number; writable: readonly { addr: number; len: number }[] } | null) =>
-        c && { id: c.id, w: c.writable.map((g) => [g.addr, g.len]) };
-      const expected = chains.map(shape);
-      assert.deepEqual(
-        ids.map(() => shape(q.pop())),
-        expected,
-      );
-    });
-  });
-}
-
-describe("read-ahead in a vhost-user front-end's memory: a gap between regions is not guest RAM", () => {
+describe("a vhost-user front-end's memory: a gap between regions is not guest RAM", () => {
   for (const kind of KINDS) {
-    test(`${kind}: a buffer in the gap is neither read nor written ahead, and pop refuses it`, () => {
+    test(`${kind}: a buffer in the gap is refused by pop and popBatch, so nothing reads or claims it`, () => {
       const base = 0x10000;
       const sab = new SharedArrayBuffer(0x30000);
       const regions = [
@@ -158,53 +94,18 @@ describe("read-ahead in a vhost-user front-end's memory: a gap between regions i
       } else {
         drv.makeAvailableRaw([{ addr: gap, len: 200, flags: 2, id: 0 }]);
       }
-      q.writeAhead(4, 72);
+      assert.throws(() => q.popBatch([], 4), VirtqueueError);
+      assert.throws(() => q.pop(), VirtqueueError);
       assert.deepEqual(
         [...raw.subarray(gap - base, gap - base + 200)].filter((b) => b !== 0xaa),
         [],
         "nothing written into the gap",
       );
-      assert.throws(() => q.pop(), VirtqueueError);
     });
   }
 });
 
-describe("split queue: read-ahead and the cached avail idx against a hostile ring", () => {
-  test("a head not below the queue size and an idx too far ahead are skipped by writeAhead, refused by pop", () => {
-    const mem = makeTestMemory({ size: 1 << 20, shared: true });
-    const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });
-    const q = new SplitQueue(mem, drv.config, drv.features);
-    const good = drv.addChain([], [100]);
-    drv.pushAvail(8);
-    const c = q.pop() as DescriptorChain;
-    assert.equal(c.id, good);
-    q.unpop(c);
-    const w = c.writable[0] as { addr: number; len: number };
-    mem.writeFrom(w.addr, new Uint8Array(100).fill(0xaa), 0, 100);
-    q.writeAhead(8, 72);
-    assert.deepEqual(
-      [0, 64, 71].map((k) => mem.slice(w.addr + k, 1)[0]),
-      [0, 0, 0],
-      "the good chain is claimed",
-    );
-    assert.ok(q.pop());
-    assert.throws(() => q.pop(), /holds head 8, not below the queue size 8/);
-    // An idx too far ahead: nothing claimed, pop refuses it.
-    const drv2 = new VirtioTestDriver(mem, { kind: "split", size: 8, base: 0x80000 });
-    const q2 = new SplitQueue(mem, drv2.config, drv2.features);
-    drv2.addChain([], [100]);
-    const w2 = q2.pop();
-    q2.unpop(w2 as DescriptorChain);
-    const b2 = (w2 as DescriptorChain).writable[0] as { addr: number; len: number };
-    mem.writeFrom(b2.addr, new Uint8Array(100).fill(0xaa), 0, 100);
-    drv2.setAvailIdx(30);
-    // A queue object that has not read idx yet (q2 has it cached).
-    const q3 = new SplitQueue(mem, drv2.config, drv2.features);
-    q3.writeAhead(8, 72);
-    assert.equal(mem.slice(b2.addr, 1)[0], 0xaa, "nothing claimed");
-    assert.throws(() => q3.pop(), /entries ahead of the last one seen/);
-  });
-
+describe("split queue: the cached avail idx", () => {
   test("idx is read again once the entries seen are taken: buffers added after a pop are found", () => {
     const mem = makeTestMemory({ size: 1 << 20, shared: true });
     const drv = new VirtioTestDriver(mem, { kind: "split", size: 8 });

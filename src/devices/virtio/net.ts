@@ -28,7 +28,13 @@ import {
   type VirtioDeviceModel,
   VirtioRequestError,
 } from "./device.ts";
-import { copyFromChain, copyToChain, type DescriptorChain, type Virtqueue } from "./queue/index.ts";
+import {
+  claimBuffers,
+  copyFromChain,
+  copyToChain,
+  type DescriptorChain,
+  type Virtqueue,
+} from "./queue/index.ts";
 import type { WorkBudget } from "./work-budget.ts";
 
 /** Feature bits (5.1.3). */
@@ -108,10 +114,10 @@ const NO_TAKE = (): void => {};
 const RX_HOLD = 64;
 
 /**
- * The start of a receive buffer a burst claims ahead (Virtqueue.writeAhead), RX_PUBLISH buffers at a time: the
- * header and a minimal frame (60 bytes), the cache lines every frame writes.
+ * The start of a receive buffer a burst claims (claimBuffers) when it takes buffers ahead, RX_PUBLISH at a time:
+ * the header and a minimal frame (60 bytes), the cache lines every frame writes.
  */
-const RX_WRITE_AHEAD_SPAN = VIRTIO_NET_HDR_SIZE + 60;
+const RX_CLAIM_SPAN = VIRTIO_NET_HDR_SIZE + 60;
 
 /** Frames of a burst published at a time (a power of 2; a DPDK burst). */
 const RX_PUBLISH = 64;
@@ -536,9 +542,9 @@ export class VirtioNet implements VirtioDeviceModel {
     let n = 0;
     try {
       while (n < RX_BURST) {
-        // Claim the next buffers a batch at a time, as many as frames are expected (none for a lone frame).
-        if ((n & (RX_PUBLISH - 1)) === 0 && this.rxExpected - n > 1)
-          vq.writeAhead(Math.min(RX_PUBLISH, this.rxExpected - n), RX_WRITE_AHEAD_SPAN);
+        // Take the next buffers a batch at a time, as many as frames are expected (one by one for a lone frame).
+        if ((n & (RX_PUBLISH - 1)) === 0)
+          this.rxBatch = Math.max(1, Math.min(RX_PUBLISH, this.rxExpected - n));
         const f = this.rxPeek();
         if (f === null || !this.placeOne(vq, f, mergeable)) break;
         this.rxTake();
@@ -547,11 +553,46 @@ export class VirtioNet implements VirtioDeviceModel {
         if ((++n & (RX_PUBLISH - 1)) === 0) vq.publishUsed();
       }
     } finally {
-      // Frames placed are published even if a later one broke the device (as frame by frame they would be).
-      if (n > 0) this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+      this.rxBatch = 1;
+      // Buffers taken ahead and not used go back (a failure there must not hide an earlier one).
+      try {
+        this.giveBackAhead(vq);
+      } finally {
+        // Frames placed are published even if a later one broke the device (as frame by frame they would be).
+        if (n > 0) this.ctx.notifyUsed(NET_RX_QUEUE, vq);
+      }
     }
     return n;
   };
+
+  /**
+   * Receive buffers a burst took ahead (Virtqueue.popBatch, rxBatch at a time) and has not used yet:
+   * rxAhead[rxAheadAt, rxAheadEnd). Outside a burst none are held (rxBatch 1: one pop per buffer).
+   */
+  private readonly rxAhead: DescriptorChain[] = [];
+  private rxAheadAt = 0;
+  private rxAheadEnd = 0;
+  private rxBatch = 1;
+
+  /** The next receive buffer: from those taken ahead, else popped (a batch of rxBatch), or null if none. */
+  private nextRxBuffer(vq: Virtqueue): DescriptorChain | null {
+    if (this.rxAheadAt < this.rxAheadEnd) return this.rxAhead[this.rxAheadAt++] as DescriptorChain;
+    if (this.rxBatch <= 1) return vq.pop();
+    this.rxAheadAt = 0;
+    this.rxAheadEnd = vq.popBatch(this.rxAhead, this.rxBatch);
+    // Their first lines claimed together (a lone buffer is not worth it: it is written at once).
+    if (this.rxAheadEnd > 1) claimBuffers(this.ctx.mem, this.rxAhead, this.rxAheadEnd, RX_CLAIM_SPAN);
+    return this.rxAheadEnd > 0 ? (this.rxAhead[this.rxAheadAt++] as DescriptorChain) : null;
+  }
+
+  /** Gives back, last first, the buffers taken ahead and not used (so that those popped before can be too). */
+  private giveBackAhead(vq: Virtqueue): void {
+    const ahead = this.rxAhead;
+    const at = this.rxAheadAt;
+    let k = this.rxAheadEnd;
+    this.rxAheadAt = this.rxAheadEnd = 0;
+    while (k > at) vq.unpop(ahead[--k] as DescriptorChain);
+  }
 
   /**
    * Places one frame; then publishes the used buffers (and notifies) unless the backend said more frames follow
@@ -597,9 +638,10 @@ export class VirtioNet implements VirtioDeviceModel {
     let n = 0;
     let room = 0;
     while (room < total) {
-      const c = vq.pop();
+      const c = this.nextRxBuffer(vq);
       if (c === null) {
         // Not enough buffers now: give back what we took, keep the frame for rxReady.
+        this.giveBackAhead(vq);
         for (let i = n - 1; i >= 0; i--) vq.unpop(chains[i] as DescriptorChain);
         this.c.rxNoBuffers.add();
         return false;
@@ -619,6 +661,7 @@ export class VirtioNet implements VirtioDeviceModel {
     }
     if (room < total) {
       // Without MRG_RXBUF the frame must fit one buffer; this one is too small: drop the frame, keep the buffer.
+      this.giveBackAhead(vq);
       vq.unpop(chains[0] as DescriptorChain);
       this.c.rxDropped.add();
       return true;

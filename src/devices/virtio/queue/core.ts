@@ -278,13 +278,30 @@ export function checkConfig(
 }
 
 /**
- * Stores a zero at the start of [off, off + span) of `bytes` and every 64 bytes after, and at its last byte: one
- * store into each cache line of the range (Virtqueue.writeAhead).
+ * Stores a zero into the first `span` bytes of the first device-writable buffer of popped chains, one store per
+ * cache line and the last byte, where that buffer is at least `span` long and the chain has no readable part: a
+ * device about to write a batch of buffers (a receive queue) claims their lines, which the driver's CPU last
+ * held, together rather than one chain at a time. The driver has given the device these buffers and reads only
+ * the length a used element reports (2.7.8, 2.8.7), so bytes written and never reported are not seen; the
+ * addresses come from chains pop() checked.
  */
-export function zeroLines(bytes: Uint8Array, off: number, span: number): void {
-  const last = off + span - 1;
-  for (let at = off; at < last; at += 64) bytes[at] = 0;
-  bytes[last] = 0;
+export function claimBuffers(
+  mem: GuestMemory,
+  chains: readonly DescriptorChain[],
+  n: number,
+  span: number,
+): void {
+  const bytes = mem.bytes;
+  const base = mem.base;
+  for (let i = 0; i < n; i++) {
+    const c = chains[i] as DescriptorChain;
+    const w = c.writable[0];
+    if (w === undefined || w.len < span || c.readableLength > 0) continue;
+    const off = w.addr - base;
+    const last = off + span - 1;
+    for (let at = off; at < last; at += 64) bytes[at] = 0;
+    bytes[last] = 0;
+  }
 }
 
 /**
@@ -576,7 +593,6 @@ export abstract class QueueBase implements Virtqueue {
 
   /** Validates and returns the next available chain without committing anything on failure. */
   protected abstract popChain(): DescriptorChain | null;
-  abstract writeAhead(n: number, span: number): void;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
   /** Publishes used elements written with `publish` false (nothing if there are none). */

@@ -5,15 +5,7 @@
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
 import type { StateObject, StateReader } from "../../../shared/device-state.ts";
-import {
-  ChainBuilder,
-  checkConfig,
-  hex,
-  MutableChain,
-  type NotifyDecision,
-  QueueBase,
-  zeroLines,
-} from "./core.ts";
+import { ChainBuilder, checkConfig, hex, MutableChain, type NotifyDecision, QueueBase } from "./core.ts";
 import {
   DESC_SIZE,
   type DescriptorChain,
@@ -223,38 +215,6 @@ export class PackedQueue extends QueueBase {
    */
   private linear(slot: number, wrap: number): number {
     return wrap ? slot : this.size + slot;
-  }
-
-  /**
-   * The ring offset of the k-th descriptor from the next slot in ring order (k below the size), if it is
-   * available (2.8.1: its wrap counter is the next slot's, or the next lap's past the end), else -1.
-   */
-  private descAhead(k: number): number {
-    let slot = this.nextAvail + k;
-    let wrap = this.availWrap;
-    if (slot >= this.size) {
-      slot -= this.size;
-      wrap ^= 1;
-    }
-    const d = this.descOff + DESC_SIZE * slot;
-    return isAvailable(this.qm.load16Acquire(d + 14), wrap) ? d : -1;
-  }
-
-  /** Virtqueue.writeAhead: descriptors from the next slot while they are available (descAhead), a list's further ones counting towards `n`: each direct, device-writable and long enough. */
-  writeAhead(n: number, span: number): void {
-    const qm = this.qm;
-    const bytes = qm.mem.bytes;
-    const end = Math.min(n, this.size);
-    for (let k = 0; k < end; k++) {
-      const d = this.descAhead(k);
-      if (d < 0) break;
-      const flags = qm.u16le(d + 14);
-      const len = qm.u32le(d + 8);
-      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== VIRTQ_DESC_F_WRITE || len < span)
-        continue;
-      const off = qm.offsetOf(qm.addr64(d), len);
-      if (off >= 0) zeroLines(bytes, off, span);
-    }
   }
 
   protected popChain(): DescriptorChain | null {

@@ -12,7 +12,6 @@ import {
   type NotifyDecision,
   needEvent,
   QueueBase,
-  zeroLines,
 } from "./core.ts";
 import {
   DESC_SIZE,
@@ -301,45 +300,6 @@ export class SplitQueue extends QueueBase {
       );
     }
     return head;
-  }
-
-  /**
-   * How many of the next `n` available entries writeAhead may look at: from the avail idx as last
-   * read, read again when fewer than `n` wait (0 for an idx pop() will refuse; pop() says why).
-   */
-  private availableAhead(n: number): number {
-    const at = this.lastAvail;
-    let pending = (this.availSeen - at) & 0xffff;
-    if (this.availSeen < 0 || pending < n || pending > this.size) {
-      const avail = this.qm.load16Acquire(this.availOff + 2);
-      pending = (avail - at) & 0xffff;
-      if (pending > this.size) return 0;
-      this.availSeen = avail;
-    }
-    return Math.min(pending, n);
-  }
-
-  /** The descriptor table offset of the head in the k-th available entry after lastAvail, or -1 if it is bad. */
-  private headAhead(k: number): number {
-    const head = this.qm.u16le(this.availOff + 4 + 2 * ((this.lastAvail + k) & this.mask));
-    return head < this.size ? this.descOff + DESC_SIZE * head : -1;
-  }
-
-  /** Virtqueue.writeAhead: the first descriptor of each chain (availableAhead), if direct and device-writable. */
-  writeAhead(n: number, span: number): void {
-    const qm = this.qm;
-    const bytes = qm.mem.bytes;
-    const end = this.availableAhead(n);
-    for (let k = 0; k < end; k++) {
-      const d = this.headAhead(k);
-      if (d < 0) continue;
-      const flags = qm.u16le(d + 12);
-      const len = qm.u32le(d + 8);
-      if ((flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== VIRTQ_DESC_F_WRITE || len < span)
-        continue;
-      const off = qm.offsetOf(qm.addr64(d), len);
-      if (off >= 0) zeroLines(bytes, off, span);
-    }
   }
 
   /** Follows a chain from `head` through the descriptor table (2.7.5) and at most one indirect table. */

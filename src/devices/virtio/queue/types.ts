@@ -107,15 +107,6 @@ export interface Virtqueue {
    */
   setDriverNotifications(enabled: boolean): void;
   /**
-   * Stores zeros into the first `span` bytes (one store per cache line) of the first buffer of up to `n` chains
-   * the driver has made available and pop() has not yet returned, where that buffer is device-writable, direct
-   * and at least `span` long: a device about to write those buffers (a receive queue) gets their cache lines,
-   * which the driver's CPU last held, claimed together rather than one chain at a time. The driver has given the
-   * device those buffers, and reads only the length a used element reports, so bytes written and never reported
-   * are not seen (2.7.8, 2.8.7). Nothing of the queue changes; a bad head or address is skipped (pop() refuses it).
-   */
-  writeAhead(n: number, span: number): void;
-  /**
    * Gives back the most recently popped chain, not yet used, as if it had never been popped: the next pop()
    * returns it again. For a device that took buffers and then found it cannot use them yet (a received frame
    * that needs more buffers than the driver has made available). Throws VirtqueueError (code
