@@ -37,7 +37,8 @@ export function hex(n: number): string {
 export class QueueMemory {
   readonly mem: GuestMemory;
   readonly view: DataView;
-  private readonly u16: Uint16Array | null;
+  /** Guest memory as 16-bit words (a SharedArrayBuffer at an even base), else null. */
+  readonly u16: Uint16Array | null;
 
   constructor(mem: GuestMemory) {
     this.mem = mem;

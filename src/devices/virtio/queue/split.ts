@@ -57,6 +57,8 @@ export class SplitQueue extends QueueBase {
    * below 0 or past the size, and idx is read again.
    */
   private availSeen = -1;
+  /** What popChains' descriptor loads add up to: kept, so that the compiler cannot drop them. */
+  private touched = 0;
 
   // Run-time state, in the state words (VirtqueueOptions.state) so that it can be shared between threads.
   /** Free-running index of the next available ring entry to read. */
@@ -243,6 +245,20 @@ export class SplitQueue extends QueueBase {
     const end = Math.min(this.pendingAvail(), max);
     let at = this.lastAvail;
     let n = 0;
+    // The batch's descriptors first, one load each in a loop of loads alone: their lines (the driver's CPU wrote
+    // them) come over together instead of one walk at a time.
+    const u16 = this.qm.u16;
+    if (u16 !== null && end > 1) {
+      const size = this.size;
+      const ring = (this.availOff + 4) >>> 1;
+      const table = (this.descOff + 12) >>> 1;
+      let sum = 0;
+      for (let k = 0; k < end; k++) {
+        const head = u16[ring + ((at + k) & this.mask)] as number;
+        if (head < size) sum += u16[table + 8 * head] as number;
+      }
+      this.touched += sum;
+    }
     try {
       for (; n < end; n++) {
         const chain = this.walk(this.headAt(at));
