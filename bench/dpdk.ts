@@ -72,8 +72,14 @@ export function prepareDpdk(pages: number): { why: string } | { release: () => v
 export interface Proc {
   name: string;
   child: ChildProcess;
-  /** stdout and stderr together, as they came. */
+  /** stdout and stderr together, as they came (for logs). */
   out: { text: string };
+  /**
+   * stdout alone: what is parsed (testpmd's prompt and statistics, vireo's JSON lines). In `out` a line of one
+   * stream can be cut by the other's: testpmd's "testpmd> " prompt has been seen split by a warning on stderr
+   * ("tes" + "Error during enabling promiscuous mode..." + "tpmd> "), and a wait for it then timed out.
+   */
+  stdout: { text: string };
   exited: Promise<number | null>;
   /** Writes a line to its stdin (a testpmd command). */
   send(line: string): void;
@@ -116,8 +122,10 @@ export class ProcessSet {
       }
     }
     const out = { text: "" };
+    const stdout = { text: "" };
     child.stdout?.on("data", (d) => {
       out.text += d;
+      stdout.text += d;
     });
     child.stderr?.on("data", (d) => {
       out.text += d;
@@ -133,6 +141,7 @@ export class ProcessSet {
       name,
       child,
       out,
+      stdout,
       exited,
       send: (line) => {
         if (child.stdin?.writable) child.stdin.write(`${line}\n`);
@@ -169,7 +178,7 @@ export async function until(what: string, cond: () => boolean, ms: number, log: 
  * the connection ends, waited for up to `ms`; the line as printed and parsed.
  */
 export async function connectionEnd<T>(p: Proc, ms = 30_000): Promise<{ line: string; end: T }> {
-  const find = () => p.out.text.split("\n").find((l) => l.includes('"connection-end"'));
+  const find = () => p.stdout.text.split("\n").find((l) => l.includes('"connection-end"'));
   await until(
     "vireo's connection-end line",
     () => find() !== undefined,
@@ -226,7 +235,7 @@ export async function startTestpmd(
   const p = set.start(cfg.name, "dpdk-testpmd", testpmdArgs(cfg), { cpu: cfg.cpu, ...opts });
   await until(
     `testpmd ${cfg.name}`,
-    () => p.out.text.includes("testpmd>") || p.child.exitCode !== null,
+    () => p.stdout.text.includes("testpmd>") || p.child.exitCode !== null,
     60_000,
     () => p.out.text,
   );
@@ -306,7 +315,7 @@ export async function quitTestpmd(p: Proc, opts: { portStats?: boolean } = {}): 
   p.child.stdin?.end();
   const code = await Promise.race([p.exited, sleep(30_000, "timeout" as const, { ref: false })]);
   if (code === "timeout") p.child.kill("SIGKILL");
-  return parseTestpmdStats(p.out.text);
+  return parseTestpmdStats(p.stdout.text);
 }
 
 /** The accumulated forward count `field` of a testpmd's output, or a VIREO_BENCH_FAILED error showing it. */

@@ -436,12 +436,12 @@ async function runVireoSwitch(
   sw.child.kill("SIGTERM");
   await until(
     "vireo switch's switch-end line",
-    () => sw.out.text.includes('"switch-end"') || sw.child.exitCode !== null,
+    () => sw.stdout.text.includes('"switch-end"') || sw.child.exitCode !== null,
     30_000,
     () => sw.out.text,
   );
   const r = row("vireo", variant?.name ?? "plain", size, pairs, m, load.countedBy);
-  const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
+  const line = sw.stdout.text.split("\n").find((l) => l.includes('"switch-end"'));
   if (line) {
     const end = JSON.parse(line) as { ports: SwitchEndPort[] };
     const drops: Record<string, number> = {};

@@ -260,7 +260,7 @@ async function runDriver(
     { cpu },
   );
   const code = await d.exited;
-  const lines = d.out.text
+  const lines = d.stdout.text
     .split("\n")
     .filter((l) => l.startsWith("{"))
     .map((l) => JSON.parse(l) as { event: string });

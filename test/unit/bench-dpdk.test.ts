@@ -1,10 +1,11 @@
 /**
  * The benchmark plumbing that needs no DPDK to check: reading testpmd's statistics out of what it printed
- * (bench/dpdk.ts), its command line, and the frame the Linux bridge row sends (bench/switch.ts).
+ * (bench/dpdk.ts), its command line, a process's stdout kept apart from its stderr, and the frame the Linux
+ * bridge row sends (bench/switch.ts).
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseTestpmdStats, testpmdArgs } from "../../bench/dpdk.ts";
+import { ProcessSet, parseTestpmdStats, testpmdArgs } from "../../bench/dpdk.ts";
 import { udpFrame } from "../../bench/switch.ts";
 
 // As testpmd 22.11 prints them: `stop` (per-port and accumulated forward statistics), `show port stats all`.
@@ -107,5 +108,27 @@ test("the bridge row's frame: its length, MACs, IPv4 header with a valid checksu
     assert.equal(word(34), 9);
     assert.equal(word(36), 9);
     assert.equal(word(38), size - 34); // UDP length
+  }
+});
+
+test("a process's stdout is kept whole when its stderr writes into the middle of a line", async () => {
+  // As testpmd did once: its prompt cut by a warning on stderr. The prompt and statistics are read from stdout.
+  const set = new ProcessSet();
+  try {
+    const p = set.start(
+      "split-prompt",
+      "sh",
+      [
+        "-c",
+        "printf tes; sleep 0.2; printf 'Error during enabling promiscuous mode\\n' >&2; sleep 0.2; printf 'tpmd> '",
+      ],
+      { boost: false },
+    );
+    assert.equal(await p.exited, 0);
+    assert.equal(p.stdout.text, "testpmd> ");
+    assert.ok(!p.out.text.includes("testpmd>"), "interleaved, the prompt is not whole");
+    assert.ok(p.out.text.includes("Error during enabling promiscuous mode"));
+  } finally {
+    set.killAll();
   }
 });

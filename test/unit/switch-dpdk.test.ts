@@ -147,11 +147,11 @@ for (const ring of ["split", "packed"] as const) {
       sw.child.kill("SIGTERM");
       await until(
         "the switch-end line",
-        () => swp.out.text.includes('"switch-end"') || swp.child.exitCode !== null,
+        () => swp.stdout.text.includes('"switch-end"') || swp.child.exitCode !== null,
         30_000,
         () => swp.out.text,
       );
-      const line = sw.out.text.split("\n").find((l) => l.includes('"switch-end"'));
+      const line = sw.stdout.text.split("\n").find((l) => l.includes('"switch-end"'));
       assert.ok(line, `no switch-end line:\n${sw.out.text}`);
       const end = (JSON.parse(line) as { ports: PortCounters[] }).ports;
       assert.equal(await sw.exited, 0, sw.out.text);
