@@ -271,6 +271,9 @@ describe("split ring: malformed available ring and descriptor chains", () => {
       { addr: 2 ** 53 - 1, len: 2, re: /outside guest RAM/ },
       { addr: 0xffffffffffffffffn, len: 1, re: /above 2\^53-1/ },
       { addr: 0x20000000000000n, len: 1, re: /above 2\^53-1/ },
+      // Zero-length: no range to check, but an address above 2^53 is refused as in any chain (the chain of one
+      // descriptor, filled without the builder, makes the builder's check).
+      { addr: 0xffffffffffffffffn, len: 0, re: /above 2\^53-1 \(descriptor 0, chain head 0\)/ },
     ];
     for (const c of cases) {
       const { drv, q, metrics } = setup("split");

@@ -108,8 +108,8 @@ export class MutableChain implements DescriptorChain {
   descriptorsRead = 0;
 
   /**
-   * Makes this the chain of one direct descriptor at `id` (checked by the caller as ChainBuilder.add checks an
-   * element): what ChainBuilder would build for it, without its bookkeeping. A zero-length element carries no
+   * Makes this the chain of one direct descriptor at `id` (checked by the caller with bufferError, as
+   * ChainBuilder.add checks an element): what ChainBuilder would build for it, without its bookkeeping. A zero-length element carries no
    * segment.
    */
   setSingle(id: number, addr: number, len: number, writable: boolean): this {
@@ -181,15 +181,9 @@ export class ChainBuilder {
     // 2.7.4.2 Driver Requirements: Message Framing / 2.8.17: device-writable elements come after the readable.
     if (writable) this.sawWritable = true;
     else if (this.sawWritable) return "device-readable descriptor follows a device-writable one";
-    if (addr < 0) return "buffer address is above 2^53-1";
-    // The specification does not forbid zero-length elements; they carry no bytes, so they are not returned
-    // (and their address, which nothing will access, is not checked).
+    const bad = bufferError(this.qm, addr, len);
+    if (bad !== null) return bad;
     if (len === 0) return null;
-    const qm = this.qm;
-    if (qm.offsetOf(addr, len) < 0) {
-      const mem = qm.mem;
-      return `buffer ${hex(addr)}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`;
-    }
     // 2.7.5.2 Driver Requirements: The Virtqueue Descriptor Table: no chain longer than 2^32 bytes in total.
     if (this.readableLength + this.writableLength + len > TWO_POW_32)
       return "chain is longer than 2^32 bytes";
@@ -215,6 +209,18 @@ export class ChainBuilder {
     c.descriptorsRead = this.elements + this.tables;
     return c;
   }
+}
+
+/**
+ * Why one buffer element [addr, addr + len) cannot be used, or null: an address above 2^53 - 1 (addr64 gives -1),
+ * or a range outside guest RAM. The specification does not forbid zero-length elements; they carry no bytes, so
+ * their address, which nothing will access, is not checked further.
+ */
+export function bufferError(qm: QueueMemory, addr: number, len: number): string | null {
+  if (addr < 0) return "buffer address is above 2^53-1";
+  if (len === 0 || qm.offsetOf(addr, len) >= 0) return null;
+  const mem = qm.mem;
+  return `buffer ${hex(addr)}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)})`;
 }
 
 function setSegment(list: BufferSegment[], i: number, addr: number, len: number): void {

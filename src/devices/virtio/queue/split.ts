@@ -5,6 +5,7 @@
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
 import type { StateObject, StateReader } from "../../../shared/device-state.ts";
 import {
+  bufferError,
   ChainBuilder,
   checkConfig,
   hex,
@@ -335,16 +336,8 @@ export class SplitQueue extends QueueBase {
     if ((firstFlags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
       const addr = qm.addr64(first);
       const len = qm.u32le(first + 8);
-      if (len !== 0) {
-        if (addr < 0)
-          throw this.malformed(`buffer address is above 2^53-1 (descriptor ${head}, chain head ${head})`);
-        if (qm.offsetOf(addr, len) < 0) {
-          const mem = qm.mem;
-          throw this.malformed(
-            `buffer ${hex(addr)}+${len} is outside guest RAM (${hex(mem.base)}-${hex(mem.end)}) (descriptor ${head}, chain head ${head})`,
-          );
-        }
-      }
+      const err = bufferError(qm, addr, len);
+      if (err) throw this.malformed(`${err} (descriptor ${head}, chain head ${head})`);
       return target.setSingle(head, addr, len, (firstFlags & VIRTQ_DESC_F_WRITE) !== 0);
     }
     b.begin(target);
