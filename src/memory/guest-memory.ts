@@ -34,6 +34,17 @@ export function gpaFromBigInt(v: bigint): number {
 }
 
 /**
+ * The offset of [gpa, gpa + len) in a region of `size` bytes at `base`, or -1 (GuestMemory.check's rule: whole
+ * numbers, `off <= size - len` so that nothing wraps or loses precision past 2^53).
+ */
+function rangeOffset(base: number, size: number, gpa: number, len: number): number {
+  const off = gpa - base;
+  if (!(off >= 0 && len >= 0 && off <= size - len) || !Number.isInteger(off) || !Number.isInteger(len))
+    return -1;
+  return off;
+}
+
+/**
  * One contiguous region of guest RAM, covering guest-physical addresses [base, base + size).
  *
  * Device models read guest-controlled addresses (descriptor rings, buffers) through this class, so every access
@@ -80,28 +91,14 @@ export class GuestMemory {
    * cannot wrap or lose precision past 2^53. A zero-length range is valid anywhere in [base, end].
    */
   check(gpa: number, len: number): number {
-    const off = gpa - this.base;
-    if (
-      !(off >= 0 && len >= 0 && off <= this.size - len) ||
-      !Number.isInteger(off) ||
-      !Number.isInteger(len)
-    ) {
-      this.fail(gpa, len);
-    }
+    const off = rangeOffset(this.base, this.size, gpa, len);
+    if (off < 0) this.fail(gpa, len);
     return off;
   }
 
   /** The offset `check` would return, or -1 where it would throw: for callers that skip a bad range. */
   offsetOf(gpa: number, len: number): number {
-    const off = gpa - this.base;
-    if (
-      !(off >= 0 && len >= 0 && off <= this.size - len) ||
-      !Number.isInteger(off) ||
-      !Number.isInteger(len)
-    ) {
-      return -1;
-    }
-    return off;
+    return rangeOffset(this.base, this.size, gpa, len);
   }
 
   /** Single-width accesses inline this instead of `check` to avoid a second call frame on the hot path. */
