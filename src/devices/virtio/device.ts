@@ -45,6 +45,7 @@ import {
   QUEUE_STATE_WORDS,
   ReadAhead,
   SplitQueue,
+  unpopRange,
   type Virtqueue,
   VirtqueueError,
 } from "./queue/index.ts";
@@ -1392,11 +1393,11 @@ export class VirtioDevice {
           // The chain that failed stays taken (as with pop()); the ones after it go back. A failure to give them
           // back must not hide the handler's.
           try {
-            for (let k = n - 1; k >= i; k--) vq.unpop(batch[k] as DescriptorChain);
+            unpopRange(vq, batch, i, n);
           } catch {}
           throw e;
         }
-        for (let k = n - 1; k >= i; k--) vq.unpop(batch[k] as DescriptorChain);
+        unpopRange(vq, batch, i, n);
         if (stop) break drainLoop;
       }
       // Polled: notifications stay off, the poller comes back whether or not the driver kicks.

@@ -33,6 +33,7 @@ import {
   copyFromChain,
   copyToChain,
   type DescriptorChain,
+  unpopRange,
   type Virtqueue,
 } from "./queue/index.ts";
 import type { WorkBudget } from "./work-budget.ts";
@@ -587,11 +588,10 @@ export class VirtioNet implements VirtioDeviceModel {
 
   /** Gives back, last first, the buffers taken ahead and not used (so that those popped before can be too). */
   private giveBackAhead(vq: Virtqueue): void {
-    const ahead = this.rxAhead;
     const at = this.rxAheadAt;
-    let k = this.rxAheadEnd;
+    const end = this.rxAheadEnd;
     this.rxAheadAt = this.rxAheadEnd = 0;
-    while (k > at) vq.unpop(ahead[--k] as DescriptorChain);
+    unpopRange(vq, this.rxAhead, at, end);
   }
 
   /**
@@ -642,7 +642,7 @@ export class VirtioNet implements VirtioDeviceModel {
       if (c === null) {
         // Not enough buffers now: give back what we took, keep the frame for rxReady.
         this.giveBackAhead(vq);
-        for (let i = n - 1; i >= 0; i--) vq.unpop(chains[i] as DescriptorChain);
+        unpopRange(vq, chains, 0, n);
         this.c.rxNoBuffers.add();
         return false;
       }

@@ -614,6 +614,16 @@ export abstract class QueueBase implements Virtqueue {
   protected abstract writeDriverNotifications(enabled: boolean): void;
 }
 
+/** Gives chains[from, end) back to the queue, last first (Virtqueue.unpop): the chains of a batch not used. */
+export function unpopRange(
+  vq: Virtqueue,
+  chains: readonly DescriptorChain[],
+  from: number,
+  end: number,
+): void {
+  for (let k = end - 1; k >= from; k--) vq.unpop(chains[k] as DescriptorChain);
+}
+
 /**
  * Has the 16-bit index moved past `eventIdx` in going from `oldIdx` to `newIdx`? True when the entry at
  * `eventIdx` is one of those written in [oldIdx, newIdx), computed modulo 2^16 so it holds across idx
