@@ -7,6 +7,7 @@ import type { MetricsRegistry } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, native, signalEventFd } from "../native.ts";
 import type { VhostNetSpec } from "../vhost-net/device.ts";
 import { FRONTEND_WORDS } from "../vhost-user/frontend-device.ts";
+import { awaitThreadsStopped, type BoundedStopResult, type StoppingThread } from "../vmm/bounded-stop.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
 import { hasDataPlane, isVhostUser, type PciManifest, type VhostUserSpec } from "../vmm/pci-devices.ts";
 import { startTsWorker } from "../vmm/ts-worker.ts";
@@ -19,8 +20,8 @@ type ThreadData = Omit<IoThreadData, "spec"> & {
 };
 
 export interface IoThreads {
-  /** Signals every thread to stop and waits until they have. */
-  stop(): Promise<void>;
+  /** Signals every thread to stop and waits until they have, ending those still running `graceMs` after. */
+  stop(graceMs: number): Promise<BoundedStopResult>;
   /** Frees the stop eventfd (after stop). */
   close(): void;
   /**
@@ -57,7 +58,7 @@ export async function startIoThreads(
   if (specs.length === 0) return null;
   const stopFd = native().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const workers: Worker[] = [];
-  const exits: Array<Promise<void>> = [];
+  const threads: StoppingThread[] = [];
   const ready: Array<Promise<void>> = [];
   for (const spec of specs) {
     const workerData: ThreadData = {
@@ -82,8 +83,10 @@ export async function startIoThreads(
       if (m.type === "io-ready" || m.type === "io-stopped") markReady();
       o.onMessage(m);
     });
-    exits.push(
-      new Promise<void>((resolve) => {
+    threads.push({
+      name: `the ${isVhostUser(spec) ? "vhost-user" : spec.kind === "vhost-net" ? "vhost-net" : "data-plane"} thread of ${spec.name}`,
+      terminate: () => worker.terminate(),
+      ended: new Promise<void>((resolve) => {
         worker.on("error", (e) => {
           o.onMessage({ type: "io-stopped", name: spec.name, message: e.message });
           markReady();
@@ -94,7 +97,7 @@ export async function startIoThreads(
           resolve();
         });
       }),
-    );
+    });
   }
   await Promise.all(ready);
   let closed = false;
@@ -166,9 +169,10 @@ export async function startIoThreads(
         }
       }
     },
-    stop: async () => {
+    stop: (graceMs) => {
       signalEventFd(stopFd);
-      await Promise.all(exits);
+      const at = performance.now();
+      return awaitThreadsStopped(threads, { graceMs, requestedAt: () => at });
     },
     close: () => {
       if (closed) return;

@@ -60,6 +60,12 @@ import {
   type VmInfo,
   type VmState,
 } from "./api-server.ts";
+import {
+  awaitThreadsStopped,
+  type BoundedStopOptions,
+  describeLateStop,
+  type StoppingThread,
+} from "./bounded-stop.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -196,6 +202,12 @@ export class GuestImageError extends VireoError {}
 
 export const MAX_CPUS = 64;
 
+/**
+ * How long a stop waits for the vCPU and data-plane threads before ending them (bounded-stop.ts). They leave in
+ * milliseconds natively; inside the emulated KVM host (QEMU TCG) everything is tens of times slower.
+ */
+export const STOP_GRACE_MS = (): number => (KvmSystem.hostKind() === "emulated" ? 30_000 : 10_000);
+
 export function validateConfig(config: MachineConfig): void {
   if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS)
     throw new ConfigError(`--cpus must be a whole number from 1 to ${MAX_CPUS}, got ${config.cpus}`);
@@ -230,6 +242,8 @@ export class Machine {
   private live: { metrics: MetricsRegistry; started: number; devices: string[] } | null = null;
   /** performance.now() at the first requestStop. */
   private stopRequestedAt: number | undefined;
+  /** STOP_GRACE_MS for this host, looked up once. */
+  private stopGraceMs: number | undefined;
   /** What a snapshot needs of the running machine (set by run once the VM is built). */
   private snap: {
     vm: Vm;
@@ -542,46 +556,49 @@ export class Machine {
       if (io) cleanups.push(() => io.close());
       this.snap.io = io;
 
-      const stopped = this.startVcpus({
-        vm,
-        devices,
-        mmapSize,
-        supported,
-        boot,
-        restore: plan?.vcpus ?? null,
-        msrIndices,
-        stateCaps,
-        pci,
-        ram: ram.buffer,
-        pageLog: pageLogBuffer,
-        metrics,
-        onMessage: (m) => {
-          if (m.type === "ready") {
-            if (m.vcpu === 0) vcpuStartNs = m.ns;
-            if (++readyCount === config.cpus && plan && !this.stopRequested) {
-              restoreMs = performance.now() - started;
-              config.incoming?.onStarted();
-              config.onRestored?.(restoreMs, restoreBytesRead);
-              // The guest's NICs are somewhere new (another host, TAP or bridge port): say so for them.
-              if (pci) cleanups.push(this.announce(pci, nets, mainMetrics));
-              this.paused = false;
-              const control = new Int32Array(this.control);
-              Atomics.store(control, CONTROL.pause, 0);
-              Atomics.notify(control, CONTROL.pause);
+      const stopped = awaitThreadsStopped(
+        this.startVcpus({
+          vm,
+          devices,
+          mmapSize,
+          supported,
+          boot,
+          restore: plan?.vcpus ?? null,
+          msrIndices,
+          stateCaps,
+          pci,
+          ram: ram.buffer,
+          pageLog: pageLogBuffer,
+          metrics,
+          onMessage: (m) => {
+            if (m.type === "ready") {
+              if (m.vcpu === 0) vcpuStartNs = m.ns;
+              if (++readyCount === config.cpus && plan && !this.stopRequested) {
+                restoreMs = performance.now() - started;
+                config.incoming?.onStarted();
+                config.onRestored?.(restoreMs, restoreBytesRead);
+                // The guest's NICs are somewhere new (another host, TAP or bridge port): say so for them.
+                if (pci) cleanups.push(this.announce(pci, nets, mainMetrics));
+                this.paused = false;
+                const control = new Int32Array(this.control);
+                Atomics.store(control, CONTROL.pause, 0);
+                Atomics.notify(control, CONTROL.pause);
+              }
+            } else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
+            else if (m.type === "marker") {
+              markers.set(m.id, m.ns);
+              markerValues.set(m.id, m.values);
+            } else if (m.type === "device-error")
+              deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
+            else if (m.type === "stopped") {
+              if (!first && m.reason !== "stop-requested")
+                first = { reason: m.reason, code: m.code, message: m.message };
+              this.requestStop();
             }
-          } else if (m.type === "metric-names") metrics.addNames(m.segment, m.names);
-          else if (m.type === "marker") {
-            markers.set(m.id, m.ns);
-            markerValues.set(m.id, m.values);
-          } else if (m.type === "device-error")
-            deviceErrors.push(`vCPU ${m.vcpu}: ${m.device}: ${m.message}`);
-          else if (m.type === "stopped") {
-            if (!first && m.reason !== "stop-requested")
-              first = { reason: m.reason, code: m.code, message: m.message };
-            this.requestStop();
-          }
-        },
-      });
+          },
+        }),
+        this.stopBound(),
+      );
 
       const stopInput =
         config.serial.kind === "stdio" && config.stdin
@@ -608,9 +625,16 @@ export class Machine {
         }
       }
       // `stopped` never rejects, so the server is always closed here, once, when every vCPU has stopped.
-      await stopped;
+      const vcpusLate = await stopped;
       await api?.close();
-      await io?.stop();
+      const ioLate = io ? await io.stop(this.stopBound().graceMs) : undefined;
+      for (const late of [vcpusLate, ioLate]) {
+        if (!late || late.terminated.length === 0) continue;
+        const message = describeLateStop(late, this.stopBound().graceMs);
+        deviceErrors.push(`stop: ${message}`);
+        // A thread that had to be ended is vireo's failure, whatever the guest did before.
+        first = { reason: "error", message };
+      }
       const stopMs =
         this.stopRequestedAt === undefined ? undefined : performance.now() - this.stopRequestedAt;
       if (timer) clearTimeout(timer);
@@ -1035,8 +1059,8 @@ export class Machine {
     pageLog: SharedArrayBuffer;
     metrics: MetricsRegistry;
     onMessage(m: WorkerMessage): void;
-  }): Promise<void> {
-    const exits: Array<Promise<void>> = [];
+  }): StoppingThread[] {
+    const threads: StoppingThread[] = [];
     // Inside vireo's emulated host, a guest's XSETBV is not trapped (QEMU TCG's SVM): see CpuidPolicy.
     const policy = { hideXsave: KvmSystem.hostKind() === "emulated" };
     for (let index = 0; index < this.config.cpus; index++) {
@@ -1070,8 +1094,10 @@ export class Machine {
         if (m.type === "vcpu-state") this.takeVcpuState(m);
         else o.onMessage(m);
       });
-      exits.push(
-        new Promise<void>((resolve) => {
+      threads.push({
+        name: `vCPU ${index}`,
+        terminate: () => worker.terminate(),
+        ended: new Promise<void>((resolve) => {
           worker.on("error", (e) => {
             o.onMessage({
               type: "stopped",
@@ -1087,9 +1113,15 @@ export class Machine {
             resolve();
           });
         }),
-      );
+      });
     }
-    return Promise.all(exits).then(() => undefined);
+    return threads;
+  }
+
+  /** How long a stop waits for its threads (bounded-stop.ts): from this machine's first stop request. */
+  private stopBound(): BoundedStopOptions {
+    this.stopGraceMs ??= STOP_GRACE_MS();
+    return { graceMs: this.stopGraceMs, requestedAt: () => this.stopRequestedAt };
   }
 
   /**

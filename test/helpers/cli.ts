@@ -19,13 +19,20 @@ export function vireo(
 ): CliResult {
   // prefix: a command that runs vireo, e.g. `ip netns exec NAME`.
   const argv = [...(opts.prefix ?? []), VIREO_BIN, ...args];
+  // Inside the emulated KVM host (QEMU TCG, one CPU) everything runs tens of times slower than natively.
+  const timeout = opts.timeoutMs ?? (process.env.VIREO_EMULATED_HOST === "1" ? 300_000 : 60_000);
   const r = spawnSync(argv[0] as string, argv.slice(1), {
     encoding: "utf8",
     env: { ...process.env, ...opts.env },
-    // Inside the emulated KVM host (QEMU TCG, one CPU) everything runs tens of times slower than natively.
-    timeout: opts.timeoutMs ?? (process.env.VIREO_EMULATED_HOST === "1" ? 300_000 : 60_000),
+    timeout,
     input: opts.input ?? "",
+    // SIGTERM only asks vireo to stop; a run whose stop is what hangs would keep spawnSync (and with it the whole
+    // test process, its own time-outs included) waiting without a word. SIGKILL ends it, and the partial output
+    // comes back for the test to show.
+    killSignal: "SIGKILL",
   });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === "ETIMEDOUT")
+    r.stderr = `${r.stderr ?? ""}\n[test helper: vireo was killed after ${timeout / 1000} s: ${argv.join(" ")}]\n`;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

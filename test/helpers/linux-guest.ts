@@ -34,8 +34,10 @@ export function linuxRunArgs(run: string, argv: string[] = []): string[] {
     "--initrd",
     image.guestInitrd,
     ...argv,
+    // vireo's own time-out, then its bounded stop (STOP_GRACE_MS, 30 s in the emulated host, and 5 s for a thread
+    // it ends), all before runLinux's kill: a stuck run then ends with vireo's own account of it.
     "--timeout",
-    String(LINUX_TEST_TIMEOUT_MS / 1000 - 60),
+    String(LINUX_TEST_TIMEOUT_MS / 1000 - 90),
     "--cmdline",
     `${FAST_BOOT_CMDLINE} vireo.run="${run}"`,
   ];
