@@ -13,6 +13,7 @@ import {
   type QueueKind,
   VirtqueueError,
 } from "../../src/devices/virtio/queue/index.ts";
+import { VIRTQ_DESC_F_WRITE as WRITE } from "../../src/devices/virtio/queue/types.ts";
 import { makeTestMemory, VirtioTestDriver } from "../helpers/virtio-driver.ts";
 
 const KINDS: QueueKind[] = ["split", "packed"];
@@ -94,6 +95,104 @@ for (const kind of KINDS) {
     });
   });
 }
+
+describe("packed queue: popBatch, the device event and bad lists", () => {
+  function packedWithEventIdx(size: number) {
+    const mem = makeTestMemory({ size: 1 << 20, shared: true });
+    const drv = new VirtioTestDriver(mem, {
+      kind: "packed",
+      size,
+      features: { indirect: true, eventIdx: true },
+    });
+    const q = createVirtqueue("packed", mem, drv.config, drv.features);
+    // 2.8.14: the Device Event Suppression structure's desc field: next slot the device reads, wrap counter in bit 15.
+    const deviceEvent = () => mem.readU16(drv.config.deviceAddr);
+    return { mem, drv, q, deviceEvent };
+  }
+
+  test("after a batch the device event names the next slot to read, across a wrap of the ring", () => {
+    const size = 8;
+    const { drv, q, deviceEvent } = packedWithEventIdx(size);
+    const out: DescriptorChain[] = [];
+    let slot = 0;
+    let wrap = 1;
+    for (let round = 0; round < 5; round++) {
+      const shapes = [0, 1, 3, 0, 2].slice(0, 2 + (round % 3));
+      let slots = 0;
+      for (const i of shapes) {
+        addMixed(drv, i);
+        slots += i === 1 ? 3 : 1; // addMixed: shape 1 is one readable and two writable descriptors
+      }
+      const n = q.popBatch(out, 16);
+      assert.equal(n, shapes.length);
+      slot += slots;
+      if (slot >= size) {
+        slot -= size;
+        wrap ^= 1;
+      }
+      assert.equal(deviceEvent(), slot | (wrap << 15), `round ${round}`);
+      for (let k = 0; k < n; k++) q.pushUsed(out[k] as DescriptorChain, 0);
+      drv.usedChains();
+    }
+  });
+
+  test("a bad list ends the batch; the next call throws for it; the device event names it", () => {
+    const { mem, drv, q, deviceEvent } = packedWithEventIdx(16);
+    const good = [addMixed(drv, 0), addMixed(drv, 3)];
+    drv.makeAvailableRaw([{ addr: mem.end + 0x1000, len: 8, flags: 0, id: 9 }]);
+    const out: DescriptorChain[] = [];
+    assert.equal(q.popBatch(out, 8), 2);
+    assert.deepEqual(
+      out.slice(0, 2).map((c) => c.id),
+      good,
+    );
+    assert.equal(deviceEvent(), 2 | (1 << 15), "the event is on the bad list's slot");
+    assert.throws(
+      () => q.popBatch(out, 8),
+      (e: unknown) =>
+        e instanceof VirtqueueError &&
+        /outside guest RAM \(.*\) \(ring slot 2, list at slot 2\)$/.test(e.message),
+    );
+    assert.throws(() => q.pop(), /outside guest RAM/, "still in front of it");
+    assert.equal(q.inFlight, 2);
+  });
+
+  test("a list of one descriptor is checked as the builder checks any element", () => {
+    for (const [d, re] of [
+      [{ addr: 0xffffffffffffffffn, len: 0 }, /above 2\^53-1 \(ring slot 0, list at slot 0\)/],
+      [{ addr: 0x20000000000000n, len: 1 }, /above 2\^53-1/],
+      [{ addr: 2 ** 53 - 1, len: 2 }, /outside guest RAM/],
+    ] as const) {
+      const { drv, q } = setup("packed", 8);
+      drv.makeAvailableRaw([{ ...d, flags: 0, id: 0 }]);
+      assert.throws(() => q.popBatch([], 4), re);
+    }
+    // Zero length with a valid address: a chain with no segment; WRITE decides which side it counts on.
+    const { drv, q } = setup("packed", 8);
+    drv.makeAvailableRaw([{ addr: 0x20000, len: 0, flags: WRITE, id: 5 }]);
+    drv.makeAvailableRaw([{ addr: 0x20000, len: 24, flags: WRITE, id: 6 }]);
+    const out: DescriptorChain[] = [];
+    assert.equal(q.popBatch(out, 4), 2);
+    assert.deepEqual(shape(out[0] as DescriptorChain), {
+      id: 5,
+      readable: [],
+      writable: [],
+      readableLength: 0,
+      writableLength: 0,
+      descriptorCount: 1,
+      descriptorsRead: 1,
+    });
+    assert.deepEqual(shape(out[1] as DescriptorChain), {
+      id: 6,
+      readable: [],
+      writable: [{ addr: 0x20000, len: 24 }],
+      readableLength: 0,
+      writableLength: 24,
+      descriptorCount: 1,
+      descriptorsRead: 1,
+    });
+  });
+});
 
 describe("split queue: popBatch and bad chains", () => {
   test("a malformed chain ends the batch; the next call throws for it, and the queue stays in front of it", () => {
