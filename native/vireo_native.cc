@@ -171,6 +171,23 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// fcntl(F_ADD_SEALS) with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: a memfd (made with MFD_ALLOW_SEALING) whose
+// size nobody can change any more, so that a process it is shared with cannot truncate it under our mapping
+// (touching a truncated page raises SIGBUS).
+Napi::Value SealSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd = -1;
+  if (info.Length() < 1 || !ToInt(info[0], &fd)) {
+    Napi::TypeError::New(env, "sealSize(fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (fcntl(static_cast<int>(fd), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    ErrnoError(env, errno, "fcntl(F_ADD_SEALS)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return env.Undefined();
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) {
@@ -660,6 +677,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("sealSize", Napi::Function::New(env, SealSize, "sealSize"));
   exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));

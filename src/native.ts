@@ -23,6 +23,8 @@ export interface NativeAddon {
     priv?: boolean,
   ): { buffer: SharedArrayBuffer; address: bigint };
   memfdCreate(name: string, flags?: number): number;
+  /** Seals a memfd's size (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL); it must have been made with MFD_ALLOW_SEALING. */
+  sealSize(fd: number): void;
   eventfd(initval?: number, flags?: number): number;
   addressOf(view: ArrayBufferView): bigint;
   close(fd: number): void;
@@ -93,6 +95,7 @@ export function isErrno(e: unknown, code?: string): e is NativeErrnoError {
 }
 
 export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 

@@ -30,6 +30,9 @@ Port SPEC:
                      the switch serves SOCKET as a vhost-user back-end (one front-end at a time; it may reconnect)
   tap=IFNAME[,name=P][,vlan=...]
                      host TAP device IFNAME (created if missing; needs CAP_NET_ADMIN), plain Ethernet frames
+  shm=SOCKET[,name=P][,vlan=...]
+                     a peer that connects to SOCKET gets two shared-memory frame rings (one each way) and two
+                     eventfds, netmap-style, no virtqueues (protocol: docs/switch.md, "shm ports")
   Ports are named p0, p1, ... unless name= says otherwise; a port is an access port in VLAN 1 unless vlan= or
   trunk= says otherwise (trunk ports carry the listed VLANs tagged, and native=N untagged).
 

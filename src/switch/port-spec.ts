@@ -3,6 +3,7 @@
  *
  *   vhost-user=SOCKET[,name=P][,vlan=N | ,trunk=N+M+...[,native=N]][,queue-size=N]
  *   tap=IFNAME[,name=P][,vlan=N | ,trunk=N+M+...[,native=N]]
+ *   shm=SOCKET[,name=P][,vlan=N | ,trunk=N+M+...[,native=N]]
  *
  * A port is an access port in VLAN 1 unless it says otherwise.
  */
@@ -10,8 +11,8 @@ import type { VlanConfig } from "./switch.ts";
 import { SwitchError } from "./switch.ts";
 
 export interface PortSpec {
-  kind: "vhost-user" | "tap";
-  /** The socket path (vhost-user) or interface name (tap). */
+  kind: "vhost-user" | "tap" | "shm";
+  /** The socket path (vhost-user, shm) or interface name (tap). */
   target: string;
   name?: string;
   vlan: VlanConfig;
@@ -36,10 +37,10 @@ export function parsePortSpec(spec: string): PortSpec {
   const eq = first.indexOf("=");
   const kind = eq < 0 ? first : first.slice(0, eq);
   const target = eq < 0 ? "" : first.slice(eq + 1);
-  if (kind !== "vhost-user" && kind !== "tap")
-    bad(spec, `the kind is vhost-user=SOCKET or tap=IFNAME, not ${kind}`);
+  if (kind !== "vhost-user" && kind !== "tap" && kind !== "shm")
+    bad(spec, `the kind is vhost-user=SOCKET, tap=IFNAME or shm=SOCKET, not ${kind}`);
   if (target === "") bad(spec, `${kind}= needs a ${kind === "tap" ? "interface name" : "socket path"}`);
-  if (kind === "vhost-user" && Buffer.byteLength(target) > 107) {
+  if (kind !== "tap" && Buffer.byteLength(target) > 107) {
     bad(spec, `the socket path is ${Buffer.byteLength(target)} bytes, at most 107`);
   }
   const out: PortSpec = { kind, target, vlan: { mode: "access", vlan: 1 } };

@@ -7,6 +7,7 @@
 import { native, POLLIN } from "../native.ts";
 import { PollPacer } from "../vhost-user/endpoint.ts";
 import type { PortSpec } from "./port-spec.ts";
+import { ShmPort } from "./ports/shm-port.ts";
 import { TapPort } from "./ports/tap-port.ts";
 import { VhostUserPort } from "./ports/vhost-user-port.ts";
 import { type Switch, SwitchError, type SwitchPort } from "./switch.ts";
@@ -15,8 +16,14 @@ import { type Switch, SwitchError, type SwitchPort } from "./switch.ts";
 const MAX_POLL = 64;
 /** Slots a vhost-user port takes: listen or connection, input (unused), and 3 kicks (rx, tx, control queue). */
 const VHOST_USER_SLOTS = 5;
+/** Slots an shm port takes: listen or connection, and the kick. */
+const SHM_SLOTS = 2;
 
-type Io = VhostUserPort | TapPort;
+type Io = VhostUserPort | TapPort | ShmPort;
+
+function slotsOf(kind: PortSpec["kind"]): number {
+  return kind === "tap" ? 1 : kind === "shm" ? SHM_SLOTS : VHOST_USER_SLOTS;
+}
 
 export class SwitchRunner {
   private readonly pollfds = new Int32Array(3 * MAX_POLL);
@@ -24,7 +31,8 @@ export class SwitchRunner {
   private readonly ios = new Map<string, Io>();
   /** Per port, its first slot in the last poll. */
   private readonly slots = new Map<string, number>();
-  private readonly tapOwed = new Set<string>();
+  /** Ports (TAP, shm) left with frames to read after their budget: their next turn comes without sleeping. */
+  private readonly owed = new Set<string>();
   private readonly pacer = new PollPacer();
 
   constructor(
@@ -36,7 +44,7 @@ export class SwitchRunner {
   attach(spec: PortSpec, defaultName: string): SwitchPort {
     const name = spec.name ?? defaultName;
     if (this.sw.port(name)) throw new SwitchError("VIREO_SWITCH_PORT_EXISTS", `port ${name} exists`);
-    if (this.slotsNeeded() + (spec.kind === "tap" ? 1 : VHOST_USER_SLOTS) > MAX_POLL) {
+    if (this.slotsNeeded() + slotsOf(spec.kind) > MAX_POLL) {
       throw new SwitchError("VIREO_SWITCH_FULL", `no room for port ${name}: poll(2) slots are spent`);
     }
     for (const [n, io] of this.ios) {
@@ -47,6 +55,9 @@ export class SwitchRunner {
       ) {
         throw new SwitchError("VIREO_SWITCH_PORT_EXISTS", `port ${n} already serves ${spec.target}`);
       }
+      if (spec.kind === "shm" && io instanceof ShmPort && io.socketPath === spec.target) {
+        throw new SwitchError("VIREO_SWITCH_PORT_EXISTS", `port ${n} already serves ${spec.target}`);
+      }
       if (spec.kind === "tap" && io instanceof TapPort && io.ifname === spec.target) {
         throw new SwitchError("VIREO_SWITCH_PORT_EXISTS", `port ${n} already has TAP ${spec.target}`);
       }
@@ -54,6 +65,9 @@ export class SwitchRunner {
     let io: Io;
     if (spec.kind === "tap") {
       io = new TapPort(this.sw, spec.target);
+    } else if (spec.kind === "shm") {
+      io = new ShmPort(this.sw, { name, socketPath: spec.target, log: this.log });
+      io.listen();
     } else {
       io = new VhostUserPort(this.sw, {
         name,
@@ -82,13 +96,13 @@ export class SwitchRunner {
     this.sw.removePort(name);
     this.ios.delete(name);
     this.slots.delete(name);
-    this.tapOwed.delete(name);
+    this.owed.delete(name);
     this.log(`port ${name} detached`);
   }
 
   private slotsNeeded(): number {
     let n = 0;
-    for (const io of this.ios.values()) n += io instanceof TapPort ? 1 : VHOST_USER_SLOTS;
+    for (const io of this.ios.values()) n += slotsOf(io.kind);
     return n;
   }
 
@@ -102,14 +116,17 @@ export class SwitchRunner {
     const p = this.pollfds;
     for (;;) {
       let used = 0;
-      let immediate = this.tapOwed.size > 0;
+      let immediate = this.owed.size > 0;
       for (const [name, io] of this.ios) {
         const first = used;
         if (io instanceof TapPort) {
-          p[3 * used] = this.tapOwed.has(name) ? -1 : io.fd;
+          p[3 * used] = this.owed.has(name) ? -1 : io.fd;
           p[3 * used + 1] = POLLIN;
           p[3 * used + 2] = 0;
           used++;
+        } else if (io instanceof ShmPort) {
+          used += io.addPollFds(p, used);
+          if (io.wantsImmediate()) immediate = true;
         } else {
           used += io.endpoint.addPollFds(p, used);
           if (io.endpoint.wantsImmediate()) immediate = true;
@@ -128,10 +145,16 @@ export class SwitchRunner {
         const s = this.slots.get(name);
         if (s === undefined) continue;
         if (io instanceof TapPort) {
-          if (this.tapOwed.has(name) || p[3 * s + 2] !== 0) {
-            if (io.read()) this.tapOwed.add(name);
-            else this.tapOwed.delete(name);
+          if (this.owed.has(name) || p[3 * s + 2] !== 0) {
+            if (io.read()) this.owed.add(name);
+            else this.owed.delete(name);
           }
+        } else if (io instanceof ShmPort) {
+          io.handlePoll(p, s);
+          // The rings are read every turn, kicked or not (as vhost-user rings are served); a port with more
+          // than its budget is owed a turn without sleeping.
+          if (io.read()) this.owed.add(name);
+          else this.owed.delete(name);
         } else {
           io.endpoint.handlePoll(p);
         }

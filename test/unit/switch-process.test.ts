@@ -300,12 +300,17 @@ describe("vireo switch (process)", () => {
     assert.equal(r1.status, 125);
     assert.match(r1.stderr, /vlan=5000 is not a VLAN ID from 1 to 4094/);
     const r2 = vireo(["switch", "x", "--port", "udp=1"]);
-    assert.match(r2.stderr, /the kind is vhost-user=SOCKET or tap=IFNAME/);
+    assert.match(r2.stderr, /the kind is vhost-user=SOCKET, tap=IFNAME or shm=SOCKET/);
+    const r5 = vireo(["switch", "x", "--port", `shm=/tmp/${"x".repeat(110)}`]);
+    assert.match(r5.stderr, /the socket path is 115 bytes, at most 107/);
+    const r6 = vireo(["switch", "x", "--port", "shm=/tmp/x.sock,queue-size=64"]);
+    assert.match(r6.stderr, /queue-size is for vhost-user ports/);
     const r3 = vireo(["switch", "show", "nosuch", "--control", join(dir, "none.sock")]);
     assert.equal(r3.status, 125);
     assert.match(r3.stderr, /no switch listens on/);
     const r4 = vireo(["switch", "--help"]);
     assert.equal(r4.status, 0);
     assert.match(r4.stdout, /vhost-user=SOCKET/);
+    assert.match(r4.stdout, /shm=SOCKET/);
   });
 });

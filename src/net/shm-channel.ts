@@ -1,0 +1,158 @@
+/**
+ * A pair of shared-memory frame rings (shm-ring.ts) between a server and one peer, set up over a Unix socket: the
+ * server (a `vireo switch` shm port) listens; when a peer connects it makes the memory (a memfd holding two rings)
+ * and two eventfds and sends them in one message:
+ *
+ *   bytes 0-3   "VSHM"
+ *   4-7         version (1)
+ *   8-11        slots per ring
+ *   12-15       slot size in bytes
+ *   fds         [memory, kick the server, kick the peer] (SCM_RIGHTS)
+ *
+ * Ring 0 (at offset 0) carries frames from the peer to the server, ring 1 (right after it) from the server to the
+ * peer. Each side kicks the other's eventfd after publishing when the other asked for it (ShmRing.publish). The
+ * connection carries nothing else; either side closing it ends the channel.
+ */
+import { fstatSync, ftruncateSync } from "node:fs";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_ALLOW_SEALING, MFD_CLOEXEC, native } from "../native.ts";
+import { SHM_DEFAULT_SLOT_SIZE, SHM_DEFAULT_SLOTS, ShmRing, ShmRingError, shmRingBytes } from "./shm-ring.ts";
+
+const MAGIC = 0x4d485356; // "VSHM" little-endian
+const VERSION = 1;
+const HELLO_BYTES = 16;
+
+/** The two rings and eventfds one side of a channel holds. */
+export interface ShmChannelEnd {
+  /** Frames this side sends. */
+  out: ShmRing;
+  /** Frames this side receives. */
+  in: ShmRing;
+  /** Signal it after publishing to `out` when publish() says so. */
+  kickOther: number;
+  /** Poll it (POLLIN) to sleep until the other side published to `in`; read it (takeEventFd) to clear it. */
+  kickMe: number;
+  /** The mapping's fd, closed by close(). */
+  memFd: number;
+  close(): void;
+}
+
+function end(
+  memFd: number,
+  buffer: SharedArrayBuffer,
+  slots: number,
+  slotSize: number,
+  server: boolean,
+  kickServer: number,
+  kickPeer: number,
+  init: boolean,
+): ShmChannelEnd {
+  const ring0 = new ShmRing(buffer, 0, slots, slotSize, init);
+  const ring1 = new ShmRing(buffer, shmRingBytes(slots, slotSize), slots, slotSize, init);
+  let closed = false;
+  return {
+    out: server ? ring1 : ring0,
+    in: server ? ring0 : ring1,
+    kickOther: server ? kickPeer : kickServer,
+    kickMe: server ? kickServer : kickPeer,
+    memFd,
+    close: () => {
+      if (closed) return;
+      closed = true;
+      for (const fd of [memFd, kickServer, kickPeer]) native().close(fd);
+    },
+  };
+}
+
+/**
+ * The server's side for a peer connected on `conn`: makes the memory and eventfds, sends them, and returns the
+ * server's end (the peer's copies of the fds are closed here once sent).
+ */
+export function offerShmChannel(
+  conn: number,
+  slots = SHM_DEFAULT_SLOTS,
+  slotSize = SHM_DEFAULT_SLOT_SIZE,
+): ShmChannelEnd {
+  const n = native();
+  const size = 2 * shmRingBytes(slots, slotSize);
+  const memFd = n.memfdCreate("vireo-shm-port", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  const kicks: number[] = [];
+  try {
+    ftruncateSync(memFd, size);
+    // The peer gets this fd: sealed, it cannot shrink the memory under the server's mapping (SIGBUS).
+    n.sealSize(memFd);
+    kicks.push(n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    const { buffer } = n.mmap(memFd, size, 0);
+    const ch = end(memFd, buffer, slots, slotSize, true, kicks[0] as number, kicks[1] as number, true);
+    const hello = new Uint32Array([MAGIC, VERSION, slots, slotSize]);
+    const sent = n.sendmsg(conn, hello, [memFd, kicks[0] as number, kicks[1] as number]);
+    if (sent !== HELLO_BYTES) {
+      ch.close();
+      throw new ShmRingError(
+        `could not send the channel to the peer (${sent < 0 ? `errno ${-sent}` : `${sent} bytes sent`})`,
+      );
+    }
+    return ch;
+  } catch (e) {
+    if (!(e instanceof ShmRingError)) {
+      n.close(memFd);
+      for (const k of kicks) n.close(k);
+    }
+    throw e;
+  }
+}
+
+/**
+ * The peer's side: connects to the server's socket, takes the memory and eventfds it sends, and returns the
+ * peer's end and the connection (close it to leave; the server sees the peer go).
+ */
+export function connectShmChannel(path: string): { channel: ShmChannelEnd; conn: number } {
+  const conn = native().unixConnect(path);
+  try {
+    return { channel: receiveShmChannel(conn, path), conn };
+  } catch (e) {
+    native().close(conn);
+    throw e;
+  }
+}
+
+/**
+ * Takes the channel the server sends on `conn` (blocking until it comes) and maps it; everything in the hello is
+ * checked before it is used (`what` names the server in errors). The connection stays open.
+ */
+export function receiveShmChannel(conn: number, what: string): ShmChannelEnd {
+  const n = native();
+  const hello = new Uint32Array(HELLO_BYTES / 4);
+  const r = n.recvmsg(conn, hello, 3);
+  const fail = (why: string) => {
+    for (const fd of r.fds) n.close(fd);
+    return new ShmRingError(`${what}: ${why}`);
+  };
+  if (r.bytes !== HELLO_BYTES || r.fds.length !== 3 || r.truncated)
+    throw fail(
+      `expected the channel's ${HELLO_BYTES}-byte hello with 3 fds, got ${r.bytes < 0 ? `errno ${-r.bytes}` : `${r.bytes} bytes`} and ${r.fds.length} fds (is it a vireo switch shm port?)`,
+    );
+  const [memFd, kickServer, kickPeer] = r.fds as [number, number, number];
+  const [magic, version, slots, slotSize] = hello as unknown as [number, number, number, number];
+  if (magic !== MAGIC) throw fail("not a vireo shm channel (bad magic)");
+  if (version !== VERSION) throw fail(`channel version ${version}, this vireo speaks ${VERSION}`);
+  if (!(slots >= 1 && slots <= 65536 && slotSize >= 64 && slotSize <= 65536))
+    throw fail(`rings of ${slots} slots of ${slotSize} bytes are out of bounds`);
+  const need = 2 * shmRingBytes(slots, slotSize);
+  // Checked before mapping: a memory shorter than the rings would fault (SIGBUS) where the rings run past it.
+  let have = -1;
+  try {
+    have = fstatSync(memFd).size;
+  } catch {}
+  if (have < need) throw fail(`the rings (${need} bytes) do not fit the memory sent (${have} bytes)`);
+  let buffer: SharedArrayBuffer;
+  try {
+    buffer = n.mmap(memFd, need, 0).buffer;
+  } catch (e) {
+    throw fail(`cannot map the rings: ${(e as Error).message}`);
+  }
+  try {
+    return end(memFd, buffer, slots, slotSize, false, kickServer, kickPeer, false);
+  } catch (e) {
+    throw fail((e as Error).message);
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * `vireo switch` with shm ports (src/switch/ports/shm-port.ts), the test's own peers on the shared-memory rings
+ * (src/net/shm-channel.ts): frames are forwarded byte for byte and in order, including a burst larger than a
+ * turn's read budget; VLANs keep ports apart; the control socket's counters match what the peers saw; a full ring
+ * toward a peer drops and counts; a peer that breaks its ring is disconnected with a reason while the others go
+ * on, and can connect again; a detached port's peer sees its connection end.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { native, POLLIN, signalEventFd } from "../../src/native.ts";
+import { connectShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel.ts";
+import { controlRequest } from "../../src/switch/control.ts";
+import { VIREO_BIN } from "../helpers/cli.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "vireo-switch-shm-"));
+const children: ChildProcess[] = [];
+after(() => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+});
+
+async function startSwitch(name: string, ports: string[]) {
+  const control = join(dir, `${name}.sock`);
+  const args = ["switch", name, "--control", control, ...ports.flatMap((p) => ["--port", p])];
+  const child = spawn(VIREO_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(child);
+  let out = "";
+  let err = "";
+  child.stdout?.on("data", (d) => (out += d));
+  child.stderr?.on("data", (d) => (err += d));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const deadline = Date.now() + 60_000;
+  while (!err.includes("ready")) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`switch did not start: ${err}`);
+    await sleep(50);
+  }
+  return { child, control, stdout: () => out, stderr: () => err, exited };
+}
+
+const mac = (n: number) => [0x52, 0x54, 0, 0x12, 0x34, n];
+
+function frame(dst: number[], src: number[], len: number, seed: number): Uint8Array {
+  const f = new Uint8Array(len);
+  f.set(dst, 0);
+  f.set(src, 6);
+  f[12] = 0x08;
+  for (let i = 14; i < len; i++) f[i] = (seed * 13 + i) & 0xff;
+  return f;
+}
+
+class Peer {
+  readonly ch: ShmChannelEnd;
+  readonly conn: number;
+  constructor(path: string) {
+    const c = connectShmChannel(path);
+    this.ch = c.channel;
+    this.conn = c.conn;
+  }
+  /** Sends frames, publishing (and kicking if asked) after each `every`; returns how many the ring took. */
+  send(frames: Uint8Array[], every = 32): number {
+    let n = 0;
+    for (const f of frames) {
+      if (!this.ch.out.push(f, 0, f.length)) break;
+      if (++n % every === 0 && this.ch.out.publish()) signalEventFd(this.ch.kickOther);
+    }
+    if (this.ch.out.publish()) signalEventFd(this.ch.kickOther);
+    return n;
+  }
+  /** Frames received until `n` came or `ms` passed. */
+  async receive(n: number, ms = 10_000): Promise<Uint8Array[]> {
+    const got: Uint8Array[] = [];
+    const ring = this.ch.in;
+    const deadline = Date.now() + ms;
+    while (got.length < n && Date.now() < deadline) {
+      const k = ring.available();
+      for (let i = 0; i < k; i++) {
+        const at = ring.frameAt();
+        got.push(ring.bytes.slice(at, at + ring.frameLength));
+        ring.next();
+      }
+      ring.release();
+      if (k === 0) await sleep(1);
+    }
+    return got;
+  }
+  /** True once the switch closed the connection (read returns 0). */
+  closedBySwitch(): boolean {
+    const p = new Int32Array([this.conn, POLLIN, 0]);
+    if (native().poll(p, 0) === 0) return false;
+    return native().readFd(this.conn, new Uint8Array(8)) === 0;
+  }
+  close(): void {
+    this.ch.close();
+    native().close(this.conn);
+  }
+}
+
+interface PortShow {
+  name: string;
+  rx: { frames: number; bytes: number };
+  tx: { frames: number; bytes: number };
+  drops: Record<string, number>;
+}
+
+async function ports(control: string): Promise<Record<string, PortShow>> {
+  const show = (await controlRequest(control, { op: "show" })) as { ports: PortShow[] };
+  return Object.fromEntries(show.ports.map((p) => [p.name, p]));
+}
+
+test("frames through shm ports: byte for byte, in order, VLANs apart, counters that match", async () => {
+  const s = (n: string) => join(dir, `${n}.sock`);
+  const sw = await startSwitch("shm1", [
+    `shm=${s("a")},name=a`,
+    `shm=${s("b")},name=b`,
+    `shm=${s("c")},name=c,vlan=2`,
+  ]);
+  const a = new Peer(s("a"));
+  const b = new Peer(s("b"));
+  const c = new Peer(s("c"));
+  try {
+    // b speaks first so the switch learns it; a's frames to b then go to b alone.
+    b.send([frame([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], mac(2), 60, 0)]);
+    assert.equal((await a.receive(1)).length, 1, "a gets b's broadcast");
+    const frames = Array.from({ length: 700 }, (_, i) => frame(mac(2), mac(1), 60 + ((i * 37) % 1459), i));
+    // In chunks of 350 (more than a turn's read budget of 256, less than a ring's 512 slots), each received
+    // before the next is sent.
+    const got: Uint8Array[] = [];
+    for (let at = 0; at < frames.length; at += 350) {
+      const chunk = frames.slice(at, at + 350);
+      assert.equal(a.send(chunk), chunk.length);
+      got.push(...(await b.receive(chunk.length)));
+    }
+    assert.equal(got.length, frames.length);
+    for (let i = 0; i < frames.length; i++) assert.deepEqual(got[i], frames[i], `frame ${i}`);
+    assert.equal((await c.receive(1, 300)).length, 0, "nothing crosses into VLAN 2, not even the broadcast");
+    const p = await ports(sw.control);
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
+    assert.deepEqual([p.a?.rx.frames, p.a?.rx.bytes], [frames.length, bytes]);
+    assert.deepEqual([p.b?.tx.frames, p.b?.tx.bytes], [frames.length, bytes]);
+    assert.equal(p.c?.tx.frames, 0);
+  } finally {
+    a.close();
+    b.close();
+    c.close();
+    sw.child.kill("SIGTERM");
+    await sw.exited;
+  }
+});
+
+test("a full ring toward a peer drops and counts; a peer that breaks its ring is cut off, the rest go on", async () => {
+  const s = (n: string) => join(dir, `${n}2.sock`);
+  const sw = await startSwitch("shm2", [`shm=${s("a")},name=a`, `shm=${s("b")},name=b`]);
+  const a = new Peer(s("a"));
+  let b = new Peer(s("b"));
+  try {
+    b.send([frame(mac(1), mac(2), 60, 0)]);
+    await a.receive(1);
+    // b reads nothing: its ring (512 slots) fills, the rest are dropped as noBuffers.
+    const n = 512 + 100;
+    let sent = 0;
+    const frames = Array.from({ length: n }, (_, i) => frame(mac(2), mac(1), 64, i));
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      sent += a.send(frames.slice(sent));
+      if (sent === n) {
+        const p = await ports(sw.control);
+        if ((p.a?.rx.frames ?? 0) >= n) break;
+      }
+      await sleep(5);
+    }
+    const p = await ports(sw.control);
+    assert.equal(p.b?.tx.frames, 512, "the ring's 512 slots");
+    assert.equal(p.b?.drops.noBuffers, 100);
+    assert.equal((await b.receive(1000, 500)).length, 512);
+
+    // b writes a length past its slot and publishes: the switch cuts it off and says why.
+    const ring = b.ch.out;
+    const at = ring.reserve();
+    new DataView(ring.bytes.buffer).setUint32(at - 4, 100_000, true);
+    (ring as unknown as { local: number }).local++;
+    ring.publish();
+    signalEventFd(b.ch.kickOther);
+    const cut = Date.now() + 10_000;
+    while (!b.closedBySwitch() && Date.now() < cut) await sleep(10);
+    assert.ok(b.closedBySwitch() || /broke its ring/.test(sw.stderr()), sw.stderr());
+    assert.match(sw.stderr(), /port b: shm: the peer broke its ring: frame \d+ has length 100000/);
+    b.close();
+    // a still works, and b may come back.
+    b = new Peer(s("b"));
+    b.send([frame(mac(1), mac(2), 60, 1)]);
+    assert.equal((await a.receive(1)).length, 1);
+    a.send([frame(mac(2), mac(1), 80, 2)]);
+    assert.deepEqual((await b.receive(1))[0], frame(mac(2), mac(1), 80, 2));
+
+    // Detached: its peer's connection ends, and the socket goes.
+    await controlRequest(sw.control, { op: "detach", port: "b" });
+    const gone = Date.now() + 10_000;
+    while (!b.closedBySwitch() && Date.now() < gone) await sleep(10);
+    assert.ok(b.closedBySwitch(), "the detached port's peer sees the connection end");
+  } finally {
+    a.close();
+    b.close();
+    sw.child.kill("SIGTERM");
+    await sw.exited;
+  }
+});
