@@ -2,8 +2,9 @@
  * The load for `vireo bench switch --ports shm`: what testpmd's io forwarding does between two virtio_user ports,
  * over two shm ports of a switch instead (src/net/shm-channel.ts). Per pair, `burst` frames are sent from each
  * port at the start (A to B's MAC, B to A's), then every frame received on one port is sent out of the other,
- * unchanged, as testpmd's io mode forwards; it never sleeps (a polling peer, as testpmd). Prints one JSON line
- * on stdout at the end: frames received in the measured window and its length.
+ * unchanged, as testpmd's io mode forwards; it never sleeps (a polling peer, as testpmd). Prints a JSON line on
+ * stdout when the measured window starts (after the warm-up) and one at the end: frames received in the window
+ * and its length.
  *
  *   node bench/shm-loop.ts --pairs N --size BYTES --warmup-ms MS --ms MS SOCKET_A0 SOCKET_B0 [SOCKET_A1 ...]
  */
@@ -65,6 +66,7 @@ for (let spin = 0; ; spin++) {
       counting = true;
       received = 0;
       start = now;
+      process.stdout.write(`${JSON.stringify({ event: "shm-loop-counting" })}\n`);
     }
     if (now >= end) break;
   }

@@ -6,6 +6,9 @@
  *            vhost-user back-end and the simplest forwarding there is, no lookup);
  *   vireo    `vireo switch` with two vhost-user ports per pair (each pair in a VLAN of its own, so that a frame
  *            to a MAC not learned yet floods only to its partner, as testpmd's pairs are wired);
+ *   vireo-shm  `vireo switch` with two shm ports per pair (shared-memory frame rings, src/switch/ports/
+ *            shm-port.ts): no virtqueue on the switch's side, the work a vhost-user port does for its peer (rings
+ *            of descriptors) is the peer's; loaded by bench/shm-loop.ts, the same io loop as testpmd's, in JS;
  *   bridge   a Linux bridge between veth pairs in a network namespace of its own, loaded with netsniff-ng's
  *            trafgen (the host's networking is untouched; the namespace is deleted however the run ends).
  *
@@ -67,7 +70,8 @@ export interface SwitchBenchOptions {
   rounds?: number;
 }
 
-export type SwitchPath = "testpmd" | "vireo" | "bridge";
+/** vireo-shm: `vireo switch` with shm ports (netmap-style rings, no virtqueues), loaded by bench/shm-loop.ts. */
+export type SwitchPath = "testpmd" | "vireo" | "vireo-shm" | "bridge";
 
 export interface SwitchBenchRow {
   path: SwitchPath;
@@ -86,6 +90,11 @@ export interface SwitchBenchRow {
   note?: string;
   /** Every round's Mpps (the row's figures are the median round's). */
   samples?: number[];
+  /**
+   * vireo rows: the switch process's CPU time (user + system, /proc/PID/stat) over the window, per frame the load
+   * counted: what a frame costs the switch whether or not it was the bottleneck.
+   */
+  switchCpuNsPerFrame?: number;
   /** vireo rows: what the switch itself counted (its switch-end line): frames delivered to its ports, drops. */
   switchCounts?: {
     delivered: number;
@@ -104,12 +113,14 @@ export interface SwitchBenchResult {
   seconds: number;
   rounds: number;
   rows: SwitchBenchRow[];
-  /** vireo (plain) over testpmd and over the bridge, per frame size and pair count. */
+  /** vireo (plain) over testpmd and over the bridge, per frame size and pair count; the same for shm ports. */
   ratios: Array<{
     frameBytes: number;
     pairs: number;
     vireoOverTestpmd: number | null;
     vireoOverBridge: number | null;
+    shmOverTestpmd: number | null;
+    shmOverBridge: number | null;
   }>;
   /** Interposition rows: their rate as a share of the plain vireo row at the same size and pairs. */
   interposition: Array<{ variant: string; frameBytes: number; pairs: number; ofPlain: number }>;
@@ -223,6 +234,8 @@ interface RunContext {
 
 /** A started load: run the window, then the frames its receivers counted and the window's length. */
 interface Load {
+  /** Resolves when the measured window starts, where that is not at measure() (a load with a warm-up). */
+  windowStarted?(): Promise<void>;
   measure(): Promise<{ frames: number; seconds: number }>;
   countedBy: string;
 }
@@ -403,11 +416,69 @@ function interposed(p: SwitchEndPort): number {
   return f(p.filters?.in) + f(p.filters?.out) + b(p.rates?.in) + b(p.rates?.out) + (p.pcap?.frames ?? 0);
 }
 
+/** The shm ports' load: bench/shm-loop.ts, testpmd's io loop over the rings (BURSTS x 32 frames per port). */
+async function startShmLoad(ctx: RunContext, size: number, pairs: number): Promise<Load> {
+  const sockets: string[] = [];
+  for (let i = 0; i < pairs; i++)
+    for (const side of ["a", "b"]) sockets.push(join(ctx.dir, `${side}${i}.sock`));
+  const ms = ctx.seconds * 1000;
+  const args = [
+    "--import",
+    "tsx",
+    repoPath("bench", "shm-loop.ts"),
+    "--size",
+    String(size),
+    "--burst",
+    String(BURSTS * 32),
+    "--warmup-ms",
+    "500",
+    "--ms",
+    String(ms),
+    ...sockets,
+  ];
+  const load = ctx.set.start("shm loop", process.execPath, args, { cpu: LOAD_CPU });
+  return {
+    countedBy: "bench/shm-loop.ts (io loop over shm rings) rx",
+    windowStarted: () =>
+      until(
+        "the shm loop's window",
+        () => load.stdout.text.includes('"shm-loop-counting"') || load.child.exitCode !== null,
+        60_000,
+        () => load.out.text,
+      ),
+    async measure() {
+      await until(
+        "the shm loop's end line",
+        () => load.stdout.text.includes('"shm-loop-end"') || load.child.exitCode !== null,
+        ms + 60_000,
+        () => load.out.text,
+      );
+      const line = load.stdout.text.split("\n").find((l) => l.includes('"shm-loop-end"'));
+      if (!line)
+        throw new VireoError("VIREO_BENCH_FAILED", `the shm loop ended without its line:\n${load.out.text}`);
+      const end = JSON.parse(line) as { received: number; ms: number };
+      return { frames: end.received, seconds: end.ms / 1000 };
+    },
+  };
+}
+
+/** A process's user + system CPU time in ns (/proc/PID/stat), or NaN. */
+function cpuNs(pid: number | undefined): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    return ((Number(f[11]) + Number(f[12])) * 1e9) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+const CLOCK_TICKS = 100;
+
 async function runVireoSwitch(
   ctx: RunContext,
   size: number,
   pairs: number,
   variant: SwitchVariant | null,
+  kind: "vhost-user" | "shm" = "vhost-user",
 ): Promise<SwitchBenchRow> {
   const switchName = `bench${process.pid}`;
   const control = join(ctx.dir, "control.sock");
@@ -416,7 +487,7 @@ async function runVireoSwitch(
   for (let i = 0; i < pairs; i++) {
     for (const side of ["a", "b"]) {
       ports.push(`${side}${i}`);
-      args.push("--port", `vhost-user=${join(ctx.dir, `${side}${i}.sock`)},name=${side}${i},vlan=${i + 1}`);
+      args.push("--port", `${kind}=${join(ctx.dir, `${side}${i}.sock`)},name=${side}${i},vlan=${i + 1}`);
     }
   }
   const vctx: VariantContext = { dir: ctx.dir, switchName, control, ports };
@@ -431,8 +502,12 @@ async function runVireoSwitch(
   if (sw.child.exitCode !== null)
     throw new VireoError("VIREO_BENCH_FAILED", `vireo switch exited (${sw.child.exitCode}):\n${sw.out.text}`);
   variant?.setup?.(vctx);
-  const load = await startLoad(ctx, size, pairs);
+  const load = kind === "shm" ? await startShmLoad(ctx, size, pairs) : await startLoad(ctx, size, pairs);
+  // The switch's CPU over the measured window, per frame counted in it.
+  await load.windowStarted?.();
+  const cpu0 = cpuNs(sw.child.pid);
   const m = await load.measure();
+  const cpu1 = cpuNs(sw.child.pid);
   sw.child.kill("SIGTERM");
   await until(
     "vireo switch's switch-end line",
@@ -440,7 +515,15 @@ async function runVireoSwitch(
     30_000,
     () => sw.out.text,
   );
-  const r = row("vireo", variant?.name ?? "plain", size, pairs, m, load.countedBy);
+  const r = row(
+    kind === "shm" ? "vireo-shm" : "vireo",
+    variant?.name ?? "plain",
+    size,
+    pairs,
+    m,
+    load.countedBy,
+  );
+  if (m.frames > 0 && Number.isFinite(cpu1 - cpu0)) r.switchCpuNsPerFrame = (cpu1 - cpu0) / m.frames;
   const line = sw.stdout.text.split("\n").find((l) => l.includes('"switch-end"'));
   if (line) {
     const end = JSON.parse(line) as { ports: SwitchEndPort[] };
@@ -674,6 +757,14 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         make: (c) => runVireoSwitch(c, size, pairs, null),
       });
       configs.push({
+        path: "vireo-shm",
+        variant: "plain",
+        size,
+        pairs,
+        why: noVireo === noDpdk ? vireoSwitchMissing() : noVireo,
+        make: (c) => runVireoSwitch(c, size, pairs, null, "shm"),
+      });
+      configs.push({
         path: "bridge",
         variant: "plain",
         size,
@@ -742,11 +833,14 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
       const v = find("vireo", size, pairs);
       const t = find("testpmd", size, pairs);
       const b = find("bridge", size, pairs);
+      const shm = find("vireo-shm", size, pairs);
       ratios.push({
         frameBytes: size,
         pairs,
         vireoOverTestpmd: v && t ? v.mpps / t.mpps : null,
         vireoOverBridge: v && b ? v.mpps / b.mpps : null,
+        shmOverTestpmd: shm && t ? shm.mpps / t.mpps : null,
+        shmOverBridge: shm && b ? shm.mpps / b.mpps : null,
       });
       for (const variant of VARIANTS) {
         const i = find("vireo", size, pairs, variant.name);
@@ -762,7 +856,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
       loadKind === "loop"
         ? `loop: one testpmd with 2 virtio_user ports per pair in io forwarding, ${BURSTS} bursts of 32 frames per port circulating (start tx_first ${BURSTS}), both directions`
         : "open: a txonly and an rxonly testpmd (virtio_user) per pair, each its own process, one direction"
-    }, rings of ${RING}; bridge: one trafgen per pair, one direction`,
+    }, rings of ${RING}; vireo-shm: bench/shm-loop.ts, the same io loop over the switch's shm ports (rings of 512 slots), ${BURSTS * 32} frames per port; bridge: one trafgen per pair, one direction`,
     pinning:
       ncpu >= 2
         ? `switch under test on CPU ${DUT_CPU}, the load on CPU ${LOAD_CPU} (taskset, testpmd --lcores); the bridge runs in trafgen's softirq on CPU ${LOAD_CPU}${IS_ROOT ? "; each process in its own session at nice -20" : ""}`
@@ -783,18 +877,32 @@ export function formatSwitch(r: SwitchBenchResult): string {
   const table = r.rows.map((row) => {
     const ratio = r.ratios.find((x) => x.frameBytes === row.frameBytes && x.pairs === row.pairs);
     const plainVireo = row.path === "vireo" && row.variant === "plain";
+    const shm = row.path === "vireo-shm";
     const cost = r.interposition.find(
       (x) => x.variant === row.variant && x.frameBytes === row.frameBytes && x.pairs === row.pairs,
     );
     return [
       String(row.frameBytes),
       String(row.pairs),
-      row.path === "vireo" && row.variant !== "plain" ? `vireo + ${row.variant}` : row.path,
+      row.path === "vireo" && row.variant !== "plain"
+        ? `vireo + ${row.variant}`
+        : row.path === "vireo-shm"
+          ? "vireo (shm ports)"
+          : row.path,
       row.available ? row.frames.toLocaleString("en-US") : "not available",
       row.available ? fmt(row.mpps) : "",
       row.available ? fmt(row.gbps, 1) : "",
-      plainVireo && ratio?.vireoOverTestpmd ? `${fmt(ratio.vireoOverTestpmd)}x` : "",
-      plainVireo && ratio?.vireoOverBridge ? `${fmt(ratio.vireoOverBridge)}x` : "",
+      plainVireo && ratio?.vireoOverTestpmd
+        ? `${fmt(ratio.vireoOverTestpmd)}x`
+        : shm && ratio?.shmOverTestpmd
+          ? `${fmt(ratio.shmOverTestpmd)}x`
+          : "",
+      plainVireo && ratio?.vireoOverBridge
+        ? `${fmt(ratio.vireoOverBridge)}x`
+        : shm && ratio?.shmOverBridge
+          ? `${fmt(ratio.shmOverBridge)}x`
+          : "",
+      row.switchCpuNsPerFrame === undefined ? "" : fmt(row.switchCpuNsPerFrame, 0),
       cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
     ];
   });
@@ -819,7 +927,18 @@ export function formatSwitch(r: SwitchBenchResult): string {
     `load: ${r.load}; ${r.seconds} s per window; ${r.rounds === 1 ? "one round" : `the median of ${r.rounds} interleaved rounds (every round's Mpps in the JSON)`}`,
     `pinning: ${r.pinning}`,
     formatTable(
-      ["frame B", "pairs", "switch", "frames", "Mpps", "Gbit/s", "vireo/testpmd", "vireo/bridge", "of plain"],
+      [
+        "frame B",
+        "pairs",
+        "switch",
+        "frames",
+        "Mpps",
+        "Gbit/s",
+        "vireo/testpmd",
+        "vireo/bridge",
+        "switch CPU ns/frame",
+        "of plain",
+      ],
       table,
     ),
     `load average ${r.loadavgBefore.split(" ").slice(0, 3).join(" ")} before, ${r.loadavgAfter.split(" ").slice(0, 3).join(" ")} after`,
