@@ -85,10 +85,16 @@ Options:
                        (KVM ioeventfds) and interrupts (irqfds), so no frame passes through vireo. Split rings.
                        If the back-end goes away the card stalls and the VM runs on; vireo reconnects when a
                        back-end listens on SOCKET again and the rings go on from where the guest left them
-  --net switch=NAME[,vlan=N|,trunk=N+M[,native=N]][,mac=xx:xx:xx:xx:xx:xx]
-                       a virtio-net card on a running vireo switch NAME: vireo attaches a vhost-user port for it
-                       through the switch's control socket (at its default path, $VIREO_RUN_DIR/switch/NAME.sock),
-                       runs the card as --net vhost-user= on it, and detaches the port when the VM ends
+  --net shm=SOCKET[,mac=xx:xx:xx:xx:xx:xx]
+                       a virtio-net card whose frames go through the shared-memory rings of a vireo switch shm
+                       port listening on SOCKET: the card's queues are served by vireo's own data-plane thread,
+                       which copies each frame into or out of the rings (no TAP, no virtio_net_hdr offloads).
+                       Not with snapshots or migration
+  --net switch=NAME[,vlan=N|,trunk=N+M[,native=N]][,mac=xx:xx:xx:xx:xx:xx][,transport=vhost-user|shm]
+                       a virtio-net card on a running vireo switch NAME: vireo attaches a port for it through the
+                       switch's control socket (at its default path, $VIREO_RUN_DIR/switch/NAME.sock), runs the
+                       card on it (transport=vhost-user, the default: as --net vhost-user=, the switch serving
+                       the guest's rings; transport=shm: as --net shm=), and detaches the port when the VM ends
   --restore DIR        resume the snapshot in DIR (vireo ctl snapshot DIR): the machine (memory, vCPUs, devices)
                        is the one recorded there, so --kernel, --guest, --mem, --cpus and the device options
                        are refused with it; --serial, --timeout, --api-socket, --metrics, --stats apply. A state

@@ -1,11 +1,14 @@
 /**
- * `vireo run --net switch=NAME[,vlan=N|,trunk=...][,mac=...]`: a VM's NIC on a running `vireo switch` directly.
- * vireo asks the switch (over its control socket) to attach a vhost-user port for this VM at a socket of its own,
- * then runs the NIC as `--net vhost-user=SOCKET[,mac=...]` on it; when the VM ends the port is detached.
+ * `vireo run --net switch=NAME[,vlan=N|,trunk=...][,mac=...][,transport=vhost-user|shm]`: a VM's NIC on a
+ * running `vireo switch` directly. vireo asks the switch (over its control socket) to attach a port for this VM
+ * at a socket of its own, runs the NIC on it, and detaches the port when the VM ends. Two transports:
  *
- * Of the two ways the switch could take a VM's NIC (shared memory rings read by the switch, or vhost-user), only
- * vhost-user is built: the VM's rings are then served by the switch's own virtio-net code, with the guest's
- * kicks and interrupts as eventfds between the two processes and no frame through vireo run.
+ * - vhost-user (the default): the port is a vhost-user back-end; the NIC runs as `--net vhost-user=SOCKET` and the
+ *   switch serves the guest's rings itself, with the guest's kicks and interrupts as eventfds between the two
+ *   processes and no frame through vireo run (one copy a frame into the switch, one out).
+ * - shm: the port is an shm port (shared-memory frame rings, src/switch/ports/shm-port.ts); the NIC runs as
+ *   `--net shm=SOCKET`: the VM's own data-plane thread serves the guest's rings and copies frames through the
+ *   rings (one copy more a frame, on the VM's thread; less work on the switch's). docs/switch.md measures both.
  */
 import { join } from "node:path";
 import { ConfigError } from "../errors.ts";
@@ -13,7 +16,7 @@ import { controlRequest, defaultControlPath, SWITCH_NAME } from "../switch/contr
 
 /** One `--net` value rewritten for a switch port, and how to undo the attach. */
 export interface SwitchNet {
-  /** The `--net` value to use instead (vhost-user=SOCKET[,mac=...]). */
+  /** The `--net` value to use instead (vhost-user=SOCKET[,mac=...] or shm=SOCKET[,mac=...]). */
   net: string;
   /** The switch's name and the port attached for this VM. */
   switchName: string;
@@ -41,12 +44,21 @@ export async function attachSwitchNet(spec: string, index: number, runDir?: stri
   }
   const netOpts: string[] = [];
   const portOpts: string[] = [];
+  let transport: "vhost-user" | "shm" = "vhost-user";
   for (const p of parts) {
-    const key = p.split("=")[0];
+    const [key, value] = p.split("=") as [string, string | undefined];
     if (key === "mac") netOpts.push(p);
     else if (key === "vlan" || key === "trunk" || key === "native") portOpts.push(p);
-    else
-      throw new ConfigError(`--net ${spec}: unknown option '${key}' for switch= (mac, vlan, trunk, native)`);
+    else if (key === "transport") {
+      if (value !== "vhost-user" && value !== "shm")
+        throw new ConfigError(
+          `--net ${spec}: transport=${value ?? ""}: want transport=vhost-user or transport=shm`,
+        );
+      transport = value;
+    } else
+      throw new ConfigError(
+        `--net ${spec}: unknown option '${key}' for switch= (mac, vlan, trunk, native, transport)`,
+      );
   }
   const control = defaultControlPath(name);
   const port = `vm${process.pid}-${index}`;
@@ -58,12 +70,12 @@ export async function attachSwitchNet(spec: string, index: number, runDir?: stri
   try {
     await controlRequest(control, {
       op: "attach",
-      spec: [`vhost-user=${socket}`, `name=${port}`, ...portOpts].join(","),
+      spec: [`${transport}=${socket}`, `name=${port}`, ...portOpts].join(","),
     });
   } catch (e) {
     throw new ConfigError(`--net ${spec}: ${(e as Error).message}`);
   }
-  return { net: [`vhost-user=${socket}`, ...netOpts].join(","), switchName: name, port, control };
+  return { net: [`${transport}=${socket}`, ...netOpts].join(","), switchName: name, port, control };
 }
 
 /** Detaches a port attachSwitchNet attached (best effort: the switch may be gone). */

@@ -18,6 +18,7 @@ import { DevicePageLog } from "../memory/device-page-log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { MetricsSegment } from "../metrics/registry.ts";
 import { native, POLLIN, takeEventFd } from "../native.ts";
+import type { ShmNetBackend } from "../net/shm-backend.ts";
 import { TapBackend } from "../net/tap.ts";
 import { DeferredWork } from "../shared/deferred-work.ts";
 import type { WorkerMessage } from "../vmm/messages.ts";
@@ -82,7 +83,8 @@ function virtioPlane(
 ): DataPlane {
   const transport = transportFor(spec, ctx, false, "io");
   const model = transport.device.model;
-  const backend = model instanceof VirtioNet ? (model.backend as TapBackend) : null;
+  // A TAP's or a switch shm port's receive side: an fd to poll and a pump for when it is readable.
+  const backend = model instanceof VirtioNet ? (model.backend as TapBackend | ShmNetBackend) : null;
   const words = new Int32Array(spec.dataPlane.block);
   const kicks = metrics.counter(`vhost.${spec.name}.kicks`);
   let activations = 0;

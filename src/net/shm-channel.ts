@@ -14,12 +14,21 @@
  * connection carries nothing else; either side closing it ends the channel.
  */
 import { fstatSync, ftruncateSync } from "node:fs";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_ALLOW_SEALING, MFD_CLOEXEC, native } from "../native.ts";
-import { SHM_DEFAULT_SLOT_SIZE, SHM_DEFAULT_SLOTS, ShmRing, ShmRingError, shmRingBytes } from "./shm-ring.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_ALLOW_SEALING, MFD_CLOEXEC, native, POLLIN } from "../native.ts";
+import {
+  checkShmGeometry,
+  SHM_DEFAULT_SLOT_SIZE,
+  SHM_DEFAULT_SLOTS,
+  ShmRing,
+  ShmRingError,
+  shmRingBytes,
+} from "./shm-ring.ts";
 
 const MAGIC = 0x4d485356; // "VSHM" little-endian
 const VERSION = 1;
 const HELLO_BYTES = 16;
+/** How long a peer waits for the server's hello: the switch sends it on its next turn, well under a second. */
+const HELLO_TIMEOUT_MS = 10_000;
 
 /** The two rings and eventfds one side of a channel holds. */
 export interface ShmChannelEnd {
@@ -115,13 +124,39 @@ export function connectShmChannel(path: string): { channel: ShmChannelEnd; conn:
   }
 }
 
+/** What a channel's hello carries, checked: the memory and eventfds, and the rings' geometry. */
+export interface ShmChannelFds {
+  memFd: number;
+  kickServer: number;
+  kickPeer: number;
+  slots: number;
+  slotSize: number;
+}
+
 /**
  * Takes the channel the server sends on `conn` (blocking until it comes) and maps it; everything in the hello is
  * checked before it is used (`what` names the server in errors). The connection stays open.
  */
 export function receiveShmChannel(conn: number, what: string): ShmChannelEnd {
+  return mapShmChannel(receiveShmChannelFds(conn, what), what);
+}
+
+/**
+ * The hello alone, checked (magic, version, geometry, the memory's size), its fds kept open and not mapped: for a
+ * process that maps the rings in another thread (a VM's I/O thread, mapShmChannel there).
+ */
+export function receiveShmChannelFds(
+  conn: number,
+  what: string,
+  timeoutMs = HELLO_TIMEOUT_MS,
+): ShmChannelFds {
   const n = native();
   const hello = new Uint32Array(HELLO_BYTES / 4);
+  // A server that accepts and says nothing (not a vireo shm port) must not hang the caller.
+  if (n.poll(new Int32Array([conn, POLLIN, 0]), timeoutMs) === 0)
+    throw new ShmRingError(
+      `${what}: no hello from the server within ${timeoutMs / 1000} s (is it a vireo switch shm port?)`,
+    );
   const r = n.recvmsg(conn, hello, 3);
   const fail = (why: string) => {
     for (const fd of r.fds) n.close(fd);
@@ -135,8 +170,11 @@ export function receiveShmChannel(conn: number, what: string): ShmChannelEnd {
   const [magic, version, slots, slotSize] = hello as unknown as [number, number, number, number];
   if (magic !== MAGIC) throw fail("not a vireo shm channel (bad magic)");
   if (version !== VERSION) throw fail(`channel version ${version}, this vireo speaks ${VERSION}`);
-  if (!(slots >= 1 && slots <= 65536 && slotSize >= 64 && slotSize <= 65536))
-    throw fail(`rings of ${slots} slots of ${slotSize} bytes are out of bounds`);
+  try {
+    checkShmGeometry(slots, slotSize);
+  } catch (e) {
+    throw fail((e as Error).message);
+  }
   const need = 2 * shmRingBytes(slots, slotSize);
   // Checked before mapping: a memory shorter than the rings would fault (SIGBUS) where the rings run past it.
   let have = -1;
@@ -144,15 +182,17 @@ export function receiveShmChannel(conn: number, what: string): ShmChannelEnd {
     have = fstatSync(memFd).size;
   } catch {}
   if (have < need) throw fail(`the rings (${need} bytes) do not fit the memory sent (${have} bytes)`);
-  let buffer: SharedArrayBuffer;
+  return { memFd, kickServer, kickPeer, slots, slotSize };
+}
+
+/** The peer's end over fds receiveShmChannelFds took (in any thread of the process). Closes them on failure. */
+export function mapShmChannel(f: ShmChannelFds, what: string): ShmChannelEnd {
+  const n = native();
   try {
-    buffer = n.mmap(memFd, need, 0).buffer;
+    const { buffer } = n.mmap(f.memFd, 2 * shmRingBytes(f.slots, f.slotSize), 0);
+    return end(f.memFd, buffer, f.slots, f.slotSize, false, f.kickServer, f.kickPeer, false);
   } catch (e) {
-    throw fail(`cannot map the rings: ${(e as Error).message}`);
-  }
-  try {
-    return end(memFd, buffer, slots, slotSize, false, kickServer, kickPeer, false);
-  } catch (e) {
-    throw fail((e as Error).message);
+    for (const fd of [f.memFd, f.kickServer, f.kickPeer]) n.close(fd);
+    throw new ShmRingError(`${what}: cannot map the rings: ${(e as Error).message}`);
   }
 }

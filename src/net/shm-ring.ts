@@ -41,6 +41,14 @@ export class ShmRingError extends VireoError {
   }
 }
 
+/** Throws ShmRingError unless rings of `slots` slots of `slotSize` bytes can be. */
+export function checkShmGeometry(slots: number, slotSize: number): void {
+  if (!Number.isInteger(slots) || slots < 1 || (slots & (slots - 1)) !== 0 || slots > 65536)
+    throw new ShmRingError(`a ring has a power of 2 of slots up to 65536, not ${slots}`);
+  if (!Number.isInteger(slotSize) || slotSize < 64 || slotSize % 64 !== 0 || slotSize > 65536)
+    throw new ShmRingError(`a slot is a multiple of 64 bytes from 64 to 65536, not ${slotSize}`);
+}
+
 /** Bytes one ring of `slots` slots of `slotSize` bytes takes. */
 export function shmRingBytes(slots: number, slotSize: number): number {
   return SHM_RING_HEADER + lengthsBytes(slots) + slots * slotSize;
@@ -72,10 +80,7 @@ export class ShmRing {
    * was agreed with.
    */
   constructor(buffer: SharedArrayBuffer, offset: number, slots: number, slotSize: number, init: boolean) {
-    if (!Number.isInteger(slots) || slots < 1 || (slots & (slots - 1)) !== 0 || slots > 65536)
-      throw new ShmRingError(`a ring has a power of 2 of slots up to 65536, not ${slots}`);
-    if (!Number.isInteger(slotSize) || slotSize < 64 || slotSize % 64 !== 0 || slotSize > 65536)
-      throw new ShmRingError(`a slot is a multiple of 64 bytes from 64 to 65536, not ${slotSize}`);
+    checkShmGeometry(slots, slotSize);
     if (offset % 64 !== 0 || offset + shmRingBytes(slots, slotSize) > buffer.byteLength)
       throw new ShmRingError(
         `a ring of ${slots} x ${slotSize} bytes does not fit at ${offset} of ${buffer.byteLength}`,

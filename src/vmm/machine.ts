@@ -499,8 +499,8 @@ export class Machine {
           console: config.console === "virtio" ? "virtio" : "serial",
         },
         unsupported: (pci?.devices ?? [])
-          .filter((d) => d.kind === "vhost-net")
-          .map((d) => `${d.name} (${d.kind})`),
+          .filter((d) => d.kind === "vhost-net" || (d.kind === "virtio-net" && d.shm !== undefined))
+          .map((d) => `${d.name} (${d.kind === "vhost-net" ? d.kind : "--net shm="})`),
         // A back-end that cannot log its writes to guest RAM (PROTOCOL_F_LOG_SHMFD, VHOST_F_LOG_ALL) cannot be
         // migrated live: its writes during the rounds would be lost.
         unmigratable: (pci?.devices ?? [])
@@ -690,7 +690,8 @@ export class Machine {
     pci.devices.forEach((d) => {
       if (d.kind !== "virtio-net" && d.kind !== "e1000") return;
       const mac = nets[Number(d.name.slice(3))]?.mac;
-      if (mac) targets.push({ name: d.name, mac, fd: d.tap.fd, vnetHdr: d.tap.vnetHdr });
+      // A NIC on a switch's shm port has no TAP to announce on (and is not snapshotted: see `unsupported`).
+      if (mac && d.tap.fd >= 0) targets.push({ name: d.name, mac, fd: d.tap.fd, vnetHdr: d.tap.vnetHdr });
     });
     if (targets.length === 0) return () => {};
     return announceNics(targets, {
@@ -723,7 +724,7 @@ export class Machine {
       throw new ApiError(
         409,
         "VIREO_SNAPSHOT_UNSUPPORTED",
-        `snapshots and migration of vhost-net devices are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
+        `snapshots and migration of vhost-net devices and of NICs on a switch's shm port are not built yet: ${snap.unsupported.join(", ")} (docs/snapshot.md)`,
       );
     if (what === "migrate" && snap.unmigratable.length > 0)
       throw new ApiError(

@@ -28,6 +28,8 @@ import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
+import { ShmNetBackend } from "../net/shm-backend.ts";
+import { mapShmChannel, receiveShmChannelFds, type ShmChannelFds } from "../net/shm-channel.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { prepareVhostNet, type VhostNetSpec, vhostNetModel } from "../vhost-net/device.ts";
 import { logBytesFor } from "../vhost-user/dirty-log.ts";
@@ -73,6 +75,8 @@ export interface NetConfig {
   tap: string;
   /** A vhost-user back-end's socket: the rings are served there, not by a TAP of vireo's. */
   vhostUser?: string;
+  /** A `vireo switch` shm port's socket: frames go through its shared-memory rings (src/net/shm-backend.ts). */
+  shm?: string;
   mac?: Uint8Array;
   model: "virtio" | "e1000";
   /** `vhost=on`: the host kernel serves the rings (/dev/vhost-net, src/vhost-net/). */
@@ -115,7 +119,10 @@ export type PciDeviceSpec =
       slot: number;
       state: VirtioPciState;
       mac: number[];
+      /** The TAP; with `shm` a stand-in naming the socket (fd -1), the frames going through the channel. */
       tap: Tap;
+      /** `--net shm=`: the channel's fds (mapped by the data-plane thread) and the connection to the switch. */
+      shm?: ShmChannelFds & { socket: string; conn: number };
       dataPlane: DataPlaneSpec;
     }
   /** A virtio device served by a vhost-user back-end (src/vhost-user/frontend-device.ts). */
@@ -197,11 +204,12 @@ export function intxGsi(slot: number): number {
 
 const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
 
-/** `--net tap=NAME[,mac=..][,model=virtio|e1000]` or `--net vhost-user=SOCKET[,mac=..]` */
+/** `--net tap=NAME[,mac=..][,model=virtio|e1000]`, `--net vhost-user=SOCKET[,mac=..]` or `--net shm=SOCKET[,mac=..]` */
 export function parseNet(spec: string): NetConfig {
   let tap: string | undefined;
   let vhost = false;
   let vhostUser: string | undefined;
+  let shm: string | undefined;
   let modelGiven = false;
   let mac: Uint8Array | undefined;
   let model: NetConfig["model"] = "virtio";
@@ -218,6 +226,11 @@ export function parseNet(spec: string): NetConfig {
       if (Buffer.byteLength(value) > 107)
         throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
       vhostUser = value;
+    } else if (key === "shm") {
+      if (!value) throw new ConfigError(`--net ${spec}: shm= needs a socket path`);
+      if (Buffer.byteLength(value) > 107)
+        throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
+      shm = value;
     } else if (key === "vhost") {
       if (value !== "on" && value !== "off")
         throw new ConfigError(`--net ${spec}: vhost=${value}: want vhost=on or vhost=off`);
@@ -237,9 +250,18 @@ export function parseNet(spec: string): NetConfig {
       modelGiven = true;
     } else {
       throw new ConfigError(
-        `--net ${spec}: unknown option '${key}' (known: tap=NAME, vhost=on|off, vhost-user=SOCKET, mac=MAC, model=virtio|e1000)`,
+        `--net ${spec}: unknown option '${key}' (known: tap=NAME, vhost=on|off, vhost-user=SOCKET, shm=SOCKET, mac=MAC, model=virtio|e1000)`,
       );
     }
+  }
+  if (shm !== undefined) {
+    if (tap !== undefined || vhostUser !== undefined)
+      throw new ConfigError(`--net ${spec}: give one of tap=NAME, vhost-user=SOCKET or shm=SOCKET`);
+    if (vhost) throw new ConfigError(`--net ${spec}: vhost=on goes with tap=NAME, not shm=`);
+    // The e1000 transmits from the vCPU threads (one ring producer each); the ring has a single producer.
+    if (modelGiven && model !== "virtio")
+      throw new ConfigError(`--net ${spec}: shm= serves virtio-net only (not model=${model})`);
+    return { tap: "", shm, mac, model: "virtio" };
   }
   if (vhostUser !== undefined) {
     if (vhost) throw new ConfigError(`--net ${spec}: vhost=on goes with tap=NAME, not vhost-user=`);
@@ -252,7 +274,9 @@ export function parseNet(spec: string): NetConfig {
     return { tap: "", vhostUser, mac, model: "virtio" };
   }
   if (tap === undefined)
-    throw new ConfigError(`--net ${spec}: which backend? (--net tap=NAME or --net vhost-user=SOCKET)`);
+    throw new ConfigError(
+      `--net ${spec}: which backend? (--net tap=NAME, --net vhost-user=SOCKET or --net shm=SOCKET)`,
+    );
   if (vhost && model !== "virtio")
     throw new ConfigError(`--net ${spec}: vhost=on serves virtio-net only (not model=${model})`);
   return vhost ? { tap, mac, model, vhost } : { tap, mac, model };
@@ -352,11 +376,14 @@ function modelFor(
     case "virtio-net": {
       const mac = Uint8Array.from(spec.mac);
       if (role === "io") {
-        return new VirtioNet({
-          backend: new TapBackend(spec.tap, { metrics, metricsName: spec.name }),
-          mac,
-          name: spec.name,
-        });
+        const backend = spec.shm
+          ? new ShmNetBackend(mapShmChannel(spec.shm, `--net shm=${spec.shm.socket}`), {
+              name: `shm:${spec.shm.socket}`,
+              metrics,
+              metricsName: spec.name,
+            })
+          : new TapBackend(spec.tap, { metrics, metricsName: spec.name });
+        return new VirtioNet({ backend, mac, name: spec.name });
       }
       const dp = spec.dataPlane;
       const inner = new VirtioNet({ backend: detachedBackend(spec.tap), mac, name: spec.name });
@@ -617,6 +644,36 @@ export function preparePci(
       if (net.vhost) {
         const at = { name: `net${i}`, slot: 1 + devices.length, ram: devicesWanted.ram };
         devices.push(prepareVhostNet({ ...at, tap: net.tap, mac: net.mac ?? defaultMac(i) }, eventFd, fds));
+        return;
+      }
+      if (net.shm !== undefined) {
+        const what = `--net shm=${net.shm}`;
+        let conn: number;
+        try {
+          conn = native().unixConnect(net.shm);
+        } catch (e) {
+          throw new ConfigError(
+            `${what}: cannot connect (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): is a vireo switch shm port listening there?`,
+          );
+        }
+        fds.push(conn);
+        let ch: ShmChannelFds;
+        try {
+          ch = receiveShmChannelFds(conn, what);
+        } catch (e) {
+          throw new ConfigError((e as Error).message);
+        }
+        fds.push(ch.memFd, ch.kickServer, ch.kickPeer);
+        devices.push({
+          kind: "virtio-net",
+          name: `net${i}`,
+          slot: 1 + devices.length,
+          state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
+          mac: Array.from(net.mac ?? defaultMac(i)),
+          tap: { fd: -1, name: `shm:${net.shm}`, vnetHdr: false },
+          shm: { ...ch, socket: net.shm, conn },
+          dataPlane: { kicks: [eventFd(), eventFd()], wake: eventFd(), block: createDataPlaneBlock() },
+        });
         return;
       }
       // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.

@@ -2,8 +2,9 @@
  * vireo as a vhost-user front-end: `vireo run --net vhost-user=SOCKET` with the rings served by another process,
  * `vireo vhost-user net --tap NAME`, on a TAP in a network namespace. The micro guest's virtio-net driver sends
  * frames to the host and echoes frames the host sends (test/helpers/netpeer.py checks every one); the guest's
- * doorbells are KVM ioeventfds the back-end polls, so no frame and no doorbell passes through vireo. Also: a
- * missing socket is a one-line error naming --net.
+ * doorbells are KVM ioeventfds the back-end polls, so no frame and no doorbell passes through vireo. The same
+ * guest through vireo switch, on a vhost-user port and on an shm port (`--net shm=`, the VM's data-plane thread
+ * copying frames through the switch's shared-memory rings). Also: a missing socket is a one-line error naming --net.
  */
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync } from "node:fs";
@@ -134,6 +135,83 @@ test("the micro guest's frames cross vireo switch (a vhost-user port and a TAP p
   };
   const p0 = end.ports.find((p) => p.name === "p0");
   assert.ok((p0?.rx.frames ?? 0) >= 2 * count, `the switch received the guest's frames: ${sw.out()}`);
+});
+
+test("the micro guest's frames cross vireo switch through an shm port (--net shm=) and a TAP port, both ways", {
+  skip: netSkip,
+}, async () => {
+  const ns = netns();
+  const socket = join(dir, "switch-shm-port.sock");
+  const sw = startProcess(
+    ns.exec([
+      VIREO_BIN,
+      "switch",
+      "sw1",
+      "--control",
+      join(dir, "sw1.ctl"),
+      "--port",
+      `shm=${socket},name=vm`,
+      "--port",
+      `tap=${ns.tap}`,
+    ]),
+  );
+  await waitFor(
+    () => existsSync(socket),
+    120_000,
+    () => `the switch did not start: ${sw.err()}`,
+  );
+  const count = 500;
+  const size = 600;
+  const mac = "02:76:69:aa:bb:09";
+  const metricsFile = metricsPath("vireo-shm-net-");
+  const r = await exchangeFrames(
+    ns,
+    [
+      "--guest",
+      "micro:virtio-net-test",
+      String(count),
+      String(size),
+      "--net",
+      `shm=${socket},mac=${mac}`,
+      "--timeout",
+      "240",
+      "--metrics",
+      metricsFile,
+    ],
+    { count, size },
+    300_000,
+  );
+  sw.child.kill("SIGTERM");
+  await sw.exited;
+  assertFramesExchanged(r, count, mac, "the guest used the MAC given with --net");
+  const end = JSON.parse(sw.out().trim().split("\n").pop() as string) as {
+    ports: Array<{ name: string; rx: { frames: number }; tx: { frames: number } }>;
+  };
+  const vm = end.ports.find((p) => p.name === "vm");
+  assert.ok((vm?.rx.frames ?? 0) >= 2 * count, `the switch received the guest's frames: ${sw.out()}`);
+  assert.ok((vm?.tx.frames ?? 0) >= count, `the switch delivered the peer's frames to the VM: ${sw.out()}`);
+  // vireo's own virtio-net served the guest's rings (on its data-plane thread) and the shm backend moved the
+  // frames: both counted on the VM's side.
+  const metrics = readMetrics(metricsFile);
+  assert.ok((metrics["net.shm.net0.tx_packets"] ?? 0) >= 2 * count, JSON.stringify(metrics));
+  assert.ok((metrics["net.shm.net0.rx_packets"] ?? 0) >= count, JSON.stringify(metrics));
+});
+
+test("--net shm= with nothing listening is one clear line, status 125", { skip: kvmSkip }, () => {
+  const r = vireo([
+    "run",
+    "--guest",
+    "micro:hello",
+    "--net",
+    `shm=${join(dir, "nobody.sock")}`,
+    "--timeout",
+    "60",
+  ]);
+  assert.equal(r.status, 125, r.stderr);
+  assert.match(
+    r.stderr,
+    /--net shm=.*nobody\.sock: cannot connect \(ENOENT\): is a vireo switch shm port listening there\?/,
+  );
 });
 
 test("--net vhost-user= with no back-end on the socket is one clear line, status 125", {

@@ -111,8 +111,14 @@ test("bad --net and --console values", () => {
   assertOneLineError(run("--net", "vt0"), /unknown option 'vt0'/);
   assertOneLineError(
     run("--net", "mac=02:00:00:00:00:01"),
-    /which backend\? \(--net tap=NAME or --net vhost-user=SOCKET\)/,
+    /which backend\? \(--net tap=NAME, --net vhost-user=SOCKET or --net shm=SOCKET\)/,
   );
+  assertOneLineError(run("--net", "shm=/tmp/x.sock,model=e1000"), /shm= serves virtio-net only/);
+  assertOneLineError(
+    run("--net", "shm=/tmp/x.sock,tap=vt0"),
+    /give one of tap=NAME, vhost-user=SOCKET or shm=SOCKET/,
+  );
+  assertOneLineError(run("--net", "shm="), /shm= needs a socket path/);
   assertOneLineError(run("--net", "tap=vt0,vhost-user=/tmp/x.sock"), /either tap=NAME or vhost-user=SOCKET/);
   assertOneLineError(run("--net", "vhost-user=/tmp/x.sock,model=e1000"), /serves virtio-net only/);
   assertOneLineError(run("--net", "vhost-user="), /vhost-user= needs a socket path/);

@@ -11,6 +11,8 @@ import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { attachSwitchNet, detachSwitchNet, isSwitchNet } from "../../src/cli/net-switch.ts";
 import { ConfigError } from "../../src/errors.ts";
+import { native } from "../../src/native.ts";
+import { connectShmChannel } from "../../src/net/shm-channel.ts";
 import { controlRequest, defaultControlPath } from "../../src/switch/control.ts";
 import { parseNet } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN, vireo } from "../helpers/cli.ts";
@@ -88,6 +90,47 @@ test("--net switch=NAME attaches a vhost-user port for the VM, frames flow throu
   );
   vm.close();
   peer.close();
+
+  // transport=shm: an shm port for the VM, `--net shm=` on it, and the VM's end (ShmNetBackend's channel, here
+  // the test's) gets the other port's frames through the rings.
+  const s = await attachSwitchNet("switch=ns1,vlan=5,transport=shm,mac=02:00:00:00:00:08", 1);
+  assert.match(s.net, /^shm=.*,mac=02:00:00:00:00:08$/);
+  const shmCfg = parseNet(s.net);
+  assert.equal(shmCfg.shm, s.net.split(",")[0]?.slice("shm=".length));
+  const shmKinds = (await controlRequest(defaultControlPath("ns1"), { op: "show" })) as {
+    ports: Array<{ name: string; kind: string }>;
+  };
+  assert.deepEqual(
+    shmKinds.ports.map((p) => [p.name, p.kind]),
+    [
+      ["other", "vhost-user"],
+      [s.port, "shm"],
+    ],
+  );
+  const { channel, conn } = connectShmChannel(shmCfg.shm as string);
+  const peer2 = new NetFrontend(SocketChannel.connect(other));
+  peer2.setup();
+  peer2.startRing(0);
+  peer2.startRing(1);
+  const g = new Uint8Array(64).fill(0x33);
+  g.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 9, 0x08, 0x00]);
+  peer2.transmit([g]);
+  let shmGot: Uint8Array | null = null;
+  for (let i = 0; i < 400 && shmGot === null; i++) {
+    if (channel.in.available() > 0) {
+      const at = channel.in.frameAt();
+      shmGot = channel.in.bytes.slice(at, at + channel.in.frameLength);
+    } else await sleep(5);
+  }
+  assert.deepEqual(shmGot, g, "the broadcast reached the VM's shm port");
+  channel.close();
+  native().close(conn);
+  peer2.close();
+  await detachSwitchNet(s);
+  await assert.rejects(
+    attachSwitchNet("switch=ns1,transport=tcp", 2),
+    /want transport=vhost-user or transport=shm/,
+  );
 
   await assert.rejects(attachSwitchNet("switch=nosuch", 0), (e: unknown) => {
     return e instanceof ConfigError && /no switch listens on/.test(e.message);
