@@ -12,10 +12,11 @@ import {
   zeroCounts,
 } from "../vhost-user/net-backends.ts";
 import { BUSY_POLL_MS, serveVhostUser } from "../vhost-user/server.ts";
+import { openShmNet } from "../vhost-user/shm-net.ts";
 import { openTapNet } from "../vhost-user/tap-net.ts";
 import { cmdVhostUserBlk } from "./vhost-user-blk.ts";
 
-export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--tap NAME | --sink | --loopback | --gen SIZE) [--once] [--queue-size N]
+export const VHOST_USER_HELP = `Usage: vireo vhost-user net --socket PATH (--tap NAME | --shm SOCKET | --sink | --loopback | --gen SIZE) [--once] [--queue-size N]
        vireo vhost-user blk --socket PATH --file IMG [--readonly] [...]   (see vireo vhost-user blk --help)
 
 A vhost-user back-end (QEMU docs/interop/vhost-user.rst) serving a virtio-net device over a Unix socket, with
@@ -27,6 +28,8 @@ Options:
   --tap NAME         forward the guest's frames to host TAP device NAME and NAME's frames to the guest (the
                      TAP is created if missing, which needs CAP_NET_ADMIN; virtio-net headers pass through, so
                      the guest's checksum and TSO offloads reach the host kernel)
+  --shm SOCKET       forward the guest's frames through a vireo switch shm port listening on SOCKET (its
+                     shared-memory rings; plain Ethernet frames, no offloads), as vireo run --net shm= does
   --sink             count the frames the guest transmits and drop them
   --loopback         send every frame the guest transmits back to its receive queue
   --gen SIZE         offer the guest one SIZE-byte UDP frame (42 to 1518) whenever it has a receive buffer, as
@@ -47,6 +50,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     options: {
       socket: { type: "string" },
       tap: { type: "string" },
+      shm: { type: "string" },
       sink: { type: "boolean" },
       loopback: { type: "boolean" },
       gen: { type: "string" },
@@ -61,7 +65,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   }
   if (positionals[0] !== "net" || positionals.length > 1) {
     throw new ConfigError(
-      "usage: vireo vhost-user net --socket PATH (--tap NAME | --sink | --loopback | --gen SIZE) (see --help)",
+      "usage: vireo vhost-user net --socket PATH (--tap NAME | --shm SOCKET | --sink | --loopback | --gen SIZE) (see --help)",
     );
   }
   const socketPath = values.socket;
@@ -72,11 +76,16 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     );
   }
   if (
-    [values.tap !== undefined, values.sink, values.loopback, values.gen !== undefined].filter(Boolean)
-      .length !== 1
+    [
+      values.tap !== undefined,
+      values.shm !== undefined,
+      values.sink,
+      values.loopback,
+      values.gen !== undefined,
+    ].filter(Boolean).length !== 1
   ) {
     throw new ConfigError(
-      "vhost-user net: give exactly one of --tap NAME, --sink, --loopback and --gen SIZE",
+      "vhost-user net: give exactly one of --tap NAME, --shm SOCKET, --sink, --loopback and --gen SIZE",
     );
   }
   const genSize = values.gen === undefined ? 0 : Number(values.gen);
@@ -99,7 +108,12 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     queueSize = q;
   }
   const counts = zeroCounts();
-  const tap = values.tap === undefined ? null : openTapNet(values.tap, counts);
+  const tap =
+    values.tap !== undefined
+      ? openTapNet(values.tap, counts)
+      : values.shm !== undefined
+        ? openShmNet(values.shm, counts)
+        : null;
   const backend = tap
     ? tap.backend
     : values.sink

@@ -85,6 +85,11 @@ export class ShmNetBackend implements VirtioNetBackend {
     this.pump();
   }
 
+  /** The guest posted buffers: a refused frame may go in now (rxReady without the pump, for a caller that pumps). */
+  blockedUntilReady(): void {
+    this.blocked = false;
+  }
+
   wantsInput(): boolean {
     return !this.closed && this.receiver !== null && !this.blocked;
   }

@@ -16,6 +16,7 @@ import { native, POLLIN, signalEventFd } from "../../src/native.ts";
 import { connectShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel.ts";
 import { controlRequest } from "../../src/switch/control.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
+import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-switch-shm-"));
 const children: ChildProcess[] = [];
@@ -206,4 +207,52 @@ test("a full ring toward a peer drops and counts; a peer that breaks its ring is
     sw.child.kill("SIGTERM");
     await sw.exited;
   }
+});
+
+test("vireo vhost-user net --shm: a vhost-user front-end's frames through the back-end and an shm port, both ways", async () => {
+  const s = (n: string) => join(dir, `${n}3.sock`);
+  const sw = await startSwitch("shm3", [`shm=${s("vm")},name=vm`, `shm=${s("peer")},name=peer`]);
+  const back = spawn(VIREO_BIN, ["vhost-user", "net", "--socket", s("vu"), "--shm", s("vm"), "--once"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(back);
+  let out = "";
+  let err = "";
+  back.stdout?.on("data", (d) => (out += d));
+  back.stderr?.on("data", (d) => (err += d));
+  const backExited = new Promise<number | null>((resolve) => back.on("exit", (code) => resolve(code)));
+  const deadline = Date.now() + 60_000;
+  while (!err.includes("listening")) {
+    if (back.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not start: ${err}`);
+    await sleep(50);
+  }
+  const peer = new Peer(s("peer"));
+  const fe = new NetFrontend(SocketChannel.connect(s("vu")));
+  try {
+    fe.setup();
+    fe.startRing(0);
+    fe.startRing(1);
+    fe.postReceiveBuffers(32);
+    // The front-end's guest speaks first (learnt on port vm); the peer answers to it.
+    const hello = frame([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], mac(7), 60, 7);
+    fe.transmit([hello]);
+    assert.deepEqual((await peer.receive(1))[0], hello, "the guest's broadcast reached the peer");
+    const answers = Array.from({ length: 20 }, (_, i) => frame(mac(7), mac(8), 60 + i * 70, i));
+    peer.send(answers);
+    let got: Uint8Array[] = [];
+    for (let i = 0; i < 500 && got.length < answers.length; i++) {
+      fe.waitCall(0, 20);
+      got = got.concat(fe.rx.usedChains().map((u) => u.written.slice(NET_HDR, u.len)));
+    }
+    assert.deepEqual(got, answers, "the peer's frames reached the guest's receive ring, in order");
+  } finally {
+    fe.close();
+    peer.close();
+  }
+  assert.equal(await backExited, 0, err);
+  const end = JSON.parse(out.trim().split("\n")[0] as string) as Record<string, number>;
+  assert.equal(end.txFrames, 1);
+  assert.equal(end.rxFrames, 20);
+  sw.child.kill("SIGTERM");
+  await sw.exited;
 });

@@ -344,7 +344,11 @@ for i in range(int(sys.argv[2]),int(sys.argv[3])):
     const cases: Array<[string[], RegExp, string[]?]> = [
       [["--tap", "a-name-of-17-byte"], /--tap a-name-of-17-byte: the name is 17 bytes, .* at most 15/],
       [["--tap", "a/b"], /--tap a\/b: an interface name is 1 to 15 letters/],
-      [["--tap", "t0", "--sink"], /exactly one of --tap NAME, --sink/],
+      [["--tap", "t0", "--sink"], /exactly one of --tap NAME, --shm SOCKET, --sink/],
+      [
+        ["--shm", join(dir, "nobody.sock")],
+        /--shm .*nobody\.sock: cannot connect \(ENOENT\): is a vireo switch shm port listening there\?/,
+      ],
       [
         ["--tap", "vu-denied"],
         /--tap vu-denied: no permission .*CAP_NET_ADMIN/,
