@@ -5,51 +5,17 @@
  * detached under traffic gets nothing more, SIGTERM prints the final counters.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { controlRequest } from "../../src/switch/control.ts";
-import { VIREO_BIN, vireo } from "../helpers/cli.ts";
+import { vireo } from "../helpers/cli.ts";
+import { startSwitch } from "../helpers/switch-process.ts";
 import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-switch-"));
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-});
-
-interface Proc {
-  child: ChildProcess;
-  control: string;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-async function startSwitch(name: string, ports: string[]): Promise<Proc> {
-  const control = join(dir, `${name}.sock`);
-  const args = ["switch", name, "--control", control, ...ports.flatMap((p) => ["--port", p])];
-  const child = spawn(VIREO_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => {
-    out += d;
-  });
-  child.stderr?.on("data", (d) => {
-    err += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const deadline = Date.now() + 60_000;
-  while (!err.includes("ready")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`switch did not start: ${err}`);
-    await sleep(50);
-  }
-  return { child, control, stdout: () => out, stderr: () => err, exited };
-}
 
 function mac(n: number): number[] {
   return [0x52, 0x54, 0, 0x12, 0x34, n];
@@ -107,7 +73,7 @@ interface PortShow {
 
 describe("vireo switch (process)", () => {
   test("learning, flooding, VLANs, counters, detach under traffic, and the end line", async () => {
-    const s = await startSwitch("t1", [
+    const s = await startSwitch(dir, "t1", [
       `vhost-user=${join(dir, "a.sock")},name=a`,
       `vhost-user=${join(dir, "b.sock")},name=b`,
       `vhost-user=${join(dir, "c.sock")},name=c,vlan=2`,
@@ -179,7 +145,7 @@ describe("vireo switch (process)", () => {
   });
 
   test("a default-deny filter set while traffic flows blocks a spoofing guest, counts per rule; capture and off", async () => {
-    const s = await startSwitch("t2", [
+    const s = await startSwitch(dir, "t2", [
       `vhost-user=${join(dir, "t2a.sock")},name=a`,
       `vhost-user=${join(dir, "t2b.sock")},name=b`,
     ]);
@@ -232,7 +198,7 @@ describe("vireo switch (process)", () => {
   });
 
   test("an ingress rate limit set while traffic flows holds the rate within 5% over 10 s", async (t) => {
-    const s = await startSwitch("t3", [
+    const s = await startSwitch(dir, "t3", [
       `vhost-user=${join(dir, "t3a.sock")},name=a`,
       `vhost-user=${join(dir, "t3b.sock")},name=b`,
     ]);

@@ -6,41 +6,20 @@
  * on, and can connect again; a detached port's peer sees its connection end.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { native, POLLIN, signalEventFd } from "../../src/native.ts";
 import { connectShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel.ts";
 import { controlRequest } from "../../src/switch/control.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
+import { startListening } from "../helpers/processes.ts";
+import { startSwitch } from "../helpers/switch-process.ts";
 import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-switch-shm-"));
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-});
-
-async function startSwitch(name: string, ports: string[]) {
-  const control = join(dir, `${name}.sock`);
-  const args = ["switch", name, "--control", control, ...ports.flatMap((p) => ["--port", p])];
-  const child = spawn(VIREO_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (err += d));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const deadline = Date.now() + 60_000;
-  while (!err.includes("ready")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`switch did not start: ${err}`);
-    await sleep(50);
-  }
-  return { child, control, stdout: () => out, stderr: () => err, exited };
-}
 
 const mac = (n: number) => [0x52, 0x54, 0, 0x12, 0x34, n];
 
@@ -114,7 +93,7 @@ async function ports(control: string): Promise<Record<string, PortShow>> {
 
 test("frames through shm ports: byte for byte, in order, VLANs apart, counters that match", async () => {
   const s = (n: string) => join(dir, `${n}.sock`);
-  const sw = await startSwitch("shm1", [
+  const sw = await startSwitch(dir, "shm1", [
     `shm=${s("a")},name=a`,
     `shm=${s("b")},name=b`,
     `shm=${s("c")},name=c,vlan=2`,
@@ -154,7 +133,7 @@ test("frames through shm ports: byte for byte, in order, VLANs apart, counters t
 
 test("a full ring toward a peer drops and counts; a peer that breaks its ring is cut off, the rest go on", async () => {
   const s = (n: string) => join(dir, `${n}2.sock`);
-  const sw = await startSwitch("shm2", [`shm=${s("a")},name=a`, `shm=${s("b")},name=b`]);
+  const sw = await startSwitch(dir, "shm2", [`shm=${s("a")},name=a`, `shm=${s("b")},name=b`]);
   const a = new Peer(s("a"));
   let b = new Peer(s("b"));
   try {
@@ -211,21 +190,11 @@ test("a full ring toward a peer drops and counts; a peer that breaks its ring is
 
 test("vireo vhost-user net --shm: a vhost-user front-end's frames through the back-end and an shm port, both ways", async () => {
   const s = (n: string) => join(dir, `${n}3.sock`);
-  const sw = await startSwitch("shm3", [`shm=${s("vm")},name=vm`, `shm=${s("peer")},name=peer`]);
-  const back = spawn(VIREO_BIN, ["vhost-user", "net", "--socket", s("vu"), "--shm", s("vm"), "--once"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(back);
-  let out = "";
-  let err = "";
-  back.stdout?.on("data", (d) => (out += d));
-  back.stderr?.on("data", (d) => (err += d));
-  const backExited = new Promise<number | null>((resolve) => back.on("exit", (code) => resolve(code)));
-  const deadline = Date.now() + 60_000;
-  while (!err.includes("listening")) {
-    if (back.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not start: ${err}`);
-    await sleep(50);
-  }
+  const sw = await startSwitch(dir, "shm3", [`shm=${s("vm")},name=vm`, `shm=${s("peer")},name=peer`]);
+  const back = await startListening(
+    [VIREO_BIN, "vhost-user", "net", "--socket", s("vu"), "--shm", s("vm"), "--once"],
+    "vireo vhost-user net --shm",
+  );
   const peer = new Peer(s("peer"));
   const fe = new NetFrontend(SocketChannel.connect(s("vu")));
   try {
@@ -249,8 +218,8 @@ test("vireo vhost-user net --shm: a vhost-user front-end's frames through the ba
     fe.close();
     peer.close();
   }
-  assert.equal(await backExited, 0, err);
-  const end = JSON.parse(out.trim().split("\n")[0] as string) as Record<string, number>;
+  assert.equal(await back.exited, 0, back.err());
+  const end = JSON.parse(back.out().trim().split("\n")[0] as string) as Record<string, number>;
   assert.equal(end.txFrames, 1);
   assert.equal(end.rxFrames, 20);
   sw.child.kill("SIGTERM");
