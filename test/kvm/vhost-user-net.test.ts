@@ -93,7 +93,7 @@ for (const { kind, n } of [
   { kind: "vhost-user", n: 8 },
   { kind: "shm", n: 9 },
 ] as const) {
-  test(`the micro guest's frames cross vireo switch (a ${kind} port and a TAP port) both ways`, {
+  test(`the micro guest's frames cross vireo switch (${kind === "shm" ? "an" : "a"} ${kind} port and a TAP port) both ways`, {
     skip: netSkip,
   }, async () => {
     const ns = netns();
