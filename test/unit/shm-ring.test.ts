@@ -207,3 +207,49 @@ test("a hello that is short, foreign, or names more memory than was sent is refu
     n.close(b);
   }
 });
+
+test("a peer writing anything into the ring's words: each call succeeds within the slots or throws ShmRingError", () => {
+  const slots = 16;
+  const slotSize = 128;
+  let seed = 12345;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed;
+  };
+  for (let round = 0; round < 300; round++) {
+    const { buffer, producer, consumer } = pair(slots, slotSize);
+    const words = new Int32Array(buffer, 0, (SHM_RING_HEADER + 4 * slots) / 4);
+    const slotsStart = SHM_RING_HEADER + 64;
+    const slotsEnd = slotsStart + slots * slotSize;
+    for (let step = 0; step < 50; step++) {
+      // The hostile side scribbles over an index, a flag or a length; the honest side goes on using its end.
+      const word = [0, 16, 32, 64 + (rand() % slots)][rand() % 4] as number;
+      words[word] = rand() % 3 === 0 ? rand() | 0 : (words[word] as number) + ((rand() % 5) - 2);
+      try {
+        const n = consumer.available();
+        assert.ok(n >= 0 && n <= slots, `available ${n}`);
+        for (let i = 0; i < n; i++) {
+          const at = consumer.frameAt();
+          assert.ok(
+            at >= slotsStart && at + consumer.frameLength <= slotsEnd,
+            `frame at ${at}+${consumer.frameLength}`,
+          );
+          consumer.next();
+        }
+        consumer.release();
+      } catch (e) {
+        assert.ok(e instanceof ShmRingError, String(e));
+      }
+      try {
+        const at = producer.reserve();
+        if (at >= 0) {
+          assert.ok(at >= slotsStart && at + slotSize <= slotsEnd, `reserve ${at}`);
+          producer.commit(rand() % slotSize);
+          producer.publish();
+        }
+      } catch (e) {
+        assert.ok(e instanceof ShmRingError, String(e));
+      }
+    }
+  }
+});
