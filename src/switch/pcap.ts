@@ -250,7 +250,7 @@ export class PcapWriter {
     }
   }
 
-  /** Writes buffered frames to the file (the switch flushes after each batch it captured into, and on stop). */
+  /** Writes buffered frames to the file (the switch's control flushes every capture once a second, and on stop). */
   flush(): void {
     if (!this.closed && this.used > 0) this.writeOut();
   }
