@@ -630,10 +630,12 @@ export class Machine {
       const ioLate = io ? await io.stop(this.stopBound().graceMs) : undefined;
       for (const late of [vcpusLate, ioLate]) {
         if (!late || late.terminated.length === 0) continue;
+        // A thread that had to be ended is vireo's failure, whatever the guest did before (one line says so).
         const message = describeLateStop(late, this.stopBound().graceMs);
-        deviceErrors.push(`stop: ${message}`);
-        // A thread that had to be ended is vireo's failure, whatever the guest did before.
-        first = { reason: "error", message };
+        first = {
+          reason: "error",
+          message: first?.message ? `${message}; before that: ${first.message}` : message,
+        };
       }
       const stopMs =
         this.stopRequestedAt === undefined ? undefined : performance.now() - this.stopRequestedAt;
