@@ -2,7 +2,7 @@
  * The native addon (native/vireo_native.cc): the syscalls Node lacks, nothing more. Loaded once per thread;
  * the shared library itself (and its kick table) is shared by every thread of the process.
  */
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createRequire } from "node:module";
 import { VireoError } from "./errors.ts";
 import { repoPath } from "./paths.ts";
@@ -108,6 +108,25 @@ export const EINTR = 4;
 
 const ONE = new BigUint64Array([1n]);
 const counterValue = new BigUint64Array(1);
+
+/**
+ * A listening AF_UNIX socket at `path` (unixListen): a stale socket file left there by an earlier process is
+ * replaced; any other file stays, and bind refuses the path.
+ */
+export function listenUnix(path: string, backlog = 1): number {
+  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+  return native().unixListen(path, backlog);
+}
+
+/** Closes a socket listenUnix made and removes its file (if something else removed it already, nothing more). */
+export function closeListening(fd: number, path: string): void {
+  native().close(fd);
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone
+  }
+}
 
 /** Adds 1 to an eventfd's counter: wakes whoever polls it. Never throws (EAGAIN means it is already signalled). */
 export function signalEventFd(fd: number): void {

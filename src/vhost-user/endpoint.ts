@@ -13,9 +13,18 @@
  * be told about, a reply that cannot be sent at once, or end of stream closes the connection; the endpoint then
  * listens for the next one.
  */
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import type { VirtioDeviceModel } from "../devices/virtio/device.ts";
-import { EAGAIN, EINTR, native, POLLERR, POLLHUP, POLLIN, takeEventFd } from "../native.ts";
+import {
+  closeListening,
+  EAGAIN,
+  EINTR,
+  listenUnix,
+  native,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  takeEventFd,
+} from "../native.ts";
 import { DeferredWork } from "../shared/deferred-work.ts";
 import { type ProtocolExtensions, VhostUserBackend } from "./backend.ts";
 import { MAX_MESSAGE_FDS, MAX_PAYLOAD, VhostUserParser, VhostUserProtocolError } from "./protocol.ts";
@@ -117,9 +126,7 @@ export class VhostUserEndpoint {
 
   /** Starts listening (replacing a stale socket file at the path). */
   listen(): void {
-    const p = this.opts.socketPath;
-    if (existsSync(p) && lstatSync(p).isSocket()) unlinkSync(p);
-    this.listenFd = this.n.unixListen(p, 1);
+    this.listenFd = listenUnix(this.opts.socketPath);
   }
 
   get connected(): boolean {
@@ -251,13 +258,8 @@ export class VhostUserEndpoint {
     if (this.closed) return;
     this.closed = true;
     this.endConnection(reason);
-    if (this.listenFd >= 0) this.n.close(this.listenFd);
+    if (this.listenFd >= 0) closeListening(this.listenFd, this.opts.socketPath);
     this.listenFd = -1;
-    try {
-      unlinkSync(this.opts.socketPath);
-    } catch {
-      // already gone
-    }
   }
 
   private readonly logError = (e: unknown): void => {

@@ -9,8 +9,17 @@
  * kicked for once per batch (`flush`). A full ring toward the peer drops the frame (`noBuffers`); a peer that
  * breaks its ring (a length past its slot, an index that cannot be) is disconnected, with the reason in the log.
  */
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
-import { EAGAIN, EINTR, native, POLLHUP, POLLIN, signalEventFd, takeEventFd } from "../../native.ts";
+import {
+  closeListening,
+  EAGAIN,
+  EINTR,
+  listenUnix,
+  native,
+  POLLHUP,
+  POLLIN,
+  signalEventFd,
+  takeEventFd,
+} from "../../native.ts";
 import { offerShmChannel, type ShmChannelEnd } from "../../net/shm-channel.ts";
 import { ShmRingError } from "../../net/shm-ring.ts";
 import { BUSY_POLL_MS } from "../../vhost-user/endpoint.ts";
@@ -52,9 +61,7 @@ export class ShmPort implements PortIo {
 
   /** Listens on the socket (a stale socket file left at the path is replaced; any other file is refused). */
   listen(): void {
-    const p = this.socketPath;
-    if (existsSync(p) && lstatSync(p).isSocket()) unlinkSync(p);
-    this.listenFd = native().unixListen(p, 1);
+    this.listenFd = listenUnix(this.socketPath);
   }
 
   get connected(): boolean {
@@ -188,14 +195,7 @@ export class ShmPort implements PortIo {
     if (this.closed) return;
     if (this.ch !== null) this.disconnect("port detached");
     this.closed = true;
-    if (this.listenFd >= 0) {
-      native().close(this.listenFd);
-      try {
-        unlinkSync(this.socketPath);
-      } catch {
-        // already gone
-      }
-    }
+    if (this.listenFd >= 0) closeListening(this.listenFd, this.socketPath);
     this.listenFd = -1;
   }
 }
