@@ -112,12 +112,34 @@ export function offerShmChannel(
 
 /**
  * The peer's side: connects to the server's socket, takes the memory and eventfds it sends, and returns the
- * peer's end and the connection (close it to leave; the server sees the peer go).
+ * peer's end and the connection (close it to leave; the server sees the peer go). `what` names the server in
+ * errors (default: the path).
  */
-export function connectShmChannel(path: string): { channel: ShmChannelEnd; conn: number } {
-  const conn = native().unixConnect(path);
+export function connectShmChannel(path: string, what = path): { channel: ShmChannelEnd; conn: number } {
+  const { fds, conn } = connectShmChannelFds(path, what);
   try {
-    return { channel: receiveShmChannel(conn, path), conn };
+    return { channel: mapShmChannel(fds, what), conn };
+  } catch (e) {
+    native().close(conn);
+    throw e;
+  }
+}
+
+/**
+ * connectShmChannel without the mapping: the hello's fds, checked, and the connection (a VM's main thread takes
+ * them; its data-plane thread maps them with mapShmChannel). Every failure is a ShmRingError naming `what`.
+ */
+export function connectShmChannelFds(path: string, what: string): { fds: ShmChannelFds; conn: number } {
+  let conn: number;
+  try {
+    conn = native().unixConnect(path);
+  } catch (e) {
+    throw new ShmRingError(
+      `${what}: cannot connect (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): is a vireo switch shm port listening there?`,
+    );
+  }
+  try {
+    return { fds: receiveShmChannelFds(conn, what), conn };
   } catch (e) {
     native().close(conn);
     throw e;

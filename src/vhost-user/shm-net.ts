@@ -80,12 +80,9 @@ export class ShmNetCounted implements VirtioNetBackend {
 export function openShmNet(path: string, counts: FrameCounts): { backend: ShmNetCounted; close(): void } {
   let c: ReturnType<typeof connectShmChannel>;
   try {
-    c = connectShmChannel(path);
+    c = connectShmChannel(path, `vhost-user net: --shm ${path}`);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(
-      `vhost-user net: --shm ${path}: ${code ? `cannot connect (${code}): is a vireo switch shm port listening there?` : (e as Error).message}`,
-    );
+    throw new ConfigError((e as Error).message);
   }
   const shm = new ShmNetBackend(c.channel, {
     name: `shm:${path}`,

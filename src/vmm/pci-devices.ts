@@ -29,7 +29,7 @@ import type { MetricsSink } from "../metrics/registry.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MFD_CLOEXEC, native, signalEventFd } from "../native.ts";
 import type { NetBackend } from "../net/backend.ts";
 import { ShmNetBackend } from "../net/shm-backend.ts";
-import { mapShmChannel, receiveShmChannelFds, type ShmChannelFds } from "../net/shm-channel.ts";
+import { connectShmChannelFds, mapShmChannel, type ShmChannelFds } from "../net/shm-channel.ts";
 import { checkTapName, openTap, type Tap, TapBackend } from "../net/tap.ts";
 import { prepareVhostNet, type VhostNetSpec, vhostNetModel } from "../vhost-net/device.ts";
 import { logBytesFor } from "../vhost-user/dirty-log.ts";
@@ -98,6 +98,9 @@ export interface DataPlaneSpec {
   msi?: { routes: SharedArrayBuffer; pool: IrqfdGsi[] };
 }
 
+/** A NIC's link to a switch's shm port: the channel's checked fds, the socket's path and the connection. */
+export type ShmLink = ShmChannelFds & { socket: string; conn: number };
+
 export type PciDeviceSpec =
   | {
       kind: "virtio-blk";
@@ -122,7 +125,7 @@ export type PciDeviceSpec =
       /** The TAP; with `shm` a stand-in naming the socket (fd -1), the frames going through the channel. */
       tap: Tap;
       /** `--net shm=`: the channel's fds (mapped by the data-plane thread) and the connection to the switch. */
-      shm?: ShmChannelFds & { socket: string; conn: number };
+      shm?: ShmLink;
       dataPlane: DataPlaneSpec;
     }
   /** A virtio device served by a vhost-user back-end (src/vhost-user/frontend-device.ts). */
@@ -222,15 +225,9 @@ export function parseNet(spec: string): NetConfig {
       checkTapName(value);
       tap = value;
     } else if (key === "vhost-user") {
-      if (!value) throw new ConfigError(`--net ${spec}: vhost-user= needs a socket path`);
-      if (Buffer.byteLength(value) > 107)
-        throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
-      vhostUser = value;
+      vhostUser = netSocketPath(spec, key, value);
     } else if (key === "shm") {
-      if (!value) throw new ConfigError(`--net ${spec}: shm= needs a socket path`);
-      if (Buffer.byteLength(value) > 107)
-        throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
-      shm = value;
+      shm = netSocketPath(spec, key, value);
     } else if (key === "vhost") {
       if (value !== "on" && value !== "off")
         throw new ConfigError(`--net ${spec}: vhost=${value}: want vhost=on or vhost=off`);
@@ -280,6 +277,14 @@ export function parseNet(spec: string): NetConfig {
   if (vhost && model !== "virtio")
     throw new ConfigError(`--net ${spec}: vhost=on serves virtio-net only (not model=${model})`);
   return vhost ? { tap, mac, model, vhost } : { tap, mac, model };
+}
+
+/** The socket path of `--net KEY=PATH`: there, and short enough for a sockaddr_un (107 bytes). */
+function netSocketPath(spec: string, key: string, value: string): string {
+  if (!value) throw new ConfigError(`--net ${spec}: ${key}= needs a socket path`);
+  if (Buffer.byteLength(value) > 107)
+    throw new ConfigError(`--net ${spec}: socket path is ${Buffer.byteLength(value)} bytes, at most 107`);
+  return value;
 }
 
 /** A locally administered unicast MAC for NIC n of this machine: 52:54:00 is taken by QEMU, vireo uses 02:76:69. */
@@ -646,39 +651,24 @@ export function preparePci(
         devices.push(prepareVhostNet({ ...at, tap: net.tap, mac: net.mac ?? defaultMac(i) }, eventFd, fds));
         return;
       }
+      let tap: Tap;
+      let shm: ShmLink | undefined;
       if (net.shm !== undefined) {
-        const what = `--net shm=${net.shm}`;
-        let conn: number;
+        // Frames through a switch's shm port (virtio only: parseNet); the fds are mapped by the data-plane thread.
+        let c: ReturnType<typeof connectShmChannelFds>;
         try {
-          conn = native().unixConnect(net.shm);
-        } catch (e) {
-          throw new ConfigError(
-            `${what}: cannot connect (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): is a vireo switch shm port listening there?`,
-          );
-        }
-        fds.push(conn);
-        let ch: ShmChannelFds;
-        try {
-          ch = receiveShmChannelFds(conn, what);
+          c = connectShmChannelFds(net.shm, `--net shm=${net.shm}`);
         } catch (e) {
           throw new ConfigError((e as Error).message);
         }
-        fds.push(ch.memFd, ch.kickServer, ch.kickPeer);
-        devices.push({
-          kind: "virtio-net",
-          name: `net${i}`,
-          slot: 1 + devices.length,
-          state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
-          mac: Array.from(net.mac ?? defaultMac(i)),
-          tap: { fd: -1, name: `shm:${net.shm}`, vnetHdr: false },
-          shm: { ...ch, socket: net.shm, conn },
-          dataPlane: { kicks: [eventFd(), eventFd()], wake: eventFd(), block: createDataPlaneBlock() },
-        });
-        return;
+        fds.push(c.conn, c.fds.memFd, c.fds.kickServer, c.fds.kickPeer);
+        shm = { ...c.fds, socket: net.shm, conn: c.conn };
+        tap = { fd: -1, name: `shm:${net.shm}`, vnetHdr: false };
+      } else {
+        // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.
+        tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
+        fds.push(tap.fd);
       }
-      // virtio-net passes virtio_net_hdr through to the TAP (offloads); the e1000 does its own offloads.
-      const tap = openTap(net.tap, { vnetHdr: net.model === "virtio" });
-      fds.push(tap.fd);
       const name = `net${i}`;
       const mac = net.mac ?? defaultMac(i);
       if (net.model === "e1000") {
@@ -699,6 +689,7 @@ export function preparePci(
         state: VirtioPciTransport.createState({ numQueues: 2, stateBytes: 8 }),
         mac: Array.from(mac),
         tap,
+        ...(shm ? { shm } : {}),
         dataPlane: { kicks: [eventFd(), eventFd()], wake: eventFd(), block: createDataPlaneBlock() },
       });
     });
