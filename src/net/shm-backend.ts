@@ -12,6 +12,7 @@
  * for is dropped and counted (tx_dropped), as a full TAP queue drops.
  */
 import type { VirtioNetBackend } from "../devices/virtio/net.ts";
+import { DEFAULT_NOTIFY_BUDGET } from "../devices/virtio/work-budget.ts";
 import type { Counter, MetricsSink } from "../metrics/registry.ts";
 import { signalEventFd, takeEventFd } from "../native.ts";
 import type { Receiver } from "./backend.ts";
@@ -20,13 +21,16 @@ import { ShmRingError } from "./shm-ring.ts";
 
 const NO_COUNTER: Counter = { add() {}, value: 0 };
 
+/** Frames one rxReady or one readable turn takes from the ring (a work budget's worth); the rest waits for the next. */
+export const SHM_RX_SLICE = DEFAULT_NOTIFY_BUDGET.chains;
+
 export class ShmNetBackend implements VirtioNetBackend {
   readonly name: string;
   readonly vnetHdr = false;
   /** Poll for POLLIN to sleep until the switch published frames (the channel's kick toward this side). */
   readonly fd: number;
   private receiver: Receiver | null = null;
-  /** A frame the receiver refused waits in the ring: no polling until rxReady. */
+  /** A frame the receiver refused waits in the ring: no polling until the next pump (rxReady, a wake). */
   private blocked = false;
   private closed = false;
   private readonly c: Record<"txPackets" | "txDropped" | "rxPackets" | "ringErrors", Counter>;
@@ -80,14 +84,9 @@ export class ShmNetBackend implements VirtioNetBackend {
     this.blocked = false;
   }
 
+  /** The guest posted buffers: one budget of frames now; pump() kicks this side's fd if more wait. */
   rxReady(): void {
-    this.blocked = false;
-    this.pump();
-  }
-
-  /** The guest posted buffers: a refused frame may go in now (rxReady without the pump, for a caller that pumps). */
-  blockedUntilReady(): void {
-    this.blocked = false;
+    this.pump(SHM_RX_SLICE);
   }
 
   wantsInput(): boolean {
@@ -101,6 +100,8 @@ export class ShmNetBackend implements VirtioNetBackend {
   pump(max = Number.POSITIVE_INFINITY): number {
     const receiver = this.receiver;
     if (this.closed || receiver === null) return 0;
+    // Each pump tries again a frame refused before (buffers may have come: rxReady, or the thread's wake).
+    this.blocked = false;
     takeEventFd(this.fd);
     const ring = this.ch.in;
     let delivered = 0;

@@ -9,15 +9,12 @@
  * frames per turn, as a TAP is (tap-net.ts).
  */
 import type { VirtioNetBackend } from "../devices/virtio/net.ts";
-import { DEFAULT_NOTIFY_BUDGET } from "../devices/virtio/work-budget.ts";
 import { ConfigError } from "../errors.ts";
 import { native } from "../native.ts";
 import type { Receiver } from "../net/backend.ts";
-import { ShmNetBackend } from "../net/shm-backend.ts";
+import { SHM_RX_SLICE, ShmNetBackend } from "../net/shm-backend.ts";
 import { connectShmChannel } from "../net/shm-channel.ts";
 import type { FrameCounts } from "./net-backends.ts";
-
-const SHM_RX_SLICE = DEFAULT_NOTIFY_BUDGET.chains;
 
 /** An ShmNetBackend that counts what passes each way in the connection's FrameCounts. */
 export class ShmNetCounted implements VirtioNetBackend {
@@ -58,8 +55,7 @@ export class ShmNetCounted implements VirtioNetBackend {
   }
 
   rxReady(): void {
-    this.shm.blockedUntilReady();
-    this.shm.pump(SHM_RX_SLICE);
+    this.shm.rxReady();
   }
 
   close(): void {

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VirtioNet } from "../../src/devices/virtio/net.ts";
 import { native, POLLIN, takeEventFd } from "../../src/native.ts";
-import { ShmNetBackend } from "../../src/net/shm-backend.ts";
+import { SHM_RX_SLICE, ShmNetBackend } from "../../src/net/shm-backend.ts";
 import { offerShmChannel, receiveShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel.ts";
 import { makeVirtioPciRig } from "../helpers/virtio-driver.ts";
 
@@ -28,16 +28,16 @@ function readable(fd: number): boolean {
   return native().poll(new Int32Array([fd, POLLIN, 0]), 0) > 0;
 }
 
-function setup(slots = 16) {
+function setup(slots = 16, queueSize = 64, memBytes?: number) {
   const n = native();
   const [a, b] = n.socketpair();
   const sw = offerShmChannel(a, slots, 2048);
   const vmEnd = receiveShmChannel(b, "test");
   const backend = new ShmNetBackend(vmEnd, { name: "shm:test" });
-  const rig = makeVirtioPciRig(new VirtioNet({ backend }));
+  const rig = makeVirtioPciRig(new VirtioNet({ backend, queueSize: Math.max(queueSize, 256) }));
   assert.ok(rig.drv.negotiate((f) => f & ~F_PACKED & ~F_MRG_RXBUF));
-  const rx = rig.drv.setupQueue(0, { size: 64 });
-  const tx = rig.drv.setupQueue(1, { size: 64 });
+  const rx = rig.drv.setupQueue(0, { size: queueSize, memBytes });
+  const tx = rig.drv.setupQueue(1, { size: queueSize });
   rig.drv.driverOk();
   const close = () => {
     sw.close();
@@ -119,6 +119,42 @@ test("receive: in order into the guest's buffers; without buffers frames wait in
     for (const [i, u] of used.entries()) assert.deepEqual(u.written.subarray(HDR), frames[i], `frame ${i}`);
     // Empty now: the VM's side asked the switch to kick it.
     assert.equal(t.sw.out.push(frame(60, 99), 0, 60) && t.sw.out.publish(), true);
+  } finally {
+    t.close();
+  }
+});
+
+test("a refused frame goes in on the thread's next pump (its wake), and the ring is polled again after", () => {
+  const t = setup(16);
+  try {
+    publish(t.sw, [frame(60, 1)]);
+    assert.equal(t.backend.pump(), 0, "no buffer: refused");
+    assert.equal(t.backend.wantsInput(), false);
+    // The guest posted buffers; another thread saw it and woke the data-plane thread, which pumps (io-thread.ts
+    // onWake) without the device's rxReady.
+    for (let i = 0; i < 4; i++) t.rx.addChain([], [2048]);
+    assert.equal(t.backend.pump(), 1);
+    assert.equal(t.backend.wantsInput(), true, "delivered: the kick fd is polled again");
+  } finally {
+    t.close();
+  }
+});
+
+test("rxReady takes at most one budget of frames; the eventfd says more wait", () => {
+  const t = setup(512, 512, 2 << 20);
+  try {
+    publish(
+      t.sw,
+      Array.from({ length: 300 }, (_, i) => frame(64, i)),
+    );
+    assert.equal(t.backend.pump(), 0, "no buffer yet");
+    for (let i = 0; i < 300; i++) t.rx.addChain([], [2048]);
+    takeEventFd(t.backend.fd);
+    t.rig.drv.kick(0); // the device's rxReady
+    assert.equal(t.rx.usedChains().length, SHM_RX_SLICE);
+    assert.equal(readable(t.backend.fd), true);
+    t.backend.pump();
+    assert.equal(t.rx.usedChains().length, 300 - SHM_RX_SLICE);
   } finally {
     t.close();
   }
