@@ -85,27 +85,28 @@ export function offerShmChannel(
   const size = 2 * shmRingBytes(slots, slotSize);
   const memFd = n.memfdCreate("vireo-shm-port", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   const kicks: number[] = [];
+  let ch: ShmChannelEnd | null = null;
   try {
     ftruncateSync(memFd, size);
     // The peer gets this fd: sealed, it cannot shrink the memory under the server's mapping (SIGBUS).
     n.sealSize(memFd);
     kicks.push(n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), n.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     const { buffer } = n.mmap(memFd, size, 0);
-    const ch = end(memFd, buffer, slots, slotSize, true, kicks[0] as number, kicks[1] as number, true);
-    const hello = new Uint32Array([MAGIC, VERSION, slots, slotSize]);
-    const sent = n.sendmsg(conn, hello, [memFd, kicks[0] as number, kicks[1] as number]);
-    if (sent !== HELLO_BYTES) {
-      ch.close();
+    ch = end(memFd, buffer, slots, slotSize, true, kicks[0] as number, kicks[1] as number, true);
+    const sent = n.sendmsg(conn, new Uint32Array([MAGIC, VERSION, slots, slotSize]), [
+      memFd,
+      kicks[0] as number,
+      kicks[1] as number,
+    ]);
+    if (sent !== HELLO_BYTES)
       throw new ShmRingError(
         `could not send the channel to the peer (${sent < 0 ? `errno ${-sent}` : `${sent} bytes sent`})`,
       );
-    }
     return ch;
   } catch (e) {
-    if (!(e instanceof ShmRingError)) {
-      n.close(memFd);
-      for (const k of kicks) n.close(k);
-    }
+    // Whatever failed, every fd made here is closed once (by the end, once there is one).
+    if (ch) ch.close();
+    else for (const fd of [memFd, ...kicks]) n.close(fd);
     throw e;
   }
 }

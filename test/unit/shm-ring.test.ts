@@ -170,6 +170,19 @@ test("the channel: the peer maps what the server offers, rings each way, and can
   }
 });
 
+test("a server asked for rings that cannot be refuses with ShmRingError and keeps no fd", () => {
+  const n = native();
+  const [a, b] = n.socketpair();
+  const before = readdirSync("/proc/self/fd").length;
+  assert.throws(
+    () => offerShmChannel(a, 12, 256),
+    (e: unknown) => e instanceof ShmRingError && /power of 2/.test(e.message),
+  );
+  assert.equal(readdirSync("/proc/self/fd").length, before, "the memfd and eventfds made for it were closed");
+  n.close(a);
+  n.close(b);
+});
+
 test("a hello that is short, foreign, or names more memory than was sent is refused, its fds closed", () => {
   const n = native();
   const openFds = () => readdirSync("/proc/self/fd").length;
