@@ -1,5 +1,5 @@
 import { VireoError } from "../errors.ts";
-import type { Counter, MetricsSink } from "../metrics/registry.ts";
+import { type Counter, type MetricsSink, NO_COUNTER } from "../metrics/registry.ts";
 
 /**
  * A device on the port-I/O or MMIO bus. `data.length` is the access size (1, 2, 4 or 8 bytes); the value is
@@ -39,8 +39,6 @@ interface Range {
   readonly reads: Counter;
   readonly writes: Counter;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 function hex(n: number): string {
   return `0x${n.toString(16)}`;

@@ -15,6 +15,20 @@ export interface MetricsSink {
   counter(name: string): Counter;
 }
 
+/** A counter that counts nothing: for code built without a metrics sink. */
+export const NO_COUNTER: Counter = Object.freeze({ add() {}, value: 0 });
+
+/** Counters `PREFIX.NAME` of `m` for each key's NAME, or NO_COUNTER for each when there is no sink. */
+export function counterSet<K extends string>(
+  m: MetricsSink | undefined,
+  prefix: string,
+  names: Readonly<Record<K, string>>,
+): Record<K, Counter> {
+  const out = {} as Record<K, Counter>;
+  for (const k of Object.keys(names) as K[]) out[k] = m ? m.counter(`${prefix}.${names[k]}`) : NO_COUNTER;
+  return out;
+}
+
 export const SLOTS_PER_SEGMENT = 1024;
 
 export class MetricsOverflowError extends Error {

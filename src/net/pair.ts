@@ -10,7 +10,7 @@
  * `send` or `rxReady` (a device answering a frame at once); re-entrant drains of the same inbox are folded into
  * the one already running, so frames stay in order and the stack stays shallow.
  */
-import type { Counter, MetricsSink } from "../metrics/registry.ts";
+import { type Counter, type MetricsSink, NO_COUNTER } from "../metrics/registry.ts";
 import type { NetBackend } from "./backend.ts";
 
 export const DEFAULT_PAIR_CAPACITY = 1024;
@@ -36,8 +36,6 @@ export interface PairEndStats {
   /** Frames lost at this end's inbox: arrived while it was full, or discarded by `close`. */
   dropped: number;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 /** A bounded FIFO of frames: an array used as a ring, so push and shift are O(1). */
 class FrameQueue {

@@ -13,13 +13,11 @@
  */
 import type { VirtioNetBackend } from "../devices/virtio/net.ts";
 import { DEFAULT_NOTIFY_BUDGET } from "../devices/virtio/work-budget.ts";
-import type { Counter, MetricsSink } from "../metrics/registry.ts";
+import { type Counter, counterSet, type MetricsSink } from "../metrics/registry.ts";
 import { signalEventFd, takeEventFd } from "../native.ts";
 import type { Receiver } from "./backend.ts";
 import type { ShmChannelEnd } from "./shm-channel.ts";
 import { ShmRingError } from "./shm-ring.ts";
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 /** Frames one rxReady or one readable turn takes from the ring (a work budget's worth); the rest waits for the next. */
 export const SHM_RX_SLICE = DEFAULT_NOTIFY_BUDGET.chains;
@@ -42,16 +40,12 @@ export class ShmNetBackend implements VirtioNetBackend {
     this.name = opts.name;
     this.fd = ch.kickMe;
     this.log = opts.log ?? (() => {});
-    const m = opts.metrics;
-    const p = `net.shm.${opts.metricsName ?? opts.name}`;
-    this.c = m
-      ? {
-          txPackets: m.counter(`${p}.tx_packets`),
-          txDropped: m.counter(`${p}.tx_dropped`),
-          rxPackets: m.counter(`${p}.rx_packets`),
-          ringErrors: m.counter(`${p}.ring_errors`),
-        }
-      : { txPackets: NO_COUNTER, txDropped: NO_COUNTER, rxPackets: NO_COUNTER, ringErrors: NO_COUNTER };
+    this.c = counterSet(opts.metrics, `net.shm.${opts.metricsName ?? opts.name}`, {
+      txPackets: "tx_packets",
+      txDropped: "tx_dropped",
+      rxPackets: "rx_packets",
+      ringErrors: "ring_errors",
+    });
   }
 
   private readonly log: (m: string) => void;

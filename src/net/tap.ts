@@ -14,7 +14,7 @@
 import { closeSync, constants, openSync } from "node:fs";
 import type { NetOffloads, VirtioNetBackend } from "../devices/virtio/net.ts";
 import { VireoError } from "../errors.ts";
-import type { Counter, MetricsSink } from "../metrics/registry.ts";
+import { type Counter, counterSet, type MetricsSink } from "../metrics/registry.ts";
 import { EAGAIN, EINTR, native } from "../native.ts";
 
 // <linux/if_tun.h>
@@ -117,8 +117,6 @@ export function setTapOffloads(fd: number, o: NetOffloads): void {
   native().ioctl(fd, TUNSETOFFLOAD, flags, "TUNSETOFFLOAD");
 }
 
-const NO_COUNTER: Counter = { add() {}, value: 0 };
-
 /**
  * A NetBackend over a TAP fd. The receive side is driven by its owner thread: `pump()` when the fd is readable
  * (it reads until EAGAIN or until the guest has no buffer), `wantsInput()` to decide whether to poll for
@@ -139,16 +137,12 @@ export class TapBackend implements VirtioNetBackend {
     this.name = tap.name;
     this.vnetHdr = tap.vnetHdr;
     this.fd = tap.fd;
-    const m = opts.metrics;
-    const p = `net.tap.${opts.metricsName ?? tap.name}`;
-    this.c = m
-      ? {
-          txPackets: m.counter(`${p}.tx_packets`),
-          txDropped: m.counter(`${p}.tx_dropped`),
-          rxPackets: m.counter(`${p}.rx_packets`),
-          readErrors: m.counter(`${p}.read_errors`),
-        }
-      : { txPackets: NO_COUNTER, txDropped: NO_COUNTER, rxPackets: NO_COUNTER, readErrors: NO_COUNTER };
+    this.c = counterSet(opts.metrics, `net.tap.${opts.metricsName ?? tap.name}`, {
+      txPackets: "tx_packets",
+      txDropped: "tx_dropped",
+      rxPackets: "rx_packets",
+      readErrors: "read_errors",
+    });
   }
 
   send(frame: Uint8Array): boolean {

@@ -25,7 +25,7 @@
  */
 import type { BlockBackend } from "../../block/backend.ts";
 import type { BlockIoOwner, BlockIoPool } from "../../block/io-pool.ts";
-import type { Counter } from "../../metrics/registry.ts";
+import { NO_COUNTER } from "../../metrics/registry.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import type { BufferSegment, DescriptorChain } from "./queue/index.ts";
@@ -131,8 +131,6 @@ interface WaitingFlush {
   /** The newest write sequence number it must wait for. */
   upTo: number;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 /** The least data a continued IN or OUT moves per slice. */
 const SLICE_MIN_BYTES = 64 * 1024;

@@ -7,7 +7,7 @@
  * lock, whichever thread serves it); `input` keeps bytes in a bounded ring in the shared state until the guest
  * posts receive buffers, and tells the caller how many it took.
  */
-import type { Counter } from "../../metrics/registry.ts";
+import { NO_COUNTER } from "../../metrics/registry.ts";
 import { featureBit, VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import { type DescriptorChain, type Virtqueue, writeChain } from "./queue/index.ts";
@@ -35,8 +35,6 @@ export interface VirtioConsoleOptions {
   /** Bytes of input held while the guest has no buffers; default 65536. */
   inputCapacity?: number;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 // Shared state: Int32 words [input head, input count, cols, rows], then the input ring.
 const W_HEAD = 0;

@@ -22,7 +22,7 @@
  */
 import { VireoError } from "../../errors.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
-import type { Counter, MetricsSink } from "../../metrics/registry.ts";
+import { type Counter, type MetricsSink, NO_COUNTER } from "../../metrics/registry.ts";
 import {
   DeviceBusyError,
   type DeviceState,
@@ -298,8 +298,6 @@ function initCore(words: Int32Array, numQueues: number, maxQueueSize: number): v
     words[b + Q_VECTOR] = VIRTIO_MSI_NO_VECTOR;
   }
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 export interface VirtioDeviceOptions {
   /** From VirtioDevice.createState (or any buffer of virtioStateBytes, with `init: true` on exactly one thread). */

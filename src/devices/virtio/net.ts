@@ -19,7 +19,7 @@
  * The backend object belongs to the thread that uses it: each thread's VirtioNet gets a NetBackend callable from
  * that thread (on a vCPU thread, a proxy to the I/O thread that owns the real one).
  */
-import type { Counter } from "../../metrics/registry.ts";
+import { NO_COUNTER } from "../../metrics/registry.ts";
 import type { NetBackend, Receiver } from "../../net/backend.ts";
 import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
 import {
@@ -172,8 +172,6 @@ export interface VirtioNetOptions {
   /** Link state at creation (shared state starts here); default up. */
   linkUp?: boolean;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 /** 16-bit ones' complement sum of bytes (RFC 1071), not yet complemented. */
 function onesSum(b: Uint8Array, from: number, to: number): number {

@@ -4,7 +4,7 @@
  * configuration space.
  */
 import { randomFillSync } from "node:crypto";
-import type { Counter } from "../../metrics/registry.ts";
+import { type Counter, NO_COUNTER } from "../../metrics/registry.ts";
 import { VIRTIO_ID } from "./constants.ts";
 import { type VirtioContext, type VirtioDeviceModel, VirtioRequestError } from "./device.ts";
 import { type DescriptorChain, writeChain } from "./queue/index.ts";
@@ -16,8 +16,6 @@ export interface VirtioRngOptions {
   /** Bytes filled per request at most (the used length says how many); default 64 KiB. */
   maxBytesPerRequest?: number;
 }
-
-const NO_COUNTER: Counter = { add() {}, value: 0 };
 
 export class VirtioRng implements VirtioDeviceModel {
   readonly type = VIRTIO_ID.ENTROPY;

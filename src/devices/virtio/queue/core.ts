@@ -3,7 +3,7 @@
  * that enforces the buffer rules common to both layouts, in-flight bookkeeping, metrics and error conversion.
  */
 import type { GuestMemory } from "../../../memory/guest-memory.ts";
-import type { Counter, MetricsSink } from "../../../metrics/registry.ts";
+import { type Counter, type MetricsSink, NO_COUNTER } from "../../../metrics/registry.ts";
 import {
   type BufferSegment,
   type DescriptorChain,
@@ -233,15 +233,8 @@ function setSegment(list: BufferSegment[], i: number, addr: number, len: number)
   }
 }
 
-const noopCounter: Counter = {
-  add() {},
-  get value() {
-    return 0;
-  },
-};
-
 function counter(metrics: MetricsSink | undefined, name: string, what: string): Counter {
-  return metrics ? metrics.counter(`virtq.${name}.${what}`) : noopCounter;
+  return metrics ? metrics.counter(`virtq.${name}.${what}`) : NO_COUNTER;
 }
 
 export interface AreaSpec {
