@@ -60,12 +60,7 @@ import {
   type VmInfo,
   type VmState,
 } from "./api-server.ts";
-import {
-  awaitThreadsStopped,
-  type BoundedStopOptions,
-  describeLateStop,
-  type StoppingThread,
-} from "./bounded-stop.ts";
+import { awaitThreadsStopped, describeLateStop, type StoppingThread } from "./bounded-stop.ts";
 import { type DeviceSpec, defaultDevices } from "./device-manifest.ts";
 import { kvmIrqLine } from "./irq.ts";
 import { CONTROL, type StopReason, type WorkerMessage } from "./messages.ts";
@@ -242,8 +237,8 @@ export class Machine {
   private live: { metrics: MetricsRegistry; started: number; devices: string[] } | null = null;
   /** performance.now() at the first requestStop. */
   private stopRequestedAt: number | undefined;
-  /** STOP_GRACE_MS for this host, looked up once. */
-  private stopGraceMs: number | undefined;
+  /** STOP_GRACE_MS for this host. */
+  private readonly stopGraceMs = STOP_GRACE_MS();
   /** What a snapshot needs of the running machine (set by run once the VM is built). */
   private snap: {
     vm: Vm;
@@ -597,7 +592,7 @@ export class Machine {
             }
           },
         }),
-        this.stopBound(),
+        { graceMs: this.stopGraceMs, requestedAt: () => this.stopRequestedAt },
       );
 
       const stopInput =
@@ -627,11 +622,11 @@ export class Machine {
       // `stopped` never rejects, so the server is always closed here, once, when every vCPU has stopped.
       const vcpusLate = await stopped;
       await api?.close();
-      const ioLate = io ? await io.stop(this.stopBound().graceMs) : undefined;
+      const ioLate = io ? await io.stop(this.stopGraceMs) : undefined;
       for (const late of [vcpusLate, ioLate]) {
         if (!late || late.terminated.length === 0) continue;
         // A thread that had to be ended is vireo's failure, whatever the guest did before (one line says so).
-        const message = describeLateStop(late, this.stopBound().graceMs);
+        const message = describeLateStop(late, this.stopGraceMs);
         first = {
           reason: "error",
           message: first?.message ? `${message}; before that: ${first.message}` : message,
@@ -1119,12 +1114,6 @@ export class Machine {
       });
     }
     return threads;
-  }
-
-  /** How long a stop waits for its threads (bounded-stop.ts): from this machine's first stop request. */
-  private stopBound(): BoundedStopOptions {
-    this.stopGraceMs ??= STOP_GRACE_MS();
-    return { graceMs: this.stopGraceMs, requestedAt: () => this.stopRequestedAt };
   }
 
   /**
