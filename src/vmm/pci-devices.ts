@@ -361,6 +361,7 @@ function modelFor(
   spec: Exclude<PciDeviceSpec, { kind: "e1000" }>,
   role: "vcpu" | "io",
   metrics?: MetricsSink,
+  log?: (message: string) => void,
 ): VirtioDeviceModel {
   switch (spec.kind) {
     case "virtio-blk": {
@@ -386,6 +387,7 @@ function modelFor(
               name: `shm:${spec.shm.socket}`,
               metrics,
               metricsName: spec.name,
+              log,
             })
           : new TapBackend(spec.tap, { metrics, metricsName: spec.name });
         return new VirtioNet({ backend, mac, name: spec.name });
@@ -461,7 +463,7 @@ export function transportFor(
   init: boolean,
   role: "vcpu" | "io" = "vcpu",
 ): VirtioPciTransport {
-  const model = modelFor(spec, role, ctx.metrics);
+  const model = modelFor(spec, role, ctx.metrics, ctx.log);
   const transport = new VirtioPciTransport({
     state: spec.state,
     init,

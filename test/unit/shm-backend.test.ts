@@ -33,7 +33,8 @@ function setup(slots = 16, queueSize = 64, memBytes?: number) {
   const [a, b] = n.socketpair();
   const sw = offerShmChannel(a, slots, 2048);
   const vmEnd = receiveShmChannel(b, "test");
-  const backend = new ShmNetBackend(vmEnd, { name: "shm:test" });
+  const logs: string[] = [];
+  const backend = new ShmNetBackend(vmEnd, { name: "shm:test", log: (m) => logs.push(m) });
   const rig = makeVirtioPciRig(new VirtioNet({ backend, queueSize: Math.max(queueSize, 256) }));
   assert.ok(rig.drv.negotiate((f) => f & ~F_PACKED & ~F_MRG_RXBUF));
   const rx = rig.drv.setupQueue(0, { size: queueSize, memBytes });
@@ -45,7 +46,7 @@ function setup(slots = 16, queueSize = 64, memBytes?: number) {
     n.close(a);
     n.close(b);
   };
-  return { sw, vmEnd, backend, rig, rx, tx, close };
+  return { sw, vmEnd, backend, rig, rx, tx, logs, close };
 }
 
 /** What the switch end has received. */
@@ -191,6 +192,9 @@ test("a ring the switch broke stops the NIC (counted), it does not throw into th
     assert.equal(t.backend.pump(), 0);
     assert.equal(t.backend.wantsInput(), false);
     assert.equal(t.backend.send(frame(60, 1)), false, "nothing is sent on a broken channel");
+    assert.deepEqual(t.logs, [
+      "shm:test: the shm channel is broken (frame 0 has length 5000, more than a slot holds (2048)); the NIC sends and receives nothing more",
+    ]);
     assert.equal(t.rx.usedChains().length, 0);
   } finally {
     t.close();
