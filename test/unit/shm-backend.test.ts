@@ -12,6 +12,7 @@ import { VirtioNet } from "../../src/devices/virtio/net.ts";
 import { native, POLLIN, takeEventFd } from "../../src/native.ts";
 import { SHM_RX_SLICE, ShmNetBackend } from "../../src/net/shm-backend.ts";
 import { offerShmChannel, receiveShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel.ts";
+import { takeFrames } from "../helpers/shm.ts";
 import { makeVirtioPciRig } from "../helpers/virtio-driver.ts";
 
 const HDR = 12;
@@ -50,18 +51,7 @@ function setup(slots = 16, queueSize = 64, memBytes?: number) {
 }
 
 /** What the switch end has received. */
-function drain(sw: ShmChannelEnd): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  const r = sw.in;
-  const k = r.available();
-  for (let i = 0; i < k; i++) {
-    const at = r.frameAt();
-    out.push(r.bytes.slice(at, at + r.frameLength));
-    r.next();
-  }
-  r.release();
-  return out;
-}
+const drain = (sw: ShmChannelEnd) => takeFrames(sw.in);
 
 function publish(sw: ShmChannelEnd, frames: Uint8Array[]): void {
   for (const f of frames) assert.ok(sw.out.push(f, 0, f.length));

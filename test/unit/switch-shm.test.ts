@@ -16,6 +16,7 @@ import { connectShmChannel, type ShmChannelEnd } from "../../src/net/shm-channel
 import { controlRequest } from "../../src/switch/control.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import { startListening } from "../helpers/processes.ts";
+import { takeFrames } from "../helpers/shm.ts";
 import { startSwitch } from "../helpers/switch-process.ts";
 import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
 
@@ -53,17 +54,11 @@ class Peer {
   /** Frames received until `n` came or `ms` passed. */
   async receive(n: number, ms = 10_000): Promise<Uint8Array[]> {
     const got: Uint8Array[] = [];
-    const ring = this.ch.in;
     const deadline = Date.now() + ms;
     while (got.length < n && Date.now() < deadline) {
-      const k = ring.available();
-      for (let i = 0; i < k; i++) {
-        const at = ring.frameAt();
-        got.push(ring.bytes.slice(at, at + ring.frameLength));
-        ring.next();
-      }
-      ring.release();
-      if (k === 0) await sleep(1);
+      const frames = takeFrames(this.ch.in);
+      got.push(...frames);
+      if (frames.length === 0) await sleep(1);
     }
     return got;
   }
