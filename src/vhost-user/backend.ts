@@ -190,7 +190,7 @@ export class VhostUserBackend {
     // The inflight buffer's layout here is the split one: with it, packed rings are not offered.
     const notOffered = NOT_OFFERED | (ext.inflight ? bit(VIRTIO_F.RING_PACKED) : 0n);
     this.offeredFeatures =
-      ((probe.features | TRANSPORT_FEATURES) & ~notOffered) |
+      ((probe.features | (probe.transportFeatures ?? TRANSPORT_FEATURES)) & ~notOffered) |
       bit(VHOST_USER_F_PROTOCOL_FEATURES) |
       bit(VHOST_F_LOG_ALL);
     this.state = VirtioDevice.createState({ numQueues: probe.numQueues, stateBytes: probe.stateBytes });

@@ -409,6 +409,21 @@ describe("vhost-user back-end: hostile front-ends", () => {
     assert.equal(f & (1n << 40n), 0n);
     fe.close();
   });
+
+  test("GET_FEATURES offers only the transport features a model says it serves (transportFeatures)", () => {
+    const channel = new DirectChannel(() =>
+      Object.assign(new VirtioNet({ backend: new SinkBackend(zeroCounts()), name: "net0", queueSize: 256 }), {
+        transportFeatures: 1n << 32n,
+      }),
+    );
+    const fe = new NetFrontend(channel);
+    const f = fe.getU64(REQ.GET_FEATURES);
+    assert.ok(f & (1n << 32n), "VERSION_1");
+    // RING_INDIRECT_DESC (28), RING_EVENT_IDX (29) and RING_PACKED (34) are not the model's.
+    for (const bit of [28n, 29n, 34n]) assert.equal(f & (1n << bit), 0n, `bit ${bit}`);
+    assert.ok(f & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)));
+    fe.close();
+  });
 });
 
 function signalTx(fe: NetFrontend): void {
