@@ -152,6 +152,17 @@ export class SplitQueue extends QueueBase {
     return ((words[0] as number) - (words[1] as number)) & 0xffff;
   }
 
+  /**
+   * Where the ring's parts are in the memory's bytes, and its indices now: for a program that serves the ring
+   * itself instead of through pop and pushUsed (bench/js-floor.ts, which measures the least a JavaScript switch
+   * can do per frame). Such a program takes over the ring: this object's own pops and used entries no longer
+   * follow it.
+   */
+  rawLayout(): { descOff: number; availOff: number; usedOff: number; lastAvail: number; usedIdx: number } {
+    const { lastAvail, usedIdx } = SplitQueue.indices(this.st);
+    return { descOff: this.descOff, availOff: this.availOff, usedOff: this.usedOff, lastAvail, usedIdx };
+  }
+
   /** The indices in state words: the next available entry to read and the used idx last published. */
   static indices(words: Int32Array): { lastAvail: number; usedIdx: number } {
     return { lastAvail: (words[0] as number) & 0xffff, usedIdx: (words[1] as number) & 0xffff };
