@@ -10,7 +10,12 @@
  *            shm-port.ts): no virtqueue on the switch's side, the work a vhost-user port does for its peer (rings
  *            of descriptors) is the peer's; loaded by bench/shm-loop.ts, the same io loop as testpmd's, in JS;
  *   bridge   a Linux bridge between veth pairs in a network namespace of its own, loaded with netsniff-ng's
- *            trafgen (the host's networking is untouched; the namespace is deleted however the run ends).
+ *            trafgen (the host's networking is untouched; the namespace is deleted however the run ends);
+ *   js-floor   bench/js-floor.ts: not a switch but JavaScript's floor on this machine, the least per-frame work a
+ *            vhost-user switch in JavaScript can do (each port's frames straight into its partner's ring: no lookup,
+ *            no staging copy, one-descriptor chains of split rings only), under the vhost-user load. vireo's row
+ *            over it is the share of that floor vireo's switch reaches; its row over testpmd's is what JavaScript
+ *            itself leaves of DPDK's rate here.
  *
  * The vhost-user load: ONE testpmd with two `net_virtio_user` ports per pair, in io forwarding, pinned to CPU 1,
  * started with `start tx_first 4` (four bursts of 32 frames on every port), so 128 frames per port circulate:
@@ -71,7 +76,7 @@ export interface SwitchBenchOptions {
 }
 
 /** vireo-shm: `vireo switch` with shm ports (netmap-style rings, no virtqueues), loaded by bench/shm-loop.ts. */
-export type SwitchPath = "testpmd" | "vireo" | "vireo-shm" | "bridge";
+export type SwitchPath = "testpmd" | "vireo" | "vireo-shm" | "bridge" | "js-floor";
 
 export interface SwitchBenchRow {
   path: SwitchPath;
@@ -113,7 +118,10 @@ export interface SwitchBenchResult {
   seconds: number;
   rounds: number;
   rows: SwitchBenchRow[];
-  /** vireo (plain) over testpmd and over the bridge, per frame size and pair count; the same for shm ports. */
+  /**
+   * vireo (plain) over testpmd and over the bridge, per frame size and pair count; the same for shm ports and for
+   * JavaScript's floor (js-floor); and vireo (plain) over the floor.
+   */
   ratios: Array<{
     frameBytes: number;
     pairs: number;
@@ -121,6 +129,9 @@ export interface SwitchBenchResult {
     vireoOverBridge: number | null;
     shmOverTestpmd: number | null;
     shmOverBridge: number | null;
+    floorOverTestpmd: number | null;
+    floorOverBridge: number | null;
+    vireoOverFloor: number | null;
   }>;
   /** Interposition rows: their rate as a share of the plain vireo row at the same size and pairs. */
   interposition: Array<{ variant: string; frameBytes: number; pairs: number; ofPlain: number }>;
@@ -542,6 +553,37 @@ async function runVireoSwitch(
   return r;
 }
 
+/** JavaScript's floor (bench/js-floor.ts) on the switch's CPU, under the vhost-user load. */
+async function runJsFloor(ctx: RunContext, size: number, pairs: number): Promise<SwitchBenchRow> {
+  const sockets: string[] = [];
+  for (let i = 0; i < pairs; i++)
+    for (const side of ["a", "b"]) sockets.push(join(ctx.dir, `${side}${i}.sock`));
+  const floor = ctx.set.start(
+    "js floor",
+    process.execPath,
+    ["--import", "tsx", repoPath("bench", "js-floor.ts"), ...sockets],
+    { cpu: DUT_CPU },
+  );
+  await until(
+    "js-floor ready",
+    () => floor.out.text.includes("js-floor ready") || floor.child.exitCode !== null,
+    60_000,
+    () => floor.out.text,
+  );
+  if (floor.child.exitCode !== null)
+    throw new VireoError(
+      "VIREO_BENCH_FAILED",
+      `bench/js-floor.ts exited (${floor.child.exitCode}):\n${floor.out.text}`,
+    );
+  const load = await startLoad(ctx, size, pairs);
+  const cpu0 = cpuNs(floor.child.pid);
+  const m = await load.measure();
+  const cpu1 = cpuNs(floor.child.pid);
+  const r = row("js-floor", "plain", size, pairs, m, load.countedBy);
+  if (m.frames > 0 && Number.isFinite(cpu1 - cpu0)) r.switchCpuNsPerFrame = (cpu1 - cpu0) / m.frames;
+  return r;
+}
+
 // ---- the Linux bridge ----
 
 function sh(cmd: string[], what: string): string {
@@ -757,6 +799,14 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         make: (c) => runVireoSwitch(c, size, pairs, null),
       });
       configs.push({
+        path: "js-floor",
+        variant: "plain",
+        size,
+        pairs,
+        why: noDpdk,
+        make: (c) => runJsFloor(c, size, pairs),
+      });
+      configs.push({
         path: "vireo-shm",
         variant: "plain",
         size,
@@ -834,6 +884,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
       const t = find("testpmd", size, pairs);
       const b = find("bridge", size, pairs);
       const shm = find("vireo-shm", size, pairs);
+      const floor = find("js-floor", size, pairs);
       ratios.push({
         frameBytes: size,
         pairs,
@@ -841,6 +892,9 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         vireoOverBridge: v && b ? v.mpps / b.mpps : null,
         shmOverTestpmd: shm && t ? shm.mpps / t.mpps : null,
         shmOverBridge: shm && b ? shm.mpps / b.mpps : null,
+        floorOverTestpmd: floor && t ? floor.mpps / t.mpps : null,
+        floorOverBridge: floor && b ? floor.mpps / b.mpps : null,
+        vireoOverFloor: v && floor ? v.mpps / floor.mpps : null,
       });
       for (const variant of VARIANTS) {
         const i = find("vireo", size, pairs, variant.name);
@@ -878,6 +932,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
     const ratio = r.ratios.find((x) => x.frameBytes === row.frameBytes && x.pairs === row.pairs);
     const plainVireo = row.path === "vireo" && row.variant === "plain";
     const shm = row.path === "vireo-shm";
+    const floor = row.path === "js-floor";
     const cost = r.interposition.find(
       (x) => x.variant === row.variant && x.frameBytes === row.frameBytes && x.pairs === row.pairs,
     );
@@ -888,7 +943,9 @@ export function formatSwitch(r: SwitchBenchResult): string {
         ? `vireo + ${row.variant}`
         : row.path === "vireo-shm"
           ? "vireo (shm ports)"
-          : row.path,
+          : floor
+            ? "JS floor"
+            : row.path,
       row.available ? row.frames.toLocaleString("en-US") : "not available",
       row.available ? fmt(row.mpps) : "",
       row.available ? fmt(row.gbps, 1) : "",
@@ -896,12 +953,17 @@ export function formatSwitch(r: SwitchBenchResult): string {
         ? `${fmt(ratio.vireoOverTestpmd)}x`
         : shm && ratio?.shmOverTestpmd
           ? `${fmt(ratio.shmOverTestpmd)}x`
-          : "",
+          : floor && ratio?.floorOverTestpmd
+            ? `${fmt(ratio.floorOverTestpmd)}x`
+            : "",
       plainVireo && ratio?.vireoOverBridge
         ? `${fmt(ratio.vireoOverBridge)}x`
         : shm && ratio?.shmOverBridge
           ? `${fmt(ratio.shmOverBridge)}x`
-          : "",
+          : floor && ratio?.floorOverBridge
+            ? `${fmt(ratio.floorOverBridge)}x`
+            : "",
+      plainVireo && ratio?.vireoOverFloor ? `${fmt(ratio.vireoOverFloor)}x` : "",
       row.switchCpuNsPerFrame === undefined ? "" : fmt(row.switchCpuNsPerFrame, 0),
       cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
     ];
@@ -936,6 +998,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
         "Gbit/s",
         "vireo/testpmd",
         "vireo/bridge",
+        "vireo/JS floor",
         "switch CPU ns/frame",
         "of plain",
       ],
