@@ -33,8 +33,11 @@ import type { GuestMemory } from "../src/memory/guest-memory.ts";
 import { native } from "../src/native.ts";
 import { BUSY_POLL_MS, TURNS_PER_POLL, VhostUserEndpoint } from "../src/vhost-user/endpoint.ts";
 
-/** Frames a pass over one ring takes at most. */
-const BATCH = 256;
+/**
+ * Frames a pass over one ring takes at most: 64 moved more than 32, 128 or 256 here (the driver gets its buffers
+ * back sooner, while the loop serves the other ring).
+ */
+const BATCH = 64;
 const HDR = 12;
 const RX = 0;
 const TX = 1;
@@ -198,7 +201,19 @@ function forward(tx: RawRing, rx: RawRing): void {
       for (let k = 0; k < HDR - 2; k++) rb[r + k] = 0;
       rb[r + HDR - 2] = 1; // num_buffers
       rb[r + HDR - 1] = 0;
-      rb.set(tb.subarray(t + HDR, t + len), r + HDR);
+      if (((t | r) & 3) === 0) {
+        // By 32-bit words where both buffers allow it, then the last bytes: more than TypedArray.set's call and
+        // view moved here (64 B: about 8.7 against 7.8 Mpps).
+        const tw = tx.u32;
+        const rw = rx.u32;
+        const from = (t + HDR) >>> 2;
+        const to = (r + HDR) >>> 2;
+        const words = (len - HDR) >>> 2;
+        for (let w = 0; w < words; w++) rw[to + w] = tw[from + w] as number;
+        for (let k = HDR + 4 * words; k < len; k++) rb[r + k] = tb[t + k] as number;
+      } else {
+        rb.set(tb.subarray(t + HDR, t + len), r + HDR);
+      }
       rx.use(rh, len);
       floorStats.frames++;
     } else if ((txOff[i] as number) < 0) {
