@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
 import type { FrameInfo } from "../../src/switch/frame.ts";
 import { type PortIo, Switch, SwitchError, type VlanConfig } from "../../src/switch/switch.ts";
+import { allocationsDuring, HEAP_SLACK } from "../helpers/switch-frames.ts";
 
 /** A port whose peer is an array: what was delivered, and how many flushes. */
 class TestIo implements PortIo {
@@ -510,4 +511,62 @@ describe("vireo switch: runs of unicast frames go to a port in one burst", () =>
     );
     assert.equal(pa.counters.drops.noBuffers, 2);
   });
+});
+
+describe("vireo switch: nothing allocated per frame", () => {
+  /** A peer that checks each frame's sequence byte (offset 14) in place and keeps nothing. */
+  class CheckingIo implements PortIo {
+    readonly kind = "checking";
+    next = 0;
+    wrong = 0;
+    got = 0;
+    constructor(readonly bursts: boolean) {
+      if (!bursts) this.deliverBurst = undefined;
+    }
+    private check(f: Uint8Array): void {
+      if (f[14] !== (this.next & 0xff) || f.length !== 64) this.wrong++;
+      this.next++;
+      this.got++;
+    }
+    deliver(f: Uint8Array): boolean {
+      this.check(f);
+      return true;
+    }
+    deliverBurst?: PortIo["deliverBurst"] = (peek, take) => {
+      let n = 0;
+      for (let f = peek(); f !== null; f = peek()) {
+        this.check(f);
+        take();
+        n++;
+      }
+      return n;
+    };
+    flush(): void {}
+    close(): void {}
+  }
+
+  for (const bursts of [true, false]) {
+    test(`frames of one size to a port ${bursts ? "taking bursts" : "taking frames one by one"}: no allocation, each view its frame`, async () => {
+      const sw = new Switch({ batchFrames: 32 });
+      const a = sw.addPort("a", new CheckingIo(bursts));
+      const bio = new CheckingIo(bursts);
+      const b = sw.addPort("b", bio);
+      // b's station is learned first, so that a's frames go to b alone.
+      const hello = frame(mac(1), mac(2), { len: 64 });
+      sw.receive(b.index, hello, 0, hello.length);
+      sw.endBatch();
+      const f = frame(mac(2), mac(1), { len: 64 });
+      let seq = 0;
+      const { gcs, heapGrowth } = await allocationsDuring((i) => {
+        f[14] = seq++ & 0xff;
+        sw.receive(a.index, f, 0, f.length);
+        if ((i & 31) === 31) sw.endBatch();
+      });
+      sw.endBatch();
+      assert.equal(bio.wrong, 0, "every frame delivered was the one sent, in order");
+      assert.equal(bio.got, seq);
+      assert.equal(gcs, 0, "no garbage collection during the loop");
+      assert.ok(heapGrowth < HEAP_SLACK, `heap grew ${heapGrowth} bytes`);
+    });
+  }
 });
