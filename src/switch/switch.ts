@@ -203,12 +203,18 @@ export class Switch {
   private readonly slabWords: Int32Array;
   private srcBytes: Uint8Array | null = null;
   private srcWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  /** srcBytes.byteOffset, and where srcBytes[0] is from srcWords[0] in bytes. */
+  private srcByteOffset = 0;
+  private srcWordsShift = 0;
   /**
    * Views of the slab handed to ports (PortIo.deliver, deliverBurst's peek), by the frame's offset / 8, reused while
    * offset and length match: a batch of frames of one size lands at the same offsets as the one before, and a view
    * made per delivery cost about 27 ns (TypedArray.subarray, measured here). Ports do not keep what they are given.
    */
   private readonly views: Array<Uint8Array | undefined>;
+  /** Each view's offset (its index * 8, or 4 less: a tag inserted; -1 for none) and length. */
+  private readonly viewOff: Int32Array;
+  private readonly viewLen: Int32Array;
   /** Where egress() left the frame it passed, in the destination's form. */
   private egressOff = 0;
   private egressLen = 0;
@@ -230,6 +236,8 @@ export class Switch {
     this.fDst = new Int32Array(this.batchMax);
     this.run = new Int32Array(this.batchMax);
     this.views = new Array(this.slab.length >>> 3).fill(undefined);
+    this.viewOff = new Int32Array(this.slab.length >>> 3).fill(-1);
+    this.viewLen = new Int32Array(this.slab.length >>> 3);
     this.lastSweep = this.now();
   }
 
@@ -300,10 +308,12 @@ export class Switch {
       // A short frame by 32-bit words where both sides allow it (a frame from DPDK's buffers and the slab are 8-byte
       // aligned): a quarter of the loads from shared memory a byte loop makes, and no TypedArray.set call.
       let i = 0;
-      if (((bytes.byteOffset + off) & 3) === 0) {
-        const src = this.wordsOf(bytes);
+      if (bytes !== this.srcBytes) this.wordsOf(bytes);
+      // Offsets kept from wordsOf: a typed array's byteOffset is a getter, and read per frame it cost 5 % here.
+      if (((this.srcByteOffset + off) & 3) === 0) {
+        const src = this.srcWords;
         const dst = this.slabWords;
-        const s = (bytes.byteOffset + off - src.byteOffset) >>> 2;
+        const s = (this.srcWordsShift + off) >>> 2;
         const d = at >>> 2;
         const n = len >>> 2;
         for (let w = 0; w < n; w++) dst[d + w] = src[s + w] as number;
@@ -326,17 +336,12 @@ export class Switch {
    * `bytes`' buffer as 32-bit words from its first 4-aligned byte, made once per source memory (a peer's memory
    * is one mapping, the same array for every frame until its memory table changes).
    */
-  private wordsOf(bytes: Uint8Array): Int32Array {
-    if (bytes !== this.srcBytes) {
-      const start = (bytes.byteOffset + 3) & ~3;
-      this.srcWords = new Int32Array(
-        bytes.buffer,
-        start,
-        (bytes.byteOffset + bytes.byteLength - start) >>> 2,
-      );
-      this.srcBytes = bytes;
-    }
-    return this.srcWords;
+  private wordsOf(bytes: Uint8Array): void {
+    const start = (bytes.byteOffset + 3) & ~3;
+    this.srcWords = new Int32Array(bytes.buffer, start, (bytes.byteOffset + bytes.byteLength - start) >>> 2);
+    this.srcBytes = bytes;
+    this.srcByteOffset = bytes.byteOffset;
+    this.srcWordsShift = bytes.byteOffset - start;
   }
 
   /** The source's turn ended: forwards what is staged and flushes every port that got frames. */
@@ -629,11 +634,11 @@ export class Switch {
   /** Bytes [off, off + len) of the slab, as a view made once per offset and length (`views`). */
   private view(off: number, len: number): Uint8Array {
     const k = off >>> 3;
-    let v = this.views[k];
-    if (v === undefined || v.byteOffset !== off || v.length !== len) {
-      v = this.slab.subarray(off, off + len);
-      this.views[k] = v;
-    }
+    if (this.viewOff[k] === off && this.viewLen[k] === len) return this.views[k] as Uint8Array;
+    const v = this.slab.subarray(off, off + len);
+    this.views[k] = v;
+    this.viewOff[k] = off;
+    this.viewLen[k] = len;
     return v;
   }
 
