@@ -92,6 +92,9 @@ const REALIGN_FROM = 256;
  * SharedArrayBuffer copies 8-byte words only when source and destination addresses agree mod 8, and byte by byte
  * otherwise: about 110 ns against 500 ns for 1518 bytes on these machines. A large frame whose alignment disagrees
  * goes through `stage` (an ordinary buffer, where set is a plain memmove) at the destination's alignment first.
+ * `dst` and `stage` start at byte 0 of their buffers (GuestMemory.bytes and rxStage are whole buffers), so only
+ * the source's byteOffset is read: a getter that costs about 12 ns a call here, where `length` costs 1. (Were
+ * they not, the copy would still be right, only not realigned.)
  */
 function copyToShared(dst: Uint8Array, at: number, src: Uint8Array, stage: Uint8Array): void {
   const len = src.length;
@@ -100,12 +103,12 @@ function copyToShared(dst: Uint8Array, at: number, src: Uint8Array, stage: Uint8
     dst.set(src, at);
     return;
   }
-  const r = (dst.byteOffset + at) & 7;
+  const r = at & 7;
   if (((src.byteOffset - r) & 7) === 0 || len + 8 > stage.length) {
     dst.set(src, at);
     return;
   }
-  const s = (r - stage.byteOffset) & 7;
+  const s = r;
   const view = stage.subarray(s, s + len);
   view.set(src);
   dst.set(view, at);
