@@ -77,7 +77,7 @@ test("js-floor: frames both ways, byte for byte and in order; a chain it does no
     fa.transmit(sent);
     const got = await receive(fb, sent.length);
     assert.equal(got.frames.length, sent.length, floor.err());
-    got.frames.forEach((f, i) => assert.deepEqual(f, sent[i], `frame ${i}`));
+    for (const [i, f] of got.frames.entries()) assert.deepEqual(f, sent[i], `frame ${i}`);
     assert.ok(got.lens.every((l, i) => l === NET_HDR + (sent[i] as Uint8Array).length));
     assert.equal(await txUsed(fa, sent.length), sent.length);
 
