@@ -19,7 +19,8 @@
  * vireo's virtqueue and virtio-net code (SplitQueue.rawLayout gives where they are).
  *
  * This is a benchmark reference, not a switch: frames go to the partner port whatever their address, and a
- * hostile front-end is only kept inside its own memory.
+ * hostile front-end is only kept inside its own memory. The ring indices live here, not in the device's state: a
+ * front-end that sends a second memory table mid-connection (DPDK's virtio_user sends one) is not followed.
  *
  *   node --import tsx bench/js-floor.ts SOCKET_A0 SOCKET_B0 [SOCKET_A1 SOCKET_B1 ...]
  *
