@@ -370,6 +370,15 @@ export class NetFrontend {
   }
 }
 
+/** A split-ring NetFrontend connected to the back-end listening at `sock`, set up, both rings started. */
+export function plugNetFrontend(sock: string): NetFrontend {
+  const fe = new NetFrontend(SocketChannel.connect(sock));
+  fe.setup();
+  fe.startRing(0);
+  fe.startRing(1);
+  return fe;
+}
+
 // SET_LOG_BASE: answered with LOG_SHMFD ("Here is a list of the ones that do [require replies]").
 const REPLIES = new Set<number>([
   REQ.GET_FEATURES,

@@ -13,7 +13,7 @@ import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { repoPath } from "../../src/paths.ts";
 import { startProcess, waitFor } from "../helpers/processes.ts";
-import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
+import { NET_HDR, type NetFrontend, plugNetFrontend } from "../helpers/vhost-user-frontend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-js-floor-"));
 const a = join(dir, "a0.sock");
@@ -24,14 +24,6 @@ function frame(len: number, seed: number): Uint8Array {
   const f = new Uint8Array(len);
   for (let i = 0; i < len; i++) f[i] = (seed * 31 + i * 7) & 0xff;
   return f;
-}
-
-function plug(sock: string): NetFrontend {
-  const fe = new NetFrontend(SocketChannel.connect(sock));
-  fe.setup();
-  fe.startRing(0);
-  fe.startRing(1);
-  return fe;
 }
 
 /** Used receive buffers on fe (header stripped) until `n` came or `ms` passed; also their used lengths. */
@@ -69,8 +61,8 @@ test("js-floor: frames both ways, byte for byte and in order; a chain it does no
     30_000,
     () => floor.err(),
   );
-  const fa = plug(a);
-  const fb = plug(b);
+  const fa = plugNetFrontend(a);
+  const fb = plugNetFrontend(b);
   try {
     fb.postReceiveBuffers(64);
     const sent = Array.from({ length: 40 }, (_, i) => frame(60 + ((i * 97) % 1455), i));
@@ -115,8 +107,8 @@ test("js-floor: a small receive buffer goes back empty, and a front-end that lea
     10_000,
     () => floor.out(),
   );
-  const fa = plug(a);
-  const fb = plug(b);
+  const fa = plugNetFrontend(a);
+  const fb = plugNetFrontend(b);
   try {
     fb.rx.addChain([], [NET_HDR + 20]);
     fb.postReceiveBuffers(4);

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { controlRequest } from "../../src/switch/control.ts";
 import { vireo } from "../helpers/cli.ts";
 import { startSwitch } from "../helpers/switch-process.ts";
-import { NET_HDR, NetFrontend, SocketChannel } from "../helpers/vhost-user-frontend.ts";
+import { NET_HDR, type NetFrontend, plugNetFrontend } from "../helpers/vhost-user-frontend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "vireo-switch-"));
 
@@ -29,14 +29,6 @@ function frame(dst: number[], src: number[], len: number, seed: number): Uint8Ar
   f[13] = 0x00;
   for (let i = 14; i < len; i++) f[i] = (seed * 13 + i) & 0xff;
   return f;
-}
-
-function plug(sock: string): NetFrontend {
-  const fe = new NetFrontend(SocketChannel.connect(sock));
-  fe.setup();
-  fe.startRing(0);
-  fe.startRing(1);
-  return fe;
 }
 
 /** Collects frames received on fe until `n` arrived or `ms` passed. */
@@ -79,10 +71,10 @@ describe("vireo switch (process)", () => {
       `vhost-user=${join(dir, "c.sock")},name=c,vlan=2`,
       `vhost-user=${join(dir, "d.sock")},name=d`,
     ]);
-    const a = plug(join(dir, "a.sock"));
-    const b = plug(join(dir, "b.sock"));
-    const c = plug(join(dir, "c.sock"));
-    const d = plug(join(dir, "d.sock"));
+    const a = plugNetFrontend(join(dir, "a.sock"));
+    const b = plugNetFrontend(join(dir, "b.sock"));
+    const c = plugNetFrontend(join(dir, "c.sock"));
+    const d = plugNetFrontend(join(dir, "d.sock"));
     for (const fe of [a, b, c, d]) fe.postReceiveBuffers(200);
 
     // a → unknown b: flooded to b and d (not c: VLAN 2), byte for byte.
@@ -149,8 +141,8 @@ describe("vireo switch (process)", () => {
       `vhost-user=${join(dir, "t2a.sock")},name=a`,
       `vhost-user=${join(dir, "t2b.sock")},name=b`,
     ]);
-    const a = plug(join(dir, "t2a.sock"));
-    const b = plug(join(dir, "t2b.sock"));
+    const a = plugNetFrontend(join(dir, "t2a.sock"));
+    const b = plugNetFrontend(join(dir, "t2b.sock"));
     b.postReceiveBuffers(250);
     const own = (i: number) => frame(mac(2), mac(1), 80, i);
     const spoofed = (i: number) => frame(mac(2), mac(66), 80, 1000 + i);
@@ -202,8 +194,8 @@ describe("vireo switch (process)", () => {
       `vhost-user=${join(dir, "t3a.sock")},name=a`,
       `vhost-user=${join(dir, "t3b.sock")},name=b`,
     ]);
-    const a = plug(join(dir, "t3a.sock"));
-    const b = plug(join(dir, "t3b.sock"));
+    const a = plugNetFrontend(join(dir, "t3a.sock"));
+    const b = plugNetFrontend(join(dir, "t3b.sock"));
     const size = 1000;
     const bytesPerSec = 400_000; // 400 frames/s of 1000 bytes
     // A burst of a quarter second: on a loaded machine the switch may not run for a while, and a bucket fills only
