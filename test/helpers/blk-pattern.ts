@@ -48,7 +48,7 @@ export function assertImageHoldsPattern(path: string, kib: number, guestOutput: 
   assert.equal(
     printed?.padStart(16, "0"),
     fnv1a64(image).padStart(16, "0"),
-    "the guest's checksum is the image's",
+    `the guest's checksum is the image's\n--- guest output:\n${guestOutput}`,
   );
 }
 

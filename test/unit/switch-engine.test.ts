@@ -557,16 +557,22 @@ describe("vireo switch: nothing allocated per frame", () => {
       sw.endBatch();
       const f = frame(mac(2), mac(1), { len: 64 });
       let seq = 0;
-      const { gcs, heapGrowth } = await allocationsDuring((i) => {
+      const loop = (i: number) => {
         f[14] = seq++ & 0xff;
         sw.receive(a.index, f, 0, f.length);
         if ((i & 31) === 31) sw.endBatch();
-      });
+      };
+      // Up to three measurements, the first clean one kept: on a loaded machine the optimizing compiler may not
+      // have finished when the first starts, and the baseline code boxes numbers. An allocation the switch makes
+      // per frame shows in every one.
+      let m = await allocationsDuring(loop);
+      for (let attempt = 1; attempt < 3 && (m.gcs > 0 || m.heapGrowth >= HEAP_SLACK); attempt++)
+        m = await allocationsDuring(loop);
       sw.endBatch();
       assert.equal(bio.wrong, 0, "every frame delivered was the one sent, in order");
       assert.equal(bio.got, seq);
-      assert.equal(gcs, 0, "no garbage collection during the loop");
-      assert.ok(heapGrowth < HEAP_SLACK, `heap grew ${heapGrowth} bytes`);
+      assert.equal(m.gcs, 0, "no garbage collection during the loop");
+      assert.ok(m.heapGrowth < HEAP_SLACK, `heap grew ${m.heapGrowth} bytes`);
     });
   }
 });
