@@ -123,3 +123,27 @@ test("js-floor: a small receive buffer goes back empty, and a front-end that lea
   }
   assert.equal(floor.child.exitCode, null, `the floor is still running: ${floor.err()}`);
 });
+
+test("js-floor: nothing is written past the frame in a receive buffer just long enough for it", async () => {
+  const fa = plugNetFrontend(a);
+  const fb = plugNetFrontend(b);
+  try {
+    // A 20-byte frame into a buffer of exactly header + 20 bytes, with guard bytes right after it in memory.
+    const small = frame(20, 11);
+    fb.rx.addChain([], [NET_HDR + small.length]);
+    const guard = fb.rx.alloc(64);
+    const mem = fb.memory.mem;
+    mem.fill(guard, 64, 0xaa);
+    fa.transmit([small]);
+    const got = await receive(fb, 1);
+    assert.deepEqual(got.frames, [small]);
+    const after = mem.bytes.subarray(guard - mem.base, guard - mem.base + 64);
+    assert.ok(
+      after.every((x) => x === 0xaa),
+      `the 64 bytes after the buffer were written: ${[...after].join(",")}`,
+    );
+  } finally {
+    fa.close();
+    fb.close();
+  }
+});
