@@ -15,8 +15,8 @@
  * (INFLIGHT_SHMFD: blk) offers split rings only: its inflight buffer is in the split layout.
  */
 import { readlinkSync } from "node:fs";
-import { hasFeature, TRANSPORT_FEATURES, VIRTIO_F, VIRTIO_STATUS } from "../devices/virtio/constants.ts";
-import { VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.ts";
+import { hasFeature, VIRTIO_F, VIRTIO_STATUS } from "../devices/virtio/constants.ts";
+import { modelFeatures, VirtioDevice, type VirtioDeviceModel } from "../devices/virtio/device.ts";
 import { PackedQueue, packedAreaSizes, SplitQueue, splitAreaSizes } from "../devices/virtio/queue/index.ts";
 import type { Defer, NotifyBudget } from "../devices/virtio/work-budget.ts";
 import { native, signalEventFd } from "../native.ts";
@@ -190,9 +190,7 @@ export class VhostUserBackend {
     // The inflight buffer's layout here is the split one: with it, packed rings are not offered.
     const notOffered = NOT_OFFERED | (ext.inflight ? bit(VIRTIO_F.RING_PACKED) : 0n);
     this.offeredFeatures =
-      ((probe.features | (probe.transportFeatures ?? TRANSPORT_FEATURES)) & ~notOffered) |
-      bit(VHOST_USER_F_PROTOCOL_FEATURES) |
-      bit(VHOST_F_LOG_ALL);
+      (modelFeatures(probe) & ~notOffered) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
     this.state = VirtioDevice.createState({ numQueues: probe.numQueues, stateBytes: probe.stateBytes });
     this.rings = Array.from({ length: probe.numQueues }, () => ({
       num: 0,

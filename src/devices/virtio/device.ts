@@ -320,6 +320,15 @@ export interface VirtioDeviceOptions {
   defer?: Defer;
 }
 
+/**
+ * The feature bits a model's device offers: its device-type features and the transport features it serves (all of
+ * TRANSPORT_FEATURES unless it says otherwise). One definition for the device and for a vhost-user back-end's
+ * GET_FEATURES, so that the two cannot disagree.
+ */
+export function modelFeatures(model: VirtioDeviceModel): bigint {
+  return model.features | (model.transportFeatures ?? TRANSPORT_FEATURES);
+}
+
 const defaultLog = (message: string): void => {
   process.stderr.write(`vireo: ${message}\n`);
 };
@@ -424,7 +433,7 @@ export class VirtioDevice {
     this.name = model.name;
     this.numQueues = n;
     this.maxQueueSize = model.maxQueueSize;
-    this.offeredFeatures = model.features | (model.transportFeatures ?? TRANSPORT_FEATURES);
+    this.offeredFeatures = modelFeatures(model);
     this.mem = opts.mem;
     this.interrupts = opts.interrupts;
     this.log = opts.log ?? defaultLog;
