@@ -108,8 +108,7 @@ function copyToShared(dst: Uint8Array, at: number, src: Uint8Array, stage: Uint8
     dst.set(src, at);
     return;
   }
-  const s = r;
-  const view = stage.subarray(s, s + len);
+  const view = stage.subarray(r, r + len);
   view.set(src);
   dst.set(view, at);
 }
