@@ -440,7 +440,8 @@ class InflightModel implements VirtioDeviceModel {
           if (r !== IN_PROGRESS && r !== DETACHED) iq.link(chain.id, this.usedIdx(q));
           return r;
         },
-        opts,
+        // Every chain goes through the handler above, which marks it: no flat form (readableSingle) here.
+        opts?.readAhead === undefined ? undefined : { readAhead: opts.readAhead },
       );
       iq.settle(this.usedIdx(q));
     };

@@ -12,6 +12,7 @@ import {
   claimBuffers,
   createVirtqueue,
   type DescriptorChain,
+  type SingleBuffers,
   SplitQueue,
 } from "../../src/devices/virtio/queue/index.ts";
 import type { Receiver } from "../../src/net/backend.ts";
@@ -81,10 +82,10 @@ class ManualBackend implements VirtioNetBackend {
   close(): void {}
 }
 
-function startNet(queueSize: number) {
+function startNet(queueSize: number, mergeable = false) {
   const backend = new ManualBackend();
   const rig = makeVirtioPciRig(new VirtioNet({ backend }));
-  assert.ok(rig.drv.negotiate((f) => f & ~F_PACKED & ~F_MRG_RXBUF));
+  assert.ok(rig.drv.negotiate((f) => f & ~F_PACKED & (mergeable ? f : ~F_MRG_RXBUF)));
   const rx = rig.drv.setupQueue(0, { size: queueSize });
   rig.drv.setupQueue(1, { size: queueSize });
   rig.drv.driverOk();
@@ -228,22 +229,34 @@ describe("virtio-net: Receiver.burst", () => {
 
 describe("virtio-net: Receiver.burst takes buffers ahead as many as the backend expects, and claims them", () => {
   test("one by one for a lone frame, `expected` for a short burst, a batch of 64 without a hint", (t) => {
-    // Spy on the queue's popBatch (the rig builds its own queues): record max, then do the real work.
-    const calls: number[] = [];
-    const real = SplitQueue.prototype.popBatch;
+    // Spy on the queue's popSingles and popBatch (the rig builds its own queues): record max, then do the real work.
+    const calls: string[] = [];
+    const realSingles = SplitQueue.prototype.popSingles;
+    const realBatch = SplitQueue.prototype.popBatch;
     t.after(() => {
-      SplitQueue.prototype.popBatch = real;
+      SplitQueue.prototype.popSingles = realSingles;
+      SplitQueue.prototype.popBatch = realBatch;
     });
+    SplitQueue.prototype.popSingles = function (
+      this: SplitQueue,
+      out: SingleBuffers,
+      max: number,
+      w: boolean,
+    ) {
+      calls.push(`singles ${max}`);
+      return realSingles.call(this, out, max, w);
+    };
     SplitQueue.prototype.popBatch = function (this: SplitQueue, out: DescriptorChain[], max: number) {
-      calls.push(max);
-      return real.call(this, out, max);
+      calls.push(`chains ${max}`);
+      return realBatch.call(this, out, max);
     };
     const { rig, rx } = startNet(128);
     const b = (rig.model.backend as ManualBackend).receiver?.burst;
     assert.ok(b);
-    const run = (frames: number, expected?: number, buffers = frames) => {
+    const run = (frames: number, expected?: number, buffers = frames, shape: "one" | "two" = "one") => {
       calls.length = 0;
-      for (let i = 0; i < buffers; i++) rx.addChain([], [HDR + 100], { fill: 0xaa });
+      for (let i = 0; i < buffers; i++)
+        rx.addChain([], shape === "one" ? [HDR + 100] : [HDR, 100], { fill: 0xaa });
       const queue = Array.from({ length: frames }, (_, i) => bytes(60, i));
       const placed = b(
         () => queue[0] ?? null,
@@ -260,13 +273,84 @@ describe("virtio-net: Receiver.burst takes buffers ahead as many as the backend 
       });
       return [...calls];
     };
-    assert.deepEqual(run(1, 1), [], "a lone frame: one pop");
-    assert.deepEqual(run(3, 3), [3], "three expected: three taken at once");
-    assert.deepEqual(run(2), [64], "no hint: a batch");
-    assert.deepEqual(run(70, 70), [64, 6], "a batch, then what is left of the expected");
+    // Buffers of one descriptor are taken in their flat form (popSingles).
+    assert.deepEqual(run(1, 1), ["singles 1"], "a lone frame: one buffer");
+    assert.deepEqual(run(3, 3), ["singles 3"], "three expected: three taken at once");
+    assert.deepEqual(run(2), ["singles 64"], "no hint: a batch");
+    assert.deepEqual(run(70, 70), ["singles 64", "singles 6"], "a batch, then what is left of the expected");
     // Buffers taken and not used go back: 5 frames for 9 buffers, then the other 4 take 4 frames.
-    assert.deepEqual(run(5, undefined, 9), [64]);
-    assert.deepEqual(run(4, 4, 0), [4], "the 4 given back are taken again");
+    assert.deepEqual(run(5, undefined, 9), ["singles 64"]);
+    assert.deepEqual(run(4, 4, 0), ["singles 4"], "the 4 given back are taken again");
+    // Buffers of two descriptors are chains: popSingles finds none, popBatch takes them, the same way.
+    assert.deepEqual(run(3, 3, 3, "two"), ["singles 3", "chains 3"]);
+    assert.deepEqual(run(5, undefined, 9, "two"), ["singles 64", "chains 64"]);
+    assert.deepEqual(
+      run(4, 4, 0, "two"),
+      ["singles 4", "chains 4"],
+      "the 4 chains given back are taken again",
+    );
+  });
+
+  test("buffers of one descriptor and chains mixed in the ring are used in ring order, frames in order", () => {
+    const { rig, rx } = startNet(128);
+    const b = (rig.model.backend as ManualBackend).receiver?.burst;
+    assert.ok(b);
+    // one, one, two, one, two, two, one, ...: each kind's run ends where the other starts.
+    const ids: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const two = i % 3 === 2 || i % 7 === 5;
+      ids.push(rx.addChain([], two ? [HDR, 100] : [HDR + 100], { fill: 0xaa }));
+    }
+    const queue = Array.from({ length: 40 }, (_, i) => bytes(60 + i, i));
+    const placed = b(
+      () => queue[0] ?? null,
+      () => {
+        queue.shift();
+      },
+      40,
+    );
+    assert.equal(placed, 40);
+    const used = rx.usedChains();
+    assert.deepEqual(
+      used.map((u) => u.id),
+      ids,
+      "buffers used in the order they were made available",
+    );
+    used.forEach((u, i) => {
+      assert.equal(u.len, HDR + 60 + i);
+      assert.deepEqual(u.written.subarray(HDR), bytes(60 + i, i), `frame ${i}`);
+      assert.equal(u.written[10], 1, "num_buffers");
+    });
+  });
+
+  test("a frame a one-descriptor buffer cannot hold spans buffers (MRG_RXBUF), and the next frames go on", () => {
+    const { rig, rx } = startNet(128, true);
+    const b = (rig.model.backend as ManualBackend).receiver?.burst;
+    assert.ok(b);
+    for (let i = 0; i < 8; i++) rx.addChain([], [HDR + 100], { fill: 0xaa });
+    const queue = [bytes(60, 0), bytes(250, 1), bytes(60, 2)];
+    const frames = [...queue];
+    const placed = b(
+      () => queue[0] ?? null,
+      () => {
+        queue.shift();
+      },
+      3,
+    );
+    assert.equal(placed, 3);
+    const used = rx.usedChains();
+    assert.deepEqual(
+      used.map((u) => u.len),
+      [HDR + 60, HDR + 100, HDR + 100, 38, HDR + 60],
+    );
+    const second = new Uint8Array([
+      ...(used[1]?.written ?? []),
+      ...(used[2]?.written ?? []),
+      ...(used[3]?.written ?? []),
+    ]);
+    assert.equal(second[10], 3, "num_buffers of the frame that spans three");
+    assert.deepEqual(second.subarray(HDR), frames[1]);
+    assert.deepEqual(used[4]?.written.subarray(HDR), frames[2]);
   });
 });
 

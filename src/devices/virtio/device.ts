@@ -44,6 +44,7 @@ import {
   PackedQueue,
   QUEUE_STATE_WORDS,
   ReadAhead,
+  SingleBuffers,
   SplitQueue,
   unpopRange,
   type Virtqueue,
@@ -78,6 +79,14 @@ export interface DrainOptions {
    * in turn. Default 0: none.
    */
   readAhead?: number;
+  /**
+   * Optional: the handler for chains of one device-readable descriptor, served without a chain object
+   * (Virtqueue.popSingles): it gets the buffer's offset in mem.bytes (the whole buffer checked inside guest
+   * memory), its length and the chain's id (for messages), and returns the bytes it wrote (0: the buffer is
+   * device-readable). It finishes the chain (no IN_PROGRESS or DETACHED) and charges its work with work.spend.
+   * Chains of any other shape go to the chain handler, in ring order.
+   */
+  readableSingle?: (off: number, len: number, id: number, work: WorkBudget) => number;
 }
 
 /**
@@ -1307,8 +1316,27 @@ export class VirtioDevice {
         }
         return true;
       };
+      // The same for a chain of one readable descriptor (DrainOptions.readableSingle), in its flat form.
+      const single = opts?.readableSingle;
+      const serveSingle =
+        single === undefined
+          ? null
+          : (s: SingleBuffers, i: number): void => {
+              const id = s.ids[i] as number;
+              const len = s.lens[i] as number;
+              work.chainsLeft--;
+              work.descriptorsLeft--;
+              work.spentOnChain = 0;
+              const r = single(s.offs[i] as number, len, id, work);
+              if (work.spentOnChain === 0) work.spend(len);
+              vq.pushUsedSingle(id, r, false);
+              if (++unpublished >= USED_BATCH) {
+                vq.publishUsed();
+                unpublished = 0;
+              }
+            };
       try {
-        this.drainSlice(q, vq, kept, work, serve, opts?.readAhead ?? 0);
+        this.drainSlice(q, vq, kept, work, serve, serveSingle, opts?.readAhead ?? 0);
       } finally {
         vq.publishUsed();
       }
@@ -1359,6 +1387,8 @@ export class VirtioDevice {
   private readonly readAhead = new ReadAhead(POP_BATCH);
   /** Per queue, the chains of drainSlice's current batch (reused; a queue is held while it is drained). */
   private readonly popped: Array<DescriptorChain[] | undefined> = [];
+  /** Per queue, the one-descriptor chains of drainSlice's current batch, in their flat form (reused). */
+  private readonly poppedSingles: Array<SingleBuffers | undefined> = [];
 
   /** One slice of queue q: the kept chain first, then the ring, within `work` (see drain). */
   private drainSlice(
@@ -1367,6 +1397,7 @@ export class VirtioDevice {
     kept: PartialChain | undefined,
     work: WorkBudget,
     serve: (c: DescriptorChain) => boolean,
+    serveSingle: ((s: SingleBuffers, i: number) => void) | null,
     readAhead: number,
   ): void {
     // A chain left unfinished by the previous slice goes first (unless the queue was reset since: a new
@@ -1378,6 +1409,33 @@ export class VirtioDevice {
         // Chains are taken POP_BATCH at a time (Virtqueue.popBatch: one read of the ring's index, one update of
         // the queue's for all). Those the slice does not serve (its budget ran out, a chain was kept, a handler
         // failed) go back to the ring, last first, as if never taken.
+        if (serveSingle !== null) {
+          // One-descriptor chains in their flat form first; a chain of another shape stops the batch before it
+          // and goes through popBatch below.
+          let singles = this.poppedSingles[q];
+          if (singles === undefined) {
+            singles = new SingleBuffers(POP_BATCH);
+            this.poppedSingles[q] = singles;
+          }
+          const m = vq.popSingles(singles, Math.min(POP_BATCH, work.chainsLeft), false);
+          if (m > 0) {
+            if (readAhead > 0) this.touched += this.readAhead.touchSingles(this.mem, singles, m, readAhead);
+            let i = 0;
+            try {
+              while (i < m) {
+                serveSingle(singles, i++);
+                if (work.exhausted) break;
+              }
+            } catch (e) {
+              try {
+                vq.unpopSingles(singles, i, m);
+              } catch {}
+              throw e;
+            }
+            vq.unpopSingles(singles, i, m);
+            continue;
+          }
+        }
         let batch = this.popped[q];
         if (batch === undefined) {
           batch = [];

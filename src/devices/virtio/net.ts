@@ -30,9 +30,11 @@ import {
 } from "./device.ts";
 import {
   claimBuffers,
+  claimSingles,
   copyFromChain,
   copyToChain,
   type DescriptorChain,
+  SingleBuffers,
   unpopRange,
   type Virtqueue,
 } from "./queue/index.ts";
@@ -252,6 +254,23 @@ export class VirtioNet implements VirtioDeviceModel {
     work.spend(chain.readableLength <= VIRTIO_NET_HDR_SIZE + MAX_FRAME ? chain.readableLength : 1);
     return this.transmit(chain);
   };
+  /** Transmit for a chain of one readable descriptor, in its flat form (DrainOptions.readableSingle). */
+  private readonly transmitSingle = (off: number, len: number, id: number, work: WorkBudget): number => {
+    work.spend(len <= VIRTIO_NET_HDR_SIZE + MAX_FRAME ? len : 1);
+    if (len < VIRTIO_NET_HDR_SIZE) {
+      throw new VirtioRequestError(
+        `transmit buffer ${id} has ${len} bytes, shorter than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
+      );
+    }
+    if (len > VIRTIO_NET_HDR_SIZE + MAX_FRAME) {
+      this.c.txDropped.add();
+      return 0;
+    }
+    this.transmitBytes(off, len);
+    return 0;
+  };
+  /** What transmit's drain is given: the read-ahead, and transmitSingle (bound once). */
+  private readonly txDrain: DrainOptions;
   private ctx!: VirtioContext;
   private link!: Int32Array;
   private c = {
@@ -273,6 +292,7 @@ export class VirtioNet implements VirtioDeviceModel {
     this.linkUpAtStart = opts.linkUp ?? true;
     this.vnetHdr = opts.backend.vnetHdr === true;
     this.readAhead = opts.backend.readsFrames === false ? NO_READ_AHEAD : READ_AHEAD_FRAMES;
+    this.txDrain = { ...this.readAhead, readableSingle: this.transmitSingle };
     let f =
       featureBit(VIRTIO_NET_F.MAC) |
       featureBit(VIRTIO_NET_F.STATUS) |
@@ -386,7 +406,7 @@ export class VirtioNet implements VirtioDeviceModel {
 
   queueNotified(q: number): void {
     if (q === NET_RX_QUEUE) this.backend.rxReady();
-    else if (q === NET_TX_QUEUE) this.ctx.drain(NET_TX_QUEUE, this.transmitChain, this.readAhead);
+    else if (q === NET_TX_QUEUE) this.ctx.drain(NET_TX_QUEUE, this.transmitChain, this.txDrain);
   }
 
   // ---- transmit (5.1.6.2) -------------------------------------------------------------------------------------
@@ -409,60 +429,93 @@ export class VirtioNet implements VirtioDeviceModel {
     const mem = this.ctx.mem;
     const total = chain.readableLength;
     const frameLen = total - VIRTIO_NET_HDR_SIZE;
+    const first = chain.readable[0] as { addr: number; len: number };
+    if (first.len >= total) {
+      // Header and frame in one segment (as DPDK's virtio_user sends a frame): one bounds check for both.
+      this.transmitBytes(mem.check(first.addr, total), total);
+      return 0;
+    }
     if (this.vnetHdr) {
       // Offloads pass through: the backend gets the header with the frame.
       this.count(this.sendRange(chain, 0, total), frameLen);
       return 0;
     }
-    const first = chain.readable[0] as { addr: number; len: number };
-    if (first.len >= total) {
-      // Header and frame in one segment (as DPDK's virtio_user sends a small frame): one bounds check for both.
-      const off = mem.check(first.addr, total);
-      const bytes = mem.bytes;
-      const fl = bytes[off] as number;
-      if (
-        (fl & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 &&
-        ((bytes[off + 1] as number) & ~VIRTIO_NET_HDR_GSO_ECN) === 0
-      ) {
-        const b = this.backend;
-        const at = off + VIRTIO_NET_HDR_SIZE;
-        this.count(
-          b.sendFrom ? b.sendFrom(bytes, at, frameLen) : b.send(bytes.subarray(at, at + frameLen)),
-          frameLen,
-        );
-        return 0;
-      }
-    }
     const h = this.txHeader;
     copyFromChain(mem, chain, 0, h, 0, VIRTIO_NET_HDR_SIZE);
-    const flags = h[0] as number;
-    const gso = h[1] as number;
-    // Without HOST_TSO negotiated the driver sends no GSO frames; we offer none to a plain backend.
-    if ((gso & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) {
-      this.c.txDropped.add();
-      return 0;
-    }
-    if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
-      if (!this.ctx.hasFeature(VIRTIO_NET_F.CSUM)) {
-        this.c.txDropped.add();
-        return 0;
-      }
-      // The checksum is written into the frame: into a copy, never into the guest's buffer.
-      const frame = this.txBuffer.subarray(
-        0,
-        copyFromChain(mem, chain, VIRTIO_NET_HDR_SIZE, this.txBuffer, 0, frameLen),
-      );
-      const start = (h[6] as number) | ((h[7] as number) << 8);
-      const offset = (h[8] as number) | ((h[9] as number) << 8);
-      if (!completeChecksum(frame, start, offset)) {
-        this.c.txDropped.add();
-        return 0;
-      }
-      this.count(this.backend.send(frame), frameLen);
+    if (!this.plainHeaderSendable(h[0] as number, h[1] as number)) return 0;
+    if ((h[0] as number) & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+      const n = copyFromChain(mem, chain, VIRTIO_NET_HDR_SIZE, this.txBuffer, 0, frameLen);
+      this.sendChecksummed(n, h);
       return 0;
     }
     this.count(this.sendRange(chain, VIRTIO_NET_HDR_SIZE, frameLen), frameLen);
     return 0;
+  }
+
+  /**
+   * Transmits a frame whose header and bytes are one buffer, mem.bytes[off, off + total) (total from the header's
+   * 12 bytes to 12 + MAX_FRAME, checked by the caller).
+   */
+  private transmitBytes(off: number, total: number): void {
+    const bytes = this.ctx.mem.bytes;
+    const frameLen = total - VIRTIO_NET_HDR_SIZE;
+    const b = this.backend;
+    if (this.vnetHdr) {
+      // Offloads pass through: the backend gets the header with the frame.
+      this.count(
+        b.sendFrom ? b.sendFrom(bytes, off, total) : b.send(bytes.subarray(off, off + total)),
+        frameLen,
+      );
+      return;
+    }
+    const flags = bytes[off] as number;
+    const gso = bytes[off + 1] as number;
+    if ((flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 && (gso & ~VIRTIO_NET_HDR_GSO_ECN) === 0) {
+      const at = off + VIRTIO_NET_HDR_SIZE;
+      this.count(
+        b.sendFrom ? b.sendFrom(bytes, at, frameLen) : b.send(bytes.subarray(at, at + frameLen)),
+        frameLen,
+      );
+      return;
+    }
+    if (!this.plainHeaderSendable(flags, gso)) return;
+    // NEEDS_CSUM: the header is read once, into txHeader (the guest may rewrite its buffer meanwhile).
+    const h = this.txHeader;
+    h.set(bytes.subarray(off, off + VIRTIO_NET_HDR_SIZE));
+    this.txBuffer.set(bytes.subarray(off + VIRTIO_NET_HDR_SIZE, off + total));
+    this.sendChecksummed(frameLen, h);
+  }
+
+  /**
+   * For a plain backend: can a frame with these header flags and gso_type be sent? A GSO frame (we offer no
+   * HOST_TSO to a plain backend, so the driver sends none) and a partial checksum without VIRTIO_NET_F_CSUM are
+   * dropped (counted).
+   */
+  private plainHeaderSendable(flags: number, gso: number): boolean {
+    if ((gso & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) {
+      this.c.txDropped.add();
+      return false;
+    }
+    if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM && !this.ctx.hasFeature(VIRTIO_NET_F.CSUM)) {
+      this.c.txDropped.add();
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Sends txBuffer's first `frameLen` bytes after completing the partial checksum header `h` asks for (5.1.6.2):
+   * the checksum is written into this copy, never into the guest's buffer.
+   */
+  private sendChecksummed(frameLen: number, h: Uint8Array): void {
+    const frame = this.txBuffer.subarray(0, frameLen);
+    const start = (h[6] as number) | ((h[7] as number) << 8);
+    const offset = (h[8] as number) | ((h[9] as number) << 8);
+    if (!completeChecksum(frame, start, offset)) {
+      this.c.txDropped.add();
+      return;
+    }
+    this.count(this.backend.send(frame), frameLen);
   }
 
   /**
@@ -579,6 +632,14 @@ export class VirtioNet implements VirtioDeviceModel {
   private rxAheadAt = 0;
   private rxAheadEnd = 0;
   private rxBatch = 1;
+  /**
+   * Receive buffers of one writable descriptor taken ahead in their flat form (Virtqueue.popSingles), rxBatch at
+   * a time: rxSingles' entries [rxSinglesAt, rxSinglesEnd). Used while no chains are held ahead (rxAhead), so that
+   * the buffers are used in ring order; a frame one does not fit gives them back and goes the chain way.
+   */
+  private readonly rxSingles = new SingleBuffers(RX_PUBLISH);
+  private rxSinglesAt = 0;
+  private rxSinglesEnd = 0;
 
   /** The next receive buffer: from those taken ahead, else popped (a batch of rxBatch), or null if none. */
   private nextRxBuffer(vq: Virtqueue): DescriptorChain | null {
@@ -597,6 +658,67 @@ export class VirtioNet implements VirtioDeviceModel {
     const end = this.rxAheadEnd;
     this.rxAheadAt = this.rxAheadEnd = 0;
     unpopRange(vq, this.rxAhead, at, end);
+    this.giveBackSingles(vq);
+  }
+
+  private giveBackSingles(vq: Virtqueue): void {
+    const at = this.rxSinglesAt;
+    const end = this.rxSinglesEnd;
+    this.rxSinglesAt = this.rxSinglesEnd = 0;
+    if (at < end) vq.unpopSingles(this.rxSingles, at, end);
+  }
+
+  /**
+   * Places a frame of `total` bytes with its header into the next receive buffer of one writable descriptor, in
+   * its flat form, if there is one (and no chains are held ahead) and the frame fits it: true if placed. Else the
+   * buffers taken that way go back, and the chain way (placeOne) places the frame.
+   */
+  private placeSingle(vq: Virtqueue, payload: Uint8Array, total: number, plain: boolean): boolean {
+    if (this.rxAheadAt !== this.rxAheadEnd) return false;
+    const s = this.rxSingles;
+    if (this.rxSinglesAt === this.rxSinglesEnd) {
+      this.rxSinglesAt = 0;
+      this.rxSinglesEnd = vq.popSingles(s, this.rxBatch, true);
+      // Their first lines claimed together (a lone buffer is not worth it: it is written at once).
+      if (this.rxSinglesEnd > 1) claimSingles(this.ctx.mem, s, this.rxSinglesEnd, RX_CLAIM_SPAN);
+      if (this.rxSinglesEnd === 0) return false;
+    }
+    const k = this.rxSinglesAt;
+    if ((s.lens[k] as number) < total) {
+      this.giveBackSingles(vq);
+      return false;
+    }
+    this.rxSinglesAt = k + 1;
+    const off = s.offs[k] as number;
+    const mem = this.ctx.mem;
+    this.writeHeader(off, plain, 1);
+    copyToShared(mem.bytes, off + VIRTIO_NET_HDR_SIZE, payload, this.rxStage);
+    vq.pushUsedSingle(s.ids[k] as number, total, false);
+    this.c.rxPackets.add();
+    this.c.rxBytes.add(payload.length);
+    return true;
+  }
+
+  /**
+   * Writes struct virtio_net_hdr at mem.bytes[off] (checked by the caller): zeros but num_buffers for a plain
+   * backend, else rxHeader; num_buffers (le16 at offset 10, 5.1.6.4) is `buffers`.
+   */
+  private writeHeader(off: number, plain: boolean, buffers: number): void {
+    const mem = this.ctx.mem;
+    if (plain) {
+      // Four stores instead of twelve byte stores (this is the first touch of a buffer the driver's CPU owns).
+      const v = mem.dataView;
+      v.setUint32(off, 0, true);
+      v.setUint32(off + 4, 0, true);
+      v.setUint16(off + 8, 0, true);
+      v.setUint16(off + 10, buffers, true);
+      return;
+    }
+    const header = this.rxHeader;
+    header[10] = buffers & 0xff;
+    header[11] = buffers >>> 8;
+    const bytes = mem.bytes;
+    for (let i = 0; i < VIRTIO_NET_HDR_SIZE; i++) bytes[off + i] = header[i] as number;
   }
 
   /**
@@ -639,6 +761,7 @@ export class VirtioNet implements VirtioDeviceModel {
       return true;
     }
     const total = VIRTIO_NET_HDR_SIZE + payload.length;
+    if (this.placeSingle(vq, payload, total, plain)) return true;
     const chains = this.rxChains;
     let n = 0;
     let room = 0;
@@ -677,19 +800,7 @@ export class VirtioNet implements VirtioDeviceModel {
     if (n === 1 && only.len >= total) {
       // Header and frame into one segment (a buffer as DPDK's virtio_user posts it): one bounds check for both.
       const off = mem.check(only.addr, total);
-      if (plain) {
-        // Four stores instead of twelve byte stores (this is the first touch of a buffer the driver's CPU owns).
-        const v = mem.dataView;
-        v.setUint32(off, 0, true);
-        v.setUint32(off + 4, 0, true);
-        v.setUint16(off + 8, 0, true);
-        v.setUint16(off + 10, 1, true);
-      } else {
-        header[10] = 1;
-        header[11] = 0;
-        const bytes = mem.bytes;
-        for (let i = 0; i < VIRTIO_NET_HDR_SIZE; i++) bytes[off + i] = header[i] as number;
-      }
+      this.writeHeader(off, plain, 1);
       copyToShared(mem.bytes, off + VIRTIO_NET_HDR_SIZE, payload, this.rxStage);
       vq.pushUsed(chains[0] as DescriptorChain, total, false);
       this.c.rxPackets.add();

@@ -12,6 +12,7 @@ import {
   type QueueConfig,
   type QueueFeatures,
   type QueueKind,
+  type SingleBuffers,
   type Virtqueue,
   VirtqueueError,
   type VirtqueueOptions,
@@ -39,6 +40,8 @@ export class QueueMemory {
   readonly view: DataView;
   /** Guest memory as 16-bit words (a SharedArrayBuffer at an even base), else null. */
   readonly u16: Uint16Array | null;
+  /** Guest memory as 32-bit words (a SharedArrayBuffer at a 4-aligned base), else null. */
+  readonly u32: Uint32Array | null;
 
   constructor(mem: GuestMemory) {
     this.mem = mem;
@@ -49,6 +52,10 @@ export class QueueMemory {
     this.u16 =
       shared && littleEndianHost && bytes.byteOffset % 2 === 0 && mem.base % 2 === 0
         ? new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
+        : null;
+    this.u32 =
+      this.u16 !== null && bytes.byteOffset % 4 === 0 && mem.base % 4 === 0
+        ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2)
         : null;
   }
 
@@ -129,6 +136,22 @@ export class MutableChain implements DescriptorChain {
     this.descriptorsRead = 1;
     return this;
   }
+}
+
+const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
+
+/**
+ * What a queue records, in place of a chain object, for a chain popSingles took: one per head id, never handed
+ * out, so no caller can pass it to pushUsed or unpop.
+ */
+class SingleMark implements DescriptorChain {
+  readonly readable = NO_SEGMENTS;
+  readonly writable = NO_SEGMENTS;
+  readonly readableLength = 0;
+  readonly writableLength = 0;
+  readonly descriptorCount = 1;
+  readonly descriptorsRead = 1;
+  constructor(readonly id: number) {}
 }
 
 interface MutableSegment {
@@ -304,6 +327,18 @@ export function claimBuffers(
   }
 }
 
+/** claimBuffers for device-writable buffers in their flat form (Virtqueue.popSingles). */
+export function claimSingles(mem: GuestMemory, s: SingleBuffers, n: number, span: number): void {
+  const bytes = mem.bytes;
+  for (let i = 0; i < n; i++) {
+    if ((s.lens[i] as number) < span) continue;
+    const off = s.offs[i] as number;
+    const last = off + span - 1;
+    for (let at = off; at < last; at += 64) bytes[at] = 0;
+    bytes[last] = 0;
+  }
+}
+
 /**
  * Reads the first `span` bytes of the first device-readable buffer of popped chains, one load per cache line and
  * the last byte (DrainOptions.readAhead): for a device about to read a batch of buffers the driver's CPU wrote
@@ -344,6 +379,21 @@ export class ReadAhead {
     }
     return sum;
   }
+
+  /** touch for chains in their flat form (Virtqueue.popSingles); the sum of the bytes read. */
+  touchSingles(mem: GuestMemory, s: SingleBuffers, n: number, span: number): number {
+    const bytes = mem.bytes;
+    const offs = s.offs;
+    const lens = s.lens;
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const first = offs[i] as number;
+      const end = first + Math.min(lens[i] as number, span) - 1;
+      sum += bytes[end] as number;
+      for (let at = first; at < end; at += 64) sum += bytes[at] as number;
+    }
+    return sum;
+  }
 }
 
 export type NotifyDecision = "none" | "notify" | "suppress";
@@ -359,17 +409,19 @@ export abstract class QueueBase implements Virtqueue {
   private readonly inFlightChains: Array<DescriptorChain | undefined>;
   private inFlightCount = 0;
   /**
-   * Chains popped most recently and still in flight, in pop order: the ones unpop() may give back, last first.
-   * Entries [popBase, popDepth) of a fixed array (at most Queue Size chains are in flight), so that popping and
-   * using a chain moves no array.
+   * What unpop() may give back: the chain popped last, if still in flight, then the one before it, and so on.
+   * Each pop gets the next number of `popSeq`, kept per id in `popOrder`, and an unpop takes the number back: the
+   * chain unpop() may give back is the one in flight whose number is popSeq - 1. A chain used is no longer in
+   * flight, so neither it nor any chain popped before it can be given back (popSeq stays above them). No array
+   * moves and nothing is searched per pop or use.
    */
-  private readonly popStack: Array<DescriptorChain | undefined>;
-  private popDepth = 0;
-  /**
-   * Where the chains unpop() may still give back start in popStack: entries below it were popped before a chain
-   * that has since been used. Moving it, rather than the entries, keeps a batch popped and used in order linear.
-   */
-  private popBase = 0;
+  private popSeq = 0;
+  private readonly popOrder: Float64Array;
+  /** Per head id, the mark recorded for a chain popSingles took (made on first use). */
+  private readonly marks: Array<SingleMark | undefined>;
+  /** Per head id popSingles took: its buffer's offset, and its length if device-writable (else 0). */
+  private readonly singleOff: Float64Array;
+  private readonly singleWritable: Float64Array;
   /** Run-time indices (VirtqueueOptions.state); word 7 says whether they have been initialized. */
   protected readonly st: Int32Array;
   protected readonly cPopped: Counter;
@@ -388,8 +440,10 @@ export abstract class QueueBase implements Virtqueue {
     this.qm = new QueueMemory(mem);
     this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
     this.inFlightChains = new Array(config.size);
-    // Twice the most chains in flight: the window [popBase, popDepth) moves to the front when it reaches the end.
-    this.popStack = new Array(2 * config.size).fill(undefined);
+    this.popOrder = new Float64Array(config.size);
+    this.marks = new Array(config.size).fill(undefined);
+    this.singleOff = new Float64Array(config.size);
+    this.singleWritable = new Float64Array(config.size);
     const st = opts?.state;
     if (st !== undefined && st.length < QUEUE_STATE_WORDS) {
       throw new VirtqueueError(
@@ -460,24 +514,74 @@ export abstract class QueueBase implements Virtqueue {
   protected popped(chain: DescriptorChain): void {
     this.inFlightChains[chain.id] = chain;
     this.inFlightCount++;
-    const stack = this.popStack;
-    if (this.popDepth === stack.length) {
-      const base = this.popBase;
-      const keep = this.popDepth - base;
-      for (let i = 0; i < keep; i++) stack[i] = stack[base + i];
-      stack.fill(undefined, keep);
-      this.popBase = 0;
-      this.popDepth = keep;
+    this.popOrder[chain.id] = this.popSeq++;
+  }
+
+  popSingles(out: SingleBuffers, max: number, writable: boolean): number {
+    let n = 0;
+    try {
+      n = this.popSinglesRaw(out, Math.min(max, out.capacity), writable);
+    } catch (e) {
+      throw this.asQueueError(e);
     }
-    stack[this.popDepth++] = chain;
+    if (n > 0) this.cPopped.add(n);
+    return n;
+  }
+
+  /**
+   * Layouts' popSingles (see Virtqueue.popSingles): entries recorded with `poppedSingle` as they are taken; a
+   * chain of another shape or a malformed one ends the batch, untaken. Default: this layout serves none (0).
+   */
+  protected popSinglesRaw(_out: SingleBuffers, _max: number, _writable: boolean): number {
+    return 0;
+  }
+
+  /** Records a chain popSingles took: head `id`, its buffer at `off`, `len` bytes. */
+  protected poppedSingle(id: number, off: number, len: number, writable: boolean): void {
+    let mark = this.marks[id];
+    if (mark === undefined) {
+      mark = new SingleMark(id);
+      this.marks[id] = mark;
+    }
+    this.singleOff[id] = off;
+    this.singleWritable[id] = writable ? len : 0;
+    this.popped(mark);
+  }
+
+  pushUsedSingle(id: number, written: number, publish = true): void {
+    const mark = this.marks[id];
+    if (mark === undefined || this.inFlightChains[id] !== mark) {
+      throw this.usageError(`pushUsedSingle: ${id} is not a chain popSingles took and still in flight`);
+    }
+    const room = this.singleWritable[id] as number;
+    if (!(written >= 0 && written <= room && Number.isInteger(written))) {
+      throw this.usageError(
+        `pushUsedSingle: chain ${id} written=${written}, but its writable part is ${room} bytes`,
+      );
+    }
+    try {
+      this.writeUsedSingle(id, written, publish);
+    } catch (e) {
+      throw this.asQueueError(e);
+    }
+    // Live migration: its writable buffer is marked written, as pushUsed marks a chain's.
+    const log = this.qm.mem.pageLog;
+    if (room > 0 && log?.on) log.mark(this.singleOff[id] as number, room);
+    this.used(mark);
+  }
+
+  unpopSingles(out: SingleBuffers, from: number, end: number): void {
+    for (let k = end - 1; k >= from; k--) {
+      const mark = this.marks[out.ids[k] as number];
+      if (mark === undefined) {
+        throw this.usageError(`unpopSingles: ${out.ids[k]} is not a chain popSingles took`);
+      }
+      this.unpop(mark);
+    }
   }
 
   unpop(chain: DescriptorChain): void {
-    if (
-      this.popDepth === this.popBase ||
-      this.popStack[this.popDepth - 1] !== chain ||
-      this.inFlightChains[chain.id] !== chain
-    ) {
+    if (this.inFlightChains[chain.id] !== chain || this.popOrder[chain.id] !== this.popSeq - 1) {
       throw this.usageError(`unpop: chain ${chain.id} is not the last chain popped (or it was used)`);
     }
     try {
@@ -485,8 +589,7 @@ export abstract class QueueBase implements Virtqueue {
     } catch (e) {
       throw this.asQueueError(e);
     }
-    this.popStack[--this.popDepth] = undefined;
-    if (this.popDepth === this.popBase) this.popDepth = this.popBase = 0;
+    this.popSeq--;
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
   }
@@ -515,18 +618,16 @@ export abstract class QueueBase implements Virtqueue {
       const base = this.qm.mem.base;
       for (const seg of chain.writable) log.mark(seg.addr - base, seg.len);
     }
+    this.used(chain);
+  }
+
+  /**
+   * A chain in flight was used: no longer in flight (and, by popOrder, no chain popped before it can be given
+   * back: the ring has moved past them).
+   */
+  private used(chain: DescriptorChain): void {
     this.inFlightChains[chain.id] = undefined;
     this.inFlightCount--;
-    // Chains popped before this one can no longer be given back: the ring has moved past them.
-    const stack = this.popStack;
-    const depth = this.popDepth;
-    let at = this.popBase;
-    while (at < depth && stack[at] !== chain) at++;
-    if (at < depth) {
-      for (let i = this.popBase; i <= at; i++) stack[i] = undefined;
-      if (at + 1 === depth) this.popDepth = this.popBase = 0;
-      else this.popBase = at + 1;
-    }
     this.cUsed.add();
   }
 
@@ -595,6 +696,10 @@ export abstract class QueueBase implements Virtqueue {
   protected abstract popChain(): DescriptorChain | null;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
+  /** writeUsed for a chain popSingles took (only layouts whose popSinglesRaw takes chains are asked). */
+  protected writeUsedSingle(id: number, _written: number, _publish: boolean): void {
+    throw this.usageError(`chain ${id}: this layout pops no single chains`);
+  }
   /** Publishes used elements written with `publish` false (nothing if there are none). */
   protected abstract publishPending(): void;
   /** Undoes the pop of `chain`, the last chain popped. */

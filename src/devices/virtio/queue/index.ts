@@ -31,7 +31,7 @@ import {
 } from "./types.ts";
 
 export { ChainReader, ChainWriter, copyFromChain, copyToChain, readChain, writeChain } from "./chain.ts";
-export { claimBuffers, needEvent, ReadAhead, unpopRange } from "./core.ts";
+export { claimBuffers, claimSingles, needEvent, ReadAhead, unpopRange } from "./core.ts";
 export { PackedQueue, packedAreaSizes } from "./packed.ts";
 export { SplitQueue, splitAreaSizes } from "./split.ts";
 export * from "./types.ts";

@@ -113,6 +113,45 @@ export interface Virtqueue {
    * VIREO_VIRTQUEUE_USAGE) if `chain` is not the last chain popped and still in flight.
    */
   unpop(chain: DescriptorChain): void;
+  /**
+   * Pops, like popBatch, up to `max` chains (and at most out's capacity) that are each one direct descriptor,
+   * device-writable if `writable` and device-readable if not, without a chain object: out.ids, out.offs and
+   * out.lens [0, n) get each one's id, its buffer's offset in the memory's bytes (the whole buffer checked inside
+   * guest memory) and its length (never 0). Stops, without taking it, at the first chain of any other shape, or
+   * one pop() would refuse: pop() or popBatch() take that one (and throw for it). Returns n; 0 also where the
+   * queue does not serve this form (packed rings, a memory it cannot read as words, chains to resubmit).
+   * Each is answered with pushUsedSingle or given back with unpopSingles.
+   */
+  popSingles(out: SingleBuffers, max: number, writable: boolean): number;
+  /**
+   * pushUsed for a chain popSingles took: `written` bytes written into its buffer (0 for a device-readable one).
+   * Throws VirtqueueError (code VIREO_VIRTQUEUE_USAGE) if `id` is not a chain popSingles took and still in
+   * flight, or `written` is out of range.
+   */
+  pushUsedSingle(id: number, written: number, publish?: boolean): void;
+  /**
+   * unpop for chains popSingles took: gives back out's entries [from, end), last first; they must be the chains
+   * popped most recently, none used. Throws VirtqueueError (code VIREO_VIRTQUEUE_USAGE) otherwise.
+   */
+  unpopSingles(out: SingleBuffers, from: number, end: number): void;
+}
+
+/**
+ * Chains of one direct descriptor as Virtqueue.popSingles hands them out: parallel arrays, reused from batch to
+ * batch, so that serving one allocates nothing and reads no chain object.
+ */
+export class SingleBuffers {
+  /** Head ids (what pushUsedSingle takes). */
+  readonly ids: Int32Array;
+  /** Offsets of the buffers in the memory's bytes (GuestMemory.bytes), checked inside guest memory. */
+  readonly offs: Float64Array;
+  /** Buffer lengths in bytes (1 to 2^32 - 1). */
+  readonly lens: Float64Array;
+  constructor(readonly capacity: number) {
+    this.ids = new Int32Array(capacity);
+    this.offs = new Float64Array(capacity);
+    this.lens = new Float64Array(capacity);
+  }
 }
 
 export interface VirtqueueOptions {
