@@ -11,6 +11,7 @@ import {
   type DescriptorChain,
   type QueueKind,
   readChain,
+  SingleBuffers,
   VIRTQ_DESC_F_AVAIL,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
@@ -45,6 +46,7 @@ const TABLES_SIZE = 0x1000;
 
 interface Stats {
   chains: number;
+  singles: number;
   multiSegment: number;
   throughIndirect: number;
   errors: Map<string, number>;
@@ -181,8 +183,10 @@ function classify(e: unknown): string {
 
 function fuzz(kind: QueueKind, seed: number, iterations: number): Stats {
   const r = prng(seed);
-  const mem = makeTestMemory({ size: RAM_SIZE, base: RAM_BASE });
-  const stats: Stats = { chains: 0, multiSegment: 0, throughIndirect: 0, errors: new Map() };
+  // Shared, so that split queues also take one-descriptor chains in their flat form (popSingles).
+  const mem = makeTestMemory({ size: RAM_SIZE, base: RAM_BASE, shared: true });
+  const stats: Stats = { chains: 0, singles: 0, multiSegment: 0, throughIndirect: 0, errors: new Map() };
+  const singles = new SingleBuffers(4);
   const sizes = kind === "split" ? [1, 2, 4, 8, 16] : [1, 2, 3, 4, 7, 8, 16];
   for (let it = 0; it < iterations; it++) {
     const size = sizes[r.below(sizes.length)] as number;
@@ -191,6 +195,8 @@ function fuzz(kind: QueueKind, seed: number, iterations: number): Stats {
     const drv = new VirtioTestDriver(mem, { kind, size, features, limit: TABLES });
     const q = createVirtqueue(kind, mem, drv.config, features, { name: "fuzz" });
     const inFlight: DescriptorChain[] = [];
+    /** Chains popSingles took and not yet used: id and writable length. */
+    const singlesInFlight: Array<{ id: number; room: number }> = [];
     // Start from a few well-formed buffers, so garbage lands in a live ring.
     for (let i = 0; i < r.below(size + 1); i++) {
       if (drv.freeSlots < 2) break;
@@ -202,7 +208,28 @@ function fuzz(kind: QueueKind, seed: number, iterations: number): Stats {
       if (r.chance(0.1)) wrap ^= 1;
       let c: DescriptorChain | null = null;
       try {
-        c = q.pop();
+        if (r.chance(0.4)) {
+          // The flat form: every buffer handed out lies inside guest RAM; some are given back at once.
+          const writable = r.chance(0.5);
+          const n = q.popSingles(singles, 1 + r.below(4), writable);
+          for (let k = 0; k < n; k++) {
+            const off = singles.offs[k] as number;
+            const len = singles.lens[k] as number;
+            assert.ok(
+              Number.isSafeInteger(off) && off >= 0 && len > 0 && off + len <= mem.size,
+              "single in RAM",
+            );
+            stats.singles++;
+          }
+          const keep = r.chance(0.3) ? r.below(n + 1) : n;
+          q.unpopSingles(singles, keep, n);
+          for (let k = 0; k < keep; k++) {
+            const id = singles.ids[k] as number;
+            singlesInFlight.push({ id, room: writable ? (singles.lens[k] as number) : 0 });
+          }
+        } else {
+          c = q.pop();
+        }
       } catch (e) {
         const k = classify(e);
         stats.errors.set(k, (stats.errors.get(k) ?? 0) + 1);
@@ -221,6 +248,13 @@ function fuzz(kind: QueueKind, seed: number, iterations: number): Stats {
         const done = inFlight.splice(i, 1)[0] as DescriptorChain;
         q.pushUsed(done, r.below(done.writableLength + 1));
       }
+      while (singlesInFlight.length > 0 && r.chance(0.5)) {
+        const done = singlesInFlight.splice(r.below(singlesInFlight.length), 1)[0] as {
+          id: number;
+          room: number;
+        };
+        q.pushUsedSingle(done.id, r.below(Math.min(done.room, 1 << 20) + 1));
+      }
       q.shouldNotifyDriver();
       if (r.chance(0.2)) q.setDriverNotifications(r.chance(0.5));
     }
@@ -235,6 +269,8 @@ for (const kind of ["split", "packed"] as const) {
         const stats = fuzz(kind, seed, 1500);
         // The fuzzer has to reach deep paths for the property to mean anything.
         assert.ok(stats.chains > 500, `chains popped: ${stats.chains}`);
+        if (kind === "split")
+          assert.ok(stats.singles > 100, `chains popped in their flat form: ${stats.singles}`);
         assert.ok(stats.multiSegment > 50, `multi-segment chains: ${stats.multiSegment}`);
         assert.ok(stats.throughIndirect > 10, `chains through indirect tables: ${stats.throughIndirect}`);
         assert.ok(stats.errors.size >= 8, `distinct errors: ${[...stats.errors.keys()].join(" | ")}`);
