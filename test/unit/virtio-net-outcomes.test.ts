@@ -7,7 +7,7 @@
  * and link fields. (Written against the survivors of mutation testing, docs/mutation-testing.md.)
  */
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { before, describe, test } from "node:test";
 import {
   completeChecksum,
   type NetOffloads,
@@ -125,8 +125,24 @@ function sum16(b: Uint8Array): number {
   return s;
 }
 
+/**
+ * Set by each outcomes suite (before): transmit buffers posted as one descriptor, header and frame together (as
+ * DPDK's virtio_user posts them: the flat form, Virtqueue.popSingles, on split rings), or one descriptor per array.
+ */
+let joinTransmit = false;
+
 function transmit(net: Net, readable: Uint8Array[]): void {
-  net.tx.addChain(readable, []);
+  if (joinTransmit && readable.length > 1) {
+    const all = new Uint8Array(readable.reduce((n, r) => n + r.length, 0));
+    let at = 0;
+    for (const r of readable) {
+      all.set(r, at);
+      at += r.length;
+    }
+    net.tx.addChain([all], []);
+  } else {
+    net.tx.addChain(readable, []);
+  }
   net.rig.drv.kick(1);
 }
 
@@ -170,10 +186,17 @@ describe("completeChecksum (5.1.6.2)", () => {
   });
 });
 
-for (const packed of [false, true]) {
+for (const [packed, joined] of [
+  [false, false],
+  [false, true],
+  [true, false],
+] as const) {
   const layout = packed ? "packed" : "split";
 
-  describe(`virtio-net outcomes (${layout})`, () => {
+  describe(`virtio-net outcomes (${layout}${joined ? ", transmit buffers of one descriptor" : ""})`, () => {
+    before(() => {
+      joinTransmit = joined;
+    });
     test("transmit to a plain backend: GSO frames and partial checksums it cannot complete are dropped", () => {
       const net = start(packed);
       const f = frame(100, 1);
