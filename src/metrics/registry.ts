@@ -16,7 +16,29 @@ export interface MetricsSink {
 }
 
 /** A counter that counts nothing: for code built without a metrics sink. */
-export const NO_COUNTER: Counter = Object.freeze({ add() {}, value: 0 });
+class NoCounter implements Counter {
+  readonly value = 0;
+  add(_n?: number): void {}
+}
+export const NO_COUNTER: Counter = Object.freeze(new NoCounter());
+
+/**
+ * A counter in a segment's slot. One class for every counter, so that `add` is one function wherever it is
+ * called: a call site that sees the counters of several devices (a switch's ports) stays monomorphic and the add
+ * is inlined. Closures per counter made such sites polymorphic, about 7 ns an add here.
+ */
+class SlotCounter implements Counter {
+  constructor(
+    private readonly slots: Float64Array,
+    private readonly index: number,
+  ) {}
+  add(n = 1): void {
+    this.slots[this.index] = (this.slots[this.index] as number) + n;
+  }
+  get value(): number {
+    return this.slots[this.index] as number;
+  }
+}
 
 /** Counters `PREFIX.NAME` of `m` for each key's NAME, or NO_COUNTER for each when there is no sink. */
 export function counterSet<K extends string>(
@@ -54,16 +76,7 @@ export class MetricsSegment implements MetricsSink {
       this.bySlot.set(name, slot);
       this.unsent.push([name, slot]);
     }
-    const slots = this.slots;
-    const index = slot;
-    return {
-      add(n = 1) {
-        slots[index] = (slots[index] ?? 0) + n;
-      },
-      get value() {
-        return slots[index] ?? 0;
-      },
-    };
+    return new SlotCounter(this.slots, slot);
   }
 
   /** Names created since the last call, for the main thread's name table. */
