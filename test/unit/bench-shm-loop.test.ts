@@ -47,7 +47,8 @@ test("bench/shm-loop.ts: its window, and counts the switch's deliveries account 
     );
     const end = lines[1] as { received: number; ms: number };
     assert.ok(end.received > 0, "frames went round");
-    assert.ok(end.ms >= 690 && end.ms < 5000, `window ${end.ms} ms`);
+    // At least the window asked for: it ends --ms after counting starts, however late that is.
+    assert.ok(end.ms >= 700 && end.ms < 5000, `window ${end.ms} ms`);
     // The loop closed its connections on the way out: the switch has served its last turn for them.
     await waitFor(
       () => (sw.stderr().match(/shm: peer closed the connection/g) ?? []).length === 2,
