@@ -18,9 +18,9 @@ import {
   type VirtqueueOptions,
 } from "./types.ts";
 
-const TWO_POW_32 = 2 ** 32;
+export const TWO_POW_32 = 2 ** 32;
 /** A 64-bit address whose high word exceeds this is above 2^53 - 1 and cannot be held exactly in a number. */
-const MAX_SAFE_HIGH_WORD = 0x1fffff;
+export const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 const littleEndianHost = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 

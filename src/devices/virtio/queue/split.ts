@@ -9,10 +9,12 @@ import {
   ChainBuilder,
   checkConfig,
   hex,
+  MAX_SAFE_HIGH_WORD,
   MutableChain,
   type NotifyDecision,
   needEvent,
   QueueBase,
+  TWO_POW_32,
 } from "./core.ts";
 import {
   DESC_SIZE,
@@ -258,20 +260,7 @@ export class SplitQueue extends QueueBase {
     const end = Math.min(this.pendingAvail(), max);
     let at = this.lastAvail;
     let n = 0;
-    // The batch's descriptors first, one load each in a loop of loads alone: their lines (the driver's CPU wrote
-    // them) come over together instead of one walk at a time.
-    const u16 = this.qm.u16;
-    if (u16 !== null && end > 1) {
-      const size = this.size;
-      const ring = (this.availOff + 4) >>> 1;
-      const table = (this.descOff + 12) >>> 1;
-      let sum = 0;
-      for (let k = 0; k < end; k++) {
-        const head = u16[ring + ((at + k) & this.mask)] as number;
-        if (head < size) sum += u16[table + 8 * head] as number;
-      }
-      this.touched += sum;
-    }
+    if (end > 1) this.touchDescriptors(at, end);
     try {
       for (; n < end; n++) {
         const chain = this.walk(this.headAt(at));
@@ -293,6 +282,24 @@ export class SplitQueue extends QueueBase {
   }
 
   /**
+   * Loads the descriptors of available entries [at, at + end), one load each in a loop of loads alone, before a
+   * batch is walked: their lines (the driver's CPU wrote them) come over together instead of one walk at a time.
+   */
+  private touchDescriptors(at: number, end: number): void {
+    const u16 = this.qm.u16;
+    if (u16 === null) return;
+    const size = this.size;
+    const ring = (this.availOff + 4) >>> 1;
+    const table = (this.descOff + 12) >>> 1;
+    let sum = 0;
+    for (let k = 0; k < end; k++) {
+      const head = u16[ring + ((at + k) & this.mask)] as number;
+      if (head < size) sum += u16[table + 8 * head] as number;
+    }
+    this.touched += sum;
+  }
+
+  /**
    * popSingles: chains of one direct descriptor read as words, with the checks walk makes for one; at the first
    * entry of any other kind (a chain, an indirect table, the other direction, a zero length, a head out of range
    * or in flight, a buffer outside guest memory) the batch ends before it, and pop() walks it (and refuses it).
@@ -307,15 +314,14 @@ export class SplitQueue extends QueueBase {
     const mask = this.mask;
     const ring = (this.availOff + 4) >>> 1;
     const table = this.descOff >>> 2;
-    let at = this.lastAvail;
-    // The batch's descriptors first, one load each in a loop of loads alone (as popChains does).
-    let sum = 0;
-    for (let k = 0; k < end; k++) {
-      const head = u16[ring + ((at + k) & mask)] as number;
-      if (head < size) sum += u32[table + 4 * head + 3] as number;
-    }
-    this.touched += sum;
+    const shape = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE;
     const want = writable ? VIRTQ_DESC_F_WRITE : 0;
+    let at = this.lastAvail;
+    // A batch that does not start with such a chain takes none, and popBatch reads its descriptors ahead: not here
+    // as well.
+    const first = u16[ring + (at & mask)] as number;
+    if (first >= size || ((u32[table + 4 * first + 3] as number) & shape) !== want) return 0;
+    if (end > 1) this.touchDescriptors(at, end);
     const ids = out.ids;
     const offs = out.offs;
     const lens = out.lens;
@@ -324,11 +330,12 @@ export class SplitQueue extends QueueBase {
       const head = u16[ring + (at & mask)] as number;
       if (head >= size || this.isInFlight(head)) break;
       const d = table + 4 * head;
-      const flags = (u32[d + 3] as number) & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE);
+      const flags = (u32[d + 3] as number) & shape;
       const len = u32[d + 2] as number;
       const hi = u32[d + 1] as number;
-      if (flags !== want || len === 0 || hi > 0x1fffff) break;
-      const off = this.qm.offsetOf(hi * 0x100000000 + (u32[d] as number), len);
+      // As QueueMemory.addr64: an address above 2^53 - 1 is not taken.
+      if (flags !== want || len === 0 || hi > MAX_SAFE_HIGH_WORD) break;
+      const off = this.qm.offsetOf(hi * TWO_POW_32 + (u32[d] as number), len);
       if (off < 0) break;
       ids[n] = head;
       offs[n] = off;
