@@ -320,22 +320,22 @@ export function claimBuffers(
     const c = chains[i] as DescriptorChain;
     const w = c.writable[0];
     if (w === undefined || w.len < span || c.readableLength > 0) continue;
-    const off = w.addr - base;
-    const last = off + span - 1;
-    for (let at = off; at < last; at += 64) bytes[at] = 0;
-    bytes[last] = 0;
+    claimSpan(bytes, w.addr - base, span);
   }
+}
+
+/** Stores a zero into bytes[off, off + span): one per cache line, and the last byte (claimBuffers). */
+function claimSpan(bytes: Uint8Array, off: number, span: number): void {
+  const last = off + span - 1;
+  for (let at = off; at < last; at += 64) bytes[at] = 0;
+  bytes[last] = 0;
 }
 
 /** claimBuffers for device-writable buffers in their flat form (Virtqueue.popSingles). */
 export function claimSingles(mem: GuestMemory, s: SingleBuffers, n: number, span: number): void {
   const bytes = mem.bytes;
   for (let i = 0; i < n; i++) {
-    if ((s.lens[i] as number) < span) continue;
-    const off = s.offs[i] as number;
-    const last = off + span - 1;
-    for (let at = off; at < last; at += 64) bytes[at] = 0;
-    bytes[last] = 0;
+    if ((s.lens[i] as number) >= span) claimSpan(bytes, s.offs[i] as number, span);
   }
 }
 
@@ -356,10 +356,7 @@ export class ReadAhead {
 
   /** The sum of the bytes read (returned so that the loads cannot be dropped). */
   touch(mem: GuestMemory, chains: readonly DescriptorChain[], n: number, span: number): number {
-    if (this.first.length < n) {
-      this.first = new Float64Array(n);
-      this.last = new Float64Array(n);
-    }
+    this.reserve(n);
     const first = this.first;
     const last = this.last;
     const base = mem.base;
@@ -370,27 +367,38 @@ export class ReadAhead {
       first[m] = seg.addr - base;
       last[m++] = seg.addr - base + Math.min(seg.len, span) - 1;
     }
-    const bytes = mem.bytes;
+    return this.load(mem.bytes, m);
+  }
+
+  /** touch for chains in their flat form (Virtqueue.popSingles); the sum of the bytes read. */
+  touchSingles(mem: GuestMemory, s: SingleBuffers, n: number, span: number): number {
+    this.reserve(n);
+    const first = this.first;
+    const last = this.last;
+    for (let i = 0; i < n; i++) {
+      const off = s.offs[i] as number;
+      first[i] = off;
+      last[i] = off + Math.min(s.lens[i] as number, span) - 1;
+    }
+    return this.load(mem.bytes, n);
+  }
+
+  private reserve(n: number): void {
+    if (this.first.length < n) {
+      this.first = new Float64Array(n);
+      this.last = new Float64Array(n);
+    }
+  }
+
+  /** The second pass: loads of the first `m` spans [first, last] alone, one per cache line and the last byte. */
+  private load(bytes: Uint8Array, m: number): number {
+    const first = this.first;
+    const last = this.last;
     let sum = 0;
     for (let i = 0; i < m; i++) {
       const end = last[i] as number;
       sum += bytes[end] as number;
       for (let at = first[i] as number; at < end; at += 64) sum += bytes[at] as number;
-    }
-    return sum;
-  }
-
-  /** touch for chains in their flat form (Virtqueue.popSingles); the sum of the bytes read. */
-  touchSingles(mem: GuestMemory, s: SingleBuffers, n: number, span: number): number {
-    const bytes = mem.bytes;
-    const offs = s.offs;
-    const lens = s.lens;
-    let sum = 0;
-    for (let i = 0; i < n; i++) {
-      const first = offs[i] as number;
-      const end = first + Math.min(lens[i] as number, span) - 1;
-      sum += bytes[end] as number;
-      for (let at = first; at < end; at += 64) sum += bytes[at] as number;
     }
     return sum;
   }
