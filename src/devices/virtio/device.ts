@@ -1289,6 +1289,14 @@ export class VirtioDevice {
       if (vq === null) return;
       const work = new WorkBudget(this.budget);
       let unpublished = 0;
+      // Used buffers are published together, USED_BATCH at a time and when the slice ends (below): a driver
+      // polling its used ring on another CPU gets buffers back while the slice goes on, at one store per batch.
+      const pushedOne = (): void => {
+        if (++unpublished >= USED_BATCH) {
+          vq.publishUsed();
+          unpublished = 0;
+        }
+      };
       // One chain through the handler; false if the handler kept it (IN_PROGRESS).
       const serve = (c: DescriptorChain): boolean => {
         work.chainsLeft--;
@@ -1307,13 +1315,8 @@ export class VirtioDevice {
         }
         // A handler that does not account its work is charged what the chain declares.
         if (work.spentOnChain === 0) work.spend(c.readableLength + c.writableLength);
-        // Used buffers are published together, USED_BATCH at a time and when the slice ends (below): a driver
-        // polling its used ring on another CPU gets buffers back while the slice goes on, at one store per batch.
         vq.pushUsed(c, r, false);
-        if (++unpublished >= USED_BATCH) {
-          vq.publishUsed();
-          unpublished = 0;
-        }
+        pushedOne();
         return true;
       };
       // The same for a chain of one readable descriptor (DrainOptions.readableSingle), in its flat form.
@@ -1330,10 +1333,7 @@ export class VirtioDevice {
               const r = single(s.offs[i] as number, len, id, work);
               if (work.spentOnChain === 0) work.spend(len);
               vq.pushUsedSingle(id, r, false);
-              if (++unpublished >= USED_BATCH) {
-                vq.publishUsed();
-                unpublished = 0;
-              }
+              pushedOne();
             };
       try {
         this.drainSlice(q, vq, kept, work, serve, serveSingle, opts?.readAhead ?? 0);

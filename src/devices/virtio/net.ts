@@ -257,16 +257,7 @@ export class VirtioNet implements VirtioDeviceModel {
   /** Transmit for a chain of one readable descriptor, in its flat form (DrainOptions.readableSingle). */
   private readonly transmitSingle = (off: number, len: number, id: number, work: WorkBudget): number => {
     work.spend(len <= VIRTIO_NET_HDR_SIZE + MAX_FRAME ? len : 1);
-    if (len < VIRTIO_NET_HDR_SIZE) {
-      throw new VirtioRequestError(
-        `transmit buffer ${id} has ${len} bytes, shorter than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
-      );
-    }
-    if (len > VIRTIO_NET_HDR_SIZE + MAX_FRAME) {
-      this.c.txDropped.add();
-      return 0;
-    }
-    this.transmitBytes(off, len);
+    if (this.transmitLengthOk(id, len)) this.transmitBytes(off, len);
     return 0;
   };
   /** What transmit's drain is given: the read-ahead, and transmitSingle (bound once). */
@@ -417,15 +408,7 @@ export class VirtioNet implements VirtioDeviceModel {
         `transmit buffer ${chain.id} has ${chain.writableLength} device-writable bytes`,
       );
     }
-    if (chain.readableLength < VIRTIO_NET_HDR_SIZE) {
-      throw new VirtioRequestError(
-        `transmit buffer ${chain.id} has ${chain.readableLength} bytes, shorter than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
-      );
-    }
-    if (chain.readableLength > VIRTIO_NET_HDR_SIZE + MAX_FRAME) {
-      this.c.txDropped.add();
-      return 0;
-    }
+    if (!this.transmitLengthOk(chain.id, chain.readableLength)) return 0;
     const mem = this.ctx.mem;
     const total = chain.readableLength;
     const frameLen = total - VIRTIO_NET_HDR_SIZE;
@@ -450,6 +433,23 @@ export class VirtioNet implements VirtioDeviceModel {
     }
     this.count(this.sendRange(chain, VIRTIO_NET_HDR_SIZE, frameLen), frameLen);
     return 0;
+  }
+
+  /**
+   * A transmit buffer of `len` readable bytes: shorter than the header is the driver's error (5.1.6.2: every
+   * buffer starts with it); longer than the header and the largest frame is dropped (counted), unread.
+   */
+  private transmitLengthOk(id: number, len: number): boolean {
+    if (len < VIRTIO_NET_HDR_SIZE) {
+      throw new VirtioRequestError(
+        `transmit buffer ${id} has ${len} bytes, shorter than the ${VIRTIO_NET_HDR_SIZE}-byte header`,
+      );
+    }
+    if (len > VIRTIO_NET_HDR_SIZE + MAX_FRAME) {
+      this.c.txDropped.add();
+      return false;
+    }
+    return true;
   }
 
   /**
