@@ -440,8 +440,9 @@ class InflightModel implements VirtioDeviceModel {
           if (r !== IN_PROGRESS && r !== DETACHED) iq.link(chain.id, this.usedIdx(q));
           return r;
         },
-        // Every chain goes through the handler above, which marks it: no flat form (readableSingle) here.
-        opts?.readAhead === undefined ? undefined : { readAhead: opts.readAhead },
+        // Every chain goes through the handler above, which marks it: no flat form (readableSingle) here. Options
+        // without one (blk's) pass as they are, with no object made per drain.
+        opts?.readableSingle === undefined ? opts : { readAhead: opts.readAhead },
       );
       iq.settle(this.usedIdx(q));
     };
