@@ -155,6 +155,8 @@ export class VirtioTestDriver {
   private availPublished = 0;
   private lastUsed = 0;
   private kickCheckIdx = 0;
+  /** IN_ORDER (split): the heads made available and not yet used, in the order they were. */
+  private availOrder: number[] = [];
 
   // Packed state.
   private nextAvail = 0;
@@ -174,6 +176,7 @@ export class VirtioTestDriver {
     this.features = {
       eventIdx: opts.features?.eventIdx ?? false,
       indirect: opts.features?.indirect ?? false,
+      inOrder: opts.features?.inOrder ?? false,
     };
     const base = align(opts.base ?? mem.base, 16);
     const limit = opts.limit ?? mem.end;
@@ -294,8 +297,26 @@ export class VirtioTestDriver {
         const e = this.layout.deviceAddr + 4 + 8 * (this.lastUsed % this.size);
         const id = this.mem.readU32(e);
         const len = this.mem.readU32(e + 4);
-        out.push(this.complete(id, len, 0));
-        this.lastUsed = (this.lastUsed + 1) & 0xffff;
+        if (!this.features.inOrder) {
+          out.push(this.complete(id, len, 0));
+          this.lastUsed = (this.lastUsed + 1) & 0xffff;
+          continue;
+        }
+        // 2.7.9: one element may answer a batch: `id` is the batch's last buffer, and every buffer made available
+        // before it is used too, wholly (a writable one as if filled); the next element is past the batch.
+        const k = this.availOrder.indexOf(id);
+        const room = (usedIdx - this.lastUsed) & 0xffff;
+        if (k < 0) throw new Error(`device returned id ${id}, which is not outstanding`);
+        if (k + 1 > room) {
+          throw new Error(
+            `used element for id ${id} ends a batch of ${k + 1} buffers, but idx moved by ${room}`,
+          );
+        }
+        for (const h of this.availOrder.splice(0, k + 1)) {
+          const whole = (this.outstanding.get(h)?.writable ?? []).reduce((n, w) => n + w.len, 0);
+          out.push(this.complete(h, h === id ? len : whole, 0));
+        }
+        this.lastUsed = (this.lastUsed + k + 1) & 0xffff;
       }
       return out;
     }
@@ -515,6 +536,7 @@ export class VirtioTestDriver {
     });
     const head = indices[0] as number;
     this.outstanding.set(head, { descs: indices, writable: [], allocations: [] });
+    if (this.features.inOrder) this.availOrder.push(head);
     this.mem.writeU16(this.layout.driverAddr + 4 + 2 * (this.availShadow % this.size), head);
     this.availShadow = (this.availShadow + 1) & 0xffff;
     if (publish) this.publish();
@@ -803,6 +825,7 @@ export class VirtioPciTestDriver {
       features: {
         eventIdx: (this.negotiated & (1n << 29n)) !== 0n,
         indirect: (this.negotiated & (1n << 28n)) !== 0n,
+        inOrder: (this.negotiated & (1n << 35n)) !== 0n,
       },
     });
     if (opts.vector !== undefined) this.setCommon(0x1a, 2, opts.vector);

@@ -876,6 +876,7 @@ export class VirtioDevice {
       {
         eventIdx: hasFeature(features, VIRTIO_F.RING_EVENT_IDX),
         indirect: hasFeature(features, VIRTIO_F.INDIRECT_DESC),
+        inOrder: hasFeature(features, VIRTIO_F.IN_ORDER),
       },
       {
         metrics: this.metrics,

@@ -21,7 +21,7 @@
  */
 import { NO_COUNTER } from "../../metrics/registry.ts";
 import type { NetBackend, Receiver } from "../../net/backend.ts";
-import { featureBit, hasFeature, VIRTIO_ID } from "./constants.ts";
+import { featureBit, hasFeature, VIRTIO_F, VIRTIO_ID } from "./constants.ts";
 import {
   type DrainOptions,
   type VirtioContext,
@@ -288,7 +288,10 @@ export class VirtioNet implements VirtioDeviceModel {
       featureBit(VIRTIO_NET_F.MAC) |
       featureBit(VIRTIO_NET_F.STATUS) |
       featureBit(VIRTIO_NET_F.MRG_RXBUF) |
-      featureBit(VIRTIO_NET_F.CSUM);
+      featureBit(VIRTIO_NET_F.CSUM) |
+      // Every path here uses buffers in the order they came (transmit serves chains in ring order; receive fills
+      // buffers in ring order and gives back, last first, those it does not use): 2.7.9.
+      featureBit(VIRTIO_F.IN_ORDER);
     if (this.mtu !== undefined) f |= featureBit(VIRTIO_NET_F.MTU);
     if (this.vnetHdr) {
       for (const b of [

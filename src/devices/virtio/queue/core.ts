@@ -446,7 +446,11 @@ export abstract class QueueBase implements Virtqueue {
     this.size = config.size;
     this.name = opts?.name ?? "unnamed";
     this.qm = new QueueMemory(mem);
-    this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
+    this.features = {
+      eventIdx: features.eventIdx,
+      indirect: features.indirect,
+      inOrder: features.inOrder === true,
+    };
     this.inFlightChains = new Array(config.size);
     this.popOrder = new Float64Array(config.size);
     this.marks = new Array(config.size).fill(undefined);
@@ -568,7 +572,7 @@ export abstract class QueueBase implements Virtqueue {
       );
     }
     try {
-      this.writeUsedSingle(id, written, publish);
+      this.writeUsedSingle(id, written, publish, room === 0);
     } catch (e) {
       throw this.asQueueError(e);
     }
@@ -704,8 +708,11 @@ export abstract class QueueBase implements Virtqueue {
   protected abstract popChain(): DescriptorChain | null;
   /** Writes the used element; publishes it to the driver now only with `publish` (else publishPending does). */
   protected abstract writeUsed(chain: DescriptorChain, written: number, publish: boolean): void;
-  /** writeUsed for a chain popSingles took (only layouts whose popSinglesRaw takes chains are asked). */
-  protected writeUsedSingle(id: number, _written: number, _publish: boolean): void {
+  /**
+   * writeUsed for a chain popSingles took (only layouts whose popSinglesRaw takes chains are asked); `readOnly`:
+   * the chain has no device-writable part.
+   */
+  protected writeUsedSingle(id: number, _written: number, _publish: boolean, _readOnly: boolean): void {
     throw this.usageError(`chain ${id}: this layout pops no single chains`);
   }
   /** Publishes used elements written with `publish` false (nothing if there are none). */

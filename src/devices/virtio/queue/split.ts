@@ -54,6 +54,12 @@ export class SplitQueue extends QueueBase {
   /** Used elements written and not yet published (pushUsed with publish false). */
   private unpublished = false;
   /**
+   * An in-order batch not yet written (features.inOrder, writeUsedSingle): the used idx of its first buffer, or -1
+   * for none, and its last buffer's head id. It is written before the idx is published.
+   */
+  private runStart = -1;
+  private runId = 0;
+  /**
    * avail->idx as this queue object last read it, or -1: the entries before it are the driver's (2.7.6), so pops
    * take them without reading idx again, and idx is read once they are taken. The driver's core writes idx for
    * each burst, so reading it at every pop cost a cache-line transfer a chain. Per object: another object over
@@ -498,28 +504,47 @@ export class SplitQueue extends QueueBase {
    * usedIdx counts elements written; the ring's idx reaches it when they are published.
    */
   protected writeUsed(chain: DescriptorChain, written: number, publish: boolean): void {
-    this.writeUsedSingle(chain.id, written, publish);
+    this.writeUsedSingle(chain.id, written, publish, chain.writableLength === 0);
   }
 
-  protected override writeUsedSingle(id: number, written: number, publish: boolean): void {
-    const qm = this.qm;
+  protected override writeUsedSingle(id: number, written: number, publish: boolean, readOnly: boolean): void {
     const idx = this.usedIdx;
-    const elem = this.usedOff + 4 + 8 * (idx & this.mask);
-    qm.setU32(elem, id);
-    qm.setU32(elem + 4, written);
+    if (readOnly && this.features.inOrder) {
+      // 2.7.9 In-order use of descriptors: a batch of buffers is answered with one used element, at the offset of
+      // the batch's first, holding the id of its last; the idx moves by the batch's size. Only device-readable
+      // buffers are batched: the driver takes a skipped buffer as wholly used, and a receive buffer's length
+      // matters (DPDK's in-order receive reads every element's).
+      if (this.runStart < 0) this.runStart = idx;
+      this.runId = id;
+    } else {
+      if (this.runStart >= 0) this.endRun();
+      const elem = this.usedOff + 4 + 8 * (idx & this.mask);
+      this.qm.setU32(elem, id);
+      this.qm.setU32(elem + 4, written);
+    }
     this.usedIdx = (idx + 1) & 0xffff;
     this.usedSinceCheck++;
     if (publish) {
-      qm.store16Release(this.usedOff + 2, this.usedIdx);
+      if (this.runStart >= 0) this.endRun();
+      this.qm.store16Release(this.usedOff + 2, this.usedIdx);
       this.unpublished = false;
     } else {
       this.unpublished = true;
     }
   }
 
+  /** Writes the one used element of the in-order batch that is open (writeUsedSingle): its last id, length 0. */
+  private endRun(): void {
+    const elem = this.usedOff + 4 + 8 * (this.runStart & this.mask);
+    this.qm.setU32(elem, this.runId);
+    this.qm.setU32(elem + 4, 0);
+    this.runStart = -1;
+  }
+
   protected publishPending(): void {
     if (!this.unpublished) return;
     this.unpublished = false;
+    if (this.runStart >= 0) this.endRun();
     this.qm.store16Release(this.usedOff + 2, this.usedIdx);
   }
 

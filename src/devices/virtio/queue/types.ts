@@ -27,6 +27,11 @@ export interface QueueFeatures {
   eventIdx: boolean;
   /** VIRTIO_F_INDIRECT_DESC (bit 28). */
   indirect: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER (bit 35): the device uses buffers in the order they were made available (its model offers the
+   * bit only if it does), so a split ring may answer a run of device-readable buffers with one used element (2.7.9).
+   */
+  inOrder?: boolean;
 }
 
 export type QueueKind = "split" | "packed";
