@@ -183,6 +183,7 @@ interface ShowResult {
   ports: Array<{
     name: string;
     kind: string;
+    peer: { connected: boolean; features: string[] } | null;
     vlan: { mode: string; vlan?: number; vlans?: number[]; native?: number };
     macs: number;
     rx: { frames: number; bytes: number };
@@ -210,6 +211,10 @@ function showText(r: ShowResult): string {
     lines.push(
       `${p.name.padEnd(11)} ${p.kind.padEnd(11)} ${v.padEnd(12)} ${String(p.rx.frames).padStart(10)} ${String(p.rx.bytes).padStart(12)} ${String(p.tx.frames).padStart(10)} ${String(p.tx.bytes).padStart(12)}  ${drops || "-"}${p.mirrorTo ? ` (mirrored to ${p.mirrorTo})` : ""}`,
     );
+  }
+  for (const p of r.ports) {
+    if (p.peer?.connected && p.peer.features.length > 0)
+      lines.push(`${p.name}: peer set ${p.peer.features.join(" ")}`);
   }
   lines.push(`MAC table: ${r.macTable.size} of ${r.macTable.capacity} entries`);
   const names = new Map(r.ports.map((p, i) => [i, p.name]));

@@ -48,10 +48,18 @@ export interface PortIo {
    * took, or null when no peer is connected (nothing peeked). `expected`: how many frames `peek` has at most.
    */
   deliverBurst?(peek: () => Uint8Array | null, take: () => void, expected: number): number | null;
+  /** Optional: who is on the other side, for `vireo switch show`. */
+  peer?(): PortPeer;
   /** The batch ended: make what was delivered visible to the peer (notify once). */
   flush(): void;
   /** The port is detached or the switch stops. */
   close(): void;
+}
+
+/** A port's peer as `vireo switch show` reports it: connected or not, and what it negotiated (virtio features). */
+export interface PortPeer {
+  connected: boolean;
+  features: string[];
 }
 
 /** Interposition hooks (src/switch/filter.ts, rate-limit.ts, pcap.ts implement them). */
@@ -678,6 +686,7 @@ export class Switch {
         name: p.name,
         index: p.index,
         kind: p.io.kind,
+        peer: p.io.peer?.() ?? null,
         vlan: p.vlan,
         mirrorTo: p.mirrorTo >= 0 ? (this.ports[p.mirrorTo]?.name ?? null) : null,
         macs: this.macs.portEntries(p.index),
@@ -703,6 +712,7 @@ export interface SwitchShow {
     name: string;
     index: number;
     kind: string;
+    peer: PortPeer | null;
     vlan: VlanConfig;
     mirrorTo: string | null;
     macs: number;

@@ -532,6 +532,11 @@ export class VhostUserBackend {
     }
   }
 
+  /** What the front-end's SET_FEATURES said last (virtio and vhost-user bits), or null before it. */
+  get ackedFeatures(): bigint | null {
+    return this.acked;
+  }
+
   private setFeatures(v: bigint): void {
     const extra = v & ~this.offeredFeatures;
     if (extra !== 0n) throw new VhostUserRequestError(`features 0x${extra.toString(16)} not offered`);

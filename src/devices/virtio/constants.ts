@@ -40,6 +40,21 @@ export function featureBit(n: number): bigint {
   return 1n << BigInt(n);
 }
 
+/**
+ * The names of the bits set in `features`: reserved bits by VIRTIO_F's names, others by `named`'s (a device
+ * type's bits, a protocol's), and any bit neither names as "bit N". Lowest bit first.
+ */
+export function featureNames(features: bigint, named: Readonly<Record<string, number>> = {}): string[] {
+  const byBit = new Map<number, string>();
+  for (const [name, bit] of Object.entries(named)) byBit.set(bit, name);
+  for (const [name, bit] of Object.entries(VIRTIO_F)) byBit.set(bit, name);
+  const out: string[] = [];
+  for (let bit = 0; bit < 64; bit++) {
+    if ((features >> BigInt(bit)) & 1n) out.push(byBit.get(bit) ?? `bit ${bit}`);
+  }
+  return out;
+}
+
 /** Whether `features` has bit `n`. */
 export function hasFeature(features: bigint, n: number): boolean {
   return (features & featureBit(n)) !== 0n;

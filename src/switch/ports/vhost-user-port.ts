@@ -5,11 +5,21 @@
  * front-end's memory, which the switch copies once into its staging slab); frames for the front-end go into its
  * receive ring through the device's Receiver, held back (`more`) until the switch ends its batch (`flush`).
  */
-import { VirtioNet, type VirtioNetBackend } from "../../devices/virtio/net.ts";
+import { featureNames } from "../../devices/virtio/constants.ts";
+import { VIRTIO_NET_F, VirtioNet, type VirtioNetBackend } from "../../devices/virtio/net.ts";
 import { rarpFrame } from "../../net/announce.ts";
 import type { Receiver } from "../../net/backend.ts";
+import { VHOST_F_LOG_ALL } from "../../vhost-user/dirty-log.ts";
 import { BUSY_POLL_MS, VhostUserEndpoint } from "../../vhost-user/endpoint.ts";
-import type { PortIo, Switch } from "../switch.ts";
+import { VHOST_USER_F_PROTOCOL_FEATURES } from "../../vhost-user/protocol.ts";
+import type { PortIo, PortPeer, Switch } from "../switch.ts";
+
+/** Names of the bits a front-end's SET_FEATURES may hold besides the reserved ones (constants.ts's VIRTIO_F). */
+const NAMED_BITS = {
+  ...VIRTIO_NET_F,
+  PROTOCOL_FEATURES: VHOST_USER_F_PROTOCOL_FEATURES,
+  LOG_ALL: VHOST_F_LOG_ALL,
+};
 
 /** The virtio-net device's backend: the switch on the other side. */
 class SwitchNetBackend implements VirtioNetBackend {
@@ -83,6 +93,15 @@ export class VhostUserPort implements PortIo {
     // Without a peer, or a device without bursts, the switch delivers frame by frame (deliver says which).
     if (r?.burst === undefined || !this.endpoint.connected) return null;
     return r.burst(peek, take, expected);
+  }
+
+  /** Connected or not, and the features the front-end set (SET_FEATURES). */
+  peer(): PortPeer {
+    const acked = this.endpoint.connected ? (this.endpoint.backend?.ackedFeatures ?? null) : null;
+    return {
+      connected: this.endpoint.connected,
+      features: acked === null ? [] : featureNames(acked, NAMED_BITS),
+    };
   }
 
   flush(): void {
