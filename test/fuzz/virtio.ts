@@ -5,7 +5,7 @@
  * configuration space and the pci_cfg access window).
  *
  * A case builds a fresh device (transport, VirtioDevice, model, backend) over a guarded guest RAM, negotiates
- * random features (split or packed rings, EVENT_IDX, indirect descriptors, RING_RESET, device bits, sometimes
+ * random features (split or packed rings, EVENT_IDX, indirect descriptors, RING_RESET, IN_ORDER, device bits, sometimes
  * garbage), sets queues up (sometimes at misaligned, overlapping or out-of-RAM addresses), then runs a random
  * script: well-formed requests, garbage descriptors, indirect tables, floods where every avail slot names one
  * chain whose descriptors cover the same guest pages again and again, ring corruption, kicks, deferred slices,
@@ -490,6 +490,7 @@ export class VirtioCase {
           features: {
             eventIdx: (this.accepted & (1n << 29n)) !== 0n,
             indirect: (this.accepted & (1n << 28n)) !== 0n,
+            inOrder: (this.accepted & (1n << 35n)) !== 0n,
           },
         });
         qs.drv = drv;
