@@ -102,6 +102,20 @@ export class QueueMemory {
     if (u16) Atomics.store(u16, off >>> 1, v);
     else this.view.setUint16(off, v, true);
   }
+
+  /**
+   * store16Release, unless the field already holds `v` (it was stored, and made visible, before). For fields the
+   * device writes and the driver polls (suppression flags, avail_event) on a line beside the used idx: a polled
+   * device sets them at every pass, and a store of the same value still takes the line from the driver's CPU.
+   */
+  store16Changed(off: number, v: number): void {
+    const u16 = this.u16;
+    if (u16) {
+      if (u16[off >>> 1] !== v) Atomics.store(u16, off >>> 1, v);
+    } else if (this.view.getUint16(off, true) !== v) {
+      this.view.setUint16(off, v, true);
+    }
+  }
 }
 
 /** A DescriptorChain a queue fills again and again (see ChainBuilder.begin): one per head id, reused. */

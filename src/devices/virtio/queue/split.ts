@@ -572,13 +572,13 @@ export class SplitQueue extends QueueBase {
     const qm = this.qm;
     this.driverNotifications = enabled;
     if (!this.features.eventIdx) {
-      qm.store16Release(this.usedOff, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      qm.store16Changed(this.usedOff, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
       return;
     }
     // With EVENT_IDX the device MUST set flags to 0 and uses avail_event: the driver notifies once it writes the
     // ring entry at avail_event. Enabled: the next entry we have not seen. Disabled: the entry just behind it,
     // which the driver reaches again only after 2^16 - 1 more entries.
-    qm.store16Release(this.usedOff, 0);
-    qm.store16Release(this.availEventOff, enabled ? this.lastAvail : (this.lastAvail - 1) & 0xffff);
+    qm.store16Changed(this.usedOff, 0);
+    qm.store16Changed(this.availEventOff, enabled ? this.lastAvail : (this.lastAvail - 1) & 0xffff);
   }
 }
