@@ -135,6 +135,8 @@ export interface SwitchBenchResult {
   }>;
   /** Interposition rows: their rate as a share of the plain vireo row at the same size and pairs. */
   interposition: Array<{ variant: string; frameBytes: number; pairs: number; ofPlain: number }>;
+  /** Signs in the run itself that its rows are not comparable (speedWarnings). */
+  warnings: string[];
   loadavgBefore: string;
   loadavgAfter: string;
 }
@@ -920,9 +922,39 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
     rows,
     ratios,
     interposition,
+    warnings: speedWarnings(rows),
     loadavgBefore,
     loadavgAfter: readFileSync("/proc/loadavg", "utf8").trim(),
   };
+}
+
+/** testpmd's rates at one frame size (every pair count and round) further apart than this: the machine changed speed. */
+const SPEED_SPREAD = 1.3;
+
+/**
+ * testpmd's loop does the same work per frame whatever the pair count, so its rates at one frame size should be
+ * close across the run's rows and rounds. On this kind of guest they are not when the machine changes speed
+ * (seen: 11 and 19 Mpps in one run), and it changes the rows that cross between the two CPUs (testpmd, vireo, the
+ * floor) but not the bridge, which runs on one: the ratios over the bridge then differ between rows for that
+ * reason alone. One warning per frame size where the spread is above SPEED_SPREAD.
+ */
+export function speedWarnings(rows: readonly SwitchBenchRow[]): string[] {
+  const out: string[] = [];
+  const sizes = [...new Set(rows.map((r) => r.frameBytes))];
+  for (const size of sizes) {
+    const rates = rows
+      .filter((r) => r.path === "testpmd" && r.variant === "plain" && r.frameBytes === size && r.available)
+      .flatMap((r) => (r.samples && r.samples.length > 0 ? r.samples : [r.mpps]));
+    if (rates.length < 2) continue;
+    const lo = Math.min(...rates);
+    const hi = Math.max(...rates);
+    if (lo > 0 && hi / lo > SPEED_SPREAD) {
+      out.push(
+        `${size} B: testpmd's own rate ranged ${lo.toFixed(2)}-${hi.toFixed(2)} Mpps in this run (${(hi / lo).toFixed(1)}x): the machine changed speed, which moves the rows that cross between CPUs and not the bridge (one CPU); compare ratios only between rows with similar testpmd rates`,
+      );
+    }
+  }
+  return out;
 }
 
 export function formatSwitch(r: SwitchBenchResult): string {
@@ -1006,6 +1038,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
     ),
     `load average ${r.loadavgBefore.split(" ").slice(0, 3).join(" ")} before, ${r.loadavgAfter.split(" ").slice(0, 3).join(" ")} after`,
     ...drops,
+    ...r.warnings.map((w) => `warning: ${w}`),
     ...notes.map((n) => `not available: ${n}`),
   ].join("\n");
 }
