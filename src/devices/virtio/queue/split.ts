@@ -518,27 +518,25 @@ export class SplitQueue extends QueueBase {
       this.runId = id;
     } else {
       if (this.runStart >= 0) this.endRun();
-      const elem = this.usedOff + 4 + 8 * (idx & this.mask);
-      this.qm.setU32(elem, id);
-      this.qm.setU32(elem + 4, written);
+      this.writeElement(idx, id, written);
     }
     this.usedIdx = (idx + 1) & 0xffff;
     this.usedSinceCheck++;
-    if (publish) {
-      if (this.runStart >= 0) this.endRun();
-      this.qm.store16Release(this.usedOff + 2, this.usedIdx);
-      this.unpublished = false;
-    } else {
-      this.unpublished = true;
-    }
+    this.unpublished = true;
+    if (publish) this.publishPending();
   }
 
   /** Writes the one used element of the in-order batch that is open (writeUsedSingle): its last id, length 0. */
   private endRun(): void {
-    const elem = this.usedOff + 4 + 8 * (this.runStart & this.mask);
-    this.qm.setU32(elem, this.runId);
-    this.qm.setU32(elem + 4, 0);
+    this.writeElement(this.runStart, this.runId, 0);
     this.runStart = -1;
+  }
+
+  /** The used ring's element for free-running used index `idx`. */
+  private writeElement(idx: number, id: number, len: number): void {
+    const elem = this.usedOff + 4 + 8 * (idx & this.mask);
+    this.qm.setU32(elem, id);
+    this.qm.setU32(elem + 4, len);
   }
 
   protected publishPending(): void {
