@@ -109,22 +109,14 @@ class RawRing {
     return this.u32[((this.descOff + 16 * h) >>> 2) + 2] as number;
   }
 
-  /** Writes a used element (not yet published). */
-  use(h: number, len: number): void {
+  /**
+   * Writes a used element (not yet published). In order (2.7.9), `count` buffers used as one batch: one element at
+   * the batch's first slot, holding the last one's head `h`.
+   */
+  use(h: number, len: number, count = 1): void {
     const at = (this.usedOff + 4 + 8 * (this.usedIdx & this.mask)) >>> 2;
     this.u32[at] = h;
     this.u32[at + 1] = len;
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
-  }
-
-  /**
-   * In order (2.7.9): `count` buffers used as one batch, answered with one element at the batch's first slot
-   * holding the last one's head, `last` (not yet published).
-   */
-  useBatch(last: number, count: number): void {
-    const at = (this.usedOff + 4 + 8 * (this.usedIdx & this.mask)) >>> 2;
-    this.u32[at] = last;
-    this.u32[at + 1] = 0;
     this.usedIdx = (this.usedIdx + count) & 0xffff;
   }
 
@@ -250,7 +242,7 @@ function forward(tx: RawRing, rx: RawRing): void {
       tx.use(th, 0);
     }
   }
-  if (txUsed > 0) tx.useBatch(txLast, txUsed);
+  if (txUsed > 0) tx.use(txLast, 0, txUsed);
   tx.lastAvail = (tx.lastAvail + n) & 0xffff;
   rx.lastAvail = (rx.lastAvail + j) & 0xffff;
   tx.publish();
