@@ -477,13 +477,14 @@ export class PackedQueue extends QueueBase {
   protected writeDriverNotifications(enabled: boolean): void {
     this.driverNotifications = enabled;
     const qm = this.qm;
+    // Stored only when they change (QueueMemory.store16Changed): a polled device sets them at every pass.
     if (!enabled) {
-      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_DISABLE);
+      qm.store16Changed(this.deviceOff + 2, RING_EVENT_FLAGS_DISABLE);
     } else if (!this.features.eventIdx) {
-      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_ENABLE);
+      qm.store16Changed(this.deviceOff + 2, RING_EVENT_FLAGS_ENABLE);
     } else {
       this.writeDeviceEventDesc();
-      qm.store16Release(this.deviceOff + 2, RING_EVENT_FLAGS_DESC);
+      qm.store16Changed(this.deviceOff + 2, RING_EVENT_FLAGS_DESC);
     }
   }
 
