@@ -45,7 +45,7 @@ import {
 import { createFrontendBlock, FRONTEND_WORDS } from "../../src/vhost-user/frontend-device.ts";
 import { encodeReply, PROTOCOL_F, REQ, VHOST_USER_NEED_REPLY_MASK } from "../../src/vhost-user/protocol.ts";
 import { MsiRouteTable } from "../../src/vmm/msi-routes.ts";
-import type { VhostUserSpec } from "../../src/vmm/pci-devices.ts";
+import { intxGsi, type VhostUserSpec } from "../../src/vmm/pci-devices.ts";
 import { VIREO_BIN } from "../helpers/cli.ts";
 import {
   makeDirtyLog,
@@ -517,8 +517,15 @@ describe("vhost-user-blk front-end, its thread", () => {
         () => h.messages.some((m) => /GET_INFLIGHT_FD: the reply carried 0 fds, not 1/.test(m)),
         5_000,
       );
+      // 2.1.2: the device told the driver, by a configuration change interrupt (INTx: MSI-X is off). The line's
+      // rising edge is counted before KVM_IRQ_LINE, which here, without a VM, fails: reported, not fatal.
+      await until(
+        "the configuration change interrupt",
+        () => (h.metrics.snapshot()[`irq.gsi${intxGsi(1)}.raised`] ?? 0) >= 1,
+        5_000,
+      );
       // The thread lives on: it reconnects (the device stays broken until the driver resets it), and a reset
-      // is answered. (Without KVM here the config interrupt's KVM_IRQ_LINE fails: reported, not fatal.)
+      // is answered.
       await until("a reconnect", () => (h.metrics.snapshot()["vhost-user.blk0.connects"] ?? 0) >= 1, 10_000);
       const before = Atomics.load(h.words, FRONTEND_WORDS.resetsDone);
       h.transport.device.writeStatus(0);
@@ -581,7 +588,14 @@ describe("vhost-user-blk front-end against qemu-storage-daemon", { skip: qsdSkip
         `qemu-storage-daemon: protocol features in use 0x${h.spec.protocolFeatures.toString(16)} (inflight ${inflight ? "yes" : "no"})\n`,
       );
       // Its call fd fired (it signals whatever the avail flags say): with MSI-X off the thread raises INTx, which
-      // has no VM to go to here.
+      // has no VM to go to here (the line's edge is counted before KVM_IRQ_LINE fails).
+      await until(
+        "the call relayed as INTx",
+        () =>
+          (h.metrics.snapshot()["vhost-user.blk0.intx_relayed"] ?? 0) >= 1 &&
+          (h.metrics.snapshot()[`irq.gsi${intxGsi(1)}.raised`] ?? 0) >= 1,
+        5_000,
+      );
       assert.deepEqual(
         h.messages.filter((m) => !/KVM_IRQ_LINE failed/.test(m)),
         [],
