@@ -125,8 +125,11 @@ class RawRing {
   }
 }
 
-/** A port's device: virtio-net with no features of its own, whose rings the loop serves. */
-class FloorPort implements VirtioDeviceModel {
+/**
+ * A port's device: virtio-net with no features of its own, whose rings a floor's loop serves (this file's, and
+ * bench/wasm-floor.ts's). `R` is how that loop holds a ring: made once per ring, from the device's indices then.
+ */
+export class FloorPort<R> implements VirtioDeviceModel {
   readonly type = 1;
   readonly numQueues = 2;
   readonly maxQueueSize = 1024;
@@ -137,8 +140,12 @@ class FloorPort implements VirtioDeviceModel {
   readonly configSize = 20;
   readonly stateBytes = 8;
   ctx: VirtioContext | null = null;
-  private readonly rings = new WeakMap<Virtqueue, RawRing>();
-  constructor(readonly name: string) {}
+  private readonly rings = new WeakMap<Virtqueue, R>();
+  constructor(
+    readonly name: string,
+    /** The loop's hold of a split ring over `mem`; `inOrder`: VIRTIO_F_IN_ORDER negotiated. */
+    private readonly makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R,
+  ) {}
   bind(ctx: VirtioContext): void {
     this.ctx = ctx;
   }
@@ -146,13 +153,13 @@ class FloorPort implements VirtioDeviceModel {
     data.fill(0);
   }
   queueNotified(): void {
-    // The loop below serves the rings every turn.
+    // The loop serves the rings every turn.
   }
-  ring(vq: Virtqueue | null): RawRing | null {
+  ring(vq: Virtqueue | null): R | null {
     if (vq === null || !(vq instanceof SplitQueue) || this.ctx === null) return null;
     let r = this.rings.get(vq);
     if (r === undefined) {
-      r = new RawRing(vq, this.ctx.mem, this.ctx.hasFeature(VIRTIO_F.IN_ORDER));
+      r = this.makeRing(vq, this.ctx.mem, this.ctx.hasFeature(VIRTIO_F.IN_ORDER));
       this.rings.set(vq, r);
     }
     return r;
@@ -249,13 +256,28 @@ function forward(tx: RawRing, rx: RawRing): void {
   if (j > 0) rx.publish();
 }
 
-/** Serves the sockets' pairs until killed. */
+/** Serves the sockets' pairs until killed: this file's loop, in JavaScript. */
 export function runFloor(sockets: string[], log: (m: string) => void): never {
+  return runFloorLoop("js-floor", sockets, log, (vq, mem, inOrder) => new RawRing(vq, mem, inOrder), forward);
+}
+
+/**
+ * A floor's loop over the sockets' pairs, until killed: per pair, `forward` moves one batch from each side's
+ * transmit ring into the other's receive ring, each ring held as the device's queues are. `name` is what the
+ * ready line says (`NAME ready`).
+ */
+export function runFloorLoop<R>(
+  name: string,
+  sockets: string[],
+  log: (m: string) => void,
+  makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R,
+  forward: (tx: R, rx: R) => void,
+): never {
   if (sockets.length === 0 || sockets.length % 2 !== 0)
     throw new Error("give the sockets of whole pairs (A0 B0 A1 B1 ...)");
-  const ports = sockets.map((_, i) => new FloorPort(`port ${i}`));
+  const ports = sockets.map((_, i) => new FloorPort(`port ${i}`, makeRing));
   const endpoints = sockets.map((socketPath, i) => {
-    const port = ports[i] as FloorPort;
+    const port = ports[i] as FloorPort<R>;
     const e = new VhostUserEndpoint({
       socketPath,
       log: (m) => log(`${port.name}: ${m}`),
@@ -267,7 +289,21 @@ export function runFloor(sockets: string[], log: (m: string) => void): never {
   });
   const pollfds = new Int32Array(3 * 64);
   const n = native();
-  log("js-floor ready");
+  // One batch from `from`'s transmit ring into `to`'s receive ring.
+  const serve = (from: FloorPort<R>, to: FloorPort<R>): void => {
+    const fc = from.ctx;
+    const tc = to.ctx;
+    if (fc === null || tc === null) return;
+    fc.withQueue(TX, (txq) => {
+      const tx = from.ring(txq);
+      if (tx === null) return;
+      tc.withQueue(RX, (rxq) => {
+        const rx = to.ring(rxq);
+        if (rx !== null) forward(tx, rx);
+      });
+    });
+  };
+  log(`${name} ready`);
   for (let turn = 0; ; turn++) {
     // Connections and control messages every TURNS_PER_POLL turns (sleeping only while no pair is connected).
     if (turn % TURNS_PER_POLL === 0) {
@@ -278,31 +314,16 @@ export function runFloor(sockets: string[], log: (m: string) => void): never {
       for (const [i, e] of endpoints.entries()) {
         e.handlePoll(pollfds);
         // The front-end left: its memory is unmapped with the connection, so nothing may touch its rings.
-        if (!e.connected) (ports[i] as FloorPort).ctx = null;
+        if (!e.connected) (ports[i] as FloorPort<R>).ctx = null;
       }
     }
     for (let p = 0; p < ports.length; p += 2) {
-      const a = ports[p] as FloorPort;
-      const b = ports[p + 1] as FloorPort;
+      const a = ports[p] as FloorPort<R>;
+      const b = ports[p + 1] as FloorPort<R>;
       serve(a, b);
       serve(b, a);
     }
   }
-}
-
-/** One batch from `from`'s transmit ring into `to`'s receive ring, each held as the device's queues are. */
-function serve(from: FloorPort, to: FloorPort): void {
-  const fc = from.ctx;
-  const tc = to.ctx;
-  if (fc === null || tc === null) return;
-  fc.withQueue(TX, (txq) => {
-    const tx = from.ring(txq);
-    if (tx === null) return;
-    tc.withQueue(RX, (rxq) => {
-      const rx = to.ring(rxq);
-      if (rx !== null) forward(tx, rx);
-    });
-  });
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

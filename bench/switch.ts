@@ -16,6 +16,9 @@
  *            no staging copy, one-descriptor chains of split rings only), under the vhost-user load. vireo's row
  *            over it is the share of that floor vireo's switch reaches; its row over testpmd's is what JavaScript
  *            itself leaves of DPDK's rate here.
+ *   wasm-floor bench/wasm-floor.ts: the JS floor's loop in WebAssembly (the front-ends' memory mapped into a wasm
+ *            memory as well), under the same load: what a data path in WebAssembly would win back of what
+ *            JavaScript leaves. Neither floor is a switch; vireo's switch is JavaScript only.
  *
  * The vhost-user load: ONE testpmd with two `net_virtio_user` ports per pair, in io forwarding, pinned to CPU 1,
  * started with `start tx_first 4` (four bursts of 32 frames on every port), so 128 frames per port circulate:
@@ -76,7 +79,7 @@ export interface SwitchBenchOptions {
 }
 
 /** vireo-shm: `vireo switch` with shm ports (netmap-style rings, no virtqueues), loaded by bench/shm-loop.ts. */
-export type SwitchPath = "testpmd" | "vireo" | "vireo-shm" | "bridge" | "js-floor";
+export type SwitchPath = "testpmd" | "vireo" | "vireo-shm" | "bridge" | "js-floor" | "wasm-floor";
 
 export interface SwitchBenchRow {
   path: SwitchPath;
@@ -120,7 +123,8 @@ export interface SwitchBenchResult {
   rows: SwitchBenchRow[];
   /**
    * vireo (plain) over testpmd and over the bridge, per frame size and pair count; the same for shm ports and for
-   * JavaScript's floor (js-floor); and vireo (plain) over the floor.
+   * JavaScript's floor (js-floor) and WebAssembly's (wasm-floor); vireo (plain) over the JS floor, and the wasm
+   * floor over the JS floor.
    */
   ratios: Array<{
     frameBytes: number;
@@ -132,6 +136,9 @@ export interface SwitchBenchResult {
     floorOverTestpmd: number | null;
     floorOverBridge: number | null;
     vireoOverFloor: number | null;
+    wasmFloorOverTestpmd: number | null;
+    wasmFloorOverBridge: number | null;
+    wasmOverJsFloor: number | null;
   }>;
   /** Interposition rows: their rate as a share of the plain vireo row at the same size and pairs. */
   interposition: Array<{ variant: string; frameBytes: number; pairs: number; ofPlain: number }>;
@@ -555,33 +562,38 @@ async function runVireoSwitch(
   return r;
 }
 
-/** JavaScript's floor (bench/js-floor.ts) on the switch's CPU, under the vhost-user load. */
-async function runJsFloor(ctx: RunContext, size: number, pairs: number): Promise<SwitchBenchRow> {
+/** A floor (bench/js-floor.ts or bench/wasm-floor.ts) on the switch's CPU, under the vhost-user load. */
+async function runFloor(
+  ctx: RunContext,
+  path: "js-floor" | "wasm-floor",
+  size: number,
+  pairs: number,
+): Promise<SwitchBenchRow> {
   const sockets: string[] = [];
   for (let i = 0; i < pairs; i++)
     for (const side of ["a", "b"]) sockets.push(join(ctx.dir, `${side}${i}.sock`));
   const floor = ctx.set.start(
-    "js floor",
+    path,
     process.execPath,
-    ["--import", "tsx", repoPath("bench", "js-floor.ts"), ...sockets],
+    ["--import", "tsx", repoPath("bench", `${path}.ts`), ...sockets],
     { cpu: DUT_CPU },
   );
   await until(
-    "js-floor ready",
-    () => floor.out.text.includes("js-floor ready") || floor.child.exitCode !== null,
+    `${path} ready`,
+    () => floor.out.text.includes(`${path} ready`) || floor.child.exitCode !== null,
     60_000,
     () => floor.out.text,
   );
   if (floor.child.exitCode !== null)
     throw new VireoError(
       "VIREO_BENCH_FAILED",
-      `bench/js-floor.ts exited (${floor.child.exitCode}):\n${floor.out.text}`,
+      `bench/${path}.ts exited (${floor.child.exitCode}):\n${floor.out.text}`,
     );
   const load = await startLoad(ctx, size, pairs);
   const cpu0 = cpuNs(floor.child.pid);
   const m = await load.measure();
   const cpu1 = cpuNs(floor.child.pid);
-  const r = row("js-floor", "plain", size, pairs, m, load.countedBy);
+  const r = row(path, "plain", size, pairs, m, load.countedBy);
   if (m.frames > 0 && Number.isFinite(cpu1 - cpu0)) r.switchCpuNsPerFrame = (cpu1 - cpu0) / m.frames;
   return r;
 }
@@ -806,7 +818,15 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         size,
         pairs,
         why: noDpdk,
-        make: (c) => runJsFloor(c, size, pairs),
+        make: (c) => runFloor(c, "js-floor", size, pairs),
+      });
+      configs.push({
+        path: "wasm-floor",
+        variant: "plain",
+        size,
+        pairs,
+        why: noDpdk,
+        make: (c) => runFloor(c, "wasm-floor", size, pairs),
       });
       configs.push({
         path: "vireo-shm",
@@ -887,6 +907,7 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
       const b = find("bridge", size, pairs);
       const shm = find("vireo-shm", size, pairs);
       const floor = find("js-floor", size, pairs);
+      const wasm = find("wasm-floor", size, pairs);
       ratios.push({
         frameBytes: size,
         pairs,
@@ -897,6 +918,9 @@ export async function benchSwitch(opts: SwitchBenchOptions): Promise<SwitchBench
         floorOverTestpmd: floor && t ? floor.mpps / t.mpps : null,
         floorOverBridge: floor && b ? floor.mpps / b.mpps : null,
         vireoOverFloor: v && floor ? v.mpps / floor.mpps : null,
+        wasmFloorOverTestpmd: wasm && t ? wasm.mpps / t.mpps : null,
+        wasmFloorOverBridge: wasm && b ? wasm.mpps / b.mpps : null,
+        wasmOverJsFloor: wasm && floor ? wasm.mpps / floor.mpps : null,
       });
       for (const variant of VARIANTS) {
         const i = find("vireo", size, pairs, variant.name);
@@ -965,6 +989,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
     const plainVireo = row.path === "vireo" && row.variant === "plain";
     const shm = row.path === "vireo-shm";
     const floor = row.path === "js-floor";
+    const wasm = row.path === "wasm-floor";
     const cost = r.interposition.find(
       (x) => x.variant === row.variant && x.frameBytes === row.frameBytes && x.pairs === row.pairs,
     );
@@ -977,7 +1002,9 @@ export function formatSwitch(r: SwitchBenchResult): string {
           ? "vireo (shm ports)"
           : floor
             ? "JS floor"
-            : row.path,
+            : wasm
+              ? "wasm floor"
+              : row.path,
       row.available ? row.frames.toLocaleString("en-US") : "not available",
       row.available ? fmt(row.mpps) : "",
       row.available ? fmt(row.gbps, 1) : "",
@@ -987,15 +1014,23 @@ export function formatSwitch(r: SwitchBenchResult): string {
           ? `${fmt(ratio.shmOverTestpmd)}x`
           : floor && ratio?.floorOverTestpmd
             ? `${fmt(ratio.floorOverTestpmd)}x`
-            : "",
+            : wasm && ratio?.wasmFloorOverTestpmd
+              ? `${fmt(ratio.wasmFloorOverTestpmd)}x`
+              : "",
       plainVireo && ratio?.vireoOverBridge
         ? `${fmt(ratio.vireoOverBridge)}x`
         : shm && ratio?.shmOverBridge
           ? `${fmt(ratio.shmOverBridge)}x`
           : floor && ratio?.floorOverBridge
             ? `${fmt(ratio.floorOverBridge)}x`
-            : "",
-      plainVireo && ratio?.vireoOverFloor ? `${fmt(ratio.vireoOverFloor)}x` : "",
+            : wasm && ratio?.wasmFloorOverBridge
+              ? `${fmt(ratio.wasmFloorOverBridge)}x`
+              : "",
+      plainVireo && ratio?.vireoOverFloor
+        ? `${fmt(ratio.vireoOverFloor)}x`
+        : wasm && ratio?.wasmOverJsFloor
+          ? `${fmt(ratio.wasmOverJsFloor)}x`
+          : "",
       row.switchCpuNsPerFrame === undefined ? "" : fmt(row.switchCpuNsPerFrame, 0),
       cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
     ];
@@ -1030,7 +1065,7 @@ export function formatSwitch(r: SwitchBenchResult): string {
         "Gbit/s",
         "vireo/testpmd",
         "vireo/bridge",
-        "vireo/JS floor",
+        "/JS floor",
         "switch CPU ns/frame",
         "of plain",
       ],
