@@ -990,6 +990,12 @@ export function formatSwitch(r: SwitchBenchResult): string {
     const shm = row.path === "vireo-shm";
     const floor = row.path === "js-floor";
     const wasm = row.path === "wasm-floor";
+    // The row's own ratio, given for each kind of row that has one: vireo (plain), shm ports, JS floor, wasm floor.
+    const kind = plainVireo ? 0 : shm ? 1 : floor ? 2 : wasm ? 3 : -1;
+    const cell = (...byKind: Array<number | null | undefined>) => {
+      const x = kind < 0 ? null : byKind[kind];
+      return x ? `${fmt(x)}x` : "";
+    };
     const cost = r.interposition.find(
       (x) => x.variant === row.variant && x.frameBytes === row.frameBytes && x.pairs === row.pairs,
     );
@@ -1008,29 +1014,14 @@ export function formatSwitch(r: SwitchBenchResult): string {
       row.available ? row.frames.toLocaleString("en-US") : "not available",
       row.available ? fmt(row.mpps) : "",
       row.available ? fmt(row.gbps, 1) : "",
-      plainVireo && ratio?.vireoOverTestpmd
-        ? `${fmt(ratio.vireoOverTestpmd)}x`
-        : shm && ratio?.shmOverTestpmd
-          ? `${fmt(ratio.shmOverTestpmd)}x`
-          : floor && ratio?.floorOverTestpmd
-            ? `${fmt(ratio.floorOverTestpmd)}x`
-            : wasm && ratio?.wasmFloorOverTestpmd
-              ? `${fmt(ratio.wasmFloorOverTestpmd)}x`
-              : "",
-      plainVireo && ratio?.vireoOverBridge
-        ? `${fmt(ratio.vireoOverBridge)}x`
-        : shm && ratio?.shmOverBridge
-          ? `${fmt(ratio.shmOverBridge)}x`
-          : floor && ratio?.floorOverBridge
-            ? `${fmt(ratio.floorOverBridge)}x`
-            : wasm && ratio?.wasmFloorOverBridge
-              ? `${fmt(ratio.wasmFloorOverBridge)}x`
-              : "",
-      plainVireo && ratio?.vireoOverFloor
-        ? `${fmt(ratio.vireoOverFloor)}x`
-        : wasm && ratio?.wasmOverJsFloor
-          ? `${fmt(ratio.wasmOverJsFloor)}x`
-          : "",
+      cell(
+        ratio?.vireoOverTestpmd,
+        ratio?.shmOverTestpmd,
+        ratio?.floorOverTestpmd,
+        ratio?.wasmFloorOverTestpmd,
+      ),
+      cell(ratio?.vireoOverBridge, ratio?.shmOverBridge, ratio?.floorOverBridge, ratio?.wasmFloorOverBridge),
+      cell(ratio?.vireoOverFloor, null, null, ratio?.wasmOverJsFloor),
       row.switchCpuNsPerFrame === undefined ? "" : fmt(row.switchCpuNsPerFrame, 0),
       cost ? `${(cost.ofPlain * 100).toFixed(0)} %` : "",
     ];
@@ -1063,8 +1054,8 @@ export function formatSwitch(r: SwitchBenchResult): string {
         "frames",
         "Mpps",
         "Gbit/s",
-        "vireo/testpmd",
-        "vireo/bridge",
+        "/testpmd",
+        "/bridge",
         "/JS floor",
         "switch CPU ns/frame",
         "of plain",
