@@ -48,7 +48,10 @@ declare namespace WebAssembly {
 const PAGES = 32768;
 const WASM_PAGE = 65536;
 const HUGE = 2 << 20;
-/** Where ring states go (256 bytes each, reused after RING_SLOTS); below it the module's totals and scratch. */
+/**
+ * Ring states at 0x1000-0x7fff, 256 bytes each (the module's totals are at 0x100, its scratch from 0x8000). A slot
+ * is reused RING_SLOTS rings later: the bench's rings are made once per connection, far fewer.
+ */
 const RING_STATES = 0x1000;
 const RING_SLOTS = 112;
 const MAX_REGIONS = 8;
@@ -117,8 +120,16 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
   // regions are in the wasm memory, and its indices.
   const makeRing = (vq: SplitQueue, mem: GuestMemory, inOrder: boolean): number => {
     const regionPlaces = places.get(mem.bytes.buffer);
-    if (regionPlaces === undefined || !(mem instanceof RegionGuestMemory) || mem.regions.length > MAX_REGIONS)
+    if (
+      regionPlaces === undefined ||
+      !(mem instanceof RegionGuestMemory) ||
+      mem.regions.length > MAX_REGIONS
+    ) {
+      log(
+        `a ring over memory not mapped into the wasm memory (or of more than ${MAX_REGIONS} regions): not served`,
+      );
       return -1;
+    }
     const regions = mem.regions.map((g) => ({ ...g, at: regionPlaces.get(g.gpa - mem.base) ?? -1 }));
     // Where the ring part at offset `off` of the device's view (`len` bytes) is in the wasm memory.
     const placed = (off: number, len: number): number => {
@@ -133,7 +144,10 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
       placed(l.availOff, 4 + 2 * size),
       placed(l.usedOff, 4 + 8 * size),
     ];
-    if (parts.some((x) => x < 0) || regions.some((g) => g.at < 0)) return -1;
+    if (parts.some((x) => x < 0) || regions.some((g) => g.at < 0)) {
+      log("a ring whose parts or regions are not in the wasm memory: not served");
+      return -1;
+    }
     const at = RING_STATES + 256 * (slots++ % RING_SLOTS);
     const words = [...parts, size - 1, size, l.lastAvail, l.usedIdx, inOrder ? 1 : 0, regions.length];
     for (const [i, w] of words.entries()) state.setInt32(at + 4 * i, w, true);
