@@ -127,7 +127,8 @@ class RawRing {
 
 /**
  * A port's device: virtio-net with no features of its own, whose rings a floor's loop serves (this file's, and
- * bench/wasm-floor.ts's). `R` is how that loop holds a ring: made once per ring, from the device's indices then.
+ * bench/wasm-floor.ts's). `R` is how that loop holds a ring: made once per ring, from the device's indices then;
+ * a ring the loop cannot serve is null (made once too, and left alone).
  */
 export class FloorPort<R> implements VirtioDeviceModel {
   readonly type = 1;
@@ -140,11 +141,11 @@ export class FloorPort<R> implements VirtioDeviceModel {
   readonly configSize = 20;
   readonly stateBytes = 8;
   ctx: VirtioContext | null = null;
-  private readonly rings = new WeakMap<Virtqueue, R>();
+  private readonly rings = new WeakMap<Virtqueue, R | null>();
   constructor(
     readonly name: string,
-    /** The loop's hold of a split ring over `mem`; `inOrder`: VIRTIO_F_IN_ORDER negotiated. */
-    private readonly makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R,
+    /** The loop's hold of a split ring over `mem`, or null; `inOrder`: VIRTIO_F_IN_ORDER negotiated. */
+    private readonly makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R | null,
   ) {}
   bind(ctx: VirtioContext): void {
     this.ctx = ctx;
@@ -270,7 +271,7 @@ export function runFloorLoop<R>(
   name: string,
   sockets: string[],
   log: (m: string) => void,
-  makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R,
+  makeRing: (vq: SplitQueue, mem: GuestMemory, inOrder: boolean) => R | null,
   forward: (tx: R, rx: R) => void,
 ): never {
   if (sockets.length === 0 || sockets.length % 2 !== 0)

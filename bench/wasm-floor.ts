@@ -79,8 +79,8 @@ interface WabtModule {
 }
 
 /**
- * Wraps the native mmapReserve and mmapFixed of this process so that every region of a front-end's memory that
- * vireo maps is mapped into `memory` too, at a 2 MiB-aligned place of its own; returns, per reservation (its
+ * Wraps the native mmapFixed of this process so that every region of a front-end's memory that vireo maps is
+ * mapped into `memory` too, at a 2 MiB-aligned place of its own; returns, per reservation (its
  * buffer), where each region (by its offset in the reservation) starts in `memory`.
  */
 function mirrorMappings(memory: WebAssembly.Memory): WeakMap<ArrayBufferLike, Map<number, number>> {
@@ -118,7 +118,7 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
   let slots = 0;
   // A ring's state in the wasm memory, from the device's view of it: where its parts and the front-end's
   // regions are in the wasm memory, and its indices.
-  const makeRing = (vq: SplitQueue, mem: GuestMemory, inOrder: boolean): number => {
+  const makeRing = (vq: SplitQueue, mem: GuestMemory, inOrder: boolean): number | null => {
     const regionPlaces = places.get(mem.bytes.buffer);
     if (
       regionPlaces === undefined ||
@@ -128,7 +128,7 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
       log(
         `a ring over memory not mapped into the wasm memory (or of more than ${MAX_REGIONS} regions): not served`,
       );
-      return -1;
+      return null;
     }
     const regions = mem.regions.map((g) => ({ ...g, at: regionPlaces.get(g.gpa - mem.base) ?? -1 }));
     // Where the ring part at offset `off` of the device's view (`len` bytes) is in the wasm memory.
@@ -146,7 +146,7 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
     ];
     if (parts.some((x) => x < 0) || regions.some((g) => g.at < 0)) {
       log("a ring whose parts or regions are not in the wasm memory: not served");
-      return -1;
+      return null;
     }
     const at = RING_STATES + 256 * (slots++ % RING_SLOTS);
     const words = [...parts, size - 1, size, l.lastAvail, l.usedIdx, inOrder ? 1 : 0, regions.length];
@@ -161,9 +161,7 @@ export async function runWasmFloor(sockets: string[], log: (m: string) => void):
     mem.dataView.setUint16(l.usedOff, VIRTQ_USED_F_NO_NOTIFY, true);
     return at;
   };
-  return runFloorLoop("wasm-floor", sockets, log, makeRing, (tx, rx) => {
-    if (tx >= 0 && rx >= 0) forward(tx, rx);
-  });
+  return runFloorLoop("wasm-floor", sockets, log, makeRing, forward);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -1,9 +1,10 @@
 /**
  * bench/js-floor.ts and bench/wasm-floor.ts, the JavaScript and WebAssembly floors that `vireo bench switch`
  * measures beside vireo's switch, each the same cases: with the test's own vhost-user front-ends on a pair of its
- * sockets, a floor forwards each side's frames to the other byte for byte and in order. A chain of more than one descriptor (which it does not serve) is used with nothing forwarded. A
- * receive buffer too small for the frame goes back empty, and the frame takes the next. A front-end that leaves
- * and a new one on the same socket change nothing.
+ * sockets, a floor forwards each side's frames to the other byte for byte and in order. A chain of more than one
+ * descriptor (which it does not serve) is used with nothing forwarded. A receive buffer too small for the frame
+ * goes back empty, and the frame takes the next. A front-end that leaves and a new one on the same socket change
+ * nothing.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
