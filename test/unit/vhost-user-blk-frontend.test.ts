@@ -521,7 +521,7 @@ describe("vhost-user-blk front-end, its thread", () => {
       // rising edge is counted before KVM_IRQ_LINE, which here, without a VM, fails: reported, not fatal.
       await until(
         "the configuration change interrupt",
-        () => (h.metrics.snapshot()[`irq.gsi${intxGsi(1)}.raised`] ?? 0) >= 1,
+        () => (h.metrics.snapshot()[`irq.gsi${intxGsi(h.spec.slot)}.raised`] ?? 0) >= 1,
         5_000,
       );
       // The thread lives on: it reconnects (the device stays broken until the driver resets it), and a reset
@@ -593,7 +593,7 @@ describe("vhost-user-blk front-end against qemu-storage-daemon", { skip: qsdSkip
         "the call relayed as INTx",
         () =>
           (h.metrics.snapshot()["vhost-user.blk0.intx_relayed"] ?? 0) >= 1 &&
-          (h.metrics.snapshot()[`irq.gsi${intxGsi(1)}.raised`] ?? 0) >= 1,
+          (h.metrics.snapshot()[`irq.gsi${intxGsi(h.spec.slot)}.raised`] ?? 0) >= 1,
         5_000,
       );
       assert.deepEqual(
