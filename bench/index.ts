@@ -91,7 +91,7 @@ export const BENCHMARKS: Record<string, Benchmark> = {
     1,
   ),
   switch: bench(
-    "frames/s between vhost-user port pairs through vireo switch vs dpdk-testpmd io forwarding, and a Linux bridge between veths (trafgen); a row for vireo switch's shm ports (bench/shm-loop.ts) one for JavaScript's floor (bench/js-floor.ts: the least a JS vhost-user switch can do) and one for the same loop in WebAssembly (bench/wasm-floor.ts); 64 and 1518 B, 1/2/4 pairs, ratios, the switch's CPU per frame, interposition costs (natively; needs root, dpdk-testpmd, trafgen)",
+    "frames/s between vhost-user port pairs through vireo switch vs dpdk-testpmd io forwarding, and a Linux bridge between veths (trafgen); a row for vireo switch's shm ports (bench/shm-loop.ts), one for JavaScript's floor (bench/js-floor.ts: the least a JS vhost-user switch can do) and one for the same loop in WebAssembly (bench/wasm-floor.ts); 64 and 1518 B, 1/2/4 pairs, ratios, the switch's CPU per frame, interposition costs (natively; needs root, dpdk-testpmd, trafgen)",
     benchSwitch,
     formatSwitch,
     true,
