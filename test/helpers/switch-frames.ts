@@ -9,24 +9,44 @@ setFlagsFromString("--expose-gc");
 const gc = runInNewContext("gc") as () => void;
 
 /**
- * Runs `fn` `iterations` times after a full collection and reports how many garbage collections ran meanwhile
- * and how much the heap grew. A function that allocates nothing grows the heap by (almost) nothing and never
- * triggers a scavenge; one that allocates even one small object per call grows it by megabytes over 200k calls
- * (or, if the young generation fills first, triggers a collection the observer sees).
- */
-/**
  * Heap growth a loop of allocationsDuring's 200,000 calls may show without allocating per call: one object of 16
  * bytes per call would grow the heap by 3.2 MB; the engine's own bookkeeping (feedback, inline caches, code
  * finishing compilation) was seen to add up to 277 KB while the machine was loaded, with no collection.
  */
 export const HEAP_SLACK = 1024 * 1024;
 
+/** Measurements allocationsDuring makes at most before it gives the last one. */
+const ATTEMPTS = 5;
+
+/**
+ * Runs `fn` `iterations` times after a full collection and reports how many garbage collections ran meanwhile
+ * and how much the heap grew. A function that allocates nothing grows the heap by (almost) nothing and never
+ * triggers a scavenge; one that allocates even one small object per call grows it by megabytes over 200k calls
+ * (or, if the young generation fills first, triggers a collection the observer sees).
+ *
+ * The first clean measurement (no collection, growth under HEAP_SLACK) of up to ATTEMPTS is given, 100 ms apart:
+ * on a loaded machine the optimizing compiler, which works on a thread of its own, may not have finished when a
+ * measurement starts, and the baseline code boxes numbers (CI saw 3.5 MB in three measurements in a row while the
+ * KVM tier's emulated hosts ran beside it). An allocation `fn` itself makes shows in every measurement.
+ */
 export async function allocationsDuring(
   fn: (i: number) => void,
   iterations = 200_000,
 ): Promise<{ gcs: number; heapGrowth: number }> {
   // Warm up so that compiling the function is not charged to the measured loop.
   for (let i = 0; i < 20_000; i++) fn(i);
+  let m = await measureOnce(fn, iterations);
+  for (let attempt = 1; attempt < ATTEMPTS && (m.gcs > 0 || m.heapGrowth >= HEAP_SLACK); attempt++) {
+    await new Promise((r) => setTimeout(r, 100));
+    m = await measureOnce(fn, iterations);
+  }
+  return m;
+}
+
+async function measureOnce(
+  fn: (i: number) => void,
+  iterations: number,
+): Promise<{ gcs: number; heapGrowth: number }> {
   let gcs = 0;
   let t0 = Number.POSITIVE_INFINITY;
   let t1 = Number.POSITIVE_INFINITY;
